@@ -1,0 +1,253 @@
+// Package config is envgate's configuration: the YAML file's shape, its
+// defaults, and the checks that run before anything starts.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/envgate/envgate/gateway/internal/route"
+)
+
+// Config is the whole configuration. Zero values are replaced by Defaults.
+type Config struct {
+	// Listeners the gateway serves gRPC on. A listener without TLS speaks
+	// plaintext HTTP/2 (h2c).
+	Listeners []Listener `yaml:"listeners"`
+	// Routing says which header picks the environment and which service of the
+	// environment receives the call.
+	Routing Routing `yaml:"routing"`
+	// Environments that may be routed to. A request naming any other value
+	// gets UNIMPLEMENTED. When empty, the environments of the static discovery
+	// are used.
+	Environments []string `yaml:"environments"`
+	// Discovery is where endpoints come from.
+	Discovery Discovery `yaml:"discovery"`
+	// Limits of the gRPC server and of the upstream calls.
+	Limits Limits `yaml:"limits"`
+	// ShutdownGrace bounds how long in-flight calls may run after SIGTERM.
+	ShutdownGrace time.Duration `yaml:"shutdownGrace"`
+	// AccessLog writes one JSON line per call to stdout.
+	AccessLog *bool `yaml:"accessLog"`
+}
+
+// Listener is one address the gateway accepts connections on.
+type Listener struct {
+	Address string `yaml:"address"`
+	TLS     *TLS   `yaml:"tls"`
+}
+
+// TLS names PEM certificate and key files (for example the edge2mesh
+// kubernetes.io/tls Secret mounted as a volume).
+type TLS struct {
+	CertFile string `yaml:"certFile"`
+	KeyFile  string `yaml:"keyFile"`
+}
+
+// Routing is the seed's VirtualService in one line per environment:
+// header `env: envN` routes to app-service.envN on the grpc port.
+type Routing struct {
+	Header  string `yaml:"header"`
+	Service string `yaml:"service"`
+	Port    string `yaml:"port"`
+}
+
+// Discovery configures the endpoint sources.
+type Discovery struct {
+	// Static lists endpoints ("host:port") per environment.
+	Static map[string][]string `yaml:"static"`
+}
+
+// Limits are the server's and upstream calls' bounds.
+type Limits struct {
+	// MaxMessageBytes caps one message, received or sent, in either direction.
+	MaxMessageBytes int `yaml:"maxMessageBytes"`
+	// MaxConcurrentStreams per client connection.
+	MaxConcurrentStreams uint32 `yaml:"maxConcurrentStreams"`
+	// KeepaliveMinTime is the shortest interval between client pings the
+	// gateway tolerates before it answers with GOAWAY ENHANCE_YOUR_CALM.
+	KeepaliveMinTime time.Duration `yaml:"keepaliveMinTime"`
+	// KeepaliveTime is how long a connection may be silent before the gateway
+	// pings it, and KeepaliveTimeout how long it waits for the answer.
+	KeepaliveTime    time.Duration `yaml:"keepaliveTime"`
+	KeepaliveTimeout time.Duration `yaml:"keepaliveTimeout"`
+}
+
+// Defaults. Message size is four times gRPC's default 4 MiB receive limit so
+// that a backend, not the gateway, is the one to refuse a large message; the
+// keepalive floor is far below gRPC's 5 minutes because load balancers and
+// client libraries ping every 10-30 s.
+const (
+	DefaultHeader               = "env"
+	DefaultService              = "app-service"
+	DefaultPort                 = "grpc"
+	DefaultMaxMessageBytes      = 16 << 20
+	DefaultMaxConcurrentStreams = 1000
+	DefaultKeepaliveMinTime     = 5 * time.Second
+	DefaultKeepaliveTime        = 2 * time.Minute
+	DefaultKeepaliveTimeout     = 20 * time.Second
+	DefaultShutdownGrace        = 30 * time.Second
+)
+
+// Load reads a YAML file, applies defaults and validates it.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes YAML strictly (an unknown field is an error), applies
+// defaults and validates.
+func Parse(b []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	c.Defaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Defaults fills every unset field.
+func (c *Config) Defaults() {
+	if len(c.Listeners) == 0 {
+		c.Listeners = []Listener{{Address: ":8080"}}
+	}
+	if c.Routing.Header == "" {
+		c.Routing.Header = DefaultHeader
+	}
+	if c.Routing.Service == "" {
+		c.Routing.Service = DefaultService
+	}
+	if c.Routing.Port == "" {
+		c.Routing.Port = DefaultPort
+	}
+	if len(c.Environments) == 0 {
+		for env := range c.Discovery.Static {
+			c.Environments = append(c.Environments, env)
+		}
+	}
+	l := &c.Limits
+	if l.MaxMessageBytes == 0 {
+		l.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if l.MaxConcurrentStreams == 0 {
+		l.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if l.KeepaliveMinTime == 0 {
+		l.KeepaliveMinTime = DefaultKeepaliveMinTime
+	}
+	if l.KeepaliveTime == 0 {
+		l.KeepaliveTime = DefaultKeepaliveTime
+	}
+	if l.KeepaliveTimeout == 0 {
+		l.KeepaliveTimeout = DefaultKeepaliveTimeout
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = DefaultShutdownGrace
+	}
+	if c.AccessLog == nil {
+		on := true
+		c.AccessLog = &on
+	}
+}
+
+// dnsLabel is a Kubernetes namespace name (RFC 1123 label). Environment names
+// must be one, so a header value can never name anything else.
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// metadataKey is a lower-case gRPC metadata key.
+var metadataKey = regexp.MustCompile(`^[a-z0-9_.-]+$`)
+
+// Validate reports every problem found, joined.
+func (c *Config) Validate() error {
+	var errs []error
+	if len(c.Listeners) == 0 {
+		errs = append(errs, errors.New("listeners: at least one is needed"))
+	}
+	for i, l := range c.Listeners {
+		if _, _, err := net.SplitHostPort(l.Address); err != nil {
+			errs = append(errs, fmt.Errorf("listeners[%d].address %q: %w", i, l.Address, err))
+		}
+		if l.TLS != nil && (l.TLS.CertFile == "" || l.TLS.KeyFile == "") {
+			errs = append(errs, fmt.Errorf("listeners[%d].tls: certFile and keyFile are both required", i))
+		}
+	}
+	if !metadataKey.MatchString(c.Routing.Header) {
+		errs = append(errs, fmt.Errorf("routing.header %q: must be a lower-case gRPC metadata key", c.Routing.Header))
+	}
+	if !dnsLabel.MatchString(c.Routing.Service) {
+		errs = append(errs, fmt.Errorf("routing.service %q: must be a Kubernetes Service name", c.Routing.Service))
+	}
+	if len(c.Environments) == 0 {
+		errs = append(errs, errors.New("environments: none configured, nothing could be routed"))
+	}
+	seen := map[string]bool{}
+	for _, env := range c.Environments {
+		if !dnsLabel.MatchString(env) {
+			errs = append(errs, fmt.Errorf("environments: %q is not a namespace name (RFC 1123 label)", env))
+		}
+		if seen[env] {
+			errs = append(errs, fmt.Errorf("environments: %q listed twice", env))
+		}
+		seen[env] = true
+	}
+	for env, addrs := range c.Discovery.Static {
+		if !seen[env] {
+			errs = append(errs, fmt.Errorf("discovery.static.%s: not in environments", env))
+		}
+		for _, a := range addrs {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				errs = append(errs, fmt.Errorf("discovery.static.%s: endpoint %q: %w", env, a, err))
+			}
+		}
+	}
+	if c.Limits.MaxMessageBytes < 0 {
+		errs = append(errs, errors.New("limits.maxMessageBytes: must be positive"))
+	}
+	if c.Limits.KeepaliveMinTime < 0 || c.Limits.KeepaliveTime < 0 || c.Limits.KeepaliveTimeout < 0 || c.ShutdownGrace < 0 {
+		errs = append(errs, errors.New("durations must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Destination is where requests for env go.
+func (c *Config) Destination(env string) route.Destination {
+	return route.Destination{Namespace: env, Service: c.Routing.Service, Port: c.Routing.Port}
+}
+
+// Table builds the routing table: one exact-match rule per environment.
+func (c *Config) Table() (*route.Table, error) {
+	rules := make([]route.Rule, 0, len(c.Environments))
+	for _, env := range c.Environments {
+		rules = append(rules, route.Rule{Value: env, Destination: c.Destination(env)})
+	}
+	return route.NewTable(c.Routing.Header, rules)
+}
+
+// StaticEndpoints returns the static endpoints keyed as discovery names them.
+func (c *Config) StaticEndpoints() map[string][]string {
+	out := make(map[string][]string, len(c.Discovery.Static))
+	for env, addrs := range c.Discovery.Static {
+		out[c.Destination(env).Key()] = addrs
+	}
+	return out
+}

@@ -1,0 +1,64 @@
+package proxy
+
+import (
+	"fmt"
+
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+)
+
+// frame is one gRPC message carried as the bytes it arrived as. The proxy
+// never parses it, so any payload, protobuf or not, goes through unchanged and
+// its buffers go from the receiving transport to the sending one without a
+// copy.
+type frame struct {
+	data mem.BufferSlice
+}
+
+// free returns the frame's buffers to their pool when SendMsg did not take
+// them.
+func (f *frame) free() {
+	f.data.Free()
+	f.data = nil
+}
+
+// codec marshals frames as themselves and everything else (the gateway's own
+// services, such as health) with the protobuf codec.
+type codec struct {
+	name     string
+	fallback encoding.CodecV2
+}
+
+var _ encoding.CodecV2 = codec{}
+
+func newCodec(name string) codec {
+	return codec{name: name, fallback: encoding.GetCodecV2(proto.Name)}
+}
+
+// Marshal hands the frame's buffers to gRPC, which frees them once written.
+func (c codec) Marshal(v any) (mem.BufferSlice, error) {
+	f, ok := v.(*frame)
+	if !ok {
+		return c.fallback.Marshal(v)
+	}
+	data := f.data
+	f.data = nil
+	return data, nil
+}
+
+// Unmarshal keeps a reference to data: gRPC frees its own after this returns.
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	f, ok := v.(*frame)
+	if !ok {
+		return c.fallback.Unmarshal(data, v)
+	}
+	if f.data != nil {
+		return fmt.Errorf("proxy: frame reused before it was sent")
+	}
+	data.Ref()
+	f.data = data
+	return nil
+}
+
+func (c codec) Name() string { return c.name }

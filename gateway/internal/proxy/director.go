@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"strings"
+
+	grpcproxy "github.com/mwitkow/grpc-proxy/proxy"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/envgate/envgate/gateway/internal/route"
+)
+
+// Upstreams gives the connection of a destination, or an error when it has
+// no endpoint that can take the call.
+type Upstreams interface {
+	Conn(route.Destination) (grpc.ClientConnInterface, error)
+}
+
+// Routes returns the routing table in force; it may change between calls.
+type Routes func() *route.Table
+
+// hopByHop are the connection-scoped headers a proxy must not forward
+// (RFC 9110 section 7.6.1, and what Envoy strips).
+var hopByHop = []string{
+	"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+	"upgrade", "te", "http2-settings", "proxy-authenticate", "proxy-authorization",
+}
+
+// NewDirector routes each call by the table's header and hands it to the
+// destination's connection, with the request metadata the upstream should see.
+// Refusals are gRPC statuses: UNIMPLEMENTED when no rule matches (what the
+// seed's Istio gateway answers, with a message saying why), UNAVAILABLE when
+// the destination has no healthy endpoint.
+func NewDirector(routes Routes, ups Upstreams) grpcproxy.StreamDirector {
+	return func(ctx context.Context, _ string) (context.Context, grpc.ClientConnInterface, error) {
+		md, _ := metadata.FromIncomingContext(ctx) // a copy: it becomes the outgoing metadata
+		table := routes()
+		values := md[table.Header()]
+		dest, ok := table.Route(values)
+		if !ok {
+			return nil, nil, status.Error(codes.Unimplemented,
+				"envgate: "+(&route.NoRouteError{Header: table.Header(), Values: values}).Error())
+		}
+		conn, err := ups.Conn(dest)
+		if err != nil {
+			return nil, nil, status.Errorf(codes.Unavailable, "%v (route %s=%s to %s)",
+				err, table.Header(), values[0], dest)
+		}
+		return metadata.NewOutgoingContext(ctx, outgoing(ctx, md)), conn, nil
+	}
+}
+
+// outgoing turns the request's metadata into what goes upstream: without
+// pseudo-headers and hop-by-hop headers, and with the client's address
+// appended to x-forwarded-for as Envoy does at the edge.
+func outgoing(ctx context.Context, md metadata.MD) metadata.MD {
+	for k := range md {
+		if strings.HasPrefix(k, ":") {
+			delete(md, k)
+		}
+	}
+	for _, k := range hopByHop {
+		delete(md, k)
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		ip := p.Addr.String()
+		if host, _, err := net.SplitHostPort(ip); err == nil {
+			ip = host
+		}
+		if prior := md["x-forwarded-for"]; len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		md["x-forwarded-for"] = []string{ip}
+		proto := "http"
+		if p.AuthInfo != nil {
+			proto = "https"
+		}
+		md["x-forwarded-proto"] = []string{proto}
+	}
+	return md
+}

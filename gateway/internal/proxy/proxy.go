@@ -1,0 +1,250 @@
+// Package proxy forwards any gRPC call, of any service and method, unary or
+// streaming, to the upstream its director picks, without parsing messages.
+//
+// It keeps mwitkow/grpc-proxy's contract (a StreamDirector returns the
+// outgoing context and connection; the two directions are pumped separately;
+// trailers are copied at the end) but not its handler, which re-encodes every
+// message through emptypb and drops the upstream's headers when the call ends
+// before its first message (grpc-proxy issue #79). Here headers are forwarded
+// as soon as the upstream sends them, a trailers-only answer stays
+// trailers-only, and message bytes travel in the buffers they arrived in.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	grpcproxy "github.com/mwitkow/grpc-proxy/proxy"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// Proxy is the handler of every call the gateway does not serve itself.
+type Proxy struct {
+	director grpcproxy.StreamDirector
+	log      *slog.Logger // access log: one line per call
+	// envHeader is logged with each call.
+	envHeader string
+	codecs    sync.Map // content-subtype -> codec
+}
+
+// New returns a proxy that forwards each call where director says and logs
+// every call on accessLog (nil: no access log).
+func New(director grpcproxy.StreamDirector, accessLog *slog.Logger, envHeader string) *Proxy {
+	return &Proxy{director: director, log: accessLog, envHeader: envHeader}
+}
+
+// ServerCodec is the codec the gateway's grpc.Server must force, so that
+// unknown methods receive frames and its own services still speak protobuf.
+func ServerCodec() encoding.CodecV2 { return newCodec("proto") }
+
+var streamDesc = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+
+// Handler is the grpc.UnknownServiceHandler.
+func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
+	start := time.Now()
+	ctx := ss.Context()
+	method, ok := grpc.MethodFromServerStream(ss)
+	if !ok {
+		return status.Error(codes.Internal, "envgate: no method in the server stream")
+	}
+	var c call
+	err := p.forward(ctx, ss, method, &c)
+	if p.log != nil {
+		p.logCall(ctx, method, start, &c, err)
+	}
+	return err
+}
+
+// call is what one call leaves for the access log.
+type call struct {
+	upstream          string
+	bytesIn, bytesOut int64
+	msgsIn, msgsOut   int64
+}
+
+// transportStream is the part of gRPC's server transport stream that tells
+// how the request was encoded; it is not in gRPC's public interfaces, so the
+// proxy asks for it and forwards compression only when it is there.
+type transportStream interface {
+	RecvCompress() string
+	ContentSubtype() string
+}
+
+func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string, c *call) error {
+	outCtx, conn, err := p.director(ctx, method)
+	if err != nil {
+		return err
+	}
+	// The upstream call ends as soon as this handler returns, whichever side
+	// stopped first.
+	upCtx, cancel := context.WithCancel(outCtx)
+	defer cancel()
+	st := newCallState()
+	upCtx = context.WithValue(upCtx, callStateKey{}, st)
+
+	opts := make([]grpc.CallOption, 0, 3)
+	subtype := ""
+	if ts, ok := grpc.ServerTransportStreamFromContext(ctx).(transportStream); ok {
+		subtype = ts.ContentSubtype()
+		if comp := ts.RecvCompress(); comp != "" && comp != "identity" {
+			opts = append(opts, grpc.UseCompressor(comp))
+		}
+	}
+	opts = append(opts, grpc.ForceCodecV2(p.codecFor(subtype)))
+	if a := metadata.ValueFromIncomingContext(ctx, ":authority"); len(a) == 1 {
+		opts = append(opts, grpc.CallAuthority(a[0]))
+	}
+
+	cs, err := conn.NewStream(upCtx, streamDesc, method, opts...)
+	if err != nil {
+		return err
+	}
+	if pr, ok := peer.FromContext(cs.Context()); ok && pr.Addr != nil {
+		c.upstream = pr.Addr.String()
+	}
+
+	// Client to upstream runs beside; upstream to client runs here, and its end
+	// is the end of the call.
+	upErr := make(chan error, 1)
+	go func() { upErr <- pumpToUpstream(ss, cs, c) }()
+
+	err = p.pumpToClient(cs, ss, st, c)
+	if err == nil {
+		return nil
+	}
+	// If the client's side failed first (it went away or sent garbage), that
+	// is the call's error rather than the upstream's reaction to the cancel.
+	select {
+	case e := <-upErr:
+		if e != nil {
+			return e
+		}
+	default:
+	}
+	return err
+}
+
+// pumpToUpstream copies the client's messages to the upstream, then
+// half-closes. On a client-side failure it returns the error to report.
+func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call) error {
+	for {
+		var f frame
+		if err := ss.RecvMsg(&f); err != nil {
+			if errors.Is(err, io.EOF) {
+				_ = cs.CloseSend()
+				return nil
+			}
+			return err
+		}
+		n := int64(f.data.Len())
+		if err := cs.SendMsg(&f); err != nil {
+			// The upstream ended the call; its status arrives on the other pump.
+			f.free()
+			return nil
+		}
+		c.bytesIn += n
+		c.msgsIn++
+	}
+}
+
+// pumpToClient forwards the upstream's headers, messages and trailers, and
+// returns the upstream's status as the call's error.
+func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *callState, c *call) error {
+	// Header blocks until the upstream sends headers, answers trailers-only, or
+	// fails; nil headers mean there were none, and the answer stays
+	// trailers-only.
+	if hdr, _ := cs.Header(); hdr != nil {
+		if comp := st.responseCompression(); comp != "" && comp != "identity" {
+			// Fails only when the client does not accept it: then the
+			// response goes uncompressed.
+			_ = grpc.SetSendCompressor(ss.Context(), comp)
+		}
+		if err := ss.SendHeader(hdr); err != nil {
+			return err
+		}
+	}
+	var err error
+	for {
+		var f frame
+		if err = cs.RecvMsg(&f); err != nil {
+			break
+		}
+		n := int64(f.data.Len())
+		if err = ss.SendMsg(&f); err != nil {
+			f.free()
+			return err
+		}
+		c.bytesOut += n
+		c.msgsOut++
+	}
+	if tr := cs.Trailer(); len(tr) > 0 {
+		// The status details travel in the returned status; forwarding the
+		// header as well would send it twice.
+		delete(tr, "grpc-status-details-bin")
+		ss.SetTrailer(tr)
+	}
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+// codecFor returns a pass-through codec named after the request's content
+// subtype, so application/grpc+json reaches the upstream as it came.
+func (p *Proxy) codecFor(subtype string) encoding.CodecV2 {
+	if subtype == "" || subtype == "proto" {
+		return protoFrames
+	}
+	if c, ok := p.codecs.Load(subtype); ok {
+		return c.(codec)
+	}
+	c, _ := p.codecs.LoadOrStore(subtype, newCodec(subtype))
+	return c.(codec)
+}
+
+var protoFrames = newCodec("proto")
+
+func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *call, err error) {
+	code := status.Code(err)
+	attrs := []slog.Attr{
+		slog.String("env", joined(metadata.ValueFromIncomingContext(ctx, p.envHeader))),
+		slog.String("method", method),
+		slog.String("upstream", c.upstream),
+		slog.String("code", code.String()),
+		slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
+		slog.Int64("bytes_in", c.bytesIn),
+		slog.Int64("bytes_out", c.bytesOut),
+		slog.Int64("msgs_in", c.msgsIn),
+		slog.Int64("msgs_out", c.msgsOut),
+	}
+	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
+		attrs = append(attrs, slog.String("peer", pr.Addr.String()))
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("message", status.Convert(err).Message()))
+	}
+	p.log.LogAttrs(ctx, slog.LevelInfo, "call", attrs...)
+}
+
+func joined(vs []string) string {
+	switch len(vs) {
+	case 0:
+		return ""
+	case 1:
+		return vs[0]
+	}
+	s := vs[0]
+	for _, v := range vs[1:] {
+		s += "," + v
+	}
+	return s
+}

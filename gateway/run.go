@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/envgate/envgate/gateway/internal/config"
+)
+
+//go:embed default.yaml
+var defaultConfig []byte
+
+// run parses the command line, loads the configuration and serves until ctx
+// ends.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML configuration file (default: the embedded demo configuration)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
+
+	var cfg *config.Config
+	var err error
+	if *configPath == "" {
+		cfg, err = config.Parse(defaultConfig)
+	} else {
+		cfg, err = config.Load(*configPath)
+	}
+	if err != nil {
+		return err
+	}
+	gw, err := newGateway(cfg, log)
+	if err != nil {
+		return err
+	}
+	return gw.Run(ctx)
+}
