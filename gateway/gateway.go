@@ -188,4 +188,3 @@ func (u poolUpstreams) Conn(d route.Destination) (grpc.ClientConnInterface, erro
 	}
 	return c, nil
 }
-

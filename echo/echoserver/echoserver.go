@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sort"
 	"strings"
 	"time"
 
@@ -139,12 +138,12 @@ func (s *Server) prepare(ctx context.Context, req *echopb.EchoRequest,
 	setHeader, sendHeader, setTrailer func(context.Context, metadata.MD) error,
 ) error {
 	if len(req.GetResponseHeaders()) > 0 {
-		if err := setHeader(ctx, metadata.New(req.GetResponseHeaders())); err != nil {
+		if err := setHeader(ctx, toMD(req.GetResponseHeaders())); err != nil {
 			return err
 		}
 	}
 	if len(req.GetResponseTrailers()) > 0 {
-		if err := setTrailer(ctx, metadata.New(req.GetResponseTrailers())); err != nil {
+		if err := setTrailer(ctx, toMD(req.GetResponseTrailers())); err != nil {
 			return err
 		}
 	}
@@ -188,15 +187,18 @@ func (s *Server) response(ctx context.Context, req *echopb.EchoRequest, clientEn
 	if req.GetIncludeDetails() {
 		resp.Server = s.Addr
 		md, _ := metadata.FromIncomingContext(ctx)
-		resp.RequestMetadata = make(map[string]string, len(md))
-		keys := make([]string, 0, len(md))
-		for k := range md {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			resp.RequestMetadata[k] = strings.Join(md[k], ",")
+		resp.RequestMetadata = make(map[string][]byte, len(md))
+		for k, v := range md {
+			resp.RequestMetadata[k] = []byte(strings.Join(v, ","))
 		}
 	}
 	return resp
+}
+
+func toMD(m map[string][]byte) metadata.MD {
+	md := make(metadata.MD, len(m))
+	for k, v := range m {
+		md.Append(k, string(v))
+	}
+	return md
 }

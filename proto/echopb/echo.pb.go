@@ -37,9 +37,10 @@ type EchoRequest struct {
 	// instead of a response.
 	StatusCode    int32  `protobuf:"varint,4,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
 	StatusMessage string `protobuf:"bytes,5,opt,name=status_message,json=statusMessage,proto3" json:"status_message,omitempty"`
-	// Response headers and trailers the server sets on the call.
-	ResponseHeaders  map[string]string `protobuf:"bytes,6,rep,name=response_headers,json=responseHeaders,proto3" json:"response_headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	ResponseTrailers map[string]string `protobuf:"bytes,7,rep,name=response_trailers,json=responseTrailers,proto3" json:"response_trailers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Response headers and trailers the server sets on the call. Values are
+	// bytes so that "-bin" keys can carry binary values.
+	ResponseHeaders  map[string][]byte `protobuf:"bytes,6,rep,name=response_headers,json=responseHeaders,proto3" json:"response_headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	ResponseTrailers map[string][]byte `protobuf:"bytes,7,rep,name=response_trailers,json=responseTrailers,proto3" json:"response_trailers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Send the response headers before failing with status_code, so a proxy
 	// must forward headers of a call that carries no message.
 	SendHeadersFirst bool `protobuf:"varint,8,opt,name=send_headers_first,json=sendHeadersFirst,proto3" json:"send_headers_first,omitempty"`
@@ -119,14 +120,14 @@ func (x *EchoRequest) GetStatusMessage() string {
 	return ""
 }
 
-func (x *EchoRequest) GetResponseHeaders() map[string]string {
+func (x *EchoRequest) GetResponseHeaders() map[string][]byte {
 	if x != nil {
 		return x.ResponseHeaders
 	}
 	return nil
 }
 
-func (x *EchoRequest) GetResponseTrailers() map[string]string {
+func (x *EchoRequest) GetResponseTrailers() map[string][]byte {
 	if x != nil {
 		return x.ResponseTrailers
 	}
@@ -169,8 +170,8 @@ type EchoResponse struct {
 	// Address of the server that answered, to tell endpoints apart.
 	Server string `protobuf:"bytes,4,opt,name=server,proto3" json:"server,omitempty"`
 	// The request metadata as the server saw it (keys lower case, values joined
-	// with ",").
-	RequestMetadata map[string]string `protobuf:"bytes,5,rep,name=request_metadata,json=requestMetadata,proto3" json:"request_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// with ","; bytes because "-bin" values are binary).
+	RequestMetadata map[string][]byte `protobuf:"bytes,5,rep,name=request_metadata,json=requestMetadata,proto3" json:"request_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// For ClientStream: how many messages and payload bytes arrived.
 	ReceivedMessages int64 `protobuf:"varint,6,opt,name=received_messages,json=receivedMessages,proto3" json:"received_messages,omitempty"`
 	ReceivedBytes    int64 `protobuf:"varint,7,opt,name=received_bytes,json=receivedBytes,proto3" json:"received_bytes,omitempty"`
@@ -238,7 +239,7 @@ func (x *EchoResponse) GetServer() string {
 	return ""
 }
 
-func (x *EchoResponse) GetRequestMetadata() map[string]string {
+func (x *EchoResponse) GetRequestMetadata() map[string][]byte {
 	if x != nil {
 		return x.RequestMetadata
 	}
@@ -288,10 +289,10 @@ const file_echo_proto_rawDesc = "" +
 	"\x0finclude_details\x18\v \x01(\bR\x0eincludeDetails\x1aB\n" +
 	"\x14ResponseHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aC\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\x1aC\n" +
 	"\x15ResponseTrailersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf0\x02\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xf0\x02\n" +
 	"\fEchoResponse\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\x12\x12\n" +
 	"\x04echo\x18\x02 \x01(\tR\x04echo\x12\x18\n" +
@@ -303,7 +304,7 @@ const file_echo_proto_rawDesc = "" +
 	"\x05index\x18\b \x01(\x05R\x05index\x1aB\n" +
 	"\x14RequestMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xe7\x01\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x012\xe7\x01\n" +
 	"\vEchoService\x12-\n" +
 	"\x04Call\x12\x11.echo.EchoRequest\x1a\x12.echo.EchoResponse\x127\n" +
 	"\fServerStream\x12\x11.echo.EchoRequest\x1a\x12.echo.EchoResponse0\x01\x127\n" +

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -131,6 +132,8 @@ func (c *Config) Defaults() {
 	if len(c.Listeners) == 0 {
 		c.Listeners = []Listener{{Address: ":8080"}}
 	}
+	// Header names are case-insensitive; gRPC metadata keys are lower case.
+	c.Routing.Header = strings.ToLower(c.Routing.Header)
 	if c.Routing.Header == "" {
 		c.Routing.Header = DefaultHeader
 	}

@@ -77,7 +77,7 @@ func outgoing(ctx context.Context, md metadata.MD) metadata.MD {
 		}
 		md["x-forwarded-for"] = []string{ip}
 		proto := "http"
-		if p.AuthInfo != nil {
+		if p.AuthInfo != nil && p.AuthInfo.AuthType() == "tls" {
 			proto = "https"
 		}
 		md["x-forwarded-proto"] = []string{proto}

@@ -1,0 +1,410 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/envgate/envgate/proto/echopb"
+)
+
+func withEnv(ctx context.Context, env string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "env", env)
+}
+
+func TestRoutesEachEnvToItsBackend(t *testing.T) {
+	b1, b2 := startBackend(t, "env1"), startBackend(t, "env2")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b1.addr}, "env2": {b2.addr}}), nil)
+	c := echoClient(t, gw.Addrs()[0])
+	for _, tc := range []struct {
+		env  string
+		want *backend
+	}{{"env1", b1}, {"env2", b2}, {"env1", b1}} {
+		resp, err := c.Call(withEnv(testCtx(t), tc.env), &echopb.EchoRequest{IncludeDetails: true})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.env, err)
+		}
+		want := fmt.Sprintf("Hello World! ServerEnv:%s, ClientEnv:%s", tc.env, tc.env)
+		if resp.GetMessage() != want || resp.GetServer() != tc.want.addr {
+			t.Errorf("%s: got %q from %s, want %q from %s", tc.env, resp.GetMessage(), resp.GetServer(), want, tc.want.addr)
+		}
+	}
+}
+
+func TestEveryMethodKind(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}}), nil)
+	c := echoClient(t, gw.Addrs()[0])
+	ctx := withEnv(testCtx(t), "env1")
+
+	t.Run("unary", func(t *testing.T) {
+		resp, err := c.Call(ctx, &echopb.EchoRequest{Text: "hi", ResponseSize: 100_000})
+		if err != nil || resp.GetEcho() != "hi" || len(resp.GetPayload()) != 100_000 {
+			t.Fatalf("got %v, %d bytes, %v", resp.GetEcho(), len(resp.GetPayload()), err)
+		}
+	})
+	t.Run("server streaming", func(t *testing.T) {
+		s, err := c.ServerStream(ctx, &echopb.EchoRequest{Count: 7, ResponseSize: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			resp, err := s.Recv()
+			if errors.Is(err, io.EOF) {
+				if i != 7 {
+					t.Fatalf("got %d responses, want 7", i)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if int(resp.GetIndex()) != i || len(resp.GetPayload()) != 1000 {
+				t.Fatalf("response %d: index %d, %d bytes", i, resp.GetIndex(), len(resp.GetPayload()))
+			}
+		}
+	})
+	t.Run("client streaming", func(t *testing.T) {
+		s, err := c.ClientStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 10 {
+			if err := s.Send(&echopb.EchoRequest{Payload: make([]byte, 5000)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		resp, err := s.CloseAndRecv()
+		if err != nil || resp.GetReceivedMessages() != 10 || resp.GetReceivedBytes() != 50_000 {
+			t.Fatalf("got %d messages, %d bytes, %v", resp.GetReceivedMessages(), resp.GetReceivedBytes(), err)
+		}
+	})
+	t.Run("bidi streaming, ping pong", func(t *testing.T) {
+		s, err := c.BidiStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 10 {
+			text := fmt.Sprint("ping ", i)
+			if err := s.Send(&echopb.EchoRequest{Text: text}); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := s.Recv()
+			if err != nil || resp.GetEcho() != text {
+				t.Fatalf("round %d: %q, %v", i, resp.GetEcho(), err)
+			}
+		}
+		if err := s.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("after CloseSend: %v, want EOF", err)
+		}
+	})
+}
+
+// The refusals follow what the seed's Istio gateway answers (Envoy's 404 "no
+// route" maps to UNIMPLEMENTED, 503 "no healthy upstream" to UNAVAILABLE),
+// with a message that says which header and value had no route.
+// HTTP/2 puts header names in lower case on the wire (RFC 9113 8.2.1) and
+// gRPC clients refuse others, so case-insensitive names show in the
+// configuration: a header configured as "Env" matches `env`.
+func TestHeaderNameIsCaseInsensitive(t *testing.T) {
+	b := startBackend(t, "env1")
+	cfg := testConfig(t, map[string][]string{"env1": {b.addr}})
+	cfg.Routing.Header = "Env"
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	gw := startGateway(t, cfg, nil)
+	if _, err := echoClient(t, gw.Addrs()[0]).Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	b := startBackend(t, "env1")
+	cfg := testConfig(t, map[string][]string{"env1": {b.addr}, "env2": {}})
+	cfg.Environments = append(cfg.Environments, "env3") // allowed, nothing discovered
+	gw := startGateway(t, cfg, nil)
+	c := echoClient(t, gw.Addrs()[0])
+
+	for name, tc := range map[string]struct {
+		md       metadata.MD
+		code     codes.Code
+		contains string
+	}{
+		"no env header":            {nil, codes.Unimplemented, `no "env" header`},
+		"empty env":                {metadata.Pairs("env", ""), codes.Unimplemented, `the "env" header is empty`},
+		"unknown env":              {metadata.Pairs("env", "env9"), codes.Unimplemented, `no route for env="env9"`},
+		"value is case-sensitive":  {metadata.Pairs("env", "ENV1"), codes.Unimplemented, `no route for env="ENV1"`},
+		"two values are joined":    {metadata.Pairs("env", "env1", "env", "env2"), codes.Unimplemented, `no route for env="env1,env2"`},
+		"host name is not spliced": {metadata.Pairs("env", "env1.evil.example"), codes.Unimplemented, `no route for env="env1.evil.example"`},
+		"namespace not allowed":    {metadata.Pairs("env", "kube-system"), codes.Unimplemented, `no route for env="kube-system"`},
+		"no ready endpoint":        {metadata.Pairs("env", "env2"), codes.Unavailable, "no healthy upstream"},
+		"service never discovered": {metadata.Pairs("env", "env3"), codes.Unavailable, "no healthy upstream"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx := metadata.NewOutgoingContext(testCtx(t), tc.md)
+			_, err := c.Call(ctx, &echopb.EchoRequest{})
+			st := status.Convert(err)
+			if st.Code() != tc.code || !strings.Contains(st.Message(), tc.contains) {
+				t.Fatalf("got %v %q, want %v containing %q", st.Code(), st.Message(), tc.code, tc.contains)
+			}
+		})
+	}
+	if n := b.callCount(); n != 0 {
+		t.Errorf("backend got %d calls, want none", n)
+	}
+}
+
+// Everything the backend says must reach the client as the backend said it:
+// compare each answer through the gateway with the same call made directly.
+func TestHeadersTrailersAndStatusAsDirect(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}}), nil)
+	viaGateway, direct := echoClient(t, gw.Addrs()[0]), echoClient(t, b.addr)
+	hdrs := map[string][]byte{"x-resp": []byte("h1"), "x-resp-bin": {0, 1, 0xff}}
+	trls := map[string][]byte{"x-trail": []byte("t1"), "x-trail-bin": {0xfe, 0}}
+
+	for name, req := range map[string]*echopb.EchoRequest{
+		"success":                         {ResponseHeaders: hdrs, ResponseTrailers: trls},
+		"failure before any message":      {ResponseHeaders: hdrs, ResponseTrailers: trls, StatusCode: int32(codes.FailedPrecondition), StatusMessage: "not now"},
+		"failure after headers were sent": {ResponseHeaders: hdrs, ResponseTrailers: trls, SendHeadersFirst: true, StatusCode: int32(codes.Aborted), StatusMessage: "conflict"},
+		"status with unicode message":     {StatusCode: int32(codes.Unknown), StatusMessage: "\t\ntest with whitespace\r\nand Unicode BMP ☺ and non-BMP 😈\t\n"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			call := func(c echopb.EchoServiceClient) (metadata.MD, metadata.MD, *status.Status) {
+				var h, tr metadata.MD
+				_, err := c.Call(withEnv(testCtx(t), "env1"), req, grpc.Header(&h), grpc.Trailer(&tr))
+				return h, tr, status.Convert(err)
+			}
+			dh, dt, dst := call(direct)
+			gh, gt, gst := call(viaGateway)
+			if !proto.Equal(dst.Proto(), gst.Proto()) {
+				t.Errorf("status: direct %v, via gateway %v", dst.Proto(), gst.Proto())
+			}
+			for k, v := range req.GetResponseHeaders() {
+				if got, want := gh.Get(k), dh.Get(k); len(want) != 1 || want[0] != string(v) || len(got) != 1 || got[0] != string(v) {
+					t.Errorf("header %s: direct %q, via gateway %q, want %q", k, want, got, v)
+				}
+			}
+			for k, v := range req.GetResponseTrailers() {
+				if got, want := gt.Get(k), dt.Get(k); len(want) != 1 || want[0] != string(v) || len(got) != 1 || got[0] != string(v) {
+					t.Errorf("trailer %s: direct %q, via gateway %q, want %q", k, want, got, v)
+				}
+			}
+			if (len(dh) == 0) != (len(gh) == 0) {
+				t.Errorf("headers present: direct %v, via gateway %v", dh, gh)
+			}
+		})
+	}
+}
+
+func TestStatusDetailsForwarded(t *testing.T) {
+	srv := startRawBackend(t, func(ss grpc.ServerStream) error {
+		st, _ := status.New(codes.ResourceExhausted, "slow down").WithDetails(
+			&errdetails.RetryInfo{}, &errdetails.ErrorInfo{Reason: "QUOTA", Domain: "envgate.test"})
+		return st.Err()
+	})
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {srv}}), nil)
+	c := echoClient(t, gw.Addrs()[0])
+	_, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{})
+	st := status.Convert(err)
+	if st.Code() != codes.ResourceExhausted || st.Message() != "slow down" || len(st.Details()) != 2 {
+		t.Fatalf("got %v %q with %d details", st.Code(), st.Message(), len(st.Details()))
+	}
+	if info, ok := st.Details()[1].(*errdetails.ErrorInfo); !ok || info.GetReason() != "QUOTA" {
+		t.Fatalf("details: %v", st.Details())
+	}
+}
+
+func TestRequestMetadataForwarded(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}}), nil)
+	c := echoClient(t, gw.Addrs()[0], grpc.WithUserAgent("my-client/1.0"))
+	ctx := metadata.NewOutgoingContext(testCtx(t), metadata.Pairs(
+		"env", "env1",
+		"x-custom", "a", "x-custom", "b",
+		"trace-bin", string([]byte{0, 1, 2, 255}),
+		"authorization", "Bearer t",
+		"x-forwarded-for", "203.0.113.7",
+		"keep-alive", "timeout=5",
+		"proxy-connection", "keep-alive",
+	))
+	resp, err := c.Call(ctx, &echopb.EchoRequest{IncludeDetails: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := resp.GetRequestMetadata()
+	for k, want := range map[string]string{
+		"env":               "env1",
+		"x-custom":          "a,b",
+		"trace-bin":         string([]byte{0, 1, 2, 255}),
+		"authorization":     "Bearer t",
+		"x-forwarded-for":   "203.0.113.7, 127.0.0.1",
+		"x-forwarded-proto": "http",
+	} {
+		if string(got[k]) != want {
+			t.Errorf("%s: backend saw %q, want %q", k, got[k], want)
+		}
+	}
+	for _, k := range []string{"keep-alive", "proxy-connection"} {
+		if v, ok := got[k]; ok {
+			t.Errorf("hop-by-hop header %s forwarded: %q", k, v)
+		}
+	}
+	// gRPC sets user-agent per connection, so the client's goes upstream
+	// followed by nothing and the gateway's own instead; see README.
+	if ua := string(got["user-agent"]); !strings.HasPrefix(ua, "envgate/") {
+		t.Errorf("user-agent: %q", ua)
+	}
+}
+
+func TestDeadlinePropagates(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}}), nil)
+	c := echoClient(t, gw.Addrs()[0])
+	ctx, cancel := context.WithTimeout(withEnv(context.Background(), "env1"), 300*time.Millisecond)
+	defer cancel()
+	_, err := c.Call(ctx, &echopb.EchoRequest{SleepMs: 10_000})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("got %v, want DeadlineExceeded", err)
+	}
+	call := b.waitCall(t)
+	if !call.hasDeadline || call.deadline > 300*time.Millisecond || call.deadline <= 0 {
+		t.Errorf("backend deadline: set %v, remaining %v; want at most 300ms", call.hasDeadline, call.deadline)
+	}
+	// The backend's own timer and the gateway's cancel race to end it.
+	if call.ctxErr == nil {
+		t.Errorf("backend call ended without its context ending")
+	}
+}
+
+func TestClientCancelReachesBackend(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}}), nil)
+	c := echoClient(t, gw.Addrs()[0])
+	ctx, cancel := context.WithCancel(withEnv(testCtx(t), "env1"))
+	s, err := c.BidiStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&echopb.EchoRequest{Text: "one"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	call := b.waitCall(t)
+	if !errors.Is(call.ctxErr, context.Canceled) {
+		t.Fatalf("backend context ended with %v, want canceled", call.ctxErr)
+	}
+}
+
+func TestBackendCancelReachesClient(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}}), nil)
+	c := echoClient(t, gw.Addrs()[0])
+	s, err := c.BidiStream(withEnv(testCtx(t), "env1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&echopb.EchoRequest{StatusCode: int32(codes.Canceled), StatusMessage: "backend gave up"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); status.Code(err) != codes.Canceled || status.Convert(err).Message() != "backend gave up" {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestBalancesPerRequest(t *testing.T) {
+	b1, b2 := startBackend(t, "env1"), startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b1.addr, b2.addr}}), nil)
+	c := echoClient(t, gw.Addrs()[0]) // one client connection
+	ctx := withEnv(testCtx(t), "env1")
+	// Until both endpoints are connected, round robin uses the ready one.
+	for b1.callCount() == 0 || b2.callCount() == 0 {
+		if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		if ctx.Err() != nil {
+			t.Fatal("both endpoints never served a call")
+		}
+	}
+	n1, n2 := b1.callCount(), b2.callCount()
+	for range 40 {
+		if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d1, d2 := b1.callCount()-n1, b2.callCount()-n2
+	if d1 != 20 || d2 != 20 {
+		t.Fatalf("40 calls on one connection went %d / %d, want round robin 20 / 20", d1, d2)
+	}
+}
+
+func TestGracefulStopLetsStreamFinish(t *testing.T) {
+	b := startBackend(t, "env1")
+	cfg := testConfig(t, map[string][]string{"env1": {b.addr}})
+	cfg.ShutdownGrace = 20 * time.Second
+	gw := startGateway(t, cfg, nil)
+	c := echoClient(t, gw.Addrs()[0])
+	s, err := c.BidiStream(withEnv(testCtx(t), "env1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&echopb.EchoRequest{Text: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- gw.stop(t) }()
+	// Wait until the gateway has stopped accepting: a new connection fails.
+	for {
+		cc := dial(t, gw.Addrs()[0])
+		_, err := echopb.NewEchoServiceClient(cc).Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{}, grpc.WaitForReady(false))
+		_ = cc.Close()
+		if status.Code(err) == codes.Unavailable {
+			break
+		}
+	}
+	select {
+	case err := <-stopped:
+		t.Fatalf("gateway stopped with a stream in flight: %v", err)
+	default:
+	}
+	for i := range 3 {
+		if err := s.Send(&echopb.EchoRequest{Text: fmt.Sprint("after ", i)}); err != nil {
+			t.Fatal(err)
+		}
+		if resp, err := s.Recv(); err != nil || resp.GetEcho() != fmt.Sprint("after ", i) {
+			t.Fatalf("stream after stop began: %v %v", resp, err)
+		}
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("stream end: %v", err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("Run returned %v after a graceful stop", err)
+	}
+}

@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/envgate/envgate/echo/echoserver"
+	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/proto/echopb"
+)
+
+// backend is a real echo server on 127.0.0.1:0 that records, per call, what
+// its handler saw of the context, so tests can tell that deadlines and
+// cancellation reached it.
+type backend struct {
+	addr string
+	env  string
+
+	mu    sync.Mutex
+	calls []backendCall
+	done  chan backendCall // every finished call, for tests that wait on one
+}
+
+type backendCall struct {
+	method      string
+	hasDeadline bool
+	deadline    time.Duration // remaining when the call arrived
+	ctxErr      error         // the context's error when the handler returned
+}
+
+func startBackend(t *testing.T, env string, opts ...grpc.ServerOption) *backend {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{addr: lis.Addr().String(), env: env, done: make(chan backendCall, 1000)}
+	record := func(ctx context.Context, method string, handler func() error) error {
+		c := backendCall{method: method}
+		if dl, ok := ctx.Deadline(); ok {
+			c.hasDeadline, c.deadline = true, time.Until(dl)
+		}
+		err := handler()
+		c.ctxErr = ctx.Err()
+		b.mu.Lock()
+		b.calls = append(b.calls, c)
+		b.mu.Unlock()
+		select {
+		case b.done <- c:
+		default:
+		}
+		return err
+	}
+	opts = append(opts,
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+			_ = record(ctx, info.FullMethod, func() error { resp, err = h(ctx, req); return err })
+			return resp, err
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			return record(ss.Context(), info.FullMethod, func() error { return h(srv, ss) })
+		}),
+	)
+	srv := grpc.NewServer(opts...)
+	echoserver.Register(srv, &echoserver.Server{Env: env, Addr: b.addr})
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	reflection.Register(srv)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return b
+}
+
+func (b *backend) callCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.calls)
+}
+
+// waitCall returns the next call the backend finishes.
+func (b *backend) waitCall(t *testing.T) backendCall {
+	t.Helper()
+	select {
+	case c := <-b.done:
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatal("backend saw no call finish within 10s")
+		return backendCall{}
+	}
+}
+
+// testConfig routes each named environment to its backends' addresses, on
+// one h2c listener on 127.0.0.1:0.
+func testConfig(t *testing.T, envs map[string][]string) *config.Config {
+	t.Helper()
+	off := false
+	c := &config.Config{
+		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
+		Discovery: config.Discovery{Static: envs},
+		AccessLog: &off,
+	}
+	c.Defaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+type runningGateway struct {
+	*gateway
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startGateway runs a gateway until the test ends.
+func startGateway(t *testing.T, cfg *config.Config, logOut io.Writer) *runningGateway {
+	t.Helper()
+	if logOut == nil {
+		logOut = io.Discard
+	}
+	g, err := newGateway(cfg, slog.New(slog.NewJSONHandler(logOut, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rg := &runningGateway{gateway: g, cancel: cancel, done: make(chan error, 1)}
+	go func() { rg.done <- g.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-rg.done:
+		case <-time.After(cfg.ShutdownGrace + 10*time.Second):
+			t.Error("gateway did not stop")
+		}
+	})
+	return rg
+}
+
+// stop ends the gateway and returns Run's result.
+func (g *runningGateway) stop(t *testing.T) error {
+	t.Helper()
+	g.cancel()
+	select {
+	case err := <-g.done:
+		g.done <- err // for Cleanup
+		return err
+	case <-time.After(g.cfg.ShutdownGrace + 10*time.Second):
+		t.Fatal("gateway did not stop")
+		return nil
+	}
+}
+
+func dial(t *testing.T, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	cc, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+func echoClient(t *testing.T, addr string, opts ...grpc.DialOption) echopb.EchoServiceClient {
+	return echopb.NewEchoServiceClient(dial(t, addr, opts...))
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// writeCert writes a self-signed certificate for 127.0.0.1 and localhost,
+// like the seed's edge2mesh certificate, and returns the file paths.
+func writeCert(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "localhost", Organization: []string{"Edge2Mesh Inc"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// repoBin is the directory the Makefile installs pinned tools into.
+func repoBin(t *testing.T) string {
+	t.Helper()
+	if d := os.Getenv("ENVGATE_BIN"); d != "" {
+		return d
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return filepath.Join(dir, "bin")
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test directory")
+		}
+		dir = parent
+	}
+}
+
+// tool returns the path of a pinned tool; a missing tool fails the test (run
+// `make test`, which installs them) rather than skipping it.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(repoBin(t), name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s not found: run the tests with `make test`, which installs pinned tools into ./bin (%v)", name, err)
+	}
+	return p
+}
