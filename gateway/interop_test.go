@@ -284,5 +284,3 @@ func (s *compressionTestServer) StreamingOutputCall(in *testpb.StreamingOutputCa
 	}
 	return nil
 }
-
-

@@ -136,8 +136,8 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 // pumpToUpstream copies the client's messages to the upstream, then
 // half-closes. On a client-side failure it returns the error to report.
 func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call) error {
+	var f frame // reused: SendMsg takes its buffers and leaves it empty
 	for {
-		var f frame
 		if err := ss.RecvMsg(&f); err != nil {
 			if errors.Is(err, io.EOF) {
 				_ = cs.CloseSend()
@@ -173,8 +173,8 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *cal
 		}
 	}
 	var err error
+	var f frame
 	for {
-		var f frame
 		if err = cs.RecvMsg(&f); err != nil {
 			break
 		}

@@ -23,6 +23,7 @@ var ErrNoHealthyUpstream = errors.New("no healthy upstream")
 
 // Endpoints is what the pool needs from discovery.
 type Endpoints interface {
+	Get(service string) (discovery.Endpoints, bool)
 	Subscribe(service string, fn func(eps discovery.Endpoints, exists bool)) (cancel func())
 }
 
@@ -70,6 +71,11 @@ func (p *Pool) Get(service string) (*Conn, error) {
 	c, ok := p.conns[service]
 	p.mu.RUnlock()
 	if !ok {
+		// Only services discovery knows get a connection, so requests for
+		// unknown ones cost nothing.
+		if _, exists := p.eps.Get(service); !exists {
+			return nil, fmt.Errorf("%w: %s not found", ErrNoHealthyUpstream, service)
+		}
 		var err error
 		if c, err = p.create(service); err != nil {
 			return nil, err

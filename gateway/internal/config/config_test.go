@@ -1,0 +1,64 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseAppliesDefaults(t *testing.T) {
+	c, err := Parse([]byte(`
+discovery:
+  static:
+    env1: [127.0.0.1:50051]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Routing != (Routing{Header: "env", Service: "app-service", Port: "grpc"}) {
+		t.Errorf("routing %+v", c.Routing)
+	}
+	if len(c.Environments) != 1 || c.Environments[0] != "env1" {
+		t.Errorf("environments %v, want those of the static discovery", c.Environments)
+	}
+	if c.Limits.MaxMessageBytes != 16<<20 || c.ShutdownGrace != 30*time.Second || !*c.AccessLog {
+		t.Errorf("limits %+v grace %v", c.Limits, c.ShutdownGrace)
+	}
+	if got := c.StaticEndpoints()["app-service.env1:grpc"]; len(got) != 1 {
+		t.Errorf("static endpoints %v", c.StaticEndpoints())
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	for name, tc := range map[string]struct{ yaml, want string }{
+		"misspelled field":      {"environment: [env1]", "field environment not found"},
+		"no environments":       {"listeners: [{address: ':1'}]", "environments: none configured"},
+		"env not a label":       {"environments: [env1.evil.com]", `"env1.evil.com" is not a namespace name`},
+		"env upper case":        {"environments: [Env1]", `"Env1" is not a namespace name`},
+		"duplicate env":         {"environments: [env1, env1]", "listed twice"},
+		"static env not listed": {"environments: [env1]\ndiscovery: {static: {env2: ['127.0.0.1:1']}}", "discovery.static.env2: not in environments"},
+		"bad endpoint":          {"discovery: {static: {env1: ['127.0.0.1']}}", `endpoint "127.0.0.1"`},
+		"bad listener":          {"listeners: [{address: nowhere}]\nenvironments: [env1]", `listeners[0].address "nowhere"`},
+		"tls half set":          {"listeners: [{address: ':1', tls: {certFile: a}}]\nenvironments: [env1]", "certFile and keyFile are both required"},
+		"bad duration":          {"environments: [env1]\nshutdownGrace: soon", "line 2: cannot unmarshal !!str `soon` into time.Duration"},
+		"bad header":            {"environments: [env1]\nrouting: {header: 'e v'}", "routing.header"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestHeaderNameLowerCased(t *testing.T) {
+	c, err := Parse([]byte("environments: [env1]\nrouting: {header: X-Env}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl, err := c.Table()
+	if err != nil || tbl.Header() != "x-env" {
+		t.Fatalf("header %q, %v", tbl.Header(), err)
+	}
+}

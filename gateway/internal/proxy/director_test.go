@@ -1,0 +1,177 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/envgate/envgate/gateway/internal/route"
+)
+
+// fakeUpstreams answers with whatever its function field says.
+type fakeUpstreams struct {
+	conn func(route.Destination) (grpc.ClientConnInterface, error)
+}
+
+func (f fakeUpstreams) Conn(d route.Destination) (grpc.ClientConnInterface, error) { return f.conn(d) }
+
+// destConn is a connection that only remembers which destination it is for.
+type destConn struct {
+	grpc.ClientConnInterface
+	dest route.Destination
+}
+
+func testTable(t testing.TB) *route.Table {
+	t.Helper()
+	var rules []route.Rule
+	for _, env := range []string{"env1", "env2"} {
+		rules = append(rules, route.Rule{Value: env, Destination: route.Destination{Namespace: env, Service: "app-service", Port: "grpc"}})
+	}
+	tbl, err := route.NewTable("env", rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tbl
+}
+
+func testDirector(t testing.TB, healthy bool) func(ctx context.Context, method string) (context.Context, grpc.ClientConnInterface, error) {
+	tbl := testTable(t)
+	return NewDirector(func() *route.Table { return tbl }, fakeUpstreams{conn: func(d route.Destination) (grpc.ClientConnInterface, error) {
+		if !healthy {
+			return nil, errors.New("no healthy upstream")
+		}
+		return destConn{dest: d}, nil
+	}})
+}
+
+func incoming(md metadata.MD) context.Context {
+	ctx := metadata.NewIncomingContext(context.Background(), md)
+	return peer.NewContext(ctx, &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5555}})
+}
+
+func TestDirectorOutgoingMetadata(t *testing.T) {
+	dir := testDirector(t, true)
+	in := metadata.MD{
+		"env":              {"env2"},
+		":authority":       {"gw.example:443"},
+		"user-agent":       {"grpcurl/1.9"},
+		"connection":       {"close"},
+		"keep-alive":       {"timeout=5"},
+		"x-forwarded-for":  {"203.0.113.1", "198.51.100.2"},
+		"x-custom-bin":     {"\x00\x01"},
+		"grpc-trace-bin":   {"\x02"},
+		"proxy-connection": {"x"},
+	}
+	ctx, conn, err := dir(incoming(in), "/pkg.Svc/Method")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := conn.(destConn).dest; d.Namespace != "env2" || d.Service != "app-service" {
+		t.Fatalf("routed to %v", d)
+	}
+	out, _ := metadata.FromOutgoingContext(ctx)
+	for _, k := range []string{":authority", "connection", "keep-alive", "proxy-connection"} {
+		if _, ok := out[k]; ok {
+			t.Errorf("%s forwarded", k)
+		}
+	}
+	for k, want := range map[string]string{
+		"env":               "env2",
+		"x-forwarded-for":   "203.0.113.1, 198.51.100.2, 10.1.2.3",
+		"x-forwarded-proto": "http",
+		"x-custom-bin":      "\x00\x01",
+		"grpc-trace-bin":    "\x02",
+	} {
+		if got := strings.Join(out[k], ","); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+}
+
+func TestDirectorRefusals(t *testing.T) {
+	for name, tc := range map[string]struct {
+		md      metadata.MD
+		healthy bool
+		code    codes.Code
+		msg     string
+	}{
+		"no header":   {metadata.MD{}, true, codes.Unimplemented, `envgate: no route: the request has no "env" header`},
+		"unknown":     {metadata.MD{"env": {"prod"}}, true, codes.Unimplemented, `envgate: no route for env="prod"`},
+		"unavailable": {metadata.MD{"env": {"env1"}}, false, codes.Unavailable, "no healthy upstream (route env=env1 to app-service.env1.svc.cluster.local:grpc)"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, _, err := testDirector(t, tc.healthy)(incoming(tc.md), "/a.B/C")
+			if st := status.Convert(err); st.Code() != tc.code || st.Message() != tc.msg {
+				t.Fatalf("got %v %q, want %v %q", st.Code(), st.Message(), tc.code, tc.msg)
+			}
+		})
+	}
+}
+
+// FuzzDirector feeds arbitrary `env` values: the director must route exactly
+// the configured environments and refuse everything else with UNIMPLEMENTED,
+// never panic, never pick another destination.
+func FuzzDirector(f *testing.F) {
+	f.Add("env1", "")
+	f.Add("env1", "env2")
+	f.Add("", "")
+	f.Add("../env1", "")
+	f.Add("env1.svc.cluster.local", "")
+	f.Add("ENV1", "x")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		md := metadata.MD{"env": {a}}
+		if b != "" {
+			md["env"] = append(md["env"], b)
+		}
+		joined := strings.Join(md["env"], ",")
+		_, conn, err := testDirector(t, true)(incoming(md), "/a.B/C")
+		if joined == "env1" || joined == "env2" {
+			if err != nil || conn.(destConn).dest.Namespace != joined {
+				t.Fatalf("%q: %v, %v", md["env"], conn, err)
+			}
+			return
+		}
+		if status.Code(err) != codes.Unimplemented || conn != nil {
+			t.Fatalf("%q: got %v, %v; want UNIMPLEMENTED", md["env"], conn, err)
+		}
+	})
+}
+
+func BenchmarkDirector(b *testing.B) {
+	dir := testDirector(b, true)
+	ctx := incoming(metadata.MD{
+		"env": {"env1"}, ":authority": {"gw:443"}, "user-agent": {"grpc-go/1.85"},
+		"x-request-id": {"abc"}, "traceparent": {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+	})
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := dir(ctx, "/echo.EchoService/Call"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkCodecFrame(b *testing.B) {
+	c := newCodec("proto")
+	buf := mem.BufferSlice{mem.SliceBuffer(make([]byte, 100))}
+	b.ReportAllocs()
+	var f frame
+	for b.Loop() {
+		if err := c.Unmarshal(buf, &f); err != nil {
+			b.Fatal(err)
+		}
+		out, err := c.Marshal(&f)
+		if err != nil || out.Len() != 100 {
+			b.Fatal(err)
+		}
+	}
+}
