@@ -1,0 +1,78 @@
+# envgate. `make demo` runs the gateway on loopback with no cluster; `make test`
+# runs every test. Tools are pinned here, installed with `go install` into
+# ./bin, and rebuilt only when their version changes.
+
+SHELL       := bash
+.SHELLFLAGS := -eu -o pipefail -c
+GO          ?= go
+BIN         := $(CURDIR)/bin
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -s -w -X main.version=$(VERSION)
+# The build the Dockerfiles run; keep them identical.
+GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
+
+# Versions. The interop client and server, and protoc-gen-go, follow go.mod.
+GRPC_VERSION               := $(shell $(GO) list -m -f '{{.Version}}' google.golang.org/grpc)
+PROTOBUF_VERSION           := $(shell $(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+BUF_VERSION                := v1.75.0
+GRPCURL_VERSION            := v1.9.4
+GHZ_VERSION                := v0.93.0
+
+TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz interop-client interop-server)
+
+.PHONY: all build test demo proto bench lint tools clean fuzz
+.DEFAULT_GOAL := build
+
+all: lint test
+
+build: ## the gateway and echo binaries, as the Dockerfiles build them
+	$(GOBUILD) -o $(BIN)/gateway ./gateway
+	$(GOBUILD) -o $(BIN)/echo ./echo
+
+test: tools ## every test, with the race detector
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+demo: build $(BIN)/grpcurl ## echo for env1 and env2, the gateway, three grpcurl calls
+	BIN=$(BIN) ./scripts/demo.sh
+
+proto: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## regenerate proto/echopb
+	cd proto && $(BIN)/buf generate
+
+lint: ## go vet and gofmt
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+fuzz: ## each fuzz target for a while (FUZZTIME, default 30s)
+	$(GO) test -run XXX -fuzz FuzzRoute -fuzztime $${FUZZTIME:-30s} ./gateway/internal/route
+	$(GO) test -run XXX -fuzz FuzzDirector -fuzztime $${FUZZTIME:-30s} ./gateway/internal/proxy
+
+bench: build $(BIN)/ghz ## micro-benchmarks, then whole-system load against direct, envgate, nginx, haproxy
+	$(GO) test -run XXX -bench . -benchmem ./gateway/...
+	BIN=$(BIN) ./scripts/bench.sh
+
+tools: $(TOOLS)
+
+clean:
+	rm -rf $(BIN)
+
+# go_tool NAME, PACKAGE, VERSION: installs PACKAGE@VERSION as bin/NAME. The
+# stamp file names the version, so a new version reinstalls.
+define go_tool
+$(BIN)/$(1): $(BIN)/.stamp-$(1)@$(3)
+$(BIN)/.stamp-$(1)@$(3):
+	@mkdir -p $(BIN)/.gobin-$(1)
+	GOBIN=$(BIN)/.gobin-$(1) $(GO) install $(2)@$(3)
+	mv $(BIN)/.gobin-$(1)/$(notdir $(2)) $(BIN)/$(1)
+	rm -rf $(BIN)/.gobin-$(1) $(BIN)/.stamp-$(1)@*
+	touch $$@
+endef
+
+$(eval $(call go_tool,buf,github.com/bufbuild/buf/cmd/buf,$(BUF_VERSION)))
+$(eval $(call go_tool,protoc-gen-go,google.golang.org/protobuf/cmd/protoc-gen-go,$(PROTOBUF_VERSION)))
+$(eval $(call go_tool,protoc-gen-go-grpc,google.golang.org/grpc/cmd/protoc-gen-go-grpc,$(PROTOC_GEN_GO_GRPC_VERSION)))
+$(eval $(call go_tool,grpcurl,github.com/fullstorydev/grpcurl/cmd/grpcurl,$(GRPCURL_VERSION)))
+$(eval $(call go_tool,ghz,github.com/bojand/ghz/cmd/ghz,$(GHZ_VERSION)))
+$(eval $(call go_tool,interop-client,google.golang.org/grpc/interop/client,$(GRPC_VERSION)))
+$(eval $(call go_tool,interop-server,google.golang.org/grpc/interop/server,$(GRPC_VERSION)))
