@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# make bench: the same unary load, back to back in one run, against the echo
+# server directly, through envgate, and through nginx and HAProxy configured
+# to route on the env header with HTTP/2 to the backend. h2load (raw gRPC
+# frames) measures throughput and CPU, ghz measures latency. Every run is
+# bounded by a call count and a timeout. Prints one table with ratios to
+# direct and to envgate, measured in this run (the machine is shared).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${BIN:-$ROOT/bin}
+SIZES=${SIZES:-"100 65536"}
+CONC=50          # concurrent calls
+CONNS=10         # client connections (a load balancer spreads over several)
+DIR=$(mktemp -d)
+BACKEND_PORT=${BACKEND_PORT:-19051}
+PORT=${PORT:-19080}
+TICK=$(getconf CLK_TCK)
+pids=()
+
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+need() { # command, Debian package
+  command -v "$1" >/dev/null && return
+  echo "bench: installing $2" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; fi
+}
+need h2load nghttp2-client
+need nginx nginx-light
+need haproxy haproxy
+export PATH=$PATH:/usr/sbin
+
+# family PID: the process and its direct children (nginx workers).
+family() {
+  local p=$1
+  echo "$p"
+  for s in /proc/[0-9]*/stat; do
+    read -r -a f <"$s" 2>/dev/null || continue
+    [ "${f[3]:-}" = "$p" ] && echo "${f[0]}"
+  done
+  return 0
+}
+# cpu_ticks PID...: utime+stime, in clock ticks, of the processes and their children.
+cpu_ticks() {
+  local sum=0 p
+  for p in $(for q in "$@"; do family "$q"; done); do
+    [ -r "/proc/$p/stat" ] || continue
+    # fields after the command name: state is 3, utime 14, stime 15
+    local rest; rest=$(sed 's/^.*) //' "/proc/$p/stat")
+    set -- $rest
+    sum=$((sum + ${12} + ${13}))
+  done
+  echo "$sum"
+}
+# peak_rss_kb PID...: summed VmHWM.
+peak_rss_kb() {
+  local sum=0 p v
+  for p in $(for q in "$@"; do family "$q"; done); do
+    v=$(awk '/^VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    sum=$((sum + ${v:-0}))
+  done
+  echo "$sum"
+}
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "bench: nothing listening on $1" >&2; exit 1
+}
+render() { sed -e "s|@DIR@|$DIR|g" -e "s|@PORT@|$PORT|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" "$1" >"$2"; }
+
+# varint N: protobuf varint bytes as printf escapes.
+varint() {
+  local n=$1 out=""
+  while [ "$n" -ge 128 ]; do out+=$(printf '\\x%02x' $(( (n & 127) | 128 ))); n=$((n >> 7)); done
+  out+=$(printf '\\x%02x' "$n"); echo "$out"
+}
+# request_file SIZE FILE: one gRPC-framed EchoRequest{response_size: SIZE, payload: SIZE zero bytes}.
+request_file() {
+  local size=$1 body="$DIR/body"
+  { printf "\\x10$(varint "$size")\\x52$(varint "$size")"; head -c "$size" /dev/zero; } >"$body"
+  local len; len=$(stat -c %s "$body")
+  { printf "\\x00$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $((len >> 24 & 255)) $((len >> 16 & 255)) $((len >> 8 & 255)) $((len & 255)))"; cat "$body"; } >"$2"
+}
+
+start_backend() {
+  ENV=env1 "$BIN/echo" -addr "127.0.0.1:$BACKEND_PORT" >"$DIR/echo.log" 2>&1 &
+  backend=$!; pids+=("$backend"); wait_port "$BACKEND_PORT"
+}
+# start_target NAME: sets target_pid and target_port.
+start_target() {
+  case $1 in
+    direct) target_pid=""; target_port=$BACKEND_PORT; return ;;
+    envgate) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/envgate.yaml"
+      "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    nginx) render "$ROOT/scripts/bench/nginx.conf.in" "$DIR/nginx.conf"
+      nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
+    haproxy) render "$ROOT/scripts/bench/haproxy.cfg.in" "$DIR/haproxy.cfg"
+      haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
+  esac
+  target_pid=$!; pids+=("$target_pid"); target_port=$PORT; wait_port "$PORT"
+}
+stop_target() {
+  [ -n "$target_pid" ] || return 0
+  kill "$target_pid"; wait "$target_pid" 2>/dev/null || true
+}
+
+# ghz_latency PORT SIZE N: prints "p50_ms p99_ms errors".
+ghz_latency() {
+  local payload; payload=$(head -c "$2" /dev/zero | base64 -w0)
+  timeout 300 "$BIN/ghz" --insecure --proto "$ROOT/proto/echo.proto" --call echo.EchoService.Call \
+    -m '{"env":"env1"}' -d "{\"response_size\":$2,\"payload\":\"$payload\"}" \
+    -c "$CONC" --connections "$CONNS" -n "$3" --timeout 20s "127.0.0.1:$1" >"$DIR/ghz.txt"
+  awk '
+    function ms(v, u) { return u == "s" ? v * 1000 : u == "ms" ? v : (u == "µs" || u == "us") ? v / 1000 : v / 1e6 }
+    /^  50 % in/ { p50 = ms($4, $5) }
+    /^  99 % in/ { p99 = ms($4, $5) }
+    /^  \[OK\]/ { ok = $2 }
+    END { printf "%.3f %.3f %d\n", p50, p99, ok }' "$DIR/ghz.txt"
+}
+# h2load_rps PORT FILE N: prints req/s; fails unless every call got HTTP 200.
+h2load_rps() {
+  timeout 300 h2load -n "$3" -c "$CONNS" -m $((CONC / CONNS)) -d "$2" \
+    -H 'content-type: application/grpc' -H 'te: trailers' -H 'env: env1' \
+    "http://127.0.0.1:$1/echo.EchoService/Call" >"$DIR/h2load.txt"
+  grep -q "requests: $3 total, $3 started, $3 done, $3 succeeded" "$DIR/h2load.txt" ||
+    { echo "bench: h2load calls failed:" >&2; cat "$DIR/h2load.txt" >&2; exit 1; }
+  awk '/^finished in/ { gsub(",", ""); print $4 }' "$DIR/h2load.txt"
+}
+
+start_backend
+results="$DIR/results"
+for size in $SIZES; do
+  if [ "$size" -ge 65536 ]; then n_ghz=3000; n_h2=8000; else n_ghz=20000; n_h2=60000; fi
+  request_file "$size" "$DIR/req.bin"
+  for target in direct envgate nginx haproxy; do
+    start_target "$target"
+    ghz_latency "$target_port" "$size" 500 >/dev/null # warm up connections and caches
+    read -r p50 p99 ok < <(ghz_latency "$target_port" "$size" "$n_ghz")
+    [ "$ok" = "$n_ghz" ] || { echo "bench: $target: only $ok of $n_ghz calls OK" >&2; cat "$DIR/ghz.txt" >&2; exit 1; }
+    b0=$(cpu_ticks "$backend"); p0=0; [ -n "$target_pid" ] && p0=$(cpu_ticks "$target_pid")
+    rps=$(h2load_rps "$target_port" "$DIR/req.bin" "$n_h2")
+    b1=$(cpu_ticks "$backend"); p1=0; [ -n "$target_pid" ] && p1=$(cpu_ticks "$target_pid")
+    rss=0; [ -n "$target_pid" ] && rss=$(peak_rss_kb "$target_pid")
+    awk -v s="$size" -v t="$target" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
+        -v pc=$((p1 - p0)) -v bc=$((b1 - b0)) -v n="$n_h2" -v tick="$TICK" -v rss="$rss" \
+        'BEGIN { printf "%s %s %.0f %.3f %.3f %.3f %.3f %.1f\n", s, t, rps, p50, p99, pc / tick / n * 10000, bc / tick / n * 10000, rss / 1024 }' >>"$results"
+    stop_target
+  done
+done
+
+echo
+echo "unary echo.EchoService/Call, $CONC concurrent calls over $CONNS connections; request and response payload of SIZE bytes"
+echo "rps: h2load; p50/p99: ghz; CPU: utime+stime per 10k calls of the h2load run; RSS: peak (VmHWM) of the proxy's processes"
+awk '
+  { size[NR] = $1; tgt[NR] = $2; rps[NR] = $3; p50[NR] = $4; p99[NR] = $5; pcpu[NR] = $6; bcpu[NR] = $7; rss[NR] = $8
+    key = $1 SUBSEP $2; R[key] = $3; P99[key] = $5; C[key] = $6 }
+  function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+  END {
+    printf "%-6s %-8s %9s %8s %8s %10s %10s %8s | %-22s | %-22s\n", "size", "target", "rps", "p50 ms", "p99 ms", "proxy cpu", "backnd cpu", "RSS MB", "vs direct rps/p99", "vs envgate rps/p99/cpu"
+    for (i = 1; i <= NR; i++) {
+      d = size[i] SUBSEP "direct"; e = size[i] SUBSEP "envgate"
+      printf "%-6s %-8s %9d %8.3f %8.3f %10.3f %10.3f %8.1f | %-22s | %-22s\n", size[i], tgt[i], rps[i], p50[i], p99[i], pcpu[i], bcpu[i], rss[i],
+        ratio(rps[i], R[d]) " / " ratio(p99[i], P99[d]),
+        ratio(rps[i], R[e]) " / " ratio(p99[i], P99[e]) " / " ratio(pcpu[i], C[e])
+    }
+  }' "$results"
