@@ -48,7 +48,7 @@ type backendCall struct {
 	ctxErr      error         // the context's error when the handler returned
 }
 
-func startBackend(t *testing.T, env string, opts ...grpc.ServerOption) *backend {
+func startBackend(t testing.TB, env string, opts ...grpc.ServerOption) *backend {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -96,7 +96,7 @@ func (b *backend) callCount() int {
 }
 
 // waitCall returns the next call the backend finishes.
-func (b *backend) waitCall(t *testing.T) backendCall {
+func (b *backend) waitCall(t testing.TB) backendCall {
 	t.Helper()
 	select {
 	case c := <-b.done:
@@ -109,7 +109,7 @@ func (b *backend) waitCall(t *testing.T) backendCall {
 
 // testConfig routes each named environment to its backends' addresses, on
 // one h2c listener on 127.0.0.1:0.
-func testConfig(t *testing.T, envs map[string][]string) *config.Config {
+func testConfig(t testing.TB, envs map[string][]string) *config.Config {
 	t.Helper()
 	off := false
 	c := &config.Config{
@@ -131,7 +131,7 @@ type runningGateway struct {
 }
 
 // startGateway runs a gateway until the test ends.
-func startGateway(t *testing.T, cfg *config.Config, logOut io.Writer) *runningGateway {
+func startGateway(t testing.TB, cfg *config.Config, logOut io.Writer) *runningGateway {
 	t.Helper()
 	if logOut == nil {
 		logOut = io.Discard
@@ -168,7 +168,7 @@ func (g *runningGateway) stop(t *testing.T) error {
 	}
 }
 
-func dial(t *testing.T, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
+func dial(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
 	cc, err := grpc.NewClient(addr, opts...)
@@ -179,11 +179,11 @@ func dial(t *testing.T, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	return cc
 }
 
-func echoClient(t *testing.T, addr string, opts ...grpc.DialOption) echopb.EchoServiceClient {
+func echoClient(t testing.TB, addr string, opts ...grpc.DialOption) echopb.EchoServiceClient {
 	return echopb.NewEchoServiceClient(dial(t, addr, opts...))
 }
 
-func testCtx(t *testing.T) context.Context {
+func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	return ctx
