@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -332,7 +335,8 @@ func TestBackendCancelReachesClient(t *testing.T) {
 }
 
 func TestBalancesPerRequest(t *testing.T) {
-	b1, b2 := startBackend(t, "env1"), startBackend(t, "env1")
+	conns1, conns2 := &connCounter{}, &connCounter{}
+	b1, b2 := startBackend(t, "env1", grpc.StatsHandler(conns1)), startBackend(t, "env1", grpc.StatsHandler(conns2))
 	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b1.addr, b2.addr}}), nil)
 	c := echoClient(t, gw.Addrs()[0]) // one client connection
 	ctx := withEnv(testCtx(t), "env1")
@@ -354,6 +358,58 @@ func TestBalancesPerRequest(t *testing.T) {
 	d1, d2 := b1.callCount()-n1, b2.callCount()-n2
 	if d1 != 20 || d2 != 20 {
 		t.Fatalf("40 calls on one connection went %d / %d, want round robin 20 / 20", d1, d2)
+	}
+	// Calls share the gateway's connection to each endpoint: none is dialed
+	// per call.
+	if n1, n2 := conns1.count.Load(), conns2.count.Load(); n1 != 1 || n2 != 1 {
+		t.Fatalf("backends saw %d and %d connections, want 1 each", n1, n2)
+	}
+}
+
+// connCounter counts the connections a server accepts.
+type connCounter struct{ count atomic.Int32 }
+
+func (c *connCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (c *connCounter) HandleRPC(context.Context, stats.RPCStats)                       {}
+func (c *connCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+func (c *connCounter) HandleConn(_ context.Context, s stats.ConnStats) {
+	if _, ok := s.(*stats.ConnBegin); ok {
+		c.count.Add(1)
+	}
+}
+
+func TestMessageOverLimitIsRefused(t *testing.T) {
+	b := startBackend(t, "env1")
+	cfg := testConfig(t, map[string][]string{"env1": {b.addr}})
+	cfg.Limits.MaxMessageBytes = 1 << 20
+	gw := startGateway(t, cfg, nil)
+	c := echoClient(t, gw.Addrs()[0])
+	_, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{Payload: make([]byte, 2<<20)})
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "larger than max") {
+		t.Fatalf("got %v %q, want ResourceExhausted", st.Code(), st.Message())
+	}
+	_, err = c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{ResponseSize: 2 << 20})
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted {
+		t.Fatalf("large response: got %v %q, want ResourceExhausted", st.Code(), st.Message())
+	}
+	if _, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{Payload: make([]byte, 900<<10)}); err != nil {
+		t.Fatalf("a message under the limit: %v", err)
+	}
+}
+
+func TestEndpointRefusingConnections(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := lis.Addr().String()
+	_ = lis.Close()
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {closed}}), nil)
+	_, err = echoClient(t, gw.Addrs()[0]).Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "connection refused") {
+		t.Fatalf("got %v %q, want UNAVAILABLE saying the connection was refused", st.Code(), st.Message())
 	}
 }
 
