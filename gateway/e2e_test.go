@@ -397,6 +397,27 @@ func TestMessageOverLimitIsRefused(t *testing.T) {
 	if _, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{Payload: make([]byte, 900<<10)}); err != nil {
 		t.Fatalf("a message under the limit: %v", err)
 	}
+
+	// Mid-stream: the call fails at once and the backend's side ends too.
+	s, err := c.ClientStream(withEnv(testCtx(t), "env1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&echopb.EchoRequest{Payload: make([]byte, 100)}); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Send(&echopb.EchoRequest{Payload: make([]byte, 2<<20)})
+	if _, err := s.CloseAndRecv(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("oversized message in a stream: got %v, want ResourceExhausted", err)
+	}
+	for {
+		if call := b.waitCall(t); call.method == "/echo.EchoService/ClientStream" {
+			if call.ctxErr == nil {
+				t.Fatal("backend's stream ended without its context ending")
+			}
+			break
+		}
+	}
 }
 
 func TestEndpointRefusingConnections(t *testing.T) {

@@ -115,7 +115,16 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	// Client to upstream runs beside; upstream to client runs here, and its end
 	// is the end of the call.
 	upErr := make(chan error, 1)
-	go func() { upErr <- pumpToUpstream(ss, cs, c) }()
+	go func() {
+		err := pumpToUpstream(ss, cs, c)
+		if err != nil {
+			// The client's side broke (it went away, or sent a message over
+			// the limit): end the upstream call too, or it would wait for
+			// the rest of a request that never comes.
+			cancel()
+		}
+		upErr <- err
+	}()
 
 	err = p.pumpToClient(cs, ss, st, c)
 	if err == nil {
