@@ -19,9 +19,20 @@ BUF_VERSION                := v1.75.0
 GRPCURL_VERSION            := v1.9.4
 GHZ_VERSION                := v0.93.0
 
-TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz interop-client interop-server)
+# The control plane of the Kubernetes tests: kube-apiserver and
+# kube-controller-manager built from k8s.io/kubernetes (hack/kube/go.mod pins
+# it), etcd from Debian's etcd-server. With KUBEBUILDER_ASSETS set, the tests
+# use the binaries there instead.
+KUBE_VERSION := $(shell cd hack/kube && $(GO) list -m -f '{{.Version}}' k8s.io/kubernetes)
+KUBE_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=$(word 1,$(subst ., ,$(patsubst v%,%,$(KUBE_VERSION)))) \
+	-X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(KUBE_VERSION))) \
+	-X k8s.io/component-base/version.gitTreeState=clean
 
-.PHONY: all build test demo proto bench lint tools clean fuzz
+TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz interop-client interop-server \
+	kube-apiserver kube-controller-manager etcd)
+
+.PHONY: all build test demo proto bench lint tools clean fuzz kube
 .DEFAULT_GOAL := build
 
 all: lint test
@@ -54,6 +65,25 @@ bench: build $(BIN)/ghz ## micro-benchmarks, then whole-system load against dire
 	BIN=$(BIN) ./scripts/bench.sh
 
 tools: $(TOOLS)
+
+kube: $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd ## the Kubernetes test control plane
+
+$(BIN)/kube-apiserver $(BIN)/kube-controller-manager: $(BIN)/.stamp-kube@$(KUBE_VERSION)
+$(BIN)/.stamp-kube@$(KUBE_VERSION): hack/kube/go.mod hack/kube/go.sum
+	@mkdir -p $(BIN)
+	cd hack/kube && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+	cd hack/kube && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+	rm -f $(BIN)/.stamp-kube@*
+	touch $@
+
+# etcd: Debian's etcd-server, installed when missing (as root, or with sudo).
+$(BIN)/etcd:
+	@mkdir -p $(BIN)
+	if ! command -v etcd >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server >/dev/null; \
+	fi
+	ln -sf "$$(command -v etcd)" $@
 
 clean:
 	rm -rf $(BIN)

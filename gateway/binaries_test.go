@@ -156,6 +156,7 @@ listeners:
   - address: 127.0.0.1:0
   - address: 127.0.0.1:0
     tls: {certFile: %s, keyFile: %s}
+admin: {address: 127.0.0.1:0}
 environments: [env1, env2]
 discovery:
   static:

@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,7 +18,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	_ "google.golang.org/grpc/encoding/gzip" // compressed calls are forwarded compressed
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/envgate/envgate/gateway/internal/admin"
 	"github.com/envgate/envgate/gateway/internal/config"
 	"github.com/envgate/envgate/gateway/internal/discovery"
 	"github.com/envgate/envgate/gateway/internal/proxy"
@@ -34,9 +41,14 @@ type gateway struct {
 	store  *discovery.Store
 	pool   *upstream.Pool
 	routes atomic.Pointer[route.Table]
+	// sources run beside the servers and feed the store.
+	sources  []func(context.Context) error
+	draining atomic.Bool
 
 	listeners []net.Listener
 	servers   []*grpc.Server
+	admin     *http.Server
+	adminLis  net.Listener
 }
 
 // newGateway builds everything and binds the listeners, so that addresses
@@ -48,7 +60,9 @@ func newGateway(cfg *config.Config, log *slog.Logger) (*gateway, error) {
 	}
 	g := &gateway{cfg: cfg, log: log, store: discovery.NewStore()}
 	g.routes.Store(table)
-	discovery.Static(g.store, cfg.StaticEndpoints())
+	if err := g.setupDiscovery(); err != nil {
+		return nil, err
+	}
 
 	maxMsg := cfg.Limits.MaxMessageBytes
 	g.pool = upstream.NewPool(g.store, log,
@@ -81,7 +95,107 @@ func newGateway(cfg *config.Config, log *slog.Logger) (*gateway, error) {
 		g.listeners = append(g.listeners, lis)
 		g.servers = append(g.servers, newServer(cfg, creds, px))
 	}
+	if cfg.Admin.Address != "-" {
+		lis, err := net.Listen("tcp", cfg.Admin.Address)
+		if err != nil {
+			g.closeListeners()
+			return nil, fmt.Errorf("admin listen: %w", err)
+		}
+		g.adminLis = lis
+		g.admin = &http.Server{Handler: admin.Handler(g.ready), ReadHeaderTimeout: 5 * time.Second}
+	}
 	return g, nil
+}
+
+// setupDiscovery chooses the endpoint source.
+func (g *gateway) setupDiscovery() error {
+	cfg := g.cfg
+	switch {
+	case cfg.Discovery.Kubernetes != nil:
+		rc, err := kubeConfig(cfg.Discovery.Kubernetes.Kubeconfig)
+		if err != nil {
+			return err
+		}
+		rc.UserAgent = "envgate/" + version
+		client, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+		src, err := discovery.NewKubernetes(client, g.store, discovery.KubernetesConfig{
+			Service:           cfg.Routing.Service,
+			Port:              cfg.Routing.Port,
+			Namespaces:        cfg.Environments,
+			NamespaceSelector: cfg.Discovery.Kubernetes.NamespaceSelector,
+			Key:               func(ns string) string { return cfg.Destination(ns).Key() },
+			OnEnvironments:    g.setEnvironments,
+		}, g.log)
+		if err != nil {
+			return fmt.Errorf("kubernetes discovery: %w", err)
+		}
+		g.sources = append(g.sources, src.Run)
+	case cfg.Discovery.DNS != nil:
+		d := cfg.Discovery.DNS
+		src := discovery.NewDNS(g.store, discovery.DNSConfig{
+			Names: dnsNames(cfg, d.Suffix),
+			Port:  cfg.Routing.Port,
+			Every: d.Refresh,
+		}, net.DefaultResolver, g.log)
+		g.sources = append(g.sources, src.Run)
+	default:
+		discovery.Static(g.store, cfg.StaticEndpoints())
+	}
+	return nil
+}
+
+// dnsNames maps each environment's store key to the name to resolve.
+func dnsNames(cfg *config.Config, suffix string) map[string]string {
+	names := make(map[string]string, len(cfg.Environments))
+	for _, env := range cfg.Environments {
+		names[cfg.Destination(env).Key()] = cfg.Routing.Service + "." + env + "." + suffix
+	}
+	return names
+}
+
+// setEnvironments replaces the routing table when discovery finds the
+// environments changed (a namespace gained or lost the opt-in label).
+func (g *gateway) setEnvironments(envs []string) {
+	table, err := g.cfg.TableFor(envs)
+	if err != nil {
+		g.log.Error("routing table not updated", "error", err)
+		return
+	}
+	g.routes.Store(table)
+	g.log.Info("environments changed", "environments", envs)
+}
+
+// ready is the readiness check: discovery synced and not draining.
+func (g *gateway) ready() error {
+	if g.draining.Load() {
+		return errors.New("draining")
+	}
+	if !g.store.Synced() {
+		return errors.New("discovery has not synced")
+	}
+	return nil
+}
+
+// kubeConfig loads a kubeconfig file (path, else $KUBECONFIG), or the
+// in-cluster service account when there is neither.
+func kubeConfig(path string) (*rest.Config, error) {
+	if path == "" && os.Getenv("KUBECONFIG") == "" {
+		rc, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes: no kubeconfig and not in a cluster: %w", err)
+		}
+		return rc, nil
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = path
+	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	return rc, nil
 }
 
 func newServer(cfg *config.Config, creds credentials.TransportCredentials, px *proxy.Proxy) *grpc.Server {
@@ -116,11 +230,32 @@ func (g *gateway) Addrs() []string {
 // Run serves until ctx ends, then stops accepting, lets calls in flight
 // finish for up to the shutdown grace, and closes what is left.
 func (g *gateway) Run(ctx context.Context) error {
-	poolCtx, stopPool := context.WithCancel(context.WithoutCancel(ctx))
+	// Discovery and upstream connections outlive the listeners, so calls
+	// draining after ctx ends still reach their endpoints.
+	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = g.pool.Run(poolCtx) })
+	wg.Go(func() { _ = g.pool.Run(bgCtx) })
+	sourceErr := make(chan error, len(g.sources))
+	for _, run := range g.sources {
+		wg.Go(func() {
+			if err := run(bgCtx); err != nil && bgCtx.Err() == nil {
+				sourceErr <- err
+			}
+		})
+	}
+	if g.admin != nil {
+		g.log.Info("admin listening", "address", g.adminLis.Addr().String())
+		wg.Go(func() {
+			if err := g.admin.Serve(g.adminLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				g.log.Error("admin server", "error", err)
+			}
+		})
+	}
 	defer func() {
-		stopPool()
+		if g.admin != nil {
+			_ = g.admin.Close()
+		}
+		stopBg()
 		wg.Wait()
 	}()
 
@@ -141,7 +276,9 @@ func (g *gateway) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		g.log.Info("shutting down", "grace", g.cfg.ShutdownGrace.String())
 	case err = <-serveErr:
+	case err = <-sourceErr:
 	}
+	g.draining.Store(true)
 	g.stop(g.cfg.ShutdownGrace)
 	serving.Wait()
 	return err
@@ -176,6 +313,17 @@ func (g *gateway) closeListeners() {
 	for _, l := range g.listeners {
 		_ = l.Close()
 	}
+	if g.adminLis != nil {
+		_ = g.adminLis.Close()
+	}
+}
+
+// AdminAddr is the bound admin address, or "" without one.
+func (g *gateway) AdminAddr() string {
+	if g.adminLis == nil {
+		return ""
+	}
+	return g.adminLis.Addr().String()
 }
 
 // poolUpstreams adapts the pool to what the proxy asks of it.

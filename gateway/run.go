@@ -22,6 +22,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "YAML configuration file (default: the embedded demo configuration)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file for Kubernetes discovery (default $KUBECONFIG, then in-cluster)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -43,6 +44,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if err != nil {
 		return err
+	}
+	if *kubeconfig != "" && cfg.Discovery.Kubernetes != nil {
+		cfg.Discovery.Kubernetes.Kubeconfig = *kubeconfig
 	}
 	gw, err := newGateway(cfg, log)
 	if err != nil {

@@ -27,11 +27,14 @@ type Config struct {
 	// environment receives the call.
 	Routing Routing `yaml:"routing"`
 	// Environments that may be routed to. A request naming any other value
-	// gets UNIMPLEMENTED. When empty, the environments of the static discovery
-	// are used.
+	// gets UNIMPLEMENTED. When empty, the environments are the keys of the
+	// static discovery, or with Kubernetes discovery the namespaces matching
+	// discovery.kubernetes.namespaceSelector.
 	Environments []string `yaml:"environments"`
 	// Discovery is where endpoints come from.
 	Discovery Discovery `yaml:"discovery"`
+	// Admin serves /healthz/ready and /healthz/live over HTTP.
+	Admin Admin `yaml:"admin"`
 	// Limits of the gRPC server and of the upstream calls.
 	Limits Limits `yaml:"limits"`
 	// ShutdownGrace bounds how long in-flight calls may run after SIGTERM.
@@ -61,10 +64,41 @@ type Routing struct {
 	Port    string `yaml:"port"`
 }
 
-// Discovery configures the endpoint sources.
+// Admin is the health listener (the seed's load balancer checks
+// /healthz/ready on port 15021).
+type Admin struct {
+	// Address to listen on; "-" turns the admin listener off.
+	Address string `yaml:"address"`
+}
+
+// Discovery configures the endpoint source: exactly one of Static,
+// Kubernetes and DNS.
 type Discovery struct {
 	// Static lists endpoints ("host:port") per environment.
 	Static map[string][]string `yaml:"static"`
+	// Kubernetes follows the EndpointSlices of the service in each
+	// environment namespace.
+	Kubernetes *Kubernetes `yaml:"kubernetes"`
+	// DNS resolves <service>.<env>.<suffix> periodically.
+	DNS *DNS `yaml:"dns"`
+}
+
+// Kubernetes discovery settings.
+type Kubernetes struct {
+	// Kubeconfig file; empty means $KUBECONFIG, then the in-cluster
+	// service account.
+	Kubeconfig string `yaml:"kubeconfig"`
+	// NamespaceSelector picks environment namespaces by label when
+	// environments is empty (default envgate.io/environment=true).
+	NamespaceSelector string `yaml:"namespaceSelector"`
+}
+
+// DNS discovery settings.
+type DNS struct {
+	// Suffix after <service>.<env>. (default svc.cluster.local).
+	Suffix string `yaml:"suffix"`
+	// Refresh is how often names are resolved again (default 5s).
+	Refresh time.Duration `yaml:"refresh"`
 }
 
 // Limits are the server's and upstream calls' bounds.
@@ -96,6 +130,10 @@ const (
 	DefaultKeepaliveTime        = 2 * time.Minute
 	DefaultKeepaliveTimeout     = 20 * time.Second
 	DefaultShutdownGrace        = 30 * time.Second
+	DefaultAdminAddress         = ":15021"
+	DefaultNamespaceSelector    = "envgate.io/environment=true"
+	DefaultDNSSuffix            = "svc.cluster.local"
+	DefaultDNSRefresh           = 5 * time.Second
 )
 
 // Load reads a YAML file, applies defaults and validates it.
@@ -146,6 +184,20 @@ func (c *Config) Defaults() {
 	if len(c.Environments) == 0 {
 		for env := range c.Discovery.Static {
 			c.Environments = append(c.Environments, env)
+		}
+	}
+	if c.Admin.Address == "" {
+		c.Admin.Address = DefaultAdminAddress
+	}
+	if k := c.Discovery.Kubernetes; k != nil && k.NamespaceSelector == "" && len(c.Environments) == 0 {
+		k.NamespaceSelector = DefaultNamespaceSelector
+	}
+	if d := c.Discovery.DNS; d != nil {
+		if d.Suffix == "" {
+			d.Suffix = DefaultDNSSuffix
+		}
+		if d.Refresh == 0 {
+			d.Refresh = DefaultDNSRefresh
 		}
 	}
 	l := &c.Limits
@@ -200,8 +252,29 @@ func (c *Config) Validate() error {
 	if !dnsLabel.MatchString(c.Routing.Service) {
 		errs = append(errs, fmt.Errorf("routing.service %q: must be a Kubernetes Service name", c.Routing.Service))
 	}
-	if len(c.Environments) == 0 {
+	sources := 0
+	for _, set := range []bool{c.Discovery.Static != nil, c.Discovery.Kubernetes != nil, c.Discovery.DNS != nil} {
+		if set {
+			sources++
+		}
+	}
+	if sources > 1 {
+		errs = append(errs, errors.New("discovery: static, kubernetes and dns are exclusive"))
+	}
+	byLabel := c.Discovery.Kubernetes != nil && len(c.Environments) == 0
+	if len(c.Environments) == 0 && !byLabel {
 		errs = append(errs, errors.New("environments: none configured, nothing could be routed"))
+	}
+	if byLabel && strings.TrimSpace(c.Discovery.Kubernetes.NamespaceSelector) == "" {
+		errs = append(errs, errors.New("discovery.kubernetes.namespaceSelector: empty with no environments listed"))
+	}
+	if c.Admin.Address != "-" {
+		if _, _, err := net.SplitHostPort(c.Admin.Address); err != nil {
+			errs = append(errs, fmt.Errorf("admin.address %q: %w", c.Admin.Address, err))
+		}
+	}
+	if d := c.Discovery.DNS; d != nil && d.Refresh < 0 {
+		errs = append(errs, errors.New("discovery.dns.refresh: must not be negative"))
 	}
 	seen := map[string]bool{}
 	for _, env := range c.Environments {
@@ -237,10 +310,13 @@ func (c *Config) Destination(env string) route.Destination {
 	return route.Destination{Namespace: env, Service: c.Routing.Service, Port: c.Routing.Port}
 }
 
-// Table builds the routing table: one exact-match rule per environment.
-func (c *Config) Table() (*route.Table, error) {
-	rules := make([]route.Rule, 0, len(c.Environments))
-	for _, env := range c.Environments {
+// Table builds the routing table of the configured environments.
+func (c *Config) Table() (*route.Table, error) { return c.TableFor(c.Environments) }
+
+// TableFor builds a routing table with one exact-match rule per environment.
+func (c *Config) TableFor(envs []string) (*route.Table, error) {
+	rules := make([]route.Rule, 0, len(envs))
+	for _, env := range envs {
 		rules = append(rules, route.Rule{Value: env, Destination: c.Destination(env)})
 	}
 	return route.NewTable(c.Routing.Header, rules)
