@@ -52,8 +52,9 @@ type gateway struct {
 }
 
 // newGateway builds everything and binds the listeners, so that addresses
-// are known (port 0 included) before Run.
-func newGateway(cfg *config.Config, log *slog.Logger) (*gateway, error) {
+// are known (port 0 included) before Run. upstreamOpts are added to the
+// upstream connections' dial options.
+func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialOption) (*gateway, error) {
 	table, err := cfg.Table()
 	if err != nil {
 		return nil, err
@@ -65,11 +66,11 @@ func newGateway(cfg *config.Config, log *slog.Logger) (*gateway, error) {
 	}
 
 	maxMsg := cfg.Limits.MaxMessageBytes
-	g.pool = upstream.NewPool(g.store, log,
-		grpc.WithUserAgent("envgate/"+version),
+	g.pool = upstream.NewPool(g.store, log, append([]grpc.DialOption{
+		grpc.WithUserAgent("envgate/" + version),
 		grpc.WithStatsHandler(proxy.StatsHandler()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)),
-	)
+	}, upstreamOpts...)...)
 	var accessLog *slog.Logger
 	if *cfg.AccessLog {
 		accessLog = log

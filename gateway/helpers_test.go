@@ -35,6 +35,7 @@ import (
 type backend struct {
 	addr string
 	env  string
+	srv  *grpc.Server
 
 	mu    sync.Mutex
 	calls []backendCall
@@ -81,6 +82,7 @@ func startBackend(t testing.TB, env string, opts ...grpc.ServerOption) *backend 
 		}),
 	)
 	srv := grpc.NewServer(opts...)
+	b.srv = srv
 	echoserver.Register(srv, &echoserver.Server{Env: env, Addr: b.addr})
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	reflection.Register(srv)
@@ -88,6 +90,10 @@ func startBackend(t testing.TB, env string, opts ...grpc.ServerOption) *backend 
 	t.Cleanup(srv.Stop)
 	return b
 }
+
+// stop ends the server as a pod's SIGTERM would: calls in flight finish,
+// new connections are refused.
+func (b *backend) stop() { b.srv.GracefulStop() }
 
 func (b *backend) callCount() int {
 	b.mu.Lock()
@@ -132,12 +138,12 @@ type runningGateway struct {
 }
 
 // startGateway runs a gateway until the test ends.
-func startGateway(t testing.TB, cfg *config.Config, logOut io.Writer) *runningGateway {
+func startGateway(t testing.TB, cfg *config.Config, logOut io.Writer, upstreamOpts ...grpc.DialOption) *runningGateway {
 	t.Helper()
 	if logOut == nil {
 		logOut = io.Discard
 	}
-	g, err := newGateway(cfg, slog.New(slog.NewJSONHandler(logOut, nil)))
+	g, err := newGateway(cfg, slog.New(slog.NewJSONHandler(logOut, nil)), upstreamOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,7 +41,13 @@ type ControlPlane struct {
 	// Admin is a client with full rights (system:masters).
 	Admin  kubernetes.Interface
 	Config *rest.Config // the admin's
-	URL    string
+	// URL is the API server that StopAPIServer stops, and the one service
+	// account configs point to.
+	URL string
+	// With Options.SecondAPIServer, Admin and the controller manager use a
+	// second kube-apiserver on the same etcd, so the cluster goes on
+	// changing while the first is stopped.
+	secondURL string
 
 	dir       string
 	caPEM     []byte
@@ -146,9 +152,20 @@ func (p *proc) stop() {
 	}
 }
 
+// Options change what Start runs.
+type Options struct {
+	// SecondAPIServer runs a second kube-apiserver for the admin client and
+	// the controller manager.
+	SecondAPIServer bool
+}
+
 // Start runs a control plane until the test ends.
-func Start(t testing.TB) *ControlPlane {
+func Start(t testing.TB, opts ...Options) *ControlPlane {
 	t.Helper()
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	dir := t.TempDir()
 	cp := &ControlPlane{dir: dir, t: t}
 	etcdBin, apiBin, kcmBin := binary(t, "etcd"), binary(t, "kube-apiserver"), binary(t, "kube-controller-manager")
@@ -196,21 +213,28 @@ func Start(t testing.TB) *ControlPlane {
 	port := freePort(t)
 	cp.URL = "https://127.0.0.1:" + port
 	cp.apiBin = apiBin
-	cp.apiArgs = []string{
-		"--etcd-servers", etcdURL,
-		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", port,
-		"--cert-dir", filepath.Join(dir, "certs"),
-		"--tls-cert-file", filepath.Join(dir, "serving.crt"), "--tls-private-key-file", filepath.Join(dir, "serving.key"),
-		"--client-ca-file", filepath.Join(dir, "ca.crt"),
-		"--authorization-mode", "RBAC",
-		"--service-account-issuer", "https://kubernetes.default.svc",
-		"--service-account-key-file", filepath.Join(dir, "sa.pub"),
-		"--service-account-signing-key-file", filepath.Join(dir, "sa.key"),
-		"--service-cluster-ip-range", "10.96.0.0/16",
-		"--allow-privileged",
-		"--disable-admission-plugins", "ServiceAccount",
-		"--endpoint-reconciler-type", "none",
+	args := func(port string) []string {
+		return []string{
+			"--etcd-servers", etcdURL,
+			"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", port,
+			"--cert-dir", filepath.Join(dir, "certs-"+port),
+			"--tls-cert-file", filepath.Join(dir, "serving.crt"), "--tls-private-key-file", filepath.Join(dir, "serving.key"),
+			"--client-ca-file", filepath.Join(dir, "ca.crt"),
+			"--authorization-mode", "RBAC",
+			"--service-account-issuer", "https://kubernetes.default.svc",
+			"--service-account-key-file", filepath.Join(dir, "sa.pub"),
+			"--service-account-signing-key-file", filepath.Join(dir, "sa.key"),
+			"--service-cluster-ip-range", "10.96.0.0/16",
+			"--allow-privileged",
+			// No kubelets: pods are written by the tests, and the
+			// ServiceAccount admission would want the default account.
+			"--disable-admission-plugins", "ServiceAccount",
+			// The kubernetes Service's endpoints would be 127.0.0.1, which
+			// EndpointSlices refuse.
+			"--endpoint-reconciler-type", "none",
+		}
 	}
+	cp.apiArgs = args(port)
 	cp.apiserver = start(t, apiBin, cp.apiArgs...)
 	t.Cleanup(func() {
 		cp.apiserver.stop()
@@ -218,14 +242,27 @@ func Start(t testing.TB) *ControlPlane {
 			t.Logf("kube-apiserver output:\n%s", tail(cp.apiserver.out.String(), 5000))
 		}
 	})
+	adminURL := cp.URL
+	if o.SecondAPIServer {
+		port2 := freePort(t)
+		cp.secondURL = "https://127.0.0.1:" + port2
+		adminURL = cp.secondURL
+		second := start(t, apiBin, args(port2)...)
+		t.Cleanup(second.stop)
+	}
 
 	cp.Config = &rest.Config{
-		Host:            cp.URL,
+		Host:            adminURL,
 		TLSClientConfig: rest.TLSClientConfig{CAData: cp.caPEM, CertData: pemCert(adminCert), KeyData: pemKey(adminKey)},
 		QPS:             500, Burst: 1000,
 	}
 	cp.Admin = kubernetes.NewForConfigOrDie(cp.Config)
-	cp.waitReady(t, 90*time.Second)
+	cp.waitReady(t, cp.Admin, 90*time.Second)
+	if o.SecondAPIServer {
+		first := *cp.Config
+		first.Host = cp.URL
+		cp.waitReady(t, kubernetes.NewForConfigOrDie(&first), 90*time.Second)
+	}
 
 	if _, err := cp.Admin.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: NodeName}}, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("node: %v", err)
@@ -245,12 +282,12 @@ func Start(t testing.TB) *ControlPlane {
 	return cp
 }
 
-func (cp *ControlPlane) waitReady(t testing.TB, timeout time.Duration) {
+func (cp *ControlPlane) waitReady(t testing.TB, client kubernetes.Interface, timeout time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		b, err := cp.Admin.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		b, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
 		return err == nil && string(b) == "ok", nil
 	})
 	if err != nil {
@@ -267,7 +304,9 @@ func (cp *ControlPlane) RestartAPIServer(t testing.TB) {
 	t.Helper()
 	cp.apiserver = start(t, cp.apiBin, cp.apiArgs...)
 	t.Cleanup(cp.apiserver.stop)
-	cp.waitReady(t, 90*time.Second)
+	first := *cp.Config
+	first.Host = cp.URL
+	cp.waitReady(t, kubernetes.NewForConfigOrDie(&first), 90*time.Second)
 }
 
 // WriteKubeconfig writes a kubeconfig for rc and returns its path.
@@ -364,7 +403,6 @@ func tail(s string, n int) string {
 	}
 	return s
 }
-
 
 // NodeName is the node every test pod is bound to.
 const NodeName = "node-1"

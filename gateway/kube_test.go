@@ -1,0 +1,557 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+
+	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/gateway/internal/kubetest"
+	"github.com/envgate/envgate/proto/echopb"
+)
+
+const envLabel = "envgate.io/environment"
+
+// podNet gives test pods addresses the API accepts and maps them to the real
+// echo servers. kube-apiserver refuses loopback addresses in EndpointSlices
+// ("may not be in the loopback range"), so pods get TEST-NET-1 addresses
+// (192.0.2.0/24, never routed) and the gateway under test dials them through
+// this map onto the 127.0.0.1 port where each pod's echo server listens.
+type podNet struct {
+	mu    sync.Mutex
+	next  int
+	addrs map[string]string // pod address -> echo server address
+}
+
+func newPodNet() *podNet { return &podNet{next: 1, addrs: map[string]string{}} }
+
+func (n *podNet) dialer() grpc.DialOption {
+	return grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		n.mu.Lock()
+		real, ok := n.addrs[addr]
+		n.mu.Unlock()
+		if !ok {
+			return nil, fmt.Errorf("test pod network: nothing at %s", addr)
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", real)
+	})
+}
+
+// pod is a test pod: an API object and the echo server behind it.
+type pod struct {
+	ns, name, ip string
+	backend      *backend
+}
+
+// addPod starts an echo server for the pod, maps its address, and creates the
+// pod in the cluster with the given readiness.
+func (n *podNet) addPod(t *testing.T, cp *kubetest.ControlPlane, ns, name string, ready bool) *pod {
+	t.Helper()
+	b := startBackend(t, ns)
+	n.mu.Lock()
+	ip := fmt.Sprintf("192.0.2.%d", n.next)
+	n.next++
+	n.addrs[ip+":50051"] = b.addr
+	n.mu.Unlock()
+	cp.AddPod(t, ns, name, "app-service", "grpc", 50051, ip, ready)
+	return &pod{ns: ns, name: name, ip: ip, backend: b}
+}
+
+// applyRBAC creates the shipped k8s/base manifests (namespace,
+// ServiceAccount, ClusterRole, ClusterRoleBinding) and returns a kubeconfig
+// that authenticates as the gateway's ServiceAccount.
+func applyRBAC(t *testing.T, cp *kubetest.ControlPlane) string {
+	t.Helper()
+	ctx := context.Background()
+	for _, f := range []string{"namespace.yaml", "rbac.yaml"} {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(repoBin(t)), "k8s", "base", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(b), "\n---\n") {
+			if strings.TrimSpace(doc) == "" {
+				continue
+			}
+			obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			switch o := obj.(type) {
+			case *corev1.Namespace:
+				_, err = cp.Admin.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{})
+			case *corev1.ServiceAccount:
+				_, err = cp.Admin.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+			case *rbacv1.ClusterRole:
+				_, err = cp.Admin.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
+			case *rbacv1.ClusterRoleBinding:
+				_, err = cp.Admin.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+			default:
+				t.Fatalf("%s: unexpected %T", f, obj)
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+		}
+	}
+	return cp.WriteKubeconfig(t, "envgate", cp.ServiceAccountConfig(t, "envgate-system", "envgate"))
+}
+
+// kubeEnv is a control plane with the gateway's RBAC applied, and a gateway
+// using Kubernetes discovery as the gateway's ServiceAccount.
+type kubeEnv struct {
+	cp   *kubetest.ControlPlane
+	net  *podNet
+	gw   *runningGateway
+	echo echopb.EchoServiceClient
+}
+
+// environment creates a labelled namespace with app-service and n ready pods.
+func (k *kubeEnv) environment(t *testing.T, ns string, n int) []*pod {
+	t.Helper()
+	k.cp.EnsureNamespace(t, ns, map[string]string{envLabel: "true"})
+	k.cp.CreateService(t, ns, "app-service", "grpc", 50051)
+	var pods []*pod
+	for i := range n {
+		pods = append(pods, k.net.addPod(t, k.cp, ns, fmt.Sprintf("app-%d", i), true))
+	}
+	return pods
+}
+
+func startKubeEnv(t *testing.T, setup func(*kubeEnv)) *kubeEnv {
+	t.Helper()
+	k := &kubeEnv{cp: kubetest.Start(t), net: newPodNet()}
+	kubeconfig := applyRBAC(t, k.cp)
+	if setup != nil {
+		setup(k)
+	}
+	off := false
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
+		Admin:     config.Admin{Address: "127.0.0.1:0"},
+		Discovery: config.Discovery{Kubernetes: &config.Kubernetes{Kubeconfig: kubeconfig}},
+		AccessLog: &off,
+	}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	k.gw = startGateway(t, cfg, nil, k.net.dialer())
+	waitUntil(t, "gateway ready", func() bool { return readyStatus(t, k.gw) == http.StatusOK })
+	k.echo = echoClient(t, k.gw.Addrs()[0])
+	return k
+}
+
+func readyStatus(t *testing.T, gw *runningGateway) int {
+	resp, err := http.Get("http://" + gw.AdminAddr() + "/healthz/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// waitUntil polls cond every 10ms for up to 60s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	waitUntilWithin(t, time.Minute, what, cond)
+}
+
+func waitUntilWithin(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitEndpoints waits until the gateway balances over n endpoints of ns.
+func (k *kubeEnv) waitEndpoints(t *testing.T, ns string, n int) {
+	t.Helper()
+	waitUntil(t, fmt.Sprintf("%d endpoints in %s", n, ns), func() bool {
+		eps, _ := k.gw.store.Get("app-service." + ns + ":grpc")
+		return len(eps) == n
+	})
+}
+
+func (k *kubeEnv) call(t *testing.T, env string) (*echopb.EchoResponse, error) {
+	ctx, cancel := context.WithTimeout(withEnv(context.Background(), env), 10*time.Second)
+	defer cancel()
+	return k.echo.Call(ctx, &echopb.EchoRequest{IncludeDetails: true})
+}
+
+func TestKubeRoutesEachEnvToItsPodsBalanced(t *testing.T) {
+	var env1, env2 []*pod
+	k := startKubeEnv(t, func(k *kubeEnv) {
+		env1 = k.environment(t, "env1", 2)
+		env2 = k.environment(t, "env2", 2)
+	})
+	k.waitEndpoints(t, "env1", 2)
+	k.waitEndpoints(t, "env2", 2)
+	for _, tc := range []struct {
+		env  string
+		pods []*pod
+	}{{"env1", env1}, {"env2", env2}} {
+		seen := map[string]int{}
+		for range 40 {
+			resp, err := k.call(t, tc.env)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.env, err)
+			}
+			if !strings.Contains(resp.GetMessage(), "ServerEnv:"+tc.env) {
+				t.Fatalf("%s answered by %q", tc.env, resp.GetMessage())
+			}
+			seen[resp.GetServer()]++
+		}
+		for _, p := range tc.pods {
+			if seen[p.backend.addr] < 10 {
+				t.Errorf("%s: pod %s served %d of 40 calls: %v", tc.env, p.name, seen[p.backend.addr], seen)
+			}
+		}
+	}
+}
+
+func TestKubeNamespaceLabelAndReadiness(t *testing.T) {
+	k := startKubeEnv(t, func(k *kubeEnv) { k.environment(t, "env1", 1) })
+	ctx := context.Background()
+
+	// A labelled namespace created while the gateway runs becomes routable.
+	if _, err := k.call(t, "env3"); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("env3 before it exists: %v", err)
+	}
+	k.environment(t, "env3", 1)
+	waitUntil(t, "env3 routable", func() bool { _, err := k.call(t, "env3"); return err == nil })
+
+	// Losing the label makes it unknown again.
+	ns, err := k.cp.Admin.CoreV1().Namespaces().Get(ctx, "env3", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(ns.Labels, envLabel)
+	if _, err := k.cp.Admin.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "env3 unroutable", func() bool {
+		_, err := k.call(t, "env3")
+		return status.Code(err) == codes.Unimplemented && strings.Contains(status.Convert(err).Message(), `no route for env="env3"`)
+	})
+
+	// An environment whose pods are all not ready: no healthy upstream.
+	k.cp.SetPodReady(t, "env1", "app-0", false)
+	waitUntil(t, "env1 unavailable", func() bool {
+		_, err := k.call(t, "env1")
+		return status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "no healthy upstream")
+	})
+
+	// Namespaces without the label, kube-system included, are never routed.
+	for _, env := range []string{"kube-system", "default", "envgate-system"} {
+		if _, err := k.call(t, env); status.Code(err) != codes.Unimplemented {
+			t.Errorf("%s: %v, want UNIMPLEMENTED", env, err)
+		}
+	}
+}
+
+func TestKubeGatewayIdentityIsLeastPrivilege(t *testing.T) {
+	cp := kubetest.Start(t)
+	kubeconfig := applyRBAC(t, cp)
+	_ = kubeconfig
+	sa := kubernetes.NewForConfigOrDie(cp.ServiceAccountConfig(t, "envgate-system", "envgate"))
+	ctx := context.Background()
+	cp.EnsureNamespace(t, "env1", map[string]string{envLabel: "true"})
+	if _, err := cp.Admin.CoreV1().Secrets("env1").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "s"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	allowed := map[string]func() error{
+		"list endpointslices": func() error {
+			_, err := sa.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
+			return err
+		},
+		"watch endpointslices": func() error {
+			w, err := sa.DiscoveryV1().EndpointSlices("").Watch(ctx, metav1.ListOptions{})
+			stopWatch(w)
+			return err
+		},
+		"list namespaces": func() error { _, err := sa.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); return err },
+		"watch namespaces": func() error {
+			w, err := sa.CoreV1().Namespaces().Watch(ctx, metav1.ListOptions{})
+			stopWatch(w)
+			return err
+		},
+	}
+	forbidden := map[string]func() error{
+		"get secret":      func() error { _, err := sa.CoreV1().Secrets("env1").Get(ctx, "s", metav1.GetOptions{}); return err },
+		"list secrets":    func() error { _, err := sa.CoreV1().Secrets("").List(ctx, metav1.ListOptions{}); return err },
+		"list pods":       func() error { _, err := sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); return err },
+		"list services":   func() error { _, err := sa.CoreV1().Services("").List(ctx, metav1.ListOptions{}); return err },
+		"list configmaps": func() error { _, err := sa.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{}); return err },
+		"create endpointslice": func() error {
+			_, err := sa.DiscoveryV1().EndpointSlices("env1").Create(ctx, &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "x"}, AddressType: discoveryv1.AddressTypeIPv4}, metav1.CreateOptions{})
+			return err
+		},
+		"label a namespace": func() error {
+			_, err := sa.CoreV1().Namespaces().Update(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "env1"}}, metav1.UpdateOptions{})
+			return err
+		},
+		"create token": func() error {
+			_, err := sa.CoreV1().ServiceAccounts("envgate-system").Get(ctx, "envgate", metav1.GetOptions{})
+			return err
+		},
+		"list clusterroles": func() error { _, err := sa.RbacV1().ClusterRoles().List(ctx, metav1.ListOptions{}); return err },
+	}
+	for name, f := range allowed {
+		if err := f(); err != nil {
+			t.Errorf("%s: %v, want allowed", name, err)
+		}
+	}
+	for name, f := range forbidden {
+		if err := f(); !apierrors.IsForbidden(err) {
+			t.Errorf("%s: %v, want forbidden", name, err)
+		}
+	}
+}
+
+func stopWatch(w interface{ Stop() }) {
+	if w != nil {
+		w.Stop()
+	}
+}
+
+// Without a reachable API server the gateway serves its health but is not
+// ready: the load balancer keeps traffic away until discovery has synced.
+func TestKubeNotReadyUntilSynced(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := lis.Addr().String()
+	_ = lis.Close()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://%s", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`, dead)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	off := false
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
+		Admin:     config.Admin{Address: "127.0.0.1:0"},
+		Discovery: config.Discovery{Kubernetes: &config.Kubernetes{Kubeconfig: kubeconfig}},
+		AccessLog: &off,
+	}
+	cfg.Defaults()
+	gw := startGateway(t, cfg, nil)
+	resp, err := http.Get("http://" + gw.AdminAddr() + "/healthz/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("ready before discovery synced: %d", resp.StatusCode)
+	}
+	live, err := http.Get("http://" + gw.AdminAddr() + "/healthz/live")
+	if err != nil || live.StatusCode != http.StatusOK {
+		t.Fatalf("live: %v %v", live, err)
+	}
+	live.Body.Close()
+}
+
+// load sends calls at a steady rate until stop is closed and counts them.
+type load struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	errs       []error
+	done       chan struct{}
+}
+
+func startLoad(t *testing.T, c echopb.EchoServiceClient, env string, perSecond int, stop <-chan struct{}) *load {
+	l := &load{done: make(chan struct{})}
+	interval := time.Second / time.Duration(perSecond)
+	go func() {
+		defer close(l.done)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(withEnv(context.Background(), env), 10*time.Second)
+				defer cancel()
+				if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
+					l.failed.Add(1)
+					l.mu.Lock()
+					if len(l.errs) < 10 {
+						l.errs = append(l.errs, err)
+					}
+					l.mu.Unlock()
+					return
+				}
+				l.ok.Add(1)
+			})
+		}
+	}()
+	return l
+}
+
+func (l *load) wait() { <-l.done }
+
+func (l *load) check(t *testing.T) {
+	t.Helper()
+	t.Logf("load: %d calls OK, %d failed", l.ok.Load(), l.failed.Load())
+	if l.failed.Load() != 0 {
+		t.Fatalf("%d calls failed, first: %v", l.failed.Load(), errors.Join(l.errs...))
+	}
+	if l.ok.Load() == 0 {
+		t.Fatal("no call went through")
+	}
+}
+
+// waitServed waits until the pod's echo server has answered a call.
+func waitServed(t *testing.T, p *pod) {
+	t.Helper()
+	waitUntil(t, "pod "+p.name+" serving calls", func() bool { return p.backend.callCount() > 0 })
+}
+
+func TestKubeScaleAndRollUnderLoad(t *testing.T) {
+	var pods []*pod
+	k := startKubeEnv(t, func(k *kubeEnv) { pods = k.environment(t, "env1", 2) })
+	k.waitEndpoints(t, "env1", 2)
+	stop := make(chan struct{})
+	l := startLoad(t, k.echo, "env1", 200, stop)
+	start := time.Now()
+	// hold keeps each state of the rollout under load for a while: the
+	// scenario's pacing (about 20 s in all), not a wait for a condition.
+	hold := func() { time.Sleep(2 * time.Second) }
+
+	// Scale from 2 to 4.
+	for i := 2; i < 4; i++ {
+		pods = append(pods, k.net.addPod(t, k.cp, "env1", fmt.Sprintf("app-%d", i), true))
+	}
+	k.waitEndpoints(t, "env1", 4)
+	for _, p := range pods[2:] {
+		waitServed(t, p)
+	}
+	hold()
+
+	// Replace every pod, one by one, as a rolling update does: the new pod
+	// is ready first, then the old one terminates, then it is gone.
+	ctx := context.Background()
+	grace := int64(30)
+	for i, old := range pods[:4] {
+		fresh := k.net.addPod(t, k.cp, "env1", fmt.Sprintf("app-new-%d", i), true)
+		k.waitEndpoints(t, "env1", 5)
+		waitServed(t, fresh)
+		hold()
+		if err := k.cp.Admin.CoreV1().Pods("env1").Delete(ctx, old.name, metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil {
+			t.Fatal(err)
+		}
+		k.waitEndpoints(t, "env1", 4) // terminating: serving, not ready
+		served := old.backend.callCount()
+		// A terminating endpoint gets no new calls (one may have been picked
+		// just before the update).
+		for range 20 {
+			if _, err := k.call(t, "env1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := old.backend.callCount() - served; n > 1 {
+			t.Errorf("terminating pod %s got %d new calls", old.name, n)
+		}
+		hold()
+		k.cp.DeletePod(t, "env1", old.name)
+		old.backend.stop() // the pod is gone: calls still sent there would fail
+	}
+	if rest := 20*time.Second - time.Since(start); rest > 0 {
+		time.Sleep(rest) // the load runs 20 s at least
+	}
+	close(stop)
+	l.wait()
+	t.Logf("load ran %v", time.Since(start).Round(time.Millisecond))
+	l.check(t)
+}
+
+// The gateway's API server goes away for 10 s under load while the cluster
+// goes on changing through a second API server: calls to endpoints that
+// stay up keep working, and the change made during the outage is picked up
+// once the gateway's API server is back.
+func TestKubeAPIServerOutage(t *testing.T) {
+	var pods []*pod
+	k := &kubeEnv{cp: kubetest.Start(t, kubetest.Options{SecondAPIServer: true}), net: newPodNet()}
+	kubeconfig := applyRBAC(t, k.cp)
+	pods = k.environment(t, "env1", 2)
+	off := false
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
+		Admin:     config.Admin{Address: "127.0.0.1:0"},
+		Discovery: config.Discovery{Kubernetes: &config.Kubernetes{Kubeconfig: kubeconfig}},
+		AccessLog: &off,
+	}
+	cfg.Defaults()
+	k.gw = startGateway(t, cfg, nil, k.net.dialer())
+	k.echo = echoClient(t, k.gw.Addrs()[0])
+	k.waitEndpoints(t, "env1", 2)
+
+	stop := make(chan struct{})
+	l := startLoad(t, k.echo, "env1", 200, stop)
+	k.cp.StopAPIServer()
+	outage := time.After(10 * time.Second) // the length of the outage, not a wait for a condition
+	added := k.net.addPod(t, k.cp, "env1", "app-added", true)
+	<-outage
+	if n := added.backend.callCount(); n != 0 {
+		t.Fatalf("the pod added during the outage got %d calls before the gateway could know it", n)
+	}
+	if readyStatus(t, k.gw) != http.StatusOK {
+		t.Error("gateway turned unready while its API server was away; it routes on its last known state")
+	}
+	restart := time.Now()
+	k.cp.RestartAPIServer(t)
+	t.Logf("API server back after %v", time.Since(restart).Round(time.Millisecond))
+	// client-go's reflector retries with backoff (up to 30 s, jittered), so
+	// catching up takes until its next attempt.
+	waitUntilWithin(t, 2*time.Minute, "the change made during the outage", func() bool {
+		eps, _ := k.gw.store.Get("app-service.env1:grpc")
+		return len(eps) == 3
+	})
+	t.Logf("change picked up %v after the restart began", time.Since(restart).Round(time.Millisecond))
+	waitServed(t, added)
+	close(stop)
+	l.wait()
+	l.check(t)
+	for _, p := range pods {
+		if p.backend.callCount() == 0 {
+			t.Errorf("pod %s served nothing", p.name)
+		}
+	}
+}
