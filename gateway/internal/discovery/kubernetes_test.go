@@ -15,8 +15,8 @@ import (
 
 const envLabel = "envgate.io/environment"
 
-// waitFor polls cond until it holds or 60s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitUntil polls cond until it holds or 60s pass.
+func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
@@ -57,16 +57,16 @@ func TestKubernetesSourceFollowsTheCluster(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	eps := func(key string) []string { e, _ := store.Get(key); return e }
-	waitFor(t, "env1's two ready pods", func() bool {
+	waitUntil(t, "env1's two ready pods", func() bool {
 		return slices.Equal(eps("app-service.env1"), []string{"192.0.2.1:50051", "192.0.2.2:50051"})
 	})
 	if _, ok := store.Get("app-service.kube-tools"); ok {
 		t.Fatal("a namespace without the label was published")
 	}
 	cp.SetPodReady(t, "env1", "app-c", true)
-	waitFor(t, "the third pod once ready", func() bool { return len(eps("app-service.env1")) == 3 })
+	waitUntil(t, "the third pod once ready", func() bool { return len(eps("app-service.env1")) == 3 })
 	cp.DeletePod(t, "env1", "app-a")
-	waitFor(t, "the deleted pod gone", func() bool {
+	waitUntil(t, "the deleted pod gone", func() bool {
 		return slices.Equal(eps("app-service.env1"), []string{"192.0.2.2:50051", "192.0.2.3:50051"})
 	})
 	_ = envs
