@@ -34,7 +34,7 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 	return dir, nil
 })
 
-func builtBinary(t *testing.T, name string) string {
+func builtBinary(t testing.TB, name string) string {
 	t.Helper()
 	dir, err := buildOnce()
 	if err != nil {
@@ -52,7 +52,7 @@ type process struct {
 	done  chan error
 }
 
-func startProcess(t *testing.T, env []string, name string, args ...string) *process {
+func startProcess(t testing.TB, env []string, name string, args ...string) *process {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -96,7 +96,7 @@ func (p *process) output() string {
 }
 
 // waitLine returns the submatches of the first output line matching re.
-func (p *process) waitLine(t *testing.T, re string) []string {
+func (p *process) waitLine(t testing.TB, re string) []string {
 	t.Helper()
 	rx := regexp.MustCompile(re)
 	deadline := time.After(20 * time.Second)
@@ -116,7 +116,7 @@ func (p *process) waitLine(t *testing.T, re string) []string {
 }
 
 // signalAndWait sends sig and returns the exit error.
-func (p *process) signalAndWait(t *testing.T, sig os.Signal) error {
+func (p *process) signalAndWait(t testing.TB, sig os.Signal) error {
 	t.Helper()
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
@@ -132,7 +132,7 @@ func (p *process) signalAndWait(t *testing.T, sig os.Signal) error {
 }
 
 // grpcurl runs the pinned grpcurl and returns its output and exit error.
-func grpcurl(t *testing.T, args ...string) (string, error) {
+func grpcurl(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -198,7 +198,7 @@ func testCtx(t testing.TB) context.Context {
 
 // writeCert writes a self-signed certificate for 127.0.0.1 and localhost,
 // like the seed's edge2mesh certificate, and returns the file paths.
-func writeCert(t *testing.T) (certFile, keyFile string) {
+func writeCert(t testing.TB) (certFile, keyFile string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -236,7 +236,7 @@ func writeCert(t *testing.T) (certFile, keyFile string) {
 }
 
 // repoBin is the directory the Makefile installs pinned tools into.
-func repoBin(t *testing.T) string {
+func repoBin(t testing.TB) string {
 	t.Helper()
 	if d := os.Getenv("ENVGATE_BIN"); d != "" {
 		return d
@@ -259,7 +259,7 @@ func repoBin(t *testing.T) string {
 
 // tool returns the path of a pinned tool; a missing tool fails the test (run
 // `make test`, which installs them) rather than skipping it.
-func tool(t *testing.T, name string) string {
+func tool(t testing.TB, name string) string {
 	t.Helper()
 	p := filepath.Join(repoBin(t), name)
 	if _, err := os.Stat(p); err != nil {

@@ -66,7 +66,7 @@ type pod struct {
 
 // addPod starts an echo server for the pod, maps its address, and creates the
 // pod in the cluster with the given readiness.
-func (n *podNet) addPod(t *testing.T, cp *kubetest.ControlPlane, ns, name string, ready bool) *pod {
+func (n *podNet) addPod(t testing.TB, cp *kubetest.ControlPlane, ns, name string, ready bool) *pod {
 	t.Helper()
 	b := startBackend(t, ns)
 	n.mu.Lock()
@@ -81,7 +81,7 @@ func (n *podNet) addPod(t *testing.T, cp *kubetest.ControlPlane, ns, name string
 // applyRBAC creates the shipped k8s/base manifests (namespace,
 // ServiceAccount, ClusterRole, ClusterRoleBinding) and returns a kubeconfig
 // that authenticates as the gateway's ServiceAccount.
-func applyRBAC(t *testing.T, cp *kubetest.ControlPlane) string {
+func applyRBAC(t testing.TB, cp *kubetest.ControlPlane) string {
 	t.Helper()
 	ctx := context.Background()
 	for _, f := range []string{"namespace.yaml", "rbac.yaml"} {
@@ -127,7 +127,7 @@ type kubeEnv struct {
 }
 
 // environment creates a labelled namespace with app-service and n ready pods.
-func (k *kubeEnv) environment(t *testing.T, ns string, n int) []*pod {
+func (k *kubeEnv) environment(t testing.TB, ns string, n int) []*pod {
 	t.Helper()
 	k.cp.EnsureNamespace(t, ns, map[string]string{envLabel: "true"})
 	k.cp.CreateService(t, ns, "app-service", "grpc", 50051)
@@ -138,7 +138,7 @@ func (k *kubeEnv) environment(t *testing.T, ns string, n int) []*pod {
 	return pods
 }
 
-func startKubeEnv(t *testing.T, setup func(*kubeEnv)) *kubeEnv {
+func startKubeEnv(t testing.TB, setup func(*kubeEnv)) *kubeEnv {
 	t.Helper()
 	k := &kubeEnv{cp: kubetest.Start(t), net: newPodNet()}
 	kubeconfig := applyRBAC(t, k.cp)
@@ -162,7 +162,7 @@ func startKubeEnv(t *testing.T, setup func(*kubeEnv)) *kubeEnv {
 	return k
 }
 
-func readyStatus(t *testing.T, gw *runningGateway) int {
+func readyStatus(t testing.TB, gw *runningGateway) int {
 	resp, err := http.Get("http://" + gw.AdminAddr() + "/healthz/ready")
 	if err != nil {
 		t.Fatal(err)
@@ -172,12 +172,12 @@ func readyStatus(t *testing.T, gw *runningGateway) int {
 }
 
 // waitUntil polls cond every 10ms for up to 60s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
+func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	waitUntilWithin(t, time.Minute, what, cond)
 }
 
-func waitUntilWithin(t *testing.T, limit time.Duration, what string, cond func() bool) {
+func waitUntilWithin(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for !cond() {
@@ -189,7 +189,7 @@ func waitUntilWithin(t *testing.T, limit time.Duration, what string, cond func()
 }
 
 // waitEndpoints waits until the gateway balances over n endpoints of ns.
-func (k *kubeEnv) waitEndpoints(t *testing.T, ns string, n int) {
+func (k *kubeEnv) waitEndpoints(t testing.TB, ns string, n int) {
 	t.Helper()
 	waitUntil(t, fmt.Sprintf("%d endpoints in %s", n, ns), func() bool {
 		eps, _ := k.gw.store.Get("app-service." + ns + ":grpc")
@@ -197,7 +197,7 @@ func (k *kubeEnv) waitEndpoints(t *testing.T, ns string, n int) {
 	})
 }
 
-func (k *kubeEnv) call(t *testing.T, env string) (*echopb.EchoResponse, error) {
+func (k *kubeEnv) call(t testing.TB, env string) (*echopb.EchoResponse, error) {
 	ctx, cancel := context.WithTimeout(withEnv(context.Background(), env), 10*time.Second)
 	defer cancel()
 	return k.echo.Call(ctx, &echopb.EchoRequest{IncludeDetails: true})
@@ -391,7 +391,7 @@ type load struct {
 	done       chan struct{}
 }
 
-func startLoad(t *testing.T, c echopb.EchoServiceClient, env string, perSecond int, stop <-chan struct{}) *load {
+func startLoad(t testing.TB, c echopb.EchoServiceClient, env string, perSecond int, stop <-chan struct{}) *load {
 	l := &load{done: make(chan struct{})}
 	interval := time.Second / time.Duration(perSecond)
 	go func() {
@@ -427,7 +427,7 @@ func startLoad(t *testing.T, c echopb.EchoServiceClient, env string, perSecond i
 
 func (l *load) wait() { <-l.done }
 
-func (l *load) check(t *testing.T) {
+func (l *load) check(t testing.TB) {
 	t.Helper()
 	t.Logf("load: %d calls OK, %d failed", l.ok.Load(), l.failed.Load())
 	if l.failed.Load() != 0 {
@@ -439,7 +439,7 @@ func (l *load) check(t *testing.T) {
 }
 
 // waitServed waits until the pod's echo server has answered a call.
-func waitServed(t *testing.T, p *pod) {
+func waitServed(t testing.TB, p *pod) {
 	t.Helper()
 	waitUntil(t, "pod "+p.name+" serving calls", func() bool { return p.backend.callCount() > 0 })
 }
