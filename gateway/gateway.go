@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/envgate/envgate/gateway/internal/admin"
+	"github.com/envgate/envgate/gateway/internal/certs"
 	"github.com/envgate/envgate/gateway/internal/config"
 	"github.com/envgate/envgate/gateway/internal/discovery"
 	"github.com/envgate/envgate/gateway/internal/proxy"
@@ -41,8 +42,9 @@ type gateway struct {
 	store  *discovery.Store
 	pool   *upstream.Pool
 	routes atomic.Pointer[route.Table]
-	// sources run beside the servers and feed the store.
-	sources  []func(context.Context) error
+	// background runs beside the servers: discovery sources, certificate
+	// watchers. An error from one stops the gateway.
+	background []func(context.Context) error
 	draining atomic.Bool
 
 	listeners []net.Listener
@@ -80,13 +82,13 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 	for _, l := range cfg.Listeners {
 		creds := insecure.NewCredentials()
 		if l.TLS != nil {
-			cert, err := tls.LoadX509KeyPair(l.TLS.CertFile, l.TLS.KeyFile)
+			files, err := certs.NewFiles(l.TLS.CertFile, l.TLS.KeyFile, l.TLS.ReloadInterval, log)
 			if err != nil {
 				g.closeListeners()
 				return nil, fmt.Errorf("listener %s: %w", l.Address, err)
 			}
-			// gRPC's TLS credentials add and enforce ALPN "h2".
-			creds = credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+			g.background = append(g.background, files.Run)
+			creds = tlsCreds(files)
 		}
 		lis, err := net.Listen("tcp", l.Address)
 		if err != nil {
@@ -133,7 +135,7 @@ func (g *gateway) setupDiscovery() error {
 		if err != nil {
 			return fmt.Errorf("kubernetes discovery: %w", err)
 		}
-		g.sources = append(g.sources, src.Run)
+		g.background = append(g.background, src.Run)
 	case cfg.Discovery.DNS != nil:
 		d := cfg.Discovery.DNS
 		src := discovery.NewDNS(g.store, discovery.DNSConfig{
@@ -141,7 +143,7 @@ func (g *gateway) setupDiscovery() error {
 			Port:  cfg.Routing.Port,
 			Every: d.Refresh,
 		}, net.DefaultResolver, g.log)
-		g.sources = append(g.sources, src.Run)
+		g.background = append(g.background, src.Run)
 	default:
 		discovery.Static(g.store, cfg.StaticEndpoints())
 	}
@@ -199,6 +201,12 @@ func kubeConfig(path string) (*rest.Config, error) {
 	return rc, nil
 }
 
+// tlsCreds serves certificates from p, TLS 1.2 at least; gRPC's TLS
+// credentials add and enforce ALPN "h2".
+func tlsCreds(p certs.Provider) credentials.TransportCredentials {
+	return credentials.NewTLS(&tls.Config{GetCertificate: p.GetCertificate, MinVersion: tls.VersionTLS12})
+}
+
 func newServer(cfg *config.Config, creds credentials.TransportCredentials, px *proxy.Proxy) *grpc.Server {
 	l := cfg.Limits
 	return grpc.NewServer(
@@ -236,8 +244,8 @@ func (g *gateway) Run(ctx context.Context) error {
 	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = g.pool.Run(bgCtx) })
-	sourceErr := make(chan error, len(g.sources))
-	for _, run := range g.sources {
+	sourceErr := make(chan error, len(g.background))
+	for _, run := range g.background {
 		wg.Go(func() {
 			if err := run(bgCtx); err != nil && bgCtx.Err() == nil {
 				sourceErr <- err

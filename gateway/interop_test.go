@@ -41,6 +41,7 @@ func TestInteropThroughGateway(t *testing.T) {
 	cfg := testConfig(t, map[string][]string{"interop": {"127.0.0.1:" + port}})
 	cfg.Listeners = append(cfg.Listeners, cfg.Listeners[0])
 	cfg.Listeners[1].TLS = &config.TLS{CertFile: cert, KeyFile: key}
+	cfg.Defaults()
 	gw := startGateway(t, cfg, nil)
 	client := tool(t, "interop-client")
 

@@ -50,10 +50,12 @@ type Listener struct {
 }
 
 // TLS names PEM certificate and key files (for example the edge2mesh
-// kubernetes.io/tls Secret mounted as a volume).
+// kubernetes.io/tls Secret mounted as a volume), read again every
+// ReloadInterval and swapped in when they change.
 type TLS struct {
-	CertFile string `yaml:"certFile"`
-	KeyFile  string `yaml:"keyFile"`
+	CertFile       string        `yaml:"certFile"`
+	KeyFile        string        `yaml:"keyFile"`
+	ReloadInterval time.Duration `yaml:"reloadInterval"`
 }
 
 // Routing is the seed's VirtualService in one line per environment:
@@ -134,6 +136,7 @@ const (
 	DefaultNamespaceSelector    = "envgate.io/environment=true"
 	DefaultDNSSuffix            = "svc.cluster.local"
 	DefaultDNSRefresh           = 5 * time.Second
+	DefaultTLSReloadInterval    = 10 * time.Second
 )
 
 // Load reads a YAML file, applies defaults and validates it.
@@ -184,6 +187,11 @@ func (c *Config) Defaults() {
 	if len(c.Environments) == 0 {
 		for env := range c.Discovery.Static {
 			c.Environments = append(c.Environments, env)
+		}
+	}
+	for _, l := range c.Listeners {
+		if l.TLS != nil && l.TLS.ReloadInterval == 0 {
+			l.TLS.ReloadInterval = DefaultTLSReloadInterval
 		}
 	}
 	if c.Admin.Address == "" {
@@ -244,6 +252,9 @@ func (c *Config) Validate() error {
 		}
 		if l.TLS != nil && (l.TLS.CertFile == "" || l.TLS.KeyFile == "") {
 			errs = append(errs, fmt.Errorf("listeners[%d].tls: certFile and keyFile are both required", i))
+		}
+		if l.TLS != nil && l.TLS.ReloadInterval < 0 {
+			errs = append(errs, fmt.Errorf("listeners[%d].tls.reloadInterval: must not be negative", i))
 		}
 	}
 	if !metadataKey.MatchString(c.Routing.Header) {
