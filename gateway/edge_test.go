@@ -2,15 +2,21 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 
 	"github.com/envgate/envgate/gateway/internal/config"
 	"github.com/envgate/envgate/proto/echopb"
@@ -106,5 +112,106 @@ func TestTLSCertificateReloadKeepsConnections(t *testing.T) {
 		if got := servedSerial(t, dialTLS()); got != second {
 			t.Fatalf("after a broken update a new connection got %s, want the last good %s", got, second)
 		}
+	}
+}
+
+func healthCheck(t *testing.T, cc grpc.ClientConnInterface, env, service string) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	t.Helper()
+	ctx := testCtx(t)
+	if env != "" {
+		ctx = withEnv(ctx, env)
+	}
+	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+	return resp.GetStatus(), err
+}
+
+func TestGRPCHealthOfGatewayAndOfEnvironment(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}}), nil)
+	cc := dial(t, gw.Addrs()[0])
+	waitUntil(t, "gateway SERVING", func() bool {
+		st, err := healthCheck(t, cc, "", "")
+		return err == nil && st == healthpb.HealthCheckResponse_SERVING
+	})
+	// Without env the gateway answers for itself (it has no named
+	// services); with env the check reaches the environment's backend.
+	if _, err := healthCheck(t, cc, "", "echo.EchoService"); status.Code(err) != codes.NotFound {
+		t.Fatalf("gateway's own health for a named service: %v, want NotFound", err)
+	}
+	before := b.callCount()
+	if st, err := healthCheck(t, cc, "env1", ""); err != nil || st != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("env1's health through the gateway: %v %v", st, err)
+	}
+	if b.callCount() != before+1 {
+		t.Fatal("a health check with env did not reach the environment's backend")
+	}
+	if _, err := healthCheck(t, cc, "env9", ""); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("health with an unknown env: %v, want UNIMPLEMENTED like any call", err)
+	}
+}
+
+func TestDrainOnShutdown(t *testing.T) {
+	b := startBackend(t, "env1")
+	cfg := testConfig(t, map[string][]string{"env1": {b.addr}})
+	cfg.DrainDelay = 2 * time.Second
+	cfg.ShutdownGrace = 20 * time.Second
+	gw := startGateway(t, cfg, nil)
+	c := echoClient(t, gw.Addrs()[0])
+	waitUntil(t, "ready", func() bool { return readyStatus(t, gw) == http.StatusOK })
+
+	stream, err := c.BidiStream(withEnv(testCtx(t), "env1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&echopb.EchoRequest{Text: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	stopLoad := make(chan struct{})
+	l := startLoad(t, c, "env1", 100, stopLoad)
+
+	drainStart := time.Now()
+	stopped := make(chan error, 1)
+	go func() { stopped <- gw.stop(t) }()
+	waitUntil(t, "readiness 503", func() bool { return readyStatus(t, gw) == http.StatusServiceUnavailable })
+	if st, err := healthCheck(t, dial(t, gw.Addrs()[0]), "", ""); err != nil || st != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("gRPC health while draining: %v %v", st, err)
+	}
+	// During the drain delay a new connection is still served.
+	if _, err := echoClient(t, gw.Addrs()[0]).Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{}); err != nil {
+		t.Fatalf("new connection during the drain delay: %v", err)
+	}
+	// The load runs until just before the delay ends.
+	time.Sleep(time.Until(drainStart.Add(cfg.DrainDelay - 300*time.Millisecond)))
+	close(stopLoad)
+	l.wait()
+	l.check(t)
+
+	// The stream goes on past the delay, then ends normally.
+	waitUntil(t, "the gateway to stop accepting", func() bool {
+		cc := dial(t, gw.Addrs()[0])
+		_, err := echopb.NewEchoServiceClient(cc).Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{})
+		_ = cc.Close()
+		return status.Code(err) == codes.Unavailable
+	})
+	if time.Since(drainStart) < cfg.DrainDelay {
+		t.Fatalf("stopped accepting after %v, before the drain delay", time.Since(drainStart))
+	}
+	if err := stream.Send(&echopb.EchoRequest{Text: "after"}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := stream.Recv(); err != nil || resp.GetEcho() != "after" {
+		t.Fatalf("stream after the drain delay: %v %v", resp, err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("stream end: %v", err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	_ "google.golang.org/grpc/encoding/gzip" // compressed calls are forwarded compressed
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -45,7 +47,9 @@ type gateway struct {
 	// background runs beside the servers: discovery sources, certificate
 	// watchers. An error from one stops the gateway.
 	background []func(context.Context) error
-	draining atomic.Bool
+	draining   atomic.Bool
+
+	health *health.Server // grpc.health.v1 for the gateway itself
 
 	listeners []net.Listener
 	servers   []*grpc.Server
@@ -78,6 +82,9 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 		accessLog = log
 	}
 	px := proxy.New(proxy.NewDirector(g.routes.Load, poolUpstreams{g.pool}), accessLog, cfg.Routing.Header)
+	g.health = health.NewServer()
+	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
+	handler := (&localHealth{header: cfg.Routing.Header, srv: g.health, next: px.Handler}).handler
 
 	for _, l := range cfg.Listeners {
 		creds := insecure.NewCredentials()
@@ -96,7 +103,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 			return nil, fmt.Errorf("listen: %w", err)
 		}
 		g.listeners = append(g.listeners, lis)
-		g.servers = append(g.servers, newServer(cfg, creds, px))
+		g.servers = append(g.servers, newServer(cfg, creds, handler))
 	}
 	if cfg.Admin.Address != "-" {
 		lis, err := net.Listen("tcp", cfg.Admin.Address)
@@ -207,11 +214,11 @@ func tlsCreds(p certs.Provider) credentials.TransportCredentials {
 	return credentials.NewTLS(&tls.Config{GetCertificate: p.GetCertificate, MinVersion: tls.VersionTLS12})
 }
 
-func newServer(cfg *config.Config, creds credentials.TransportCredentials, px *proxy.Proxy) *grpc.Server {
+func newServer(cfg *config.Config, creds credentials.TransportCredentials, handler grpc.StreamHandler) *grpc.Server {
 	l := cfg.Limits
 	return grpc.NewServer(
 		grpc.Creds(creds),
-		grpc.UnknownServiceHandler(px.Handler),
+		grpc.UnknownServiceHandler(handler),
 		grpc.ForceServerCodecV2(proxy.ServerCodec()),
 		grpc.MaxRecvMsgSize(l.MaxMessageBytes),
 		grpc.MaxSendMsgSize(l.MaxMessageBytes),
@@ -280,17 +287,38 @@ func (g *gateway) Run(ctx context.Context) error {
 		})
 	}
 
+	wg.Go(func() {
+		select {
+		case <-g.store.WaitSynced():
+			if !g.draining.Load() {
+				g.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+			}
+		case <-bgCtx.Done():
+		}
+	})
+
 	var err error
 	select {
 	case <-ctx.Done():
-		g.log.Info("shutting down", "grace", g.cfg.ShutdownGrace.String())
+		// Readiness fails at once so the load balancer and the endpoints
+		// controller stop sending; calls keep being served meanwhile.
+		g.drain()
+		g.log.Info("draining", "delay", g.cfg.DrainDelay.String(), "grace", g.cfg.ShutdownGrace.String())
+		time.Sleep(g.cfg.DrainDelay)
 	case err = <-serveErr:
+		g.drain()
 	case err = <-sourceErr:
+		g.drain()
 	}
-	g.draining.Store(true)
 	g.stop(g.cfg.ShutdownGrace)
 	serving.Wait()
 	return err
+}
+
+// drain turns readiness and gRPC health to not serving.
+func (g *gateway) drain() {
+	g.draining.Store(true)
+	g.health.Shutdown()
 }
 
 // stop drains every server at once and forces them closed after grace.

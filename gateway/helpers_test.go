@@ -125,6 +125,7 @@ func testConfig(t testing.TB, envs map[string][]string) *config.Config {
 		AccessLog: &off,
 	}
 	c.Defaults()
+	c.DrainDelay = time.Millisecond // tests that drain set their own
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}

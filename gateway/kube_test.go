@@ -153,6 +153,7 @@ func startKubeEnv(t testing.TB, setup func(*kubeEnv)) *kubeEnv {
 		AccessLog: &off,
 	}
 	cfg.Defaults()
+	cfg.DrainDelay = time.Millisecond
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -367,6 +368,7 @@ current-context: x
 		AccessLog: &off,
 	}
 	cfg.Defaults()
+	cfg.DrainDelay = time.Millisecond
 	gw := startGateway(t, cfg, nil)
 	resp, err := http.Get("http://" + gw.AdminAddr() + "/healthz/ready")
 	if err != nil {
@@ -519,6 +521,7 @@ func TestKubeAPIServerOutage(t *testing.T) {
 		AccessLog: &off,
 	}
 	cfg.Defaults()
+	cfg.DrainDelay = time.Millisecond
 	k.gw = startGateway(t, cfg, nil, k.net.dialer())
 	k.echo = echoClient(t, k.gw.Addrs()[0])
 	k.waitEndpoints(t, "env1", 2)

@@ -37,7 +37,12 @@ type Config struct {
 	Admin Admin `yaml:"admin"`
 	// Limits of the gRPC server and of the upstream calls.
 	Limits Limits `yaml:"limits"`
-	// ShutdownGrace bounds how long in-flight calls may run after SIGTERM.
+	// DrainDelay is how long the gateway goes on serving after SIGTERM with
+	// its readiness failing, so the load balancer and the endpoints stop
+	// sending before it stops accepting.
+	DrainDelay time.Duration `yaml:"drainDelay"`
+	// ShutdownGrace bounds how long in-flight calls may run once the
+	// gateway stops accepting (after the drain delay).
 	ShutdownGrace time.Duration `yaml:"shutdownGrace"`
 	// AccessLog writes one JSON line per call to stdout.
 	AccessLog *bool `yaml:"accessLog"`
@@ -132,6 +137,7 @@ const (
 	DefaultKeepaliveTime        = 2 * time.Minute
 	DefaultKeepaliveTimeout     = 20 * time.Second
 	DefaultShutdownGrace        = 30 * time.Second
+	DefaultDrainDelay           = 5 * time.Second
 	DefaultAdminAddress         = ":15021"
 	DefaultNamespaceSelector    = "envgate.io/environment=true"
 	DefaultDNSSuffix            = "svc.cluster.local"
@@ -227,6 +233,9 @@ func (c *Config) Defaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = DefaultShutdownGrace
 	}
+	if c.DrainDelay == 0 {
+		c.DrainDelay = DefaultDrainDelay
+	}
 	if c.AccessLog == nil {
 		on := true
 		c.AccessLog = &on
@@ -310,7 +319,7 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxMessageBytes < 0 {
 		errs = append(errs, errors.New("limits.maxMessageBytes: must be positive"))
 	}
-	if c.Limits.KeepaliveMinTime < 0 || c.Limits.KeepaliveTime < 0 || c.Limits.KeepaliveTimeout < 0 || c.ShutdownGrace < 0 {
+	if c.Limits.KeepaliveMinTime < 0 || c.Limits.KeepaliveTime < 0 || c.Limits.KeepaliveTimeout < 0 || c.ShutdownGrace < 0 || c.DrainDelay < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))
 	}
 	return errors.Join(errs...)

@@ -22,6 +22,8 @@ type Store struct {
 	sets   map[string]Endpoints
 	subs   map[string]map[*subscription]struct{}
 	synced bool
+	// syncedCh is closed by MarkSynced.
+	syncedCh chan struct{}
 }
 
 type subscription struct {
@@ -32,7 +34,7 @@ type subscription struct {
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{sets: map[string]Endpoints{}, subs: map[string]map[*subscription]struct{}{}}
+	return &Store{sets: map[string]Endpoints{}, subs: map[string]map[*subscription]struct{}{}, syncedCh: make(chan struct{})}
 }
 
 // Set replaces the endpoints of service. addrs is copied, sorted and
@@ -122,9 +124,15 @@ func (s *Store) Subscribe(service string, fn func(eps Endpoints, exists bool)) (
 // MarkSynced records that the sources have delivered their initial state.
 func (s *Store) MarkSynced() {
 	s.mu.Lock()
-	s.synced = true
+	if !s.synced {
+		s.synced = true
+		close(s.syncedCh)
+	}
 	s.mu.Unlock()
 }
+
+// WaitSynced is closed once MarkSynced was called.
+func (s *Store) WaitSynced() <-chan struct{} { return s.syncedCh }
 
 // Synced reports whether MarkSynced was called.
 func (s *Store) Synced() bool {

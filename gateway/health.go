@@ -1,0 +1,60 @@
+package main
+
+import (
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// localHealth answers grpc.health.v1.Health for the gateway itself when a
+// call carries no environment header; with one, the call is proxied like any
+// other, to the environment's own health service.
+type localHealth struct {
+	header string
+	srv    *health.Server
+	next   grpc.StreamHandler
+}
+
+func (h *localHealth) handler(srv any, ss grpc.ServerStream) error {
+	method, _ := grpc.MethodFromServerStream(ss)
+	switch method {
+	case healthpb.Health_Check_FullMethodName, healthpb.Health_Watch_FullMethodName, healthpb.Health_List_FullMethodName:
+	default:
+		return h.next(srv, ss)
+	}
+	if len(metadata.ValueFromIncomingContext(ss.Context(), h.header)) > 0 {
+		return h.next(srv, ss)
+	}
+	switch method {
+	case healthpb.Health_Check_FullMethodName:
+		var req healthpb.HealthCheckRequest
+		if err := ss.RecvMsg(&req); err != nil {
+			return err
+		}
+		resp, err := h.srv.Check(ss.Context(), &req)
+		if err != nil {
+			return err
+		}
+		return ss.SendMsg(resp)
+	case healthpb.Health_List_FullMethodName:
+		var req healthpb.HealthListRequest
+		if err := ss.RecvMsg(&req); err != nil {
+			return err
+		}
+		resp, err := h.srv.List(ss.Context(), &req)
+		if err != nil {
+			return err
+		}
+		return ss.SendMsg(resp)
+	case healthpb.Health_Watch_FullMethodName:
+		var req healthpb.HealthCheckRequest
+		if err := ss.RecvMsg(&req); err != nil {
+			return err
+		}
+		return h.srv.Watch(&req, &grpc.GenericServerStream[healthpb.HealthCheckRequest, healthpb.HealthCheckResponse]{ServerStream: ss})
+	}
+	return status.Error(codes.Internal, "unreachable")
+}
