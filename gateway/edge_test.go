@@ -2,12 +2,14 @@ package main
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -213,5 +215,82 @@ func TestDrainOnShutdown(t *testing.T) {
 	}
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
+	}
+}
+
+func scrape(t *testing.T, gw *runningGateway, path string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + gw.AdminAddr() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s: %d %v", path, resp.StatusCode, err)
+	}
+	return string(b)
+}
+
+func TestMetricsAndRouteView(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}, "env2": {}}), nil)
+	c := echoClient(t, gw.Addrs()[0])
+	for range 2 {
+		if _, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{Payload: make([]byte, 10)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _ = c.Call(withEnv(testCtx(t), "random-value-1"), &echopb.EchoRequest{})
+	_, _ = c.Call(withEnv(testCtx(t), "env2"), &echopb.EchoRequest{})
+	stream, err := c.BidiStream(withEnv(testCtx(t), "env1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&echopb.EchoRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
+	m := scrape(t, gw, "/metrics")
+	for _, want := range []string{
+		`envgate_calls_total{code="OK",env="env1",method="/echo.EchoService/Call"} 2`,
+		// Unrouted values never become label values.
+		`envgate_calls_total{code="Unimplemented",env="",method="/echo.EchoService/Call"} 1`,
+		`envgate_calls_total{code="Unavailable",env="env2",method="/echo.EchoService/Call"} 1`,
+		`envgate_call_duration_seconds_count{code="OK",env="env1"} 2`,
+		`envgate_calls_in_flight 1`,
+		`envgate_endpoints{env="env1"} 1`,
+		`envgate_endpoints{env="env2"} 0`,
+		`envgate_environments 2`,
+		`envgate_discovery_synced 1`,
+		`envgate_draining 0`,
+		`go_goroutines `,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if strings.Contains(m, "random-value-1") {
+		t.Error("a client's header value became a label value")
+	}
+
+	var view struct {
+		Header string
+		Routes []struct {
+			Match       map[string]string
+			Destination string
+			Endpoints   []string
+		}
+	}
+	if err := json.Unmarshal([]byte(scrape(t, gw, "/routes")), &view); err != nil {
+		t.Fatal(err)
+	}
+	if view.Header != "env" || len(view.Routes) != 2 || view.Routes[0].Match["env"] != "env1" ||
+		view.Routes[0].Destination != "app-service.env1.svc.cluster.local:grpc" ||
+		len(view.Routes[0].Endpoints) != 1 || view.Routes[0].Endpoints[0] != b.addr || len(view.Routes[1].Endpoints) != 0 {
+		t.Fatalf("route view: %+v", view)
 	}
 }

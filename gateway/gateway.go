@@ -13,6 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -28,6 +31,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/certs"
 	"github.com/envgate/envgate/gateway/internal/config"
 	"github.com/envgate/envgate/gateway/internal/discovery"
+	"github.com/envgate/envgate/gateway/internal/metrics"
 	"github.com/envgate/envgate/gateway/internal/proxy"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/upstream"
@@ -49,7 +53,8 @@ type gateway struct {
 	background []func(context.Context) error
 	draining   atomic.Bool
 
-	health *health.Server // grpc.health.v1 for the gateway itself
+	health  *health.Server // grpc.health.v1 for the gateway itself
+	metrics *metrics.Metrics
 
 	listeners []net.Listener
 	servers   []*grpc.Server
@@ -81,7 +86,11 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 	if *cfg.AccessLog {
 		accessLog = log
 	}
-	px := proxy.New(proxy.NewDirector(g.routes.Load, poolUpstreams{g.pool}), accessLog, cfg.Routing.Header)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g.metrics = metrics.New(reg)
+	metrics.RegisterState(reg, g.state)
+	px := proxy.New(proxy.NewDirector(g.routes.Load, poolUpstreams{g.pool}), accessLog, cfg.Routing.Header, g.metrics)
 	g.health = health.NewServer()
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
 	handler := (&localHealth{header: cfg.Routing.Header, srv: g.health, next: px.Handler}).handler
@@ -94,6 +103,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 				g.closeListeners()
 				return nil, fmt.Errorf("listener %s: %w", l.Address, err)
 			}
+			files.OnReload(g.metrics.CertificateReloaded)
 			g.background = append(g.background, files.Run)
 			creds = tlsCreds(files)
 		}
@@ -112,7 +122,11 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 			return nil, fmt.Errorf("admin listen: %w", err)
 		}
 		g.adminLis = lis
-		g.admin = &http.Server{Handler: admin.Handler(g.ready), ReadHeaderTimeout: 5 * time.Second}
+		g.admin = &http.Server{Handler: admin.Handler(admin.Options{
+			Ready:   g.ready,
+			Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+			Routes:  g.routeView,
+		}), ReadHeaderTimeout: 5 * time.Second}
 	}
 	return g, nil
 }
@@ -313,6 +327,47 @@ func (g *gateway) Run(ctx context.Context) error {
 	g.stop(g.cfg.ShutdownGrace)
 	serving.Wait()
 	return err
+}
+
+// state is what the metrics report at scrape time.
+func (g *gateway) state() metrics.State {
+	s := metrics.State{Synced: g.store.Synced(), Draining: g.draining.Load(), Endpoints: map[string]int{}}
+	for _, r := range g.routes.Load().Rules() {
+		eps, _ := g.store.Get(r.Destination.Key())
+		s.Endpoints[r.Value] = len(eps)
+	}
+	return s
+}
+
+// routeView is the live routing table with each destination's endpoints,
+// for /routes.
+func (g *gateway) routeView() any {
+	type route struct {
+		Match       map[string]string `json:"match"`
+		Destination string            `json:"destination"`
+		Endpoints   []string          `json:"endpoints"`
+		Discovered  bool              `json:"discovered"`
+	}
+	table := g.routes.Load()
+	view := struct {
+		Header   string  `json:"header"`
+		Synced   bool    `json:"synced"`
+		Draining bool    `json:"draining"`
+		Routes   []route `json:"routes"`
+		Default  string  `json:"noMatch"`
+	}{Header: table.Header(), Synced: g.store.Synced(), Draining: g.draining.Load(), Routes: []route{},
+		Default: "UNIMPLEMENTED"}
+	for _, r := range table.Rules() {
+		eps, ok := g.store.Get(r.Destination.Key())
+		if eps == nil {
+			eps = []string{}
+		}
+		view.Routes = append(view.Routes, route{
+			Match: map[string]string{table.Header(): r.Value}, Destination: r.Destination.String(),
+			Endpoints: eps, Discovered: ok,
+		})
+	}
+	return view
 }
 
 // drain turns readiness and gRPC health to not serving.

@@ -10,7 +10,7 @@ import (
 
 func TestReadiness(t *testing.T) {
 	var err error = errors.New("discovery has not synced")
-	h := Handler(func() error { return err })
+	h := Handler(Options{Ready: func() error { return err }, Routes: func() any { return map[string]int{"routes": 2} }})
 	get := func(path string) (int, string) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
@@ -25,5 +25,11 @@ func TestReadiness(t *testing.T) {
 	err = nil
 	if code, _ := get("/healthz/ready"); code != 200 {
 		t.Fatalf("ready: %d", code)
+	}
+	if code, body := get("/routes"); code != 200 || !strings.Contains(body, `"routes": 2`) {
+		t.Fatalf("routes: %d %q", code, body)
+	}
+	if code, _ := get("/metrics"); code != 404 {
+		t.Fatalf("metrics without a handler: %d", code)
 	}
 }

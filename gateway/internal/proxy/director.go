@@ -46,6 +46,7 @@ func NewDirector(routes Routes, ups Upstreams) grpcproxy.StreamDirector {
 			return nil, nil, status.Error(codes.Unimplemented,
 				"envgate: "+(&route.NoRouteError{Header: table.Header(), Values: values}).Error())
 		}
+		routedTo(ctx, dest.Namespace)
 		conn, err := ups.Conn(dest)
 		if err != nil {
 			return nil, nil, status.Errorf(codes.Unavailable, "%v (route %s=%s to %s)",

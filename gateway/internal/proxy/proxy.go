@@ -33,13 +33,22 @@ type Proxy struct {
 	log      *slog.Logger // access log: one line per call
 	// envHeader is logged with each call.
 	envHeader string
+	observer  Observer
 	codecs    sync.Map // content-subtype -> codec
 }
 
-// New returns a proxy that forwards each call where director says and logs
-// every call on accessLog (nil: no access log).
-func New(director grpcproxy.StreamDirector, accessLog *slog.Logger, envHeader string) *Proxy {
-	return &Proxy{director: director, log: accessLog, envHeader: envHeader}
+// Observer is told of every call, for metrics. env is the environment the
+// call was routed to, empty when it was not routed.
+type Observer interface {
+	CallStarted()
+	CallDone(env, method string, code codes.Code, d time.Duration, bytesIn, bytesOut int64)
+}
+
+// New returns a proxy that forwards each call where director says, logs
+// every call on accessLog (nil: no access log) and reports it to observer
+// (nil: none).
+func New(director grpcproxy.StreamDirector, accessLog *slog.Logger, envHeader string, observer Observer) *Proxy {
+	return &Proxy{director: director, log: accessLog, envHeader: envHeader, observer: observer}
 }
 
 // ServerCodec is the codec the gateway's grpc.Server must force, so that
@@ -56,16 +65,23 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 	if !ok {
 		return status.Error(codes.Internal, "envgate: no method in the server stream")
 	}
-	var c call
-	err := p.forward(ctx, ss, method, &c)
+	if p.observer != nil {
+		p.observer.CallStarted()
+	}
+	c := &call{}
+	err := p.forward(context.WithValue(ctx, callKey{}, c), ss, method, c)
+	if p.observer != nil {
+		p.observer.CallDone(c.env, method, status.Code(err), time.Since(start), c.bytesIn, c.bytesOut)
+	}
 	if p.log != nil {
-		p.logCall(ctx, method, start, &c, err)
+		p.logCall(ctx, method, start, c, err)
 	}
 	return err
 }
 
-// call is what one call leaves for the access log.
+// call is what one call leaves for the access log and metrics.
 type call struct {
+	env               string // the routed environment, set by the director
 	upstream          string
 	bytesIn, bytesOut int64
 	msgsIn, msgsOut   int64
@@ -221,6 +237,15 @@ func (p *Proxy) codecFor(subtype string) encoding.CodecV2 {
 }
 
 var protoFrames = newCodec("proto")
+
+type callKey struct{}
+
+// routedTo records, for the call in ctx, the environment it was routed to.
+func routedTo(ctx context.Context, env string) {
+	if c, ok := ctx.Value(callKey{}).(*call); ok {
+		c.env = env
+	}
+}
 
 func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *call, err error) {
 	code := status.Code(err)

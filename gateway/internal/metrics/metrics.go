@@ -1,0 +1,149 @@
+// Package metrics holds the gateway's Prometheus collectors, registered on a
+// registry the caller injects.
+package metrics
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+)
+
+// maxMethods bounds the method label: method names come from clients, so
+// past this many distinct ones the rest are counted as "other".
+const maxMethods = 1000
+
+// Metrics are the gateway's call metrics.
+type Metrics struct {
+	calls    *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	bytes    *prometheus.CounterVec
+	inFlight prometheus.Gauge
+	reloads  *prometheus.CounterVec
+
+	mu      sync.RWMutex
+	methods map[string]bool
+}
+
+// New registers the collectors on reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envgate_calls_total",
+			Help: "Calls handled, by environment (empty when unrouted), full method and gRPC status code.",
+		}, []string{"env", "method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "envgate_call_duration_seconds",
+			Help:    "Time from a call's arrival to its end, by environment and status code.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18), // 0.5 ms to about 65 s
+		}, []string{"env", "code"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envgate_message_bytes_total",
+			Help: "Message bytes forwarded, by environment and direction (in: from clients, out: to clients).",
+		}, []string{"env", "direction"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "envgate_calls_in_flight",
+			Help: "Calls (streams) being handled now.",
+		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envgate_certificate_reloads_total",
+			Help: "Serving certificate reloads, by result (ok, error).",
+		}, []string{"result"}),
+		methods: map[string]bool{},
+	}
+	reg.MustRegister(m.calls, m.latency, m.bytes, m.inFlight, m.reloads)
+	return m
+}
+
+// CallStarted counts a call in flight.
+func (m *Metrics) CallStarted() { m.inFlight.Inc() }
+
+// CallDone records a finished call.
+func (m *Metrics) CallDone(env, method string, code codes.Code, d time.Duration, bytesIn, bytesOut int64) {
+	m.inFlight.Dec()
+	c := code.String()
+	m.calls.WithLabelValues(env, m.method(method), c).Inc()
+	m.latency.WithLabelValues(env, c).Observe(d.Seconds())
+	if bytesIn > 0 {
+		m.bytes.WithLabelValues(env, "in").Add(float64(bytesIn))
+	}
+	if bytesOut > 0 {
+		m.bytes.WithLabelValues(env, "out").Add(float64(bytesOut))
+	}
+}
+
+func (m *Metrics) method(name string) string {
+	m.mu.RLock()
+	known := m.methods[name]
+	n := len(m.methods)
+	m.mu.RUnlock()
+	if known {
+		return name
+	}
+	if n >= maxMethods {
+		return "other"
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.methods) >= maxMethods {
+		return "other"
+	}
+	m.methods[name] = true
+	return name
+}
+
+// CertificateReloaded counts a reload attempt.
+func (m *Metrics) CertificateReloaded(err error) {
+	if err != nil {
+		m.reloads.WithLabelValues("error").Inc()
+		return
+	}
+	m.reloads.WithLabelValues("ok").Inc()
+}
+
+// State reports what the gateway knows at scrape time.
+type State struct {
+	Synced    bool
+	Draining  bool
+	Endpoints map[string]int // per environment
+}
+
+// RegisterState adds gauges read from state() at every scrape, so keeping
+// them costs nothing between scrapes.
+func RegisterState(reg prometheus.Registerer, state func() State) {
+	reg.MustRegister(&stateCollector{state: state})
+}
+
+var (
+	syncedDesc    = prometheus.NewDesc("envgate_discovery_synced", "1 once discovery has delivered its first complete state.", nil, nil)
+	drainingDesc  = prometheus.NewDesc("envgate_draining", "1 while the gateway drains before stopping.", nil, nil)
+	envsDesc      = prometheus.NewDesc("envgate_environments", "Environments that can be routed to.", nil, nil)
+	endpointsDesc = prometheus.NewDesc("envgate_endpoints", "Ready endpoints per environment.", []string{"env"}, nil)
+)
+
+type stateCollector struct{ state func() State }
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- syncedDesc
+	ch <- drainingDesc
+	ch <- envsDesc
+	ch <- endpointsDesc
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.state()
+	ch <- prometheus.MustNewConstMetric(syncedDesc, prometheus.GaugeValue, b2f(s.Synced))
+	ch <- prometheus.MustNewConstMetric(drainingDesc, prometheus.GaugeValue, b2f(s.Draining))
+	ch <- prometheus.MustNewConstMetric(envsDesc, prometheus.GaugeValue, float64(len(s.Endpoints)))
+	for env, n := range s.Endpoints {
+		ch <- prometheus.MustNewConstMetric(endpointsDesc, prometheus.GaugeValue, float64(n), env)
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
