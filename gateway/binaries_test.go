@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,19 +21,75 @@ import (
 // These tests run the real programs: the gateway and echo binaries built from
 // this tree, and the pinned grpcurl the Makefile installs.
 
+// dockerBuildLine returns the go build command of a Dockerfile's build
+// stage, with the cache mounts dropped and its continuation lines joined.
+func dockerBuildLine(root, dockerfile string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(root, dockerfile))
+	if err != nil {
+		return "", err
+	}
+	joined := strings.ReplaceAll(string(b), "\\\n", " ")
+	for _, l := range strings.Split(joined, "\n") {
+		if i := strings.Index(l, "CGO_ENABLED=0 go build"); i >= 0 && strings.HasPrefix(l, "RUN ") {
+			return strings.Join(strings.Fields(l[i:]), " "), nil
+		}
+	}
+	return "", fmt.Errorf("%s: no go build line", dockerfile)
+}
+
+// buildOnce builds the gateway and echo binaries with the Dockerfiles' own
+// build lines (VERSION=test, output in a temporary /out), so the tests run
+// what the images contain.
 var buildOnce = sync.OnceValues(func() (string, error) {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		return "", err
+	}
 	dir, err := os.MkdirTemp("", "envgate-bin-")
 	if err != nil {
 		return "", err
 	}
-	for _, pkg := range []string{"gateway", "echo"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, pkg), "github.com/envgate/envgate/"+pkg)
+	for _, app := range []string{"gateway", "echo"} {
+		line, err := dockerBuildLine(root, "Dockerfile."+app)
+		if err != nil {
+			return "", err
+		}
+		line = strings.ReplaceAll(line, "${VERSION}", "test")
+		line = strings.ReplaceAll(line, "/out/", dir+"/")
+		cmd := exec.Command("sh", "-c", line)
+		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+			return "", fmt.Errorf("%s: %v\n%s", line, err, out)
 		}
 	}
 	return dir, nil
 })
+
+// The Dockerfiles build exactly what `make build` builds.
+func TestDockerfilesBuildLikeMake(t *testing.T) {
+	root := filepath.Dir(repoBin(t))
+	out, err := exec.Command("make", "-s", "-n", "-C", root, "build", "VERSION=v1.2.3", "BIN=/out", "GO=go").Output()
+	if err != nil {
+		t.Fatalf("make -n build: %v", err)
+	}
+	makeLines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for _, app := range []string{"gateway", "echo"} {
+		line, err := dockerBuildLine(root, "Dockerfile."+app)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := strings.ReplaceAll(line, "${VERSION}", "v1.2.3")
+		if !slices.Contains(makeLines, want) {
+			t.Errorf("Dockerfile.%s builds with\n  %s\nbut make build runs\n  %s", app, want, strings.Join(makeLines, "\n  "))
+		}
+		df, _ := os.ReadFile(filepath.Join(root, "Dockerfile."+app))
+		for _, must := range []string{"FROM gcr.io/distroless/static-debian12:nonroot", "USER nonroot:nonroot", "--mount=type=cache,target=/root/.cache/go-build", "--mount=type=cache,target=/go/pkg/mod"} {
+			if !strings.Contains(string(df), must) {
+				t.Errorf("Dockerfile.%s lacks %q", app, must)
+			}
+		}
+	}
+}
 
 func builtBinary(t testing.TB, name string) string {
 	t.Helper()
