@@ -29,10 +29,14 @@ KUBE_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
 	-X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(KUBE_VERSION))) \
 	-X k8s.io/component-base/version.gitTreeState=clean
 
-TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz interop-client interop-server \
-	kube-apiserver kube-controller-manager etcd)
+# Istio's CRDs for validating the istio overlay: istio.io/istio tags are not
+# Go semver, so the module is pinned by its pseudo-version.
+ISTIO_VERSION := v0.0.0-20260827124520-eed52ebb66ad
 
-.PHONY: all build test demo proto bench lint tools clean fuzz kube
+TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz interop-client interop-server \
+	kube-apiserver kube-controller-manager etcd crds/istio.yaml)
+
+.PHONY: all build test demo proto bench lint tools clean fuzz kube crds
 .DEFAULT_GOAL := build
 
 all: lint test
@@ -74,6 +78,17 @@ $(BIN)/.stamp-kube@$(KUBE_VERSION): hack/kube/go.mod hack/kube/go.sum
 	cd hack/kube && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 	cd hack/kube && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 	rm -f $(BIN)/.stamp-kube@*
+	touch $@
+
+crds: $(BIN)/crds/istio.yaml ## Istio's networking CRDs, from the istio.io/istio module
+
+$(BIN)/crds/istio.yaml: $(BIN)/.stamp-istio-crds@$(ISTIO_VERSION)
+$(BIN)/.stamp-istio-crds@$(ISTIO_VERSION):
+	@mkdir -p $(BIN)/crds
+	dir=$$($(GO) mod download -json istio.io/istio@$(ISTIO_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	  test -n "$$dir" && cp "$$dir/manifests/charts/base/files/crd-all.gen.yaml" $(BIN)/crds/istio.yaml
+	chmod 644 $(BIN)/crds/istio.yaml
+	rm -f $(BIN)/.stamp-istio-crds@*
 	touch $@
 
 # etcd: Debian's etcd-server, installed when missing (as root, or with sudo).

@@ -18,7 +18,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/envgate/envgate/gateway/internal/kubetest"
+	"github.com/envgate/envgate/internal/kubetest"
 	"github.com/envgate/envgate/proto/echopb"
 )
 

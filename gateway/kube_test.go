@@ -26,7 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/envgate/envgate/gateway/internal/config"
-	"github.com/envgate/envgate/gateway/internal/kubetest"
+	"github.com/envgate/envgate/internal/kubetest"
 	"github.com/envgate/envgate/proto/echopb"
 )
 

@@ -12,7 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/envgate/envgate/gateway/internal/discovery"
-	"github.com/envgate/envgate/gateway/internal/kubetest"
+	"github.com/envgate/envgate/internal/kubetest"
 )
 
 const envLabel = "envgate.io/environment"
