@@ -36,7 +36,8 @@ ISTIO_VERSION := v0.0.0-20260827124520-eed52ebb66ad
 TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz interop-client interop-server \
 	kube-apiserver kube-controller-manager etcd crds/istio.yaml)
 
-.PHONY: all build test demo proto bench lint tools clean fuzz kube crds
+.PHONY: all build test demo proto bench lint tools clean fuzz kube crds \
+	docker-build kind-up kind-load kind-deploy kind-demo kind-down gke-deploy
 .DEFAULT_GOAL := build
 
 all: lint test
@@ -69,6 +70,44 @@ bench: build $(BIN)/ghz ## micro-benchmarks, then whole-system load against dire
 	BIN=$(BIN) ./scripts/bench.sh
 
 tools: $(TOOLS)
+
+# For a user with Docker and kind (neither runs on the CI machines, where the
+# Dockerfiles' build line is checked by the tests instead).
+IMAGE_TAG ?= dev
+KIND_CLUSTER ?= envgate
+
+docker-build: ## the gateway and echo images
+	docker build -f Dockerfile.gateway --build-arg VERSION=$(VERSION) -t envgate/gateway:$(IMAGE_TAG) .
+	docker build -f Dockerfile.echo --build-arg VERSION=$(VERSION) -t envgate/echo:$(IMAGE_TAG) .
+
+kind-up: ## a kind cluster whose port mappings reach the gateway from 127.0.0.1:8080
+	kind create cluster --name $(KIND_CLUSTER) --config k8s/kind/cluster.yaml
+
+kind-load: docker-build ## the images into the kind cluster
+	kind load docker-image --name $(KIND_CLUSTER) envgate/gateway:$(IMAGE_TAG) envgate/echo:$(IMAGE_TAG)
+
+kind-deploy: ## the gateway (kind overlay) and environments env1 and env2
+	kubectl apply -k k8s/overlays/kind
+	kubectl apply -k k8s/envs/env1
+	kubectl apply -k k8s/envs/env2
+	kubectl -n env1 set image deployment/app app=envgate/echo:$(IMAGE_TAG)
+	kubectl -n env2 set image deployment/app app=envgate/echo:$(IMAGE_TAG)
+	kubectl -n envgate-system rollout status deployment/envgate --timeout=120s
+	kubectl -n env1 rollout status deployment/app --timeout=120s
+	kubectl -n env2 rollout status deployment/app --timeout=120s
+
+kind-demo: $(BIN)/grpcurl kind-up kind-load kind-deploy ## the seed's grpcurl check against the kind port mapping
+	for env in env1 env2; do \
+	  $(BIN)/grpcurl -plaintext -proto proto/echo.proto -rpc-header "env: $$env" 127.0.0.1:8080 echo.EchoService/Call; \
+	done
+
+kind-down:
+	kind delete cluster --name $(KIND_CLUSTER)
+
+gke-deploy: ## the gke overlay and env1, env2 (create the edge2mesh Secret first: see k8s/overlays/gke)
+	kubectl apply -k k8s/overlays/gke
+	kubectl apply -k k8s/envs/env1
+	kubectl apply -k k8s/envs/env2
 
 kube: $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd ## the Kubernetes test control plane
 
