@@ -18,6 +18,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 BUF_VERSION                := v1.75.0
 GRPCURL_VERSION            := v1.9.4
 GHZ_VERSION                := v0.93.0
+PEBBLE_VERSION             := v2.10.1
 
 # The control plane of the Kubernetes tests: kube-apiserver and
 # kube-controller-manager built from k8s.io/kubernetes (hack/kube/go.mod pins
@@ -34,7 +35,8 @@ KUBE_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
 ISTIO_VERSION := v0.0.0-20260827124520-eed52ebb66ad
 
 TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz interop-client interop-server \
-	kube-apiserver kube-controller-manager etcd crds/istio.yaml)
+	kube-apiserver kube-controller-manager etcd crds/istio.yaml \
+	pebble pebble-challtestsrv pebble-certs/pebble.minica.pem)
 
 .PHONY: all build test demo proto bench lint tools clean fuzz kube crds \
 	docker-build kind-up kind-load kind-deploy kind-demo kind-down gke-deploy
@@ -161,3 +163,13 @@ $(eval $(call go_tool,grpcurl,github.com/fullstorydev/grpcurl/cmd/grpcurl,$(GRPC
 $(eval $(call go_tool,ghz,github.com/bojand/ghz/cmd/ghz,$(GHZ_VERSION)))
 $(eval $(call go_tool,interop-client,google.golang.org/grpc/interop/client,$(GRPC_VERSION)))
 $(eval $(call go_tool,interop-server,google.golang.org/grpc/interop/server,$(GRPC_VERSION)))
+$(eval $(call go_tool,pebble,github.com/letsencrypt/pebble/v2/cmd/pebble,$(PEBBLE_VERSION)))
+$(eval $(call go_tool,pebble-challtestsrv,github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv,$(PEBBLE_VERSION)))
+
+# Pebble's test certificates (its HTTPS API's, and the root that signs it),
+# from the module at the same version.
+$(BIN)/pebble-certs/pebble.minica.pem: $(BIN)/.stamp-pebble@$(PEBBLE_VERSION)
+	@mkdir -p $(BIN)/pebble-certs
+	dir=$$($(GO) mod download -json github.com/letsencrypt/pebble/v2@$(PEBBLE_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	  test -n "$$dir" && cp "$$dir/test/certs/pebble.minica.pem" "$$dir/test/certs/localhost/cert.pem" "$$dir/test/certs/localhost/key.pem" $(BIN)/pebble-certs/
+	chmod 644 $(BIN)/pebble-certs/*

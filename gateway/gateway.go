@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/crypto/acme"
+	"golang.org/x/crypto/acme/autocert"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -98,14 +101,12 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 	for _, l := range cfg.Listeners {
 		creds := insecure.NewCredentials()
 		if l.TLS != nil {
-			files, err := certs.NewFiles(l.TLS.CertFile, l.TLS.KeyFile, l.TLS.ReloadInterval, log)
+			p, err := g.certProvider(l.TLS)
 			if err != nil {
 				g.closeListeners()
 				return nil, fmt.Errorf("listener %s: %w", l.Address, err)
 			}
-			files.OnReload(g.metrics.CertificateReloaded)
-			g.background = append(g.background, files.Run)
-			creds = tlsCreds(files)
+			creds = tlsCreds(p)
 		}
 		lis, err := net.Listen("tcp", l.Address)
 		if err != nil {
@@ -222,10 +223,50 @@ func kubeConfig(path string) (*rest.Config, error) {
 	return rc, nil
 }
 
+// certProvider is a listener's source of certificates: files reloaded when
+// they change, or ACME.
+func (g *gateway) certProvider(t *config.TLS) (certs.Provider, error) {
+	if t.ACME == nil {
+		files, err := certs.NewFiles(t.CertFile, t.KeyFile, t.ReloadInterval, g.log)
+		if err != nil {
+			return nil, err
+		}
+		files.OnReload(g.metrics.CertificateReloaded)
+		g.background = append(g.background, files.Run)
+		return files, nil
+	}
+	a := t.ACME
+	c := certs.ACMEConfig{Hosts: a.Hosts, Email: a.Email, DirectoryURL: a.DirectoryURL}
+	if a.CAFile != "" {
+		roots, err := certs.LoadRoots(a.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		c.RootCAs = roots
+	}
+	if a.CacheDir != "" {
+		c.Cache = autocert.DirCache(a.CacheDir)
+	} else {
+		rc, err := kubeConfig(a.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		client, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			return nil, err
+		}
+		ns, name, _ := strings.Cut(a.CacheSecret, "/")
+		c.Cache = &certs.SecretCache{Secrets: client.CoreV1().Secrets(ns), Name: name}
+	}
+	return certs.NewACME(c)
+}
+
 // tlsCreds serves certificates from p, TLS 1.2 at least; gRPC's TLS
 // credentials add and enforce ALPN "h2".
 func tlsCreds(p certs.Provider) credentials.TransportCredentials {
-	return credentials.NewTLS(&tls.Config{GetCertificate: p.GetCertificate, MinVersion: tls.VersionTLS12})
+	// acme-tls/1 lets an ACME CA validate TLS-ALPN-01 on this listener;
+	// autocert answers it in GetCertificate.
+	return credentials.NewTLS(&tls.Config{GetCertificate: p.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", acme.ALPNProto}})
 }
 
 func newServer(cfg *config.Config, creds credentials.TransportCredentials, handler grpc.StreamHandler) *grpc.Server {

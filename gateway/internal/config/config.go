@@ -61,6 +61,28 @@ type TLS struct {
 	CertFile       string        `yaml:"certFile"`
 	KeyFile        string        `yaml:"keyFile"`
 	ReloadInterval time.Duration `yaml:"reloadInterval"`
+	// ACME gets certificates from an ACME CA instead of files, for a
+	// gateway exposed directly (no load balancer in front).
+	ACME *ACME `yaml:"acme"`
+}
+
+// ACME settings (golang.org/x/crypto/acme/autocert, TLS-ALPN-01 on the TLS
+// listener itself).
+type ACME struct {
+	// Hosts is the allow-list of names to get certificates for.
+	Hosts []string `yaml:"hosts"`
+	Email string   `yaml:"email"`
+	// DirectoryURL of the CA; empty means Let's Encrypt.
+	DirectoryURL string `yaml:"directoryURL"`
+	// CAFile is a PEM bundle trusted for the CA's own HTTPS API (for a
+	// private CA such as Pebble).
+	CAFile string `yaml:"caFile"`
+	// Exactly one cache: a directory, or a Secret ("namespace/name") that
+	// every replica shares.
+	CacheDir    string `yaml:"cacheDir"`
+	CacheSecret string `yaml:"cacheSecret"`
+	// Kubeconfig for the Secret cache; empty: $KUBECONFIG, then in-cluster.
+	Kubeconfig string `yaml:"kubeconfig"`
 }
 
 // Routing is the seed's VirtualService in one line per environment:
@@ -259,8 +281,23 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(l.Address); err != nil {
 			errs = append(errs, fmt.Errorf("listeners[%d].address %q: %w", i, l.Address, err))
 		}
-		if l.TLS != nil && (l.TLS.CertFile == "" || l.TLS.KeyFile == "") {
+		if t := l.TLS; t != nil && t.ACME == nil && (t.CertFile == "" || t.KeyFile == "") {
 			errs = append(errs, fmt.Errorf("listeners[%d].tls: certFile and keyFile are both required", i))
+		}
+		if t := l.TLS; t != nil && t.ACME != nil {
+			a := t.ACME
+			if t.CertFile != "" || t.KeyFile != "" {
+				errs = append(errs, fmt.Errorf("listeners[%d].tls: certificate files and acme are exclusive", i))
+			}
+			if len(a.Hosts) == 0 {
+				errs = append(errs, fmt.Errorf("listeners[%d].tls.acme.hosts: at least one host is needed", i))
+			}
+			if (a.CacheDir == "") == (a.CacheSecret == "") {
+				errs = append(errs, fmt.Errorf("listeners[%d].tls.acme: exactly one of cacheDir and cacheSecret", i))
+			}
+			if ns, name, ok := strings.Cut(a.CacheSecret, "/"); a.CacheSecret != "" && (!ok || !dnsLabel.MatchString(ns) || name == "") {
+				errs = append(errs, fmt.Errorf("listeners[%d].tls.acme.cacheSecret %q: want namespace/name", i, a.CacheSecret))
+			}
 		}
 		if l.TLS != nil && l.TLS.ReloadInterval < 0 {
 			errs = append(errs, fmt.Errorf("listeners[%d].tls.reloadInterval: must not be negative", i))
