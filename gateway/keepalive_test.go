@@ -2,6 +2,7 @@ package main
 
 import (
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ func pingEvery(t *testing.T, addr string, gap time.Duration, n int) (goaway bool
 		t.Fatal(err)
 	}
 	fr := http2.NewFramer(conn, conn)
+	var wmu sync.Mutex // the framer's writes come from two goroutines
 	if err := fr.WriteSettings(); err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +36,9 @@ func pingEvery(t *testing.T, addr string, gap time.Duration, n int) (goaway bool
 				return
 			}
 			if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+				wmu.Lock()
 				_ = fr.WriteSettingsAck()
+				wmu.Unlock()
 			}
 			frames <- f
 		}
@@ -44,7 +48,10 @@ func pingEvery(t *testing.T, addr string, gap time.Duration, n int) (goaway bool
 		if i > 0 {
 			time.Sleep(gap) // the client's ping interval under test
 		}
-		if err := fr.WritePing(false, [8]byte{byte(i)}); err != nil {
+		wmu.Lock()
+		err := fr.WritePing(false, [8]byte{byte(i)})
+		wmu.Unlock()
+		if err != nil {
 			return true, http2.ErrCodeNo
 		}
 	}

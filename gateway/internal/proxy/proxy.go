@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	grpcproxy "github.com/mwitkow/grpc-proxy/proxy"
@@ -71,7 +72,7 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 	c := &call{}
 	err := p.forward(context.WithValue(ctx, callKey{}, c), ss, method, c)
 	if p.observer != nil {
-		p.observer.CallDone(c.env, method, status.Code(err), time.Since(start), c.bytesIn, c.bytesOut)
+		p.observer.CallDone(c.env, method, status.Code(err), time.Since(start), c.bytesIn.Load(), c.bytesOut)
 	}
 	if p.log != nil {
 		p.logCall(ctx, method, start, c, err)
@@ -81,10 +82,13 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 
 // call is what one call leaves for the access log and metrics.
 type call struct {
-	env               string // the routed environment, set by the director
-	upstream          string
-	bytesIn, bytesOut int64
-	msgsIn, msgsOut   int64
+	env      string // the routed environment, set by the director
+	upstream string
+	// The client-to-upstream pump may still run when the call is logged
+	// (it can be blocked reading a client that has not half-closed), so its
+	// counters are atomic.
+	bytesIn, msgsIn   atomic.Int64
+	bytesOut, msgsOut int64
 }
 
 // transportStream is the part of gRPC's server transport stream that tells
@@ -176,8 +180,8 @@ func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call) error {
 			f.free()
 			return nil
 		}
-		c.bytesIn += n
-		c.msgsIn++
+		c.bytesIn.Add(n)
+		c.msgsIn.Add(1)
 	}
 }
 
@@ -255,9 +259,9 @@ func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *
 		slog.String("upstream", c.upstream),
 		slog.String("code", code.String()),
 		slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
-		slog.Int64("bytes_in", c.bytesIn),
+		slog.Int64("bytes_in", c.bytesIn.Load()),
 		slog.Int64("bytes_out", c.bytesOut),
-		slog.Int64("msgs_in", c.msgsIn),
+		slog.Int64("msgs_in", c.msgsIn.Load()),
 		slog.Int64("msgs_out", c.msgsOut),
 	}
 	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
