@@ -278,19 +278,23 @@ func TestMetricsAndRouteView(t *testing.T) {
 	}
 
 	var view struct {
-		Header string
-		Routes []struct {
-			Match       map[string]string
-			Destination string
-			Endpoints   []string
+		Synced bool
+		Rules  []struct {
+			Source       string
+			Match        []string
+			Destinations []struct {
+				Destination string
+				Endpoints   []string
+			}
 		}
 	}
 	if err := json.Unmarshal([]byte(scrape(t, gw, "/routes")), &view); err != nil {
 		t.Fatal(err)
 	}
-	if view.Header != "env" || len(view.Routes) != 2 || view.Routes[0].Match["env"] != "env1" ||
-		view.Routes[0].Destination != "app-service.env1.svc.cluster.local:grpc" ||
-		len(view.Routes[0].Endpoints) != 1 || view.Routes[0].Endpoints[0] != b.addr || len(view.Routes[1].Endpoints) != 0 {
+	if !view.Synced || len(view.Rules) != 2 || view.Rules[0].Match[0] != `header env exact "env1"` ||
+		view.Rules[0].Destinations[0].Destination != "app-service.env1.svc.cluster.local:grpc" ||
+		len(view.Rules[0].Destinations[0].Endpoints) != 1 || view.Rules[0].Destinations[0].Endpoints[0] != b.addr ||
+		len(view.Rules[1].Destinations[0].Endpoints) != 0 {
 		t.Fatalf("route view: %+v", view)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -38,6 +39,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/proxy"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/upstream"
+	"github.com/envgate/envgate/gateway/internal/virtualservice"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -56,7 +58,8 @@ type gateway struct {
 	background []func(context.Context) error
 	draining   atomic.Bool
 
-	health  *health.Server // grpc.health.v1 for the gateway itself
+	vs      *virtualservice.Result // nil in the one-header form
+	health  *health.Server         // grpc.health.v1 for the gateway itself
 	metrics *metrics.Metrics
 
 	listeners []net.Listener
@@ -69,11 +72,16 @@ type gateway struct {
 // are known (port 0 included) before Run. upstreamOpts are added to the
 // upstream connections' dial options.
 func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialOption) (*gateway, error) {
-	table, err := cfg.Table()
+	table, vs, err := buildTable(cfg)
 	if err != nil {
 		return nil, err
 	}
-	g := &gateway{cfg: cfg, log: log, store: discovery.NewStore()}
+	if vs != nil {
+		logVirtualServices(log, vs)
+		// Discovery follows the namespaces the rules send to.
+		cfg.Environments = namespacesOf(table)
+	}
+	g := &gateway{cfg: cfg, log: log, store: discovery.NewStore(), vs: vs}
 	g.routes.Store(table)
 	if err := g.setupDiscovery(); err != nil {
 		return nil, err
@@ -93,7 +101,10 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	g.metrics = metrics.New(reg)
 	metrics.RegisterState(reg, g.state)
-	px := proxy.New(proxy.NewDirector(g.routes.Load, poolUpstreams{g.pool}), accessLog, cfg.Routing.Header, g.metrics)
+	if vs != nil {
+		metrics.RegisterVirtualServices(reg, vs.Issues, vs.Applied, vs.Rejected)
+	}
+	px := proxy.New(proxy.NewDirector(g.routes.Load, poolUpstreams{g.pool}, rand.Float64), accessLog, cfg.Routing.Header, g.metrics)
 	g.health = health.NewServer()
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
 	handler := (&localHealth{header: cfg.Routing.Header, srv: g.health, next: px.Handler}).handler
@@ -127,6 +138,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 			Ready:   g.ready,
 			Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 			Routes:  g.routeView,
+			Explain: g.explain,
 		}), ReadHeaderTimeout: 5 * time.Second}
 	}
 	return g, nil
@@ -152,7 +164,7 @@ func (g *gateway) setupDiscovery() error {
 			Namespaces:        cfg.Environments,
 			NamespaceSelector: cfg.Discovery.Kubernetes.NamespaceSelector,
 			Key:               func(ns string) string { return cfg.Destination(ns).Key() },
-			OnEnvironments:    g.setEnvironments,
+			OnEnvironments:    g.onEnvironments(),
 		}, g.log)
 		if err != nil {
 			return fmt.Errorf("kubernetes discovery: %w", err)
@@ -179,6 +191,16 @@ func dnsNames(cfg *config.Config, suffix string) map[string]string {
 		names[cfg.Destination(env).Key()] = cfg.Routing.Service + "." + env + "." + suffix
 	}
 	return names
+}
+
+// onEnvironments is what Kubernetes discovery calls when the environment
+// namespaces change: in the one-header form the table follows them; with
+// VirtualServices the rules decide, and nothing changes.
+func (g *gateway) onEnvironments() func([]string) {
+	if g.vs != nil {
+		return nil
+	}
+	return g.setEnvironments
 }
 
 // setEnvironments replaces the routing table when discovery finds the
@@ -374,8 +396,10 @@ func (g *gateway) Run(ctx context.Context) error {
 func (g *gateway) state() metrics.State {
 	s := metrics.State{Synced: g.store.Synced(), Draining: g.draining.Load(), Endpoints: map[string]int{}}
 	for _, r := range g.routes.Load().Rules() {
-		eps, _ := g.store.Get(r.Destination.Key())
-		s.Endpoints[r.Value] = len(eps)
+		for _, d := range r.Action.Destinations {
+			eps, _ := g.store.Get(d.Key())
+			s.Endpoints[d.Namespace] = len(eps)
+		}
 	}
 	return s
 }
@@ -383,30 +407,42 @@ func (g *gateway) state() metrics.State {
 // routeView is the live routing table with each destination's endpoints,
 // for /routes.
 func (g *gateway) routeView() any {
-	type route struct {
-		Match       map[string]string `json:"match"`
-		Destination string            `json:"destination"`
-		Endpoints   []string          `json:"endpoints"`
-		Discovered  bool              `json:"discovered"`
+	type destination struct {
+		Destination string   `json:"destination"`
+		Weight      int32    `json:"weight"`
+		Endpoints   []string `json:"endpoints"`
+		Discovered  bool     `json:"discovered"`
+	}
+	type rule struct {
+		Source       string        `json:"source"`
+		Hosts        []string      `json:"hosts,omitempty"`
+		Match        []string      `json:"match"`
+		Destinations []destination `json:"destinations"`
+		Timeout      string        `json:"timeout,omitempty"`
 	}
 	table := g.routes.Load()
 	view := struct {
-		Header   string  `json:"header"`
-		Synced   bool    `json:"synced"`
-		Draining bool    `json:"draining"`
-		Routes   []route `json:"routes"`
-		Default  string  `json:"noMatch"`
-	}{Header: table.Header(), Synced: g.store.Synced(), Draining: g.draining.Load(), Routes: []route{},
-		Default: "UNIMPLEMENTED"}
+		Synced   bool   `json:"synced"`
+		Draining bool   `json:"draining"`
+		Rules    []rule `json:"rules"`
+		NoMatch  string `json:"noMatch"`
+	}{Synced: g.store.Synced(), Draining: g.draining.Load(), Rules: []rule{}, NoMatch: "UNIMPLEMENTED"}
 	for _, r := range table.Rules() {
-		eps, ok := g.store.Get(r.Destination.Key())
-		if eps == nil {
-			eps = []string{}
+		v := rule{Source: r.Source, Hosts: r.Hosts, Match: []string{}}
+		for _, m := range r.Matches {
+			v.Match = append(v.Match, m.String())
 		}
-		view.Routes = append(view.Routes, route{
-			Match: map[string]string{table.Header(): r.Value}, Destination: r.Destination.String(),
-			Endpoints: eps, Discovered: ok,
-		})
+		if r.Action.Timeout > 0 {
+			v.Timeout = r.Action.Timeout.String()
+		}
+		for _, d := range r.Action.Destinations {
+			eps, ok := g.store.Get(d.Key())
+			if eps == nil {
+				eps = []string{}
+			}
+			v.Destinations = append(v.Destinations, destination{Destination: d.String(), Weight: d.Weight, Endpoints: eps, Discovered: ok})
+		}
+		view.Rules = append(view.Rules, v)
 	}
 	return view
 }

@@ -193,7 +193,7 @@ func waitUntilWithin(t testing.TB, limit time.Duration, what string, cond func()
 func (k *kubeEnv) waitEndpoints(t testing.TB, ns string, n int) {
 	t.Helper()
 	waitUntil(t, fmt.Sprintf("%d endpoints in %s", n, ns), func() bool {
-		eps, _ := k.gw.store.Get("app-service." + ns + ":grpc")
+		eps, _ := k.gw.store.Get("app-service." + ns)
 		return len(eps) == n
 	})
 }
@@ -544,7 +544,7 @@ func TestKubeAPIServerOutage(t *testing.T) {
 	// client-go's reflector retries with backoff (up to 30 s, jittered), so
 	// catching up takes until its next attempt.
 	waitUntilWithin(t, 2*time.Minute, "the change made during the outage", func() bool {
-		eps, _ := k.gw.store.Get("app-service.env1:grpc")
+		eps, _ := k.gw.store.Get("app-service.env1")
 		return len(eps) == 3
 	})
 	t.Logf("change picked up %v after the restart began", time.Since(restart).Round(time.Millisecond))

@@ -19,6 +19,9 @@ type Options struct {
 	// Routes returns the live routing table and endpoints, served as JSON
 	// at /routes; nil leaves it out.
 	Routes func() any
+	// Explain says how a request described by the query would be routed,
+	// served as JSON at /explain; nil leaves it out.
+	Explain func(*http.Request) any
 }
 
 // Handler answers /healthz/ready with 200 while Ready returns nil and 503
@@ -43,12 +46,17 @@ func Handler(o Options) http.Handler {
 		mux.Handle("GET /metrics", o.Metrics)
 	}
 	if o.Routes != nil {
-		mux.HandleFunc("GET /routes", func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			enc := json.NewEncoder(w)
-			enc.SetIndent("", "  ")
-			_ = enc.Encode(o.Routes())
-		})
+		mux.HandleFunc("GET /routes", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, o.Routes()) })
+	}
+	if o.Explain != nil {
+		mux.HandleFunc("GET /explain", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, o.Explain(r)) })
 	}
 	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }

@@ -91,6 +91,20 @@ type Routing struct {
 	Header  string `yaml:"header"`
 	Service string `yaml:"service"`
 	Port    string `yaml:"port"`
+	// VirtualServices, when set, routes by Istio VirtualService objects
+	// instead of the one-header form.
+	VirtualServices *VirtualServices `yaml:"virtualServices"`
+}
+
+// VirtualServices names the VirtualService objects to route by.
+type VirtualServices struct {
+	// Gateway selects the objects bound to it (default
+	// common-istio-gateway, the seed's).
+	Gateway string `yaml:"gateway"`
+	// Files hold VirtualService YAML (several documents each).
+	Files []string `yaml:"files"`
+	// Namespace is given to objects without one (default "default").
+	Namespace string `yaml:"namespace"`
 }
 
 // Admin is the health listener (the seed's load balancer checks
@@ -212,6 +226,14 @@ func (c *Config) Defaults() {
 	if c.Routing.Port == "" {
 		c.Routing.Port = DefaultPort
 	}
+	if v := c.Routing.VirtualServices; v != nil {
+		if v.Gateway == "" {
+			v.Gateway = "common-istio-gateway"
+		}
+		if v.Namespace == "" {
+			v.Namespace = "default"
+		}
+	}
 	if len(c.Environments) == 0 {
 		for env := range c.Discovery.Static {
 			c.Environments = append(c.Environments, env)
@@ -319,10 +341,14 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("discovery: static, kubernetes and dns are exclusive"))
 	}
 	byLabel := c.Discovery.Kubernetes != nil && len(c.Environments) == 0
-	if len(c.Environments) == 0 && !byLabel {
+	byVS := c.Routing.VirtualServices != nil
+	if byVS && len(c.Routing.VirtualServices.Files) == 0 {
+		errs = append(errs, errors.New("routing.virtualServices.files: none listed"))
+	}
+	if len(c.Environments) == 0 && !byLabel && !byVS {
 		errs = append(errs, errors.New("environments: none configured, nothing could be routed"))
 	}
-	if byLabel && strings.TrimSpace(c.Discovery.Kubernetes.NamespaceSelector) == "" {
+	if byLabel && !byVS && strings.TrimSpace(c.Discovery.Kubernetes.NamespaceSelector) == "" {
 		errs = append(errs, errors.New("discovery.kubernetes.namespaceSelector: empty with no environments listed"))
 	}
 	if c.Admin.Address != "-" {
@@ -372,11 +398,11 @@ func (c *Config) Table() (*route.Table, error) { return c.TableFor(c.Environment
 
 // TableFor builds a routing table with one exact-match rule per environment.
 func (c *Config) TableFor(envs []string) (*route.Table, error) {
-	rules := make([]route.Rule, 0, len(envs))
+	rules := make([]route.EnvRule, 0, len(envs))
 	for _, env := range envs {
-		rules = append(rules, route.Rule{Value: env, Destination: c.Destination(env)})
+		rules = append(rules, route.EnvRule{Value: env, Destination: c.Destination(env)})
 	}
-	return route.NewTable(c.Routing.Header, rules)
+	return route.NewEnvTable(c.Routing.Header, rules)
 }
 
 // StaticEndpoints returns the static endpoints keyed as discovery names them.

@@ -24,7 +24,7 @@ discovery:
 	if c.Limits.MaxMessageBytes != 16<<20 || c.ShutdownGrace != 30*time.Second || !*c.AccessLog {
 		t.Errorf("limits %+v grace %v", c.Limits, c.ShutdownGrace)
 	}
-	if got := c.StaticEndpoints()["app-service.env1:grpc"]; len(got) != 1 {
+	if got := c.StaticEndpoints()["app-service.env1"]; len(got) != 1 {
 		t.Errorf("static endpoints %v", c.StaticEndpoints())
 	}
 }
@@ -58,7 +58,7 @@ func TestHeaderNameLowerCased(t *testing.T) {
 		t.Fatal(err)
 	}
 	tbl, err := c.Table()
-	if err != nil || tbl.Header() != "x-env" {
-		t.Fatalf("header %q, %v", tbl.Header(), err)
+	if err != nil || tbl.EnvHeader() != "x-env" {
+		t.Fatalf("header %q, %v", tbl.EnvHeader(), err)
 	}
 }

@@ -147,3 +147,39 @@ func b2f(b bool) float64 {
 	}
 	return 0
 }
+
+// VirtualServiceIssue is an unimplemented field, for the status metric.
+type VirtualServiceIssue interface {
+	// Fields are object, field and whether it rejected the object.
+	Labels() (object, field string, rejects bool)
+}
+
+// RegisterVirtualServices publishes the state of the VirtualServices the
+// gateway routes by: envgate_virtualservice{object, state} is 1 for each
+// applied or rejected object, envgate_virtualservice_unimplemented_field
+// {object, field, effect} names each field not implemented.
+func RegisterVirtualServices[I VirtualServiceIssue](reg prometheus.Registerer, issues []I, applied []string, rejected map[string]string) {
+	objects := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "envgate_virtualservice",
+		Help: "VirtualServices by state: applied, or rejected (see the logs or `gateway explain` for why).",
+	}, []string{"object", "state"})
+	fields := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "envgate_virtualservice_unimplemented_field",
+		Help: "Fields of VirtualServices that envgate does not implement; effect is ignored or rejected.",
+	}, []string{"object", "field", "effect"})
+	for _, o := range applied {
+		objects.WithLabelValues(o, "applied").Set(1)
+	}
+	for o := range rejected {
+		objects.WithLabelValues(o, "rejected").Set(1)
+	}
+	for _, is := range issues {
+		obj, field, rejects := is.Labels()
+		effect := "ignored"
+		if rejects {
+			effect = "rejected"
+		}
+		fields.WithLabelValues(obj, field, effect).Set(1)
+	}
+	reg.MustRegister(objects, fields)
+}

@@ -31,28 +31,52 @@ var hopByHop = []string{
 	"upgrade", "te", "http2-settings", "proxy-authenticate", "proxy-authorization",
 }
 
-// NewDirector routes each call by the table's header and hands it to the
-// destination's connection, with the request metadata the upstream should see.
-// Refusals are gRPC statuses: UNIMPLEMENTED when no rule matches (what the
-// seed's Istio gateway answers, with a message saying why), UNAVAILABLE when
-// the destination has no healthy endpoint.
-func NewDirector(routes Routes, ups Upstreams) grpcproxy.StreamDirector {
-	return func(ctx context.Context, _ string) (context.Context, grpc.ClientConnInterface, error) {
+// NewDirector routes each call by the table and hands it to the chosen
+// destination's connection, with the request metadata the upstream should
+// see. Refusals are gRPC statuses: UNIMPLEMENTED when no rule matches (what
+// the seed's Istio gateway answers, with a message saying why), UNAVAILABLE
+// when the destination has no healthy endpoint. pick returns a number in
+// [0, 1) for weighted destinations.
+func NewDirector(routes Routes, ups Upstreams, pick func() float64) grpcproxy.StreamDirector {
+	return func(ctx context.Context, method string) (context.Context, grpc.ClientConnInterface, error) {
 		md, _ := metadata.FromIncomingContext(ctx) // a copy: it becomes the outgoing metadata
 		table := routes()
-		values := md[table.Header()]
-		dest, ok := table.Route(values)
-		if !ok {
-			return nil, nil, status.Error(codes.Unimplemented,
-				"envgate: "+(&route.NoRouteError{Header: table.Header(), Values: values}).Error())
+		req := route.Request{Headers: md, Path: method}
+		if a := md[":authority"]; len(a) > 0 {
+			req.Authority = a[0]
 		}
-		routedTo(ctx, dest.Namespace)
+		rule, ok := table.Route(&req)
+		if !ok {
+			h := table.EnvHeader()
+			return nil, nil, status.Error(codes.Unimplemented,
+				"envgate: "+(&route.NoRouteError{Header: h, Values: md[h], Path: method}).Error())
+		}
+		dest, ok := rule.Action.Pick(pick())
+		if !ok {
+			return nil, nil, status.Errorf(codes.Unavailable, "no healthy upstream (route %s has no destination with a weight)", rule.Source)
+		}
+		routedTo(ctx, dest.Namespace, &rule.Action)
 		conn, err := ups.Conn(dest)
 		if err != nil {
-			return nil, nil, status.Errorf(codes.Unavailable, "%v (route %s=%s to %s)",
-				err, table.Header(), values[0], dest)
+			return nil, nil, status.Errorf(codes.Unavailable, "%v (%s to %s)", err, rule.Source, dest)
 		}
-		return metadata.NewOutgoingContext(ctx, outgoing(ctx, md)), conn, nil
+		out := outgoing(ctx, md)
+		applyHeaderOps(out, rule.Action.RequestHeaders)
+		return metadata.NewOutgoingContext(ctx, out), conn, nil
+	}
+}
+
+// applyHeaderOps changes md as Istio's header operations do: remove, then
+// set (replace), then add (append).
+func applyHeaderOps(md metadata.MD, ops route.HeaderOps) {
+	for _, k := range ops.Remove {
+		delete(md, k)
+	}
+	for k, v := range ops.Set {
+		md[k] = []string{v}
+	}
+	for k, v := range ops.Add {
+		md[k] = append(md[k], v)
 	}
 }
 

@@ -32,11 +32,11 @@ type destConn struct {
 
 func testTable(t testing.TB) *route.Table {
 	t.Helper()
-	var rules []route.Rule
+	var rules []route.EnvRule
 	for _, env := range []string{"env1", "env2"} {
-		rules = append(rules, route.Rule{Value: env, Destination: route.Destination{Namespace: env, Service: "app-service", Port: "grpc"}})
+		rules = append(rules, route.EnvRule{Value: env, Destination: route.Destination{Namespace: env, Service: "app-service", Port: "grpc"}})
 	}
-	tbl, err := route.NewTable("env", rules)
+	tbl, err := route.NewEnvTable("env", rules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func testDirector(t testing.TB, healthy bool) func(ctx context.Context, method s
 			return nil, errors.New("no healthy upstream")
 		}
 		return destConn{dest: d}, nil
-	}})
+	}}, func() float64 { return 0 })
 }
 
 func incoming(md metadata.MD) context.Context {
@@ -106,7 +106,7 @@ func TestDirectorRefusals(t *testing.T) {
 	}{
 		"no header":   {metadata.MD{}, true, codes.Unimplemented, `envgate: no route: the request has no "env" header`},
 		"unknown":     {metadata.MD{"env": {"prod"}}, true, codes.Unimplemented, `envgate: no route for env="prod"`},
-		"unavailable": {metadata.MD{"env": {"env1"}}, false, codes.Unavailable, "no healthy upstream (route env=env1 to app-service.env1.svc.cluster.local:grpc)"},
+		"unavailable": {metadata.MD{"env": {"env1"}}, false, codes.Unavailable, "no healthy upstream (environment env1 to app-service.env1.svc.cluster.local:grpc)"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, _, err := testDirector(t, tc.healthy)(incoming(tc.md), "/a.B/C")

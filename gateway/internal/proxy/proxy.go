@@ -26,6 +26,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/envgate/envgate/gateway/internal/route"
 )
 
 // Proxy is the handler of every call the gateway does not serve itself.
@@ -58,6 +60,8 @@ func ServerCodec() encoding.CodecV2 { return newCodec("proto") }
 
 var streamDesc = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 
+var errRouteTimeout = errors.New("route timeout")
+
 // Handler is the grpc.UnknownServiceHandler.
 func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 	start := time.Now()
@@ -82,13 +86,15 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 
 // call is what one call leaves for the access log and metrics.
 type call struct {
-	env      string // the routed environment, set by the director
+	env      string        // the routed environment, set by the director
+	action   *route.Action // the route's action, set by the director
 	upstream string
 	// The client-to-upstream pump may still run when the call is logged
 	// (it can be blocked reading a client that has not half-closed), so its
 	// counters are atomic.
 	bytesIn, msgsIn   atomic.Int64
 	bytesOut, msgsOut int64
+	headersSent       bool
 }
 
 // transportStream is the part of gRPC's server transport stream that tells
@@ -105,8 +111,14 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		return err
 	}
 	// The upstream call ends as soon as this handler returns, whichever side
-	// stopped first.
-	upCtx, cancel := context.WithCancel(outCtx)
+	// stopped first, or when the route's timeout expires.
+	var upCtx context.Context
+	var cancel context.CancelFunc
+	if c.action != nil && c.action.Timeout > 0 {
+		upCtx, cancel = context.WithTimeoutCause(outCtx, c.action.Timeout, errRouteTimeout)
+	} else {
+		upCtx, cancel = context.WithCancel(outCtx)
+	}
 	defer cancel()
 	st := newCallState()
 	upCtx = context.WithValue(upCtx, callStateKey{}, st)
@@ -126,6 +138,9 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 
 	cs, err := conn.NewStream(upCtx, streamDesc, method, opts...)
 	if err != nil {
+		if context.Cause(upCtx) == errRouteTimeout && ctx.Err() == nil {
+			return status.Errorf(codes.Unavailable, "upstream request timeout: the route's timeout of %v expired", c.action.Timeout)
+		}
 		return err
 	}
 	if pr, ok := peer.FromContext(cs.Context()); ok && pr.Addr != nil {
@@ -149,6 +164,11 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	err = p.pumpToClient(cs, ss, st, c)
 	if err == nil {
 		return nil
+	}
+	if context.Cause(upCtx) == errRouteTimeout && ctx.Err() == nil {
+		// Envoy answers an expired route timeout with 504, which gRPC
+		// clients see as UNAVAILABLE.
+		return status.Errorf(codes.Unavailable, "upstream request timeout: the route's timeout of %v expired", c.action.Timeout)
 	}
 	// If the client's side failed first (it went away or sent garbage), that
 	// is the call's error rather than the upstream's reaction to the cancel.
@@ -192,6 +212,9 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *cal
 	// fails; nil headers mean there were none, and the answer stays
 	// trailers-only.
 	if hdr, _ := cs.Header(); hdr != nil {
+		if c.action != nil {
+			applyHeaderOps(hdr, c.action.ResponseHeaders)
+		}
 		if comp := st.responseCompression(); comp != "" && comp != "identity" {
 			// Fails only when the client does not accept it: then the
 			// response goes uncompressed.
@@ -200,6 +223,7 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *cal
 		if err := ss.SendHeader(hdr); err != nil {
 			return err
 		}
+		c.headersSent = true
 	}
 	var err error
 	var f frame
@@ -215,7 +239,16 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *cal
 		c.bytesOut += n
 		c.msgsOut++
 	}
-	if tr := cs.Trailer(); len(tr) > 0 {
+	tr := cs.Trailer()
+	if c.action != nil && !c.action.ResponseHeaders.Empty() && !c.headersSent {
+		// A trailers-only answer carries the response headers in its
+		// trailers.
+		if tr == nil {
+			tr = metadata.MD{}
+		}
+		applyHeaderOps(tr, c.action.ResponseHeaders)
+	}
+	if len(tr) > 0 {
 		// The status details travel in the returned status; forwarding the
 		// header as well would send it twice.
 		delete(tr, "grpc-status-details-bin")
@@ -244,10 +277,12 @@ var protoFrames = newCodec("proto")
 
 type callKey struct{}
 
-// routedTo records, for the call in ctx, the environment it was routed to.
-func routedTo(ctx context.Context, env string) {
+// routedTo records, for the call in ctx, the environment it was routed to
+// and the route's action.
+func routedTo(ctx context.Context, env string, action *route.Action) {
 	if c, ok := ctx.Value(callKey{}).(*call); ok {
 		c.env = env
+		c.action = action
 	}
 }
 

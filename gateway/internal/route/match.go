@@ -106,3 +106,24 @@ func joinedHasPrefix(values []string, p string) bool {
 	}
 	return p == ""
 }
+
+// String describes the block's conditions, ANDed.
+func (m *Match) String() string {
+	var conds []string
+	for _, h := range m.Headers {
+		conds = append(conds, "header "+h.Name+" "+h.Match.String())
+	}
+	for _, h := range m.WithoutHeaders {
+		conds = append(conds, "without header "+h.Name+" "+h.Match.String())
+	}
+	if m.URI != nil {
+		conds = append(conds, "uri "+m.URI.String())
+	}
+	if m.Authority != nil {
+		conds = append(conds, "authority "+m.Authority.String())
+	}
+	if len(conds) == 0 {
+		return "any request"
+	}
+	return strings.Join(conds, " AND ")
+}

@@ -1,19 +1,21 @@
 // Package route holds the routing table: from the attributes of one request
-// to a destination or a refusal. It is pure (no I/O) and allocation-free on
-// the path that picks a route, because it runs once per call.
+// to a rule and its action, or a refusal. It is pure (no I/O) and
+// allocation-free when choosing a route, because it runs once per call.
 //
-// The table reproduces what the seed's Istio VirtualServices do: one rule per
-// environment, `headers: {env: {exact: envN}}`, routed to
-// app-service.envN.svc.cluster.local. As in Envoy, header names are matched
+// The table has Istio's HTTP route semantics as they apply to gRPC: rules in
+// order, the first match wins; the match blocks of a rule are ORed and the
+// conditions inside one block ANDed; header names are matched
 // case-insensitively (gRPC metadata keys are lower case on the wire), values
-// case-sensitively, and several values of one header are joined with ","
-// before matching.
+// case-sensitively, several values of one header joined with "," first, as
+// Envoy does. The seed's form, one exact `env` header rule per environment,
+// is the simple case and takes a map lookup.
 package route
 
 import (
+	"errors"
 	"fmt"
-	"slices"
 	"strings"
+	"time"
 )
 
 // Destination names the service a call is sent to: a Kubernetes Service in a
@@ -30,78 +32,227 @@ func (d Destination) String() string {
 	return d.Service + "." + d.Namespace + ".svc.cluster.local:" + d.Port
 }
 
-// Key is how discovery names the destination's endpoint set.
-func (d Destination) Key() string { return d.Service + "." + d.Namespace + ":" + d.Port }
+// Key is how discovery names the destination's endpoint set. Discovery
+// resolves the port itself (by the configured name or number), so the key
+// is the service alone.
+func (d Destination) Key() string { return d.Service + "." + d.Namespace }
 
-// Table maps the values of one header to destinations. It is immutable once
-// built, so readers need no lock; a new configuration builds a new Table.
-type Table struct {
-	header string
-	routes map[string]Destination
+// Request is what rules look at. Headers holds lower-case names.
+type Request struct {
+	Headers   map[string][]string
+	Path      string // /package.Service/Method
+	Authority string
 }
 
-// Rule routes requests whose header equals Value exactly to Destination.
+// HeaderMatch is a condition on one header.
+type HeaderMatch struct {
+	Name  string // lower case
+	Match StringMatch
+}
+
+// Match is one match block: all its conditions must hold. A nil URI or
+// Authority matches anything.
+type Match struct {
+	Name           string
+	Headers        []HeaderMatch
+	WithoutHeaders []HeaderMatch // each must not match; an absent header does not match
+	URI            *StringMatch
+	Authority      *StringMatch
+}
+
+// Matches reports whether the request satisfies the block.
+func (m *Match) Matches(r *Request) bool {
+	for i := range m.Headers {
+		h := &m.Headers[i]
+		if !h.Match.MatchValues(r.Headers[h.Name]) {
+			return false
+		}
+	}
+	for i := range m.WithoutHeaders {
+		h := &m.WithoutHeaders[i]
+		if h.Match.MatchValues(r.Headers[h.Name]) {
+			return false
+		}
+	}
+	if m.URI != nil && !m.URI.MatchString(r.Path) {
+		return false
+	}
+	if m.Authority != nil && !m.Authority.MatchString(r.Authority) {
+		return false
+	}
+	return true
+}
+
+// WeightedDestination is one destination of a route and its share.
+type WeightedDestination struct {
+	Destination
+	Weight int32
+}
+
+// HeaderOps change headers: set replaces, add appends, remove deletes.
+type HeaderOps struct {
+	Set    map[string]string
+	Add    map[string]string
+	Remove []string
+}
+
+// Empty reports whether the ops change nothing.
+func (h HeaderOps) Empty() bool { return len(h.Set) == 0 && len(h.Add) == 0 && len(h.Remove) == 0 }
+
+// Action is what a rule does with a matching call.
+type Action struct {
+	Destinations    []WeightedDestination
+	Timeout         time.Duration // 0: the client's deadline rules
+	RequestHeaders  HeaderOps
+	ResponseHeaders HeaderOps
+}
+
+// Pick chooses a destination by weight from a number r in [0, 1): share =
+// weight / sum of weights, and a weight of 0 gets nothing.
+func (a *Action) Pick(r float64) (Destination, bool) {
+	switch len(a.Destinations) {
+	case 0:
+		return Destination{}, false
+	case 1:
+		return a.Destinations[0].Destination, true
+	}
+	var total int64
+	for _, d := range a.Destinations {
+		total += int64(d.Weight)
+	}
+	if total == 0 {
+		return Destination{}, false
+	}
+	at := int64(r * float64(total))
+	for _, d := range a.Destinations {
+		if at < int64(d.Weight) {
+			return d.Destination, true
+		}
+		at -= int64(d.Weight)
+	}
+	return a.Destinations[len(a.Destinations)-1].Destination, true
+}
+
+// Rule is one HTTP route of a VirtualService (or of the simple form).
 type Rule struct {
+	// Source names where the rule came from: "namespace/name http[i]".
+	Source string
+	// Hosts are the VirtualService's hosts, matched against the authority
+	// (without its port); none, or "*", matches any.
+	Hosts []string
+	// Matches are ORed; none matches every request.
+	Matches []Match
+	Action  Action
+}
+
+// HostMatches reports whether the authority is one of the rule's hosts.
+func (r *Rule) HostMatches(authority string) bool {
+	if len(r.Hosts) == 0 {
+		return true
+	}
+	host := authority
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.Contains(host[i:], "]") {
+		host = host[:i]
+	}
+	for _, h := range r.Hosts {
+		switch {
+		case h == "*" || h == host:
+			return true
+		case strings.HasPrefix(h, "*.") && strings.HasSuffix(host, h[1:]):
+			return true
+		}
+	}
+	return false
+}
+
+// Match returns the index of the first block that matches, or -1.
+func (r *Rule) Match(req *Request) int {
+	if !r.HostMatches(req.Authority) {
+		return -1
+	}
+	if len(r.Matches) == 0 {
+		return 0
+	}
+	for i := range r.Matches {
+		if r.Matches[i].Matches(req) {
+			return i
+		}
+	}
+	return -1
+}
+
+// Table is an ordered list of rules. It is immutable once built, so readers
+// need no lock; a new configuration builds a new Table.
+type Table struct {
+	// envHeader is set for the simple form: every rule is one exact match
+	// on this header, looked up in exact.
+	envHeader string
+	exact     map[string]int
+	rules     []Rule
+}
+
+// EnvRule is the simple form's rule: header value -> destination.
+type EnvRule struct {
 	Value       string
 	Destination Destination
 }
 
-// NewTable builds a table for header (matched case-insensitively). Values must
-// be unique and non-empty.
-func NewTable(header string, rules []Rule) (*Table, error) {
+// NewEnvTable builds the seed's routing: the header (matched
+// case-insensitively) equal to a rule's value routes to its destination.
+// Values must be unique and non-empty.
+func NewEnvTable(header string, envs []EnvRule) (*Table, error) {
 	header = strings.ToLower(strings.TrimSpace(header))
 	if header == "" {
-		return nil, fmt.Errorf("route: header name is empty")
+		return nil, errors.New("route: header name is empty")
 	}
-	t := &Table{header: header, routes: make(map[string]Destination, len(rules))}
-	for _, r := range rules {
-		if r.Value == "" {
-			return nil, fmt.Errorf("route: rule for %v has an empty header value", r.Destination)
+	t := &Table{envHeader: header, exact: make(map[string]int, len(envs))}
+	for _, e := range envs {
+		if e.Value == "" {
+			return nil, fmt.Errorf("route: rule for %v has an empty header value", e.Destination)
 		}
-		if _, dup := t.routes[r.Value]; dup {
-			return nil, fmt.Errorf("route: two rules for %s=%q", header, r.Value)
+		if _, dup := t.exact[e.Value]; dup {
+			return nil, fmt.Errorf("route: two rules for %s=%q", header, e.Value)
 		}
-		t.routes[r.Value] = r.Destination
+		t.exact[e.Value] = len(t.rules)
+		t.rules = append(t.rules, Rule{
+			Source:  fmt.Sprintf("environment %s", e.Value),
+			Matches: []Match{{Headers: []HeaderMatch{{Name: header, Match: StringMatch{Kind: Exact, Value: e.Value}}}}},
+			Action:  Action{Destinations: []WeightedDestination{{Destination: e.Destination, Weight: 100}}},
+		})
 	}
 	return t, nil
 }
 
-// Header is the lower-case name of the header the table routes on.
-func (t *Table) Header() string { return t.header }
+// NewTable builds a table of general rules, in order.
+func NewTable(rules []Rule) *Table { return &Table{rules: rules} }
 
-// Len is the number of rules.
-func (t *Table) Len() int { return len(t.routes) }
+// EnvHeader is the header of the simple form, "" for general tables.
+func (t *Table) EnvHeader() string { return t.envHeader }
 
-// Rules returns the rules sorted by value, for display.
-func (t *Table) Rules() []Rule {
-	rules := make([]Rule, 0, len(t.routes))
-	for v, d := range t.routes {
-		rules = append(rules, Rule{Value: v, Destination: d})
-	}
-	slices.SortFunc(rules, func(a, b Rule) int { return strings.Compare(a.Value, b.Value) })
-	return rules
-}
+// Rules are the rules in order. The slice is shared: do not modify it.
+func (t *Table) Rules() []Rule { return t.rules }
 
-// Route picks the destination for the values a request carries for the
-// table's header. It does not allocate.
-//
-// Several values are joined with "," before matching, as Envoy does, so two
-// `env` headers never select an environment unless a rule's value is that
-// exact joined string.
-func (t *Table) Route(values []string) (Destination, bool) {
-	switch len(values) {
-	case 0:
-		return Destination{}, false
-	case 1:
-		d, ok := t.routes[values[0]]
-		return d, ok
-	}
-	for v, d := range t.routes {
-		if joinedEquals(values, v) {
-			return d, true
+// Route returns the first rule the request matches. It does not allocate.
+func (t *Table) Route(r *Request) (*Rule, bool) {
+	if t.exact != nil {
+		values := r.Headers[t.envHeader]
+		switch len(values) {
+		case 0:
+			return nil, false
+		case 1:
+			i, ok := t.exact[values[0]]
+			if !ok {
+				return nil, false
+			}
+			return &t.rules[i], true
 		}
 	}
-	return Destination{}, false
+	for i := range t.rules {
+		if t.rules[i].Match(r) >= 0 {
+			return &t.rules[i], true
+		}
+	}
+	return nil, false
 }
 
 // joinedEquals reports whether strings.Join(values, ",") == s without
@@ -125,12 +276,15 @@ func joinedEquals(values []string, s string) bool {
 // NoRouteError says why a request matched no rule. It is built only on the
 // refusal path.
 type NoRouteError struct {
-	Header string
+	Header string // the environment header, "" for general tables
 	Values []string
+	Path   string
 }
 
 func (e *NoRouteError) Error() string {
 	switch {
+	case e.Header == "":
+		return fmt.Sprintf("no route matched %s", e.Path)
 	case len(e.Values) == 0:
 		return fmt.Sprintf("no route: the request has no %q header", e.Header)
 	case len(e.Values) == 1 && e.Values[0] == "":

@@ -7,18 +7,27 @@ import (
 
 func seedTable(t testing.TB) *Table {
 	t.Helper()
-	var rules []Rule
+	var envs []EnvRule
 	for _, env := range []string{"env1", "env2", "env10", "a,b"} {
-		rules = append(rules, Rule{Value: env, Destination: Destination{Namespace: env, Service: "app-service", Port: "grpc"}})
+		envs = append(envs, EnvRule{Value: env, Destination: Destination{Namespace: env, Service: "app-service", Port: "grpc"}})
 	}
-	tbl, err := NewTable("Env", rules)
+	tbl, err := NewEnvTable("Env", envs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return tbl
 }
 
-func TestRoute(t *testing.T) {
+func envReq(values ...string) *Request {
+	if values == nil {
+		return &Request{Headers: map[string][]string{}}
+	}
+	return &Request{Headers: map[string][]string{"env": values}}
+}
+
+func dest(r *Rule) string { return r.Action.Destinations[0].Namespace }
+
+func TestEnvTable(t *testing.T) {
 	tbl := seedTable(t)
 	for name, tc := range map[string]struct {
 		values []string
@@ -38,29 +47,33 @@ func TestRoute(t *testing.T) {
 		"three values":                {[]string{"a", "b", ""}, ""},
 	} {
 		t.Run(name, func(t *testing.T) {
-			d, ok := tbl.Route(tc.values)
-			if got := d.Namespace; ok != (tc.want != "") || got != tc.want {
+			r, ok := tbl.Route(envReq(tc.values...))
+			got := ""
+			if ok {
+				got = dest(r)
+			}
+			if ok != (tc.want != "") || got != tc.want {
 				t.Fatalf("Route(%q) = %q, %v; want %q", tc.values, got, ok, tc.want)
 			}
 		})
 	}
-	if tbl.Header() != "env" {
-		t.Errorf("header %q, want lower case env", tbl.Header())
+	if tbl.EnvHeader() != "env" {
+		t.Errorf("header %q, want lower case env", tbl.EnvHeader())
 	}
 }
 
-func TestNewTableRejects(t *testing.T) {
+func TestNewEnvTableRejects(t *testing.T) {
 	d := Destination{Namespace: "env1", Service: "app-service", Port: "grpc"}
 	for name, tc := range map[string]struct {
 		header string
-		rules  []Rule
+		rules  []EnvRule
 	}{
-		"empty header":    {"", []Rule{{"env1", d}}},
-		"empty value":     {"env", []Rule{{"", d}}},
-		"duplicate value": {"env", []Rule{{"env1", d}, {"env1", d}}},
+		"empty header":    {"", []EnvRule{{"env1", d}}},
+		"empty value":     {"env", []EnvRule{{"", d}}},
+		"duplicate value": {"env", []EnvRule{{"env1", d}, {"env1", d}}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := NewTable(tc.header, tc.rules); err == nil {
+			if _, err := NewEnvTable(tc.header, tc.rules); err == nil {
 				t.Fatal("accepted")
 			}
 		})
@@ -69,31 +82,38 @@ func TestNewTableRejects(t *testing.T) {
 
 func TestNoRouteErrorSaysWhy(t *testing.T) {
 	for _, tc := range []struct {
-		values []string
-		want   string
+		e    NoRouteError
+		want string
 	}{
-		{nil, `no route: the request has no "env" header`},
-		{[]string{""}, `no route: the "env" header is empty`},
-		{[]string{"env9"}, `no route for env="env9"`},
-		{[]string{"a", "b"}, `no route for env="a,b"`},
+		{NoRouteError{Header: "env"}, `no route: the request has no "env" header`},
+		{NoRouteError{Header: "env", Values: []string{""}}, `no route: the "env" header is empty`},
+		{NoRouteError{Header: "env", Values: []string{"env9"}}, `no route for env="env9"`},
+		{NoRouteError{Header: "env", Values: []string{"a", "b"}}, `no route for env="a,b"`},
+		{NoRouteError{Path: "/a.B/C"}, `no route matched /a.B/C`},
 	} {
-		if got := (&NoRouteError{Header: "env", Values: tc.values}).Error(); got != tc.want {
-			t.Errorf("%q: %q, want %q", tc.values, got, tc.want)
+		if got := tc.e.Error(); got != tc.want {
+			t.Errorf("%+v: %q, want %q", tc.e, got, tc.want)
 		}
 	}
 }
 
 func TestRouteDoesNotAllocate(t *testing.T) {
 	tbl := seedTable(t)
-	for _, values := range [][]string{{"env1"}, {"nope"}, {"a", "b"}, nil} {
-		if n := testing.AllocsPerRun(100, func() { tbl.Route(values) }); n != 0 {
-			t.Errorf("Route(%q) allocates %v times", values, n)
+	general := NewTable([]Rule{
+		{Matches: []Match{{Headers: []HeaderMatch{{Name: "env", Match: StringMatch{Kind: Prefix, Value: "pr-"}}}}}},
+		{Matches: []Match{{URI: &StringMatch{Kind: Prefix, Value: "/echo."}, Headers: []HeaderMatch{{Name: "x", Match: StringMatch{Kind: Present}}}}}},
+	})
+	for _, req := range []*Request{envReq("env1"), envReq("nope"), envReq("a", "b"), envReq(), {Path: "/echo.E/C", Headers: map[string][]string{"x": {""}}}} {
+		for _, tb := range []*Table{tbl, general} {
+			if n := testing.AllocsPerRun(100, func() { tb.Route(req) }); n != 0 {
+				t.Errorf("Route(%+v) allocates %v times", req, n)
+			}
 		}
 	}
 }
 
-// FuzzRoute checks Route against the definition: join the values with ","
-// and look the result up exactly.
+// FuzzRoute checks the environment table against the definition: join the
+// values with "," and look the result up exactly.
 func FuzzRoute(f *testing.F) {
 	f.Add("env1", "", 1)
 	f.Add("env1", "env2", 2)
@@ -104,14 +124,13 @@ func FuzzRoute(f *testing.F) {
 	f.Fuzz(func(t *testing.T, a, b string, n int) {
 		tbl := seedTable(t)
 		values := []string{a, b}[:max(0, min(n, 2))]
-		d, ok := tbl.Route(values)
-		want, wantOK := tbl.routes[strings.Join(values, ",")]
+		r, ok := tbl.Route(envReq(values...))
+		i, wantOK := tbl.exact[strings.Join(values, ",")]
 		if len(values) == 0 {
 			wantOK = false
-			want = Destination{}
 		}
-		if ok != wantOK || d != want {
-			t.Fatalf("Route(%q) = %v, %v; reference %v, %v", values, d, ok, want, wantOK)
+		if ok != wantOK || (ok && r != &tbl.rules[i]) {
+			t.Fatalf("Route(%q) = %v, %v; reference %v", values, r, ok, wantOK)
 		}
 	})
 }
@@ -119,13 +138,13 @@ func FuzzRoute(f *testing.F) {
 func BenchmarkRoute(b *testing.B) {
 	tbl := seedTable(b)
 	for _, tc := range []struct {
-		name   string
-		values []string
-	}{{"hit", []string{"env1"}}, {"miss", []string{"env9"}}, {"joined", []string{"env1", "env2"}}} {
+		name string
+		req  *Request
+	}{{"hit", envReq("env1")}, {"miss", envReq("env9")}, {"joined", envReq("env1", "env2")}} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				tbl.Route(tc.values)
+				tbl.Route(tc.req)
 			}
 		})
 	}

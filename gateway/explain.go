@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/gateway/internal/route"
+	"github.com/envgate/envgate/gateway/internal/virtualservice"
+)
+
+// explanation is what `gateway explain` and /explain say of one request.
+type explanation struct {
+	Method    string              `json:"method"`
+	Authority string              `json:"authority"`
+	Headers   map[string][]string `json:"headers"`
+	Steps     []explainStep       `json:"steps"`
+	Decision  string              `json:"decision"`
+	Issues    []string            `json:"issues,omitempty"`
+	Rejected  map[string]string   `json:"rejected,omitempty"`
+}
+
+type explainStep struct {
+	Rule    string `json:"rule"`
+	Matched bool   `json:"matched"`
+	Why     string `json:"why"`
+}
+
+func explainRequest(t *route.Table, vs *virtualservice.Result, method, authority string, headers map[string][]string) explanation {
+	e := explanation{Method: method, Authority: authority, Headers: headers}
+	req := &route.Request{Headers: headers, Path: method, Authority: authority}
+	for _, s := range t.Explain(req) {
+		e.Steps = append(e.Steps, explainStep{Rule: s.Rule.Source, Matched: s.Matched, Why: s.Why})
+	}
+	if rule, ok := t.Route(req); ok {
+		var ds []string
+		var total int32
+		for _, d := range rule.Action.Destinations {
+			total += d.Weight
+		}
+		for _, d := range rule.Action.Destinations {
+			ds = append(ds, fmt.Sprintf("%s (%d of %d)", d.Destination, d.Weight, total))
+		}
+		e.Decision = "route to " + strings.Join(ds, ", ")
+		if rule.Action.Timeout > 0 {
+			e.Decision += fmt.Sprintf(", timeout %v", rule.Action.Timeout)
+		}
+	} else {
+		h := t.EnvHeader()
+		e.Decision = "UNIMPLEMENTED: envgate: " + (&route.NoRouteError{Header: h, Values: headers[h], Path: method}).Error()
+	}
+	if vs != nil {
+		for _, is := range vs.Issues {
+			e.Issues = append(e.Issues, is.String())
+		}
+		e.Rejected = vs.Rejected
+	}
+	return e
+}
+
+// explain serves /explain?method=/pkg.Svc/Method&authority=host&header=env:env1
+func (g *gateway) explain(r *http.Request) any {
+	q := r.URL.Query()
+	headers := map[string][]string{}
+	for _, h := range q["header"] {
+		k, v, _ := strings.Cut(h, ":")
+		k = strings.ToLower(strings.TrimSpace(k))
+		headers[k] = append(headers[k], strings.TrimSpace(v))
+	}
+	method := q.Get("method")
+	if method == "" {
+		method = "/"
+	}
+	return explainRequest(g.routes.Load(), g.vs, method, q.Get("authority"), headers)
+}
+
+// headerFlags collects repeated -H 'name: value'.
+type headerFlags map[string][]string
+
+func (h headerFlags) String() string { return "" }
+func (h headerFlags) Set(s string) error {
+	k, v, ok := strings.Cut(s, ":")
+	if !ok {
+		return errors.New(`want "name: value"`)
+	}
+	k = strings.ToLower(strings.TrimSpace(k))
+	h[k] = append(h[k], strings.TrimSpace(v))
+	return nil
+}
+
+// runExplain is `gateway explain`: the decision for one request under a
+// configuration, and why each earlier rule did not match.
+func runExplain(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("gateway explain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML configuration file (default: the embedded demo configuration)")
+	method := fs.String("method", "/echo.EchoService/Call", "the call's /package.Service/Method")
+	authority := fs.String("authority", "", "the call's :authority")
+	headers := headerFlags{}
+	fs.Var(headers, "H", `a request header, "name: value" (repeatable)`)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var cfg *config.Config
+	var err error
+	if *configPath == "" {
+		cfg, err = config.Parse(defaultConfig)
+	} else {
+		cfg, err = config.Load(*configPath)
+	}
+	if err != nil {
+		return err
+	}
+	t, vs, err := buildTable(cfg)
+	if err != nil {
+		return err
+	}
+	e := explainRequest(t, vs, *method, *authority, headers)
+	fmt.Fprintf(stdout, "request: %s, authority %q, headers %v\n", e.Method, e.Authority, map[string][]string(headers))
+	for i, s := range e.Steps {
+		verdict := "no match"
+		if s.Matched {
+			verdict = "MATCH"
+		}
+		fmt.Fprintf(stdout, "rule %d %s: %s: %s\n", i+1, s.Rule, verdict, s.Why)
+	}
+	fmt.Fprintf(stdout, "decision: %s\n", e.Decision)
+	for _, is := range e.Issues {
+		fmt.Fprintf(stdout, "note: %s\n", is)
+	}
+	for obj, why := range e.Rejected {
+		fmt.Fprintf(stdout, "rejected: %s: %s\n", obj, why)
+	}
+	return nil
+}

@@ -1,0 +1,482 @@
+// Package virtualservice turns Istio VirtualService objects into routing
+// rules with the semantics Istio gives them at an ingress gateway: the
+// objects bound to one gateway merged in creation order (ties by name, then
+// namespace), their HTTP routes in order, catch-all routes moved last.
+// Fields envgate does not implement are reported by name; an object with a
+// field that would change where a call goes is rejected whole, never half
+// applied.
+package virtualservice
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/envgate/envgate/gateway/internal/route"
+)
+
+// Object is one VirtualService as decoded from YAML or the API.
+type Object struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Metadata   Metadata `json:"metadata"`
+	Spec       Spec     `json:"spec"`
+	// raw keeps every field, to find the ones envgate does not implement.
+	raw map[string]any
+}
+
+// Metadata is the part of ObjectMeta the merge order needs.
+type Metadata struct {
+	Name              string    `json:"name"`
+	Namespace         string    `json:"namespace"`
+	CreationTimestamp time.Time `json:"creationTimestamp"`
+}
+
+// Spec is the implemented part of the VirtualService spec.
+type Spec struct {
+	Hosts    []string    `json:"hosts"`
+	Gateways []string    `json:"gateways"`
+	HTTP     []HTTPRoute `json:"http"`
+}
+
+// HTTPRoute is one rule.
+type HTTPRoute struct {
+	Name    string            `json:"name"`
+	Match   []MatchRequest    `json:"match"`
+	Route   []RouteDest       `json:"route"`
+	Timeout string            `json:"timeout"`
+	Headers *HeaderOperations `json:"headers"`
+}
+
+// MatchRequest is one match block.
+type MatchRequest struct {
+	Name           string                 `json:"name"`
+	URI            *StringMatch           `json:"uri"`
+	Authority      *StringMatch           `json:"authority"`
+	Headers        map[string]StringMatch `json:"headers"`
+	WithoutHeaders map[string]StringMatch `json:"withoutHeaders"`
+}
+
+// StringMatch is Istio's StringMatch; none set means presence.
+type StringMatch struct {
+	Exact  *string `json:"exact"`
+	Prefix *string `json:"prefix"`
+	Regex  *string `json:"regex"`
+}
+
+// RouteDest is a weighted destination.
+type RouteDest struct {
+	Destination struct {
+		Host string `json:"host"`
+		Port *struct {
+			Number uint32 `json:"number"`
+		} `json:"port"`
+		Subset string `json:"subset"`
+	} `json:"destination"`
+	Weight *int32 `json:"weight"`
+}
+
+// HeaderOperations are request and response header changes.
+type HeaderOperations struct {
+	Request  *HeaderOps `json:"request"`
+	Response *HeaderOps `json:"response"`
+}
+
+// HeaderOps is Istio's HeaderOperations.
+type HeaderOps struct {
+	Set    map[string]string `json:"set"`
+	Add    map[string]string `json:"add"`
+	Remove []string          `json:"remove"`
+}
+
+// Name is namespace/name.
+func (o *Object) Name() string { return o.Metadata.Namespace + "/" + o.Metadata.Name }
+
+// Parse decodes every VirtualService in a multi-document YAML or JSON
+// stream; other kinds are skipped. Objects without a namespace get def.
+func Parse(r io.Reader, def string) ([]*Object, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
+	var out []*Object
+	for {
+		var raw map[string]any
+		if err := dec.Decode(&raw); errors.Is(err, io.EOF) {
+			return out, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("virtualservice: %w", err)
+		}
+		if raw == nil || raw["kind"] != "VirtualService" {
+			continue
+		}
+		obj, err := FromMap(raw)
+		if err != nil {
+			return nil, err
+		}
+		if obj.Metadata.Namespace == "" {
+			obj.Metadata.Namespace = def
+		}
+		out = append(out, obj)
+	}
+}
+
+// FromMap builds an Object from its decoded form (as the dynamic client
+// returns it).
+func FromMap(raw map[string]any) (*Object, error) {
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return nil, err
+	}
+	obj := &Object{raw: raw}
+	if err := json.NewDecoder(bytes.NewReader(b)).Decode(obj); err != nil {
+		return nil, fmt.Errorf("virtualservice: %w", err)
+	}
+	switch obj.APIVersion {
+	case "networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3":
+	default:
+		return nil, fmt.Errorf("virtualservice %s: apiVersion %q is not networking.istio.io v1, v1beta1 or v1alpha3", obj.Metadata.Name, obj.APIVersion)
+	}
+	return obj, nil
+}
+
+// Fields envgate implements, per level; anything else is reported.
+var (
+	knownSpec  = []string{"hosts", "gateways", "http", "exportTo"}
+	knownHTTP  = []string{"name", "match", "route", "timeout", "headers"}
+	knownMatch = []string{"name", "uri", "authority", "headers", "withoutHeaders"}
+	knownRoute = []string{"destination", "weight"}
+	// Unimplemented fields that only add behaviour (envgate routes the call
+	// the same way without them): reported, the object still applies.
+	// Any other unimplemented field could change where a call goes, and
+	// rejects the object.
+	// Retries are among them: without them a call fails where Istio would
+	// have tried again, but goes to the same place.
+	harmless = []string{"corsPolicy", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent", "statPrefix", "exportTo", "retries", "headers"}
+)
+
+// Issue is an unimplemented field of an object.
+type Issue struct {
+	Object string // namespace/name
+	Field  string // e.g. spec.http[0].fault
+	// Rejects is true when the field could change routing, so the whole
+	// object is left out.
+	Rejects bool
+}
+
+// Labels are the issue's metric labels.
+func (i Issue) Labels() (object, field string, rejects bool) { return i.Object, i.Field, i.Rejects }
+
+func (i Issue) String() string {
+	if i.Rejects {
+		return fmt.Sprintf("%s: %s is not implemented and would change routing: object rejected", i.Object, i.Field)
+	}
+	return fmt.Sprintf("%s: %s is not implemented: ignored", i.Object, i.Field)
+}
+
+// unimplemented lists the fields of the object envgate does not implement.
+func (o *Object) unimplemented() []Issue {
+	var out []Issue
+	report := func(path string, m map[string]any, known []string) {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if !slices.Contains(known, k) {
+				out = append(out, Issue{Object: o.Name(), Field: path + "." + k, Rejects: !slices.Contains(harmless, k)})
+			}
+		}
+	}
+	spec, _ := o.raw["spec"].(map[string]any)
+	report("spec", spec, knownSpec)
+	https, _ := spec["http"].([]any)
+	for i, h := range https {
+		hm, _ := h.(map[string]any)
+		p := fmt.Sprintf("spec.http[%d]", i)
+		report(p, hm, knownHTTP)
+		ms, _ := hm["match"].([]any)
+		for j, m := range ms {
+			mm, _ := m.(map[string]any)
+			report(fmt.Sprintf("%s.match[%d]", p, j), mm, knownMatch)
+		}
+		rs, _ := hm["route"].([]any)
+		for j, r := range rs {
+			rm, _ := r.(map[string]any)
+			report(fmt.Sprintf("%s.route[%d]", p, j), rm, knownRoute)
+			if d, _ := rm["destination"].(map[string]any); d["subset"] != nil {
+				out = append(out, Issue{Object: o.Name(), Field: fmt.Sprintf("%s.route[%d].destination.subset", p, j), Rejects: true})
+			}
+		}
+	}
+	return out
+}
+
+// Options say how objects become rules.
+type Options struct {
+	// Gateway selects the objects bound to it, as "name" or
+	// "namespace/name" (the seed's common-istio-gateway).
+	Gateway string
+	// DefaultPort is used for a destination without a port.
+	DefaultPort string
+	// Service, when set, is the only service discovery follows: a
+	// destination naming another cannot be served and rejects its object.
+	Service string
+}
+
+// Result is the merged rules and what was reported.
+type Result struct {
+	Rules    []route.Rule
+	Issues   []Issue
+	Rejected map[string]string // object -> reason
+	Applied  []string          // objects whose rules are in Rules, in merge order
+}
+
+// Build merges the objects bound to the gateway into ordered rules.
+func Build(objs []*Object, opt Options) *Result {
+	res := &Result{Rejected: map[string]string{}}
+	var bound []*Object
+	for _, o := range objs {
+		if o.boundTo(opt.Gateway) {
+			bound = append(bound, o)
+		}
+	}
+	// Istio merges a gateway's VirtualServices oldest first, ties by name,
+	// then namespace.
+	sort.SliceStable(bound, func(i, j int) bool {
+		a, b := bound[i].Metadata, bound[j].Metadata
+		if !a.CreationTimestamp.Equal(b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(b.CreationTimestamp)
+		}
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		return a.Namespace < b.Namespace
+	})
+	var rules, catchAll []route.Rule
+	for _, o := range bound {
+		issues := o.unimplemented()
+		res.Issues = append(res.Issues, issues...)
+		var reject []string
+		for _, is := range issues {
+			if is.Rejects {
+				reject = append(reject, is.Field)
+			}
+		}
+		if len(reject) > 0 {
+			res.Rejected[o.Name()] = "unimplemented fields that change routing: " + strings.Join(reject, ", ")
+			continue
+		}
+		objRules, err := o.rules(opt)
+		if err != nil {
+			res.Rejected[o.Name()] = err.Error()
+			continue
+		}
+		res.Applied = append(res.Applied, o.Name())
+		for _, r := range objRules {
+			if isCatchAll(&r) {
+				catchAll = append(catchAll, r)
+			} else {
+				rules = append(rules, r)
+			}
+		}
+	}
+	// A catch-all route of an early object would shadow every later one, so
+	// Istio puts them last.
+	res.Rules = append(rules, catchAll...)
+	return res
+}
+
+func (o *Object) boundTo(gw string) bool {
+	for _, g := range o.Spec.Gateways {
+		if g == gw || g == o.Metadata.Namespace+"/"+gw || o.Metadata.Namespace+"/"+g == gw {
+			return true
+		}
+	}
+	return false
+}
+
+// isCatchAll is a rule with no condition but, at most, uri prefix "/".
+func isCatchAll(r *route.Rule) bool {
+	if len(r.Matches) == 0 {
+		return true
+	}
+	for _, m := range r.Matches {
+		if len(m.Headers) == 0 && len(m.WithoutHeaders) == 0 && m.Authority == nil &&
+			(m.URI == nil || (m.URI.Kind == route.Prefix && m.URI.Value == "/")) {
+			return true
+		}
+	}
+	return false
+}
+
+func (o *Object) rules(opt Options) ([]route.Rule, error) {
+	var out []route.Rule
+	for i, h := range o.Spec.HTTP {
+		src := fmt.Sprintf("%s http[%d]", o.Name(), i)
+		if h.Name != "" {
+			src += " (" + h.Name + ")"
+		}
+		r := route.Rule{Source: src, Hosts: o.Spec.Hosts}
+		for j, m := range h.Match {
+			rm, err := matchOf(m)
+			if err != nil {
+				return nil, fmt.Errorf("%s match[%d]: %w", src, j, err)
+			}
+			r.Matches = append(r.Matches, rm)
+		}
+		if len(h.Route) == 0 {
+			return nil, fmt.Errorf("%s: no route", src)
+		}
+		for j, d := range h.Route {
+			dest, err := destinationOf(d, o.Metadata.Namespace, opt.DefaultPort)
+			if err != nil {
+				return nil, fmt.Errorf("%s route[%d]: %w", src, j, err)
+			}
+			if opt.Service != "" && dest.Service != opt.Service {
+				return nil, fmt.Errorf("%s route[%d]: destination %s: envgate discovers only the service %q of each namespace", src, j, d.Destination.Host, opt.Service)
+			}
+			w := int32(100)
+			if d.Weight != nil {
+				w = *d.Weight
+			} else if len(h.Route) > 1 {
+				w = 0
+			}
+			if w < 0 {
+				return nil, fmt.Errorf("%s route[%d]: negative weight", src, j)
+			}
+			r.Action.Destinations = append(r.Action.Destinations, route.WeightedDestination{Destination: dest, Weight: w})
+		}
+		if len(h.Route) == 1 && r.Action.Destinations[0].Weight == 0 && h.Route[0].Weight == nil {
+			r.Action.Destinations[0].Weight = 100
+		}
+		if h.Timeout != "" {
+			d, err := time.ParseDuration(h.Timeout)
+			if err != nil {
+				return nil, fmt.Errorf("%s timeout: %w", src, err)
+			}
+			r.Action.Timeout = d
+		}
+		if h.Headers != nil {
+			if h.Headers.Request != nil {
+				r.Action.RequestHeaders = opsOf(h.Headers.Request)
+			}
+			if h.Headers.Response != nil {
+				r.Action.ResponseHeaders = opsOf(h.Headers.Response)
+			}
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func opsOf(h *HeaderOps) route.HeaderOps {
+	ops := route.HeaderOps{Set: map[string]string{}, Add: map[string]string{}}
+	for k, v := range h.Set {
+		ops.Set[strings.ToLower(k)] = v
+	}
+	for k, v := range h.Add {
+		ops.Add[strings.ToLower(k)] = v
+	}
+	for _, k := range h.Remove {
+		ops.Remove = append(ops.Remove, strings.ToLower(k))
+	}
+	return ops
+}
+
+func matchOf(m MatchRequest) (route.Match, error) {
+	var out route.Match
+	out.Name = m.Name
+	for _, name := range sortedKeys(m.Headers) {
+		sm, err := stringMatch(m.Headers[name])
+		if err != nil {
+			return out, fmt.Errorf("headers.%s: %w", name, err)
+		}
+		out.Headers = append(out.Headers, route.HeaderMatch{Name: strings.ToLower(name), Match: sm})
+	}
+	for _, name := range sortedKeys(m.WithoutHeaders) {
+		sm, err := stringMatch(m.WithoutHeaders[name])
+		if err != nil {
+			return out, fmt.Errorf("withoutHeaders.%s: %w", name, err)
+		}
+		out.WithoutHeaders = append(out.WithoutHeaders, route.HeaderMatch{Name: strings.ToLower(name), Match: sm})
+	}
+	if m.URI != nil {
+		sm, err := stringMatch(*m.URI)
+		if err != nil {
+			return out, fmt.Errorf("uri: %w", err)
+		}
+		out.URI = &sm
+	}
+	if m.Authority != nil {
+		sm, err := stringMatch(*m.Authority)
+		if err != nil {
+			return out, fmt.Errorf("authority: %w", err)
+		}
+		out.Authority = &sm
+	}
+	return out, nil
+}
+
+func stringMatch(s StringMatch) (route.StringMatch, error) {
+	n := 0
+	for _, p := range []*string{s.Exact, s.Prefix, s.Regex} {
+		if p != nil {
+			n++
+		}
+	}
+	if n > 1 {
+		return route.StringMatch{}, errors.New("more than one of exact, prefix and regex")
+	}
+	switch {
+	case s.Exact != nil:
+		return route.StringMatch{Kind: route.Exact, Value: *s.Exact}, nil
+	case s.Prefix != nil:
+		return route.StringMatch{Kind: route.Prefix, Value: *s.Prefix}, nil
+	case s.Regex != nil:
+		return route.NewRegex(*s.Regex)
+	}
+	return route.StringMatch{Kind: route.Present}, nil
+}
+
+// destinationOf resolves a destination host as Istio does: a short name is
+// in the VirtualService's namespace.
+func destinationOf(d RouteDest, ns, defPort string) (route.Destination, error) {
+	host := strings.TrimSuffix(d.Destination.Host, ".")
+	host = strings.TrimSuffix(host, ".svc.cluster.local")
+	host = strings.TrimSuffix(host, ".svc")
+	parts := strings.Split(host, ".")
+	var dest route.Destination
+	switch len(parts) {
+	case 1:
+		dest = route.Destination{Service: parts[0], Namespace: ns}
+	case 2:
+		dest = route.Destination{Service: parts[0], Namespace: parts[1]}
+	default:
+		return dest, fmt.Errorf("destination host %q is not a cluster service", d.Destination.Host)
+	}
+	if dest.Service == "" || dest.Namespace == "" {
+		return dest, fmt.Errorf("destination host %q is not a cluster service", d.Destination.Host)
+	}
+	dest.Port = defPort
+	if d.Destination.Port != nil && d.Destination.Port.Number != 0 {
+		dest.Port = strconv.Itoa(int(d.Destination.Port.Number))
+	}
+	return dest, nil
+}
+
+func sortedKeys(m map[string]StringMatch) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

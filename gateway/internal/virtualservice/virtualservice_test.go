@@ -1,0 +1,324 @@
+package virtualservice
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/envgate/envgate/gateway/internal/route"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func parse(t *testing.T, yaml string) []*Object {
+	t.Helper()
+	objs, err := Parse(strings.NewReader(yaml), "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
+func table(t *testing.T, yaml string) (*route.Table, *Result) {
+	t.Helper()
+	res := Build(parse(t, yaml), Options{Gateway: "common-istio-gateway", DefaultPort: "grpc"})
+	return route.NewTable(res.Rules), res
+}
+
+// vs renders one VirtualService bound to the seed's gateway.
+func vs(name, created, http string) string {
+	return fmt.Sprintf(`---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: %s, namespace: default, creationTimestamp: "%s"}
+spec:
+  hosts: ["*"]
+  gateways: [common-istio-gateway]
+  http:
+%s
+`, name, created, http)
+}
+
+func req(path, authority string, headers ...string) *route.Request {
+	r := &route.Request{Path: path, Authority: authority, Headers: map[string][]string{}}
+	for i := 0; i+1 < len(headers); i += 2 {
+		r.Headers[headers[i]] = append(r.Headers[headers[i]], headers[i+1])
+	}
+	return r
+}
+
+const t0, t1 = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"
+
+// The seed's VirtualServices, as k8s/overlays/istio renders them for env1
+// and env2, route exactly as in the seed.
+func TestSeedVirtualServices(t *testing.T) {
+	b, err := os.ReadFile("../../../k8s/overlays/istio/virtualservices.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl, res := table(t, string(b))
+	if len(res.Issues) != 0 || len(res.Rejected) != 0 {
+		t.Fatalf("issues %v, rejected %v", res.Issues, res.Rejected)
+	}
+	for env, want := range map[string]string{"env1": "app-service.env1.svc.cluster.local:50051", "env2": "app-service.env2.svc.cluster.local:50051"} {
+		r, ok := tbl.Route(req("/echo.EchoService/Call", "gw.example:443", "env", env))
+		if !ok || r.Action.Destinations[0].String() != want {
+			t.Fatalf("%s: %v %v", env, r, ok)
+		}
+	}
+	for _, h := range [][]string{{}, {"env", "env3"}, {"env", "ENV1"}, {"env", "env1", "env", "env2"}} {
+		if r, ok := tbl.Route(req("/echo.EchoService/Call", "gw", h...)); ok {
+			t.Fatalf("%v routed to %v", h, r.Source)
+		}
+	}
+}
+
+// Documented Istio behaviours, one row each. Sources: Istio reference,
+// networking.istio.io VirtualService (istio.io/latest/docs/reference/config/
+// networking/virtual-service/), and Envoy's route matching
+// (envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto).
+func TestIstioParity(t *testing.T) {
+	one := func(match, dest string) string {
+		return fmt.Sprintf("  - match:\n%s\n    route: [{destination: {host: %s}}]", match, dest)
+	}
+	for name, tc := range map[string]struct {
+		yaml string
+		req  *route.Request
+		want string // destination namespace, "" for no route
+	}{
+		// HTTPMatchRequest.headers: exact, prefix, regex (RE2 full match).
+		"header exact":             {vs("a", t0, one(`    - headers: {env: {exact: env1}}`, "svc.env1")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
+		"header prefix":            {vs("a", t0, one(`    - headers: {env: {prefix: pr-}}`, "svc.prs")), req("/x.Y/Z", "h", "env", "pr-42"), "prs"},
+		"header regex full match":  {vs("a", t0, one(`    - headers: {env: {regex: "env[0-9]"}}`, "svc.env1")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
+		"header regex not partial": {vs("a", t0, one(`    - headers: {env: {regex: "env[0-9]"}}`, "svc.env1")), req("/x.Y/Z", "h", "env", "xenv1x"), ""},
+		// "headers: {x: {}}" matches when the header is present, any value.
+		"header presence":        {vs("a", t0, one(`    - headers: {x-debug: {}}`, "svc.dbg")), req("/x.Y/Z", "h", "x-debug", ""), "dbg"},
+		"header presence absent": {vs("a", t0, one(`    - headers: {x-debug: {}}`, "svc.dbg")), req("/x.Y/Z", "h"), ""},
+		// Header names are case-insensitive, values case-sensitive.
+		"header name case":  {vs("a", t0, one(`    - headers: {Env: {exact: env1}}`, "svc.env1")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
+		"header value case": {vs("a", t0, one(`    - headers: {env: {exact: env1}}`, "svc.env1")), req("/x.Y/Z", "h", "env", "Env1"), ""},
+		// Several values are joined with "," (Envoy).
+		"joined values": {vs("a", t0, one(`    - headers: {env: {exact: "a,b"}}`, "svc.ab")), req("/x.Y/Z", "h", "env", "a", "env", "b"), "ab"},
+		// withoutHeaders: the rule applies when the header does not match;
+		// an absent header does not match, so the rule applies.
+		"withoutHeaders other value": {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np")), req("/x.Y/Z", "h", "env", "dev"), "np"},
+		"withoutHeaders absent":      {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np")), req("/x.Y/Z", "h"), "np"},
+		"withoutHeaders equal":       {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np")), req("/x.Y/Z", "h", "env", "prod"), ""},
+		// uri on the gRPC path /package.Service/Method.
+		"uri exact":  {vs("a", t0, one(`    - uri: {exact: /echo.EchoService/Call}`, "svc.c")), req("/echo.EchoService/Call", "h"), "c"},
+		"uri prefix": {vs("a", t0, one(`    - uri: {prefix: /echo.EchoService/}`, "svc.c")), req("/echo.EchoService/BidiStream", "h"), "c"},
+		"uri regex":  {vs("a", t0, one(`    - uri: {regex: "/echo\\.EchoService/(Call|ServerStream)"}`, "svc.c")), req("/echo.EchoService/ClientStream", "h"), ""},
+		"authority":  {vs("a", t0, one(`    - authority: {prefix: api.}`, "svc.api")), req("/x.Y/Z", "api.example.com"), "api"},
+		// Conditions in one block are ANDed, blocks are ORed.
+		"AND within a block": {vs("a", t0, one("    - headers: {env: {exact: env1}}\n      uri: {prefix: /echo.}", "svc.env1")), req("/other.S/M", "h", "env", "env1"), ""},
+		"OR across blocks":   {vs("a", t0, one("    - headers: {env: {exact: env1}}\n    - uri: {prefix: /echo.}", "svc.env1")), req("/echo.S/M", "h", "env", "env9"), "env1"},
+		// Rules in order, first match wins.
+		"first match wins": {vs("a", t0, one(`    - uri: {prefix: /echo.}`, "svc.first")+"\n"+one(`    - headers: {env: {exact: env1}}`, "svc.second")), req("/echo.S/M", "h", "env", "env1"), "first"},
+		// A rule without match takes everything.
+		"no match is catch-all": {vs("a", t0, "  - route: [{destination: {host: svc.all}}]"), req("/any.S/M", "h"), "all"},
+		// Objects merge oldest first; the same time breaks ties by name.
+		"older object first":            {vs("b", t0, one(`    - uri: {prefix: /}`+"\n      headers: {env: {exact: e}}", "svc.older")) + vs("a", t1, one(`    - headers: {env: {exact: e}}`, "svc.newer")), req("/x.Y/Z", "h", "env", "e"), "older"},
+		"tie broken by name":            {vs("b", t0, one(`    - headers: {env: {exact: e}}`, "svc.b")) + vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.a")), req("/x.Y/Z", "h", "env", "e"), "a"},
+		"catch-all moved last":          {vs("a", t0, "  - route: [{destination: {host: svc.all}}]") + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "e"},
+		"catch-all prefix / moved last": {vs("a", t0, one(`    - uri: {prefix: /}`, "svc.all")) + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "e"},
+		// hosts: the object applies to these authorities only.
+		"hosts exclude": {strings.Replace(vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.e")), `hosts: ["*"]`, `hosts: ["api.example.com"]`, 1), req("/x.Y/Z", "other.example.com:443", "env", "e"), ""},
+		"hosts include": {strings.Replace(vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.e")), `hosts: ["*"]`, `hosts: ["*.example.com"]`, 1), req("/x.Y/Z", "api.example.com:443", "env", "e"), "e"},
+		// Objects of another gateway are not merged.
+		"other gateway": {strings.Replace(vs("a", t0, "  - route: [{destination: {host: svc.all}}]"), "common-istio-gateway", "mesh", 1), req("/x.Y/Z", "h"), ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tbl, res := table(t, tc.yaml)
+			if len(res.Rejected) > 0 {
+				t.Fatalf("rejected: %v", res.Rejected)
+			}
+			r, ok := tbl.Route(tc.req)
+			got := ""
+			if ok {
+				got = r.Action.Destinations[0].Namespace
+			}
+			if got != tc.want {
+				t.Fatalf("routed to %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// Destination hosts resolve as in Istio: short names in the object's
+// namespace, name.namespace, or the FQDN; the port number when given.
+func TestDestinationHosts(t *testing.T) {
+	for host, want := range map[string]string{
+		"app-service":                            "app-service.default.svc.cluster.local:grpc",
+		"app-service.env1":                       "app-service.env1.svc.cluster.local:grpc",
+		"app-service.env1.svc.cluster.local":     "app-service.env1.svc.cluster.local:grpc",
+		"app-service.env1.svc.cluster.local:xxx": "",
+	} {
+		d, err := destinationOf(RouteDest{Destination: struct {
+			Host string `json:"host"`
+			Port *struct {
+				Number uint32 `json:"number"`
+			} `json:"port"`
+			Subset string `json:"subset"`
+		}{Host: host}}, "default", "grpc")
+		if (err != nil) != (want == "") || (err == nil && d.String() != want) {
+			t.Errorf("%s: %v %v, want %q", host, d, err, want)
+		}
+	}
+}
+
+// Weights: share = weight / sum, weight 0 gets nothing, within 2% over
+// 100,000 picks from a fixed seed.
+func TestWeights(t *testing.T) {
+	tbl, _ := table(t, vs("a", t0, `  - route:
+    - {destination: {host: svc.a}, weight: 70}
+    - {destination: {host: svc.b}, weight: 30}
+    - {destination: {host: svc.c}, weight: 0}`))
+	r, _ := tbl.Route(req("/x.Y/Z", "h"))
+	rng := rand.New(rand.NewPCG(1, 2))
+	counts := map[string]int{}
+	const n = 100_000
+	for range n {
+		d, _ := r.Action.Pick(rng.Float64())
+		counts[d.Namespace]++
+	}
+	if counts["c"] != 0 || abs(float64(counts["a"])/n-0.7) > 0.02 || abs(float64(counts["b"])/n-0.3) > 0.02 {
+		t.Fatalf("distribution %v", counts)
+	}
+}
+
+func abs(f float64) float64 {
+	if f < 0 {
+		return -f
+	}
+	return f
+}
+
+// Unimplemented fields are reported by name; those that would change where
+// a call goes reject the whole object.
+func TestUnimplementedFields(t *testing.T) {
+	_, res := table(t, vs("cors", t0, `  - corsPolicy: {allowOrigins: [{exact: "*"}]}
+    route: [{destination: {host: svc.a}}]`)+vs("fault", t0, `  - fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: svc.b}}]`)+vs("method", t0, `  - match: [{method: {exact: GET}}]
+    route: [{destination: {host: svc.c}}]`))
+	want := map[string]bool{
+		"default/cors: spec.http[0].corsPolicy is not implemented: ignored":                                         true,
+		"default/fault: spec.http[0].fault is not implemented and would change routing: object rejected":            true,
+		"default/method: spec.http[0].match[0].method is not implemented and would change routing: object rejected": true,
+	}
+	for _, is := range res.Issues {
+		if !want[is.String()] {
+			t.Errorf("unexpected issue %q", is)
+		}
+		delete(want, is.String())
+	}
+	if len(want) > 0 {
+		t.Errorf("missing issues %v", want)
+	}
+	if len(res.Applied) != 1 || res.Applied[0] != "default/cors" || len(res.Rejected) != 2 {
+		t.Fatalf("applied %v, rejected %v", res.Applied, res.Rejected)
+	}
+}
+
+// Golden files: VirtualService YAML in, routing table out. Run with
+// -update to rewrite them after a deliberate change.
+func TestGolden(t *testing.T) {
+	files, _ := filepath.Glob("testdata/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no golden inputs")
+	}
+	for _, in := range files {
+		t.Run(filepath.Base(in), func(t *testing.T) {
+			b, err := os.ReadFile(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, res := table(t, string(b))
+			got, err := json.MarshalIndent(goldenView(res), "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden := strings.TrimSuffix(in, ".yaml") + ".golden.json"
+			if *update {
+				if err := os.WriteFile(golden, append(got, '\n'), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create it)", err)
+			}
+			if string(want) != string(got)+"\n" {
+				t.Errorf("%s differs from the table built now:\n%s", golden, got)
+			}
+		})
+	}
+}
+
+func goldenView(res *Result) any {
+	type rule struct {
+		Source  string
+		Hosts   []string `json:",omitempty"`
+		Matches []string `json:",omitempty"`
+		Action  route.Action
+	}
+	var rules []rule
+	for _, r := range res.Rules {
+		var ms []string
+		for _, m := range r.Matches {
+			ms = append(ms, m.String())
+		}
+		rules = append(rules, rule{Source: r.Source, Hosts: r.Hosts, Matches: ms, Action: r.Action})
+	}
+	var issues []string
+	for _, is := range res.Issues {
+		issues = append(issues, is.String())
+	}
+	return map[string]any{"rules": rules, "applied": res.Applied, "rejected": res.Rejected, "issues": issues}
+}
+
+// FuzzMatch checks the matcher against a plain reference: join the header
+// values, then compare as the kind says.
+func FuzzMatch(f *testing.F) {
+	f.Add(0, "env1", "env1", "", 1)
+	f.Add(1, "pr-", "pr-1", "x", 2)
+	f.Add(2, "a.*", "abc", "", 1)
+	f.Add(1, "a,", "a", "b", 2)
+	f.Add(0, "", "", "", 0)
+	f.Fuzz(func(t *testing.T, kind int, pattern, v1, v2 string, n int) {
+		kind = ((kind % 4) + 4) % 4
+		var m route.StringMatch
+		switch route.MatchKind(kind) {
+		case route.Regex:
+			var err error
+			if m, err = route.NewRegex(pattern); err != nil {
+				return
+			}
+		default:
+			m = route.StringMatch{Kind: route.MatchKind(kind), Value: pattern}
+		}
+		values := []string{v1, v2}[:max(0, min(n, 2))]
+		got := m.MatchValues(values)
+		var want bool
+		if len(values) > 0 {
+			joined := strings.Join(values, ",")
+			switch route.MatchKind(kind) {
+			case route.Exact:
+				want = joined == pattern
+			case route.Prefix:
+				want = strings.HasPrefix(joined, pattern)
+			case route.Regex:
+				want = m.MatchString(joined)
+			case route.Present:
+				want = true
+			}
+		}
+		if got != want {
+			t.Fatalf("%v on %q: %v, reference %v", m, values, got, want)
+		}
+	})
+}

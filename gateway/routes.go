@@ -1,0 +1,64 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+
+	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/gateway/internal/route"
+	"github.com/envgate/envgate/gateway/internal/virtualservice"
+)
+
+// buildTable makes the routing table the configuration asks for: the
+// one-header form, or the merged VirtualServices of the configured files.
+// With VirtualServices it also returns what was applied, reported and
+// rejected, and the namespaces the rules send to.
+func buildTable(cfg *config.Config) (*route.Table, *virtualservice.Result, error) {
+	vsCfg := cfg.Routing.VirtualServices
+	if vsCfg == nil {
+		t, err := cfg.Table()
+		return t, nil, err
+	}
+	var objs []*virtualservice.Object
+	for _, f := range vsCfg.Files {
+		r, err := os.Open(f)
+		if err != nil {
+			return nil, nil, fmt.Errorf("virtualServices: %w", err)
+		}
+		o, err := virtualservice.Parse(r, vsCfg.Namespace)
+		_ = r.Close()
+		if err != nil {
+			return nil, nil, fmt.Errorf("virtualServices %s: %w", f, err)
+		}
+		objs = append(objs, o...)
+	}
+	res := virtualservice.Build(objs, virtualservice.Options{Gateway: vsCfg.Gateway, DefaultPort: cfg.Routing.Port, Service: cfg.Routing.Service})
+	return route.NewTable(res.Rules), res, nil
+}
+
+// namespacesOf are the namespaces a table's rules send to, sorted.
+func namespacesOf(t *route.Table) []string {
+	var out []string
+	for _, r := range t.Rules() {
+		for _, d := range r.Action.Destinations {
+			if !slices.Contains(out, d.Namespace) {
+				out = append(out, d.Namespace)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// logVirtualServices reports every unimplemented field and rejected object.
+func logVirtualServices(log *slog.Logger, res *virtualservice.Result) {
+	for _, is := range res.Issues {
+		log.Warn("virtualservice field not implemented", "object", is.Object, "field", is.Field, "rejectsObject", is.Rejects)
+	}
+	for obj, why := range res.Rejected {
+		log.Error("virtualservice rejected", "object", obj, "reason", why)
+	}
+	log.Info("virtualservices applied", "objects", res.Applied)
+}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/proto/echopb"
+)
+
+// vsGateway runs a gateway routing by the VirtualServices in yaml, with
+// static endpoints per namespace.
+func vsGateway(t *testing.T, yaml string, endpoints map[string][]string) *runningGateway {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "vs.yaml")
+	if err := os.WriteFile(f, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, endpoints)
+	cfg.Routing.VirtualServices = &config.VirtualServices{Files: []string{f}}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return startGateway(t, cfg, nil)
+}
+
+func TestSeedVirtualServicesThroughGateway(t *testing.T) {
+	b1, b2 := startBackend(t, "env1"), startBackend(t, "env2")
+	y, err := os.ReadFile("../k8s/overlays/istio/virtualservices.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := vsGateway(t, string(y), map[string][]string{"env1": {b1.addr}, "env2": {b2.addr}})
+	c := echoClient(t, gw.Addrs()[0])
+	for env, b := range map[string]*backend{"env1": b1, "env2": b2} {
+		resp, err := c.Call(withEnv(testCtx(t), env), &echopb.EchoRequest{IncludeDetails: true})
+		if err != nil || resp.GetServer() != b.addr {
+			t.Fatalf("%s: %v %v", env, resp.GetServer(), err)
+		}
+	}
+	_, err = c.Call(withEnv(testCtx(t), "env3"), &echopb.EchoRequest{})
+	if st := status.Convert(err); st.Code() != codes.Unimplemented || !strings.Contains(st.Message(), "no route matched /echo.EchoService/Call") {
+		t.Fatalf("env3: %v", err)
+	}
+
+	// /explain says which rule matched and why the earlier did not.
+	var e explanation
+	if err := json.Unmarshal([]byte(scrape(t, gw, "/explain?method=/echo.EchoService/Call&header=env:env2")), &e); err != nil {
+		t.Fatal(err)
+	}
+	if len(e.Steps) != 2 || e.Steps[0].Matched || !strings.Contains(e.Steps[0].Why, `header env is "env2", want exact "env1"`) ||
+		!e.Steps[1].Matched || !strings.HasPrefix(e.Decision, "route to app-service.env2.svc.cluster.local:50051") {
+		t.Fatalf("explain: %+v", e)
+	}
+}
+
+const vsHead = `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: %s, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [common-istio-gateway]
+  http:
+`
+
+func TestVirtualServiceActionsThroughGateway(t *testing.T) {
+	a, b, slow := startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "slow")
+	yaml := fmt.Sprintf(vsHead, "actions") + `
+    - match: [{headers: {x-split: {}}}]
+      route:
+        - {destination: {host: app-service.a}, weight: 75}
+        - {destination: {host: app-service.b}, weight: 25}
+    - match: [{uri: {exact: /echo.EchoService/Call}, headers: {x-timeout: {}}}]
+      timeout: 200ms
+      route: [{destination: {host: app-service.slow}}]
+    - match: [{headers: {env: {exact: a}}}]
+      headers:
+        request: {set: {x-routed-by: envgate, x-replaced: new}, add: {x-added: one}, remove: [x-secret]}
+        response: {set: {x-served-by: a}, remove: [x-backend-only]}
+      route: [{destination: {host: app-service.a}}]
+`
+	gw := vsGateway(t, yaml, map[string][]string{"a": {a.addr}, "b": {b.addr}, "slow": {slow.addr}})
+	c := echoClient(t, gw.Addrs()[0])
+
+	t.Run("weights", func(t *testing.T) {
+		n := map[string]int{}
+		for range 400 {
+			resp, err := c.Call(metadata.AppendToOutgoingContext(testCtx(t), "x-split", "1"), &echopb.EchoRequest{IncludeDetails: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n[resp.GetServer()]++
+		}
+		// 75/25 of 400 is 300/100; a binomial spread of 3 sigma is about 26.
+		if n[a.addr] < 270 || n[a.addr] > 330 || n[a.addr]+n[b.addr] != 400 {
+			t.Fatalf("split %d / %d, want about 300 / 100", n[a.addr], n[b.addr])
+		}
+	})
+	t.Run("route timeout", func(t *testing.T) {
+		ctx := metadata.AppendToOutgoingContext(testCtx(t), "x-timeout", "1")
+		_, err := c.Call(ctx, &echopb.EchoRequest{SleepMs: 5000})
+		if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "route's timeout of 200ms expired") {
+			t.Fatalf("got %v", err)
+		}
+		// A client deadline shorter than the route's is the client's.
+		short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		if _, err := c.Call(short, &echopb.EchoRequest{SleepMs: 5000}); status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("client deadline: %v", err)
+		}
+	})
+	t.Run("header operations", func(t *testing.T) {
+		ctx := metadata.NewOutgoingContext(testCtx(t), metadata.Pairs("env", "a", "x-secret", "s", "x-replaced", "old", "x-added", "zero"))
+		var hdr metadata.MD
+		resp, err := c.Call(ctx, &echopb.EchoRequest{IncludeDetails: true, ResponseHeaders: map[string][]byte{"x-backend-only": []byte("1")}}, grpc.Header(&hdr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		md := resp.GetRequestMetadata()
+		for k, want := range map[string]string{"x-routed-by": "envgate", "x-replaced": "new", "x-added": "zero,one"} {
+			if string(md[k]) != want {
+				t.Errorf("backend saw %s=%q, want %q", k, md[k], want)
+			}
+		}
+		if _, ok := md["x-secret"]; ok {
+			t.Error("x-secret was not removed")
+		}
+		if got := hdr.Get("x-served-by"); len(got) != 1 || got[0] != "a" {
+			t.Errorf("response x-served-by %v", got)
+		}
+		if got := hdr.Get("x-backend-only"); len(got) != 0 {
+			t.Errorf("response x-backend-only not removed: %v", got)
+		}
+	})
+}
