@@ -76,7 +76,7 @@ func (g *gateway) explain(r *http.Request) any {
 	if method == "" {
 		method = "/"
 	}
-	return explainRequest(g.routes.Load(), g.vs, method, q.Get("authority"), headers)
+	return explainRequest(g.routes.Load(), g.vs.Load(), method, q.Get("authority"), headers)
 }
 
 // headerFlags collects repeated -H 'name: value'.

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -58,8 +59,10 @@ type gateway struct {
 	background []func(context.Context) error
 	draining   atomic.Bool
 
-	vs      *virtualservice.Result // nil in the one-header form
-	health  *health.Server         // grpc.health.v1 for the gateway itself
+	vsMode  bool                                  // routing by VirtualServices
+	vs      atomic.Pointer[virtualservice.Result] // nil in the one-header form
+	vsReady func() bool                           // the live VirtualService watch has synced
+	health  *health.Server                        // grpc.health.v1 for the gateway itself
 	metrics *metrics.Metrics
 
 	listeners []net.Listener
@@ -76,12 +79,13 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 	if err != nil {
 		return nil, err
 	}
-	if vs != nil {
+	if vs != nil && !cfg.Routing.VirtualServices.Kubernetes {
 		logVirtualServices(log, vs)
 		// Discovery follows the namespaces the rules send to.
 		cfg.Environments = namespacesOf(table)
 	}
-	g := &gateway{cfg: cfg, log: log, store: discovery.NewStore(), vs: vs}
+	g := &gateway{cfg: cfg, log: log, store: discovery.NewStore(), vsMode: vs != nil}
+	g.vs.Store(vs)
 	g.routes.Store(table)
 	if err := g.setupDiscovery(); err != nil {
 		return nil, err
@@ -102,7 +106,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 	g.metrics = metrics.New(reg)
 	metrics.RegisterState(reg, g.state)
 	if vs != nil {
-		metrics.RegisterVirtualServices(reg, vs.Issues, vs.Applied, vs.Rejected)
+		metrics.RegisterVirtualServices(reg, g.vsState)
 	}
 	px := proxy.New(proxy.NewDirector(g.routes.Load, poolUpstreams{g.pool}, rand.Float64), accessLog, cfg.Routing.Header, g.metrics)
 	g.health = health.NewServer()
@@ -170,6 +174,15 @@ func (g *gateway) setupDiscovery() error {
 			return fmt.Errorf("kubernetes discovery: %w", err)
 		}
 		g.background = append(g.background, src.Run)
+		if v := cfg.Routing.VirtualServices; v != nil && v.Kubernetes {
+			dyn, err := dynamic.NewForConfig(rc)
+			if err != nil {
+				return fmt.Errorf("kubernetes client: %w", err)
+			}
+			w := &virtualservice.Watcher{Client: dyn, Options: vsOptions(cfg), OnChange: g.applyVirtualServices, Log: g.log}
+			g.vsReady = w.Synced
+			g.background = append(g.background, w.Run)
+		}
 	case cfg.Discovery.DNS != nil:
 		d := cfg.Discovery.DNS
 		src := discovery.NewDNS(g.store, discovery.DNSConfig{
@@ -197,10 +210,35 @@ func dnsNames(cfg *config.Config, suffix string) map[string]string {
 // namespaces change: in the one-header form the table follows them; with
 // VirtualServices the rules decide, and nothing changes.
 func (g *gateway) onEnvironments() func([]string) {
-	if g.vs != nil {
+	if g.vsMode {
 		return nil
 	}
 	return g.setEnvironments
+}
+
+// vsState is the VirtualServices' state for the metrics.
+func (g *gateway) vsState() metrics.VirtualServices {
+	var s metrics.VirtualServices
+	res := g.vs.Load()
+	if res == nil {
+		return s
+	}
+	s.Applied = res.Applied
+	for o := range res.Rejected {
+		s.Rejected = append(s.Rejected, o)
+	}
+	for _, is := range res.Issues {
+		s.Fields = append(s.Fields, metrics.UnimplementedField{Object: is.Object, Field: is.Field, Rejects: is.Rejects})
+	}
+	return s
+}
+
+// applyVirtualServices swaps in the rules of a new merge of the cluster's
+// VirtualServices; calls in flight keep the rule they started with.
+func (g *gateway) applyVirtualServices(res *virtualservice.Result) {
+	g.routes.Store(route.NewTable(res.Rules))
+	g.vs.Store(res)
+	logVirtualServices(g.log, res)
 }
 
 // setEnvironments replaces the routing table when discovery finds the
@@ -222,6 +260,9 @@ func (g *gateway) ready() error {
 	}
 	if !g.store.Synced() {
 		return errors.New("discovery has not synced")
+	}
+	if g.vsReady != nil && !g.vsReady() {
+		return errors.New("the VirtualService watch has not synced")
 	}
 	return nil
 }

@@ -21,6 +21,11 @@ func buildTable(cfg *config.Config) (*route.Table, *virtualservice.Result, error
 		t, err := cfg.Table()
 		return t, nil, err
 	}
+	if vsCfg.Kubernetes {
+		// Filled in by the watcher once it has synced; until then nothing
+		// routes (and the gateway is not ready).
+		return route.NewTable(nil), &virtualservice.Result{Rejected: map[string]string{}}, nil
+	}
 	var objs []*virtualservice.Object
 	for _, f := range vsCfg.Files {
 		r, err := os.Open(f)
@@ -34,8 +39,13 @@ func buildTable(cfg *config.Config) (*route.Table, *virtualservice.Result, error
 		}
 		objs = append(objs, o...)
 	}
-	res := virtualservice.Build(objs, virtualservice.Options{Gateway: vsCfg.Gateway, DefaultPort: cfg.Routing.Port, Service: cfg.Routing.Service})
+	res := virtualservice.Build(objs, vsOptions(cfg))
 	return route.NewTable(res.Rules), res, nil
+}
+
+func vsOptions(cfg *config.Config) virtualservice.Options {
+	v := cfg.Routing.VirtualServices
+	return virtualservice.Options{Gateway: v.Gateway, DefaultPort: cfg.Routing.Port, Service: cfg.Routing.Service}
 }
 
 // namespacesOf are the namespaces a table's rules send to, sorted.

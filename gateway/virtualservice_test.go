@@ -14,8 +14,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/gateway/internal/virtualservice"
 	"github.com/envgate/envgate/proto/echopb"
 )
 
@@ -144,4 +146,84 @@ func TestVirtualServiceActionsThroughGateway(t *testing.T) {
 			t.Errorf("response x-backend-only not removed: %v", got)
 		}
 	})
+}
+
+// Routing follows the cluster's VirtualServices as they change, without a
+// restart and without failing calls in flight; the gateway reads them as its
+// ServiceAccount with the shipped RBAC.
+func TestLiveVirtualServicesHotApplied(t *testing.T) {
+	mc := startCluster(t)
+	k := &kubeEnv{cp: mc.cp, net: newPodNet()}
+	kubeconfig := applyRBAC(t, k.cp)
+	for _, obj := range renderK8s(t, "overlays/istio") {
+		if obj.GetKind() == "ClusterRole" || obj.GetKind() == "ClusterRoleBinding" {
+			if strings.HasPrefix(obj.GetName(), "envgate-virtualservices") {
+				m, _ := mc.mapper.RESTMapping(obj.GroupVersionKind().GroupKind(), obj.GroupVersionKind().Version)
+				if _, err := mc.dyn.Resource(m.Resource).Create(context.Background(), obj, metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	k.environment(t, "env1", 1)
+	k.environment(t, "env2", 1)
+	seed := renderK8s(t, "overlays/istio")
+	createVS := func(name string) {
+		for _, obj := range seed {
+			if obj.GetKind() == "VirtualService" && obj.GetName() == name {
+				obj.SetAPIVersion("networking.istio.io/v1") // as stored: the seed wrote v1alpha3
+				if _, err := mc.dyn.Resource(virtualservice.GVR).Namespace("default").Create(context.Background(), obj, metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		}
+		t.Fatalf("no VirtualService %s", name)
+	}
+	createVS("app-virtual-service-env1")
+
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
+		Admin:     config.Admin{Address: "127.0.0.1:0"},
+		Routing:   config.Routing{VirtualServices: &config.VirtualServices{Kubernetes: true}},
+		Discovery: config.Discovery{Kubernetes: &config.Kubernetes{Kubeconfig: kubeconfig}},
+	}
+	off := false
+	cfg.AccessLog = &off
+	cfg.Defaults()
+	cfg.DrainDelay = time.Millisecond
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	k.gw = startGateway(t, cfg, nil, k.net.dialer())
+	k.echo = echoClient(t, k.gw.Addrs()[0])
+	waitUntil(t, "ready", func() bool { return readyStatus(t, k.gw) == 200 })
+	waitUntil(t, "env1 routed by its VirtualService", func() bool { _, err := k.call(t, "env1"); return err == nil })
+	if _, err := k.call(t, "env2"); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("env2 before its VirtualService: %v", err)
+	}
+
+	stop := make(chan struct{})
+	l := startLoad(t, k.echo, "env1", 100, stop)
+	hold := func() { time.Sleep(time.Second) } // keeps env1's load running across each change: pacing, not synchronisation
+	hold()
+	createVS("app-virtual-service-env2")
+	waitUntil(t, "env2 routed once its VirtualService exists", func() bool { _, err := k.call(t, "env2"); return err == nil })
+	// A VirtualService with a fault injection is rejected whole.
+	bad := findKind(t, seed, "VirtualService").DeepCopy()
+	bad.SetName("with-fault")
+	bad.SetAPIVersion("networking.istio.io/v1")
+	bad.SetResourceVersion("")
+	http := bad.Object["spec"].(map[string]any)["http"].([]any)
+	http[0].(map[string]any)["fault"] = map[string]any{"abort": map[string]any{"httpStatus": int64(503), "percentage": map[string]any{"value": float64(100)}}}
+	if _, err := mc.dyn.Resource(virtualservice.GVR).Namespace("default").Create(context.Background(), bad, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the rejection reported", func() bool {
+		return strings.Contains(scrape(t, k.gw, "/metrics"), `envgate_virtualservice_unimplemented_field{effect="rejected",field="spec.http[0].fault",object="default/with-fault"} 1`)
+	})
+	hold()
+	close(stop)
+	l.wait()
+	l.check(t)
 }

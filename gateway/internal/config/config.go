@@ -103,6 +103,9 @@ type VirtualServices struct {
 	Gateway string `yaml:"gateway"`
 	// Files hold VirtualService YAML (several documents each).
 	Files []string `yaml:"files"`
+	// Kubernetes watches the cluster's VirtualServices instead of files
+	// (with discovery.kubernetes's kubeconfig).
+	Kubernetes bool `yaml:"kubernetes"`
 	// Namespace is given to objects without one (default "default").
 	Namespace string `yaml:"namespace"`
 }
@@ -342,8 +345,11 @@ func (c *Config) Validate() error {
 	}
 	byLabel := c.Discovery.Kubernetes != nil && len(c.Environments) == 0
 	byVS := c.Routing.VirtualServices != nil
-	if byVS && len(c.Routing.VirtualServices.Files) == 0 {
-		errs = append(errs, errors.New("routing.virtualServices.files: none listed"))
+	if byVS && (len(c.Routing.VirtualServices.Files) == 0) == !c.Routing.VirtualServices.Kubernetes {
+		errs = append(errs, errors.New("routing.virtualServices: either files or kubernetes: true"))
+	}
+	if byVS && c.Routing.VirtualServices.Kubernetes && c.Discovery.Kubernetes == nil {
+		errs = append(errs, errors.New("routing.virtualServices.kubernetes needs discovery.kubernetes"))
 	}
 	if len(c.Environments) == 0 && !byLabel && !byVS {
 		errs = append(errs, errors.New("environments: none configured, nothing could be routed"))

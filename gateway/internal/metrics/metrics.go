@@ -148,38 +148,55 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// VirtualServiceIssue is an unimplemented field, for the status metric.
-type VirtualServiceIssue interface {
-	// Fields are object, field and whether it rejected the object.
-	Labels() (object, field string, rejects bool)
+// VirtualServices is the state of the VirtualServices the gateway routes by.
+type VirtualServices struct {
+	Applied  []string
+	Rejected []string
+	// Fields not implemented: object, field, and whether it rejected the
+	// object.
+	Fields []UnimplementedField
 }
 
-// RegisterVirtualServices publishes the state of the VirtualServices the
-// gateway routes by: envgate_virtualservice{object, state} is 1 for each
-// applied or rejected object, envgate_virtualservice_unimplemented_field
-// {object, field, effect} names each field not implemented.
-func RegisterVirtualServices[I VirtualServiceIssue](reg prometheus.Registerer, issues []I, applied []string, rejected map[string]string) {
-	objects := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "envgate_virtualservice",
-		Help: "VirtualServices by state: applied, or rejected (see the logs or `gateway explain` for why).",
-	}, []string{"object", "state"})
-	fields := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "envgate_virtualservice_unimplemented_field",
-		Help: "Fields of VirtualServices that envgate does not implement; effect is ignored or rejected.",
-	}, []string{"object", "field", "effect"})
-	for _, o := range applied {
-		objects.WithLabelValues(o, "applied").Set(1)
+// UnimplementedField names a field envgate does not implement.
+type UnimplementedField struct {
+	Object, Field string
+	Rejects       bool
+}
+
+var (
+	vsDesc = prometheus.NewDesc("envgate_virtualservice",
+		"VirtualServices by state: applied, or rejected (see the logs or `gateway explain` for why).", []string{"object", "state"}, nil)
+	vsFieldDesc = prometheus.NewDesc("envgate_virtualservice_unimplemented_field",
+		"Fields of VirtualServices that envgate does not implement; effect is ignored or rejected.", []string{"object", "field", "effect"}, nil)
+)
+
+// RegisterVirtualServices publishes state() at every scrape:
+// envgate_virtualservice{object, state} and
+// envgate_virtualservice_unimplemented_field{object, field, effect}.
+func RegisterVirtualServices(reg prometheus.Registerer, state func() VirtualServices) {
+	reg.MustRegister(&vsCollector{state: state})
+}
+
+type vsCollector struct{ state func() VirtualServices }
+
+func (c *vsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- vsDesc
+	ch <- vsFieldDesc
+}
+
+func (c *vsCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.state()
+	for _, o := range s.Applied {
+		ch <- prometheus.MustNewConstMetric(vsDesc, prometheus.GaugeValue, 1, o, "applied")
 	}
-	for o := range rejected {
-		objects.WithLabelValues(o, "rejected").Set(1)
+	for _, o := range s.Rejected {
+		ch <- prometheus.MustNewConstMetric(vsDesc, prometheus.GaugeValue, 1, o, "rejected")
 	}
-	for _, is := range issues {
-		obj, field, rejects := is.Labels()
+	for _, f := range s.Fields {
 		effect := "ignored"
-		if rejects {
+		if f.Rejects {
 			effect = "rejected"
 		}
-		fields.WithLabelValues(obj, field, effect).Set(1)
+		ch <- prometheus.MustNewConstMetric(vsFieldDesc, prometheus.GaugeValue, 1, f.Object, f.Field, effect)
 	}
-	reg.MustRegister(objects, fields)
 }

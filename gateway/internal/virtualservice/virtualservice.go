@@ -170,9 +170,6 @@ type Issue struct {
 	Rejects bool
 }
 
-// Labels are the issue's metric labels.
-func (i Issue) Labels() (object, field string, rejects bool) { return i.Object, i.Field, i.Rejects }
-
 func (i Issue) String() string {
 	if i.Rejects {
 		return fmt.Sprintf("%s: %s is not implemented and would change routing: object rejected", i.Object, i.Field)
