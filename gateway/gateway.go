@@ -108,7 +108,8 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 	if vs != nil {
 		metrics.RegisterVirtualServices(reg, g.vsState)
 	}
-	px := proxy.New(proxy.NewDirector(g.routes.Load, poolUpstreams{g.pool}, rand.Float64), accessLog, cfg.Routing.Header, g.metrics)
+	px := proxy.New(proxy.NewDirector(g.routes.Load, poolUpstreams{g.pool}, rand.Float64, g.baseline()), accessLog, cfg.Routing.Header, g.metrics)
+	px.SetDebugHeader(cfg.Routing.DebugHeader)
 	g.health = health.NewServer()
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
 	handler := (&localHealth{header: cfg.Routing.Header, srv: g.health, next: px.Handler}).handler
@@ -214,6 +215,23 @@ func (g *gateway) onEnvironments() func([]string) {
 		return nil
 	}
 	return g.setEnvironments
+}
+
+// baseline is the fallback of sandbox routing: a destination whose service
+// discovery does not know goes to the same service in the baseline
+// environment. nil when no baseline is configured.
+func (g *gateway) baseline() func(route.Destination) (route.Destination, bool) {
+	b := g.cfg.Routing.Baseline
+	if b == "" {
+		return nil
+	}
+	return func(d route.Destination) (route.Destination, bool) {
+		if _, exists := g.store.Get(d.Key()); exists || d.Namespace == b {
+			return d, false // it exists (perhaps with no ready endpoint): no fallback
+		}
+		d.Namespace = b
+		return d, true
+	}
 }
 
 // vsState is the VirtualServices' state for the metrics.

@@ -227,3 +227,47 @@ func TestLiveVirtualServicesHotApplied(t *testing.T) {
 	l.wait()
 	l.check(t)
 }
+
+// Beyond Istio, opt-in: a baseline environment takes the calls of an
+// environment that has no service, and a response header names who served.
+func TestBaselineAndDebugHeader(t *testing.T) {
+	base := startBackend(t, "baseline")
+	own := startBackend(t, "env1")
+	cfg := testConfig(t, map[string][]string{"baseline": {base.addr}, "env1": {own.addr}})
+	cfg.Environments = append(cfg.Environments, "pr-42") // an environment with no service yet
+	cfg.Routing.Baseline = "baseline"
+	cfg.Routing.DebugHeader = true
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	gw := startGateway(t, cfg, nil)
+	c := echoClient(t, gw.Addrs()[0])
+	call := func(env string, req *echopb.EchoRequest) (metadata.MD, error) {
+		var hdr, tr metadata.MD
+		_, err := c.Call(withEnv(testCtx(t), env), req, grpc.Header(&hdr), grpc.Trailer(&tr))
+		return metadata.Join(hdr, tr), err
+	}
+
+	md, err := call("pr-42", &echopb.EchoRequest{})
+	if err != nil || strings.Join(md.Get(proxyBaselineHeader), "") != "baseline" || strings.Join(md.Get(proxyUpstreamHeader), "") != "baseline "+base.addr {
+		t.Fatalf("pr-42: %v %v", md, err)
+	}
+	md, err = call("env1", &echopb.EchoRequest{})
+	if err != nil || len(md.Get(proxyBaselineHeader)) != 0 || strings.Join(md.Get(proxyUpstreamHeader), "") != "env1 "+own.addr {
+		t.Fatalf("env1: %v %v", md, err)
+	}
+	// Also on a trailers-only failure.
+	md, err = call("env1", &echopb.EchoRequest{StatusCode: int32(codes.NotFound)})
+	if status.Code(err) != codes.NotFound || strings.Join(md.Get(proxyUpstreamHeader), "") != "env1 "+own.addr {
+		t.Fatalf("env1 failing: %v %v", md, err)
+	}
+	// An environment that is not configured stays unknown.
+	if _, err := call("pr-43", &echopb.EchoRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("pr-43: %v", err)
+	}
+}
+
+const (
+	proxyBaselineHeader = "x-envgate-baseline"
+	proxyUpstreamHeader = "x-envgate-upstream"
+)

@@ -94,6 +94,13 @@ type Routing struct {
 	// VirtualServices, when set, routes by Istio VirtualService objects
 	// instead of the one-header form.
 	VirtualServices *VirtualServices `yaml:"virtualServices"`
+	// Beyond Istio, both off by default so routing stays Istio's:
+	// Baseline is an environment that takes the calls of an environment
+	// with no service at all, saying so in the x-envgate-baseline response
+	// header (sandbox routing);
+	Baseline string `yaml:"baseline"`
+	// DebugHeader adds x-envgate-upstream: <env> <endpoint> to responses.
+	DebugHeader bool `yaml:"debugHeader"`
 }
 
 // VirtualServices names the VirtualService objects to route by.
@@ -330,6 +337,9 @@ func (c *Config) Validate() error {
 	}
 	if !metadataKey.MatchString(c.Routing.Header) {
 		errs = append(errs, fmt.Errorf("routing.header %q: must be a lower-case gRPC metadata key", c.Routing.Header))
+	}
+	if c.Routing.Baseline != "" && !dnsLabel.MatchString(c.Routing.Baseline) {
+		errs = append(errs, fmt.Errorf("routing.baseline %q: must be a namespace name", c.Routing.Baseline))
 	}
 	if !dnsLabel.MatchString(c.Routing.Service) {
 		errs = append(errs, fmt.Errorf("routing.service %q: must be a Kubernetes Service name", c.Routing.Service))

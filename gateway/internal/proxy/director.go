@@ -37,7 +37,11 @@ var hopByHop = []string{
 // the seed's Istio gateway answers, with a message saying why), UNAVAILABLE
 // when the destination has no healthy endpoint. pick returns a number in
 // [0, 1) for weighted destinations.
-func NewDirector(routes Routes, ups Upstreams, pick func() float64) grpcproxy.StreamDirector {
+//
+// fallback, when not nil, may name another destination for one that has no
+// service at all (the baseline environment of sandbox routing); the call
+// then says so in its response headers.
+func NewDirector(routes Routes, ups Upstreams, pick func() float64, fallback func(route.Destination) (route.Destination, bool)) grpcproxy.StreamDirector {
 	return func(ctx context.Context, method string) (context.Context, grpc.ClientConnInterface, error) {
 		md, _ := metadata.FromIncomingContext(ctx) // a copy: it becomes the outgoing metadata
 		table := routes()
@@ -57,6 +61,13 @@ func NewDirector(routes Routes, ups Upstreams, pick func() float64) grpcproxy.St
 		}
 		routedTo(ctx, dest.Namespace, &rule.Action)
 		conn, err := ups.Conn(dest)
+		if err != nil && fallback != nil {
+			if fb, ok := fallback(dest); ok {
+				usedBaseline(ctx, fb.Namespace)
+				dest = fb
+				conn, err = ups.Conn(dest)
+			}
+		}
 		if err != nil {
 			return nil, nil, status.Errorf(codes.Unavailable, "%v (%s to %s)", err, rule.Source, dest)
 		}

@@ -50,7 +50,7 @@ func testDirector(t testing.TB, healthy bool) func(ctx context.Context, method s
 			return nil, errors.New("no healthy upstream")
 		}
 		return destConn{dest: d}, nil
-	}}, func() float64 { return 0 })
+	}}, func() float64 { return 0 }, nil)
 }
 
 func incoming(md metadata.MD) context.Context {

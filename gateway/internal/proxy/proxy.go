@@ -37,8 +37,23 @@ type Proxy struct {
 	// envHeader is logged with each call.
 	envHeader string
 	observer  Observer
-	codecs    sync.Map // content-subtype -> codec
+	// debugHeader adds x-envgate-upstream to every response.
+	debugHeader bool
+	codecs      sync.Map // content-subtype -> codec
 }
+
+// Response headers envgate adds.
+const (
+	// UpstreamHeader names the environment and endpoint that served the
+	// call, with Options.DebugHeader.
+	UpstreamHeader = "x-envgate-upstream"
+	// BaselineHeader names the baseline environment that served a call
+	// whose own environment has no service.
+	BaselineHeader = "x-envgate-baseline"
+)
+
+// SetDebugHeader turns the x-envgate-upstream response header on.
+func (p *Proxy) SetDebugHeader(on bool) { p.debugHeader = on }
 
 // Observer is told of every call, for metrics. env is the environment the
 // call was routed to, empty when it was not routed.
@@ -88,6 +103,7 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 type call struct {
 	env      string        // the routed environment, set by the director
 	action   *route.Action // the route's action, set by the director
+	baseline string        // the baseline environment that took the call
 	upstream string
 	// The client-to-upstream pump may still run when the call is logged
 	// (it can be blocked reading a client that has not half-closed), so its
@@ -215,6 +231,7 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *cal
 		if c.action != nil {
 			applyHeaderOps(hdr, c.action.ResponseHeaders)
 		}
+		p.addOwnHeaders(hdr, c)
 		if comp := st.responseCompression(); comp != "" && comp != "identity" {
 			// Fails only when the client does not accept it: then the
 			// response goes uncompressed.
@@ -240,13 +257,16 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *cal
 		c.msgsOut++
 	}
 	tr := cs.Trailer()
-	if c.action != nil && !c.action.ResponseHeaders.Empty() && !c.headersSent {
+	if !c.headersSent {
 		// A trailers-only answer carries the response headers in its
 		// trailers.
 		if tr == nil {
 			tr = metadata.MD{}
 		}
-		applyHeaderOps(tr, c.action.ResponseHeaders)
+		if c.action != nil {
+			applyHeaderOps(tr, c.action.ResponseHeaders)
+		}
+		p.addOwnHeaders(tr, c)
 	}
 	if len(tr) > 0 {
 		// The status details travel in the returned status; forwarding the
@@ -258,6 +278,18 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *cal
 		return nil
 	}
 	return err
+}
+
+// addOwnHeaders adds the response headers envgate itself sets.
+func (p *Proxy) addOwnHeaders(md metadata.MD, c *call) {
+	served := c.env
+	if c.baseline != "" {
+		served = c.baseline
+		md[BaselineHeader] = []string{c.baseline}
+	}
+	if p.debugHeader {
+		md[UpstreamHeader] = []string{served + " " + c.upstream}
+	}
 }
 
 // codecFor returns a pass-through codec named after the request's content
@@ -276,6 +308,13 @@ func (p *Proxy) codecFor(subtype string) encoding.CodecV2 {
 var protoFrames = newCodec("proto")
 
 type callKey struct{}
+
+// usedBaseline records that the call went to the baseline environment.
+func usedBaseline(ctx context.Context, env string) {
+	if c, ok := ctx.Value(callKey{}).(*call); ok {
+		c.baseline = env
+	}
+}
 
 // routedTo records, for the call in ctx, the environment it was routed to
 // and the route's action.
