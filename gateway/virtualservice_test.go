@@ -271,3 +271,62 @@ const (
 	proxyBaselineHeader = "x-envgate-baseline"
 	proxyUpstreamHeader = "x-envgate-upstream"
 )
+
+// Istio retries a failed call on a newly picked endpoint (by default twice,
+// on UNAVAILABLE, connection failures and CANCELLED), but only while nothing
+// has reached the client.
+func TestRetriesOnAnotherEndpoint(t *testing.T) {
+	failing := startRawBackend(t, func(ss grpc.ServerStream) error {
+		return status.Error(codes.Unavailable, "this endpoint is going away")
+	})
+	good := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {failing, good.addr}}), nil)
+	c := echoClient(t, gw.Addrs()[0])
+	for i := range 20 {
+		if _, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{}); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+
+	// Once a message went to the client, a failure is the client's to see.
+	s, err := c.BidiStream(withEnv(testCtx(t), "env1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if err := s.Send(&echopb.EchoRequest{Text: "1"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err == nil {
+			break // reached the good endpoint
+		}
+		if s, err = c.BidiStream(withEnv(testCtx(t), "env1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := good.callCount()
+	if err := s.Send(&echopb.EchoRequest{StatusCode: int32(codes.Unavailable), StatusMessage: "late failure"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); status.Code(err) != codes.Unavailable || status.Convert(err).Message() != "late failure" {
+		t.Fatalf("late failure: %v", err)
+	}
+	good.waitCall(t)
+	if n := good.callCount() - before; n != 1 {
+		t.Fatalf("a stream that had answered was retried: %d more calls", n)
+	}
+}
+
+func TestNoRetriesWhenTheRouteSaysSo(t *testing.T) {
+	failing := startRawBackend(t, func(ss grpc.ServerStream) error {
+		return status.Error(codes.Unavailable, "down")
+	})
+	gw := vsGateway(t, fmt.Sprintf(vsHead, "noretry")+`
+    - retries: {attempts: 0}
+      route: [{destination: {host: app-service.env1}}]
+`, map[string][]string{"env1": {failing}})
+	_, err := echoClient(t, gw.Addrs()[0]).Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "down" {
+		t.Fatalf("got %v", err)
+	}
+}

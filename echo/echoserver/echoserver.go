@@ -117,8 +117,13 @@ func (s *Server) BidiStream(stream grpc.BidiStreamingServer[echopb.EchoRequest, 
 			if err := s.prepareStream(stream, req); err != nil {
 				return err
 			}
-		} else if err := sleep(ctx, req.GetSleepMs()); err != nil {
-			return err
+		} else {
+			if err := sleep(ctx, req.GetSleepMs()); err != nil {
+				return err
+			}
+			if c := req.GetStatusCode(); c != 0 {
+				return status.Error(codes.Code(c), req.GetStatusMessage())
+			}
 		}
 		if err := stream.Send(s.response(ctx, req, clientEnv, i)); err != nil {
 			return err

@@ -111,6 +111,7 @@ type call struct {
 	bytesIn, msgsIn   atomic.Int64
 	bytesOut, msgsOut int64
 	headersSent       bool
+	retries           int
 }
 
 // transportStream is the part of gRPC's server transport stream that tells
@@ -152,65 +153,129 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		opts = append(opts, grpc.CallAuthority(a[0]))
 	}
 
-	cs, err := conn.NewStream(upCtx, streamDesc, method, opts...)
-	if err != nil {
-		if context.Cause(upCtx) == errRouteTimeout && ctx.Err() == nil {
+	var retries route.Retries
+	if c.action != nil {
+		retries = c.action.Retries
+	}
+	rp := &replay{}
+	defer rp.free()
+	upErr := make(chan error, 1)
+	pumping := false
+	for attempt := 0; ; attempt++ {
+		err := p.attempt(ctx, upCtx, cancel, ss, conn, method, opts, c, rp, upErr, &pumping, attempt, retries)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() == nil && context.Cause(upCtx) == errRouteTimeout {
+			// Envoy answers an expired route timeout with 504, which gRPC
+			// clients see as UNAVAILABLE.
 			return status.Errorf(codes.Unavailable, "upstream request timeout: the route's timeout of %v expired", c.action.Timeout)
+		}
+		// If the client's side failed first (it went away or sent garbage),
+		// that is the call's error rather than the upstream's reaction.
+		clientDone := !pumping
+		select {
+		case e := <-upErr:
+			clientDone = true
+			pumping = false
+			if e != nil {
+				return e
+			}
+		default:
+		}
+		// A retry needs nothing sent to the client yet, the whole request
+		// kept, and a condition the route retries on.
+		if attempt >= retries.Attempts || ctx.Err() != nil || upCtx.Err() != nil ||
+			c.headersSent || c.msgsOut > 0 || !retryable(retries, status.Code(err)) {
+			return err
+		}
+		if pumping && !clientDone {
+			// Whether the request is complete is known once the client
+			// half-closes; a unary request's end follows its message
+			// closely, while a stream that stays open must not hold the
+			// failure back.
+			select {
+			case e := <-upErr:
+				pumping = false
+				if e != nil {
+					return e
+				}
+			case <-time.After(50 * time.Millisecond):
+				return err
+			}
+		}
+		if !rp.closed || rp.overflow {
+			return err
+		}
+		c.retries++
+	}
+}
+
+// attempt sends the call upstream once. The first attempt starts the
+// client-to-upstream pump; later ones replay what it kept.
+func (p *Proxy) attempt(ctx, upCtx context.Context, cancel context.CancelFunc, ss grpc.ServerStream, conn grpc.ClientConnInterface,
+	method string, opts []grpc.CallOption, c *call, rp *replay, upErr chan error, pumping *bool, n int, retries route.Retries,
+) error {
+	st := newCallState()
+	actx, acancel := attemptContext(context.WithValue(upCtx, callStateKey{}, st), retries)
+	defer acancel()
+	cs, err := conn.NewStream(actx, streamDesc, method, opts...)
+	if err != nil {
+		if context.Cause(actx) == errPerTryTimeout {
+			return status.Errorf(codes.Unavailable, "upstream per-try timeout of %v expired", retries.PerTryTimeout)
 		}
 		return err
 	}
 	if pr, ok := peer.FromContext(cs.Context()); ok && pr.Addr != nil {
 		c.upstream = pr.Addr.String()
 	}
-
-	// Client to upstream runs beside; upstream to client runs here, and its end
-	// is the end of the call.
-	upErr := make(chan error, 1)
-	go func() {
-		err := pumpToUpstream(ss, cs, c)
-		if err != nil {
-			// The client's side broke (it went away, or sent a message over
-			// the limit): end the upstream call too, or it would wait for
-			// the rest of a request that never comes.
-			cancel()
+	if n == 0 {
+		// Client to upstream runs beside; upstream to client runs here,
+		// and its end is the end of the call.
+		*pumping = true
+		keep := rp
+		if retries.Attempts == 0 {
+			keep = nil
 		}
-		upErr <- err
-	}()
-
+		go func() {
+			err := pumpToUpstream(ss, cs, c, keep)
+			if err != nil {
+				// The client's side broke (it went away, or sent a message
+				// over the limit): end the upstream call too, or it would
+				// wait for the rest of a request that never comes.
+				cancel()
+			}
+			upErr <- err
+		}()
+	} else if err := rp.sendAll(cs); err != nil {
+		return err
+	}
 	err = p.pumpToClient(cs, ss, st, c)
-	if err == nil {
-		return nil
-	}
-	if context.Cause(upCtx) == errRouteTimeout && ctx.Err() == nil {
-		// Envoy answers an expired route timeout with 504, which gRPC
-		// clients see as UNAVAILABLE.
-		return status.Errorf(codes.Unavailable, "upstream request timeout: the route's timeout of %v expired", c.action.Timeout)
-	}
-	// If the client's side failed first (it went away or sent garbage), that
-	// is the call's error rather than the upstream's reaction to the cancel.
-	select {
-	case e := <-upErr:
-		if e != nil {
-			return e
-		}
-	default:
+	if err != nil && context.Cause(actx) == errPerTryTimeout {
+		return status.Errorf(codes.Unavailable, "upstream per-try timeout of %v expired", retries.PerTryTimeout)
 	}
 	return err
 }
 
 // pumpToUpstream copies the client's messages to the upstream, then
 // half-closes. On a client-side failure it returns the error to report.
-func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call) error {
+func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call, keep *replay) error {
 	var f frame // reused: SendMsg takes its buffers and leaves it empty
 	for {
 		if err := ss.RecvMsg(&f); err != nil {
 			if errors.Is(err, io.EOF) {
+				if keep != nil {
+					keep.closed = true
+				}
 				_ = cs.CloseSend()
 				return nil
 			}
 			return err
 		}
 		n := int64(f.data.Len())
+		if keep != nil {
+			keep.keep(f.data)
+		}
 		if err := cs.SendMsg(&f); err != nil {
 			// The upstream ended the call; its status arrives on the other pump.
 			f.free()

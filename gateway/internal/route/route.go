@@ -99,10 +99,25 @@ type HeaderOps struct {
 // Empty reports whether the ops change nothing.
 func (h HeaderOps) Empty() bool { return len(h.Set) == 0 && len(h.Add) == 0 && len(h.Remove) == 0 }
 
+// Retries is Istio's HTTPRetry: how many times more a failed call is tried
+// (on a newly picked endpoint), each try bounded by PerTryTimeout, when it
+// failed for one of RetryOn's conditions.
+type Retries struct {
+	Attempts      int
+	PerTryTimeout time.Duration
+	RetryOn       []string
+}
+
+// DefaultRetries is what Istio applies to a route without a retry policy
+// (meshConfig.defaultHttpRetryPolicy unset): 2 retries on connection
+// failures, refused streams, UNAVAILABLE and CANCELLED.
+var DefaultRetries = Retries{Attempts: 2, RetryOn: []string{"connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"}}
+
 // Action is what a rule does with a matching call.
 type Action struct {
 	Destinations    []WeightedDestination
 	Timeout         time.Duration // 0: the client's deadline rules
+	Retries         Retries
 	RequestHeaders  HeaderOps
 	ResponseHeaders HeaderOps
 }
@@ -217,7 +232,7 @@ func NewEnvTable(header string, envs []EnvRule) (*Table, error) {
 		t.rules = append(t.rules, Rule{
 			Source:  fmt.Sprintf("environment %s", e.Value),
 			Matches: []Match{{Headers: []HeaderMatch{{Name: header, Match: StringMatch{Kind: Exact, Value: e.Value}}}}},
-			Action:  Action{Destinations: []WeightedDestination{{Destination: e.Destination, Weight: 100}}},
+			Action:  Action{Destinations: []WeightedDestination{{Destination: e.Destination, Weight: 100}}, Retries: DefaultRetries},
 		})
 	}
 	return t, nil

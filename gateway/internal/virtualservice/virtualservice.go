@@ -54,7 +54,15 @@ type HTTPRoute struct {
 	Match   []MatchRequest    `json:"match"`
 	Route   []RouteDest       `json:"route"`
 	Timeout string            `json:"timeout"`
+	Retries *Retry            `json:"retries"`
 	Headers *HeaderOperations `json:"headers"`
+}
+
+// Retry is Istio's HTTPRetry.
+type Retry struct {
+	Attempts      int    `json:"attempts"`
+	PerTryTimeout string `json:"perTryTimeout"`
+	RetryOn       string `json:"retryOn"`
 }
 
 // MatchRequest is one match block.
@@ -149,16 +157,15 @@ func FromMap(raw map[string]any) (*Object, error) {
 // Fields envgate implements, per level; anything else is reported.
 var (
 	knownSpec  = []string{"hosts", "gateways", "http", "exportTo"}
-	knownHTTP  = []string{"name", "match", "route", "timeout", "headers"}
+	knownHTTP  = []string{"name", "match", "route", "timeout", "retries", "headers"}
+	knownRetry = []string{"attempts", "perTryTimeout", "retryOn"}
 	knownMatch = []string{"name", "uri", "authority", "headers", "withoutHeaders"}
 	knownRoute = []string{"destination", "weight"}
 	// Unimplemented fields that only add behaviour (envgate routes the call
 	// the same way without them): reported, the object still applies.
 	// Any other unimplemented field could change where a call goes, and
 	// rejects the object.
-	// Retries are among them: without them a call fails where Istio would
-	// have tried again, but goes to the same place.
-	harmless = []string{"corsPolicy", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent", "statPrefix", "exportTo", "retries", "headers"}
+	harmless = []string{"corsPolicy", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent", "statPrefix", "exportTo", "headers", "retryRemoteLocalities"}
 )
 
 // Issue is an unimplemented field of an object.
@@ -203,6 +210,9 @@ func (o *Object) unimplemented() []Issue {
 		for j, m := range ms {
 			mm, _ := m.(map[string]any)
 			report(fmt.Sprintf("%s.match[%d]", p, j), mm, knownMatch)
+		}
+		if rt, ok := hm["retries"].(map[string]any); ok {
+			report(p+".retries", rt, knownRetry)
 		}
 		rs, _ := hm["route"].([]any)
 		for j, r := range rs {
@@ -360,6 +370,25 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 				return nil, fmt.Errorf("%s timeout: %w", src, err)
 			}
 			r.Action.Timeout = d
+		}
+		r.Action.Retries = route.DefaultRetries
+		if h.Retries != nil {
+			r.Action.Retries = route.Retries{Attempts: h.Retries.Attempts}
+			if h.Retries.PerTryTimeout != "" {
+				d, err := time.ParseDuration(h.Retries.PerTryTimeout)
+				if err != nil {
+					return nil, fmt.Errorf("%s retries.perTryTimeout: %w", src, err)
+				}
+				r.Action.Retries.PerTryTimeout = d
+			}
+			for _, on := range strings.Split(h.Retries.RetryOn, ",") {
+				if on = strings.TrimSpace(on); on != "" {
+					r.Action.Retries.RetryOn = append(r.Action.Retries.RetryOn, on)
+				}
+			}
+			if h.Retries.RetryOn == "" {
+				r.Action.Retries.RetryOn = route.DefaultRetries.RetryOn
+			}
 		}
 		if h.Headers != nil {
 			if h.Headers.Request != nil {
