@@ -204,7 +204,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 				return err
 			}
 		}
-		if !rp.closed || rp.overflow {
+		if !rp.complete() {
 			return err
 		}
 		c.retries++
@@ -250,7 +250,7 @@ func (p *Proxy) attempt(ctx, upCtx context.Context, cancel context.CancelFunc, s
 	} else if err := rp.sendAll(cs); err != nil {
 		return err
 	}
-	err = p.pumpToClient(cs, ss, st, c)
+	err = p.pumpToClient(cs, ss, st, c, rp)
 	if err != nil && context.Cause(actx) == errPerTryTimeout {
 		return status.Errorf(codes.Unavailable, "upstream per-try timeout of %v expired", retries.PerTryTimeout)
 	}
@@ -265,7 +265,7 @@ func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call, keep *r
 		if err := ss.RecvMsg(&f); err != nil {
 			if errors.Is(err, io.EOF) {
 				if keep != nil {
-					keep.closed = true
+					keep.markClosed()
 				}
 				_ = cs.CloseSend()
 				return nil
@@ -288,7 +288,7 @@ func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call, keep *r
 
 // pumpToClient forwards the upstream's headers, messages and trailers, and
 // returns the upstream's status as the call's error.
-func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *callState, c *call) error {
+func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *callState, c *call, rp *replay) error {
 	// Header blocks until the upstream sends headers, answers trailers-only, or
 	// fails; nil headers mean there were none, and the answer stays
 	// trailers-only.
@@ -306,6 +306,7 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *cal
 			return err
 		}
 		c.headersSent = true
+		rp.drop() // answered: no retry any more
 	}
 	var err error
 	var f frame

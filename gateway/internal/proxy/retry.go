@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
@@ -12,8 +13,9 @@ import (
 )
 
 // maxReplayBytes bounds the request messages kept to send again on a retry,
-// as Envoy bounds its retry buffer; a larger request is not retried.
-const maxReplayBytes = 1 << 20
+// as Envoy bounds its retry buffer; a larger request is not retried. It is
+// held per call until the call answers, so it stays small.
+const maxReplayBytes = 128 << 10
 
 // errPerTryTimeout ends an attempt whose per-try timeout expired.
 var errPerTryTimeout = errors.New("per-try timeout")
@@ -53,6 +55,7 @@ func retryable(r route.Retries, code codes.Code) bool {
 // The client-to-upstream pump fills it; the handler reads it only after
 // that pump has finished.
 type replay struct {
+	mu       sync.Mutex // the pump keeps while the handler may drop
 	frames   []mem.BufferSlice
 	size     int
 	overflow bool
@@ -61,23 +64,54 @@ type replay struct {
 
 // keep takes a reference to a frame about to be sent.
 func (r *replay) keep(data mem.BufferSlice) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.overflow {
 		return
 	}
 	if r.size += data.Len(); r.size > maxReplayBytes {
 		r.overflow = true
-		r.free()
+		r.freeLocked()
 		return
 	}
 	data.Ref()
 	r.frames = append(r.frames, data)
 }
 
+// drop gives the kept frames back once no retry can happen (the client
+// got an answer), and keeps nothing more.
+func (r *replay) drop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.overflow = true
+	r.freeLocked()
+}
+
 func (r *replay) free() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.freeLocked()
+}
+
+func (r *replay) freeLocked() {
 	for _, f := range r.frames {
 		f.Free()
 	}
 	r.frames = nil
+}
+
+// complete reports whether the whole request is kept.
+func (r *replay) complete() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed && !r.overflow
+}
+
+// markClosed records that the client half-closed.
+func (r *replay) markClosed() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
 }
 
 // sendAll sends the kept request again on a new attempt and half-closes.
@@ -85,7 +119,10 @@ func (r *replay) sendAll(cs interface {
 	SendMsg(any) error
 	CloseSend() error
 }) error {
-	for _, f := range r.frames {
+	r.mu.Lock()
+	frames := r.frames
+	r.mu.Unlock()
+	for _, f := range frames {
 		f.Ref() // SendMsg frees what it sends; the replay keeps its own
 		fr := frame{data: f}
 		if err := cs.SendMsg(&fr); err != nil {
