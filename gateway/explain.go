@@ -9,6 +9,9 @@ import (
 	"net/http"
 	"strings"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+
 	"github.com/envgate/envgate/gateway/internal/config"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/virtualservice"
@@ -95,10 +98,11 @@ func (h headerFlags) Set(s string) error {
 
 // runExplain is `gateway explain`: the decision for one request under a
 // configuration, and why each earlier rule did not match.
-func runExplain(_ context.Context, args []string, stdout, stderr io.Writer) error {
+func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("gateway explain", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "YAML configuration file (default: the embedded demo configuration)")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig, with routing.virtualServices.kubernetes (default $KUBECONFIG, then in-cluster)")
 	method := fs.String("method", "/echo.EchoService/Call", "the call's /package.Service/Method")
 	authority := fs.String("authority", "", "the call's :authority")
 	headers := headerFlags{}
@@ -116,9 +120,18 @@ func runExplain(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if *kubeconfig != "" && cfg.Discovery.Kubernetes != nil {
+		cfg.Discovery.Kubernetes.Kubeconfig = *kubeconfig
+	}
 	t, vs, err := buildTable(cfg)
 	if err != nil {
 		return err
+	}
+	if v := cfg.Routing.VirtualServices; v != nil && v.Kubernetes {
+		// Explain against the cluster's VirtualServices as they are now.
+		if t, vs, err = clusterTable(ctx, cfg); err != nil {
+			return err
+		}
 	}
 	e := explainRequest(t, vs, *method, *authority, headers)
 	fmt.Fprintf(stdout, "request: %s, authority %q, headers %v\n", e.Method, e.Authority, map[string][]string(headers))
@@ -137,4 +150,30 @@ func runExplain(_ context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "rejected: %s: %s\n", obj, why)
 	}
 	return nil
+}
+
+// clusterTable lists the cluster's VirtualServices once and merges them.
+func clusterTable(ctx context.Context, cfg *config.Config) (*route.Table, *virtualservice.Result, error) {
+	rc, err := kubeConfig(cfg.Discovery.Kubernetes.Kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, err
+	}
+	list, err := dyn.Resource(virtualservice.GVR).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list VirtualServices: %w", err)
+	}
+	var objs []*virtualservice.Object
+	for _, item := range list.Items {
+		o, err := virtualservice.FromMap(item.Object)
+		if err != nil {
+			return nil, nil, err
+		}
+		objs = append(objs, o)
+	}
+	res := virtualservice.Build(objs, vsOptions(cfg))
+	return route.NewTable(res.Rules), res, nil
 }

@@ -226,6 +226,26 @@ func TestLiveVirtualServicesHotApplied(t *testing.T) {
 	close(stop)
 	l.wait()
 	l.check(t)
+
+	// gateway explain against the cluster, as an operator runs it.
+	cfgFile := filepath.Join(t.TempDir(), "envgate.yaml")
+	if err := os.WriteFile(cfgFile, []byte("routing: {virtualServices: {kubernetes: true}}\ndiscovery: {kubernetes: {}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := run(context.Background(), []string{"explain", "-config", cfgFile, "-kubeconfig", kubeconfig, "-H", "env: env2"}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`rule 1 default/app-virtual-service-env1 http[0]: no match: match[0]: header env is "env2", want exact "env1"`,
+		"rule 2 default/app-virtual-service-env2 http[0]: MATCH",
+		"decision: route to app-service.env2.svc.cluster.local:50051",
+		"rejected: default/with-fault: unimplemented fields that change routing: spec.http[0].fault",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("explain output lacks %q:\n%s", want, out.String())
+		}
+	}
 }
 
 // Beyond Istio, opt-in: a baseline environment takes the calls of an
