@@ -302,6 +302,12 @@ func TestRetriesOnAnotherEndpoint(t *testing.T) {
 	good := startBackend(t, "env1")
 	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {failing, good.addr}}), nil)
 	c := echoClient(t, gw.Addrs()[0])
+	// Round robin uses ready endpoints only: until the good one is
+	// connected there is nowhere else to retry.
+	waitUntil(t, "the good endpoint connected", func() bool {
+		_, _ = c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{})
+		return good.callCount() > 0
+	})
 	for i := range 20 {
 		if _, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{}); err != nil {
 			t.Fatalf("call %d: %v", i, err)

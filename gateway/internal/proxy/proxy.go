@@ -77,6 +77,10 @@ var streamDesc = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 
 var errRouteTimeout = errors.New("route timeout")
 
+// halfCloseWait bounds how long a failed attempt waits to learn whether the
+// client's request is complete before giving up on a retry.
+const halfCloseWait = 250 * time.Millisecond
+
 // Handler is the grpc.UnknownServiceHandler.
 func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 	start := time.Now()
@@ -191,16 +195,18 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		}
 		if pumping && !clientDone {
 			// Whether the request is complete is known once the client
-			// half-closes; a unary request's end follows its message
-			// closely, while a stream that stays open must not hold the
-			// failure back.
+			// half-closes; a unary request's end follows its message at
+			// once, while a stream that stays open must not hold the
+			// failure back for long.
+			t := time.NewTimer(halfCloseWait)
 			select {
 			case e := <-upErr:
+				t.Stop()
 				pumping = false
 				if e != nil {
 					return e
 				}
-			case <-time.After(50 * time.Millisecond):
+			case <-t.C:
 				return err
 			}
 		}
@@ -261,6 +267,7 @@ func (p *Proxy) attempt(ctx, upCtx context.Context, cancel context.CancelFunc, s
 // half-closes. On a client-side failure it returns the error to report.
 func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call, keep *replay) error {
 	var f frame // reused: SendMsg takes its buffers and leaves it empty
+	upstreamDone := false
 	for {
 		if err := ss.RecvMsg(&f); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -276,10 +283,20 @@ func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call, keep *r
 		if keep != nil {
 			keep.keep(f.data)
 		}
-		if err := cs.SendMsg(&f); err != nil {
-			// The upstream ended the call; its status arrives on the other pump.
+		if upstreamDone {
 			f.free()
-			return nil
+			continue
+		}
+		if err := cs.SendMsg(&f); err != nil {
+			// The upstream ended the call; its status arrives on the other
+			// pump. With retries the rest of the request is still read and
+			// kept, so another attempt can send all of it.
+			f.free()
+			if keep == nil {
+				return nil
+			}
+			upstreamDone = true
+			continue
 		}
 		c.bytesIn.Add(n)
 		c.msgsIn.Add(1)
