@@ -110,13 +110,7 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var cfg *config.Config
-	var err error
-	if *configPath == "" {
-		cfg, err = config.Parse(defaultConfig)
-	} else {
-		cfg, err = config.Load(*configPath)
-	}
+	cfg, err := loadConfig(*configPath)
 	if err != nil {
 		return err
 	}

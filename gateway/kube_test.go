@@ -145,6 +145,16 @@ func startKubeEnv(t testing.TB, setup func(*kubeEnv)) *kubeEnv {
 	if setup != nil {
 		setup(k)
 	}
+	k.gw = startGateway(t, kubeGatewayConfig(t, kubeconfig), nil, k.net.dialer())
+	waitUntil(t, "gateway ready", func() bool { return readyStatus(t, k.gw) == http.StatusOK })
+	k.echo = echoClient(t, k.gw.Addrs()[0])
+	return k
+}
+
+// kubeGatewayConfig is a gateway on loopback with Kubernetes discovery as
+// the kubeconfig says, and modify's changes.
+func kubeGatewayConfig(t testing.TB, kubeconfig string, modify ...func(*config.Config)) *config.Config {
+	t.Helper()
 	off := false
 	cfg := &config.Config{
 		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
@@ -152,15 +162,15 @@ func startKubeEnv(t testing.TB, setup func(*kubeEnv)) *kubeEnv {
 		Discovery: config.Discovery{Kubernetes: &config.Kubernetes{Kubeconfig: kubeconfig}},
 		AccessLog: &off,
 	}
+	for _, m := range modify {
+		m(cfg)
+	}
 	cfg.Defaults()
 	cfg.DrainDelay = time.Millisecond
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	k.gw = startGateway(t, cfg, nil, k.net.dialer())
-	waitUntil(t, "gateway ready", func() bool { return readyStatus(t, k.gw) == http.StatusOK })
-	k.echo = echoClient(t, k.gw.Addrs()[0])
-	return k
+	return cfg
 }
 
 func readyStatus(t testing.TB, gw *runningGateway) int {
@@ -360,16 +370,7 @@ current-context: x
 `, dead)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	off := false
-	cfg := &config.Config{
-		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
-		Admin:     config.Admin{Address: "127.0.0.1:0"},
-		Discovery: config.Discovery{Kubernetes: &config.Kubernetes{Kubeconfig: kubeconfig}},
-		AccessLog: &off,
-	}
-	cfg.Defaults()
-	cfg.DrainDelay = time.Millisecond
-	gw := startGateway(t, cfg, nil)
+	gw := startGateway(t, kubeGatewayConfig(t, kubeconfig), nil)
 	resp, err := http.Get("http://" + gw.AdminAddr() + "/healthz/ready")
 	if err != nil {
 		t.Fatal(err)
@@ -513,16 +514,7 @@ func TestKubeAPIServerOutage(t *testing.T) {
 	k := &kubeEnv{cp: kubetest.Start(t, kubetest.Options{SecondAPIServer: true}), net: newPodNet()}
 	kubeconfig := applyRBAC(t, k.cp)
 	pods = k.environment(t, "env1", 2)
-	off := false
-	cfg := &config.Config{
-		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
-		Admin:     config.Admin{Address: "127.0.0.1:0"},
-		Discovery: config.Discovery{Kubernetes: &config.Kubernetes{Kubeconfig: kubeconfig}},
-		AccessLog: &off,
-	}
-	cfg.Defaults()
-	cfg.DrainDelay = time.Millisecond
-	k.gw = startGateway(t, cfg, nil, k.net.dialer())
+	k.gw = startGateway(t, kubeGatewayConfig(t, kubeconfig), nil, k.net.dialer())
 	k.echo = echoClient(t, k.gw.Addrs()[0])
 	k.waitEndpoints(t, "env1", 2)
 

@@ -38,13 +38,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
 
-	var cfg *config.Config
-	var err error
-	if *configPath == "" {
-		cfg, err = config.Parse(defaultConfig)
-	} else {
-		cfg, err = config.Load(*configPath)
-	}
+	cfg, err := loadConfig(*configPath)
 	if err != nil {
 		return err
 	}
@@ -56,4 +50,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return gw.Run(ctx)
+}
+
+// loadConfig reads the configuration file, or the embedded demo
+// configuration when path is empty.
+func loadConfig(path string) (*config.Config, error) {
+	if path == "" {
+		return config.Parse(defaultConfig)
+	}
+	return config.Load(path)
 }

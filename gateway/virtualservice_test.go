@@ -182,19 +182,9 @@ func TestLiveVirtualServicesHotApplied(t *testing.T) {
 	}
 	createVS("app-virtual-service-env1")
 
-	cfg := &config.Config{
-		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
-		Admin:     config.Admin{Address: "127.0.0.1:0"},
-		Routing:   config.Routing{VirtualServices: &config.VirtualServices{Kubernetes: true}},
-		Discovery: config.Discovery{Kubernetes: &config.Kubernetes{Kubeconfig: kubeconfig}},
-	}
-	off := false
-	cfg.AccessLog = &off
-	cfg.Defaults()
-	cfg.DrainDelay = time.Millisecond
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	cfg := kubeGatewayConfig(t, kubeconfig, func(c *config.Config) {
+		c.Routing.VirtualServices = &config.VirtualServices{Kubernetes: true}
+	})
 	k.gw = startGateway(t, cfg, nil, k.net.dialer())
 	k.echo = echoClient(t, k.gw.Addrs()[0])
 	waitUntil(t, "ready", func() bool { return readyStatus(t, k.gw) == 200 })

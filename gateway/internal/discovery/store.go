@@ -85,17 +85,6 @@ func (s *Store) Get(service string) (Endpoints, bool) {
 	return eps, ok
 }
 
-// Services returns a copy of every service's endpoints.
-func (s *Store) Services() map[string]Endpoints {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make(map[string]Endpoints, len(s.sets))
-	for k, v := range s.sets {
-		out[k] = v
-	}
-	return out
-}
-
 // Subscribe calls fn with the current state of service and then on every
 // change, until the returned cancel is called. fn must not call back into the
 // Store.

@@ -37,7 +37,7 @@ func TestStaticMarksSynced(t *testing.T) {
 		t.Fatal("synced before any source ran")
 	}
 	Static(s, map[string][]string{"app-service.env1:grpc": {"127.0.0.1:1"}})
-	if !s.Synced() || len(s.Services()) != 1 {
-		t.Fatalf("synced %v, services %v", s.Synced(), s.Services())
+	if eps, ok := s.Get("app-service.env1:grpc"); !s.Synced() || !ok || len(eps) != 1 {
+		t.Fatalf("synced %v, endpoints %v %v", s.Synced(), eps, ok)
 	}
 }

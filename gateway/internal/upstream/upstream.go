@@ -136,13 +136,6 @@ func (p *Pool) removeLater(service string) {
 	}
 }
 
-// Endpoints returns the addresses the connection currently balances over.
-func (c *Conn) Endpoints() discovery.Endpoints {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.eps
-}
-
 // Len is the number of open connections.
 func (p *Pool) Len() int {
 	p.mu.RLock()
