@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -248,6 +249,7 @@ func (c *Config) Defaults() {
 		for env := range c.Discovery.Static {
 			c.Environments = append(c.Environments, env)
 		}
+		slices.Sort(c.Environments) // a stable order for the routing table and its views
 	}
 	for _, l := range c.Listeners {
 		if l.TLS != nil && l.TLS.ReloadInterval == 0 {
