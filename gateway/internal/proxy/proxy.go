@@ -77,6 +77,19 @@ var streamDesc = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 
 var errRouteTimeout = errors.New("route timeout")
 
+// routeTimedOut reports whether the call failed because the route's timeout
+// expired: either our timer fired, or the upstream, which was given the
+// same deadline, hit it first and answered DEADLINE_EXCEEDED.
+func routeTimedOut(upCtx context.Context, err error, c *call, started time.Time) bool {
+	if c.action == nil || c.action.Timeout <= 0 {
+		return false
+	}
+	if context.Cause(upCtx) == errRouteTimeout {
+		return true
+	}
+	return status.Code(err) == codes.DeadlineExceeded && time.Since(started) >= c.action.Timeout-10*time.Millisecond
+}
+
 // halfCloseWait bounds how long a failed attempt waits to learn whether the
 // client's request is complete before giving up on a retry.
 const halfCloseWait = 250 * time.Millisecond
@@ -133,6 +146,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	}
 	// The upstream call ends as soon as this handler returns, whichever side
 	// stopped first, or when the route's timeout expires.
+	started := time.Now()
 	var upCtx context.Context
 	var cancel context.CancelFunc
 	if c.action != nil && c.action.Timeout > 0 {
@@ -170,7 +184,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		if err == nil {
 			return nil
 		}
-		if ctx.Err() == nil && context.Cause(upCtx) == errRouteTimeout {
+		if ctx.Err() == nil && routeTimedOut(upCtx, err, c, started) {
 			// Envoy answers an expired route timeout with 504, which gRPC
 			// clients see as UNAVAILABLE.
 			return status.Errorf(codes.Unavailable, "upstream request timeout: the route's timeout of %v expired", c.action.Timeout)
