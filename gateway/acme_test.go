@@ -5,9 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,28 +20,17 @@ import (
 	"github.com/envgate/envgate/internal/kubetest"
 )
 
-func freeLoopbackPort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, p, _ := net.SplitHostPort(l.Addr().String())
-	return p
-}
-
 // The gateway gets its certificate from an ACME CA, Pebble, answering the
 // TLS-ALPN-01 challenge on its own TLS listener, and grpcurl then calls
 // through it trusting only Pebble's root. Pebble resolves the name with
 // pebble-challtestsrv's DNS, which answers 127.0.0.1.
 func TestACMECertificateFromPebble(t *testing.T) {
 	const host = "envgate.test"
-	dnsPort, acmePort, mgmtPort, gwPort := freeLoopbackPort(t), freeLoopbackPort(t), freeLoopbackPort(t), freeLoopbackPort(t)
+	dnsPort, acmePort, mgmtPort, gwPort := kubetest.FreePort(t), kubetest.FreePort(t), kubetest.FreePort(t), kubetest.FreePort(t)
 	pebbleCerts := filepath.Join(repoBin(t), "pebble-certs")
 	startProcess(t, nil, tool(t, "pebble-challtestsrv"),
 		"-dnsserver", "127.0.0.1:"+dnsPort, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-		"-management", "127.0.0.1:"+freeLoopbackPort(t), "-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "")
+		"-management", "127.0.0.1:"+kubetest.FreePort(t), "-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "")
 
 	cfgFile := filepath.Join(t.TempDir(), "pebble.json")
 	pcfg, _ := json.Marshal(map[string]any{"pebble": map[string]any{
@@ -52,7 +39,7 @@ func TestACMECertificateFromPebble(t *testing.T) {
 		"certificate":                    filepath.Join(pebbleCerts, "cert.pem"),
 		"privateKey":                     filepath.Join(pebbleCerts, "key.pem"),
 		"httpPort":                       5002,
-		"tlsPort":                        mustAtoi(t, gwPort), // TLS-ALPN-01 is checked on the gateway's port
+		"tlsPort":                        json.Number(gwPort), // TLS-ALPN-01 is checked on the gateway's port
 		"ocspResponderURL":               "",
 		"externalAccountBindingRequired": false,
 	}})
@@ -122,14 +109,6 @@ func poolOf(t *testing.T, pemBytes []byte) *x509.CertPool {
 		t.Fatal("no root in Pebble's answer")
 	}
 	return p
-}
-
-func mustAtoi(t *testing.T, s string) int {
-	var n int
-	if _, err := fmt.Sscan(s, &n); err != nil {
-		t.Fatal(err)
-	}
-	return n
 }
 
 // The Secret cache keeps what autocert stores in one Secret, shared by

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -30,25 +32,9 @@ func (h *localHealth) handler(srv any, ss grpc.ServerStream) error {
 	}
 	switch method {
 	case healthpb.Health_Check_FullMethodName:
-		var req healthpb.HealthCheckRequest
-		if err := ss.RecvMsg(&req); err != nil {
-			return err
-		}
-		resp, err := h.srv.Check(ss.Context(), &req)
-		if err != nil {
-			return err
-		}
-		return ss.SendMsg(resp)
+		return unary(ss, h.srv.Check)
 	case healthpb.Health_List_FullMethodName:
-		var req healthpb.HealthListRequest
-		if err := ss.RecvMsg(&req); err != nil {
-			return err
-		}
-		resp, err := h.srv.List(ss.Context(), &req)
-		if err != nil {
-			return err
-		}
-		return ss.SendMsg(resp)
+		return unary(ss, h.srv.List)
 	case healthpb.Health_Watch_FullMethodName:
 		var req healthpb.HealthCheckRequest
 		if err := ss.RecvMsg(&req); err != nil {
@@ -57,4 +43,18 @@ func (h *localHealth) handler(srv any, ss grpc.ServerStream) error {
 		return h.srv.Watch(&req, &grpc.GenericServerStream[healthpb.HealthCheckRequest, healthpb.HealthCheckResponse]{ServerStream: ss})
 	}
 	return status.Error(codes.Internal, "unreachable")
+}
+
+// unary serves a unary method of a local service on a stream the unknown
+// service handler got.
+func unary[Req, Resp any](ss grpc.ServerStream, handle func(context.Context, *Req) (*Resp, error)) error {
+	var req Req
+	if err := ss.RecvMsg(&req); err != nil {
+		return err
+	}
+	resp, err := handle(ss.Context(), &req)
+	if err != nil {
+		return err
+	}
+	return ss.SendMsg(resp)
 }

@@ -104,7 +104,9 @@ func repoRoot() (string, error) {
 	}
 }
 
-func freePort(t testing.TB) string {
+// FreePort returns a loopback port that was free a moment ago, for programs
+// that must be told their port.
+func FreePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -171,7 +173,7 @@ func Start(t testing.TB, opts ...Options) *ControlPlane {
 	etcdBin, apiBin, kcmBin := binary(t, "etcd"), binary(t, "kube-apiserver"), binary(t, "kube-controller-manager")
 
 	// etcd
-	clientPort, peerPort := freePort(t), freePort(t)
+	clientPort, peerPort := FreePort(t), FreePort(t)
 	etcdURL := "http://127.0.0.1:" + clientPort
 	etcd := start(t, etcdBin, "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
@@ -210,7 +212,7 @@ func Start(t testing.TB, opts ...Options) *ControlPlane {
 		}
 	}
 
-	port := freePort(t)
+	port := FreePort(t)
 	cp.URL = "https://127.0.0.1:" + port
 	cp.apiBin = apiBin
 	args := func(port string) []string {
@@ -244,7 +246,7 @@ func Start(t testing.TB, opts ...Options) *ControlPlane {
 	})
 	adminURL := cp.URL
 	if o.SecondAPIServer {
-		port2 := freePort(t)
+		port2 := FreePort(t)
 		cp.secondURL = "https://127.0.0.1:" + port2
 		adminURL = cp.secondURL
 		second := start(t, apiBin, args(port2)...)

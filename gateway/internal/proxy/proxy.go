@@ -15,6 +15,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -155,8 +156,6 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		upCtx, cancel = context.WithCancel(outCtx)
 	}
 	defer cancel()
-	st := newCallState()
-	upCtx = context.WithValue(upCtx, callStateKey{}, st)
 
 	opts := make([]grpc.CallOption, 0, 3)
 	subtype := ""
@@ -171,16 +170,14 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		opts = append(opts, grpc.CallAuthority(a[0]))
 	}
 
-	var retries route.Retries
+	u := &upstreamCall{ss: ss, conn: conn, method: method, opts: opts, c: c, upCtx: upCtx, cancel: cancel,
+		rp: &replay{}, upErr: make(chan error, 1)}
 	if c.action != nil {
-		retries = c.action.Retries
+		u.retries = c.action.Retries
 	}
-	rp := &replay{}
-	defer rp.free()
-	upErr := make(chan error, 1)
-	pumping := false
+	defer u.rp.free()
 	for attempt := 0; ; attempt++ {
-		err := p.attempt(ctx, upCtx, cancel, ss, conn, method, opts, c, rp, upErr, &pumping, attempt, retries)
+		err := p.attempt(u, attempt)
 		if err == nil {
 			return nil
 		}
@@ -191,11 +188,9 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		}
 		// If the client's side failed first (it went away or sent garbage),
 		// that is the call's error rather than the upstream's reaction.
-		clientDone := !pumping
 		select {
-		case e := <-upErr:
-			clientDone = true
-			pumping = false
+		case e := <-u.upErr:
+			u.pumping = false
 			if e != nil {
 				return e
 			}
@@ -203,20 +198,20 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		}
 		// A retry needs nothing sent to the client yet, the whole request
 		// kept, and a condition the route retries on.
-		if attempt >= retries.Attempts || ctx.Err() != nil || upCtx.Err() != nil ||
-			c.headersSent || c.msgsOut > 0 || !retryable(retries, status.Code(err)) {
+		if attempt >= u.retries.Attempts || ctx.Err() != nil || upCtx.Err() != nil ||
+			c.headersSent || c.msgsOut > 0 || !retryable(u.retries, status.Code(err)) {
 			return err
 		}
-		if pumping && !clientDone {
+		if u.pumping {
 			// Whether the request is complete is known once the client
 			// half-closes; a unary request's end follows its message at
 			// once, while a stream that stays open must not hold the
 			// failure back for long.
 			t := time.NewTimer(halfCloseWait)
 			select {
-			case e := <-upErr:
+			case e := <-u.upErr:
 				t.Stop()
-				pumping = false
+				u.pumping = false
 				if e != nil {
 					return e
 				}
@@ -224,55 +219,70 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 				return err
 			}
 		}
-		if !rp.complete() {
+		if !u.rp.complete() {
 			return err
 		}
 		c.retries++
 	}
 }
 
+// upstreamCall is one call's upstream side, across its attempts.
+type upstreamCall struct {
+	ss      grpc.ServerStream
+	conn    grpc.ClientConnInterface
+	method  string
+	opts    []grpc.CallOption
+	c       *call
+	upCtx   context.Context
+	cancel  context.CancelFunc // ends every attempt
+	retries route.Retries
+	rp      *replay
+	// upErr receives the client-to-upstream pump's result; pumping is true
+	// until it has been received.
+	upErr   chan error
+	pumping bool
+}
+
 // attempt sends the call upstream once. The first attempt starts the
 // client-to-upstream pump; later ones replay what it kept.
-func (p *Proxy) attempt(ctx, upCtx context.Context, cancel context.CancelFunc, ss grpc.ServerStream, conn grpc.ClientConnInterface,
-	method string, opts []grpc.CallOption, c *call, rp *replay, upErr chan error, pumping *bool, n int, retries route.Retries,
-) error {
+func (p *Proxy) attempt(u *upstreamCall, n int) error {
 	st := newCallState()
-	actx, acancel := attemptContext(context.WithValue(upCtx, callStateKey{}, st), retries)
+	actx, acancel := attemptContext(context.WithValue(u.upCtx, callStateKey{}, st), u.retries)
 	defer acancel()
-	cs, err := conn.NewStream(actx, streamDesc, method, opts...)
+	cs, err := u.conn.NewStream(actx, streamDesc, u.method, u.opts...)
 	if err != nil {
 		if context.Cause(actx) == errPerTryTimeout {
-			return status.Errorf(codes.Unavailable, "upstream per-try timeout of %v expired", retries.PerTryTimeout)
+			return status.Errorf(codes.Unavailable, "upstream per-try timeout of %v expired", u.retries.PerTryTimeout)
 		}
 		return err
 	}
 	if pr, ok := peer.FromContext(cs.Context()); ok && pr.Addr != nil {
-		c.upstream = pr.Addr.String()
+		u.c.upstream = pr.Addr.String()
 	}
 	if n == 0 {
 		// Client to upstream runs beside; upstream to client runs here,
 		// and its end is the end of the call.
-		*pumping = true
-		keep := rp
-		if retries.Attempts == 0 {
+		u.pumping = true
+		keep := u.rp
+		if u.retries.Attempts == 0 {
 			keep = nil
 		}
 		go func() {
-			err := pumpToUpstream(ss, cs, c, keep)
+			err := pumpToUpstream(u.ss, cs, u.c, keep)
 			if err != nil {
 				// The client's side broke (it went away, or sent a message
 				// over the limit): end the upstream call too, or it would
 				// wait for the rest of a request that never comes.
-				cancel()
+				u.cancel()
 			}
-			upErr <- err
+			u.upErr <- err
 		}()
-	} else if err := rp.sendAll(cs); err != nil {
+	} else if err := u.rp.sendAll(cs); err != nil {
 		return err
 	}
-	err = p.pumpToClient(cs, ss, st, c, rp)
+	err = p.pumpToClient(cs, u.ss, st, u.c, u.rp)
 	if err != nil && context.Cause(actx) == errPerTryTimeout {
-		return status.Errorf(codes.Unavailable, "upstream per-try timeout of %v expired", retries.PerTryTimeout)
+		return status.Errorf(codes.Unavailable, "upstream per-try timeout of %v expired", u.retries.PerTryTimeout)
 	}
 	return err
 }
@@ -425,7 +435,7 @@ func routedTo(ctx context.Context, env string, action *route.Action) {
 func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *call, err error) {
 	code := status.Code(err)
 	attrs := []slog.Attr{
-		slog.String("env", joined(metadata.ValueFromIncomingContext(ctx, p.envHeader))),
+		slog.String("env", strings.Join(metadata.ValueFromIncomingContext(ctx, p.envHeader), ",")),
 		slog.String("method", method),
 		slog.String("upstream", c.upstream),
 		slog.String("code", code.String()),
@@ -434,6 +444,7 @@ func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *
 		slog.Int64("bytes_out", c.bytesOut),
 		slog.Int64("msgs_in", c.msgsIn.Load()),
 		slog.Int64("msgs_out", c.msgsOut),
+		slog.Int("retries", c.retries),
 	}
 	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
 		attrs = append(attrs, slog.String("peer", pr.Addr.String()))
@@ -442,18 +453,4 @@ func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *
 		attrs = append(attrs, slog.String("message", status.Convert(err).Message()))
 	}
 	p.log.LogAttrs(ctx, slog.LevelInfo, "call", attrs...)
-}
-
-func joined(vs []string) string {
-	switch len(vs) {
-	case 0:
-		return ""
-	case 1:
-		return vs[0]
-	}
-	s := vs[0]
-	for _, v := range vs[1:] {
-		s += "," + v
-	}
-	return s
 }
