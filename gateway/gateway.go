@@ -28,7 +28,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -159,11 +158,7 @@ func (g *gateway) setupDiscovery() error {
 			return err
 		}
 		rc.UserAgent = "envgate/" + version
-		client, err := kubernetes.NewForConfig(rc)
-		if err != nil {
-			return fmt.Errorf("kubernetes client: %w", err)
-		}
-		src, err := discovery.NewKubernetes(client, g.store, discovery.KubernetesConfig{
+		src, err := discovery.NewKubernetes(rc, g.store, discovery.KubernetesConfig{
 			Service:           cfg.Routing.Service,
 			Port:              cfg.Routing.Port,
 			Namespaces:        cfg.Environments,
@@ -332,12 +327,13 @@ func (g *gateway) certProvider(t *config.TLS) (certs.Provider, error) {
 		if err != nil {
 			return nil, err
 		}
-		client, err := kubernetes.NewForConfig(rc)
+		rc.UserAgent = "envgate/" + version
+		client, err := dynamic.NewForConfig(rc)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("kubernetes client: %w", err)
 		}
 		ns, name, _ := strings.Cut(a.CacheSecret, "/")
-		c.Cache = &certs.SecretCache{Secrets: client.CoreV1().Secrets(ns), Name: name}
+		c.Cache = &certs.SecretCache{Secrets: client.Resource(certs.SecretsResource).Namespace(ns), Name: name}
 	}
 	return certs.NewACME(c)
 }

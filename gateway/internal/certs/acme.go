@@ -12,10 +12,10 @@ import (
 
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
 // ACMEConfig configures certificates from an ACME CA (Let's Encrypt, or
@@ -78,8 +78,20 @@ func LoadRoots(file string) (*x509.CertPool, error) {
 // instead of each asking the CA. Cache keys become Secret data keys in
 // base64url, since autocert's keys hold characters ("+") Secrets refuse.
 type SecretCache struct {
-	Secrets corev1client.SecretInterface
+	Secrets Secrets
 	Name    string
+}
+
+// SecretsResource is what a dynamic client's Resource takes for Secrets.
+var SecretsResource = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
+
+// Secrets is the part of a dynamic client for the Secrets of one namespace
+// the cache uses (dynamic.ResourceInterface). It is not client-go's typed
+// Secret client, which would link every built-in API type into the gateway.
+type Secrets interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions, subresources ...string) (*unstructured.Unstructured, error)
+	Create(ctx context.Context, obj *unstructured.Unstructured, opts metav1.CreateOptions, subresources ...string) (*unstructured.Unstructured, error)
+	Update(ctx context.Context, obj *unstructured.Unstructured, opts metav1.UpdateOptions, subresources ...string) (*unstructured.Unstructured, error)
 }
 
 var _ autocert.Cache = (*SecretCache)(nil)
@@ -95,7 +107,11 @@ func (s *SecretCache) Get(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certs: secret %s: %w", s.Name, err)
 	}
-	b, ok := sec.Data[secretKey(key)]
+	data, err := secretData(sec)
+	if err != nil {
+		return nil, fmt.Errorf("certs: secret %s: %w", s.Name, err)
+	}
+	b, ok := data[secretKey(key)]
 	if !ok {
 		return nil, autocert.ErrCacheMiss
 	}
@@ -117,8 +133,13 @@ func (s *SecretCache) update(ctx context.Context, change func(map[string][]byte)
 	for attempt := 0; attempt < 5; attempt++ {
 		sec, err := s.Secrets.Get(ctx, s.Name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
-			sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: s.Name}, Type: corev1.SecretTypeOpaque, Data: map[string][]byte{}}
-			change(sec.Data)
+			data := map[string][]byte{}
+			change(data)
+			sec = &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+				"metadata": map[string]any{"name": s.Name},
+			}}
+			setSecretData(sec, data)
 			_, err = s.Secrets.Create(ctx, sec, metav1.CreateOptions{})
 			if apierrors.IsAlreadyExists(err) {
 				continue
@@ -128,11 +149,13 @@ func (s *SecretCache) update(ctx context.Context, change func(map[string][]byte)
 		if err != nil {
 			return wrapSecretErr(s.Name, err)
 		}
-		sec = sec.DeepCopy() // never change what a client may share
-		if sec.Data == nil {
-			sec.Data = map[string][]byte{}
+		data, err := secretData(sec)
+		if err != nil {
+			return wrapSecretErr(s.Name, err)
 		}
-		change(sec.Data)
+		change(data)
+		sec = sec.DeepCopy() // never change what a client may share
+		setSecretData(sec, data)
 		_, err = s.Secrets.Update(ctx, sec, metav1.UpdateOptions{})
 		if apierrors.IsConflict(err) {
 			continue
@@ -140,6 +163,31 @@ func (s *SecretCache) update(ctx context.Context, change func(map[string][]byte)
 		return wrapSecretErr(s.Name, err)
 	}
 	return fmt.Errorf("certs: secret %s: too many conflicting writers", s.Name)
+}
+
+// secretData decodes a Secret's data, which the API carries in base64.
+func secretData(sec *unstructured.Unstructured) (map[string][]byte, error) {
+	raw, _, err := unstructured.NestedStringMap(sec.Object, "data")
+	if err != nil {
+		return nil, err
+	}
+	data := make(map[string][]byte, len(raw))
+	for k, v := range raw {
+		b, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			return nil, fmt.Errorf("data[%s]: %w", k, err)
+		}
+		data[k] = b
+	}
+	return data, nil
+}
+
+func setSecretData(sec *unstructured.Unstructured, data map[string][]byte) {
+	raw := make(map[string]any, len(data))
+	for k, v := range data {
+		raw[k] = base64.StdEncoding.EncodeToString(v)
+	}
+	sec.Object["data"] = raw
 }
 
 func wrapSecretErr(name string, err error) error {

@@ -9,7 +9,6 @@ import (
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/envgate/envgate/gateway/internal/discovery"
 	"github.com/envgate/envgate/internal/kubetest"
@@ -45,7 +44,7 @@ func TestKubernetesSourceFollowsTheCluster(t *testing.T) {
 
 	store := discovery.NewStore()
 	envs := make(chan []string, 100)
-	src, err := discovery.NewKubernetes(kubernetes.NewForConfigOrDie(cp.Config), store, discovery.KubernetesConfig{
+	src, err := discovery.NewKubernetes(cp.Config, store, discovery.KubernetesConfig{
 		Service: "app-service", Port: "grpc",
 		NamespaceSelector: envLabel + "=true",
 		Key:               func(ns string) string { return "app-service." + ns },
@@ -118,7 +117,7 @@ func TestKubernetesSourceWithListedEnvironments(t *testing.T) {
 	cp.AddPod(t, "env1", "a", "app-service", "grpc", 50051, "192.0.2.1", true)
 	cp.AddPod(t, "env2", "a", "app-service", "grpc", 50051, "192.0.2.2", true)
 	store := discovery.NewStore()
-	src, err := discovery.NewKubernetes(kubernetes.NewForConfigOrDie(cp.Config), store, discovery.KubernetesConfig{
+	src, err := discovery.NewKubernetes(cp.Config, store, discovery.KubernetesConfig{
 		Service: "app-service", Port: "50051", Namespaces: []string{"env1"},
 		Key: func(ns string) string { return ns },
 	}, slog.New(slog.DiscardHandler))
