@@ -346,9 +346,18 @@ func tlsCreds(p certs.Provider) credentials.TransportCredentials {
 	return credentials.NewTLS(&tls.Config{GetCertificate: p.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", acme.ALPNProto}})
 }
 
+// streamWorkers is how many goroutines serve calls, ready, per listener: 64
+// took about 5% off the CPU per call at 50 concurrent calls (make bench)
+// for under 2 MB of stacks.
+const streamWorkers = 64
+
 func newServer(cfg *config.Config, creds credentials.TransportCredentials, handler grpc.StreamHandler) *grpc.Server {
 	l := cfg.Limits
 	return grpc.NewServer(
+		// Calls run on long-lived goroutines whose stacks have already
+		// grown, instead of a new goroutine growing its stack on every
+		// call; beyond 64 concurrent calls gRPC starts goroutines again.
+		grpc.NumStreamWorkers(streamWorkers),
 		grpc.Creds(creds),
 		grpc.UnknownServiceHandler(handler),
 		grpc.ForceServerCodecV2(proxy.ServerCodec()),

@@ -104,9 +104,14 @@ func outgoing(ctx context.Context, md metadata.MD) metadata.MD {
 		delete(md, k)
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		ip := p.Addr.String()
-		if host, _, err := net.SplitHostPort(ip); err == nil {
-			ip = host
+		var ip string
+		if a, ok := p.Addr.(*net.TCPAddr); ok {
+			ip = a.IP.String()
+		} else {
+			ip = p.Addr.String()
+			if host, _, err := net.SplitHostPort(ip); err == nil {
+				ip = host
+			}
 		}
 		if prior := md["x-forwarded-for"]; len(prior) > 0 {
 			ip = strings.Join(prior, ", ") + ", " + ip

@@ -40,7 +40,7 @@ type Proxy struct {
 	observer  Observer
 	// debugHeader adds x-envgate-upstream to every response.
 	debugHeader bool
-	codecs      sync.Map // content-subtype -> codec
+	codecs      sync.Map // content-subtype -> grpc.CallOption forcing its codec
 }
 
 // Response headers envgate adds.
@@ -130,6 +130,9 @@ type call struct {
 	bytesOut, msgsOut int64
 	headersSent       bool
 	retries           int
+	// attempt is the current attempt's state, for the upstream connection's
+	// stats handler, which finds the call in the stream's context.
+	attempt atomic.Pointer[callState]
 }
 
 // transportStream is the part of gRPC's server transport stream that tells
@@ -165,7 +168,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 			opts = append(opts, grpc.UseCompressor(comp))
 		}
 	}
-	opts = append(opts, grpc.ForceCodecV2(p.codecFor(subtype)))
+	opts = append(opts, p.codecFor(subtype))
 	if a := metadata.ValueFromIncomingContext(ctx, ":authority"); len(a) == 1 {
 		opts = append(opts, grpc.CallAuthority(a[0]))
 	}
@@ -247,7 +250,8 @@ type upstreamCall struct {
 // client-to-upstream pump; later ones replay what it kept.
 func (p *Proxy) attempt(u *upstreamCall, n int) error {
 	st := newCallState()
-	actx, acancel := attemptContext(context.WithValue(u.upCtx, callStateKey{}, st), u.retries)
+	u.c.attempt.Store(st) // where the stats handler finds it
+	actx, acancel := attemptContext(u.upCtx, u.retries)
 	defer acancel()
 	cs, err := u.conn.NewStream(actx, streamDesc, u.method, u.opts...)
 	if err != nil {
@@ -399,20 +403,22 @@ func (p *Proxy) addOwnHeaders(md metadata.MD, c *call) {
 	}
 }
 
-// codecFor returns a pass-through codec named after the request's content
-// subtype, so application/grpc+json reaches the upstream as it came.
-func (p *Proxy) codecFor(subtype string) encoding.CodecV2 {
+// codecFor returns the call option forcing a pass-through codec named after
+// the request's content subtype, so application/grpc+json reaches the
+// upstream as it came. Options are made once per subtype: they are
+// interface values, and making one per call would allocate.
+func (p *Proxy) codecFor(subtype string) grpc.CallOption {
 	if subtype == "" || subtype == "proto" {
 		return protoFrames
 	}
 	if c, ok := p.codecs.Load(subtype); ok {
-		return c.(codec)
+		return c.(grpc.CallOption)
 	}
-	c, _ := p.codecs.LoadOrStore(subtype, newCodec(subtype))
-	return c.(codec)
+	c, _ := p.codecs.LoadOrStore(subtype, grpc.ForceCodecV2(newCodec(subtype)))
+	return c.(grpc.CallOption)
 }
 
-var protoFrames = newCodec("proto")
+var protoFrames grpc.CallOption = grpc.ForceCodecV2(newCodec("proto"))
 
 type callKey struct{}
 

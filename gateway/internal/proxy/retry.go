@@ -133,10 +133,12 @@ func (r *replay) sendAll(cs interface {
 	return cs.CloseSend()
 }
 
-// attemptContext bounds one attempt by the per-try timeout.
+// attemptContext bounds one attempt by the per-try timeout. Without one
+// the attempt runs in the call's context: an attempt is only retried once
+// its stream has ended, so it needs no cancel of its own.
 func attemptContext(ctx context.Context, r route.Retries) (context.Context, context.CancelFunc) {
 	if r.PerTryTimeout > 0 {
 		return context.WithTimeoutCause(ctx, r.PerTryTimeout, errPerTryTimeout)
 	}
-	return context.WithCancel(ctx)
+	return ctx, func() {}
 }

@@ -16,8 +16,6 @@ type callState struct {
 	comp    string
 }
 
-type callStateKey struct{}
-
 func newCallState() *callState { return &callState{headers: make(chan struct{})} }
 
 // responseCompression waits for the stats handler to have seen the response
@@ -39,7 +37,7 @@ type compressionRecorder struct{}
 
 func (compressionRecorder) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
 	// Called in NewStream, before it returns.
-	if st, ok := ctx.Value(callStateKey{}).(*callState); ok {
+	if st := attemptOf(ctx); st != nil {
 		st.tagged = true
 	}
 	return ctx
@@ -50,10 +48,18 @@ func (compressionRecorder) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	if !ok {
 		return
 	}
-	if st, ok := ctx.Value(callStateKey{}).(*callState); ok && h.Client {
+	if st := attemptOf(ctx); st != nil && h.Client {
 		st.comp = h.Compression
 		close(st.headers)
 	}
+}
+
+// attemptOf returns the state of the call attempt whose stream ctx is.
+func attemptOf(ctx context.Context) *callState {
+	if c, ok := ctx.Value(callKey{}).(*call); ok {
+		return c.attempt.Load()
+	}
+	return nil
 }
 
 func (compressionRecorder) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
