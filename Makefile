@@ -66,9 +66,10 @@ fuzz: ## each fuzz target for a while (FUZZTIME, default 30s)
 	$(GO) test -run XXX -fuzz FuzzRoute -fuzztime $${FUZZTIME:-30s} ./gateway/internal/route
 	$(GO) test -run XXX -fuzz FuzzDirector -fuzztime $${FUZZTIME:-30s} ./gateway/internal/proxy
 
-bench: build $(BIN)/ghz ## micro-benchmarks, then whole-system load against direct, envgate, grpc-proxy, nginx, haproxy
+bench: build $(BIN)/ghz ## micro-benchmarks, then whole-system load against direct, envgate, the grpc-go floor, grpc-proxy, nginx, haproxy
 	$(GO) test -run XXX -bench . -benchmem ./gateway/...
 	$(GOBUILD) -o $(BIN)/bench-grpcproxy ./scripts/bench/grpcproxy
+	$(GOBUILD) -o $(BIN)/bench-floor ./scripts/bench/floor
 	BIN=$(BIN) ./scripts/bench.sh
 
 tools: $(TOOLS)

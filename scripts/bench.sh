@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make bench: the same unary load, back to back in one run, against the echo
 # server directly, through envgate, and through nginx and HAProxy configured
-# to route on the env header with HTTP/2 to the backend, and through the naive
-# mwitkow/grpc-proxy router (scripts/bench/grpcproxy) as a baseline. h2load (raw gRPC
+# to route on the env header with HTTP/2 to the backend, through the naive
+# mwitkow/grpc-proxy router (scripts/bench/grpcproxy) as a baseline, and
+# through the least a grpc-go server + client forwarder can do
+# (scripts/bench/floor), the floor of the stack envgate is built on. h2load (raw gRPC
 # frames) measures throughput and CPU, ghz measures latency. Every run is
 # bounded by a call count and a timeout. Prints one table with ratios to
 # direct and to envgate, measured in this run (the machine is shared).
@@ -102,6 +104,7 @@ start_target() {
       "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx) render "$ROOT/scripts/bench/nginx.conf.in" "$DIR/nginx.conf"
       nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
+    grpcgo-floor) "$BIN/bench-floor" -listen "127.0.0.1:$PORT" -backend "127.0.0.1:$BACKEND_PORT" >"$DIR/floor.log" 2>&1 & ;;
     grpc-proxy) "$BIN/bench-grpcproxy" -listen "127.0.0.1:$PORT" -backend "127.0.0.1:$BACKEND_PORT" >"$DIR/grpcproxy.log" 2>&1 & ;;
     haproxy) render "$ROOT/scripts/bench/haproxy.cfg.in" "$DIR/haproxy.cfg"
       haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
@@ -141,7 +144,7 @@ results="$DIR/results"
 for size in $SIZES; do
   if [ "$size" -ge 65536 ]; then n_ghz=3000; n_h2=8000; else n_ghz=20000; n_h2=60000; fi
   request_file "$size" "$DIR/req.bin"
-  for target in direct envgate grpc-proxy nginx haproxy; do
+  for target in direct envgate grpcgo-floor grpc-proxy nginx haproxy; do
     start_target "$target"
     ghz_latency "$target_port" "$size" 500 >/dev/null # warm up connections and caches
     read -r p50 p99 ok < <(ghz_latency "$target_port" "$size" "$n_ghz")
@@ -171,10 +174,10 @@ awk '
     key = $1 SUBSEP $2; R[key] = $3; P99[key] = $5; C[key] = $6 }
   function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
   END {
-    printf "%-6s %-10s %9s %8s %8s %10s %10s %8s %6s | %-22s | %-22s\n", "size", "target", "rps", "p50 ms", "p99 ms", "proxy cpu", "backnd cpu", "RSS MB", "failed", "vs direct rps/p99", "vs envgate rps/p99/cpu"
+    printf "%-6s %-12s %9s %8s %8s %10s %10s %8s %6s | %-22s | %-22s\n", "size", "target", "rps", "p50 ms", "p99 ms", "proxy cpu", "backnd cpu", "RSS MB", "failed", "vs direct rps/p99", "vs envgate rps/p99/cpu"
     for (i = 1; i <= NR; i++) {
       d = size[i] SUBSEP "direct"; e = size[i] SUBSEP "envgate"
-      printf "%-6s %-10s %9d %8.3f %8.3f %10.3f %10.3f %8.1f %6d | %-22s | %-22s\n", size[i], tgt[i], rps[i], p50[i], p99[i], pcpu[i], bcpu[i], rss[i], fail[i],
+      printf "%-6s %-12s %9d %8.3f %8.3f %10.3f %10.3f %8.1f %6d | %-22s | %-22s\n", size[i], tgt[i], rps[i], p50[i], p99[i], pcpu[i], bcpu[i], rss[i], fail[i],
         ratio(rps[i], R[d]) " / " ratio(p99[i], P99[d]),
         ratio(rps[i], R[e]) " / " ratio(p99[i], P99[e]) " / " ratio(pcpu[i], C[e])
     }
