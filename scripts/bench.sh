@@ -147,7 +147,9 @@ for size in $SIZES; do
   for target in direct envgate grpcgo-floor grpc-proxy nginx haproxy; do
     start_target "$target"
     ghz_latency "$target_port" "$size" 500 >/dev/null # warm up connections and caches
+    g0=0; [ -n "$target_pid" ] && g0=$(cpu_ticks "$target_pid")
     read -r p50 p99 ok < <(ghz_latency "$target_port" "$size" "$n_ghz")
+    g1=0; [ -n "$target_pid" ] && g1=$(cpu_ticks "$target_pid")
     failed=$((n_ghz - ok))
     if [ "$failed" != 0 ]; then
       echo "bench: $target, $size B: $failed of $n_ghz ghz calls failed:" >&2
@@ -161,23 +163,24 @@ for size in $SIZES; do
     rss=0; [ -n "$target_pid" ] && rss=$(peak_rss_kb "$target_pid")
     awk -v s="$size" -v t="$target" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
         -v pc=$((p1 - p0)) -v bc=$((b1 - b0)) -v n="$n_h2" -v tick="$TICK" -v rss="$rss" -v failed="$failed" \
-        'BEGIN { printf "%s %s %.0f %.3f %.3f %.3f %.3f %.1f %d\n", s, t, rps, p50, p99, pc / tick / n * 10000, bc / tick / n * 10000, rss / 1024, failed }' >>"$results"
+        -v gc=$((g1 - g0)) -v ng="$n_ghz" \
+        'BEGIN { printf "%s %s %.0f %.3f %.3f %.3f %.3f %.1f %d %.3f\n", s, t, rps, p50, p99, pc / tick / n * 10000, bc / tick / n * 10000, rss / 1024, failed, gc / tick / ng * 10000 }' >>"$results"
     stop_target
   done
 done
 
 echo
 echo "unary echo.EchoService/Call, $CONC concurrent calls over $CONNS connections; request and response payload of SIZE bytes"
-echo "rps: h2load; p50/p99: ghz; CPU: utime+stime seconds per 10k calls of the h2load run; RSS: peak (VmHWM) of the proxy's processes; failed: ghz calls that did not return OK"
+echo "rps: h2load; p50/p99: ghz; CPU: utime+stime seconds per 10k calls of the h2load run (cpu ghz: of the ghz run); RSS: peak (VmHWM) of the proxy's processes; failed: ghz calls that did not return OK"
 awk '
-  { size[NR] = $1; tgt[NR] = $2; rps[NR] = $3; p50[NR] = $4; p99[NR] = $5; pcpu[NR] = $6; bcpu[NR] = $7; rss[NR] = $8; fail[NR] = $9
+  { size[NR] = $1; tgt[NR] = $2; rps[NR] = $3; p50[NR] = $4; p99[NR] = $5; pcpu[NR] = $6; bcpu[NR] = $7; rss[NR] = $8; fail[NR] = $9; gcpu[NR] = $10
     key = $1 SUBSEP $2; R[key] = $3; P99[key] = $5; C[key] = $6 }
   function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
   END {
-    printf "%-6s %-12s %9s %8s %8s %10s %10s %8s %6s | %-22s | %-22s\n", "size", "target", "rps", "p50 ms", "p99 ms", "proxy cpu", "backnd cpu", "RSS MB", "failed", "vs direct rps/p99", "vs envgate rps/p99/cpu"
+    printf "%-6s %-12s %9s %8s %8s %10s %8s %10s %8s %6s | %-22s | %-22s\n", "size", "target", "rps", "p50 ms", "p99 ms", "proxy cpu", "cpu ghz", "backnd cpu", "RSS MB", "failed", "vs direct rps/p99", "vs envgate rps/p99/cpu"
     for (i = 1; i <= NR; i++) {
       d = size[i] SUBSEP "direct"; e = size[i] SUBSEP "envgate"
-      printf "%-6s %-12s %9d %8.3f %8.3f %10.3f %10.3f %8.1f %6d | %-22s | %-22s\n", size[i], tgt[i], rps[i], p50[i], p99[i], pcpu[i], bcpu[i], rss[i], fail[i],
+      printf "%-6s %-12s %9d %8.3f %8.3f %10.3f %8.3f %10.3f %8.1f %6d | %-22s | %-22s\n", size[i], tgt[i], rps[i], p50[i], p99[i], pcpu[i], gcpu[i], bcpu[i], rss[i], fail[i],
         ratio(rps[i], R[d]) " / " ratio(p99[i], P99[d]),
         ratio(rps[i], R[e]) " / " ratio(p99[i], P99[e]) " / " ratio(pcpu[i], C[e])
     }
