@@ -17,29 +17,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/envgate/envgate/scripts/bench/internal/frames"
 )
-
-// frame carries a message's bytes from one stream to the other unparsed.
-type frame struct{ data mem.BufferSlice }
-
-type codec struct{}
-
-func (codec) Marshal(v any) (mem.BufferSlice, error) {
-	f := v.(*frame)
-	data := f.data
-	f.data = nil
-	return data, nil
-}
-
-func (codec) Unmarshal(data mem.BufferSlice, v any) error {
-	data.Ref()
-	v.(*frame).data = data
-	return nil
-}
-
-func (codec) Name() string { return "proto" }
 
 var desc = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 
@@ -51,7 +32,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	forceCodec := grpc.ForceCodecV2(codec{})
+	forceCodec := grpc.ForceCodecV2(frames.Codec{})
 	handler := func(_ any, ss grpc.ServerStream) error {
 		method, _ := grpc.MethodFromServerStream(ss)
 		md, _ := metadata.FromIncomingContext(ss.Context())
@@ -64,7 +45,7 @@ func main() {
 		// Not waited for, as in grpc-proxy: it ends when the client's side
 		// does, which gRPC ensures once this handler returns.
 		go func() {
-			var f frame
+			var f frames.Frame
 			for {
 				if err := ss.RecvMsg(&f); err != nil {
 					_ = cs.CloseSend()
@@ -80,7 +61,7 @@ func main() {
 				return err
 			}
 		}
-		var f frame
+		var f frames.Frame
 		for {
 			if err = cs.RecvMsg(&f); err != nil {
 				break
@@ -95,7 +76,7 @@ func main() {
 		}
 		return err
 	}
-	srv := grpc.NewServer(grpc.UnknownServiceHandler(handler), grpc.ForceServerCodecV2(codec{}), grpc.NumStreamWorkers(64))
+	srv := grpc.NewServer(grpc.UnknownServiceHandler(handler), grpc.ForceServerCodecV2(frames.Codec{}), grpc.NumStreamWorkers(64))
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Fatal(err)

@@ -23,20 +23,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/envgate/envgate/scripts/bench/internal/frames"
 	"google.golang.org/grpc/status"
 )
-
-type frame struct{ data mem.BufferSlice }
-type codec struct{}
-
-func (codec) Marshal(v any) (mem.BufferSlice, error) {
-	f := v.(*frame)
-	d := f.data
-	f.data = nil
-	return d, nil
-}
-func (codec) Unmarshal(d mem.BufferSlice, v any) error { d.Ref(); v.(*frame).data = d; return nil }
-func (codec) Name() string                             { return "proto" }
 
 type result struct {
 	hdr     metadata.MD
@@ -186,13 +176,13 @@ func main() {
 	handler := func(_ any, ss grpc.ServerStream) error {
 		method, _ := grpc.MethodFromServerStream(ss)
 		md, _ := metadata.FromIncomingContext(ss.Context())
-		var f frame
+		var f frames.Frame
 		if err := ss.RecvMsg(&f); err != nil {
 			return err
 		}
-		msg := f.data.Materialize()
-		f.data.Free()
-		f.data = nil
+		msg := f.Data.Materialize()
+		f.Data.Free()
+		f.Data = nil
 		if err := ss.RecvMsg(&f); err != io.EOF {
 			return status.Error(codes.Unimplemented, "unary only")
 		}
@@ -204,7 +194,7 @@ func main() {
 		b := s.res.body
 		for len(b) >= 5 {
 			n := int(binary.BigEndian.Uint32(b[1:5]))
-			out := frame{data: mem.BufferSlice{mem.SliceBuffer(b[5 : 5+n])}}
+			out := frames.Frame{Data: mem.BufferSlice{mem.SliceBuffer(b[5 : 5+n])}}
 			if err := ss.SendMsg(&out); err != nil {
 				return err
 			}
@@ -221,7 +211,7 @@ func main() {
 		}
 		return nil
 	}
-	srv := grpc.NewServer(grpc.UnknownServiceHandler(handler), grpc.ForceServerCodecV2(codec{}), grpc.NumStreamWorkers(64))
+	srv := grpc.NewServer(grpc.UnknownServiceHandler(handler), grpc.ForceServerCodecV2(frames.Codec{}), grpc.NumStreamWorkers(64))
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Fatal(err)
