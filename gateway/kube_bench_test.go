@@ -89,20 +89,13 @@ func benchEndpointChange(b *testing.B) {
 		// The reference watcher and the gateway get the change
 		// independently; the gateway may be the quicker of the two.
 		var at time.Time
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		waitUntilWithin(bt, 10*time.Second, fmt.Sprintf("change %d: the slice with %s", i, p.ip), func() bool {
 			mu.Lock()
+			defer mu.Unlock()
 			t, ok := seen[p.ip]
-			mu.Unlock()
-			if ok {
-				at = t
-				break
-			}
-			if time.Now().After(deadline) {
-				b.Fatalf("change %d: the slice with %s was never seen", i, p.ip)
-			}
-			time.Sleep(time.Millisecond) // polling a condition, bounded above
-		}
+			at = t
+			return ok
+		})
 		d := first.Sub(at)
 		if d < 0 {
 			ahead++
