@@ -269,9 +269,8 @@ func TestRequestMetadataForwarded(t *testing.T) {
 			t.Errorf("hop-by-hop header %s forwarded: %q", k, v)
 		}
 	}
-	// gRPC sets user-agent per connection, so the client's goes upstream
-	// followed by nothing and the gateway's own instead; see README.
-	if ua := string(got["user-agent"]); !strings.HasPrefix(ua, "envgate/") {
+	// The client's user-agent goes upstream unchanged, as Envoy does.
+	if ua := string(got["user-agent"]); !strings.HasPrefix(ua, "my-client/1.0 grpc-go/") {
 		t.Errorf("user-agent: %q", ua)
 	}
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/certs"
 	"github.com/envgate/envgate/gateway/internal/config"
 	"github.com/envgate/envgate/gateway/internal/discovery"
+	"github.com/envgate/envgate/gateway/internal/h2client"
 	"github.com/envgate/envgate/gateway/internal/metrics"
 	"github.com/envgate/envgate/gateway/internal/proxy"
 	"github.com/envgate/envgate/gateway/internal/route"
@@ -71,9 +72,9 @@ type gateway struct {
 }
 
 // newGateway builds everything and binds the listeners, so that addresses
-// are known (port 0 included) before Run. upstreamOpts are added to the
-// upstream connections' dial options.
-func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialOption) (*gateway, error) {
+// are known (port 0 included) before Run. dial, when not nil, opens the
+// upstream connections (tests map pod addresses with it).
+func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context, string) (net.Conn, error)) (*gateway, error) {
 	table, vs, err := buildTable(cfg)
 	if err != nil {
 		return nil, err
@@ -91,11 +92,12 @@ func newGateway(cfg *config.Config, log *slog.Logger, upstreamOpts ...grpc.DialO
 	}
 
 	maxMsg := cfg.Limits.MaxMessageBytes
-	g.pool = upstream.NewPool(g.store, log, append([]grpc.DialOption{
-		grpc.WithUserAgent("envgate/" + version),
-		grpc.WithStatsHandler(proxy.StatsHandler()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)),
-	}, upstreamOpts...)...)
+	g.pool = upstream.NewPool(g.store, log, h2client.Options{
+		Dial:           dial,
+		UserAgent:      "envgate/" + version,
+		MaxRecvMsgSize: maxMsg,
+		MaxSendMsgSize: maxMsg,
+	})
 	var accessLog *slog.Logger
 	if *cfg.AccessLog {
 		accessLog = log

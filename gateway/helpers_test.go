@@ -139,12 +139,16 @@ type runningGateway struct {
 }
 
 // startGateway runs a gateway until the test ends.
-func startGateway(t testing.TB, cfg *config.Config, logOut io.Writer, upstreamOpts ...grpc.DialOption) *runningGateway {
+func startGateway(t testing.TB, cfg *config.Config, logOut io.Writer, dial ...func(context.Context, string) (net.Conn, error)) *runningGateway {
 	t.Helper()
 	if logOut == nil {
 		logOut = io.Discard
 	}
-	g, err := newGateway(cfg, slog.New(slog.NewJSONHandler(logOut, nil)), upstreamOpts...)
+	var d func(context.Context, string) (net.Conn, error)
+	if len(dial) > 0 {
+		d = dial[0]
+	}
+	g, err := newGateway(cfg, slog.New(slog.NewJSONHandler(logOut, nil)), d)
 	if err != nil {
 		t.Fatal(err)
 	}

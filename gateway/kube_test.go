@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
@@ -45,8 +44,8 @@ type podNet struct {
 
 func newPodNet() *podNet { return &podNet{next: 1, addrs: map[string]string{}} }
 
-func (n *podNet) dialer() grpc.DialOption {
-	return grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+func (n *podNet) dialer() func(context.Context, string) (net.Conn, error) {
+	return func(ctx context.Context, addr string) (net.Conn, error) {
 		n.mu.Lock()
 		real, ok := n.addrs[addr]
 		n.mu.Unlock()
@@ -55,7 +54,7 @@ func (n *podNet) dialer() grpc.DialOption {
 		}
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", real)
-	})
+	}
 }
 
 // pod is a test pod: an API object and the echo server behind it.

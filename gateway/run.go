@@ -45,7 +45,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *kubeconfig != "" && cfg.Discovery.Kubernetes != nil {
 		cfg.Discovery.Kubernetes.Kubeconfig = *kubeconfig
 	}
-	gw, err := newGateway(cfg, log)
+	gw, err := newGateway(cfg, log, nil)
 	if err != nil {
 		return err
 	}

@@ -130,9 +130,15 @@ type call struct {
 	bytesOut, msgsOut int64
 	headersSent       bool
 	retries           int
-	// attempt is the current attempt's state, for the upstream connection's
-	// stats handler, which finds the call in the stream's context.
-	attempt atomic.Pointer[callState]
+}
+
+// upstreamStream is what the proxy learns from an upstream stream beyond
+// grpc.ClientStream, when it offers it: the endpoint it went to, and the
+// compression of its responses, so the client gets them compressed the
+// same way.
+type upstreamStream interface {
+	Addr() string
+	RecvCompress() string
 }
 
 // transportStream is the part of gRPC's server transport stream that tells
@@ -249,8 +255,6 @@ type upstreamCall struct {
 // attempt sends the call upstream once. The first attempt starts the
 // client-to-upstream pump; later ones replay what it kept.
 func (p *Proxy) attempt(u *upstreamCall, n int) error {
-	st := newCallState()
-	u.c.attempt.Store(st) // where the stats handler finds it
 	actx, acancel := attemptContext(u.upCtx, u.retries)
 	defer acancel()
 	cs, err := u.conn.NewStream(actx, streamDesc, u.method, u.opts...)
@@ -260,8 +264,9 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 		}
 		return err
 	}
-	if pr, ok := peer.FromContext(cs.Context()); ok && pr.Addr != nil {
-		u.c.upstream = pr.Addr.String()
+	us, _ := cs.(upstreamStream)
+	if us != nil {
+		u.c.upstream = us.Addr()
 	}
 	if n == 0 {
 		// Client to upstream runs beside; upstream to client runs here,
@@ -284,7 +289,7 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 	} else if err := u.rp.sendAll(cs); err != nil {
 		return err
 	}
-	err = p.pumpToClient(cs, u.ss, st, u.c, u.rp)
+	err = p.pumpToClient(cs, us, u.ss, u.c, u.rp)
 	if err != nil && context.Cause(actx) == errPerTryTimeout {
 		return status.Errorf(codes.Unavailable, "upstream per-try timeout of %v expired", u.retries.PerTryTimeout)
 	}
@@ -333,7 +338,7 @@ func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call, keep *r
 
 // pumpToClient forwards the upstream's headers, messages and trailers, and
 // returns the upstream's status as the call's error.
-func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *callState, c *call, rp *replay) error {
+func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.ServerStream, c *call, rp *replay) error {
 	// Header blocks until the upstream sends headers, answers trailers-only, or
 	// fails; nil headers mean there were none, and the answer stays
 	// trailers-only.
@@ -342,10 +347,12 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, ss grpc.ServerStream, st *cal
 			applyHeaderOps(hdr, c.action.ResponseHeaders)
 		}
 		p.addOwnHeaders(hdr, c)
-		if comp := st.responseCompression(); comp != "" && comp != "identity" {
-			// Fails only when the client does not accept it: then the
-			// response goes uncompressed.
-			_ = grpc.SetSendCompressor(ss.Context(), comp)
+		if us != nil {
+			if comp := us.RecvCompress(); comp != "" && comp != "identity" {
+				// Fails only when the client does not accept it: then
+				// the response goes uncompressed.
+				_ = grpc.SetSendCompressor(ss.Context(), comp)
+			}
 		}
 		if err := ss.SendHeader(hdr); err != nil {
 			return err

@@ -1,7 +1,6 @@
-// Package upstream keeps one gRPC client connection per destination service,
-// fed with that service's endpoints by discovery through a resolver of its
-// own, and balanced per call (round robin over ready endpoints), not per
-// connection.
+// Package upstream keeps one client per destination service, fed with that
+// service's endpoints by discovery and balanced per call (round robin over
+// ready endpoints), not per connection.
 package upstream
 
 import (
@@ -11,10 +10,8 @@ import (
 	"log/slog"
 	"sync"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/envgate/envgate/gateway/internal/discovery"
+	"github.com/envgate/envgate/gateway/internal/h2client"
 )
 
 // ErrNoHealthyUpstream means the destination exists but has no endpoint that
@@ -30,9 +27,9 @@ type Endpoints interface {
 // Pool hands out the connection of a destination, creating it on first use
 // and closing it when discovery removes the service.
 type Pool struct {
-	eps      Endpoints
-	dialOpts []grpc.DialOption
-	log      *slog.Logger
+	eps  Endpoints
+	opts h2client.Options
+	log  *slog.Logger
 
 	mu    sync.RWMutex
 	conns map[string]*Conn
@@ -42,11 +39,10 @@ type Pool struct {
 	kick   chan struct{}
 }
 
-// Conn is one destination's client connection and its current endpoints.
+// Conn is one destination's client and its current endpoints.
 type Conn struct {
-	*grpc.ClientConn
+	*h2client.Client
 	service string
-	res     *endpointResolver
 	cancel  func()
 
 	mu     sync.RWMutex
@@ -54,13 +50,12 @@ type Conn struct {
 	exists bool
 }
 
-// serviceConfig asks for per-call round robin over every resolved address.
-const serviceConfig = `{"loadBalancingConfig":[{"round_robin":{}}]}`
-
-// NewPool returns a pool that dials with opts in addition to its own
-// (plaintext, round robin, resolver per connection).
-func NewPool(eps Endpoints, log *slog.Logger, opts ...grpc.DialOption) *Pool {
-	return &Pool{eps: eps, log: log, dialOpts: opts, conns: map[string]*Conn{}, kick: make(chan struct{}, 1)}
+// NewPool returns a pool whose clients use opts.
+func NewPool(eps Endpoints, log *slog.Logger, opts h2client.Options) *Pool {
+	if opts.Log == nil {
+		opts.Log = log
+	}
+	return &Pool{eps: eps, log: log, opts: opts, conns: map[string]*Conn{}, kick: make(chan struct{}, 1)}
 }
 
 // Get returns the connection for service, or an error wrapping
@@ -99,27 +94,16 @@ func (p *Pool) create(service string) (*Conn, error) {
 	if c, ok := p.conns[service]; ok {
 		return c, nil
 	}
-	c := &Conn{service: service, res: &endpointResolver{}}
+	c := &Conn{service: service, Client: h2client.New(service, p.opts)}
 	c.cancel = p.eps.Subscribe(service, func(eps discovery.Endpoints, exists bool) {
 		c.mu.Lock()
 		c.eps, c.exists = eps, exists
 		c.mu.Unlock()
-		c.res.update(eps)
+		c.Update(eps)
 		if !exists {
 			p.removeLater(service)
 		}
 	})
-	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithResolvers(c.res),
-		grpc.WithDefaultServiceConfig(serviceConfig),
-	}, p.dialOpts...)
-	cc, err := grpc.NewClient(c.res.Scheme()+":///"+service, opts...)
-	if err != nil {
-		c.cancel()
-		return nil, fmt.Errorf("upstream %s: %w", service, err)
-	}
-	c.ClientConn = cc
 	p.conns[service] = c
 	return c, nil
 }
@@ -185,5 +169,5 @@ func (p *Pool) Run(ctx context.Context) error {
 
 func (c *Conn) close() {
 	c.cancel()
-	_ = c.ClientConn.Close()
+	_ = c.Client.Close()
 }

@@ -1,0 +1,422 @@
+// Package h2client is a gRPC client transport over HTTP/2 for a proxy: it
+// implements grpc.ClientConnInterface over one connection per endpoint of a
+// destination, balancing each call round robin over the ready ones.
+//
+// gRPC's own client does the same with more machinery than a proxy uses
+// (a writer goroutine per connection fed through a control buffer, stream
+// bookkeeping for retries, stats, interceptors); on a proxy's upstream side
+// that machinery is most of the CPU a call costs. Here writers write their
+// frames themselves, the last one in flushes, and one reader per connection
+// hands frames to streams. Messages are carried as the codec gives them,
+// with gRPC's buffer pool.
+//
+// What it does: streams both ways with per-stream and per-connection flow
+// control (a message larger than the window is let in whole), the
+// upstream's concurrent stream limit, grpc-timeout from the context's
+// deadline, RST_STREAM when the context ends, binary metadata, per-message
+// compression both ways, trailers-only answers, non-gRPC answers mapped to
+// statuses as the gRPC spec says, GOAWAY (streams the upstream did not take
+// fail with UNAVAILABLE, the connection drains and is replaced), and
+// reconnection with backoff. It speaks plaintext HTTP/2 (h2c) only: the
+// gateway's upstreams are in-cluster services.
+package h2client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// Options configure a Client.
+type Options struct {
+	// Dial opens a connection to an endpoint; nil uses a net.Dialer.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// UserAgent is sent when the call's metadata carries none.
+	UserAgent string
+	// MaxRecvMsgSize and MaxSendMsgSize bound messages; 0 means 4 MiB
+	// received and unlimited sent, as in gRPC.
+	MaxRecvMsgSize, MaxSendMsgSize int
+	// ConnectTimeout bounds a dial and its HTTP/2 handshake; 0 means 20 s.
+	ConnectTimeout time.Duration
+	Log            *slog.Logger
+}
+
+// Client sends calls to a set of endpoints of one destination.
+type Client struct {
+	authority string
+	opts      Options
+	ctx       context.Context
+	stop      context.CancelFunc
+	wg        sync.WaitGroup // endpoint managers and connection readers
+
+	ready atomic.Pointer[[]*conn]
+	next  atomic.Uint32
+
+	mu      sync.Mutex
+	eps     map[string]*endpoint
+	changed chan struct{} // made by waiters, closed when an endpoint changes state
+	closed  bool
+}
+
+type endpoint struct {
+	addr   string
+	ctx    context.Context // ends when the endpoint leaves the set
+	cancel context.CancelFunc
+	conn   *conn // ready connection; under Client.mu
+	err    error // last dial error while not ready
+}
+
+// acceptEncoding lists the compressors this process can decode.
+var acceptEncoding = func() string {
+	var names []string
+	for _, n := range []string{"gzip", "zstd", "snappy", "deflate"} {
+		if encoding.GetCompressor(n) != nil {
+			names = append(names, n)
+		}
+	}
+	return strings.Join(names, ",")
+}()
+
+// New returns a client for the destination named authority (the default
+// :authority of its calls), with no endpoints yet.
+func New(authority string, opts Options) *Client {
+	if opts.Dial == nil {
+		var d net.Dialer
+		opts.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	if opts.MaxRecvMsgSize <= 0 {
+		opts.MaxRecvMsgSize = 4 << 20
+	}
+	if opts.MaxSendMsgSize <= 0 {
+		opts.MaxSendMsgSize = 1<<31 - 1
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 20 * time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	return &Client{authority: authority, opts: opts, ctx: ctx, stop: stop, eps: map[string]*endpoint{}}
+}
+
+// Update sets the endpoints. New ones are connected at once; removed ones
+// take no new calls and their connections close when their calls end.
+func (cl *Client) Update(addrs []string) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.closed {
+		return
+	}
+	for addr, ep := range cl.eps {
+		if !slices.Contains(addrs, addr) {
+			ep.cancel()
+			delete(cl.eps, addr)
+		}
+	}
+	for _, addr := range addrs {
+		if _, ok := cl.eps[addr]; ok {
+			continue
+		}
+		ctx, cancel := context.WithCancel(cl.ctx)
+		ep := &endpoint{addr: addr, ctx: ctx, cancel: cancel}
+		cl.eps[addr] = ep
+		cl.wg.Add(1)
+		go func() {
+			defer cl.wg.Done()
+			cl.manage(ep)
+		}()
+	}
+	cl.changedLocked()
+}
+
+// Done is closed once the client is closed.
+func (cl *Client) Done() <-chan struct{} { return cl.ctx.Done() }
+
+// Close ends every connection at once and waits for the client's
+// goroutines.
+func (cl *Client) Close() error {
+	cl.mu.Lock()
+	cl.closed = true
+	var conns []*conn
+	for _, ep := range cl.eps {
+		if ep.conn != nil {
+			conns = append(conns, ep.conn)
+		}
+	}
+	cl.eps = map[string]*endpoint{}
+	cl.changedLocked()
+	cl.mu.Unlock()
+	cl.stop()
+	for _, c := range conns {
+		c.close()
+	}
+	cl.wg.Wait()
+	return nil
+}
+
+// manage keeps one ready connection to ep while it is in the set: it
+// dials, backs off after failures as gRPC does (1 s growing 1.6 times to
+// 120 s, jittered), and replaces a connection that went away at once.
+func (cl *Client) manage(ep *endpoint) {
+	failures := 0
+	for {
+		ctx, cancel := context.WithTimeout(ep.ctx, cl.opts.ConnectTimeout)
+		c, err := dial(ctx, ep.addr, cl.opts.Dial, &cl.wg)
+		cancel()
+		if err != nil {
+			if ep.ctx.Err() != nil {
+				return
+			}
+			cl.opts.Log.Debug("upstream dial failed", "addr", ep.addr, "err", err)
+			cl.setState(ep, nil, err)
+			t := time.NewTimer(backoff(failures))
+			failures++
+			select {
+			case <-t.C:
+			case <-ep.ctx.Done():
+				t.Stop()
+				return
+			}
+			continue
+		}
+		failures = 0
+		cl.setState(ep, c, nil)
+		select {
+		case <-c.gone:
+			cl.setState(ep, nil, nil)
+		case <-ep.ctx.Done():
+			cl.mu.Lock()
+			closing := cl.closed
+			cl.mu.Unlock()
+			if !closing {
+				cl.setState(ep, nil, nil)
+				c.drain() // calls in flight finish
+			}
+			return
+		}
+	}
+}
+
+func backoff(failures int) time.Duration {
+	d := float64(time.Second)
+	for range failures {
+		if d *= 1.6; d > float64(120*time.Second) {
+			d = float64(120 * time.Second)
+			break
+		}
+	}
+	return time.Duration(d * (0.8 + 0.4*rand.Float64()))
+}
+
+// setState records ep's ready connection (nil while there is none) and
+// its last dial error, and republishes the ready set.
+func (cl *Client) setState(ep *endpoint, c *conn, err error) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	ep.conn, ep.err = c, err
+	if cl.eps[ep.addr] != ep {
+		ep.conn = nil
+	}
+	cl.changedLocked()
+}
+
+func (cl *Client) changedLocked() {
+	var ready []*conn
+	for _, ep := range cl.eps {
+		if ep.conn != nil {
+			ready = append(ready, ep.conn)
+		}
+	}
+	slices.SortFunc(ready, func(a, b *conn) int { return strings.Compare(a.addr, b.addr) })
+	cl.ready.Store(&ready)
+	if cl.changed != nil {
+		close(cl.changed)
+		cl.changed = nil
+	}
+}
+
+// pick returns a ready connection, round robin per call. With none ready
+// it waits while an endpoint is still connecting, and fails with
+// UNAVAILABLE once every endpoint failed to connect, as gRPC's round robin
+// does for calls that do not wait for ready.
+func (cl *Client) pick(ctx context.Context) (*conn, error) {
+	for {
+		if rs := *cl.ready.Load(); len(rs) > 0 {
+			i := int(cl.next.Add(1))
+			for j := range rs {
+				if c := rs[(i+j)%len(rs)]; !c.unusable.Load() {
+					return c, nil
+				}
+			}
+		}
+		cl.mu.Lock()
+		if cl.closed {
+			cl.mu.Unlock()
+			return nil, status.Error(codes.Unavailable, "envgate: upstream client closed")
+		}
+		var errs []error
+		connecting := false
+		for _, ep := range cl.eps {
+			if ep.err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", ep.addr, ep.err))
+			} else {
+				connecting = true
+			}
+		}
+		if !connecting {
+			cl.mu.Unlock()
+			if len(errs) == 0 {
+				return nil, status.Error(codes.Unavailable, "no healthy upstream")
+			}
+			return nil, status.Errorf(codes.Unavailable, "no healthy upstream: connecting failed: %v", errors.Join(errs...))
+		}
+		if cl.changed == nil {
+			cl.changed = make(chan struct{})
+		}
+		ch := cl.changed
+		cl.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctxStatus(ctx).Err()
+		}
+	}
+}
+
+// NewStream starts a call on a picked endpoint. It understands the call
+// options a proxy passes: ForceCodecV2, UseCompressor, CallAuthority,
+// CallContentSubtype and the message size limits.
+func (cl *Client) NewStream(ctx context.Context, _ *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, ctxStatus(ctx).Err()
+	}
+	s := &stream{
+		ctx: ctx, method: method, authority: cl.authority,
+		maxRecv: cl.opts.MaxRecvMsgSize, maxSend: cl.opts.MaxSendMsgSize,
+		recvWin: streamWindow,
+		hdrCh:   make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{}, 1),
+	}
+	subtype := ""
+	var peerOut *peer.Peer
+	for _, o := range opts {
+		switch o := o.(type) {
+		case grpc.ForceCodecV2CallOption:
+			s.codec = o.CodecV2
+			if subtype == "" {
+				subtype = o.CodecV2.Name()
+			}
+		case grpc.ContentSubtypeCallOption:
+			subtype = strings.ToLower(o.ContentSubtype)
+		case grpc.CompressorCallOption:
+			s.compName = o.CompressorType
+		case grpc.AuthorityOverrideCallOption:
+			s.authority = o.Authority
+		case grpc.MaxRecvMsgSizeCallOption:
+			s.maxRecv = o.MaxRecvMsgSize
+		case grpc.MaxSendMsgSizeCallOption:
+			s.maxSend = o.MaxSendMsgSize
+		case grpc.PeerCallOption:
+			peerOut = o.PeerAddr
+		}
+	}
+	if s.codec == nil {
+		if s.codec = encoding.GetCodecV2(subtype); s.codec == nil {
+			s.codec = encoding.GetCodecV2(proto.Name)
+		}
+	}
+	s.contentType = contentTypes[subtype]
+	if s.contentType == "" {
+		s.contentType = "application/grpc+" + subtype
+	}
+	if s.compName == "identity" {
+		s.compName = ""
+	}
+	if s.compName != "" {
+		if s.comp = encoding.GetCompressor(s.compName); s.comp == nil {
+			return nil, status.Errorf(codes.Internal, "grpc: Compressor is not installed for requested grpc-encoding %q", s.compName)
+		}
+	}
+	s.md, _ = metadata.FromOutgoingContext(ctx)
+	s.userAgent = cl.opts.UserAgent
+	if ua := s.md["user-agent"]; len(ua) > 0 {
+		s.userAgent = ua[0]
+	}
+	for {
+		c, err := cl.pick(ctx)
+		if err != nil {
+			return nil, err
+		}
+		s.c = c
+		err = c.open(ctx, s)
+		if errors.Is(err, errUnusable) {
+			continue // it went away between pick and open: nothing was sent
+		}
+		if err != nil {
+			return nil, err
+		}
+		break
+	}
+	if peerOut != nil {
+		*peerOut = peer.Peer{Addr: s.c.nc.RemoteAddr(), LocalAddr: s.c.nc.LocalAddr()}
+	}
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, s.cancel)
+		s.mu.Lock()
+		if s.finished {
+			s.mu.Unlock()
+			stop()
+		} else {
+			s.stopWatch = stop
+			s.mu.Unlock()
+		}
+	}
+	return s, nil
+}
+
+var contentTypes = map[string]string{"": "application/grpc", "proto": "application/grpc"}
+
+var unaryDesc = &grpc.StreamDesc{}
+
+// Invoke makes a unary call.
+func (cl *Client) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	cs, err := cl.NewStream(ctx, unaryDesc, method, opts...)
+	if err != nil {
+		return err
+	}
+	if err := cs.SendMsg(args); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	_ = cs.CloseSend()
+	if err := cs.RecvMsg(reply); err != nil {
+		if errors.Is(err, io.EOF) {
+			return status.Error(codes.Internal, "envgate: the upstream sent no response message")
+		}
+		return err
+	}
+	err = cs.RecvMsg(reply)
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if err == nil {
+		return status.Error(codes.Internal, "envgate: the upstream sent more than one response to a unary call")
+	}
+	return err
+}

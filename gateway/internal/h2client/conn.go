@@ -1,0 +1,561 @@
+package h2client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Flow-control windows this client grants. The connection window is given
+// back as data arrives, so only the stream windows bound what a connection
+// holds for callers that read slowly.
+const (
+	streamWindow = 256 << 10
+	connWindow   = 16 << 20
+	// defaultFrame is HTTP/2's initial maximum frame size.
+	defaultFrame = 16384
+	// maxStreamID is the last client stream ID; the connection is replaced
+	// before it runs out.
+	maxStreamID = 1<<31 - 1
+)
+
+// errUnusable means the connection takes no new streams; the caller picks
+// another.
+var errUnusable = errors.New("connection takes no new streams")
+
+// conn is one HTTP/2 connection to one endpoint. Writers write frames
+// themselves under wmu, and whoever writes last before the lock is free
+// flushes, so concurrent calls share system calls without a writer
+// goroutine. One reader goroutine dispatches what arrives.
+type conn struct {
+	addr string
+	nc   net.Conn
+
+	wmu     sync.Mutex
+	waiting atomic.Int32 // writers waiting for wmu
+	bw      *bufio.Writer
+	henc    *hpack.Encoder
+	hbuf    bytes.Buffer
+	fh      [9]byte
+
+	fr *http2.Framer // the reader goroutine's only
+
+	peerMaxFrame atomic.Int32
+	unusable     atomic.Bool // draining or closed: no new streams
+
+	mu          sync.Mutex
+	streams     map[uint32]*stream
+	nextID      uint32
+	active      int
+	maxStreams  uint32
+	sendWin     int64 // connection-level window the upstream granted
+	peerInitWin int64
+	draining    bool
+	closed      bool
+	err         error
+	changed     chan struct{} // made by waiters, closed on any change
+
+	gone     chan struct{} // closed once the connection takes no new streams
+	goneOnce sync.Once
+	done     chan struct{} // closed when the reader has exited
+}
+
+// dial connects to addr and completes the HTTP/2 handshake: the connection
+// is returned once the upstream's SETTINGS arrived, as gRPC waits for a
+// server preface before calling a connection ready. wg owns the reader.
+func dial(ctx context.Context, addr string, d func(context.Context, string) (net.Conn, error), wg *sync.WaitGroup) (*conn, error) {
+	nc, err := d(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	c := &conn{
+		addr: addr, nc: nc,
+		bw:          bufio.NewWriterSize(nc, 32<<10),
+		streams:     map[uint32]*stream{},
+		nextID:      1,
+		maxStreams:  ^uint32(0),
+		sendWin:     65535,
+		peerInitWin: 65535,
+		gone:        make(chan struct{}),
+		done:        make(chan struct{}),
+	}
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.peerMaxFrame.Store(defaultFrame)
+	c.fr = http2.NewFramer(nil, bufio.NewReaderSize(nc, 32<<10))
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.fr.MaxHeaderListSize = 16 << 20
+
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	err = c.handshake()
+	if !stop() || err != nil {
+		nc.Close()
+		if err == nil || ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
+		return nil, fmt.Errorf("HTTP/2 handshake with %s: %w", addr, err)
+	}
+	_ = nc.SetDeadline(time.Time{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.readLoop()
+	}()
+	return c, nil
+}
+
+func (c *conn) handshake() error {
+	_, _ = c.bw.WriteString(http2.ClientPreface)
+	c.writeSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow})
+	c.writeWindowUpdate(0, connWindow-65535)
+	if err := c.bw.Flush(); err != nil {
+		return err
+	}
+	f, err := c.fr.ReadFrame()
+	if err != nil {
+		return err
+	}
+	sf, ok := f.(*http2.SettingsFrame)
+	if !ok || sf.IsAck() {
+		return fmt.Errorf("upstream's first frame is %v, not SETTINGS", f.Header().Type)
+	}
+	return c.onSettings(sf)
+}
+
+// Frame writing; every write* runs under wmu.
+
+func (c *conn) frameHeader(length int, t http2.FrameType, flags http2.Flags, id uint32) {
+	h := c.fh[:]
+	h[0], h[1], h[2] = byte(length>>16), byte(length>>8), byte(length)
+	h[3], h[4] = byte(t), byte(flags)
+	binary.BigEndian.PutUint32(h[5:], id)
+	_, _ = c.bw.Write(h)
+}
+
+func (c *conn) writeSettings(s ...http2.Setting) {
+	c.frameHeader(6*len(s), http2.FrameSettings, 0, 0)
+	var b [6]byte
+	for _, x := range s {
+		binary.BigEndian.PutUint16(b[:2], uint16(x.ID))
+		binary.BigEndian.PutUint32(b[2:], x.Val)
+		_, _ = c.bw.Write(b[:])
+	}
+}
+
+func (c *conn) writeWindowUpdate(id uint32, inc uint32) {
+	c.frameHeader(4, http2.FrameWindowUpdate, 0, id)
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], inc)
+	_, _ = c.bw.Write(b[:])
+}
+
+func (c *conn) writeRST(id uint32, code http2.ErrCode) {
+	c.frameHeader(4, http2.FrameRSTStream, 0, id)
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], uint32(code))
+	_, _ = c.bw.Write(b[:])
+}
+
+// writeHeaderBlock writes hbuf as HEADERS and as many CONTINUATION frames
+// as the upstream's frame size needs.
+func (c *conn) writeHeaderBlock(id uint32) {
+	block := c.hbuf.Bytes()
+	max := int(c.peerMaxFrame.Load())
+	t := http2.FrameHeaders
+	for {
+		n := min(len(block), max)
+		var flags http2.Flags
+		if n == len(block) {
+			flags = http2.FlagHeadersEndHeaders // same bit as CONTINUATION's
+		}
+		c.frameHeader(n, t, flags, id)
+		_, _ = c.bw.Write(block[:n])
+		block = block[n:]
+		if len(block) == 0 {
+			return
+		}
+		t = http2.FrameContinuation
+	}
+}
+
+// lockWrite takes the write lock, counting itself as waiting meanwhile so
+// the holder leaves the flush to it.
+func (c *conn) lockWrite() {
+	c.waiting.Add(1)
+	c.wmu.Lock()
+	c.waiting.Add(-1)
+}
+
+// unlockWrite flushes unless another writer is waiting, which will.
+func (c *conn) unlockWrite() {
+	var err error
+	if c.waiting.Load() == 0 {
+		err = c.bw.Flush()
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.fail(fmt.Errorf("write: %w", err))
+	}
+}
+
+// open registers s and sends its request headers.
+func (c *conn) open(ctx context.Context, s *stream) error {
+	c.mu.Lock()
+	for c.active >= int(c.maxStreams) && !c.draining && !c.closed {
+		// The upstream's concurrent stream limit: wait for a slot, as
+		// gRPC does.
+		ch := c.waitLocked()
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctxStatus(ctx).Err()
+		}
+		c.mu.Lock()
+	}
+	if c.draining || c.closed {
+		c.mu.Unlock()
+		return errUnusable
+	}
+	c.active++
+	s.sendWin = c.peerInitWin
+	c.mu.Unlock()
+
+	c.lockWrite()
+	c.mu.Lock()
+	if c.closed || c.draining || c.nextID > maxStreamID {
+		c.active--
+		c.setDrainingLocked()
+		c.mu.Unlock()
+		c.wmu.Unlock()
+		return errUnusable
+	}
+	s.id = c.nextID
+	c.nextID += 2
+	c.streams[s.id] = s
+	if c.nextID > maxStreamID {
+		c.setDrainingLocked()
+	}
+	c.mu.Unlock()
+	c.hbuf.Reset()
+	s.encodeHeaders(c.henc)
+	c.writeHeaderBlock(s.id)
+	c.unlockWrite()
+	return nil
+}
+
+// writeData sends one message, in as many DATA frames as the windows and
+// the frame size allow, waiting for the upstream to grant more as needed.
+func (c *conn) writeData(s *stream, bufs [][]byte, total int) error {
+	for total > 0 {
+		c.mu.Lock()
+		n := int64(total)
+		n = min(n, s.sendWin, c.sendWin)
+		if n <= 0 {
+			if c.closed {
+				c.mu.Unlock()
+				return errStreamDone
+			}
+			ch := c.waitLocked()
+			c.mu.Unlock()
+			select {
+			case <-ch:
+			case <-s.done:
+				return errStreamDone
+			}
+			continue
+		}
+		s.sendWin -= n
+		c.sendWin -= n
+		c.mu.Unlock()
+
+		c.lockWrite()
+		if s.sendClosed {
+			c.wmu.Unlock()
+			return errStreamDone
+		}
+		max := int(c.peerMaxFrame.Load())
+		for left := int(n); left > 0; {
+			m := min(left, max)
+			c.frameHeader(m, http2.FrameData, 0, s.id)
+			for w := m; w > 0; {
+				k := min(w, len(bufs[0]))
+				_, _ = c.bw.Write(bufs[0][:k])
+				bufs[0] = bufs[0][k:]
+				if len(bufs[0]) == 0 {
+					bufs = bufs[1:]
+				}
+				w -= k
+			}
+			left -= m
+		}
+		c.unlockWrite()
+		total -= int(n)
+	}
+	return nil
+}
+
+// closeSend half-closes s.
+func (c *conn) closeSend(s *stream) {
+	c.lockWrite()
+	if s.sendClosed {
+		c.wmu.Unlock()
+		return
+	}
+	s.sendClosed = true
+	c.frameHeader(0, http2.FrameData, http2.FlagDataEndStream, s.id)
+	c.unlockWrite()
+}
+
+// reset sends RST_STREAM for s unless it is closed on our side already.
+func (c *conn) reset(s *stream, code http2.ErrCode) {
+	c.lockWrite()
+	if s.sendClosed {
+		c.wmu.Unlock()
+		return
+	}
+	s.sendClosed = true
+	c.writeRST(s.id, code)
+	c.unlockWrite()
+}
+
+// windowUpdate grants the upstream inc more bytes on stream id (0: the
+// connection).
+func (c *conn) windowUpdate(id uint32, inc int64) {
+	c.lockWrite()
+	c.writeWindowUpdate(id, uint32(inc))
+	c.unlockWrite()
+}
+
+// waitLocked returns a channel closed at the next change of windows,
+// streams or state.
+func (c *conn) waitLocked() chan struct{} {
+	if c.changed == nil {
+		c.changed = make(chan struct{})
+	}
+	return c.changed
+}
+
+func (c *conn) broadcastLocked() {
+	if c.changed != nil {
+		close(c.changed)
+		c.changed = nil
+	}
+}
+
+func (c *conn) setDrainingLocked() {
+	c.draining = true
+	c.unusable.Store(true)
+	c.goneOnce.Do(func() { close(c.gone) })
+	if c.active == 0 && !c.closed {
+		c.closeLocked(errors.New("drained"))
+	}
+}
+
+// drain stops new streams and closes the connection once its streams end.
+func (c *conn) drain() {
+	c.mu.Lock()
+	c.setDrainingLocked()
+	c.mu.Unlock()
+}
+
+func (c *conn) closeLocked(err error) {
+	c.closed = true
+	c.err = err
+	c.unusable.Store(true)
+	c.goneOnce.Do(func() { close(c.gone) })
+	c.broadcastLocked()
+	_ = c.nc.Close()
+}
+
+// fail closes the connection and ends every stream on it with UNAVAILABLE.
+func (c *conn) fail(err error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closeLocked(err)
+	streams := c.streams
+	c.streams = map[uint32]*stream{}
+	c.active = 0
+	c.mu.Unlock()
+	st := status.New(codes.Unavailable, fmt.Sprintf("upstream connection to %s lost: %v", c.addr, err))
+	for _, s := range streams {
+		s.finish(st, nil, false)
+	}
+}
+
+// close ends the connection at once.
+func (c *conn) close() { c.fail(errors.New("connection closed by envgate")) }
+
+// remove forgets a finished stream.
+func (c *conn) remove(s *stream) {
+	c.mu.Lock()
+	if c.streams[s.id] == s {
+		delete(c.streams, s.id)
+		c.active--
+		c.broadcastLocked()
+		if c.draining && c.active == 0 && !c.closed {
+			c.closeLocked(errors.New("drained"))
+		}
+	}
+	c.mu.Unlock()
+}
+
+func (c *conn) stream(id uint32) *stream {
+	c.mu.Lock()
+	s := c.streams[id]
+	c.mu.Unlock()
+	return s
+}
+
+func (c *conn) readLoop() {
+	defer close(c.done)
+	recvUnacked := int64(0)
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				if s := c.stream(se.StreamID); s != nil {
+					s.fail(status.New(codes.Internal, fmt.Sprintf("upstream stream error: %v", se)), se.Code)
+				}
+				continue
+			}
+			c.fail(fmt.Errorf("read: %w", err))
+			return
+		}
+		switch f := f.(type) {
+		case *http2.DataFrame:
+			n := int64(f.Length)
+			if recvUnacked += n; recvUnacked >= connWindow/4 {
+				c.windowUpdate(0, recvUnacked)
+				recvUnacked = 0
+			}
+			if s := c.stream(f.StreamID); s != nil {
+				s.onData(f.Data(), n, f.StreamEnded())
+			}
+		case *http2.MetaHeadersFrame:
+			if s := c.stream(f.StreamID); s != nil {
+				s.onHeaders(f)
+			}
+		case *http2.RSTStreamFrame:
+			if s := c.stream(f.StreamID); s != nil {
+				s.finish(resetStatus(f.ErrCode), nil, true)
+			}
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				if err := c.onSettings(f); err != nil {
+					c.fail(err)
+					return
+				}
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				c.lockWrite()
+				c.frameHeader(8, http2.FramePing, http2.FlagPingAck, 0)
+				_, _ = c.bw.Write(f.Data[:])
+				c.unlockWrite()
+			}
+		case *http2.GoAwayFrame:
+			c.onGoAway(f)
+		case *http2.WindowUpdateFrame:
+			c.mu.Lock()
+			if f.StreamID == 0 {
+				c.sendWin += int64(f.Increment)
+			} else if s := c.streams[f.StreamID]; s != nil {
+				s.sendWin += int64(f.Increment)
+			}
+			c.broadcastLocked()
+			c.mu.Unlock()
+		case *http2.PushPromiseFrame:
+			c.fail(errors.New("PUSH_PROMISE received with push disabled"))
+			return
+		}
+	}
+}
+
+func (c *conn) onSettings(f *http2.SettingsFrame) error {
+	var tableSize *uint32
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		switch s.ID {
+		case http2.SettingMaxFrameSize:
+			c.peerMaxFrame.Store(int32(s.Val))
+		case http2.SettingMaxConcurrentStreams:
+			c.mu.Lock()
+			c.maxStreams = s.Val
+			c.broadcastLocked()
+			c.mu.Unlock()
+		case http2.SettingInitialWindowSize:
+			c.mu.Lock()
+			delta := int64(s.Val) - c.peerInitWin
+			c.peerInitWin = int64(s.Val)
+			for _, st := range c.streams {
+				st.sendWin += delta
+			}
+			c.broadcastLocked()
+			c.mu.Unlock()
+		case http2.SettingHeaderTableSize:
+			v := s.Val
+			tableSize = &v
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	c.lockWrite()
+	if tableSize != nil {
+		c.henc.SetMaxDynamicTableSizeLimit(*tableSize)
+	}
+	c.frameHeader(0, http2.FrameSettings, http2.FlagSettingsAck, 0)
+	c.unlockWrite()
+	return nil
+}
+
+// onGoAway stops new streams; the streams the upstream did not take fail
+// with UNAVAILABLE, as never processed, and the rest finish.
+func (c *conn) onGoAway(f *http2.GoAwayFrame) {
+	c.mu.Lock()
+	c.draining = true
+	c.unusable.Store(true)
+	c.goneOnce.Do(func() { close(c.gone) })
+	var refused []*stream
+	for id, s := range c.streams {
+		if id > f.LastStreamID {
+			refused = append(refused, s)
+		}
+	}
+	c.mu.Unlock()
+	st := status.New(codes.Unavailable, fmt.Sprintf("upstream %s is going away (GOAWAY %v) and did not take the call", c.addr, f.ErrCode))
+	for _, s := range refused {
+		s.finish(st, nil, true)
+	}
+	c.mu.Lock()
+	if c.active == 0 && !c.closed {
+		c.closeLocked(errors.New("drained after GOAWAY"))
+	}
+	c.mu.Unlock()
+}

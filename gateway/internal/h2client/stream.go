@@ -1,0 +1,533 @@
+package h2client
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// errStreamDone means the stream ended before a write; the caller learns
+// why from RecvMsg, as with gRPC's own client streams.
+var errStreamDone = errors.New("stream done")
+
+var pool = mem.DefaultBufferPool()
+
+// stream is one call on a connection. It implements grpc.ClientStream.
+type stream struct {
+	c         *conn
+	id        uint32
+	ctx       context.Context
+	stopWatch func() bool
+
+	// Request, fixed before open.
+	method, authority, contentType, userAgent string
+	md                                        metadata.MD
+	codec                                     encoding.CodecV2
+	comp                                      encoding.Compressor
+	compName                                  string
+	maxRecv, maxSend                          int
+
+	sendWin    int64 // under c.mu
+	sendClosed bool  // under c.wmu: END_STREAM or RST_STREAM sent
+	sendBufs   [4][]byte
+
+	mu          sync.Mutex
+	q           bufQueue
+	recvWin     int64 // bytes the upstream may still send
+	ackPending  int64 // bytes read and not yet granted back
+	gotHeaders  bool
+	header      metadata.MD
+	recvComp    string
+	trailer     metadata.MD
+	final       *status.Status
+	finished    bool
+	hdrCh       chan struct{} // closed on headers or finish
+	done        chan struct{} // closed on finish
+	wake        chan struct{} // signals the reader of new data
+	headersDone bool
+}
+
+func (s *stream) Context() context.Context { return s.ctx }
+
+// Addr is the upstream endpoint the stream went to.
+func (s *stream) Addr() string { return s.c.addr }
+
+// RecvCompress is the upstream's response compression, once Header
+// returned.
+func (s *stream) RecvCompress() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recvComp
+}
+
+// encodeHeaders writes the request's header block; called under c.wmu.
+func (s *stream) encodeHeaders(enc *hpack.Encoder) {
+	w := func(k, v string) { _ = enc.WriteField(hpack.HeaderField{Name: k, Value: v}) }
+	w(":method", "POST")
+	w(":scheme", "http")
+	w(":path", s.method)
+	w(":authority", s.authority)
+	w("content-type", s.contentType)
+	w("user-agent", s.userAgent)
+	w("te", "trailers")
+	if s.compName != "" {
+		w("grpc-encoding", s.compName)
+	}
+	w("grpc-accept-encoding", acceptEncoding)
+	if dl, ok := s.ctx.Deadline(); ok {
+		w("grpc-timeout", encodeTimeout(time.Until(dl)))
+	}
+	for k, vs := range s.md {
+		if reserved(k) {
+			continue
+		}
+		bin := isBin(k)
+		for _, v := range vs {
+			if bin {
+				v = encodeBin(v)
+			}
+			w(k, v)
+		}
+	}
+}
+
+// SendMsg sends one message. It returns io.EOF when the stream has ended;
+// RecvMsg then tells why.
+func (s *stream) SendMsg(m any) error {
+	data, err := s.codec.Marshal(m)
+	if err != nil {
+		return status.Errorf(codes.Internal, "envgate: marshaling the request: %v", err)
+	}
+	defer func() { data.Free() }() // data may be replaced by its compressed form
+	var flag byte
+	if s.comp != nil {
+		var out mem.BufferSlice
+		w := mem.NewWriter(&out, pool)
+		cw, err := s.comp.Compress(w)
+		if err == nil {
+			for _, b := range data {
+				if _, err = cw.Write(b.ReadOnlyData()); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				err = cw.Close()
+			}
+		}
+		if err != nil {
+			out.Free()
+			return status.Errorf(codes.Internal, "envgate: compressing the request: %v", err)
+		}
+		data.Free()
+		data = out
+		flag = 1
+	}
+	n := data.Len()
+	if n > s.maxSend {
+		return status.Errorf(codes.ResourceExhausted, "grpc: trying to send message larger than max (%d vs. %d)", n, s.maxSend)
+	}
+	var prefix [5]byte
+	prefix[0] = flag
+	binary.BigEndian.PutUint32(prefix[1:], uint32(n))
+	bufs := s.sendBufs[:0]
+	bufs = append(bufs, prefix[:])
+	for _, b := range data {
+		bufs = append(bufs, b.ReadOnlyData())
+	}
+	if err := s.c.writeData(s, bufs, 5+n); err != nil {
+		return io.EOF
+	}
+	return nil
+}
+
+// CloseSend half-closes the request.
+func (s *stream) CloseSend() error {
+	s.c.closeSend(s)
+	return nil
+}
+
+// Header waits for the response headers. A trailers-only answer has none:
+// nil, with the call's error if it failed.
+func (s *stream) Header() (metadata.MD, error) {
+	<-s.hdrCh
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.header == nil && s.finished {
+		return nil, s.final.Err()
+	}
+	return s.header, nil
+}
+
+// Trailer returns the trailers once RecvMsg returned an error.
+func (s *stream) Trailer() metadata.MD {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.trailer
+}
+
+// RecvMsg receives the next message: io.EOF after the last one of a call
+// that succeeded, the call's status error otherwise.
+func (s *stream) RecvMsg(m any) error {
+	for {
+		s.mu.Lock()
+		if s.q.n >= 5 {
+			var pfx [5]byte
+			s.q.peek(pfx[:])
+			size := int64(binary.BigEndian.Uint32(pfx[1:]))
+			if size > int64(s.maxRecv) {
+				s.mu.Unlock()
+				st := status.Newf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", size, s.maxRecv)
+				s.fail(st, http2.ErrCodeCancel)
+				return st.Err()
+			}
+			if need := 5 + size; int64(s.q.n) >= need {
+				s.q.discard(5)
+				data := s.q.take(int(size))
+				grant := s.consumedLocked(need)
+				s.mu.Unlock()
+				if grant > 0 {
+					s.c.windowUpdate(s.id, grant)
+				}
+				return s.decode(pfx[0], data, m)
+			} else if missing := need - int64(s.q.n); missing > s.recvWin && !s.finished {
+				// A message larger than the window: let all of it in.
+				grant := missing - s.recvWin + s.ackPending
+				s.recvWin += grant
+				s.ackPending = 0
+				s.mu.Unlock()
+				s.c.windowUpdate(s.id, grant)
+				continue
+			}
+		}
+		if s.finished {
+			st, partial := s.final, s.q.n > 0
+			s.q.free()
+			s.mu.Unlock()
+			if st.Code() != codes.OK {
+				return st.Err()
+			}
+			if partial {
+				return status.Error(codes.Internal, "envgate: the upstream ended the call inside a message")
+			}
+			return io.EOF
+		}
+		s.mu.Unlock()
+		<-s.wake
+	}
+}
+
+// consumedLocked accounts n bytes read and returns the window to give back.
+func (s *stream) consumedLocked(n int64) int64 {
+	s.ackPending += n
+	if s.ackPending < streamWindow/4 || s.finished {
+		return 0
+	}
+	g := s.ackPending
+	s.recvWin += g
+	s.ackPending = 0
+	return g
+}
+
+func (s *stream) decode(flag byte, data mem.BufferSlice, m any) error {
+	if flag&1 != 0 {
+		s.mu.Lock()
+		name := s.recvComp
+		s.mu.Unlock()
+		var err error
+		if data, err = decompress(name, data, s.maxRecv); err != nil {
+			return err
+		}
+	}
+	err := s.codec.Unmarshal(data, m)
+	data.Free()
+	if err != nil {
+		return status.Errorf(codes.Internal, "envgate: unmarshaling the response: %v", err)
+	}
+	return nil
+}
+
+func decompress(name string, data mem.BufferSlice, max int) (mem.BufferSlice, error) {
+	defer data.Free()
+	if name == "" || name == "identity" {
+		return nil, status.Error(codes.Internal, "grpc: compressed flag set with identity or empty encoding")
+	}
+	comp := encoding.GetCompressor(name)
+	if comp == nil {
+		return nil, status.Errorf(codes.Internal, "grpc: Decompressor is not installed for grpc-encoding %q", name)
+	}
+	r, err := comp.Decompress(data.Reader())
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "grpc: failed to decompress the received message: %v", err)
+	}
+	out, err := mem.ReadAll(io.LimitReader(r, int64(max)+1), pool)
+	if err != nil {
+		out.Free()
+		return nil, status.Errorf(codes.Internal, "grpc: failed to decompress the received message: %v", err)
+	}
+	if out.Len() > max {
+		out.Free()
+		return nil, status.Errorf(codes.ResourceExhausted, "grpc: received message after decompression larger than max %d", max)
+	}
+	return out, nil
+}
+
+// onData takes a DATA frame's payload; n counts its padding too.
+func (s *stream) onData(data []byte, n int64, end bool) {
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return
+	}
+	if s.recvWin -= n; s.recvWin < 0 {
+		s.mu.Unlock()
+		s.fail(status.New(codes.Internal, "envgate: the upstream sent more than the stream's flow-control window"), http2.ErrCodeFlowControl)
+		return
+	}
+	if !s.gotHeaders {
+		s.mu.Unlock()
+		s.fail(status.New(codes.Internal, "envgate: the upstream sent data before response headers"), http2.ErrCodeProtocol)
+		return
+	}
+	if len(data) > 0 {
+		s.q.push(mem.Copy(data, pool))
+	}
+	s.ackPending += n - int64(len(data)) // padding is never read
+	s.mu.Unlock()
+	if end {
+		s.finish(status.New(codes.Internal, "envgate: the upstream closed the stream without sending trailers"), nil, true)
+		return
+	}
+	s.signal()
+}
+
+func (s *stream) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// onHeaders takes response headers, or trailers.
+func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
+	end := f.StreamEnded()
+	s.mu.Lock()
+	got := s.gotHeaders
+	s.mu.Unlock()
+	if got && !end {
+		s.fail(status.New(codes.Internal, "a HEADERS frame cannot appear in the middle of a stream"), http2.ErrCodeProtocol)
+		return
+	}
+	if f.Truncated {
+		s.fail(status.New(codes.Internal, "upstream header list size exceeded limit"), http2.ErrCodeFrameSize)
+		return
+	}
+	var (
+		md          = metadata.MD{}
+		httpStatus  string
+		contentType string
+		grpcStatus  = ""
+		grpcMessage string
+		comp        string
+	)
+	for _, hf := range f.Fields {
+		switch hf.Name {
+		case ":status":
+			httpStatus = hf.Value
+		case "content-type":
+			contentType = hf.Value
+		case "grpc-status":
+			grpcStatus = hf.Value
+		case "grpc-message":
+			grpcMessage = decodeMessage(hf.Value)
+		case "grpc-encoding":
+			comp = hf.Value
+		default:
+			if !responseMetadata(hf.Name) {
+				continue
+			}
+			v := hf.Value
+			if isBin(hf.Name) {
+				var err error
+				if v, err = decodeBin(v); err != nil {
+					s.fail(status.Newf(codes.Internal, "transport: malformed %s: %v", hf.Name, err), http2.ErrCodeProtocol)
+					return
+				}
+			}
+			md[hf.Name] = append(md[hf.Name], v)
+		}
+	}
+	if !got {
+		if st := checkResponse(httpStatus, contentType); st != nil {
+			s.fail(st, http2.ErrCodeProtocol)
+			return
+		}
+	}
+	if !end {
+		s.mu.Lock()
+		s.gotHeaders = true
+		s.header = md
+		s.recvComp = comp
+		if !s.headersDone {
+			s.headersDone = true
+			close(s.hdrCh)
+		}
+		s.mu.Unlock()
+		return
+	}
+	code := codes.Unknown
+	if grpcStatus != "" {
+		c, err := strconv.ParseUint(grpcStatus, 10, 32)
+		if err != nil {
+			s.finish(status.Newf(codes.Unknown, "transport: malformed grpc-status: %v", err), md, true)
+			return
+		}
+		code = codes.Code(c)
+	}
+	s.finish(finalStatus(code, grpcMessage, md["grpc-status-details-bin"]), md, true)
+}
+
+// checkResponse returns the status of a response that is not gRPC's.
+func checkResponse(httpStatus, contentType string) *status.Status {
+	var errs []string
+	code := codes.Internal
+	if httpStatus == "" {
+		errs = append(errs, "malformed header: missing HTTP status")
+	} else if httpStatus != "200" {
+		n, err := strconv.Atoi(httpStatus)
+		if err != nil {
+			return status.Newf(codes.Internal, "transport: malformed http-status: %v", err)
+		}
+		code = httpStatusCode(n)
+		errs = append(errs, fmt.Sprintf("unexpected HTTP status code received from server: %d (%s)", n, http.StatusText(n)))
+	}
+	if contentType == "" {
+		errs = append(errs, "malformed header: missing HTTP content-type")
+	} else if contentType != "application/grpc" && !strings.HasPrefix(contentType, "application/grpc+") && !strings.HasPrefix(contentType, "application/grpc;") {
+		errs = append(errs, fmt.Sprintf("transport: received unexpected content-type %q", contentType))
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	if code == codes.Internal && httpStatus == "200" {
+		code = codes.Unknown
+	}
+	return status.New(code, strings.Join(errs, "; "))
+}
+
+// fail ends the stream on our side with st and resets it with code.
+func (s *stream) fail(st *status.Status, code http2.ErrCode) {
+	if s.finish(st, nil, false) {
+		s.c.reset(s, code)
+	}
+}
+
+// finish records the call's end once; it reports whether this call did.
+// remoteDone says the upstream closed its side, so no reset is owed.
+func (s *stream) finish(st *status.Status, trailer metadata.MD, remoteDone bool) bool {
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return false
+	}
+	s.finished = true
+	s.final = st
+	s.trailer = trailer
+	if !s.headersDone {
+		s.headersDone = true
+		close(s.hdrCh)
+	}
+	close(s.done)
+	stop := s.stopWatch
+	s.mu.Unlock()
+	s.signal()
+	if stop != nil {
+		stop()
+	}
+	s.c.remove(s)
+	if remoteDone {
+		// An upstream that answered before the whole request arrived
+		// gets the stream closed, as gRPC's transport does.
+		s.c.reset(s, http2.ErrCodeNo)
+	}
+	return true
+}
+
+// cancel ends the stream because its context ended.
+func (s *stream) cancel() {
+	s.fail(ctxStatus(s.ctx), http2.ErrCodeCancel)
+}
+
+func ctxStatus(ctx context.Context) *status.Status {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return status.New(codes.DeadlineExceeded, ctx.Err().Error())
+	}
+	return status.New(codes.Canceled, ctx.Err().Error())
+}
+
+// bufQueue is the received data not yet read.
+type bufQueue struct {
+	bufs []mem.Buffer
+	n    int
+}
+
+func (q *bufQueue) push(b mem.Buffer) {
+	q.bufs = append(q.bufs, b)
+	q.n += b.Len()
+}
+
+func (q *bufQueue) peek(dst []byte) {
+	for _, b := range q.bufs {
+		k := copy(dst, b.ReadOnlyData())
+		if dst = dst[k:]; len(dst) == 0 {
+			return
+		}
+	}
+}
+
+func (q *bufQueue) discard(n int) { q.take(n).Free() }
+
+// take removes the first n bytes, sharing the received buffers.
+func (q *bufQueue) take(n int) mem.BufferSlice {
+	var out mem.BufferSlice
+	q.n -= n
+	for n > 0 {
+		b := q.bufs[0]
+		if l := b.Len(); l <= n {
+			out = append(out, b)
+			q.bufs[0] = nil
+			q.bufs = q.bufs[1:]
+			n -= l
+			continue
+		}
+		left, right := mem.SplitUnsafe(b, n)
+		out = append(out, left)
+		q.bufs[0] = right
+		n = 0
+	}
+	if len(q.bufs) == 0 {
+		q.bufs = q.bufs[:0:0]
+	}
+	return out
+}
+
+func (q *bufQueue) free() {
+	for _, b := range q.bufs {
+		b.Free()
+	}
+	q.bufs, q.n = nil, 0
+}

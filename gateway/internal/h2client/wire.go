@@ -1,0 +1,142 @@
+package h2client
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// reserved reports whether a request metadata key is one the transport
+// writes itself (or a pseudo-header), as gRPC's own transport decides.
+func reserved(k string) bool {
+	if k != "" && k[0] == ':' {
+		return true
+	}
+	switch k {
+	case "content-type", "user-agent", "grpc-message-type", "grpc-encoding",
+		"grpc-message", "grpc-status", "grpc-timeout", "grpc-status-details-bin",
+		"te", "grpc-accept-encoding":
+		return true
+	}
+	return false
+}
+
+// responseMetadata reports whether a response header goes into the header or
+// trailer metadata the caller sees; grpc-status-details-bin does, so a proxy
+// can see it, as with gRPC's own transport.
+func responseMetadata(k string) bool {
+	if k == "user-agent" {
+		return true
+	}
+	return !reserved(k) || k == "grpc-status-details-bin"
+}
+
+func isBin(k string) bool { return strings.HasSuffix(k, "-bin") }
+
+func encodeBin(v string) string { return base64.RawStdEncoding.EncodeToString([]byte(v)) }
+
+func decodeBin(v string) (string, error) {
+	var b []byte
+	var err error
+	if len(v)%4 == 0 {
+		b, err = base64.StdEncoding.DecodeString(v)
+	} else {
+		b, err = base64.RawStdEncoding.DecodeString(v)
+	}
+	return string(b), err
+}
+
+// encodeTimeout writes d as a grpc-timeout value: at most eight digits and
+// the finest unit that fits.
+func encodeTimeout(d time.Duration) string {
+	if d <= 0 {
+		return "0n"
+	}
+	const max = 100_000_000
+	for _, u := range []struct {
+		unit byte
+		d    time.Duration
+	}{{'n', time.Nanosecond}, {'u', time.Microsecond}, {'m', time.Millisecond}, {'S', time.Second}, {'M', time.Minute}} {
+		// Round up so the upstream never gets more time than is left.
+		if v := (d + u.d - 1) / u.d; v < max {
+			return strconv.FormatInt(int64(v), 10) + string(u.unit)
+		}
+	}
+	return strconv.FormatInt(int64((d+time.Hour-1)/time.Hour), 10) + "H"
+}
+
+// decodeMessage undoes the percent-encoding of grpc-message.
+func decodeMessage(msg string) string {
+	if !strings.Contains(msg, "%") {
+		return msg
+	}
+	var sb strings.Builder
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if c == '%' && i+2 < len(msg) {
+			if v, err := strconv.ParseUint(msg[i+1:i+3], 16, 8); err == nil {
+				sb.WriteByte(byte(v))
+				i += 2
+				continue
+			}
+		}
+		sb.WriteByte(c)
+	}
+	return sb.String()
+}
+
+// finalStatus builds the call's status from its trailers, with the details
+// of grpc-status-details-bin when they agree with grpc-status.
+func finalStatus(code codes.Code, msg string, details []string) *status.Status {
+	if len(details) == 1 {
+		p := &spb.Status{}
+		if err := proto.Unmarshal([]byte(details[0]), p); err == nil && codes.Code(p.GetCode()) == code {
+			return status.FromProto(p)
+		}
+	}
+	return status.New(code, msg)
+}
+
+// httpStatusCode maps a non-gRPC HTTP answer to a gRPC code, as the gRPC
+// spec's "HTTP to gRPC status code mapping" says.
+func httpStatusCode(s int) codes.Code {
+	switch s {
+	case http.StatusBadRequest:
+		return codes.Internal
+	case http.StatusUnauthorized:
+		return codes.Unauthenticated
+	case http.StatusForbidden:
+		return codes.PermissionDenied
+	case http.StatusNotFound:
+		return codes.Unimplemented
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return codes.Unavailable
+	}
+	return codes.Unknown
+}
+
+// resetStatus is the status of a stream the upstream reset, as gRPC's own
+// transport maps HTTP/2 error codes.
+func resetStatus(code http2.ErrCode) *status.Status {
+	c := codes.Internal
+	switch code {
+	case http2.ErrCodeRefusedStream:
+		c = codes.Unavailable
+	case http2.ErrCodeCancel:
+		c = codes.Canceled
+	case http2.ErrCodeEnhanceYourCalm, http2.ErrCodeFlowControl:
+		c = codes.ResourceExhausted
+	case http2.ErrCodeInadequateSecurity:
+		c = codes.PermissionDenied
+	}
+	return status.New(c, fmt.Sprintf("stream terminated by RST_STREAM with error code: %v", code))
+}
