@@ -316,6 +316,7 @@ func (cl *Client) NewStream(ctx context.Context, _ *grpc.StreamDesc, method stri
 	}
 	subtype := ""
 	var peerOut *peer.Peer
+	mdSet := false
 	for _, o := range opts {
 		switch o := o.(type) {
 		case grpc.ForceCodecV2CallOption:
@@ -335,6 +336,11 @@ func (cl *Client) NewStream(ctx context.Context, _ *grpc.StreamDesc, method stri
 			s.maxSend = o.MaxSendMsgSize
 		case grpc.PeerCallOption:
 			peerOut = o.PeerAddr
+		case *Request:
+			s.md, mdSet = o.MD, true
+			if o.Authority != "" {
+				s.authority = o.Authority
+			}
 		}
 	}
 	if s.codec == nil {
@@ -354,7 +360,9 @@ func (cl *Client) NewStream(ctx context.Context, _ *grpc.StreamDesc, method stri
 			return nil, status.Errorf(codes.Internal, "grpc: Compressor is not installed for requested grpc-encoding %q", s.compName)
 		}
 	}
-	s.md, _ = metadata.FromOutgoingContext(ctx)
+	if !mdSet {
+		s.md, _ = metadata.FromOutgoingContext(ctx)
+	}
 	s.userAgent = cl.opts.UserAgent
 	if ua := s.md["user-agent"]; len(ua) > 0 {
 		s.userAgent = ua[0]
@@ -389,6 +397,17 @@ func (cl *Client) NewStream(ctx context.Context, _ *grpc.StreamDesc, method stri
 		}
 	}
 	return s, nil
+}
+
+// Request is a call option that gives the call's request metadata and
+// :authority directly, in place of the context's outgoing metadata, so a
+// proxy that already holds them saves the copy gRPC's metadata package
+// makes. MD's keys must be lowercase, as in metadata from a gRPC server
+// stream. Other ClientConnInterface implementations ignore it.
+type Request struct {
+	grpc.EmptyCallOption
+	MD        metadata.MD
+	Authority string
 }
 
 var contentTypes = map[string]string{"": "application/grpc", "proto": "application/grpc"}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,20 +36,22 @@ const (
 // another.
 var errUnusable = errors.New("connection takes no new streams")
 
-// conn is one HTTP/2 connection to one endpoint. Writers write frames
-// themselves under wmu, and whoever writes last before the lock is free
-// flushes, so concurrent calls share system calls without a writer
-// goroutine. One reader goroutine dispatches what arrives.
+// conn is one HTTP/2 connection to one endpoint. Callers write their frames
+// into the connection's buffer themselves under wmu; a flusher goroutine
+// sends what has gathered, so the frames of many calls share one system
+// call (on loopback a write costs more than all the framing around it).
+// One reader goroutine dispatches what arrives.
 type conn struct {
 	addr string
 	nc   net.Conn
 
-	wmu     sync.Mutex
-	waiting atomic.Int32 // writers waiting for wmu
-	bw      *bufio.Writer
-	henc    *hpack.Encoder
-	hbuf    bytes.Buffer
-	fh      [9]byte
+	wmu          sync.Mutex
+	bw           *bufio.Writer
+	henc         *hpack.Encoder
+	hbuf         bytes.Buffer
+	fh           [9]byte
+	flushPending bool          // under wmu: the flusher has been told
+	flushCh      chan struct{} // tells the flusher
 
 	fr *http2.Framer // the reader goroutine's only
 
@@ -93,6 +96,7 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 		peerInitWin: 65535,
 		gone:        make(chan struct{}),
 		done:        make(chan struct{}),
+		flushCh:     make(chan struct{}, 1),
 	}
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.peerMaxFrame.Store(defaultFrame)
@@ -113,10 +117,14 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 		return nil, fmt.Errorf("HTTP/2 handshake with %s: %w", addr, err)
 	}
 	_ = nc.SetDeadline(time.Time{})
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		c.readLoop()
+	}()
+	go func() {
+		defer wg.Done()
+		c.flushLoop()
 	}()
 	return c, nil
 }
@@ -196,23 +204,40 @@ func (c *conn) writeHeaderBlock(id uint32) {
 	}
 }
 
-// lockWrite takes the write lock, counting itself as waiting meanwhile so
-// the holder leaves the flush to it.
-func (c *conn) lockWrite() {
-	c.waiting.Add(1)
-	c.wmu.Lock()
-	c.waiting.Add(-1)
-}
+func (c *conn) lockWrite() { c.wmu.Lock() }
 
-// unlockWrite flushes unless another writer is waiting, which will.
+// unlockWrite releases the write lock with frames written, for the flusher
+// to send.
 func (c *conn) unlockWrite() {
-	var err error
-	if c.waiting.Load() == 0 {
-		err = c.bw.Flush()
+	if !c.flushPending {
+		c.flushPending = true
+		select {
+		case c.flushCh <- struct{}{}:
+		default:
+		}
 	}
 	c.wmu.Unlock()
-	if err != nil {
-		c.fail(fmt.Errorf("write: %w", err))
+}
+
+// flushLoop sends the written frames, yielding once first so the writers
+// that are ready to run add theirs to the same system call, as gRPC's own
+// writer does. It ends with the reader, which ends when the connection
+// closes.
+func (c *conn) flushLoop() {
+	for {
+		select {
+		case <-c.flushCh:
+		case <-c.done:
+			return
+		}
+		runtime.Gosched()
+		c.wmu.Lock()
+		c.flushPending = false
+		err := c.bw.Flush()
+		c.wmu.Unlock()
+		if err != nil {
+			c.fail(fmt.Errorf("write: %w", err))
+		}
 	}
 }
 

@@ -47,7 +47,7 @@ type stream struct {
 	sendBufs   [4][]byte
 
 	mu          sync.Mutex
-	q           bufQueue
+	q           msgQueue
 	recvWin     int64 // bytes the upstream may still send
 	ackPending  int64 // bytes read and not yet granted back
 	gotHeaders  bool
@@ -185,37 +185,16 @@ func (s *stream) Trailer() metadata.MD {
 func (s *stream) RecvMsg(m any) error {
 	for {
 		s.mu.Lock()
-		if s.q.n >= 5 {
-			var pfx [5]byte
-			s.q.peek(pfx[:])
-			size := int64(binary.BigEndian.Uint32(pfx[1:]))
-			if size > int64(s.maxRecv) {
-				s.mu.Unlock()
-				st := status.Newf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", size, s.maxRecv)
-				s.fail(st, http2.ErrCodeCancel)
-				return st.Err()
-			}
-			if need := 5 + size; int64(s.q.n) >= need {
-				s.q.discard(5)
-				data := s.q.take(int(size))
-				grant := s.consumedLocked(need)
-				s.mu.Unlock()
-				if grant > 0 {
-					s.c.windowUpdate(s.id, grant)
-				}
-				return s.decode(pfx[0], data, m)
-			} else if missing := need - int64(s.q.n); missing > s.recvWin && !s.finished {
-				// A message larger than the window: let all of it in.
-				grant := missing - s.recvWin + s.ackPending
-				s.recvWin += grant
-				s.ackPending = 0
-				s.mu.Unlock()
+		if msg, ok := s.q.pop(); ok {
+			grant := s.consumedLocked(5 + int64(msg.size))
+			s.mu.Unlock()
+			if grant > 0 {
 				s.c.windowUpdate(s.id, grant)
-				continue
 			}
+			return s.decode(msg.flag, msg.data, m)
 		}
 		if s.finished {
-			st, partial := s.final, s.q.n > 0
+			st, partial := s.final, s.q.partial()
 			s.q.free()
 			s.mu.Unlock()
 			if st.Code() != codes.OK {
@@ -225,6 +204,15 @@ func (s *stream) RecvMsg(m any) error {
 				return status.Error(codes.Internal, "envgate: the upstream ended the call inside a message")
 			}
 			return io.EOF
+		}
+		if missing := s.q.missing(); missing > s.recvWin {
+			// A message larger than the window: let all of it in.
+			grant := missing - s.recvWin + s.ackPending
+			s.recvWin += grant
+			s.ackPending = 0
+			s.mu.Unlock()
+			s.c.windowUpdate(s.id, grant)
+			continue
 		}
 		s.mu.Unlock()
 		<-s.wake
@@ -303,8 +291,10 @@ func (s *stream) onData(data []byte, n int64, end bool) {
 		s.fail(status.New(codes.Internal, "envgate: the upstream sent data before response headers"), http2.ErrCodeProtocol)
 		return
 	}
-	if len(data) > 0 {
-		s.q.push(mem.Copy(data, pool))
+	if err := s.q.write(data, s.maxRecv); err != nil {
+		s.mu.Unlock()
+		s.fail(err, http2.ErrCodeCancel)
+		return
 	}
 	s.ackPending += n - int64(len(data)) // padding is never read
 	s.mu.Unlock()
@@ -479,55 +469,76 @@ func ctxStatus(ctx context.Context) *status.Status {
 	return status.New(codes.Canceled, ctx.Err().Error())
 }
 
-// bufQueue is the received data not yet read.
-type bufQueue struct {
-	bufs []mem.Buffer
-	n    int
+// msgQueue holds the messages received and not yet read, split at their
+// length prefixes as they arrive, so a message that came in one frame is
+// one pooled buffer.
+type msgQueue struct {
+	msgs   []rmsg // the last may be incomplete
+	pfx    [5]byte
+	pfxLen int
 }
 
-func (q *bufQueue) push(b mem.Buffer) {
-	q.bufs = append(q.bufs, b)
-	q.n += b.Len()
+type rmsg struct {
+	flag     byte
+	size     int
+	data     mem.BufferSlice
+	complete bool
 }
 
-func (q *bufQueue) peek(dst []byte) {
-	for _, b := range q.bufs {
-		k := copy(dst, b.ReadOnlyData())
-		if dst = dst[k:]; len(dst) == 0 {
-			return
-		}
-	}
-}
-
-func (q *bufQueue) discard(n int) { q.take(n).Free() }
-
-// take removes the first n bytes, sharing the received buffers.
-func (q *bufQueue) take(n int) mem.BufferSlice {
-	var out mem.BufferSlice
-	q.n -= n
-	for n > 0 {
-		b := q.bufs[0]
-		if l := b.Len(); l <= n {
-			out = append(out, b)
-			q.bufs[0] = nil
-			q.bufs = q.bufs[1:]
-			n -= l
+// write takes a DATA frame's payload; a message over max is an error.
+func (q *msgQueue) write(data []byte, max int) *status.Status {
+	for len(data) > 0 {
+		last := len(q.msgs) - 1
+		if last < 0 || q.msgs[last].complete {
+			k := copy(q.pfx[q.pfxLen:], data)
+			q.pfxLen += k
+			data = data[k:]
+			if q.pfxLen < 5 {
+				return nil
+			}
+			q.pfxLen = 0
+			size := int64(binary.BigEndian.Uint32(q.pfx[1:]))
+			if size > int64(max) {
+				return status.Newf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", size, max)
+			}
+			q.msgs = append(q.msgs, rmsg{flag: q.pfx[0], size: int(size), complete: size == 0})
 			continue
 		}
-		left, right := mem.SplitUnsafe(b, n)
-		out = append(out, left)
-		q.bufs[0] = right
-		n = 0
+		m := &q.msgs[last]
+		k := min(m.size-m.data.Len(), len(data))
+		m.data = append(m.data, mem.Copy(data[:k], pool))
+		data = data[k:]
+		m.complete = m.data.Len() == m.size
 	}
-	if len(q.bufs) == 0 {
-		q.bufs = q.bufs[:0:0]
-	}
-	return out
+	return nil
 }
 
-func (q *bufQueue) free() {
-	for _, b := range q.bufs {
-		b.Free()
+// pop removes the first message if it is complete.
+func (q *msgQueue) pop() (rmsg, bool) {
+	if len(q.msgs) == 0 || !q.msgs[0].complete {
+		return rmsg{}, false
 	}
-	q.bufs, q.n = nil, 0
+	m := q.msgs[0]
+	q.msgs[0] = rmsg{}
+	if q.msgs = q.msgs[1:]; len(q.msgs) == 0 {
+		q.msgs = q.msgs[:0:0]
+	}
+	return m, true
+}
+
+// missing is how many bytes the first message still lacks.
+func (q *msgQueue) missing() int64 {
+	if len(q.msgs) == 0 || q.msgs[0].complete {
+		return 0
+	}
+	return int64(q.msgs[0].size - q.msgs[0].data.Len())
+}
+
+func (q *msgQueue) partial() bool { return q.pfxLen > 0 || len(q.msgs) > 0 }
+
+func (q *msgQueue) free() {
+	for _, m := range q.msgs {
+		m.data.Free()
+	}
+	q.msgs = nil
 }

@@ -73,6 +73,7 @@ func NewDirector(routes Routes, ups Upstreams, pick func() float64, fallback fun
 		}
 		out := outgoing(ctx, md)
 		applyHeaderOps(out, rule.Action.RequestHeaders)
+		sends(ctx, out)
 		return metadata.NewOutgoingContext(ctx, out), conn, nil
 	}
 }

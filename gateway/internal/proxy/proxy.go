@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/envgate/envgate/gateway/internal/h2client"
 	"github.com/envgate/envgate/gateway/internal/route"
 )
 
@@ -130,6 +131,8 @@ type call struct {
 	bytesOut, msgsOut int64
 	headersSent       bool
 	retries           int
+	// md is the request metadata for the upstream, set by the director.
+	md metadata.MD
 }
 
 // upstreamStream is what the proxy learns from an upstream stream beyond
@@ -166,7 +169,9 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	}
 	defer cancel()
 
-	opts := make([]grpc.CallOption, 0, 3)
+	u := &upstreamCall{ss: ss, conn: conn, method: method, c: c, upCtx: upCtx, cancel: cancel,
+		rp: &replay{}, upErr: make(chan error, 1)}
+	opts := u.optBuf[:0]
 	subtype := ""
 	if ts, ok := grpc.ServerTransportStreamFromContext(ctx).(transportStream); ok {
 		subtype = ts.ContentSubtype()
@@ -176,11 +181,14 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	}
 	opts = append(opts, p.codecFor(subtype))
 	if a := metadata.ValueFromIncomingContext(ctx, ":authority"); len(a) == 1 {
-		opts = append(opts, grpc.CallAuthority(a[0]))
+		if c.md != nil {
+			u.req = h2client.Request{MD: c.md, Authority: a[0]}
+			opts = append(opts, &u.req)
+		} else {
+			opts = append(opts, grpc.CallAuthority(a[0]))
+		}
 	}
-
-	u := &upstreamCall{ss: ss, conn: conn, method: method, opts: opts, c: c, upCtx: upCtx, cancel: cancel,
-		rp: &replay{}, upErr: make(chan error, 1)}
+	u.opts = opts
 	if c.action != nil {
 		u.retries = c.action.Retries
 	}
@@ -241,6 +249,8 @@ type upstreamCall struct {
 	conn    grpc.ClientConnInterface
 	method  string
 	opts    []grpc.CallOption
+	optBuf  [3]grpc.CallOption
+	req     h2client.Request // the request metadata, for upstreams that take it so
 	c       *call
 	upCtx   context.Context
 	cancel  context.CancelFunc // ends every attempt
@@ -433,6 +443,13 @@ type callKey struct{}
 func usedBaseline(ctx context.Context, env string) {
 	if c, ok := ctx.Value(callKey{}).(*call); ok {
 		c.baseline = env
+	}
+}
+
+// sends records the request metadata the call sends upstream.
+func sends(ctx context.Context, md metadata.MD) {
+	if c, ok := ctx.Value(callKey{}).(*call); ok {
+		c.md = md
 	}
 }
 
