@@ -35,6 +35,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
@@ -71,7 +72,8 @@ type Client struct {
 
 	mu      sync.Mutex
 	eps     map[string]*endpoint
-	changed chan struct{} // made by waiters, closed when an endpoint changes state
+	conns   map[*conn]struct{} // every open connection, draining ones too
+	changed chan struct{}      // made by waiters, closed when an endpoint changes state
 	closed  bool
 }
 
@@ -114,7 +116,8 @@ func New(authority string, opts Options) *Client {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	return &Client{authority: authority, opts: opts, ctx: ctx, stop: stop, eps: map[string]*endpoint{}}
+	return &Client{authority: authority, opts: opts, ctx: ctx, stop: stop,
+		eps: map[string]*endpoint{}, conns: map[*conn]struct{}{}}
 }
 
 // Update sets the endpoints. New ones are connected at once; removed ones
@@ -156,10 +159,8 @@ func (cl *Client) Close() error {
 	cl.mu.Lock()
 	cl.closed = true
 	var conns []*conn
-	for _, ep := range cl.eps {
-		if ep.conn != nil {
-			conns = append(conns, ep.conn)
-		}
+	for c := range cl.conns {
+		conns = append(conns, c)
 	}
 	cl.eps = map[string]*endpoint{}
 	cl.changedLocked()
@@ -179,8 +180,23 @@ func (cl *Client) manage(ep *endpoint) {
 	failures := 0
 	for {
 		ctx, cancel := context.WithTimeout(ep.ctx, cl.opts.ConnectTimeout)
-		c, err := dial(ctx, ep.addr, cl.opts.Dial, &cl.wg)
+		c, err := dial(ctx, ep.addr, cl.opts.Dial)
 		cancel()
+		if err == nil {
+			cl.mu.Lock()
+			if cl.closed {
+				err = errors.New("client closed")
+				c.nc.Close()
+			} else {
+				cl.conns[c] = struct{}{}
+				c.start(&cl.wg, func() {
+					cl.mu.Lock()
+					delete(cl.conns, c)
+					cl.mu.Unlock()
+				})
+			}
+			cl.mu.Unlock()
+		}
 		if err != nil {
 			if ep.ctx.Err() != nil {
 				return
@@ -414,13 +430,25 @@ var contentTypes = map[string]string{"": "application/grpc", "proto": "applicati
 
 var unaryDesc = &grpc.StreamDesc{}
 
-// Invoke makes a unary call.
+// Invoke makes a unary call. Besides NewStream's options it fills
+// grpc.Header and grpc.Trailer.
 func (cl *Client) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	cs, err := cl.NewStream(ctx, unaryDesc, method, opts...)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		for _, o := range opts {
+			switch o := o.(type) {
+			case grpc.HeaderCallOption:
+				*o.HeaderAddr, _ = cs.Header()
+			case grpc.TrailerCallOption:
+				*o.TrailerAddr = cs.Trailer()
+			}
+		}
+	}()
 	if err := cs.SendMsg(args); err != nil && !errors.Is(err, io.EOF) {
+		cs.(*stream).fail(status.Convert(err), http2.ErrCodeCancel)
 		return err
 	}
 	_ = cs.CloseSend()

@@ -77,8 +77,8 @@ type conn struct {
 
 // dial connects to addr and completes the HTTP/2 handshake: the connection
 // is returned once the upstream's SETTINGS arrived, as gRPC waits for a
-// server preface before calling a connection ready. wg owns the reader.
-func dial(ctx context.Context, addr string, d func(context.Context, string) (net.Conn, error), wg *sync.WaitGroup) (*conn, error) {
+// server preface before calling a connection ready. start runs it.
+func dial(ctx context.Context, addr string, d func(context.Context, string) (net.Conn, error)) (*conn, error) {
 	nc, err := d(ctx, addr)
 	if err != nil {
 		return nil, err
@@ -117,16 +117,19 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 		return nil, fmt.Errorf("HTTP/2 handshake with %s: %w", addr, err)
 	}
 	_ = nc.SetDeadline(time.Time{})
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		c.readLoop()
-	}()
-	go func() {
-		defer wg.Done()
-		c.flushLoop()
-	}()
 	return c, nil
+}
+
+// start runs the connection's reader and flusher, owned by wg; exited is
+// called once both have ended, after the connection closed.
+func (c *conn) start(wg *sync.WaitGroup, exited func()) {
+	var both sync.WaitGroup
+	both.Go(c.readLoop)
+	both.Go(c.flushLoop)
+	wg.Go(func() {
+		both.Wait()
+		exited()
+	})
 }
 
 func (c *conn) handshake() error {
@@ -350,15 +353,29 @@ func (c *conn) closeSend(s *stream) {
 	c.unlockWrite()
 }
 
-// reset sends RST_STREAM for s unless it is closed on our side already.
+// reset sends RST_STREAM for s, once.
 func (c *conn) reset(s *stream, code http2.ErrCode) {
+	c.lockWrite()
+	if s.rstSent {
+		c.wmu.Unlock()
+		return
+	}
+	s.sendClosed, s.rstSent = true, true
+	c.writeRST(s.id, code)
+	c.unlockWrite()
+}
+
+// closeHalfOpen resets s with NO_ERROR if the upstream answered in full
+// before the request was complete, as gRPC's transport does, so the
+// stream does not stay open on the upstream's side.
+func (c *conn) closeHalfOpen(s *stream) {
 	c.lockWrite()
 	if s.sendClosed {
 		c.wmu.Unlock()
 		return
 	}
-	s.sendClosed = true
-	c.writeRST(s.id, code)
+	s.sendClosed, s.rstSent = true, true
+	c.writeRST(s.id, http2.ErrCodeNo)
 	c.unlockWrite()
 }
 

@@ -44,6 +44,7 @@ type stream struct {
 
 	sendWin    int64 // under c.mu
 	sendClosed bool  // under c.wmu: END_STREAM or RST_STREAM sent
+	rstSent    bool  // under c.wmu
 	sendBufs   [4][]byte
 
 	mu          sync.Mutex
@@ -452,7 +453,7 @@ func (s *stream) finish(st *status.Status, trailer metadata.MD, remoteDone bool)
 	if remoteDone {
 		// An upstream that answered before the whole request arrived
 		// gets the stream closed, as gRPC's transport does.
-		s.c.reset(s, http2.ErrCodeNo)
+		s.c.closeHalfOpen(s)
 	}
 	return true
 }

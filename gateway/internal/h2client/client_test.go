@@ -1,0 +1,429 @@
+package h2client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/envgate/envgate/echo/echoserver"
+	"github.com/envgate/envgate/proto/echopb"
+)
+
+// server is a real gRPC echo server on loopback.
+type server struct {
+	addr  string
+	conns atomic.Int32 // connections accepted
+	// seen receives each call's incoming context once its handler ends.
+	seen chan context.Context
+}
+
+func startServer(t *testing.T, opts ...grpc.ServerOption) *server {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{addr: lis.Addr().String(), seen: make(chan context.Context, 100)}
+	opts = append(opts, grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		err := h(srv, ss)
+		select {
+		case s.seen <- ss.Context():
+		default:
+		}
+		return err
+	}), grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		resp, err := h(ctx, req)
+		select {
+		case s.seen <- ctx:
+		default:
+		}
+		return resp, err
+	}))
+	srv := grpc.NewServer(opts...)
+	echoserver.Register(srv, &echoserver.Server{Env: "env1", Addr: s.addr})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(countingListener{lis, &s.conns})
+	}()
+	t.Cleanup(func() { srv.Stop(); <-done })
+	return s
+}
+
+type countingListener struct {
+	net.Listener
+	n *atomic.Int32
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+func newClient(t *testing.T, opts Options, addrs ...string) (*Client, echopb.EchoServiceClient) {
+	t.Helper()
+	cl := New("app-service.env1", opts)
+	cl.Update(addrs)
+	t.Cleanup(func() { _ = cl.Close() })
+	return cl, echopb.NewEchoServiceClient(cl)
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestEveryMethodKind(t *testing.T) {
+	s := startServer(t)
+	_, c := newClient(t, Options{}, s.addr)
+	ctx := metadata.AppendToOutgoingContext(testCtx(t), "env", "env1")
+
+	var p peer.Peer
+	resp, err := c.Call(ctx, &echopb.EchoRequest{}, grpc.Peer(&p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "Hello World! ServerEnv:env1, ClientEnv:env1"; resp.GetMessage() != want {
+		t.Fatalf("unary: %q", resp.GetMessage())
+	}
+	if p.Addr == nil || p.Addr.String() != s.addr {
+		t.Fatalf("peer %v, want %s", p.Addr, s.addr)
+	}
+
+	ss, err := c.ServerStream(ctx, &echopb.EchoRequest{Count: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		if _, err := ss.Recv(); err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			break
+		}
+		n++
+	}
+	if n != 5 {
+		t.Fatalf("server stream: %d messages, want 5", n)
+	}
+
+	cs, err := c.ClientStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 7 {
+		if err := cs.Send(&echopb.EchoRequest{Text: "x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := cs.CloseAndRecv()
+	if err != nil || r.GetReceivedMessages() != 7 {
+		t.Fatalf("client stream: %v, %d messages", err, r.GetReceivedMessages())
+	}
+
+	bs, err := c.BidiStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := bs.Send(&echopb.EchoRequest{Text: "ping"}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := bs.Recv()
+		if err != nil || r.GetEcho() != "ping" {
+			t.Fatalf("bidi %d: %v %q", i, err, r.GetEcho())
+		}
+	}
+	if err := bs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bs.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("bidi end: %v", err)
+	}
+}
+
+func TestMetadataHeadersTrailersAndStatus(t *testing.T) {
+	s := startServer(t)
+	_, c := newClient(t, Options{UserAgent: "envgate/test"}, s.addr)
+	ctx := metadata.NewOutgoingContext(testCtx(t), metadata.Pairs(
+		"env", "env1", "x-multi", "a", "x-multi", "b", "trace-bin", string([]byte{0, 1, 2, 255})))
+	var hdr, tr metadata.MD
+	resp, err := c.Call(ctx, &echopb.EchoRequest{
+		IncludeDetails:   true,
+		ResponseHeaders:  map[string][]byte{"x-h": []byte("hv"), "h-bin": {9, 0, 9}},
+		ResponseTrailers: map[string][]byte{"x-t": []byte("tv")},
+	}, grpc.Header(&hdr), grpc.Trailer(&tr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := resp.GetRequestMetadata()
+	for k, want := range map[string]string{"env": "env1", "x-multi": "a,b", "trace-bin": string([]byte{0, 1, 2, 255})} {
+		if string(got[k]) != want {
+			t.Errorf("server saw %s=%q, want %q", k, got[k], want)
+		}
+	}
+	if ua := string(got["user-agent"]); ua != "envgate/test" {
+		t.Errorf("user-agent %q", ua)
+	}
+	if strings.Join(hdr["x-h"], ",") != "hv" || strings.Join(hdr["h-bin"], ",") != string([]byte{9, 0, 9}) {
+		t.Errorf("headers: %v", hdr)
+	}
+	if strings.Join(tr["x-t"], ",") != "tv" {
+		t.Errorf("trailers: %v", tr)
+	}
+
+	// The client's own user-agent wins over the configured one.
+	uaCtx := metadata.AppendToOutgoingContext(ctx, "user-agent", "my-client/1.0")
+	if resp, err := c.Call(uaCtx, &echopb.EchoRequest{IncludeDetails: true}); err != nil || string(resp.GetRequestMetadata()["user-agent"]) != "my-client/1.0" {
+		t.Errorf("forwarded user-agent: %v %q", err, resp.GetRequestMetadata()["user-agent"])
+	}
+
+	// A failure before any message: trailers-only, with its message
+	// percent-decoded and its trailers.
+	tr = nil
+	_, err = c.Call(ctx, &echopb.EchoRequest{StatusCode: int32(codes.PermissionDenied), StatusMessage: "no ✓ 100%",
+		ResponseTrailers: map[string][]byte{"x-why": []byte("because")}}, grpc.Trailer(&tr))
+	if st := status.Convert(err); st.Code() != codes.PermissionDenied || st.Message() != "no ✓ 100%" {
+		t.Fatalf("status: %v", err)
+	}
+	if strings.Join(tr["x-why"], ",") != "because" {
+		t.Errorf("trailers-only trailers: %v", tr)
+	}
+}
+
+func TestDeadlineAndCancelReachTheServer(t *testing.T) {
+	s := startServer(t)
+	_, c := newClient(t, Options{}, s.addr)
+
+	ctx, cancel := context.WithTimeout(testCtx(t), 300*time.Millisecond)
+	defer cancel()
+	_, err := c.Call(ctx, &echopb.EchoRequest{SleepMs: 10_000})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("deadline: %v", err)
+	}
+	if sctx := <-s.seen; sctx.Err() == nil {
+		t.Fatal("the server's call did not end with the deadline")
+	}
+
+	ctx, cancel = context.WithCancel(testCtx(t))
+	ss, err := c.ServerStream(ctx, &echopb.EchoRequest{SleepMs: 10_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := ss.Recv(); status.Code(err) != codes.Canceled {
+		t.Fatalf("cancel: %v", err)
+	}
+	select {
+	case sctx := <-s.seen:
+		if !errors.Is(sctx.Err(), context.Canceled) {
+			t.Fatalf("server context: %v", sctx.Err())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server never saw the cancel")
+	}
+}
+
+func TestLargeMessagesBothWays(t *testing.T) {
+	s := startServer(t, grpc.MaxRecvMsgSize(32<<20), grpc.MaxSendMsgSize(32<<20))
+	_, c := newClient(t, Options{MaxRecvMsgSize: 16 << 20}, s.addr)
+	ctx := testCtx(t)
+	payload := make([]byte, 9<<20) // far over every flow-control window
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	cs, err := c.ClientStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.Send(&echopb.EchoRequest{Payload: payload, ResponseSize: 12 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cs.CloseAndRecv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetReceivedBytes() < int64(len(payload)) || len(resp.GetPayload()) != 12<<20 {
+		t.Fatalf("server got %d bytes, sent %d", resp.GetReceivedBytes(), len(resp.GetPayload()))
+	}
+
+	// Over the receive limit: RESOURCE_EXHAUSTED, and the connection lives on.
+	_, err = c.Call(ctx, &echopb.EchoRequest{ResponseSize: 17 << 20})
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "larger than max") {
+		t.Fatalf("over the limit: %v", err)
+	}
+	if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Many concurrent streams, each with more than its window.
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Go(func() {
+			_, err := c.Call(ctx, &echopb.EchoRequest{Payload: payload[:600<<10], ResponseSize: 700 << 10})
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestBalancesPerCall(t *testing.T) {
+	a, b := startServer(t), startServer(t)
+	cl, c := newClient(t, Options{}, a.addr, b.addr)
+	ctx := testCtx(t)
+	count := map[string]int{}
+	for range 40 {
+		resp, err := c.Call(ctx, &echopb.EchoRequest{IncludeDetails: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		count[resp.GetServer()]++
+	}
+	if count[a.addr] < 10 || count[b.addr] < 10 {
+		t.Fatalf("calls per endpoint: %v", count)
+	}
+	if a.conns.Load() != 1 || b.conns.Load() != 1 {
+		t.Fatalf("connections: %d and %d, want one each", a.conns.Load(), b.conns.Load())
+	}
+
+	// An endpoint removed takes no new calls.
+	cl.Update([]string{b.addr})
+	for range 10 {
+		resp, err := c.Call(ctx, &echopb.EchoRequest{IncludeDetails: true})
+		if err != nil || resp.GetServer() != b.addr {
+			t.Fatalf("after removal: %v from %s", err, resp.GetServer())
+		}
+	}
+}
+
+func TestUnreachableEndpoints(t *testing.T) {
+	dead := func() string {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := lis.Addr().String()
+		lis.Close()
+		return addr
+	}()
+	s := startServer(t)
+	_, c := newClient(t, Options{}, dead, s.addr)
+	ctx := testCtx(t)
+	for range 20 {
+		if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
+			t.Fatalf("with one live endpoint: %v", err)
+		}
+	}
+
+	_, c = newClient(t, Options{}, dead)
+	_, err := c.Call(ctx, &echopb.EchoRequest{})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "connection refused") {
+		t.Fatalf("only a dead endpoint: %v", err)
+	}
+}
+
+func TestGoAwayMovesCallsToANewConnection(t *testing.T) {
+	// The server ends every connection after 50 ms with GOAWAY.
+	s := startServer(t, grpc.KeepaliveParams(keepalive.ServerParameters{
+		MaxConnectionAge: 50 * time.Millisecond, MaxConnectionAgeGrace: 5 * time.Second}))
+	_, c := newClient(t, Options{}, s.addr)
+	ctx := testCtx(t)
+	// A stream open across the GOAWAY finishes.
+	ss, err := c.ServerStream(ctx, &echopb.EchoRequest{Count: 1, SleepMs: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(500 * time.Millisecond)
+	calls := 0
+	for time.Now().Before(deadline) || s.conns.Load() < 3 {
+		if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
+			t.Fatalf("call %d: %v", calls, err)
+		}
+		calls++
+	}
+	if _, err := ss.Recv(); err != nil {
+		t.Fatalf("stream across GOAWAY: %v", err)
+	}
+	t.Logf("%d calls over %d connections", calls, s.conns.Load())
+}
+
+func TestUpstreamStreamLimit(t *testing.T) {
+	s := startServer(t, grpc.MaxConcurrentStreams(2))
+	_, c := newClient(t, Options{}, s.addr)
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			_, err := c.Call(ctx, &echopb.EchoRequest{SleepMs: 50})
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestNonGRPCAnswer(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: h2c.NewHandler(http.NotFoundHandler(), &http2.Server{})}
+	go func() { _ = hs.Serve(lis) }()
+	t.Cleanup(func() { _ = hs.Close() })
+	_, c := newClient(t, Options{}, lis.Addr().String())
+	_, err = c.Call(testCtx(t), &echopb.EchoRequest{})
+	if st := status.Convert(err); st.Code() != codes.Unimplemented || !strings.Contains(st.Message(), "404") {
+		t.Fatalf("404 answer: %v", err)
+	}
+}
+
+func TestClose(t *testing.T) {
+	s := startServer(t)
+	cl, c := newClient(t, Options{}, s.addr)
+	ctx := testCtx(t)
+	ss, err := c.ServerStream(ctx, &echopb.EchoRequest{SleepMs: 10_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = cl.Close() // returns once every goroutine of the client ended
+	if _, err := ss.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("stream on a closed client: %v", err)
+	}
+	if _, err := c.Call(ctx, &echopb.EchoRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("call on a closed client: %v", err)
+	}
+}
