@@ -275,15 +275,16 @@ func (cl *Client) changedLocked() {
 // does for calls that do not wait for ready.
 func (cl *Client) pick(ctx context.Context) (*conn, error) {
 	for {
-		if rs := *cl.ready.Load(); len(rs) > 0 {
-			i := int(cl.next.Add(1))
-			for j := range rs {
-				if c := rs[(i+j)%len(rs)]; !c.unusable.Load() {
-					return c, nil
-				}
-			}
+		if c := cl.tryPick(); c != nil {
+			return c, nil
 		}
 		cl.mu.Lock()
+		// Again under the lock the ready set is published under, or a
+		// change between the two would never wake this call.
+		if c := cl.tryPick(); c != nil {
+			cl.mu.Unlock()
+			return c, nil
+		}
 		if cl.closed {
 			cl.mu.Unlock()
 			return nil, status.Error(codes.Unavailable, "envgate: upstream client closed")
@@ -315,6 +316,20 @@ func (cl *Client) pick(ctx context.Context) (*conn, error) {
 			return nil, ctxStatus(ctx).Err()
 		}
 	}
+}
+
+func (cl *Client) tryPick() *conn {
+	rs := *cl.ready.Load()
+	if len(rs) == 0 {
+		return nil
+	}
+	i := int(cl.next.Add(1))
+	for j := range rs {
+		if c := rs[(i+j)%len(rs)]; !c.unusable.Load() {
+			return c
+		}
+	}
+	return nil
 }
 
 // NewStream starts a call on a picked endpoint. It understands the call

@@ -427,3 +427,29 @@ func TestClose(t *testing.T) {
 		t.Fatalf("call on a closed client: %v", err)
 	}
 }
+
+// Calls that arrive while the first connection is still being made wait
+// for it; none may miss its readiness and wait forever.
+func TestCallsDuringFirstConnect(t *testing.T) {
+	s := startServer(t)
+	for round := range 30 {
+		_, c := newClient(t, Options{}, s.addr)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var wg sync.WaitGroup
+		errs := make(chan error, 20)
+		for range 20 {
+			wg.Go(func() {
+				_, err := c.Call(ctx, &echopb.EchoRequest{})
+				errs <- err
+			})
+		}
+		wg.Wait()
+		cancel()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+	}
+}

@@ -53,7 +53,13 @@ type conn struct {
 	flushPending bool          // under wmu: the flusher has been told
 	flushCh      chan struct{} // tells the flusher
 
-	fr *http2.Framer // the reader goroutine's only
+	// The reader goroutine's only: the framer, its buffer, and the streams
+	// to wake once no complete frame is left in the buffer, so a response
+	// that arrived in one read (headers, message, trailers) wakes its
+	// caller once.
+	fr      *http2.Framer
+	br      *bufio.Reader
+	pending []*stream
 
 	peerMaxFrame atomic.Int32
 	unusable     atomic.Bool // draining or closed: no new streams
@@ -100,7 +106,8 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 	}
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.peerMaxFrame.Store(defaultFrame)
-	c.fr = http2.NewFramer(nil, bufio.NewReaderSize(nc, 32<<10))
+	c.br = bufio.NewReaderSize(nc, 32<<10)
+	c.fr = http2.NewFramer(nil, c.br)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = 16 << 20
 
@@ -264,7 +271,6 @@ func (c *conn) open(ctx context.Context, s *stream) error {
 		return errUnusable
 	}
 	c.active++
-	s.sendWin = c.peerInitWin
 	c.mu.Unlock()
 
 	c.lockWrite()
@@ -279,6 +285,7 @@ func (c *conn) open(ctx context.Context, s *stream) error {
 	s.id = c.nextID
 	c.nextID += 2
 	c.streams[s.id] = s
+	s.sendWin = c.peerInitWin // under the lock SETTINGS change it under
 	if c.nextID > maxStreamID {
 		c.setDrainingLocked()
 	}
@@ -442,7 +449,9 @@ func (c *conn) fail(err error) {
 	c.mu.Unlock()
 	st := status.New(codes.Unavailable, fmt.Sprintf("upstream connection to %s lost: %v", c.addr, err))
 	for _, s := range streams {
-		s.finish(st, nil, false)
+		if s.finish(st, nil, false) {
+			s.notify()
+		}
 	}
 }
 
@@ -470,10 +479,42 @@ func (c *conn) stream(id uint32) *stream {
 	return s
 }
 
+// wakeLater queues s to be notified; reader only.
+func (c *conn) wakeLater(s *stream) {
+	if n := len(c.pending); n == 0 || c.pending[n-1] != s {
+		c.pending = append(c.pending, s)
+	}
+}
+
+// wakePending notifies the queued streams unless another whole frame is
+// already buffered, which the reader handles first.
+func (c *conn) wakePending() {
+	if len(c.pending) == 0 {
+		return
+	}
+	if n := c.br.Buffered(); n >= 9 {
+		h, _ := c.br.Peek(9)
+		if n >= 9+(int(h[0])<<16|int(h[1])<<8|int(h[2])) {
+			return
+		}
+	}
+	for i, s := range c.pending {
+		s.notify()
+		c.pending[i] = nil
+	}
+	c.pending = c.pending[:0]
+}
+
 func (c *conn) readLoop() {
 	defer close(c.done)
+	defer func() {
+		for _, s := range c.pending {
+			s.notify()
+		}
+	}()
 	recvUnacked := int64(0)
 	for {
+		c.wakePending()
 		f, err := c.fr.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
@@ -503,6 +544,7 @@ func (c *conn) readLoop() {
 		case *http2.RSTStreamFrame:
 			if s := c.stream(f.StreamID); s != nil {
 				s.finish(resetStatus(f.ErrCode), nil, true)
+				c.wakeLater(s)
 			}
 		case *http2.SettingsFrame:
 			if !f.IsAck() {
@@ -593,7 +635,9 @@ func (c *conn) onGoAway(f *http2.GoAwayFrame) {
 	c.mu.Unlock()
 	st := status.New(codes.Unavailable, fmt.Sprintf("upstream %s is going away (GOAWAY %v) and did not take the call", c.addr, f.ErrCode))
 	for _, s := range refused {
-		s.finish(st, nil, true)
+		if s.finish(st, nil, true) {
+			s.notify()
+		}
 	}
 	c.mu.Lock()
 	if c.active == 0 && !c.closed {

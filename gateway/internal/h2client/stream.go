@@ -57,7 +57,8 @@ type stream struct {
 	trailer     metadata.MD
 	final       *status.Status
 	finished    bool
-	hdrCh       chan struct{} // closed on headers or finish
+	hdrCh       chan struct{} // closed by notify once headersDone
+	hdrClosed   bool
 	done        chan struct{} // closed on finish
 	wake        chan struct{} // signals the reader of new data
 	headersDone bool
@@ -301,12 +302,19 @@ func (s *stream) onData(data []byte, n int64, end bool) {
 	s.mu.Unlock()
 	if end {
 		s.finish(status.New(codes.Internal, "envgate: the upstream closed the stream without sending trailers"), nil, true)
-		return
 	}
-	s.signal()
+	s.c.wakeLater(s)
 }
 
-func (s *stream) signal() {
+// notify wakes whoever waits on the stream: Header's waiter once the
+// headers or the end are known, RecvMsg's for anything new.
+func (s *stream) notify() {
+	s.mu.Lock()
+	if s.headersDone && !s.hdrClosed {
+		s.hdrClosed = true
+		close(s.hdrCh)
+	}
+	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -373,11 +381,9 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		s.gotHeaders = true
 		s.header = md
 		s.recvComp = comp
-		if !s.headersDone {
-			s.headersDone = true
-			close(s.hdrCh)
-		}
+		s.headersDone = true
 		s.mu.Unlock()
+		s.c.wakeLater(s)
 		return
 	}
 	code := codes.Unknown
@@ -385,11 +391,13 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		c, err := strconv.ParseUint(grpcStatus, 10, 32)
 		if err != nil {
 			s.finish(status.Newf(codes.Unknown, "transport: malformed grpc-status: %v", err), md, true)
+			s.c.wakeLater(s)
 			return
 		}
 		code = codes.Code(c)
 	}
 	s.finish(finalStatus(code, grpcMessage, md["grpc-status-details-bin"]), md, true)
+	s.c.wakeLater(s)
 }
 
 // checkResponse returns the status of a response that is not gRPC's.
@@ -423,12 +431,14 @@ func checkResponse(httpStatus, contentType string) *status.Status {
 // fail ends the stream on our side with st and resets it with code.
 func (s *stream) fail(st *status.Status, code http2.ErrCode) {
 	if s.finish(st, nil, false) {
+		s.notify()
 		s.c.reset(s, code)
 	}
 }
 
-// finish records the call's end once; it reports whether this call did.
-// remoteDone says the upstream closed its side, so no reset is owed.
+// finish records the call's end once; it reports whether this call did,
+// and the caller then notifies. remoteDone says the upstream closed its
+// side, so no reset is owed.
 func (s *stream) finish(st *status.Status, trailer metadata.MD, remoteDone bool) bool {
 	s.mu.Lock()
 	if s.finished {
@@ -438,14 +448,10 @@ func (s *stream) finish(st *status.Status, trailer metadata.MD, remoteDone bool)
 	s.finished = true
 	s.final = st
 	s.trailer = trailer
-	if !s.headersDone {
-		s.headersDone = true
-		close(s.hdrCh)
-	}
+	s.headersDone = true
 	close(s.done)
 	stop := s.stopWatch
 	s.mu.Unlock()
-	s.signal()
 	if stop != nil {
 		stop()
 	}
