@@ -353,6 +353,17 @@ func tlsCreds(p certs.Provider) credentials.TransportCredentials {
 // for under 2 MB of stacks.
 const streamWorkers = 64
 
+// Flow-control windows the gateway grants its clients. Fixed windows turn
+// off gRPC's bandwidth-delay estimation, whose pings cost a read and a
+// write per handful of calls (measured: reads per call 1.05 -> 0.73 under
+// ghz); a stream window of 256 KiB takes a 64 KiB message without waiting
+// for an update, and the connection window bounds what one client
+// connection can have buffered in the gateway.
+const (
+	clientStreamWindow = 256 << 10
+	clientConnWindow   = 4 << 20
+)
+
 func newServer(cfg *config.Config, creds credentials.TransportCredentials, handler grpc.StreamHandler) *grpc.Server {
 	l := cfg.Limits
 	return grpc.NewServer(
@@ -366,6 +377,8 @@ func newServer(cfg *config.Config, creds credentials.TransportCredentials, handl
 		grpc.MaxRecvMsgSize(l.MaxMessageBytes),
 		grpc.MaxSendMsgSize(l.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
+		grpc.InitialWindowSize(clientStreamWindow),
+		grpc.InitialConnWindowSize(clientConnWindow),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             l.KeepaliveMinTime,
 			PermitWithoutStream: true,

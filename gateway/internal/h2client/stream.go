@@ -92,7 +92,9 @@ func (s *stream) encodeHeaders(enc *hpack.Encoder) {
 	}
 	w("grpc-accept-encoding", acceptEncoding)
 	if dl, ok := s.ctx.Deadline(); ok {
-		w("grpc-timeout", encodeTimeout(time.Until(dl)))
+		// New with every call: kept out of the dynamic table, where it
+		// would only push out the fields that repeat.
+		_ = enc.WriteField(hpack.HeaderField{Name: "grpc-timeout", Value: encodeTimeout(time.Until(dl)), Sensitive: true})
 	}
 	for k, vs := range s.md {
 		if reserved(k) {
