@@ -24,6 +24,22 @@ type Metrics struct {
 
 	mu      sync.RWMutex
 	methods map[string]bool
+
+	// series caches each label combination's collectors: looking them up
+	// in the vectors hashes every label on every call. Bounded like the
+	// labels themselves (configured environments, maxMethods, codes).
+	series sync.Map // seriesKey -> *callSeries
+}
+
+type seriesKey struct {
+	env, method string
+	code        codes.Code
+}
+
+type callSeries struct {
+	calls             prometheus.Counter
+	latency           prometheus.Observer
+	bytesIn, bytesOut prometheus.Counter
 }
 
 // New registers the collectors on reg.
@@ -62,15 +78,32 @@ func (m *Metrics) CallStarted() { m.inFlight.Inc() }
 // CallDone records a finished call.
 func (m *Metrics) CallDone(env, method string, code codes.Code, d time.Duration, bytesIn, bytesOut int64) {
 	m.inFlight.Dec()
-	c := code.String()
-	m.calls.WithLabelValues(env, m.method(method), c).Inc()
-	m.latency.WithLabelValues(env, c).Observe(d.Seconds())
+	s := m.seriesOf(env, method, code)
+	s.calls.Inc()
+	s.latency.Observe(d.Seconds())
 	if bytesIn > 0 {
-		m.bytes.WithLabelValues(env, "in").Add(float64(bytesIn))
+		s.bytesIn.Add(float64(bytesIn))
 	}
 	if bytesOut > 0 {
-		m.bytes.WithLabelValues(env, "out").Add(float64(bytesOut))
+		s.bytesOut.Add(float64(bytesOut))
 	}
+}
+
+func (m *Metrics) seriesOf(env, method string, code codes.Code) *callSeries {
+	// The key holds the method label, not the client's name, so the cache
+	// is as bounded as the labels.
+	k := seriesKey{env, m.method(method), code}
+	if s, ok := m.series.Load(k); ok {
+		return s.(*callSeries)
+	}
+	c := code.String()
+	s, _ := m.series.LoadOrStore(k, &callSeries{
+		calls:    m.calls.WithLabelValues(env, k.method, c),
+		latency:  m.latency.WithLabelValues(env, c),
+		bytesIn:  m.bytes.WithLabelValues(env, "in"),
+		bytesOut: m.bytes.WithLabelValues(env, "out"),
+	})
+	return s.(*callSeries)
 }
 
 func (m *Metrics) method(name string) string {
