@@ -453,3 +453,26 @@ func TestCallsDuringFirstConnect(t *testing.T) {
 		}
 	}
 }
+
+// Response headers larger than a frame arrive as HEADERS and CONTINUATION
+// frames and come out whole, and the connection's HPACK state stays in
+// step for the calls after.
+func TestLargeResponseHeaders(t *testing.T) {
+	s := startServer(t)
+	_, c := newClient(t, Options{}, s.addr)
+	ctx := testCtx(t)
+	big := strings.Repeat("v", 40<<10)
+	for i := range 3 {
+		var hdr, tr metadata.MD
+		_, err := c.Call(ctx, &echopb.EchoRequest{
+			ResponseHeaders:  map[string][]byte{"x-big": []byte(big), "x-i": []byte{byte('0' + i)}},
+			ResponseTrailers: map[string][]byte{"x-big-t": []byte(big)},
+		}, grpc.Header(&hdr), grpc.Trailer(&tr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(hdr["x-big"]) != 1 || hdr["x-big"][0] != big || hdr["x-i"][0] != string(rune('0'+i)) || len(tr["x-big-t"]) != 1 || tr["x-big-t"][0] != big {
+			t.Fatalf("call %d: headers or trailers not whole", i)
+		}
+	}
+}

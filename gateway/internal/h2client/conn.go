@@ -27,6 +27,8 @@ const (
 	connWindow   = 16 << 20
 	// defaultFrame is HTTP/2's initial maximum frame size.
 	defaultFrame = 16384
+	// maxHeaderList bounds a response's header block, as gRPC's default.
+	maxHeaderList = 16 << 20
 	// maxStreamID is the last client stream ID; the connection is replaced
 	// before it runs out.
 	maxStreamID = 1<<31 - 1
@@ -60,6 +62,15 @@ type conn struct {
 	fr      *http2.Framer
 	br      *bufio.Reader
 	pending []*stream
+	// Header blocks are decoded here rather than by the framer, into
+	// fields reused from block to block.
+	hdec    *hpack.Decoder
+	hfields []hpack.HeaderField
+	hsize   int
+	htrunc  bool
+	hblock  []byte // a block whose CONTINUATION frames are still coming
+	hstream uint32
+	hend    bool
 
 	peerMaxFrame atomic.Int32
 	unusable     atomic.Bool // draining or closed: no new streams
@@ -108,8 +119,8 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 	c.peerMaxFrame.Store(defaultFrame)
 	c.br = bufio.NewReaderSize(nc, 32<<10)
 	c.fr = http2.NewFramer(nil, c.br)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = 16 << 20
+	c.hdec = hpack.NewDecoder(4096, c.emitField)
+	c.hdec.SetMaxStringLength(maxHeaderList)
 
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
@@ -537,9 +548,19 @@ func (c *conn) readLoop() {
 			if s := c.stream(f.StreamID); s != nil {
 				s.onData(f.Data(), n, f.StreamEnded())
 			}
-		case *http2.MetaHeadersFrame:
-			if s := c.stream(f.StreamID); s != nil {
-				s.onHeaders(f)
+		case *http2.HeadersFrame:
+			c.hstream, c.hend = f.StreamID, f.StreamEnded()
+			if f.HeadersEnded() {
+				err = c.decodeHeaders(f.HeaderBlockFragment())
+			} else {
+				c.hblock = append(c.hblock[:0], f.HeaderBlockFragment()...)
+			}
+		case *http2.ContinuationFrame:
+			// The framer checks that it continues the block before.
+			if c.hblock = append(c.hblock, f.HeaderBlockFragment()...); len(c.hblock) > maxHeaderList {
+				err = errors.New("header block over the size limit")
+			} else if f.HeadersEnded() {
+				err = c.decodeHeaders(c.hblock)
 			}
 		case *http2.RSTStreamFrame:
 			if s := c.stream(f.StreamID); s != nil {
@@ -572,10 +593,43 @@ func (c *conn) readLoop() {
 			c.broadcastLocked()
 			c.mu.Unlock()
 		case *http2.PushPromiseFrame:
-			c.fail(errors.New("PUSH_PROMISE received with push disabled"))
+			err = errors.New("PUSH_PROMISE received with push disabled")
+		}
+		if err != nil {
+			c.fail(err)
 			return
 		}
 	}
+}
+
+// decodeHeaders decodes a whole header block, which keeps the connection's
+// HPACK state in step even for a stream no longer known, and hands it to
+// its stream.
+func (c *conn) decodeHeaders(block []byte) error {
+	c.hfields, c.hsize, c.htrunc = c.hfields[:0], 0, false
+	if _, err := c.hdec.Write(block); err != nil {
+		return fmt.Errorf("HPACK: %w", err)
+	}
+	if err := c.hdec.Close(); err != nil {
+		return fmt.Errorf("HPACK: %w", err)
+	}
+	if s := c.stream(c.hstream); s != nil {
+		s.onHeaders(c.hfields, c.hend, c.htrunc)
+		c.wakeLater(s)
+	}
+	clear(c.hfields) // keep no strings alive
+	if cap(c.hblock) > 64<<10 {
+		c.hblock = nil
+	}
+	return nil
+}
+
+func (c *conn) emitField(f hpack.HeaderField) {
+	if c.hsize += len(f.Name) + len(f.Value) + 32; c.hsize > maxHeaderList {
+		c.htrunc = true
+		return
+	}
+	c.hfields = append(c.hfields, f)
 }
 
 func (c *conn) onSettings(f *http2.SettingsFrame) error {

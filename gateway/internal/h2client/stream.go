@@ -324,8 +324,9 @@ func (s *stream) notify() {
 }
 
 // onHeaders takes response headers, or trailers.
-func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
-	end := f.StreamEnded()
+// fields are the decoded header block, valid during the call only;
+// truncated says the block was over the header list size limit.
+func (s *stream) onHeaders(fields []hpack.HeaderField, end, truncated bool) {
 	s.mu.Lock()
 	got := s.gotHeaders
 	s.mu.Unlock()
@@ -333,19 +334,19 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		s.fail(status.New(codes.Internal, "a HEADERS frame cannot appear in the middle of a stream"), http2.ErrCodeProtocol)
 		return
 	}
-	if f.Truncated {
+	if truncated {
 		s.fail(status.New(codes.Internal, "upstream header list size exceeded limit"), http2.ErrCodeFrameSize)
 		return
 	}
 	var (
-		md          = metadata.MD{}
+		md          metadata.MD // made for the first field kept
 		httpStatus  string
 		contentType string
 		grpcStatus  = ""
 		grpcMessage string
 		comp        string
 	)
-	for _, hf := range f.Fields {
+	for _, hf := range fields {
 		switch hf.Name {
 		case ":status":
 			httpStatus = hf.Value
@@ -369,6 +370,9 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 					return
 				}
 			}
+			if md == nil {
+				md = metadata.MD{}
+			}
 			md[hf.Name] = append(md[hf.Name], v)
 		}
 	}
@@ -379,6 +383,9 @@ func (s *stream) onHeaders(f *http2.MetaHeadersFrame) {
 		}
 	}
 	if !end {
+		if md == nil {
+			md = metadata.MD{} // headers present, none to pass on: not trailers-only
+		}
 		s.mu.Lock()
 		s.gotHeaders = true
 		s.header = md

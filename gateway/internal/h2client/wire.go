@@ -97,6 +97,9 @@ func decodeMessage(msg string) string {
 // finalStatus builds the call's status from its trailers, with the details
 // of grpc-status-details-bin when they agree with grpc-status.
 func finalStatus(code codes.Code, msg string, details []string) *status.Status {
+	if code == codes.OK && msg == "" && details == nil {
+		return okStatus
+	}
 	if len(details) == 1 {
 		p := &spb.Status{}
 		if err := proto.Unmarshal([]byte(details[0]), p); err == nil && codes.Code(p.GetCode()) == code {
@@ -105,6 +108,9 @@ func finalStatus(code codes.Code, msg string, details []string) *status.Status {
 	}
 	return status.New(code, msg)
 }
+
+// okStatus is shared: a Status is never changed once made.
+var okStatus = status.New(codes.OK, "")
 
 // httpStatusCode maps a non-gRPC HTTP answer to a gRPC code, as the gRPC
 // spec's "HTTP to gRPC status code mapping" says.
