@@ -302,7 +302,7 @@ func (c *conn) open(ctx context.Context, s *stream) error {
 	}
 	c.mu.Unlock()
 	c.hbuf.Reset()
-	s.encodeHeaders(c.henc)
+	s.encodeHeaders(c.henc, &c.hbuf)
 	c.writeHeaderBlock(s.id)
 	c.unlockWrite()
 	return nil
@@ -564,7 +564,13 @@ func (c *conn) readLoop() {
 			}
 		case *http2.RSTStreamFrame:
 			if s := c.stream(f.StreamID); s != nil {
-				s.finish(resetStatus(f.ErrCode), nil, true)
+				st := resetStatus(f.ErrCode)
+				if dl, ok := s.ctx.Deadline(); ok && f.ErrCode == http2.ErrCodeCancel && !dl.After(time.Now()) {
+					// The upstream gave up at the deadline it was sent,
+					// as gRPC's transport reads it.
+					st = status.New(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+				}
+				s.finish(st, nil, true)
 				c.wakeLater(s)
 			}
 		case *http2.SettingsFrame:

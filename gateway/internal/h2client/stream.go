@@ -1,12 +1,14 @@
 package h2client
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,19 +80,26 @@ func (s *stream) RecvCompress() string {
 }
 
 // encodeHeaders writes the request's header block; called under c.wmu.
-func (s *stream) encodeHeaders(enc *hpack.Encoder) {
+// The fields that never change are written as prepared bytes (static
+// table entries, literals never indexed), which leaves the dynamic table
+// alone and skips the encoder's table search for them.
+func (s *stream) encodeHeaders(enc *hpack.Encoder, buf *bytes.Buffer) {
 	w := func(k, v string) { _ = enc.WriteField(hpack.HeaderField{Name: k, Value: v}) }
-	w(":method", "POST")
-	w(":scheme", "http")
+	// First from the encoder: it may have to start the block with a
+	// table size update.
 	w(":path", s.method)
+	buf.Write(fixedPseudo)
 	w(":authority", s.authority)
-	w("content-type", s.contentType)
+	if s.contentType == "application/grpc" {
+		buf.Write(fixedFields)
+	} else {
+		w("content-type", s.contentType)
+		buf.Write(fixedFields[len(grpcContentType):])
+	}
 	w("user-agent", s.userAgent)
-	w("te", "trailers")
 	if s.compName != "" {
 		w("grpc-encoding", s.compName)
 	}
-	w("grpc-accept-encoding", acceptEncoding)
 	if dl, ok := s.ctx.Deadline(); ok {
 		// New with every call: kept out of the dynamic table, where it
 		// would only push out the fields that repeat.
@@ -108,6 +117,33 @@ func (s *stream) encodeHeaders(enc *hpack.Encoder) {
 			w(k, v)
 		}
 	}
+}
+
+var (
+	// :method POST and :scheme http, from the static table.
+	fixedPseudo = []byte{0x80 | 3, 0x80 | 6}
+	// content-type application/grpc (name from the static table), then te
+	// and grpc-accept-encoding, all literals without indexing.
+	grpcContentType = append([]byte{0x0f, 31 - 15}, hpackString("application/grpc")...)
+	fixedFields     = slices.Concat(grpcContentType,
+		[]byte{0}, hpackString("te"), hpackString("trailers"),
+		[]byte{0}, hpackString("grpc-accept-encoding"), hpackString(acceptEncoding))
+)
+
+// hpackString is a string literal without Huffman coding (RFC 7541 5.2).
+func hpackString(v string) []byte {
+	n := len(v)
+	var b []byte
+	if n < 127 {
+		b = append(b, byte(n))
+	} else {
+		b = append(b, 127)
+		for n -= 127; n >= 128; n >>= 7 {
+			b = append(b, byte(n&0x7f|0x80))
+		}
+		b = append(b, byte(n))
+	}
+	return append(b, v...)
 }
 
 // SendMsg sends one message. It returns io.EOF when the stream has ended;

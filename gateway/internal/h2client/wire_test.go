@@ -1,0 +1,45 @@
+package h2client
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2/hpack"
+)
+
+// The prepared header bytes decode to the fields they stand for.
+func TestFixedHeaderBytes(t *testing.T) {
+	var got []hpack.HeaderField
+	dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) { got = append(got, f) })
+	long := strings.Repeat("x", 300)
+	block := append(append(append([]byte{}, fixedPseudo...), fixedFields...), append([]byte{0}, append(hpackString("x-long"), hpackString(long)...)...)...)
+	if _, err := dec.Write(block); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{":method=POST", ":scheme=http", "content-type=application/grpc", "te=trailers",
+		"grpc-accept-encoding=" + acceptEncoding, "x-long=" + long}
+	if len(got) != len(want) {
+		t.Fatalf("decoded %v", got)
+	}
+	for i, f := range got {
+		if f.Name+"="+f.Value != want[i] {
+			t.Errorf("field %d: %s=%s, want %s", i, f.Name, f.Value, want[i])
+		}
+	}
+	// The first dynamic entry (index 62) must not exist.
+	if _, err := dec.Write([]byte{0x80 | 62}); err == nil {
+		t.Error("prepared fields added to the dynamic table")
+	}
+}
+
+func TestEncodeTimeout(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0: "0n", 50 * time.Nanosecond: "50n", 1500 * time.Millisecond: "1500000u",
+		3 * time.Hour: "10800000m", 400 * 24 * time.Hour: "34560000S", 4000 * 24 * time.Hour: "5760000M",
+	} {
+		if got := encodeTimeout(d); got != want {
+			t.Errorf("%v: %s, want %s", d, got, want)
+		}
+	}
+}
