@@ -4,7 +4,7 @@
 # to route on the env header with HTTP/2 to the backend, through the naive
 # mwitkow/grpc-proxy router (scripts/bench/grpcproxy) as a baseline, and
 # through the least a grpc-go server + client forwarder can do
-# (scripts/bench/floor), the floor of the stack envgate is built on. h2load (raw gRPC
+# (scripts/bench/floor), what envgate would cost on grpc-go's client at the least. h2load (raw gRPC
 # frames) measures throughput and CPU, ghz measures latency. Every run is
 # bounded by a call count and a timeout. Prints one table with ratios to
 # direct and to envgate, measured in this run (the machine is shared).

@@ -1,9 +1,10 @@
-// Command floor is the least work a proxy built on grpc-go (a grpc.Server
-// in front, a grpc.ClientConn behind, as envgate is) can do per call: an
+// Command floor is the least work a proxy built on grpc-go alone (a
+// grpc.Server in front, a grpc.ClientConn behind) can do per call: an
 // unknown-service handler that opens the upstream stream and pumps raw
 // frames both ways, with no routing, metrics, retries, logging or header
-// handling. make bench runs it so that envgate's CPU per call can be read
-// against the floor of the stack it is built on, measured in the same run.
+// handling. make bench runs it so that envgate's CPU per call (grpc-go's
+// server in front, its own HTTP/2 client behind) can be read against what
+// grpc-go's client would cost at the least, measured in the same run.
 // It is not a usable proxy: it forwards every call to one backend.
 package main
 
