@@ -219,13 +219,10 @@ func (cl *Client) manage(ep *endpoint) {
 		case <-c.gone:
 			cl.setState(ep, nil, nil)
 		case <-ep.ctx.Done():
-			cl.mu.Lock()
-			closing := cl.closed
-			cl.mu.Unlock()
-			if !closing {
-				cl.setState(ep, nil, nil)
-				c.drain() // calls in flight finish
-			}
+			// Left the set (Update already took it out of the ready
+			// ones) or the client closed (Close ends the connection):
+			// calls in flight finish.
+			c.drain()
 			return
 		}
 	}

@@ -278,21 +278,29 @@ func TestLargeMessagesBothWays(t *testing.T) {
 	}
 
 	// Many concurrent streams, each with more than its window.
+	if err := concurrently(20, func() error {
+		_, err := c.Call(ctx, &echopb.EchoRequest{Payload: payload[:600<<10], ResponseSize: 700 << 10})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// concurrently runs call n times at once and returns the first error.
+func concurrently(n int, call func() error) error {
 	var wg sync.WaitGroup
-	errs := make(chan error, 20)
-	for range 20 {
-		wg.Go(func() {
-			_, err := c.Call(ctx, &echopb.EchoRequest{Payload: payload[:600<<10], ResponseSize: 700 << 10})
-			errs <- err
-		})
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() { errs <- call() })
 	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 	}
+	return nil
 }
 
 func TestBalancesPerCall(t *testing.T) {
@@ -379,20 +387,11 @@ func TestUpstreamStreamLimit(t *testing.T) {
 	s := startServer(t, grpc.MaxConcurrentStreams(2))
 	_, c := newClient(t, Options{}, s.addr)
 	ctx := testCtx(t)
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for range 8 {
-		wg.Go(func() {
-			_, err := c.Call(ctx, &echopb.EchoRequest{SleepMs: 50})
-			errs <- err
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+	if err := concurrently(8, func() error {
+		_, err := c.Call(ctx, &echopb.EchoRequest{SleepMs: 50})
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -435,21 +434,13 @@ func TestCallsDuringFirstConnect(t *testing.T) {
 	for round := range 30 {
 		_, c := newClient(t, Options{}, s.addr)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		var wg sync.WaitGroup
-		errs := make(chan error, 20)
-		for range 20 {
-			wg.Go(func() {
-				_, err := c.Call(ctx, &echopb.EchoRequest{})
-				errs <- err
-			})
-		}
-		wg.Wait()
+		err := concurrently(20, func() error {
+			_, err := c.Call(ctx, &echopb.EchoRequest{})
+			return err
+		})
 		cancel()
-		close(errs)
-		for err := range errs {
-			if err != nil {
-				t.Fatalf("round %d: %v", round, err)
-			}
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
 		}
 	}
 }

@@ -84,7 +84,6 @@ type conn struct {
 	peerInitWin int64
 	draining    bool
 	closed      bool
-	err         error
 	changed     chan struct{} // made by waiters, closed on any change
 
 	gone     chan struct{} // closed once the connection takes no new streams
@@ -119,6 +118,7 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 	c.peerMaxFrame.Store(defaultFrame)
 	c.br = bufio.NewReaderSize(nc, 32<<10)
 	c.fr = http2.NewFramer(nil, c.br)
+	c.fr.SetMaxReadFrameSize(defaultFrame) // what SETTINGS left at its default allows
 	c.hdec = hpack.NewDecoder(4096, c.emitField)
 	c.hdec.SetMaxStringLength(maxHeaderList)
 
@@ -426,7 +426,7 @@ func (c *conn) setDrainingLocked() {
 	c.unusable.Store(true)
 	c.goneOnce.Do(func() { close(c.gone) })
 	if c.active == 0 && !c.closed {
-		c.closeLocked(errors.New("drained"))
+		c.closeLocked()
 	}
 }
 
@@ -437,9 +437,8 @@ func (c *conn) drain() {
 	c.mu.Unlock()
 }
 
-func (c *conn) closeLocked(err error) {
+func (c *conn) closeLocked() {
 	c.closed = true
-	c.err = err
 	c.unusable.Store(true)
 	c.goneOnce.Do(func() { close(c.gone) })
 	c.broadcastLocked()
@@ -453,7 +452,7 @@ func (c *conn) fail(err error) {
 		c.mu.Unlock()
 		return
 	}
-	c.closeLocked(err)
+	c.closeLocked()
 	streams := c.streams
 	c.streams = map[uint32]*stream{}
 	c.active = 0
@@ -477,7 +476,7 @@ func (c *conn) remove(s *stream) {
 		c.active--
 		c.broadcastLocked()
 		if c.draining && c.active == 0 && !c.closed {
-			c.closeLocked(errors.New("drained"))
+			c.closeLocked()
 		}
 	}
 	c.mu.Unlock()
@@ -701,7 +700,7 @@ func (c *conn) onGoAway(f *http2.GoAwayFrame) {
 	}
 	c.mu.Lock()
 	if c.active == 0 && !c.closed {
-		c.closeLocked(errors.New("drained after GOAWAY"))
+		c.closeLocked()
 	}
 	c.mu.Unlock()
 }
