@@ -128,24 +128,24 @@ func (cl *Client) Update(addrs []string) {
 	if cl.closed {
 		return
 	}
+	keep := make(map[string]bool, len(addrs))
+	for _, addr := range addrs {
+		keep[addr] = true
+	}
 	for addr, ep := range cl.eps {
-		if !slices.Contains(addrs, addr) {
+		if !keep[addr] {
 			ep.cancel()
 			delete(cl.eps, addr)
 		}
 	}
-	for _, addr := range addrs {
+	for addr := range keep {
 		if _, ok := cl.eps[addr]; ok {
 			continue
 		}
 		ctx, cancel := context.WithCancel(cl.ctx)
 		ep := &endpoint{addr: addr, ctx: ctx, cancel: cancel}
 		cl.eps[addr] = ep
-		cl.wg.Add(1)
-		go func() {
-			defer cl.wg.Done()
-			cl.manage(ep)
-		}()
+		cl.wg.Go(func() { cl.manage(ep) })
 	}
 	cl.changedLocked()
 }
@@ -310,7 +310,7 @@ func (cl *Client) pick(ctx context.Context) (*conn, error) {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return nil, ctxStatus(ctx).Err()
+			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 	}
 }
@@ -334,7 +334,7 @@ func (cl *Client) tryPick() *conn {
 // CallContentSubtype and the message size limits.
 func (cl *Client) NewStream(ctx context.Context, _ *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, ctxStatus(ctx).Err()
+		return nil, status.FromContextError(ctx.Err()).Err()
 	}
 	s := &stream{
 		ctx: ctx, method: method, authority: cl.authority,

@@ -273,7 +273,7 @@ func (c *conn) open(ctx context.Context, s *stream) error {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return ctxStatus(ctx).Err()
+			return status.FromContextError(ctx.Err()).Err()
 		}
 		c.mu.Lock()
 	}
@@ -567,7 +567,7 @@ func (c *conn) readLoop() {
 				if dl, ok := s.ctx.Deadline(); ok && f.ErrCode == http2.ErrCodeCancel && !dl.After(time.Now()) {
 					// The upstream gave up at the deadline it was sent,
 					// as gRPC's transport reads it.
-					st = status.New(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+					st = status.FromContextError(context.DeadlineExceeded)
 				}
 				s.finish(st, nil, true)
 				c.wakeLater(s)

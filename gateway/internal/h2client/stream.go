@@ -49,21 +49,19 @@ type stream struct {
 	rstSent    bool  // under c.wmu
 	sendBufs   [4][]byte
 
-	mu          sync.Mutex
-	q           msgQueue
-	recvWin     int64 // bytes the upstream may still send
-	ackPending  int64 // bytes read and not yet granted back
-	gotHeaders  bool
-	header      metadata.MD
-	recvComp    string
-	trailer     metadata.MD
-	final       *status.Status
-	finished    bool
-	hdrCh       chan struct{} // closed by notify once headersDone
-	hdrClosed   bool
-	done        chan struct{} // closed on finish
-	wake        chan struct{} // signals the reader of new data
-	headersDone bool
+	mu         sync.Mutex
+	q          msgQueue
+	recvWin    int64 // bytes the upstream may still send
+	ackPending int64 // bytes read and not yet granted back
+	header     metadata.MD
+	recvComp   string
+	trailer    metadata.MD
+	final      *status.Status
+	finished   bool
+	hdrCh      chan struct{} // closed by notify once headers or the end are known
+	hdrClosed  bool
+	done       chan struct{} // closed on finish
+	wake       chan struct{} // signals the reader of new data
 }
 
 func (s *stream) Context() context.Context { return s.ctx }
@@ -326,7 +324,7 @@ func (s *stream) onData(data []byte, n int64, end bool) {
 		s.fail(status.New(codes.Internal, "envgate: the upstream sent more than the stream's flow-control window"), http2.ErrCodeFlowControl)
 		return
 	}
-	if !s.gotHeaders {
+	if s.header == nil {
 		s.mu.Unlock()
 		s.fail(status.New(codes.Internal, "envgate: the upstream sent data before response headers"), http2.ErrCodeProtocol)
 		return
@@ -348,7 +346,7 @@ func (s *stream) onData(data []byte, n int64, end bool) {
 // headers or the end are known, RecvMsg's for anything new.
 func (s *stream) notify() {
 	s.mu.Lock()
-	if s.headersDone && !s.hdrClosed {
+	if (s.header != nil || s.finished) && !s.hdrClosed {
 		s.hdrClosed = true
 		close(s.hdrCh)
 	}
@@ -359,12 +357,12 @@ func (s *stream) notify() {
 	}
 }
 
-// onHeaders takes response headers, or trailers.
-// fields are the decoded header block, valid during the call only;
-// truncated says the block was over the header list size limit.
+// onHeaders takes response headers, or trailers; the reader wakes the
+// stream after. fields are the decoded header block, valid during the call
+// only; truncated says the block was over the header list size limit.
 func (s *stream) onHeaders(fields []hpack.HeaderField, end, truncated bool) {
 	s.mu.Lock()
-	got := s.gotHeaders
+	got := s.header != nil
 	s.mu.Unlock()
 	if got && !end {
 		s.fail(status.New(codes.Internal, "a HEADERS frame cannot appear in the middle of a stream"), http2.ErrCodeProtocol)
@@ -423,12 +421,9 @@ func (s *stream) onHeaders(fields []hpack.HeaderField, end, truncated bool) {
 			md = metadata.MD{} // headers present, none to pass on: not trailers-only
 		}
 		s.mu.Lock()
-		s.gotHeaders = true
 		s.header = md
 		s.recvComp = comp
-		s.headersDone = true
 		s.mu.Unlock()
-		s.c.wakeLater(s)
 		return
 	}
 	code := codes.Unknown
@@ -436,13 +431,11 @@ func (s *stream) onHeaders(fields []hpack.HeaderField, end, truncated bool) {
 		c, err := strconv.ParseUint(grpcStatus, 10, 32)
 		if err != nil {
 			s.finish(status.Newf(codes.Unknown, "transport: malformed grpc-status: %v", err), md, true)
-			s.c.wakeLater(s)
 			return
 		}
 		code = codes.Code(c)
 	}
 	s.finish(finalStatus(code, grpcMessage, md["grpc-status-details-bin"]), md, true)
-	s.c.wakeLater(s)
 }
 
 // checkResponse returns the status of a response that is not gRPC's.
@@ -493,7 +486,6 @@ func (s *stream) finish(st *status.Status, trailer metadata.MD, remoteDone bool)
 	s.finished = true
 	s.final = st
 	s.trailer = trailer
-	s.headersDone = true
 	close(s.done)
 	stop := s.stopWatch
 	s.mu.Unlock()
@@ -511,14 +503,7 @@ func (s *stream) finish(st *status.Status, trailer metadata.MD, remoteDone bool)
 
 // cancel ends the stream because its context ended.
 func (s *stream) cancel() {
-	s.fail(ctxStatus(s.ctx), http2.ErrCodeCancel)
-}
-
-func ctxStatus(ctx context.Context) *status.Status {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return status.New(codes.DeadlineExceeded, ctx.Err().Error())
-	}
-	return status.New(codes.Canceled, ctx.Err().Error())
+	s.fail(status.FromContextError(s.ctx.Err()), http2.ErrCodeCancel)
 }
 
 // msgQueue holds the messages received and not yet read, split at their

@@ -180,13 +180,15 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		}
 	}
 	opts = append(opts, p.codecFor(subtype))
+	authority := ""
 	if a := metadata.ValueFromIncomingContext(ctx, ":authority"); len(a) == 1 {
-		if c.md != nil {
-			u.req = h2client.Request{MD: c.md, Authority: a[0]}
-			opts = append(opts, &u.req)
-		} else {
-			opts = append(opts, grpc.CallAuthority(a[0]))
-		}
+		authority = a[0]
+	}
+	if c.md != nil {
+		u.req = h2client.Request{MD: c.md, Authority: authority}
+		opts = append(opts, &u.req)
+	} else if authority != "" {
+		opts = append(opts, grpc.CallAuthority(authority))
 	}
 	u.opts = opts
 	if c.action != nil {
