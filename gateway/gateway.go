@@ -35,6 +35,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/certs"
 	"github.com/envgate/envgate/gateway/internal/config"
 	"github.com/envgate/envgate/gateway/internal/discovery"
+	"github.com/envgate/envgate/gateway/internal/edge"
 	"github.com/envgate/envgate/gateway/internal/h2client"
 	"github.com/envgate/envgate/gateway/internal/metrics"
 	"github.com/envgate/envgate/gateway/internal/proxy"
@@ -66,6 +67,7 @@ type gateway struct {
 	metrics *metrics.Metrics
 
 	listeners []net.Listener
+	conns     *edge.Limiter // the client connections of every listener
 	servers   []*grpc.Server
 	admin     *http.Server
 	adminLis  net.Listener
@@ -115,6 +117,17 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
 	handler := (&localHealth{header: cfg.Routing.Header, srv: g.health, next: px.Handler}).handler
 
+	resets := cfg.Limits.PrematureResets
+	if resets < 0 {
+		resets = 0
+	}
+	g.conns = edge.NewLimiter(edge.Options{
+		MaxConns:        cfg.Limits.MaxConnections,
+		PrematureResets: resets,
+		Log:             log,
+		OnRefused:       g.metrics.ConnectionRefused,
+		OnResetClose:    g.metrics.ConnectionClosedForResets,
+	})
 	for _, l := range cfg.Listeners {
 		creds := insecure.NewCredentials()
 		if l.TLS != nil {
@@ -130,7 +143,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 			g.closeListeners()
 			return nil, fmt.Errorf("listen: %w", err)
 		}
-		g.listeners = append(g.listeners, lis)
+		g.listeners = append(g.listeners, g.conns.Listen(lis, l.TLS == nil))
 		g.servers = append(g.servers, newServer(cfg, creds, handler))
 	}
 	if cfg.Admin.Address != "-" {
@@ -377,6 +390,11 @@ func newServer(cfg *config.Config, creds credentials.TransportCredentials, handl
 		grpc.MaxRecvMsgSize(l.MaxMessageBytes),
 		grpc.MaxSendMsgSize(l.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
+		// Advertised in SETTINGS; a longer list resets its stream
+		// (FRAME_SIZE_ERROR, as Envoy's HTTP/2 codec does on header
+		// overflow) and is never held: the decoder stops keeping fields
+		// past it.
+		grpc.MaxHeaderListSize(uint32(l.MaxRequestHeadersBytes)),
 		grpc.InitialWindowSize(clientStreamWindow),
 		grpc.InitialConnWindowSize(clientConnWindow),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
@@ -384,8 +402,9 @@ func newServer(cfg *config.Config, creds credentials.TransportCredentials, handl
 			PermitWithoutStream: true,
 		}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
-			Time:    l.KeepaliveTime,
-			Timeout: l.KeepaliveTimeout,
+			Time:              l.KeepaliveTime,
+			Timeout:           l.KeepaliveTimeout,
+			MaxConnectionIdle: l.IdleTimeout,
 		}),
 	)
 }

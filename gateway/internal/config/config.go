@@ -168,6 +168,20 @@ type Limits struct {
 	// pings it, and KeepaliveTimeout how long it waits for the answer.
 	KeepaliveTime    time.Duration `yaml:"keepaliveTime"`
 	KeepaliveTimeout time.Duration `yaml:"keepaliveTimeout"`
+	// MaxRequestHeadersBytes bounds a request's header list (names, values
+	// and 32 bytes a field, as HTTP/2 counts it); it is advertised as
+	// SETTINGS_MAX_HEADER_LIST_SIZE and a larger list resets the stream.
+	MaxRequestHeadersBytes int `yaml:"maxRequestHeadersBytes"`
+	// MaxConnections caps the client connections open at once, across
+	// listeners; more are refused (h2c: with GOAWAY saying why).
+	MaxConnections int `yaml:"maxConnections"`
+	// IdleTimeout closes a client connection (GOAWAY) with no call in
+	// flight for this long.
+	IdleTimeout time.Duration `yaml:"idleTimeout"`
+	// PrematureResets closes a client connection that resets this many
+	// streams early, or more than half of its streams past that many
+	// (Envoy's premature reset limit). -1 turns it off.
+	PrematureResets int `yaml:"prematureResets"`
 }
 
 // Defaults. Message size is four times gRPC's default 4 MiB receive limit so
@@ -183,13 +197,23 @@ const (
 	DefaultKeepaliveMinTime     = 5 * time.Second
 	DefaultKeepaliveTime        = 2 * time.Minute
 	DefaultKeepaliveTimeout     = 20 * time.Second
-	DefaultShutdownGrace        = 30 * time.Second
-	DefaultDrainDelay           = 5 * time.Second
-	DefaultAdminAddress         = ":15021"
-	DefaultNamespaceSelector    = "envgate.io/environment=true"
-	DefaultDNSSuffix            = "svc.cluster.local"
-	DefaultDNSRefresh           = 5 * time.Second
-	DefaultTLSReloadInterval    = 10 * time.Second
+	// Envoy's max_request_headers_kb default.
+	DefaultMaxRequestHeadersBytes = 60 << 10
+	// Idle connections cost 40-50 KiB each: 1024 of them fit well inside
+	// the manifests' 256 MiB with room for the calls.
+	DefaultMaxConnections = 1024
+	// Longer than Google's load balancer keeps an idle backend connection
+	// (600 s), so the gateway is never the one to cut it; Envoy's default.
+	DefaultIdleTimeout = time.Hour
+	// Envoy's overload.premature_reset_total_stream_count default.
+	DefaultPrematureResets   = 500
+	DefaultShutdownGrace     = 30 * time.Second
+	DefaultDrainDelay        = 5 * time.Second
+	DefaultAdminAddress      = ":15021"
+	DefaultNamespaceSelector = "envgate.io/environment=true"
+	DefaultDNSSuffix         = "svc.cluster.local"
+	DefaultDNSRefresh        = 5 * time.Second
+	DefaultTLSReloadInterval = 10 * time.Second
 )
 
 // Load reads a YAML file, applies defaults and validates it.
@@ -285,6 +309,18 @@ func (c *Config) Defaults() {
 	}
 	if l.KeepaliveTimeout == 0 {
 		l.KeepaliveTimeout = DefaultKeepaliveTimeout
+	}
+	if l.MaxRequestHeadersBytes == 0 {
+		l.MaxRequestHeadersBytes = DefaultMaxRequestHeadersBytes
+	}
+	if l.MaxConnections == 0 {
+		l.MaxConnections = DefaultMaxConnections
+	}
+	if l.IdleTimeout == 0 {
+		l.IdleTimeout = DefaultIdleTimeout
+	}
+	if l.PrematureResets == 0 {
+		l.PrematureResets = DefaultPrematureResets
 	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = DefaultShutdownGrace
@@ -400,7 +436,10 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxMessageBytes < 0 {
 		errs = append(errs, errors.New("limits.maxMessageBytes: must be positive"))
 	}
-	if c.Limits.KeepaliveMinTime < 0 || c.Limits.KeepaliveTime < 0 || c.Limits.KeepaliveTimeout < 0 || c.ShutdownGrace < 0 || c.DrainDelay < 0 {
+	if c.Limits.MaxRequestHeadersBytes < 0 || c.Limits.MaxConnections < 0 || c.Limits.PrematureResets < -1 {
+		errs = append(errs, errors.New("limits: maxRequestHeadersBytes and maxConnections must be positive, prematureResets positive or -1"))
+	}
+	if c.Limits.KeepaliveMinTime < 0 || c.Limits.IdleTimeout < 0 || c.Limits.KeepaliveTime < 0 || c.Limits.KeepaliveTimeout < 0 || c.ShutdownGrace < 0 || c.DrainDelay < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))
 	}
 	return errors.Join(errs...)

@@ -10,9 +10,11 @@ import (
 	"google.golang.org/grpc/codes"
 )
 
-// maxMethods bounds the method label: method names come from clients, so
-// past this many distinct ones the rest are counted as "other".
-const maxMethods = 1000
+// maxMethods bounds the method label per environment: method names come
+// from clients, so past this many distinct ones in an environment the rest
+// are counted as "other". Calls that were not routed get no method label
+// at all (""), so names sent to no environment take no slot.
+const maxMethods = 200
 
 // Metrics are the gateway's call metrics.
 type Metrics struct {
@@ -21,9 +23,10 @@ type Metrics struct {
 	bytes    *prometheus.CounterVec
 	inFlight prometheus.Gauge
 	reloads  *prometheus.CounterVec
+	conns    *prometheus.CounterVec
 
 	mu      sync.RWMutex
-	methods map[string]bool
+	methods map[string]map[string]bool // env -> method names counted
 
 	// series caches each label combination's collectors: looking them up
 	// in the vectors hashes every label on every call. Bounded like the
@@ -66,9 +69,13 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "envgate_certificate_reloads_total",
 			Help: "Serving certificate reloads, by result (ok, error).",
 		}, []string{"result"}),
-		methods: map[string]bool{},
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envgate_downstream_connections_closed_total",
+			Help: "Client connections the gateway refused or closed, by reason (limit: over limits.maxConnections; premature_resets: too many streams reset early).",
+		}, []string{"reason"}),
+		methods: map[string]map[string]bool{},
 	}
-	reg.MustRegister(m.calls, m.latency, m.bytes, m.inFlight, m.reloads)
+	reg.MustRegister(m.calls, m.latency, m.bytes, m.inFlight, m.reloads, m.conns)
 	return m
 }
 
@@ -92,7 +99,7 @@ func (m *Metrics) CallDone(env, method string, code codes.Code, d time.Duration,
 func (m *Metrics) seriesOf(env, method string, code codes.Code) *callSeries {
 	// The key holds the method label, not the client's name, so the cache
 	// is as bounded as the labels.
-	k := seriesKey{env, m.method(method), code}
+	k := seriesKey{env, m.method(env, method), code}
 	if s, ok := m.series.Load(k); ok {
 		return s.(*callSeries)
 	}
@@ -106,10 +113,14 @@ func (m *Metrics) seriesOf(env, method string, code codes.Code) *callSeries {
 	return s.(*callSeries)
 }
 
-func (m *Metrics) method(name string) string {
+// method is the method label of a call routed to env ("": not routed).
+func (m *Metrics) method(env, name string) string {
+	if env == "" {
+		return ""
+	}
 	m.mu.RLock()
-	known := m.methods[name]
-	n := len(m.methods)
+	known := m.methods[env][name]
+	n := len(m.methods[env])
 	m.mu.RUnlock()
 	if known {
 		return name
@@ -119,12 +130,24 @@ func (m *Metrics) method(name string) string {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if len(m.methods) >= maxMethods {
+	names := m.methods[env]
+	if names == nil {
+		names = map[string]bool{}
+		m.methods[env] = names
+	}
+	if len(names) >= maxMethods {
 		return "other"
 	}
-	m.methods[name] = true
+	names[name] = true
 	return name
 }
+
+// ConnectionRefused counts a client connection refused over the limit.
+func (m *Metrics) ConnectionRefused() { m.conns.WithLabelValues("limit").Inc() }
+
+// ConnectionClosedForResets counts a client connection closed for resetting
+// too many streams early.
+func (m *Metrics) ConnectionClosedForResets() { m.conns.WithLabelValues("premature_resets").Inc() }
 
 // CertificateReloaded counts a reload attempt.
 func (m *Metrics) CertificateReloaded(err error) {

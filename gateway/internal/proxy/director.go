@@ -26,10 +26,19 @@ type Routes func() *route.Table
 
 // hopByHop are the connection-scoped headers a proxy must not forward
 // (RFC 9110 section 7.6.1, and what Envoy strips).
+// content-length is the client's claim about its own body: the upstream
+// request is framed anew, and Envoy does not forward it on HTTP/2 either.
 var hopByHop = []string{
 	"connection", "keep-alive", "proxy-connection", "transfer-encoding",
 	"upgrade", "te", "http2-settings", "proxy-authenticate", "proxy-authorization",
+	"content-length",
 }
+
+// maxForwardedFor bounds the x-forwarded-for the upstream gets: the
+// client's own entries are kept from the right (the ones nearest the
+// gateway, the only ones a hop vouched for) while they fit, then the
+// client's address is appended.
+const maxForwardedFor = 1024
 
 // NewDirector routes each call by the table and hands it to the chosen
 // destination's connection, with the request metadata the upstream should
@@ -105,17 +114,21 @@ func outgoing(ctx context.Context, md metadata.MD) metadata.MD {
 		delete(md, k)
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr := p.Addr
+		if u, ok := addr.(interface{ Unwrap() net.Addr }); ok {
+			addr = u.Unwrap()
+		}
 		var ip string
-		if a, ok := p.Addr.(*net.TCPAddr); ok {
+		if a, ok := addr.(*net.TCPAddr); ok {
 			ip = a.IP.String()
 		} else {
-			ip = p.Addr.String()
+			ip = addr.String()
 			if host, _, err := net.SplitHostPort(ip); err == nil {
 				ip = host
 			}
 		}
 		if prior := md["x-forwarded-for"]; len(prior) > 0 {
-			ip = strings.Join(prior, ", ") + ", " + ip
+			ip = forwardedFor(prior, ip)
 		}
 		md["x-forwarded-for"] = []string{ip}
 		proto := "http"
@@ -125,4 +138,42 @@ func outgoing(ctx context.Context, md metadata.MD) metadata.MD {
 		md["x-forwarded-proto"] = []string{proto}
 	}
 	return md
+}
+
+// forwardedFor appends ip to the client's x-forwarded-for entries, keeping
+// only the rightmost entries that fit in maxForwardedFor bytes.
+func forwardedFor(prior []string, ip string) string {
+	budget := maxForwardedFor - len(ip)
+	size := 0
+	// Walk the values, then the entries in each, from the right.
+	var kept []string
+outer:
+	for i := len(prior) - 1; i >= 0; i-- {
+		v := prior[i]
+		for v != "" {
+			entry := v
+			if j := strings.LastIndexByte(v, ','); j >= 0 {
+				entry, v = v[j+1:], v[:j]
+			} else {
+				v = ""
+			}
+			entry = strings.TrimSpace(entry)
+			if entry == "" {
+				continue
+			}
+			if size+len(entry)+2 > budget {
+				break outer
+			}
+			size += len(entry) + 2
+			kept = append(kept, entry)
+		}
+	}
+	var b strings.Builder
+	b.Grow(size + len(ip))
+	for i := len(kept) - 1; i >= 0; i-- {
+		b.WriteString(kept[i])
+		b.WriteString(", ")
+	}
+	b.WriteString(ip)
+	return b.String()
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -70,6 +71,7 @@ func TestDirectorOutgoingMetadata(t *testing.T) {
 		"x-custom-bin":     {"\x00\x01"},
 		"grpc-trace-bin":   {"\x02"},
 		"proxy-connection": {"x"},
+		"content-length":   {"12"},
 	}
 	ctx, conn, err := dir(incoming(in), "/pkg.Svc/Method")
 	if err != nil {
@@ -79,7 +81,7 @@ func TestDirectorOutgoingMetadata(t *testing.T) {
 		t.Fatalf("routed to %v", d)
 	}
 	out, _ := metadata.FromOutgoingContext(ctx)
-	for _, k := range []string{":authority", "connection", "keep-alive", "proxy-connection"} {
+	for _, k := range []string{":authority", "connection", "keep-alive", "proxy-connection", "content-length"} {
 		if _, ok := out[k]; ok {
 			t.Errorf("%s forwarded", k)
 		}
@@ -94,6 +96,35 @@ func TestDirectorOutgoingMetadata(t *testing.T) {
 		if got := strings.Join(out[k], ","); got != want {
 			t.Errorf("%s = %q, want %q", k, got, want)
 		}
+	}
+}
+
+// x-forwarded-for is bounded whatever the client sends: its rightmost
+// entries are kept while they fit, and the client's address is always last.
+func TestDirectorForwardedForIsBounded(t *testing.T) {
+	dir := testDirector(t, true)
+	var many []string
+	for i := range 5000 {
+		many = append(many, fmt.Sprintf("203.0.%d.%d", i/256, i%256))
+	}
+	ctx, _, err := dir(incoming(metadata.MD{"env": {"env1"}, "x-forwarded-for": {strings.Join(many[:2500], ", "), strings.Join(many[2500:], ",")}}), "/pkg.Svc/Method")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := metadata.FromOutgoingContext(ctx)
+	xff := out["x-forwarded-for"]
+	if len(xff) != 1 || len(xff[0]) > maxForwardedFor {
+		t.Fatalf("x-forwarded-for: %d values, %d bytes; want one value of at most %d", len(xff), len(xff[0]), maxForwardedFor)
+	}
+	entries := strings.Split(xff[0], ", ")
+	if last := entries[len(entries)-1]; last != "10.1.2.3" {
+		t.Fatalf("last entry %q, want the client's address", last)
+	}
+	if prev := entries[len(entries)-2]; prev != many[len(many)-1] {
+		t.Fatalf("entry before the client's %q, want the client's own rightmost %q", prev, many[len(many)-1])
+	}
+	if len(entries) < 20 {
+		t.Fatalf("only %d entries kept", len(entries))
 	}
 }
 

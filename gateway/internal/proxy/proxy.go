@@ -41,7 +41,23 @@ type Proxy struct {
 	observer  Observer
 	// debugHeader adds x-envgate-upstream to every response.
 	debugHeader bool
-	codecs      sync.Map // content-subtype -> grpc.CallOption forcing its codec
+	codecs      sync.Map     // content-subtype -> grpc.CallOption forcing its codec
+	nCodecs     atomic.Int32 // entries in codecs, at most maxCodecs
+}
+
+// maxCodecs bounds the content subtypes whose codec option is kept: the
+// subtype is whatever a client writes after application/grpc+, so past
+// this many the option is made per call instead.
+const maxCodecs = 16
+
+// prematureReset is how young a stream the client resets counts as reset
+// early: Envoy's premature_reset_min_stream_lifetime_seconds default.
+const prematureReset = time.Second
+
+// resetCounter is what the listener's remote address offers when the
+// gateway tracks early resets per connection (edge.Addr).
+type resetCounter interface {
+	StreamEnded(premature bool) bool
 }
 
 // Response headers envgate adds.
@@ -108,11 +124,28 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 		p.observer.CallStarted()
 	}
 	c := &call{}
-	err := p.forward(context.WithValue(ctx, callKey{}, c), ss, method, c)
-	if p.observer != nil {
-		p.observer.CallDone(c.env, method, status.Code(err), time.Since(start), c.bytesIn.Load(), c.bytesOut)
+	var err error
+	if ctx.Err() != nil {
+		// Reset before its handler ran (Rapid Reset sends HEADERS and
+		// RST_STREAM together): nothing to route or dial.
+		err = status.FromContextError(ctx.Err()).Err()
+	} else {
+		err = p.forward(context.WithValue(ctx, callKey{}, c), ss, method, c)
 	}
-	if p.log != nil {
+	d := time.Since(start)
+	if p.observer != nil {
+		p.observer.CallDone(c.env, method, status.Code(err), d, c.bytesIn.Load(), c.bytesOut)
+	}
+	// A stream the client reset early is counted against its connection,
+	// and logged in the connection's summary rather than a line each, so
+	// a reset flood cannot flood the log.
+	premature := errors.Is(ctx.Err(), context.Canceled) && d < prematureReset
+	if pr, ok := peer.FromContext(ctx); ok {
+		if rc, ok := pr.Addr.(resetCounter); ok {
+			rc.StreamEnded(premature)
+		}
+	}
+	if p.log != nil && !premature {
 		p.logCall(ctx, method, start, c, err)
 	}
 	return err
@@ -433,7 +466,15 @@ func (p *Proxy) codecFor(subtype string) grpc.CallOption {
 	if c, ok := p.codecs.Load(subtype); ok {
 		return c.(grpc.CallOption)
 	}
-	c, _ := p.codecs.LoadOrStore(subtype, grpc.ForceCodecV2(newCodec(subtype)))
+	opt := grpc.ForceCodecV2(newCodec(subtype))
+	if p.nCodecs.Add(1) > maxCodecs {
+		p.nCodecs.Add(-1)
+		return opt
+	}
+	c, loaded := p.codecs.LoadOrStore(subtype, opt)
+	if loaded {
+		p.nCodecs.Add(-1)
+	}
 	return c.(grpc.CallOption)
 }
 
@@ -464,11 +505,15 @@ func routedTo(ctx context.Context, env string, action *route.Action) {
 	}
 }
 
+// maxLogValue bounds what a log line repeats of a client's or upstream's
+// value (the env header; 4x for the method, 8x for a status message).
+const maxLogValue = 64
+
 func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *call, err error) {
 	code := status.Code(err)
 	attrs := []slog.Attr{
-		slog.String("env", strings.Join(metadata.ValueFromIncomingContext(ctx, p.envHeader), ",")),
-		slog.String("method", method),
+		slog.String("env", route.Truncate(strings.Join(metadata.ValueFromIncomingContext(ctx, p.envHeader), ","), maxLogValue)),
+		slog.String("method", route.Truncate(method, 4*maxLogValue)),
 		slog.String("upstream", c.upstream),
 		slog.String("code", code.String()),
 		slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
@@ -482,7 +527,7 @@ func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *
 		attrs = append(attrs, slog.String("peer", pr.Addr.String()))
 	}
 	if err != nil {
-		attrs = append(attrs, slog.String("message", status.Convert(err).Message()))
+		attrs = append(attrs, slog.String("message", route.Truncate(status.Convert(err).Message(), 8*maxLogValue)))
 	}
 	p.log.LogAttrs(ctx, slog.LevelInfo, "call", attrs...)
 }

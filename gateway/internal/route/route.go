@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Destination names the service a call is sent to: a Kubernetes Service in a
@@ -296,15 +297,39 @@ type NoRouteError struct {
 	Path   string
 }
 
+// maxEchoed bounds what of a client's value a refusal repeats: the
+// message goes back to the client and into the access log, and must not
+// grow with what the client sent.
+const maxEchoed = 64
+
+// Truncate returns s cut to n bytes at most, saying how long it was.
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s...(%d bytes)", s[:cut], len(s))
+}
+
 func (e *NoRouteError) Error() string {
 	switch {
 	case e.Header == "":
-		return fmt.Sprintf("no route matched %s", e.Path)
+		return fmt.Sprintf("no route matched %s", Truncate(e.Path, 4*maxEchoed))
 	case len(e.Values) == 0:
 		return fmt.Sprintf("no route: the request has no %q header", e.Header)
 	case len(e.Values) == 1 && e.Values[0] == "":
 		return fmt.Sprintf("no route: the %q header is empty", e.Header)
 	default:
-		return fmt.Sprintf("no route for %s=%q", e.Header, strings.Join(e.Values, ","))
+		v := e.Values[0]
+		if len(e.Values) > 1 {
+			v = strings.Join(e.Values[:min(len(e.Values), 4)], ",")
+			if len(e.Values) > 4 {
+				v += fmt.Sprintf(",...(%d values)", len(e.Values))
+			}
+		}
+		return fmt.Sprintf("no route for %s=%q", e.Header, Truncate(v, maxEchoed))
 	}
 }

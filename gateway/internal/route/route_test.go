@@ -90,6 +90,9 @@ func TestNoRouteErrorSaysWhy(t *testing.T) {
 		{NoRouteError{Header: "env", Values: []string{"env9"}}, `no route for env="env9"`},
 		{NoRouteError{Header: "env", Values: []string{"a", "b"}}, `no route for env="a,b"`},
 		{NoRouteError{Path: "/a.B/C"}, `no route matched /a.B/C`},
+		// A client's value is echoed cut short, never whole.
+		{NoRouteError{Header: "env", Values: []string{strings.Repeat("x", 1<<20)}}, `no route for env="` + strings.Repeat("x", 64) + `...(1048576 bytes)"`},
+		{NoRouteError{Header: "env", Values: []string{"a", "b", "c", "d", "e", "f"}}, `no route for env="a,b,c,d,...(6 values)"`},
 	} {
 		if got := tc.e.Error(); got != tc.want {
 			t.Errorf("%+v: %q, want %q", tc.e, got, tc.want)

@@ -1,0 +1,392 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/envgate/envgate/proto/echopb"
+)
+
+// Attacks on the gateway as an internet edge, run against the real binary
+// so its memory is its own: peak RSS comes from /proc/PID/status (VmHWM).
+
+// gatewayProcess runs the gateway binary with the static environments in
+// envs and extra YAML appended to the configuration.
+func gatewayProcess(t *testing.T, envs map[string]string, extra string) (p *process, h2c string) {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("listeners: [{address: 127.0.0.1:0}]\nadmin: {address: 127.0.0.1:0}\ndrainDelay: 10ms\ndiscovery:\n  static:\n")
+	for env, addr := range envs {
+		fmt.Fprintf(&b, "    %s: [%s]\n", env, addr)
+	}
+	b.WriteString(extra)
+	cfgFile := filepath.Join(t.TempDir(), "envgate.yaml")
+	if err := os.WriteFile(cfgFile, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p = startProcess(t, nil, builtBinary(t, "gateway"), "-config", cfgFile)
+	h2c = p.waitLine(t, `"msg":"listening","address":"([^"]+)","tls":false`)[1]
+	return p, h2c
+}
+
+// peakRSSMiB is the process's peak resident memory so far.
+func peakRSSMiB(t *testing.T, p *process) float64 {
+	return float64(procStatus(t, p.cmd.Process.Pid, "VmHWM")) / 1024
+}
+
+// rawConn is an HTTP/2 client connection written frame by frame, the way an
+// attacker would, with golang.org/x/net/http2's Framer.
+type rawConn struct {
+	t   *testing.T
+	nc  net.Conn
+	wmu sync.Mutex // the framer's writes: the test's and the reader's acks
+	fr  *http2.Framer
+
+	mu     sync.Mutex
+	goaway *http2.GoAwayFrame
+	resets map[uint32]http2.ErrCode
+	done   chan struct{} // closed when reading fails: the gateway closed the connection
+}
+
+func dialRaw(t *testing.T, addr string) *rawConn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	c := &rawConn{t: t, nc: nc, fr: http2.NewFramer(nc, nc), resets: map[uint32]http2.ErrCode{}, done: make(chan struct{})}
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if _, err := nc.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	c.write(func(fr *http2.Framer) error {
+		return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
+	})
+	go c.read()
+	return c
+}
+
+func (c *rawConn) read() {
+	defer close(c.done)
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				c.write(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
+			}
+		case *http2.GoAwayFrame:
+			c.mu.Lock()
+			g := *f
+			g.DebugData()
+			c.goaway = &g
+			c.mu.Unlock()
+		case *http2.RSTStreamFrame:
+			c.mu.Lock()
+			c.resets[f.StreamID] = f.ErrCode
+			c.mu.Unlock()
+		}
+	}
+}
+
+// write runs w under the write lock; it reports false once writing fails
+// (the gateway closed the connection).
+func (c *rawConn) write(w func(*http2.Framer) error) bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	return w(c.fr) == nil
+}
+
+// headerBlock is HPACK for a gRPC request to env with extra fields.
+func headerBlock(env string, extra ...hpack.HeaderField) []byte {
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	for _, f := range []hpack.HeaderField{
+		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: "/echo.EchoService/Call"}, {Name: ":authority", Value: "gw"},
+		{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
+		{Name: "env", Value: env},
+	} {
+		_ = enc.WriteField(f)
+	}
+	for _, f := range extra {
+		_ = enc.WriteField(f)
+	}
+	return buf.Bytes()
+}
+
+// sendHeaders writes block as HEADERS and CONTINUATION frames of 16 KiB.
+func (c *rawConn) sendHeaders(id uint32, block []byte, endStream bool) bool {
+	return c.write(func(fr *http2.Framer) error {
+		first := min(len(block), 16384)
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:first],
+			EndStream: endStream, EndHeaders: first == len(block)}); err != nil {
+			return err
+		}
+		for rest := block[first:]; len(rest) > 0; {
+			n := min(len(rest), 16384)
+			if err := fr.WriteContinuation(id, n == len(rest), rest[:n]); err != nil {
+				return err
+			}
+			rest = rest[n:]
+		}
+		return nil
+	})
+}
+
+// closedWithin reports whether the gateway closed the connection in d.
+func (c *rawConn) closedWithin(d time.Duration) bool {
+	select {
+	case <-c.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// control makes one ordinary call and fails the test unless env answers.
+func control(t *testing.T, addr, env string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := echoClient(t, addr).Call(metadata.AppendToOutgoingContext(ctx, "env", env), &echopb.EchoRequest{})
+	if err != nil {
+		t.Fatalf("control call: %v", err)
+	}
+	if !strings.Contains(resp.GetMessage(), "ServerEnv:"+env) {
+		t.Fatalf("control call answered %q", resp.GetMessage())
+	}
+}
+
+// A request header list is bounded (60 KiB, Envoy's max_request_headers_kb)
+// whatever its shape: one huge value, or a few KiB of HPACK that reference
+// one dynamic-table entry thousands of times. Before the bound, one 16 MB
+// env value took the gateway to 266 MB and 27 KiB of HPACK cost 500 MB.
+func TestRequestHeadersAreBounded(t *testing.T) {
+	b := startBackend(t, "env1")
+	p, addr := gatewayProcess(t, map[string]string{"env1": b.addr}, "")
+	control(t, addr, "env1")
+
+	t.Run("one 16 MB value", func(t *testing.T) {
+		for range 3 {
+			c := dialRaw(t, addr)
+			c.sendHeaders(1, headerBlock(strings.Repeat("e", 16<<20)), true)
+			if !c.closedWithin(10 * time.Second) {
+				c.mu.Lock()
+				code, reset := c.resets[1]
+				c.mu.Unlock()
+				if !reset {
+					t.Fatal("a 16 MB header list was neither refused nor reset")
+				}
+				t.Logf("stream reset %v", code)
+			}
+		}
+	})
+	t.Run("HPACK amplification", func(t *testing.T) {
+		// One 4000-byte value into the dynamic table, then 6000 one-byte
+		// references to it per stream: 10 KiB on the wire, 24 MB decoded.
+		var block bytes.Buffer
+		block.Write(headerBlock("env1"))
+		block.WriteByte(0x40) // literal with incremental indexing, new name
+		block.Write(hpackLiteral("x-amp"))
+		block.Write(hpackLiteral(strings.Repeat("a", 4000)))
+		refs := bytes.Repeat([]byte{0x80 | 62}, 6000) // the newest dynamic entry
+		c := dialRaw(t, addr)
+		for i := range 20 {
+			b := block.Bytes()
+			if i > 0 {
+				b = append(headerBlock("env1"), refs...)
+			} else {
+				b = append(append([]byte{}, b...), refs...)
+			}
+			if !c.sendHeaders(uint32(1+2*i), b, true) {
+				break
+			}
+		}
+		c.closedWithin(2 * time.Second)
+	})
+	control(t, addr, "env1")
+	if peak := peakRSSMiB(t, p); peak > 64 {
+		t.Fatalf("peak RSS %.0f MiB after header attacks, want under 64", peak)
+	} else {
+		t.Logf("peak RSS %.1f MiB", peak)
+	}
+	if out := p.output(); strings.Contains(out, strings.Repeat("e", 1000)) {
+		t.Fatal("the oversized value reached the log")
+	}
+}
+
+// hpackLiteral is an HPACK string literal without Huffman coding.
+func hpackLiteral(s string) []byte {
+	n := len(s)
+	var b []byte
+	if n < 127 {
+		b = append(b, byte(n))
+	} else {
+		b = append(b, 127)
+		for n -= 127; n >= 128; n >>= 7 {
+			b = append(b, byte(n&0x7f|0x80))
+		}
+		b = append(b, byte(n))
+	}
+	return append(b, s...)
+}
+
+// A client over the limit hears why from its own gRPC library, which reads
+// the limit from the gateway's SETTINGS; an env value too long to route is
+// refused with a message that does not repeat it whole.
+func TestLongHeaderValuesAreRefusedBriefly(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}}), nil)
+	c := echoClient(t, gw.Addrs()[0])
+	control(t, gw.Addrs()[0], "env1")
+	_, err := c.Call(metadata.AppendToOutgoingContext(testCtx(t), "env", "env1", "x-big", strings.Repeat("b", 70<<10)), &echopb.EchoRequest{})
+	if err == nil || !strings.Contains(err.Error(), "header list size") {
+		t.Fatalf("70 KiB of headers: %v, want the header list size limit named", err)
+	}
+	_, err = c.Call(metadata.AppendToOutgoingContext(testCtx(t), "env", strings.Repeat("z", 50<<10)), &echopb.EchoRequest{})
+	if status.Code(err) != codes.Unimplemented || len(status.Convert(err).Message()) > 200 {
+		t.Fatalf("50 KiB env value: %v (message %d bytes), want UNIMPLEMENTED with a short message", status.Code(err), len(status.Convert(err).Message()))
+	}
+}
+
+// Rapid Reset (CVE-2023-44487): a client that opens streams and resets them
+// at once has its connection closed once its early resets pass Envoy's
+// limit, the resets write no access-log line each (one summary per
+// connection instead), and ordinary calls go on being served meanwhile.
+// Before, no connection was ever closed and ordinary traffic fell to 5
+// calls a second.
+func TestRapidResetClosesTheConnection(t *testing.T) {
+	b := startBackend(t, "env1")
+	p, addr := gatewayProcess(t, map[string]string{"env1": b.addr}, "")
+	control(t, addr, "env1")
+
+	// One connection: it is closed before 2000 reset streams are through.
+	c := dialRaw(t, addr)
+	block := headerBlock("env1")
+	sent := 0
+	for id := uint32(1); sent < 2000; id += 2 {
+		ok := c.write(func(fr *http2.Framer) error {
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}); err != nil {
+				return err
+			}
+			return fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		})
+		if !ok {
+			break
+		}
+		sent++
+	}
+	if !c.closedWithin(10 * time.Second) {
+		t.Fatalf("connection still open after %d streams reset at once", sent)
+	}
+	summary := p.waitLine(t, `"msg":"connection closed".*"streams_reset_early":(\d+),"closed_for_resets":true`)
+	t.Logf("closed after %d resets sent; summary: %s resets", sent, summary[1])
+
+	// An attacker reconnecting for 2 s while an ordinary client calls. Both
+	// run on this machine's two cores beside the gateway, so the attacker
+	// takes CPU from the gateway as well; ordinary calls must still be
+	// served (before: 5 a second).
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	{
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				nc, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				_, _ = nc.Write([]byte(http2.ClientPreface))
+				fr := http2.NewFramer(nc, nc)
+				_ = fr.WriteSettings()
+				go func() { _, _ = io.Copy(io.Discard, nc) }()
+				for id := uint32(1); ctx.Err() == nil; id += 2 {
+					_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+					if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}) != nil ||
+						fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+						break
+					}
+				}
+				nc.Close()
+			}
+		})
+	}
+	client := echoClient(t, addr)
+	ok, failed := 0, 0
+	for ctx.Err() == nil {
+		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := client.Call(metadata.AppendToOutgoingContext(cctx, "env", "env1"), &echopb.EchoRequest{})
+		ccancel()
+		if err != nil {
+			failed++
+		} else {
+			ok++
+		}
+	}
+	wg.Wait()
+	t.Logf("ordinary calls during the attack: %d ok, %d failed; backend saw %d calls; gateway CPU %v", ok, failed, b.callCount(), procCPU(t, p.cmd.Process.Pid))
+	if failed > 0 || ok < 100 {
+		t.Fatalf("ordinary calls during the attack: %d ok, %d failed; want at least 100 and none failed", ok, failed)
+	}
+	if n := strings.Count(p.output(), `"msg":"call"`); n > ok+100 {
+		t.Fatalf("%d access-log lines for %d ordinary calls: reset streams are logged one by one", n, ok)
+	}
+	if peak := peakRSSMiB(t, p); peak > 96 {
+		t.Fatalf("peak RSS %.0f MiB under the reset flood", peak)
+	}
+}
+
+// Connections are capped, and an h2c client over the cap is told why; an
+// idle connection is closed after the idle timeout with GOAWAY.
+func TestConnectionCapAndIdleTimeout(t *testing.T) {
+	b := startBackend(t, "env1")
+	_, addr := gatewayProcess(t, map[string]string{"env1": b.addr}, "limits: {maxConnections: 3, idleTimeout: 500ms}\n")
+	var conns []*rawConn
+	for range 3 {
+		conns = append(conns, dialRaw(t, addr))
+	}
+	over := dialRaw(t, addr)
+	if !over.closedWithin(5 * time.Second) {
+		t.Fatal("a connection over the cap was not closed")
+	}
+	over.mu.Lock()
+	g := over.goaway
+	over.mu.Unlock()
+	if g == nil || g.ErrCode != http2.ErrCodeEnhanceYourCalm || !strings.Contains(string(g.DebugData()), "connection limit") {
+		t.Fatalf("refusal: %+v, want GOAWAY ENHANCE_YOUR_CALM naming the connection limit", g)
+	}
+	// The idle ones are closed with GOAWAY, which frees room for a new one.
+	for _, c := range conns {
+		if !c.closedWithin(10 * time.Second) {
+			t.Fatal("idle connection not closed after the idle timeout")
+		}
+		c.mu.Lock()
+		g := c.goaway
+		c.mu.Unlock()
+		if g == nil {
+			t.Fatal("idle connection closed without GOAWAY")
+		}
+	}
+	control(t, addr, "env1")
+}
