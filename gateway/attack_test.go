@@ -30,7 +30,7 @@ import (
 func gatewayProcess(t *testing.T, envs map[string]string, extra string) (p *process, h2c string) {
 	t.Helper()
 	var b strings.Builder
-	b.WriteString("listeners: [{address: 127.0.0.1:0}]\nadmin: {address: 127.0.0.1:0}\ndrainDelay: 10ms\ndiscovery:\n  static:\n")
+	b.WriteString("listeners: [{address: 127.0.0.1:0}]\nadmin: {address: 127.0.0.1:0, debugAddress: 127.0.0.1:0}\ndrainDelay: 10ms\ndiscovery:\n  static:\n")
 	for env, addr := range envs {
 		fmt.Fprintf(&b, "    %s: [%s]\n", env, addr)
 	}

@@ -213,7 +213,7 @@ listeners:
   - address: 127.0.0.1:0
   - address: 127.0.0.1:0
     tls: {certFile: %s, keyFile: %s}
-admin: {address: 127.0.0.1:0}
+admin: {address: 127.0.0.1:0, debugAddress: 127.0.0.1:0}
 drainDelay: 100ms
 environments: [env1, env2]
 discovery:

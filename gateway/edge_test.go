@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -220,7 +221,7 @@ func TestDrainOnShutdown(t *testing.T) {
 
 func scrape(t *testing.T, gw *runningGateway, path string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + gw.AdminAddr() + path)
+	resp, err := http.Get("http://" + gw.DebugAddr() + path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,5 +297,37 @@ func TestMetricsAndRouteView(t *testing.T) {
 		len(view.Rules[0].Destinations[0].Endpoints) != 1 || view.Rules[0].Destinations[0].Endpoints[0] != b.addr ||
 		len(view.Rules[1].Destinations[0].Endpoints) != 0 {
 		t.Fatalf("route view: %+v", view)
+	}
+}
+
+// The load balancer's health check listener serves health only; metrics,
+// routes (endpoint addresses) and explain are on the debug listener, which
+// is loopback unless configured otherwise (Istio's split: 15021 health,
+// 15000 admin on localhost).
+func TestAdminSplit(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}}), nil)
+	for _, p := range []string{"/metrics", "/routes", "/explain?header=env:env1"} {
+		resp, err := http.Get("http://" + gw.AdminAddr() + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("health listener answers %s with %d, want 404", p, resp.StatusCode)
+		}
+		resp, err = http.Get("http://" + gw.DebugAddr() + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("debug listener answers %s with %d", p, resp.StatusCode)
+		}
+	}
+	var c config.Config
+	c.Defaults()
+	if host, _, _ := net.SplitHostPort(c.Admin.DebugAddress); !net.ParseIP(host).IsLoopback() {
+		t.Fatalf("default debug address %q is not loopback", c.Admin.DebugAddress)
 	}
 }

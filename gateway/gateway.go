@@ -69,8 +69,10 @@ type gateway struct {
 	listeners []net.Listener
 	conns     *edge.Limiter // the client connections of every listener
 	servers   []*grpc.Server
-	admin     *http.Server
+	admin     *http.Server // health: the load balancer's check
 	adminLis  net.Listener
+	debug     *http.Server // metrics, routes, explain
+	debugLis  net.Listener
 }
 
 // newGateway builds everything and binds the listeners, so that addresses
@@ -153,14 +155,29 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 			return nil, fmt.Errorf("admin listen: %w", err)
 		}
 		g.adminLis = lis
-		g.admin = &http.Server{Handler: admin.Handler(admin.Options{
-			Ready:   g.ready,
+		g.admin = adminServer(admin.Health(g.ready))
+	}
+	if cfg.Admin.DebugAddress != "-" {
+		lis, err := net.Listen("tcp", cfg.Admin.DebugAddress)
+		if err != nil {
+			g.closeListeners()
+			return nil, fmt.Errorf("debug listen: %w", err)
+		}
+		g.debugLis = lis
+		g.debug = adminServer(admin.Debug{
 			Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 			Routes:  g.routeView,
 			Explain: g.explain,
-		}), ReadHeaderTimeout: 5 * time.Second}
+		}.Handler())
 	}
 	return g, nil
+}
+
+// adminServer serves h with bounds on what a client can hold: the
+// admin side is small requests, answered at once.
+func adminServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 }
 
 // setupDiscovery chooses the endpoint source.
@@ -434,17 +451,27 @@ func (g *gateway) Run(ctx context.Context) error {
 			}
 		})
 	}
-	if g.admin != nil {
-		g.log.Info("admin listening", "address", g.adminLis.Addr().String())
+	for _, a := range []struct {
+		name string
+		srv  *http.Server
+		lis  net.Listener
+	}{{"admin", g.admin, g.adminLis}, {"debug", g.debug, g.debugLis}} {
+		if a.srv == nil {
+			continue
+		}
+		g.log.Info(a.name+" listening", "address", a.lis.Addr().String())
 		wg.Go(func() {
-			if err := g.admin.Serve(g.adminLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				g.log.Error("admin server", "error", err)
+			if err := a.srv.Serve(a.lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				g.log.Error(a.name+" server", "error", err)
 			}
 		})
 	}
 	defer func() {
 		if g.admin != nil {
 			_ = g.admin.Close()
+		}
+		if g.debug != nil {
+			_ = g.debug.Close()
 		}
 		stopBg()
 		wg.Wait()
@@ -583,6 +610,17 @@ func (g *gateway) closeListeners() {
 	if g.adminLis != nil {
 		_ = g.adminLis.Close()
 	}
+	if g.debugLis != nil {
+		_ = g.debugLis.Close()
+	}
+}
+
+// DebugAddr is the bound debug address, or "" without one.
+func (g *gateway) DebugAddr() string {
+	if g.debugLis == nil {
+		return ""
+	}
+	return g.debugLis.Addr().String()
 }
 
 // AdminAddr is the bound admin address, or "" without one.

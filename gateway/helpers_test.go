@@ -120,7 +120,7 @@ func testConfig(t testing.TB, envs map[string][]string) *config.Config {
 	off := false
 	c := &config.Config{
 		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
-		Admin:     config.Admin{Address: "127.0.0.1:0"},
+		Admin:     config.Admin{Address: "127.0.0.1:0", DebugAddress: "127.0.0.1:0"},
 		Discovery: config.Discovery{Static: envs},
 		AccessLog: &off,
 	}

@@ -176,7 +176,7 @@ func benchScale(b *testing.B) {
 	cfgFile := filepath.Join(b.TempDir(), "envgate.yaml")
 	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
 listeners: [{address: 127.0.0.1:0}]
-admin: {address: 127.0.0.1:0}
+admin: {address: 127.0.0.1:0, debugAddress: 127.0.0.1:0}
 accessLog: false
 discovery: {kubernetes: {kubeconfig: %s}}
 `, kubeconfig)), 0o600); err != nil {

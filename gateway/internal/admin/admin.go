@@ -1,7 +1,9 @@
-// Package admin serves the gateway's health, metrics and routing view over
-// HTTP: readiness for the load balancer (the seed's BackendConfig checks
-// /healthz/ready on port 15021), liveness for the kubelet, /metrics for
-// Prometheus and /routes for people.
+// Package admin serves the gateway's two HTTP sides, split as Istio's
+// gateway splits them: health for the load balancer and the kubelet
+// (/healthz/ready, /healthz/live on :15021, the seed's BackendConfig check),
+// and a debug side (/metrics for Prometheus, /routes and /explain for
+// people) on a listener of its own, loopback by default, since it shows
+// endpoint addresses and routing to whoever can reach it.
 package admin
 
 import (
@@ -10,28 +12,14 @@ import (
 	"net/http"
 )
 
-// Options say what the admin handler serves.
-type Options struct {
-	// Ready returns nil while the gateway should receive traffic.
-	Ready func() error
-	// Metrics serves /metrics; nil leaves it out.
-	Metrics http.Handler
-	// Routes returns the live routing table and endpoints, served as JSON
-	// at /routes; nil leaves it out.
-	Routes func() any
-	// Explain says how a request described by the query would be routed,
-	// served as JSON at /explain; nil leaves it out.
-	Explain func(*http.Request) any
-}
-
-// Handler answers /healthz/ready with 200 while Ready returns nil and 503
-// with its error otherwise, /healthz/live with 200 while the process serves
-// at all, and /metrics and /routes when given.
-func Handler(o Options) http.Handler {
+// Health answers /healthz/ready with 200 while ready returns nil and 503
+// with its error otherwise, and /healthz/live with 200 while the process
+// serves at all. Nothing else is served.
+func Health(ready func() error) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if err := o.Ready(); err != nil {
+		if err := ready(); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintf(w, "not ready: %v\n", err)
 			return
@@ -42,14 +30,32 @@ func Handler(o Options) http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "live")
 	})
-	if o.Metrics != nil {
-		mux.Handle("GET /metrics", o.Metrics)
+	return mux
+}
+
+// Debug says what the debug listener serves; a nil field is left out.
+type Debug struct {
+	// Metrics serves /metrics.
+	Metrics http.Handler
+	// Routes returns the live routing table and endpoints, served as JSON
+	// at /routes.
+	Routes func() any
+	// Explain says how a request described by the query would be routed,
+	// served as JSON at /explain.
+	Explain func(*http.Request) any
+}
+
+// Handler serves d.
+func (d Debug) Handler() http.Handler {
+	mux := http.NewServeMux()
+	if d.Metrics != nil {
+		mux.Handle("GET /metrics", d.Metrics)
 	}
-	if o.Routes != nil {
-		mux.HandleFunc("GET /routes", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, o.Routes()) })
+	if d.Routes != nil {
+		mux.HandleFunc("GET /routes", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, d.Routes()) })
 	}
-	if o.Explain != nil {
-		mux.HandleFunc("GET /explain", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, o.Explain(r)) })
+	if d.Explain != nil {
+		mux.HandleFunc("GET /explain", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, d.Explain(r)) })
 	}
 	return mux
 }

@@ -119,10 +119,16 @@ type VirtualServices struct {
 }
 
 // Admin is the health listener (the seed's load balancer checks
-// /healthz/ready on port 15021).
+// /healthz/ready on port 15021) and the debug listener (metrics, routes,
+// explain), split as Istio splits them.
 type Admin struct {
-	// Address to listen on; "-" turns the admin listener off.
+	// Address of the health listener; "-" turns it off.
 	Address string `yaml:"address"`
+	// DebugAddress serves /metrics, /routes and /explain; loopback by
+	// default, since routes show endpoint addresses. For Prometheus in a
+	// cluster, listen on the pod's address (":15000") and keep it off the
+	// Service. "-" turns it off.
+	DebugAddress string `yaml:"debugAddress"`
 }
 
 // Discovery configures the endpoint source: exactly one of Static,
@@ -210,6 +216,7 @@ const (
 	DefaultShutdownGrace     = 30 * time.Second
 	DefaultDrainDelay        = 5 * time.Second
 	DefaultAdminAddress      = ":15021"
+	DefaultDebugAddress      = "127.0.0.1:15000" // Envoy's admin port, loopback as in Istio's proxies
 	DefaultNamespaceSelector = "envgate.io/environment=true"
 	DefaultDNSSuffix         = "svc.cluster.local"
 	DefaultDNSRefresh        = 5 * time.Second
@@ -282,6 +289,9 @@ func (c *Config) Defaults() {
 	}
 	if c.Admin.Address == "" {
 		c.Admin.Address = DefaultAdminAddress
+	}
+	if c.Admin.DebugAddress == "" {
+		c.Admin.DebugAddress = DefaultDebugAddress
 	}
 	if k := c.Discovery.Kubernetes; k != nil && k.NamespaceSelector == "" && len(c.Environments) == 0 {
 		k.NamespaceSelector = DefaultNamespaceSelector
@@ -408,6 +418,11 @@ func (c *Config) Validate() error {
 	if c.Admin.Address != "-" {
 		if _, _, err := net.SplitHostPort(c.Admin.Address); err != nil {
 			errs = append(errs, fmt.Errorf("admin.address %q: %w", c.Admin.Address, err))
+		}
+	}
+	if c.Admin.DebugAddress != "-" {
+		if _, _, err := net.SplitHostPort(c.Admin.DebugAddress); err != nil {
+			errs = append(errs, fmt.Errorf("admin.debugAddress %q: %w", c.Admin.DebugAddress, err))
 		}
 	}
 	if d := c.Discovery.DNS; d != nil && d.Refresh < 0 {
