@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -389,4 +391,103 @@ func TestConnectionCapAndIdleTimeout(t *testing.T) {
 		}
 	}
 	control(t, addr, "env1")
+}
+
+// levelOneGzip is a legacy gRPC compressor for gzip at level 1, so the
+// bytes a client sends differ from what gzip's default level would make:
+// a gateway that inflates and compresses again cannot hand them on
+// unchanged.
+type levelOneGzip struct{}
+
+func (levelOneGzip) Do(w io.Writer, p []byte) error {
+	z, err := gzip.NewWriterLevel(w, gzip.BestSpeed)
+	if err != nil {
+		return err
+	}
+	if _, err := z.Write(p); err != nil {
+		return err
+	}
+	return z.Close()
+}
+func (levelOneGzip) Type() string { return "gzip" }
+
+// recordingGunzip is a backend's legacy decompressor that keeps the bytes
+// as they arrived before inflating them.
+type recordingGunzip struct {
+	mu  sync.Mutex
+	got [][]byte
+}
+
+func (r *recordingGunzip) Do(in io.Reader) ([]byte, error) {
+	raw, err := io.ReadAll(in)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	r.got = append(r.got, raw)
+	r.mu.Unlock()
+	z, err := gzip.NewReader(bytes.NewReader(raw))
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(z)
+}
+func (r *recordingGunzip) Type() string { return "gzip" }
+
+// Compressed messages pass through compressed, as Envoy forwards them: the
+// backend receives the very bytes the client sent, and a 16 KB message that
+// inflates to 16 MB costs the gateway no 16 MB (before: 33 ms of CPU and
+// 16+ MB per call, inflated and compressed again).
+func TestCompressedMessagesPassThrough(t *testing.T) {
+	rec := &recordingGunzip{}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.RPCDecompressor(rec), grpc.MaxRecvMsgSize(64<<20),
+		grpc.ForceServerCodecV2(rawCodec{name: "proto"}),
+		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+			var b []byte
+			if err := ss.RecvMsg(&b); err != nil {
+				return err
+			}
+			out := []byte(fmt.Sprint(len(b)))
+			return ss.SendMsg(&out)
+		}))
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	p, addr := gatewayProcess(t, map[string]string{"env1": lis.Addr().String()}, "")
+
+	cc := dial(t, addr, grpc.WithCompressor(levelOneGzip{}))
+	in := make([]byte, 16<<20-64) // zeros: about 16 KB once compressed
+	var want bytes.Buffer
+	if err := (levelOneGzip{}).Do(&want, in); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			var out []byte
+			err := cc.Invoke(metadata.AppendToOutgoingContext(testCtx(t), "env", "env1"), "/bomb.S/Inflate", &in, &out, grpc.ForceCodecV2(rawCodec{name: "proto"}))
+			if err != nil || string(out) != fmt.Sprint(len(in)) {
+				t.Errorf("call: %v, backend read %q bytes", err, out)
+			}
+		})
+	}
+	wg.Wait()
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.got) != 10 {
+		t.Fatalf("backend got %d compressed messages, want 10", len(rec.got))
+	}
+	for _, got := range rec.got {
+		if !bytes.Equal(got, want.Bytes()) {
+			t.Fatalf("backend received %d compressed bytes that are not the client's %d", len(got), want.Len())
+		}
+	}
+	if peak := peakRSSMiB(t, p); peak > 48 {
+		t.Fatalf("peak RSS %.0f MiB for 10 messages of 16 KB compressed", peak)
+	} else {
+		t.Logf("peak RSS %.1f MiB; compressed message %d bytes", peak, want.Len())
+	}
 }

@@ -23,7 +23,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	_ "google.golang.org/grpc/encoding/gzip" // compressed calls are forwarded compressed
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -115,6 +114,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	}
 	px := proxy.New(proxy.NewDirector(g.routes.Load, poolUpstreams{g.pool}, rand.Float64, g.baseline()), accessLog, cfg.Routing.Header, g.metrics)
 	px.SetDebugHeader(cfg.Routing.DebugHeader)
+	px.SetMaxMessage(cfg.Limits.MaxMessageBytes)
 	g.health = health.NewServer()
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
 	handler := (&localHealth{header: cfg.Routing.Header, srv: g.health, next: px.Handler}).handler
@@ -404,7 +404,10 @@ func newServer(cfg *config.Config, creds credentials.TransportCredentials, handl
 		grpc.Creds(creds),
 		grpc.UnknownServiceHandler(handler),
 		grpc.ForceServerCodecV2(proxy.ServerCodec()),
-		grpc.MaxRecvMsgSize(l.MaxMessageBytes),
+		// Compressed requests are kept compressed (proxy.RecvDecompressor),
+		// and checked at their wire size plus the pass-through marker.
+		proxy.RecvDecompressor(),
+		grpc.MaxRecvMsgSize(l.MaxMessageBytes+proxy.MarkerLen),
 		grpc.MaxSendMsgSize(l.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
 		// Advertised in SETTINGS; a longer list resets its stream

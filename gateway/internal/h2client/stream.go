@@ -144,16 +144,34 @@ func hpackString(v string) []byte {
 	return append(b, v...)
 }
 
+// Wire is implemented by messages a proxy carries as their wire bytes.
+// SendMsg sends them with the compressed flag they report and never
+// compresses them (the call must then name the encoding with
+// grpc.UseCompressor); RecvMsg hands them the bytes as received and sets
+// their flag, without inflating them. The size limits apply to the wire
+// bytes.
+type Wire interface {
+	WireCompressed() bool
+	SetWireCompressed(bool)
+}
+
 // SendMsg sends one message. It returns io.EOF when the stream has ended;
 // RecvMsg then tells why.
 func (s *stream) SendMsg(m any) error {
+	wire, isWire := m.(Wire)
+	compressed := isWire && wire.WireCompressed()
 	data, err := s.codec.Marshal(m)
 	if err != nil {
 		return status.Errorf(codes.Internal, "envgate: marshaling the request: %v", err)
 	}
 	defer func() { data.Free() }() // data may be replaced by its compressed form
 	var flag byte
-	if s.comp != nil {
+	if compressed {
+		if s.compName == "" {
+			return status.Error(codes.Internal, "envgate: a compressed message on a call with no encoding")
+		}
+		flag = 1
+	} else if s.comp != nil && !isWire {
 		var out mem.BufferSlice
 		w := mem.NewWriter(&out, pool)
 		cw, err := s.comp.Compress(w)
@@ -270,7 +288,8 @@ func (s *stream) consumedLocked(n int64) int64 {
 }
 
 func (s *stream) decode(flag byte, data mem.BufferSlice, m any) error {
-	if flag&1 != 0 {
+	w, isWire := m.(Wire)
+	if flag&1 != 0 && !isWire {
 		s.mu.Lock()
 		name := s.recvComp
 		s.mu.Unlock()
@@ -283,6 +302,9 @@ func (s *stream) decode(flag byte, data mem.BufferSlice, m any) error {
 	data.Free()
 	if err != nil {
 		return status.Errorf(codes.Internal, "envgate: unmarshaling the response: %v", err)
+	}
+	if isWire {
+		w.SetWireCompressed(flag&1 != 0)
 	}
 	return nil
 }

@@ -14,7 +14,18 @@ import (
 // copy.
 type frame struct {
 	data mem.BufferSlice
+	// compressed is the message's compressed flag: its bytes are
+	// compressed in the stream's encoding and pass through so.
+	compressed bool
+	// mark puts the pass-through marker before the bytes when the frame
+	// is sent to the client (see compress.go).
+	mark bool
 }
+
+// WireCompressed and SetWireCompressed let the upstream client carry the
+// frame's flag (h2client.Wire).
+func (f *frame) WireCompressed() bool      { return f.compressed }
+func (f *frame) SetWireCompressed(c bool) { f.compressed = c }
 
 // free returns the frame's buffers to their pool when SendMsg did not take
 // them.
@@ -44,13 +55,28 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	}
 	data := f.data
 	f.data = nil
+	if f.mark {
+		f.mark = false
+		data = append(mem.BufferSlice{markerBuf}, data...)
+	}
 	return data, nil
 }
 
 // Unmarshal keeps a reference to data: gRPC frees its own after this returns.
+// A compressed request arrives behind the pass-through marker: the frame
+// keeps its wire bytes and flag; a local service gets it inflated.
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	data, marked := unmark(data)
 	f, ok := v.(*frame)
 	if !ok {
+		if marked {
+			plain, err := gunzip(data, localMaxMessage)
+			if err != nil {
+				return err
+			}
+			defer plain.Free()
+			data = plain
+		}
 		return c.fallback.Unmarshal(data, v)
 	}
 	if f.data != nil {
@@ -58,7 +84,12 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	data.Ref()
 	f.data = data
+	f.compressed = marked
 	return nil
 }
+
+// localMaxMessage bounds a request to the gateway's own services (health)
+// once inflated.
+const localMaxMessage = 64 << 10
 
 func (c codec) Name() string { return c.name }

@@ -13,6 +13,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -41,6 +43,9 @@ type Proxy struct {
 	observer  Observer
 	// debugHeader adds x-envgate-upstream to every response.
 	debugHeader bool
+	// maxMessage bounds a response inflated for a client that does not
+	// accept the upstream's encoding.
+	maxMessage int
 	codecs      sync.Map     // content-subtype -> grpc.CallOption forcing its codec
 	nCodecs     atomic.Int32 // entries in codecs, at most maxCodecs
 }
@@ -70,6 +75,9 @@ const (
 	BaselineHeader = "x-envgate-baseline"
 )
 
+// SetMaxMessage sets the message size limit (default 4 MiB).
+func (p *Proxy) SetMaxMessage(n int) { p.maxMessage = n }
+
 // SetDebugHeader turns the x-envgate-upstream response header on.
 func (p *Proxy) SetDebugHeader(on bool) { p.debugHeader = on }
 
@@ -84,7 +92,7 @@ type Observer interface {
 // every call on accessLog (nil: no access log) and reports it to observer
 // (nil: none).
 func New(director grpcproxy.StreamDirector, accessLog *slog.Logger, envHeader string, observer Observer) *Proxy {
-	return &Proxy{director: director, log: accessLog, envHeader: envHeader, observer: observer}
+	return &Proxy{director: director, log: accessLog, envHeader: envHeader, observer: observer, maxMessage: 4 << 20}
 }
 
 // ServerCodec is the codec the gateway's grpc.Server must force, so that
@@ -164,6 +172,7 @@ type call struct {
 	bytesOut, msgsOut int64
 	headersSent       bool
 	retries           int
+	reqComp           string // the request's grpc-encoding
 	// md is the request metadata for the upstream, set by the director.
 	md metadata.MD
 }
@@ -209,6 +218,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	if ts, ok := grpc.ServerTransportStreamFromContext(ctx).(transportStream); ok {
 		subtype = ts.ContentSubtype()
 		if comp := ts.RecvCompress(); comp != "" && comp != "identity" {
+			c.reqComp = comp
 			opts = append(opts, grpc.UseCompressor(comp))
 		}
 	}
@@ -387,16 +397,35 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 	// Header blocks until the upstream sends headers, answers trailers-only, or
 	// fails; nil headers mean there were none, and the answer stays
 	// trailers-only.
+	// The encoding the server sends messages in: by default the request's
+	// (gzip is the only one registered), else what the upstream used.
+	sendComp, upComp := "", ""
+	if c.reqComp == "gzip" {
+		sendComp = "gzip"
+	}
 	if hdr, _ := cs.Header(); hdr != nil {
 		if c.action != nil {
 			applyHeaderOps(hdr, c.action.ResponseHeaders)
 		}
 		p.addOwnHeaders(hdr, c)
 		if us != nil {
-			if comp := us.RecvCompress(); comp != "" && comp != "identity" {
-				// Fails only when the client does not accept it: then
-				// the response goes uncompressed.
-				_ = grpc.SetSendCompressor(ss.Context(), comp)
+			upComp = us.RecvCompress()
+			if upComp == "identity" {
+				upComp = ""
+			}
+			// The response goes in the upstream's encoding, compressed
+			// messages as they came (no encoding: as the upstream sent
+			// them, not compressed by the gateway). It fails only when the
+			// client does not accept that encoding: those are inflated
+			// below.
+			switch {
+			case upComp == sendComp:
+			case upComp == "":
+				if grpc.SetSendCompressor(ss.Context(), "identity") == nil {
+					sendComp = ""
+				}
+			case grpc.SetSendCompressor(ss.Context(), upComp) == nil:
+				sendComp = upComp
 			}
 		}
 		if err := ss.SendHeader(hdr); err != nil {
@@ -412,6 +441,14 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 			break
 		}
 		n := int64(f.data.Len())
+		if f.compressed {
+			if sendComp == upComp {
+				f.mark = true // passes through compressed
+			} else if err = p.inflate(&f, upComp); err != nil {
+				f.free()
+				return err
+			}
+		}
 		if err = ss.SendMsg(&f); err != nil {
 			f.free()
 			return err
@@ -441,6 +478,30 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 		return nil
 	}
 	return err
+}
+
+// inflate decompresses a response message for a client that does not
+// accept the upstream's encoding, bounded by the message limit.
+func (p *Proxy) inflate(f *frame, name string) error {
+	comp := encoding.GetCompressor(name)
+	if comp == nil {
+		return status.Errorf(codes.Internal, "envgate: the upstream answered in encoding %q, which the client does not accept and the gateway cannot decode", name)
+	}
+	r, err := comp.Decompress(f.data.Reader())
+	if err != nil {
+		return status.Errorf(codes.Internal, "envgate: decompressing the upstream's response: %v", err)
+	}
+	out, err := mem.ReadAll(io.LimitReader(r, int64(p.maxMessage)+1), mem.DefaultBufferPool())
+	if err == nil && out.Len() > p.maxMessage {
+		err = fmt.Errorf("larger than the limit of %d bytes once inflated", p.maxMessage)
+	}
+	if err != nil {
+		out.Free()
+		return status.Errorf(codes.ResourceExhausted, "envgate: the upstream's response for a client that does not accept %s: %v", name, err)
+	}
+	f.data.Free()
+	f.data, f.compressed = out, false
+	return nil
 }
 
 // addOwnHeaders adds the response headers envgate itself sets.
