@@ -56,7 +56,10 @@ type Options struct {
 	MaxRecvMsgSize, MaxSendMsgSize int
 	// ConnectTimeout bounds a dial and its HTTP/2 handshake; 0 means 20 s.
 	ConnectTimeout time.Duration
-	Log            *slog.Logger
+	// WriteTimeout fails a connection whose upstream takes no bytes for
+	// this long (it stopped reading); 0 means 10 s.
+	WriteTimeout time.Duration
+	Log          *slog.Logger
 }
 
 // Client sends calls to a set of endpoints of one destination.
@@ -75,7 +78,13 @@ type Client struct {
 	conns   map[*conn]struct{} // every open connection, draining ones too
 	changed chan struct{}      // made by waiters, closed when an endpoint changes state
 	closed  bool
+	// lastPrompt is when a call last cut an endpoint's back-off short.
+	lastPrompt time.Time
 }
+
+// promptEvery rate-limits the prompt attempts calls may ask for while every
+// endpoint fails.
+const promptEvery = time.Second
 
 type endpoint struct {
 	addr   string
@@ -83,6 +92,9 @@ type endpoint struct {
 	cancel context.CancelFunc
 	conn   *conn // ready connection; under Client.mu
 	err    error // last dial error while not ready
+	// retryNow cuts the back-off short: one prompt attempt when a call
+	// finds every endpoint failing.
+	retryNow chan struct{}
 }
 
 // acceptEncoding lists the compressors this process can decode.
@@ -111,6 +123,9 @@ func New(authority string, opts Options) *Client {
 	}
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = 20 * time.Second
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 10 * time.Second
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
@@ -143,7 +158,7 @@ func (cl *Client) Update(addrs []string) {
 			continue
 		}
 		ctx, cancel := context.WithCancel(cl.ctx)
-		ep := &endpoint{addr: addr, ctx: ctx, cancel: cancel}
+		ep := &endpoint{addr: addr, ctx: ctx, cancel: cancel, retryNow: make(chan struct{}, 1)}
 		cl.eps[addr] = ep
 		cl.wg.Go(func() { cl.manage(ep) })
 	}
@@ -180,7 +195,7 @@ func (cl *Client) manage(ep *endpoint) {
 	failures := 0
 	for {
 		ctx, cancel := context.WithTimeout(ep.ctx, cl.opts.ConnectTimeout)
-		c, err := dial(ctx, ep.addr, cl.opts.Dial)
+		c, err := dial(ctx, ep.addr, cl.opts.Dial, cl.opts.WriteTimeout)
 		cancel()
 		if err == nil {
 			cl.mu.Lock()
@@ -203,20 +218,30 @@ func (cl *Client) manage(ep *endpoint) {
 			}
 			cl.opts.Log.Debug("upstream dial failed", "addr", ep.addr, "err", err)
 			cl.setState(ep, nil, err)
-			t := time.NewTimer(backoff(failures))
-			failures++
-			select {
-			case <-t.C:
-			case <-ep.ctx.Done():
-				t.Stop()
+			if !cl.wait(ep, backoff(failures)) {
 				return
 			}
+			failures++
 			continue
 		}
-		failures = 0
 		cl.setState(ep, c, nil)
 		select {
 		case <-c.gone:
+			if !c.served() {
+				// Closed (or GOAWAY) before it took a single call: an
+				// upstream that accepts and hangs up at once is a failing
+				// one, and is redialled only after the back-off, not in
+				// a loop.
+				err := fmt.Errorf("the upstream ended the connection before serving a call")
+				cl.opts.Log.Debug("upstream connection unusable", "addr", ep.addr, "err", err)
+				cl.setState(ep, nil, err)
+				if !cl.wait(ep, backoff(failures)) {
+					return
+				}
+				failures++
+				continue
+			}
+			failures = 0
 			cl.setState(ep, nil, nil)
 		case <-ep.ctx.Done():
 			// Left the set (Update already took it out of the ready
@@ -226,6 +251,20 @@ func (cl *Client) manage(ep *endpoint) {
 			return
 		}
 	}
+}
+
+// wait sleeps for the back-off d, cut short when a call asks for a prompt
+// attempt (every endpoint failing); false once ep left the set.
+func (cl *Client) wait(ep *endpoint, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ep.retryNow:
+	case <-ep.ctx.Done():
+		return false
+	}
+	return true
 }
 
 func backoff(failures int) time.Duration {
@@ -271,6 +310,7 @@ func (cl *Client) changedLocked() {
 // UNAVAILABLE once every endpoint failed to connect, as gRPC's round robin
 // does for calls that do not wait for ready.
 func (cl *Client) pick(ctx context.Context) (*conn, error) {
+	prompted := false
 	for {
 		if c := cl.tryPick(); c != nil {
 			return c, nil
@@ -294,6 +334,23 @@ func (cl *Client) pick(ctx context.Context) (*conn, error) {
 			} else {
 				connecting = true
 			}
+		}
+		if !connecting && !prompted && time.Since(cl.lastPrompt) >= promptEvery && len(cl.eps) > 0 {
+			// Every endpoint is in back-off (an outage, or a restart the
+			// back-off has not noticed yet): try one of them now rather
+			// than failing for the rest of the back-off, at most once a
+			// second per destination.
+			cl.lastPrompt = time.Now()
+			prompted = true
+			for _, ep := range cl.eps {
+				ep.err = nil // connecting again: calls wait for it
+				select {
+				case ep.retryNow <- struct{}{}:
+				default:
+				}
+				break
+			}
+			connecting = true
 		}
 		if !connecting {
 			cl.mu.Unlock()

@@ -40,15 +40,26 @@ var errUnusable = errors.New("connection takes no new streams")
 
 // conn is one HTTP/2 connection to one endpoint. Callers write their frames
 // into the connection's buffer themselves under wmu; a flusher goroutine
-// sends what has gathered, so the frames of many calls share one system
-// call (on loopback a write costs more than all the framing around it).
-// One reader goroutine dispatches what arrives.
+// takes what has gathered and sends it, so the frames of many calls share
+// one system call (on loopback a write costs more than all the framing
+// around it). One reader goroutine dispatches what arrives.
+//
+// Locks: wmu guards the outgoing buffer, the HPACK encoder and each
+// stream's sendClosed/rstSent; mu guards streams, windows and state. When
+// both are held, wmu is taken first. Neither is held across network I/O:
+// the flusher swaps the buffer out under wmu and writes it without any
+// lock, under a write deadline, so an upstream that stops reading cannot
+// keep the reader from queueing WINDOW_UPDATE and PING acknowledgements,
+// and fails the connection after writeTimeout instead of wedging it.
 type conn struct {
-	addr string
-	nc   net.Conn
+	addr         string
+	nc           net.Conn
+	writeTimeout time.Duration
 
 	wmu          sync.Mutex
-	bw           *bufio.Writer
+	bw           *bytes.Buffer // frames written, not yet taken by the flusher
+	spare        *bytes.Buffer // the flusher's, between flushes
+	drained      chan struct{} // made by writers over highWater, closed by the flusher
 	henc         *hpack.Encoder
 	hbuf         bytes.Buffer
 	fh           [9]byte
@@ -74,6 +85,7 @@ type conn struct {
 
 	peerMaxFrame atomic.Int32
 	unusable     atomic.Bool // draining or closed: no new streams
+	answered     atomic.Bool // the upstream sent headers on some stream
 
 	mu          sync.Mutex
 	streams     map[uint32]*stream
@@ -94,7 +106,7 @@ type conn struct {
 // dial connects to addr and completes the HTTP/2 handshake: the connection
 // is returned once the upstream's SETTINGS arrived, as gRPC waits for a
 // server preface before calling a connection ready. start runs it.
-func dial(ctx context.Context, addr string, d func(context.Context, string) (net.Conn, error)) (*conn, error) {
+func dial(ctx context.Context, addr string, d func(context.Context, string) (net.Conn, error), writeTimeout time.Duration) (*conn, error) {
 	nc, err := d(ctx, addr)
 	if err != nil {
 		return nil, err
@@ -104,15 +116,17 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 	}
 	c := &conn{
 		addr: addr, nc: nc,
-		bw:          bufio.NewWriterSize(nc, 32<<10),
-		streams:     map[uint32]*stream{},
-		nextID:      1,
-		maxStreams:  ^uint32(0),
-		sendWin:     65535,
-		peerInitWin: 65535,
-		gone:        make(chan struct{}),
-		done:        make(chan struct{}),
-		flushCh:     make(chan struct{}, 1),
+		bw:           bytes.NewBuffer(make([]byte, 0, 32<<10)),
+		spare:        bytes.NewBuffer(make([]byte, 0, 32<<10)),
+		writeTimeout: writeTimeout,
+		streams:      map[uint32]*stream{},
+		nextID:       1,
+		maxStreams:   ^uint32(0),
+		sendWin:      65535,
+		peerInitWin:  65535,
+		gone:         make(chan struct{}),
+		done:         make(chan struct{}),
+		flushCh:      make(chan struct{}, 1),
 	}
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.peerMaxFrame.Store(defaultFrame)
@@ -155,9 +169,10 @@ func (c *conn) handshake() error {
 	c.writeSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow})
 	c.writeWindowUpdate(0, connWindow-65535)
-	if err := c.bw.Flush(); err != nil {
+	if _, err := c.nc.Write(c.bw.Bytes()); err != nil {
 		return err
 	}
+	c.bw.Reset()
 	f, err := c.fr.ReadFrame()
 	if err != nil {
 		return err
@@ -240,6 +255,12 @@ func (c *conn) unlockWrite() {
 	c.wmu.Unlock()
 }
 
+// highWater bounds the frames queued for the network: a writer of DATA
+// waits while more than this is queued, so a slow upstream holds back the
+// call's messages (and through flow control, the client) instead of
+// growing the buffer.
+const highWater = 1 << 20
+
 // flushLoop sends the written frames, yielding once first so the writers
 // that are ready to run add theirs to the same system call, as gRPC's own
 // writer does. It ends with the reader, which ends when the connection
@@ -254,12 +275,51 @@ func (c *conn) flushLoop() {
 		runtime.Gosched()
 		c.wmu.Lock()
 		c.flushPending = false
-		err := c.bw.Flush()
+		out := c.bw
+		c.bw, c.spare = c.spare, nil
+		if c.drained != nil {
+			close(c.drained)
+			c.drained = nil
+		}
+		c.wmu.Unlock()
+		_ = c.nc.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+		_, err := c.nc.Write(out.Bytes())
+		out.Reset()
+		if out.Cap() > 4*highWater {
+			out = bytes.NewBuffer(make([]byte, 0, 32<<10))
+		}
+		c.wmu.Lock()
+		c.spare = out
 		c.wmu.Unlock()
 		if err != nil {
 			c.fail(fmt.Errorf("write: %w", err))
+			return
 		}
 	}
+}
+
+// waitDrainedLocked waits, with wmu held on entry and on return, until the
+// queued frames are under highWater; false when s ended or the connection
+// closed meanwhile.
+func (c *conn) waitDrainedLocked(s *stream) bool {
+	for c.bw.Len() >= highWater {
+		if c.drained == nil {
+			c.drained = make(chan struct{})
+		}
+		ch := c.drained
+		c.wmu.Unlock()
+		select {
+		case <-ch:
+		case <-s.done:
+			c.wmu.Lock()
+			return false
+		case <-c.done:
+			c.wmu.Lock()
+			return false
+		}
+		c.wmu.Lock()
+	}
+	return true
 }
 
 // open registers s and sends its request headers.
@@ -334,7 +394,7 @@ func (c *conn) writeData(s *stream, bufs [][]byte, total int) error {
 		c.mu.Unlock()
 
 		c.lockWrite()
-		if s.sendClosed {
+		if !c.waitDrainedLocked(s) || s.sendClosed {
 			c.wmu.Unlock()
 			return errStreamDone
 		}
@@ -429,6 +489,10 @@ func (c *conn) setDrainingLocked() {
 		c.closeLocked()
 	}
 }
+
+// served reports whether the upstream ever answered a stream on the
+// connection (sent it response headers).
+func (c *conn) served() bool { return c.answered.Load() }
 
 // drain stops new streams and closes the connection once its streams end.
 func (c *conn) drain() {
@@ -619,6 +683,7 @@ func (c *conn) decodeHeaders(block []byte) error {
 		return fmt.Errorf("HPACK: %w", err)
 	}
 	if s := c.stream(c.hstream); s != nil {
+		c.answered.Store(true)
 		s.onHeaders(c.hfields, c.hend, c.htrunc)
 		c.wakeLater(s)
 	}
