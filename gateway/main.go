@@ -23,6 +23,11 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		defer gctune.Start(heapFloor)()
 	}
+	// GOMEMLIMIT from the container's limit (the manifests' 256 MiB), so
+	// the collector, not the OOM killer, answers a heap that nears it.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		gctune.SetMemoryLimit()
+	}
 	// Nothing serves allocation profiles: sampling them costs memory for
 	// nothing.
 	runtime.MemProfileRate = 0
