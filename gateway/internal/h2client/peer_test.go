@@ -27,8 +27,11 @@ type bytesCodec struct{}
 func (bytesCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.SliceBuffer(*v.(*[]byte))}, nil
 }
-func (bytesCodec) Unmarshal(d mem.BufferSlice, v any) error { *v.(*[]byte) = d.Materialize(); return nil }
-func (bytesCodec) Name() string                             { return "proto" }
+func (bytesCodec) Unmarshal(d mem.BufferSlice, v any) error {
+	*v.(*[]byte) = d.Materialize()
+	return nil
+}
+func (bytesCodec) Name() string { return "proto" }
 
 // rawPeer is one accepted upstream connection after the HTTP/2 handshake.
 type rawPeer struct {

@@ -24,7 +24,7 @@ type frame struct {
 
 // WireCompressed and SetWireCompressed let the upstream client carry the
 // frame's flag (h2client.Wire).
-func (f *frame) WireCompressed() bool      { return f.compressed }
+func (f *frame) WireCompressed() bool     { return f.compressed }
 func (f *frame) SetWireCompressed(c bool) { f.compressed = c }
 
 // free returns the frame's buffers to their pool when SendMsg did not take

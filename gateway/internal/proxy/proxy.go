@@ -46,8 +46,8 @@ type Proxy struct {
 	// maxMessage bounds a response inflated for a client that does not
 	// accept the upstream's encoding.
 	maxMessage int
-	codecs      sync.Map     // content-subtype -> grpc.CallOption forcing its codec
-	nCodecs     atomic.Int32 // entries in codecs, at most maxCodecs
+	codecs     sync.Map     // content-subtype -> grpc.CallOption forcing its codec
+	nCodecs    atomic.Int32 // entries in codecs, at most maxCodecs
 }
 
 // maxCodecs bounds the content subtypes whose codec option is kept: the
