@@ -51,121 +51,6 @@ func peakRSSMiB(t *testing.T, p *process) float64 {
 	return float64(procStatus(t, p.cmd.Process.Pid, "VmHWM")) / 1024
 }
 
-// rawConn is an HTTP/2 client connection written frame by frame, the way an
-// attacker would, with golang.org/x/net/http2's Framer.
-type rawConn struct {
-	t   *testing.T
-	nc  net.Conn
-	wmu sync.Mutex // the framer's writes: the test's and the reader's acks
-	fr  *http2.Framer
-
-	mu     sync.Mutex
-	goaway *http2.GoAwayFrame
-	resets map[uint32]http2.ErrCode
-	done   chan struct{} // closed when reading fails: the gateway closed the connection
-}
-
-func dialRaw(t *testing.T, addr string) *rawConn {
-	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	c := &rawConn{t: t, nc: nc, fr: http2.NewFramer(nc, nc), resets: map[uint32]http2.ErrCode{}, done: make(chan struct{})}
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	if _, err := nc.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	c.write(func(fr *http2.Framer) error {
-		return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
-	})
-	go c.read()
-	return c
-}
-
-func (c *rawConn) read() {
-	defer close(c.done)
-	for {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			return
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				c.write(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
-			}
-		case *http2.GoAwayFrame:
-			c.mu.Lock()
-			g := *f
-			g.DebugData()
-			c.goaway = &g
-			c.mu.Unlock()
-		case *http2.RSTStreamFrame:
-			c.mu.Lock()
-			c.resets[f.StreamID] = f.ErrCode
-			c.mu.Unlock()
-		}
-	}
-}
-
-// write runs w under the write lock; it reports false once writing fails
-// (the gateway closed the connection).
-func (c *rawConn) write(w func(*http2.Framer) error) bool {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	return w(c.fr) == nil
-}
-
-// headerBlock is HPACK for a gRPC request to env with extra fields.
-func headerBlock(env string, extra ...hpack.HeaderField) []byte {
-	var buf bytes.Buffer
-	enc := hpack.NewEncoder(&buf)
-	for _, f := range []hpack.HeaderField{
-		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
-		{Name: ":path", Value: "/echo.EchoService/Call"}, {Name: ":authority", Value: "gw"},
-		{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
-		{Name: "env", Value: env},
-	} {
-		_ = enc.WriteField(f)
-	}
-	for _, f := range extra {
-		_ = enc.WriteField(f)
-	}
-	return buf.Bytes()
-}
-
-// sendHeaders writes block as HEADERS and CONTINUATION frames of 16 KiB.
-func (c *rawConn) sendHeaders(id uint32, block []byte, endStream bool) bool {
-	return c.write(func(fr *http2.Framer) error {
-		first := min(len(block), 16384)
-		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:first],
-			EndStream: endStream, EndHeaders: first == len(block)}); err != nil {
-			return err
-		}
-		for rest := block[first:]; len(rest) > 0; {
-			n := min(len(rest), 16384)
-			if err := fr.WriteContinuation(id, n == len(rest), rest[:n]); err != nil {
-				return err
-			}
-			rest = rest[n:]
-		}
-		return nil
-	})
-}
-
-// closedWithin reports whether the gateway closed the connection in d.
-func (c *rawConn) closedWithin(d time.Duration) bool {
-	select {
-	case <-c.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
 // control makes one ordinary call and fails the test unless env answers.
 func control(t *testing.T, addr, env string) {
 	t.Helper()
@@ -193,39 +78,38 @@ func TestRequestHeadersAreBounded(t *testing.T) {
 		for range 3 {
 			c := dialRaw(t, addr)
 			c.sendHeaders(1, headerBlock(strings.Repeat("e", 16<<20)), true)
-			if !c.closedWithin(10 * time.Second) {
-				c.mu.Lock()
-				code, reset := c.resets[1]
-				c.mu.Unlock()
-				if !reset {
-					t.Fatal("a 16 MB header list was neither refused nor reset")
-				}
-				t.Logf("stream reset %v", code)
+			if !c.waitUntil(10*time.Second, func() bool { _, reset := c.resets[1]; return reset }) {
+				t.Fatal("a 16 MB header list was neither refused nor reset")
 			}
 		}
 	})
 	t.Run("HPACK amplification", func(t *testing.T) {
 		// One 4000-byte value into the dynamic table, then 6000 one-byte
-		// references to it per stream: 10 KiB on the wire, 24 MB decoded.
-		var block bytes.Buffer
-		block.Write(headerBlock("env1"))
-		block.WriteByte(0x40) // literal with incremental indexing, new name
-		block.Write(hpackLiteral("x-amp"))
-		block.Write(hpackLiteral(strings.Repeat("a", 4000)))
-		refs := bytes.Repeat([]byte{0x80 | 62}, 6000) // the newest dynamic entry
+		// references to it per stream: 10 KiB on the wire, 24 MB decoded,
+		// in each of 20 streams. The request's own fields are never
+		// indexed, so the entry stays in the table from stream to stream.
+		const streams = 20
 		c := dialRaw(t, addr)
-		for i := range 20 {
-			b := block.Bytes()
-			if i > 0 {
-				b = append(headerBlock("env1"), refs...)
-			} else {
-				b = append(append([]byte{}, b...), refs...)
+		var buf bytes.Buffer
+		enc := hpack.NewEncoder(&buf)
+		amp := hpack.HeaderField{Name: "x-amp", Value: strings.Repeat("a", 4000)}
+		for i := range streams {
+			buf.Reset()
+			requestFields(enc, "env1")
+			for range 6000 {
+				_ = enc.WriteField(amp)
 			}
-			if !c.sendHeaders(uint32(1+2*i), b, true) {
+			if !c.sendHeaders(uint32(1+2*i), buf.Bytes(), true) {
 				break
 			}
 		}
-		c.closedWithin(2 * time.Second)
+		// Each stream is refused: reset, or the connection closed.
+		if !c.waitUntil(20*time.Second, func() bool { return len(c.resets) == streams }) {
+			c.mu.Lock()
+			n := len(c.resets)
+			c.mu.Unlock()
+			t.Fatalf("%d of %d amplified header blocks reset, and the connection still open", n, streams)
+		}
 	})
 	control(t, addr, "env1")
 	if peak := peakRSSMiB(t, p); peak > 64 {
@@ -236,22 +120,6 @@ func TestRequestHeadersAreBounded(t *testing.T) {
 	if out := p.output(); strings.Contains(out, strings.Repeat("e", 1000)) {
 		t.Fatal("the oversized value reached the log")
 	}
-}
-
-// hpackLiteral is an HPACK string literal without Huffman coding.
-func hpackLiteral(s string) []byte {
-	n := len(s)
-	var b []byte
-	if n < 127 {
-		b = append(b, byte(n))
-	} else {
-		b = append(b, 127)
-		for n -= 127; n >= 128; n >>= 7 {
-			b = append(b, byte(n&0x7f|0x80))
-		}
-		b = append(b, byte(n))
-	}
-	return append(b, s...)
 }
 
 // A client over the limit hears why from its own gRPC library, which reads
@@ -312,28 +180,26 @@ func TestRapidResetClosesTheConnection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
-	{
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				nc, err := net.Dial("tcp", addr)
-				if err != nil {
-					return
-				}
-				_, _ = nc.Write([]byte(http2.ClientPreface))
-				fr := http2.NewFramer(nc, nc)
-				_ = fr.WriteSettings()
-				go func() { _, _ = io.Copy(io.Discard, nc) }()
-				for id := uint32(1); ctx.Err() == nil; id += 2 {
-					_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
-					if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}) != nil ||
-						fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
-						break
-					}
-				}
-				nc.Close()
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			nc, err := net.Dial("tcp", addr)
+			if err != nil {
+				return
 			}
-		})
-	}
+			_, _ = nc.Write([]byte(http2.ClientPreface))
+			fr := http2.NewFramer(nc, nc)
+			_ = fr.WriteSettings()
+			wg.Go(func() { _, _ = io.Copy(io.Discard, nc) }) // ends when nc is closed
+			for id := uint32(1); ctx.Err() == nil; id += 2 {
+				_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+				if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}) != nil ||
+					fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+					break
+				}
+			}
+			nc.Close()
+		}
+	})
 	client := echoClient(t, addr)
 	ok, failed := 0, 0
 	for ctx.Err() == nil {
@@ -372,21 +238,16 @@ func TestConnectionCapAndIdleTimeout(t *testing.T) {
 	if !over.closedWithin(5 * time.Second) {
 		t.Fatal("a connection over the cap was not closed")
 	}
-	over.mu.Lock()
-	g := over.goaway
-	over.mu.Unlock()
-	if g == nil || g.ErrCode != http2.ErrCodeEnhanceYourCalm || !strings.Contains(string(g.DebugData()), "connection limit") {
-		t.Fatalf("refusal: %+v, want GOAWAY ENHANCE_YOUR_CALM naming the connection limit", g)
+	code, debug, ok := over.lastGoAway()
+	if !ok || code != http2.ErrCodeEnhanceYourCalm || !strings.Contains(debug, "connection limit") {
+		t.Fatalf("refusal: GOAWAY %v %v %q, want GOAWAY ENHANCE_YOUR_CALM naming the connection limit", ok, code, debug)
 	}
 	// The idle ones are closed with GOAWAY, which frees room for a new one.
 	for _, c := range conns {
 		if !c.closedWithin(10 * time.Second) {
 			t.Fatal("idle connection not closed after the idle timeout")
 		}
-		c.mu.Lock()
-		g := c.goaway
-		c.mu.Unlock()
-		if g == nil {
+		if _, _, ok := c.lastGoAway(); !ok {
 			t.Fatal("idle connection closed without GOAWAY")
 		}
 	}

@@ -119,13 +119,9 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
 	handler := (&localHealth{header: cfg.Routing.Header, srv: g.health, next: px.Handler}).handler
 
-	resets := cfg.Limits.PrematureResets
-	if resets < 0 {
-		resets = 0
-	}
 	g.conns = edge.NewLimiter(edge.Options{
 		MaxConns:        cfg.Limits.MaxConnections,
-		PrematureResets: resets,
+		PrematureResets: cfg.Limits.PrematureResets, // -1: off
 		Log:             log,
 		OnRefused:       g.metrics.ConnectionRefused,
 		OnResetClose:    g.metrics.ConnectionClosedForResets,
@@ -148,36 +144,35 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		g.listeners = append(g.listeners, g.conns.Listen(lis, l.TLS == nil))
 		g.servers = append(g.servers, newServer(cfg, creds, handler))
 	}
-	if cfg.Admin.Address != "-" {
-		lis, err := net.Listen("tcp", cfg.Admin.Address)
-		if err != nil {
-			g.closeListeners()
-			return nil, fmt.Errorf("admin listen: %w", err)
-		}
-		g.adminLis = lis
-		g.admin = adminServer(admin.Health(g.ready))
+	if g.admin, g.adminLis, err = listenAdmin(cfg.Admin.Address, admin.Health(g.ready)); err != nil {
+		g.closeListeners()
+		return nil, fmt.Errorf("admin listen: %w", err)
 	}
-	if cfg.Admin.DebugAddress != "-" {
-		lis, err := net.Listen("tcp", cfg.Admin.DebugAddress)
-		if err != nil {
-			g.closeListeners()
-			return nil, fmt.Errorf("debug listen: %w", err)
-		}
-		g.debugLis = lis
-		g.debug = adminServer(admin.Debug{
-			Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
-			Routes:  g.routeView,
-			Explain: g.explain,
-		}.Handler())
+	debug := admin.Debug{
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Routes:  g.routeView,
+		Explain: g.explain,
+	}
+	if g.debug, g.debugLis, err = listenAdmin(cfg.Admin.DebugAddress, debug.Handler()); err != nil {
+		g.closeListeners()
+		return nil, fmt.Errorf("debug listen: %w", err)
 	}
 	return g, nil
 }
 
-// adminServer serves h with bounds on what a client can hold: the
-// admin side is small requests, answered at once.
-func adminServer(h http.Handler) *http.Server {
+// listenAdmin binds an admin-side listener serving h, with bounds on what
+// a client can hold there (small requests, answered at once); "-" binds
+// nothing.
+func listenAdmin(addr string, h http.Handler) (*http.Server, net.Listener, error) {
+	if addr == "-" {
+		return nil, nil, nil
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
 	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}, lis, nil
 }
 
 // setupDiscovery chooses the endpoint source.

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,67 +12,28 @@ import (
 // code) instead of acknowledging them all.
 func pingEvery(t *testing.T, addr string, gap time.Duration, n int) (goaway bool, code http2.ErrCode) {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(conn, conn)
-	var wmu sync.Mutex // the framer's writes come from two goroutines
-	if err := fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
-	frames := make(chan http2.Frame, 100)
-	go func() {
-		defer close(frames)
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
-				wmu.Lock()
-				_ = fr.WriteSettingsAck()
-				wmu.Unlock()
-			}
-			frames <- f
-		}
-	}()
-	acks := 0
+	c := dialRaw(t, addr)
 	for i := range n {
 		if i > 0 {
 			time.Sleep(gap) // the client's ping interval under test
 		}
-		wmu.Lock()
-		err := fr.WritePing(false, [8]byte{byte(i)})
-		wmu.Unlock()
-		if err != nil {
+		if !c.write(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{byte(i)}) }) {
 			return true, http2.ErrCodeNo
 		}
 	}
-	deadline := time.After(5 * time.Second)
-	for acks < n {
-		select {
-		case f, ok := <-frames:
-			if !ok {
-				return true, http2.ErrCodeNo
-			}
-			switch f := f.(type) {
-			case *http2.PingFrame:
-				if f.IsAck() {
-					acks++
-				}
-			case *http2.GoAwayFrame:
-				return true, f.ErrCode
-			}
-		case <-deadline:
-			t.Fatalf("only %d of %d pings acknowledged", acks, n)
-		}
+	if !c.waitUntil(5*time.Second, func() bool { return c.pingAcks == n || c.goaway }) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		t.Fatalf("only %d of %d pings acknowledged", c.pingAcks, n)
 	}
-	return false, 0
+	code, _, goaway = c.lastGoAway()
+	c.mu.Lock()
+	acked := c.pingAcks
+	c.mu.Unlock()
+	if !goaway && acked < n {
+		return true, http2.ErrCodeNo // closed without GOAWAY
+	}
+	return goaway, code
 }
 
 // Google's load balancer and client libraries ping idle backend connections;

@@ -415,14 +415,12 @@ func (c *Config) Validate() error {
 	if byLabel && !byVS && strings.TrimSpace(c.Discovery.Kubernetes.NamespaceSelector) == "" {
 		errs = append(errs, errors.New("discovery.kubernetes.namespaceSelector: empty with no environments listed"))
 	}
-	if c.Admin.Address != "-" {
-		if _, _, err := net.SplitHostPort(c.Admin.Address); err != nil {
-			errs = append(errs, fmt.Errorf("admin.address %q: %w", c.Admin.Address, err))
+	for _, a := range [][2]string{{"admin.address", c.Admin.Address}, {"admin.debugAddress", c.Admin.DebugAddress}} {
+		if a[1] == "-" {
+			continue
 		}
-	}
-	if c.Admin.DebugAddress != "-" {
-		if _, _, err := net.SplitHostPort(c.Admin.DebugAddress); err != nil {
-			errs = append(errs, fmt.Errorf("admin.debugAddress %q: %w", c.Admin.DebugAddress, err))
+		if _, _, err := net.SplitHostPort(a[1]); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", a[0], a[1], err))
 		}
 	}
 	if d := c.Discovery.DNS; d != nil && d.Refresh < 0 {

@@ -23,8 +23,8 @@ type Options struct {
 	MaxConns int
 	// PrematureResets is Envoy's overload.premature_reset_total_stream_count:
 	// a connection is closed once its early resets reach it, or, after that
-	// many streams, once they are at least half of its streams. 0 turns it
-	// off.
+	// many streams, once they are at least half of its streams. 0 or less
+	// turns it off.
 	PrematureResets int
 	// Log receives a line per refused connection (at most one a second)
 	// and one per connection that had streams reset early.
@@ -50,9 +50,6 @@ func NewLimiter(opts Options) *Limiter {
 	}
 	return &Limiter{opts: opts}
 }
-
-// Open is the number of client connections open now.
-func (l *Limiter) Open() int64 { return l.open.Load() }
 
 // Listen wraps inner. h2c says the listener speaks plaintext HTTP/2, so a
 // refused connection can be told why in a GOAWAY frame; a TLS listener's
@@ -153,14 +150,14 @@ func (c *Conn) Close() error {
 }
 
 // streamEnded counts a stream of the connection; premature says the client
-// reset it early. It reports whether the connection was closed for it.
+// reset it early. The connection is closed once too many were.
 //
 // The rule is Envoy's ConnectionManagerImpl::maybeDrainDueToPrematureResets
 // (source/common/http/conn_manager_impl.cc): with limit L, nothing happens
 // while fewer than L streams ended and fewer than L were premature;
 // otherwise the connection is closed when premature resets are at least
 // half of the streams.
-func (c *Conn) streamEnded(premature bool) bool {
+func (c *Conn) streamEnded(premature bool) {
 	limit := c.l.opts.PrematureResets
 	c.mu.Lock()
 	c.streams++
@@ -179,7 +176,6 @@ func (c *Conn) streamEnded(premature bool) bool {
 		}
 		_ = c.Close()
 	}
-	return shut
 }
 
 // Addr is a client connection's remote address, with the connection.
@@ -192,6 +188,5 @@ type Addr struct {
 func (a *Addr) Unwrap() net.Addr { return a.Addr }
 
 // StreamEnded counts a stream of the connection: premature says the client
-// reset it early. It reports whether the connection was closed for too many
-// early resets.
-func (a *Addr) StreamEnded(premature bool) bool { return a.c.streamEnded(premature) }
+// reset it early. The connection is closed once too many were.
+func (a *Addr) StreamEnded(premature bool) { a.c.streamEnded(premature) }

@@ -194,63 +194,63 @@ func (cl *Client) Close() error {
 func (cl *Client) manage(ep *endpoint) {
 	failures := 0
 	for {
-		ctx, cancel := context.WithTimeout(ep.ctx, cl.opts.ConnectTimeout)
-		c, err := dial(ctx, ep.addr, cl.opts.Dial, cl.opts.WriteTimeout)
-		cancel()
+		c, err := cl.connect(ep)
 		if err == nil {
-			cl.mu.Lock()
-			if cl.closed {
-				err = errors.New("client closed")
-				c.nc.Close()
-			} else {
-				cl.conns[c] = struct{}{}
-				c.start(&cl.wg, func() {
-					cl.mu.Lock()
-					delete(cl.conns, c)
-					cl.mu.Unlock()
-				})
-			}
-			cl.mu.Unlock()
-		}
-		if err != nil {
-			if ep.ctx.Err() != nil {
+			cl.setState(ep, c, nil)
+			select {
+			case <-c.gone:
+			case <-ep.ctx.Done():
+				// Left the set (Update already took it out of the ready
+				// ones) or the client closed (Close ends the connection):
+				// calls in flight finish.
+				c.drain()
 				return
 			}
-			cl.opts.Log.Debug("upstream dial failed", "addr", ep.addr, "err", err)
-			cl.setState(ep, nil, err)
-			if !cl.wait(ep, backoff(failures)) {
-				return
-			}
-			failures++
-			continue
-		}
-		cl.setState(ep, c, nil)
-		select {
-		case <-c.gone:
-			if !c.served() {
-				// Closed (or GOAWAY) before it took a single call: an
-				// upstream that accepts and hangs up at once is a failing
-				// one, and is redialled only after the back-off, not in
-				// a loop.
-				err := fmt.Errorf("the upstream ended the connection before serving a call")
-				cl.opts.Log.Debug("upstream connection unusable", "addr", ep.addr, "err", err)
-				cl.setState(ep, nil, err)
-				if !cl.wait(ep, backoff(failures)) {
-					return
-				}
-				failures++
+			if c.served() {
+				failures = 0
+				cl.setState(ep, nil, nil)
 				continue
 			}
-			failures = 0
-			cl.setState(ep, nil, nil)
-		case <-ep.ctx.Done():
-			// Left the set (Update already took it out of the ready
-			// ones) or the client closed (Close ends the connection):
-			// calls in flight finish.
-			c.drain()
+			// An upstream that accepts and hangs up (or sends GOAWAY)
+			// before answering a call is a failing one: redialled after
+			// the back-off, not in a loop.
+			err = errNotServed
+		}
+		if ep.ctx.Err() != nil {
 			return
 		}
+		cl.opts.Log.Debug("upstream connection failed", "addr", ep.addr, "err", err)
+		cl.setState(ep, nil, err)
+		if !cl.wait(ep, backoff(failures)) {
+			return
+		}
+		failures++
 	}
+}
+
+var errNotServed = errors.New("the upstream ended the connection before serving a call")
+
+// connect dials ep and starts the connection's reader and flusher.
+func (cl *Client) connect(ep *endpoint) (*conn, error) {
+	ctx, cancel := context.WithTimeout(ep.ctx, cl.opts.ConnectTimeout)
+	c, err := dial(ctx, ep.addr, cl.opts.Dial, cl.opts.WriteTimeout)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.closed {
+		c.nc.Close()
+		return nil, errors.New("client closed")
+	}
+	cl.conns[c] = struct{}{}
+	c.start(&cl.wg, func() {
+		cl.mu.Lock()
+		delete(cl.conns, c)
+		cl.mu.Unlock()
+	})
+	return c, nil
 }
 
 // wait sleeps for the back-off d, cut short when a call asks for a prompt
@@ -335,22 +335,12 @@ func (cl *Client) pick(ctx context.Context) (*conn, error) {
 				connecting = true
 			}
 		}
-		if !connecting && !prompted && time.Since(cl.lastPrompt) >= promptEvery && len(cl.eps) > 0 {
+		if !connecting && !prompted {
 			// Every endpoint is in back-off (an outage, or a restart the
-			// back-off has not noticed yet): try one of them now rather
-			// than failing for the rest of the back-off, at most once a
-			// second per destination.
-			cl.lastPrompt = time.Now()
+			// back-off has not noticed yet): one of them is tried now
+			// rather than failing for the rest of the back-off.
 			prompted = true
-			for _, ep := range cl.eps {
-				ep.err = nil // connecting again: calls wait for it
-				select {
-				case ep.retryNow <- struct{}{}:
-				default:
-				}
-				break
-			}
-			connecting = true
+			connecting = cl.promptLocked()
 		}
 		if !connecting {
 			cl.mu.Unlock()
@@ -370,6 +360,24 @@ func (cl *Client) pick(ctx context.Context) (*conn, error) {
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 	}
+}
+
+// promptLocked cuts one endpoint's back-off short, at most once every
+// promptEvery per client, and reports whether it did.
+func (cl *Client) promptLocked() bool {
+	if time.Since(cl.lastPrompt) < promptEvery {
+		return false
+	}
+	for _, ep := range cl.eps { // any one
+		cl.lastPrompt = time.Now()
+		ep.err = nil // connecting again: calls wait for it
+		select {
+		case ep.retryNow <- struct{}{}:
+		default:
+		}
+		return true
+	}
+	return false
 }
 
 func (cl *Client) tryPick() *conn {

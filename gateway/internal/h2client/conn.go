@@ -58,7 +58,7 @@ type conn struct {
 
 	wmu          sync.Mutex
 	bw           *bytes.Buffer // frames written, not yet taken by the flusher
-	spare        *bytes.Buffer // the flusher's, between flushes
+	spare        *bytes.Buffer // the flusher's only: the buffer writers get next
 	drained      chan struct{} // made by writers over highWater, closed by the flusher
 	henc         *hpack.Encoder
 	hbuf         bytes.Buffer
@@ -276,7 +276,7 @@ func (c *conn) flushLoop() {
 		c.wmu.Lock()
 		c.flushPending = false
 		out := c.bw
-		c.bw, c.spare = c.spare, nil
+		c.bw = c.spare
 		if c.drained != nil {
 			close(c.drained)
 			c.drained = nil
@@ -288,9 +288,7 @@ func (c *conn) flushLoop() {
 		if out.Cap() > 4*highWater {
 			out = bytes.NewBuffer(make([]byte, 0, 32<<10))
 		}
-		c.wmu.Lock()
 		c.spare = out
-		c.wmu.Unlock()
 		if err != nil {
 			c.fail(fmt.Errorf("write: %w", err))
 			return
@@ -308,16 +306,18 @@ func (c *conn) waitDrainedLocked(s *stream) bool {
 		}
 		ch := c.drained
 		c.wmu.Unlock()
+		ended := false
 		select {
 		case <-ch:
 		case <-s.done:
-			c.wmu.Lock()
-			return false
+			ended = true
 		case <-c.done:
-			c.wmu.Lock()
-			return false
+			ended = true
 		}
 		c.wmu.Lock()
+		if ended {
+			return false
+		}
 	}
 	return true
 }

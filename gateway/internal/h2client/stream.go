@@ -294,7 +294,7 @@ func (s *stream) decode(flag byte, data mem.BufferSlice, m any) error {
 		name := s.recvComp
 		s.mu.Unlock()
 		var err error
-		if data, err = decompress(name, data, s.maxRecv); err != nil {
+		if data, err = Decompress(name, data, s.maxRecv); err != nil {
 			return err
 		}
 	}
@@ -309,7 +309,9 @@ func (s *stream) decode(flag byte, data mem.BufferSlice, m any) error {
 	return nil
 }
 
-func decompress(name string, data mem.BufferSlice, max int) (mem.BufferSlice, error) {
+// Decompress inflates one message compressed in the named encoding, at
+// most max bytes, with gRPC's statuses for what goes wrong. It frees data.
+func Decompress(name string, data mem.BufferSlice, max int) (mem.BufferSlice, error) {
 	defer data.Free()
 	if name == "" || name == "identity" {
 		return nil, status.Error(codes.Internal, "grpc: compressed flag set with identity or empty encoding")

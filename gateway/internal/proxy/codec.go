@@ -6,6 +6,8 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+
+	"github.com/envgate/envgate/gateway/internal/h2client"
 )
 
 // frame is one gRPC message carried as the bytes it arrived as. The proxy
@@ -70,7 +72,8 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	f, ok := v.(*frame)
 	if !ok {
 		if marked {
-			plain, err := gunzip(data, localMaxMessage)
+			data.Ref() // Decompress frees it; gRPC frees its own
+			plain, err := h2client.Decompress("gzip", data, localMaxMessage)
 			if err != nil {
 				return err
 			}

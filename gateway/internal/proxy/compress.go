@@ -79,39 +79,16 @@ func (wireDecompressor) Do(r io.Reader) ([]byte, error) {
 func (wireDecompressor) Type() string { return "gzip" }
 
 // unmark strips the marker from data and reports whether it was there.
+// The wire decompressor's output is one buffer starting with it.
 func unmark(data mem.BufferSlice) (mem.BufferSlice, bool) {
-	if len(data) == 0 || data.Len() < markerLen {
+	if len(data) == 0 {
 		return data, false
 	}
 	first := data[0].ReadOnlyData()
-	if len(first) < markerLen {
-		// The wire decompressor makes one buffer; anything else is not
-		// its output.
+	if len(first) < markerLen || !bytes.Equal(first[:markerLen], marker[:]) {
 		return data, false
 	}
-	if !bytes.Equal(first[:markerLen], marker[:]) {
-		return data, false
-	}
-	rest := mem.BufferSlice{mem.SliceBuffer(first[markerLen:])}
-	return append(rest, data[1:]...), true
-}
-
-// gunzip inflates a marked message for a local service, bounded by max.
-func gunzip(data mem.BufferSlice, max int) (mem.BufferSlice, error) {
-	zr, err := gzip.NewReader(data.Reader())
-	if err != nil {
-		return nil, err
-	}
-	out, err := mem.ReadAll(io.LimitReader(zr, int64(max)+1), mem.DefaultBufferPool())
-	if err != nil {
-		out.Free()
-		return nil, err
-	}
-	if out.Len() > max {
-		out.Free()
-		return nil, fmt.Errorf("message after decompression larger than %d bytes", max)
-	}
-	return out, nil
+	return append(mem.BufferSlice{mem.SliceBuffer(first[markerLen:])}, data[1:]...), true
 }
 
 // passGzip is the process's gzip: ordinary gzip, except that bytes behind
@@ -136,58 +113,54 @@ type passWriter struct {
 	w    io.Writer
 	head [markerLen]byte
 	n    int          // bytes of head filled
-	pass bool         // marked: write as is
+	out  io.Writer    // once decided: w (marked: as is) or zw
 	zw   *gzip.Writer // not marked: compress
 }
 
 func (p *passWriter) Write(b []byte) (int, error) {
 	total := len(b)
-	if p.n < markerLen {
+	if p.out == nil {
 		k := copy(p.head[p.n:], b)
 		p.n += k
 		b = b[k:]
 		if p.n < markerLen {
 			return total, nil
 		}
-		if p.head == marker {
-			p.pass = true
-		} else {
-			p.zw = gzipWriters.Get().(*gzip.Writer)
-			p.zw.Reset(p.w)
-			if _, err := p.zw.Write(p.head[:]); err != nil {
-				return 0, err
-			}
+		if err := p.decide(); err != nil {
+			return 0, err
 		}
 	}
-	if len(b) == 0 {
-		return total, nil
-	}
-	var err error
-	if p.pass {
-		_, err = p.w.Write(b)
-	} else {
-		_, err = p.zw.Write(b)
-	}
-	if err != nil {
+	if _, err := p.out.Write(b); err != nil {
 		return 0, err
 	}
 	return total, nil
 }
 
+// decide passes what follows a whole marker as it is, and compresses
+// anything else, the bytes taken for the head included.
+func (p *passWriter) decide() error {
+	if p.n == markerLen && p.head == marker {
+		p.out = p.w
+		return nil
+	}
+	p.zw = gzipWriters.Get().(*gzip.Writer)
+	p.zw.Reset(p.w)
+	p.out = p.zw
+	_, err := p.zw.Write(p.head[:p.n])
+	return err
+}
+
 func (p *passWriter) Close() error {
-	if p.n < markerLen && !p.pass {
-		// Shorter than the marker: an ordinary message.
-		p.zw = gzipWriters.Get().(*gzip.Writer)
-		p.zw.Reset(p.w)
-		if _, err := p.zw.Write(p.head[:p.n]); err != nil {
+	if p.out == nil { // shorter than the marker: an ordinary message
+		if err := p.decide(); err != nil {
 			return err
 		}
 	}
-	if p.zw != nil {
-		err := p.zw.Close()
-		gzipWriters.Put(p.zw)
-		p.zw = nil
-		return err
+	if p.zw == nil {
+		return nil
 	}
-	return nil
+	err := p.zw.Close()
+	gzipWriters.Put(p.zw)
+	p.zw = nil
+	return err
 }

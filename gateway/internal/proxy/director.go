@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net"
+	"slices"
 	"strings"
 
 	grpcproxy "github.com/mwitkow/grpc-proxy/proxy"
@@ -143,37 +144,21 @@ func outgoing(ctx context.Context, md metadata.MD) metadata.MD {
 // forwardedFor appends ip to the client's x-forwarded-for entries, keeping
 // only the rightmost entries that fit in maxForwardedFor bytes.
 func forwardedFor(prior []string, ip string) string {
+	all := strings.Join(prior, ",")
 	budget := maxForwardedFor - len(ip)
-	size := 0
-	// Walk the values, then the entries in each, from the right.
 	var kept []string
-outer:
-	for i := len(prior) - 1; i >= 0; i-- {
-		v := prior[i]
-		for v != "" {
-			entry := v
-			if j := strings.LastIndexByte(v, ','); j >= 0 {
-				entry, v = v[j+1:], v[:j]
-			} else {
-				v = ""
-			}
-			entry = strings.TrimSpace(entry)
-			if entry == "" {
-				continue
-			}
-			if size+len(entry)+2 > budget {
-				break outer
-			}
-			size += len(entry) + 2
-			kept = append(kept, entry)
+	for size := 0; all != ""; {
+		i := strings.LastIndexByte(all, ',')
+		entry := strings.TrimSpace(all[i+1:])
+		all = all[:max(i, 0)]
+		if entry == "" {
+			continue
 		}
+		if size += len(entry) + len(", "); size > budget {
+			break
+		}
+		kept = append(kept, entry)
 	}
-	var b strings.Builder
-	b.Grow(size + len(ip))
-	for i := len(kept) - 1; i >= 0; i-- {
-		b.WriteString(kept[i])
-		b.WriteString(", ")
-	}
-	b.WriteString(ip)
-	return b.String()
+	slices.Reverse(kept)
+	return strings.Join(append(kept, ip), ", ")
 }

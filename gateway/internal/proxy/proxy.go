@@ -13,7 +13,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -25,7 +24,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -62,7 +60,7 @@ const prematureReset = time.Second
 // resetCounter is what the listener's remote address offers when the
 // gateway tracks early resets per connection (edge.Addr).
 type resetCounter interface {
-	StreamEnded(premature bool) bool
+	StreamEnded(premature bool)
 }
 
 // Response headers envgate adds.
@@ -394,15 +392,15 @@ func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call, keep *r
 // pumpToClient forwards the upstream's headers, messages and trailers, and
 // returns the upstream's status as the call's error.
 func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.ServerStream, c *call, rp *replay) error {
-	// Header blocks until the upstream sends headers, answers trailers-only, or
-	// fails; nil headers mean there were none, and the answer stays
-	// trailers-only.
 	// The encoding the server sends messages in: by default the request's
 	// (gzip is the only one registered), else what the upstream used.
 	sendComp, upComp := "", ""
 	if c.reqComp == "gzip" {
 		sendComp = "gzip"
 	}
+	// Header blocks until the upstream sends headers, answers trailers-only, or
+	// fails; nil headers mean there were none, and the answer stays
+	// trailers-only.
 	if hdr, _ := cs.Header(); hdr != nil {
 		if c.action != nil {
 			applyHeaderOps(hdr, c.action.ResponseHeaders)
@@ -418,14 +416,14 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 			// them, not compressed by the gateway). It fails only when the
 			// client does not accept that encoding: those are inflated
 			// below.
-			switch {
-			case upComp == sendComp:
-			case upComp == "":
-				if grpc.SetSendCompressor(ss.Context(), "identity") == nil {
-					sendComp = ""
+			if upComp != sendComp {
+				name := upComp
+				if name == "" {
+					name = "identity"
 				}
-			case grpc.SetSendCompressor(ss.Context(), upComp) == nil:
-				sendComp = upComp
+				if grpc.SetSendCompressor(ss.Context(), name) == nil {
+					sendComp = upComp
+				}
 			}
 		}
 		if err := ss.SendHeader(hdr); err != nil {
@@ -445,7 +443,6 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 			if sendComp == upComp {
 				f.mark = true // passes through compressed
 			} else if err = p.inflate(&f, upComp); err != nil {
-				f.free()
 				return err
 			}
 		}
@@ -483,23 +480,11 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 // inflate decompresses a response message for a client that does not
 // accept the upstream's encoding, bounded by the message limit.
 func (p *Proxy) inflate(f *frame, name string) error {
-	comp := encoding.GetCompressor(name)
-	if comp == nil {
-		return status.Errorf(codes.Internal, "envgate: the upstream answered in encoding %q, which the client does not accept and the gateway cannot decode", name)
-	}
-	r, err := comp.Decompress(f.data.Reader())
+	out, err := h2client.Decompress(name, f.data, p.maxMessage)
+	f.data = nil // freed by Decompress
 	if err != nil {
-		return status.Errorf(codes.Internal, "envgate: decompressing the upstream's response: %v", err)
+		return err
 	}
-	out, err := mem.ReadAll(io.LimitReader(r, int64(p.maxMessage)+1), mem.DefaultBufferPool())
-	if err == nil && out.Len() > p.maxMessage {
-		err = fmt.Errorf("larger than the limit of %d bytes once inflated", p.maxMessage)
-	}
-	if err != nil {
-		out.Free()
-		return status.Errorf(codes.ResourceExhausted, "envgate: the upstream's response for a client that does not accept %s: %v", name, err)
-	}
-	f.data.Free()
 	f.data, f.compressed = out, false
 	return nil
 }
