@@ -56,15 +56,16 @@ type conn struct {
 	nc           net.Conn
 	writeTimeout time.Duration
 
-	wmu          sync.Mutex
-	bw           *bytes.Buffer // frames written, not yet taken by the flusher
-	spare        *bytes.Buffer // the flusher's only: the buffer writers get next
-	drained      chan struct{} // made by writers over highWater, closed by the flusher
-	henc         *hpack.Encoder
-	hbuf         bytes.Buffer
-	fh           [9]byte
-	flushPending bool          // under wmu: the flusher has been told
-	flushCh      chan struct{} // tells the flusher
+	wmu           sync.Mutex
+	bw            *bytes.Buffer // frames written, not yet taken by the flusher
+	spare         *bytes.Buffer // the flusher's only: the buffer writers get next
+	writeDeadline time.Time     // the flusher's only: the deadline set on nc
+	drained       chan struct{} // made by writers over highWater, closed by the flusher
+	henc          *hpack.Encoder
+	hbuf          bytes.Buffer
+	fh            [9]byte
+	flushPending  bool          // under wmu: the flusher has been told
+	flushCh       chan struct{} // tells the flusher
 
 	// The reader goroutine's only: the framer, its buffer, and the streams
 	// to wake once no complete frame is left in the buffer, so a response
@@ -263,8 +264,11 @@ const highWater = 1 << 20
 
 // flushLoop sends the written frames, yielding once first so the writers
 // that are ready to run add theirs to the same system call, as gRPC's own
-// writer does. It ends with the reader, which ends when the connection
-// closes.
+// writer does. The flush stays pending while a write is in progress, so
+// frames written meanwhile do not wake the flusher one by one: they go out
+// together in the next round, as they did when the write held the lock
+// (without that, the 100 B bench cost 20% more CPU in writes). It ends with
+// the reader, which ends when the connection closes.
 func (c *conn) flushLoop() {
 	for {
 		select {
@@ -272,28 +276,50 @@ func (c *conn) flushLoop() {
 		case <-c.done:
 			return
 		}
-		runtime.Gosched()
-		c.wmu.Lock()
-		c.flushPending = false
-		out := c.bw
-		c.bw = c.spare
-		if c.drained != nil {
-			close(c.drained)
-			c.drained = nil
-		}
-		c.wmu.Unlock()
-		_ = c.nc.SetWriteDeadline(time.Now().Add(c.writeTimeout))
-		_, err := c.nc.Write(out.Bytes())
-		out.Reset()
-		if out.Cap() > 4*highWater {
-			out = bytes.NewBuffer(make([]byte, 0, 32<<10))
-		}
-		c.spare = out
-		if err != nil {
-			c.fail(fmt.Errorf("write: %w", err))
-			return
+		for more := true; more; {
+			runtime.Gosched()
+			c.wmu.Lock()
+			out := c.bw
+			c.bw = c.spare
+			if c.drained != nil {
+				close(c.drained)
+				c.drained = nil
+			}
+			c.wmu.Unlock()
+			var err error
+			if out.Len() > 0 {
+				c.refreshWriteDeadline()
+				_, err = c.nc.Write(out.Bytes())
+			}
+			out.Reset()
+			if out.Cap() > 4*highWater {
+				out = bytes.NewBuffer(make([]byte, 0, 32<<10))
+			}
+			c.spare = out
+			if err != nil {
+				c.fail(fmt.Errorf("write: %w", err))
+				return
+			}
+			c.wmu.Lock()
+			if more = c.bw.Len() > 0; !more {
+				c.flushPending = false
+			}
+			c.wmu.Unlock()
 		}
 	}
+}
+
+// refreshWriteDeadline moves the write deadline to writeTimeout from now
+// once less than half of it is left, so a write that makes no progress
+// fails after between half and all of writeTimeout; moving it on every
+// flush would cost a timer update per write. Flusher only.
+func (c *conn) refreshWriteDeadline() {
+	now := time.Now()
+	if c.writeDeadline.Sub(now) >= c.writeTimeout/2 {
+		return
+	}
+	c.writeDeadline = now.Add(c.writeTimeout)
+	_ = c.nc.SetWriteDeadline(c.writeDeadline)
 }
 
 // waitDrainedLocked waits, with wmu held on entry and on return, until the
@@ -683,7 +709,9 @@ func (c *conn) decodeHeaders(block []byte) error {
 		return fmt.Errorf("HPACK: %w", err)
 	}
 	if s := c.stream(c.hstream); s != nil {
-		c.answered.Store(true)
+		if !c.answered.Load() {
+			c.answered.Store(true)
+		}
 		s.onHeaders(c.hfields, c.hend, c.htrunc)
 		c.wakeLater(s)
 	}
