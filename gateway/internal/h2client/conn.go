@@ -260,7 +260,7 @@ func (c *conn) unlockWrite() {
 // waits while more than this is queued, so a slow upstream holds back the
 // call's messages (and through flow control, the client) instead of
 // growing the buffer.
-const highWater = 1 << 20
+const highWater = 256 << 10
 
 // flushLoop sends the written frames, yielding once first so the writers
 // that are ready to run add theirs to the same system call, as gRPC's own
@@ -292,7 +292,7 @@ func (c *conn) flushLoop() {
 				_, err = c.nc.Write(out.Bytes())
 			}
 			out.Reset()
-			if out.Cap() > 4*highWater {
+			if out.Cap() > 2*highWater {
 				out = bytes.NewBuffer(make([]byte, 0, 32<<10))
 			}
 			c.spare = out
