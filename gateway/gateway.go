@@ -95,11 +95,28 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	}
 
 	maxMsg := cfg.Limits.MaxMessageBytes
+	u := cfg.Upstream
+	balancer, err := h2client.ParseBalancer(u.LoadBalancer)
+	if err != nil {
+		return nil, err // Validate refused it already
+	}
+	od := u.OutlierDetection
 	g.pool = upstream.NewPool(g.store, log, h2client.Options{
-		Dial:           dial,
-		UserAgent:      "envgate/" + version,
-		MaxRecvMsgSize: maxMsg,
-		MaxSendMsgSize: maxMsg,
+		Dial:                dial,
+		UserAgent:           "envgate/" + version,
+		MaxRecvMsgSize:      maxMsg,
+		MaxSendMsgSize:      maxMsg,
+		Balancer:            balancer,
+		MaxConnsPerEndpoint: u.MaxConnectionsPerEndpoint,
+		KeepaliveTime:       u.KeepaliveTime,
+		KeepaliveTimeout:    u.KeepaliveTimeout,
+		Outlier: h2client.Outlier{
+			ConsecutiveGatewayErrors: od.ConsecutiveGatewayErrors,
+			ConsecutiveErrors:        od.Consecutive5xxErrors,
+			Interval:                 od.Interval,
+			BaseEjectionTime:         od.BaseEjectionTime,
+			MaxEjectionPercent:       od.MaxEjectionPercent,
+		},
 	})
 	var accessLog *slog.Logger
 	if *cfg.AccessLog {

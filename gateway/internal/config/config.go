@@ -38,6 +38,10 @@ type Config struct {
 	Admin Admin `yaml:"admin"`
 	// Limits of the gRPC server and of the upstream calls.
 	Limits Limits `yaml:"limits"`
+	// Upstream is how calls are spread over a destination's endpoints and
+	// how failing ones are avoided, for every destination (the fields of
+	// an Istio DestinationRule's trafficPolicy).
+	Upstream Upstream `yaml:"upstream"`
 	// DrainDelay is how long the gateway goes on serving after SIGTERM with
 	// its readiness failing, so the load balancer and the endpoints stop
 	// sending before it stops accepting.
@@ -159,6 +163,39 @@ type DNS struct {
 	Suffix string `yaml:"suffix"`
 	// Refresh is how often names are resolved again (default 5s).
 	Refresh time.Duration `yaml:"refresh"`
+}
+
+// Upstream is the traffic policy of every destination.
+type Upstream struct {
+	// LoadBalancer is LEAST_REQUEST (the default, as Istio's), ROUND_ROBIN
+	// or RANDOM.
+	LoadBalancer string `yaml:"loadBalancer"`
+	// MaxConnectionsPerEndpoint bounds the connections to one endpoint; a
+	// further one is opened only when the open ones are at the backend's
+	// SETTINGS_MAX_CONCURRENT_STREAMS (default 16).
+	MaxConnectionsPerEndpoint int `yaml:"maxConnectionsPerEndpoint"`
+	// KeepaliveTime is how long a backend connection with calls in flight
+	// may be silent before it is pinged (default 5m, the shortest gRPC
+	// servers accept by default; -1s turns it off), KeepaliveTimeout how
+	// long the answer may take (default 20s).
+	KeepaliveTime    time.Duration `yaml:"keepaliveTime"`
+	KeepaliveTimeout time.Duration `yaml:"keepaliveTimeout"`
+	// OutlierDetection ejects failing endpoints for a while.
+	OutlierDetection OutlierDetection `yaml:"outlierDetection"`
+}
+
+// OutlierDetection is Istio's DestinationRule outlierDetection. Zero fields
+// take envgate's defaults: 5 consecutive gateway errors (UNAVAILABLE,
+// timeouts, resets, lost connections) eject an endpoint for 30 s times its
+// ejection count, at most 10% of the endpoints (but always one).
+type OutlierDetection struct {
+	// ConsecutiveGatewayErrors and Consecutive5xxErrors: -1 turns one off;
+	// Consecutive5xxErrors is off by default.
+	ConsecutiveGatewayErrors int           `yaml:"consecutiveGatewayErrors"`
+	Consecutive5xxErrors     int           `yaml:"consecutive5xxErrors"`
+	Interval                 time.Duration `yaml:"interval"`
+	BaseEjectionTime         time.Duration `yaml:"baseEjectionTime"`
+	MaxEjectionPercent       int           `yaml:"maxEjectionPercent"`
 }
 
 // Limits are the server's and upstream calls' bounds.
@@ -332,6 +369,9 @@ func (c *Config) Defaults() {
 	if l.PrematureResets == 0 {
 		l.PrematureResets = DefaultPrematureResets
 	}
+	if c.Upstream.LoadBalancer == "" {
+		c.Upstream.LoadBalancer = "LEAST_REQUEST"
+	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = DefaultShutdownGrace
 	}
@@ -445,6 +485,17 @@ func (c *Config) Validate() error {
 				errs = append(errs, fmt.Errorf("discovery.static.%s: endpoint %q: %w", env, a, err))
 			}
 		}
+	}
+	switch strings.ToUpper(c.Upstream.LoadBalancer) {
+	case "LEAST_REQUEST", "ROUND_ROBIN", "RANDOM":
+	default:
+		errs = append(errs, fmt.Errorf("upstream.loadBalancer %q: want LEAST_REQUEST, ROUND_ROBIN or RANDOM", c.Upstream.LoadBalancer))
+	}
+	if u := c.Upstream; u.MaxConnectionsPerEndpoint < 0 || u.KeepaliveTimeout < 0 {
+		errs = append(errs, errors.New("upstream: maxConnectionsPerEndpoint and keepaliveTimeout must not be negative"))
+	}
+	if o := c.Upstream.OutlierDetection; o.ConsecutiveGatewayErrors < -1 || o.Consecutive5xxErrors < -1 || o.Interval < 0 || o.BaseEjectionTime < 0 || o.MaxEjectionPercent < 0 || o.MaxEjectionPercent > 100 {
+		errs = append(errs, errors.New("upstream.outlierDetection: counts must be -1 (off) or more, times not negative, maxEjectionPercent 0-100"))
 	}
 	if c.Limits.MaxMessageBytes < 0 {
 		errs = append(errs, errors.New("limits.maxMessageBytes: must be positive"))

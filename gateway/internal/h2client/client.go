@@ -59,7 +59,32 @@ type Options struct {
 	// WriteTimeout fails a connection whose upstream takes no bytes for
 	// this long (it stopped reading); 0 means 10 s.
 	WriteTimeout time.Duration
-	Log          *slog.Logger
+	// KeepaliveTime is how long a connection with calls in flight may go
+	// without a frame from the upstream before it is sent a PING;
+	// KeepaliveTimeout is how long the PING may go unanswered before the
+	// connection is failed. 0 means 5 minutes and 20 s; a negative
+	// KeepaliveTime turns the PINGs off. Five minutes is the shortest
+	// interval gRPC servers accept by default (grpc-go's keepalive
+	// enforcement MinTime): pinging more often makes them close the
+	// connection with "too_many_pings".
+	KeepaliveTime, KeepaliveTimeout time.Duration
+	// MaxConnsPerEndpoint bounds the connections to one endpoint. A second
+	// one is opened only when every open one is at the upstream's
+	// SETTINGS_MAX_CONCURRENT_STREAMS, as Envoy's HTTP/2 pool does; 0
+	// means 16.
+	MaxConnsPerEndpoint int
+	// StreamWait bounds how long a call waits for a free stream when every
+	// connection is at the upstream's stream limit and no more may be
+	// opened; 0 means 5 s. At most maxPending calls wait at once; more
+	// fail at once.
+	StreamWait time.Duration
+	// Balancer picks an endpoint per call; the zero value is least
+	// request, Istio's default.
+	Balancer Balancer
+	// Outlier is the passive health check; the zero value is the default
+	// (DefaultOutlier).
+	Outlier Outlier
+	Log     *slog.Logger
 }
 
 // Client sends calls to a set of endpoints of one destination.
@@ -68,34 +93,53 @@ type Client struct {
 	opts      Options
 	ctx       context.Context
 	stop      context.CancelFunc
-	wg        sync.WaitGroup // endpoint managers and connection readers
+	wg        sync.WaitGroup // endpoint managers, extra dials, connection goroutines
 
-	ready atomic.Pointer[[]*conn]
-	next  atomic.Uint32
+	ready   atomic.Pointer[[]*endpoint] // endpoints that take calls, by address
+	next    atomic.Uint32
+	waiting atomic.Int32 // calls waiting for a free stream
 
+	// mu guards what follows and each endpoint's fields marked so. It is
+	// taken before a connection's locks (open may run under it), never
+	// while holding them.
 	mu      sync.Mutex
 	eps     map[string]*endpoint
 	conns   map[*conn]struct{} // every open connection, draining ones too
-	changed chan struct{}      // made by waiters, closed when an endpoint changes state
+	changed chan struct{}      // made by waiters, closed when an endpoint changes state or a stream frees up
 	closed  bool
 	// lastPrompt is when a call last cut an endpoint's back-off short.
 	lastPrompt time.Time
 }
 
 // promptEvery rate-limits the prompt attempts calls may ask for while every
-// endpoint fails.
-const promptEvery = time.Second
+// endpoint fails; extraRetry is how long an endpoint whose extra connection
+// failed is not asked for another.
+const (
+	promptEvery = time.Second
+	extraRetry  = time.Second
+	maxPending  = 1024 // Envoy's default max_pending_requests
+)
 
 type endpoint struct {
 	addr   string
 	ctx    context.Context // ends when the endpoint leaves the set
 	cancel context.CancelFunc
-	conn   *conn // ready connection; under Client.mu
-	err    error // last dial error while not ready
 	// retryNow cuts the back-off short: one prompt attempt when a call
 	// finds every endpoint failing.
 	retryNow chan struct{}
+
+	active atomic.Int32            // calls in flight, for least request
+	conns  atomic.Pointer[[]*conn] // ready connections, the managed one first; written under Client.mu
+	health health                  // passive health counters
+
+	// Under Client.mu.
+	err         error // last dial error while no connection is ready
+	dialing     bool  // an extra connection is being dialled
+	extraFailed time.Time
+	ejection    ejection
 }
+
+func (ep *endpoint) ready() []*conn { return *ep.conns.Load() }
 
 // acceptEncoding lists the compressors this process can decode.
 var acceptEncoding = func() string {
@@ -127,12 +171,27 @@ func New(authority string, opts Options) *Client {
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = 10 * time.Second
 	}
+	if opts.KeepaliveTime == 0 {
+		opts.KeepaliveTime = 5 * time.Minute
+	}
+	if opts.KeepaliveTimeout <= 0 {
+		opts.KeepaliveTimeout = 20 * time.Second
+	}
+	if opts.MaxConnsPerEndpoint <= 0 {
+		opts.MaxConnsPerEndpoint = 16
+	}
+	if opts.StreamWait <= 0 {
+		opts.StreamWait = 5 * time.Second
+	}
+	opts.Outlier = opts.Outlier.withDefaults()
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	return &Client{authority: authority, opts: opts, ctx: ctx, stop: stop,
+	cl := &Client{authority: authority, opts: opts, ctx: ctx, stop: stop,
 		eps: map[string]*endpoint{}, conns: map[*conn]struct{}{}}
+	cl.ready.Store(&[]*endpoint{})
+	return cl
 }
 
 // Update sets the endpoints. New ones are connected at once; removed ones
@@ -150,6 +209,7 @@ func (cl *Client) Update(addrs []string) {
 	for addr, ep := range cl.eps {
 		if !keep[addr] {
 			ep.cancel()
+			ep.ejection.stop()
 			delete(cl.eps, addr)
 		}
 	}
@@ -159,6 +219,7 @@ func (cl *Client) Update(addrs []string) {
 		}
 		ctx, cancel := context.WithCancel(cl.ctx)
 		ep := &endpoint{addr: addr, ctx: ctx, cancel: cancel, retryNow: make(chan struct{}, 1)}
+		ep.conns.Store(&[]*conn{})
 		cl.eps[addr] = ep
 		cl.wg.Go(func() { cl.manage(ep) })
 	}
@@ -176,6 +237,9 @@ func (cl *Client) Close() error {
 	var conns []*conn
 	for c := range cl.conns {
 		conns = append(conns, c)
+	}
+	for _, ep := range cl.eps {
+		ep.ejection.stop()
 	}
 	cl.eps = map[string]*endpoint{}
 	cl.changedLocked()
@@ -196,19 +260,12 @@ func (cl *Client) manage(ep *endpoint) {
 	for {
 		c, err := cl.connect(ep)
 		if err == nil {
-			cl.setState(ep, c, nil)
-			select {
-			case <-c.gone:
-			case <-ep.ctx.Done():
-				// Left the set (Update already took it out of the ready
-				// ones) or the client closed (Close ends the connection):
-				// calls in flight finish.
-				c.drain()
+			cl.setState(ep, nil)
+			if !cl.hold(ep, c) {
 				return
 			}
 			if c.served() {
 				failures = 0
-				cl.setState(ep, nil, nil)
 				continue
 			}
 			// An upstream that accepts and hangs up (or sends GOAWAY)
@@ -220,7 +277,7 @@ func (cl *Client) manage(ep *endpoint) {
 			return
 		}
 		cl.opts.Log.Debug("upstream connection failed", "addr", ep.addr, "err", err)
-		cl.setState(ep, nil, err)
+		cl.setState(ep, err)
 		if !cl.wait(ep, backoff(failures)) {
 			return
 		}
@@ -230,14 +287,70 @@ func (cl *Client) manage(ep *endpoint) {
 
 var errNotServed = errors.New("the upstream ended the connection before serving a call")
 
-// connect dials ep and starts the connection's reader and flusher.
+// hold offers c for calls until it goes away (true) or ep leaves the set
+// (false: c drains, its calls in flight finish).
+func (cl *Client) hold(ep *endpoint, c *conn) bool {
+	cl.mu.Lock()
+	cl.setConnsLocked(ep, append(slices.Clone(ep.ready()), c))
+	cl.mu.Unlock()
+	defer func() {
+		cl.mu.Lock()
+		cl.setConnsLocked(ep, slices.DeleteFunc(slices.Clone(ep.ready()), func(x *conn) bool { return x == c }))
+		cl.mu.Unlock()
+	}()
+	select {
+	case <-c.gone:
+		return true
+	case <-ep.ctx.Done():
+		// Left the set (Update already took it out of the ready ones) or
+		// the client closed (Close ends the connection).
+		c.drain()
+		return false
+	}
+}
+
+// extra opens one more connection to ep, asked for by calls that found
+// every connection at the upstream's stream limit, and offers it until it
+// goes away; it is not replaced.
+func (cl *Client) extra(ep *endpoint) {
+	c, err := cl.connect(ep)
+	cl.mu.Lock()
+	ep.dialing = false
+	if err != nil {
+		ep.extraFailed = time.Now()
+		cl.changedLocked() // the waiting calls learn it
+		cl.mu.Unlock()
+		cl.opts.Log.Debug("extra upstream connection failed", "addr", ep.addr, "err", err)
+		return
+	}
+	cl.mu.Unlock()
+	cl.hold(ep, c)
+}
+
+// wantConnLocked starts an extra connection to ep unless one is being
+// dialled, the last failed under extraRetry ago, or ep has its maximum.
+func (cl *Client) wantConnLocked(ep *endpoint) {
+	if ep.dialing || len(ep.ready()) >= cl.opts.MaxConnsPerEndpoint || time.Since(ep.extraFailed) < extraRetry ||
+		ep.ctx.Err() != nil || cl.eps[ep.addr] != ep {
+		return
+	}
+	ep.dialing = true
+	cl.wg.Go(func() { cl.extra(ep) })
+}
+
+// connect dials ep and starts the connection's goroutines.
 func (cl *Client) connect(ep *endpoint) (*conn, error) {
 	ctx, cancel := context.WithTimeout(ep.ctx, cl.opts.ConnectTimeout)
-	c, err := dial(ctx, ep.addr, cl.opts.Dial, cl.opts.WriteTimeout)
+	c, err := dial(ctx, ep.addr, cl.opts.Dial, connOptions{
+		writeTimeout: cl.opts.WriteTimeout,
+		keepalive:    cl.opts.KeepaliveTime, keepaliveTimeout: cl.opts.KeepaliveTimeout,
+	})
 	cancel()
 	if err != nil {
 		return nil, err
 	}
+	c.ep, c.cl = ep, cl
+	c.onRoom = cl.roomFreed
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if cl.closed {
@@ -251,6 +364,16 @@ func (cl *Client) connect(ep *endpoint) (*conn, error) {
 		cl.mu.Unlock()
 	})
 	return c, nil
+}
+
+// roomFreed wakes the calls waiting for a free stream, if any.
+func (cl *Client) roomFreed() {
+	if cl.waiting.Load() == 0 {
+		return
+	}
+	cl.mu.Lock()
+	cl.wakeLocked()
+	cl.mu.Unlock()
 }
 
 // wait sleeps for the back-off d, cut short when a call asks for a prompt
@@ -278,88 +401,145 @@ func backoff(failures int) time.Duration {
 	return time.Duration(d * (0.8 + 0.4*rand.Float64()))
 }
 
-// setState records ep's ready connection (nil while there is none) and
-// its last dial error, and republishes the ready set.
-func (cl *Client) setState(ep *endpoint, c *conn, err error) {
+// setState records ep's last dial error (nil: connected, or connecting
+// again) and republishes the ready set.
+func (cl *Client) setState(ep *endpoint, err error) {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	ep.conn, ep.err = c, err
-	if cl.eps[ep.addr] != ep {
-		ep.conn = nil
-	}
+	ep.err = err
 	cl.changedLocked()
 }
 
+func (cl *Client) setConnsLocked(ep *endpoint, conns []*conn) {
+	ep.conns.Store(&conns)
+	cl.changedLocked()
+}
+
+// changedLocked republishes the endpoints that take calls (a connection
+// ready, not ejected) and wakes the waiting calls. When every endpoint
+// with a connection is ejected, all of them take calls, as Envoy routes
+// to every host once too few are healthy (its panic threshold).
 func (cl *Client) changedLocked() {
-	var ready []*conn
+	var ready, ejected []*endpoint
 	for _, ep := range cl.eps {
-		if ep.conn != nil {
-			ready = append(ready, ep.conn)
+		switch {
+		case len(ep.ready()) == 0:
+		case ep.ejection.active:
+			ejected = append(ejected, ep)
+		default:
+			ready = append(ready, ep)
 		}
 	}
-	slices.SortFunc(ready, func(a, b *conn) int { return strings.Compare(a.addr, b.addr) })
+	if len(ready) == 0 {
+		ready = ejected
+	}
+	slices.SortFunc(ready, func(a, b *endpoint) int { return strings.Compare(a.addr, b.addr) })
 	cl.ready.Store(&ready)
+	cl.wakeLocked()
+}
+
+func (cl *Client) wakeLocked() {
 	if cl.changed != nil {
 		close(cl.changed)
 		cl.changed = nil
 	}
 }
 
-// pick returns a ready connection, round robin per call. With none ready
-// it waits while an endpoint is still connecting, and fails with
-// UNAVAILABLE once every endpoint failed to connect, as gRPC's round robin
-// does for calls that do not wait for ready.
-func (cl *Client) pick(ctx context.Context) (*conn, error) {
+// open starts s on a connection of an endpoint the balancer picks. With
+// none ready it waits while an endpoint is still connecting, and fails
+// with UNAVAILABLE once every endpoint failed to connect, as gRPC's round
+// robin does for calls that do not wait for ready. When every connection
+// is at the upstream's stream limit it asks for another connection and
+// waits for a free stream, at most StreamWait.
+func (cl *Client) open(ctx context.Context, s *stream) error {
+	var streamWait <-chan time.Time
 	prompted := false
 	for {
-		if c := cl.tryPick(); c != nil {
-			return c, nil
+		eps := *cl.ready.Load()
+		if len(eps) > 0 {
+			if cl.pick(eps).open(s) == nil {
+				return nil
+			}
 		}
 		cl.mu.Lock()
 		// Again under the lock the ready set is published under, or a
 		// change between the two would never wake this call.
-		if c := cl.tryPick(); c != nil {
-			cl.mu.Unlock()
-			return c, nil
+		full := false
+		for _, ep := range *cl.ready.Load() {
+			switch err := ep.open(s); err {
+			case nil:
+				cl.mu.Unlock()
+				return nil
+			case errFull:
+				full = true
+				cl.wantConnLocked(ep)
+			}
 		}
 		if cl.closed {
 			cl.mu.Unlock()
-			return nil, status.Error(codes.Unavailable, "envgate: upstream client closed")
+			return status.Error(codes.Unavailable, "envgate: upstream client closed")
 		}
-		var errs []error
-		connecting := false
-		for _, ep := range cl.eps {
-			if ep.err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", ep.addr, ep.err))
-			} else {
-				connecting = true
+		if full {
+			if cl.waiting.Load() >= maxPending {
+				cl.mu.Unlock()
+				return status.Errorf(codes.Unavailable, "envgate: upstream overflow: %d calls already wait for a free stream to %s", maxPending, cl.authority)
 			}
-		}
-		if !connecting && !prompted {
-			// Every endpoint is in back-off (an outage, or a restart the
-			// back-off has not noticed yet): one of them is tried now
-			// rather than failing for the rest of the back-off.
-			prompted = true
-			connecting = cl.promptLocked()
-		}
-		if !connecting {
+			if streamWait == nil {
+				t := time.NewTimer(cl.opts.StreamWait)
+				defer t.Stop()
+				streamWait = t.C
+			}
+		} else if err := cl.unreadyLocked(&prompted); err != nil {
 			cl.mu.Unlock()
-			if len(errs) == 0 {
-				return nil, status.Error(codes.Unavailable, "no healthy upstream")
-			}
-			return nil, status.Errorf(codes.Unavailable, "no healthy upstream: connecting failed: %v", errors.Join(errs...))
+			return err
 		}
 		if cl.changed == nil {
 			cl.changed = make(chan struct{})
 		}
 		ch := cl.changed
+		cl.waiting.Add(1)
 		cl.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
+			cl.waiting.Add(-1)
+			return status.FromContextError(ctx.Err()).Err()
+		case <-streamWait:
+			cl.waiting.Add(-1)
+			return status.Errorf(codes.Unavailable, "envgate: no free stream to %s in %v: every connection is at the upstream's concurrent stream limit (SETTINGS_MAX_CONCURRENT_STREAMS) and no more may be opened (%d per endpoint)",
+				cl.authority, cl.opts.StreamWait, cl.opts.MaxConnsPerEndpoint)
+		}
+		cl.waiting.Add(-1)
+	}
+}
+
+// unreadyLocked decides for a call that found no endpoint ready: nil to
+// wait (an endpoint is connecting, or was prompted to), or the error to
+// fail with.
+func (cl *Client) unreadyLocked(prompted *bool) error {
+	var errs []error
+	connecting := false
+	for _, ep := range cl.eps {
+		if ep.err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", ep.addr, ep.err))
+		} else {
+			connecting = true
 		}
 	}
+	if !connecting && !*prompted {
+		// Every endpoint is in back-off (an outage, or a restart the
+		// back-off has not noticed yet): one of them is tried now rather
+		// than failing for the rest of the back-off.
+		*prompted = true
+		connecting = cl.promptLocked()
+	}
+	switch {
+	case connecting:
+		return nil
+	case len(errs) == 0:
+		return status.Error(codes.Unavailable, "no healthy upstream")
+	}
+	return status.Errorf(codes.Unavailable, "no healthy upstream: connecting failed: %v", errors.Join(errs...))
 }
 
 // promptLocked cuts one endpoint's back-off short, at most once every
@@ -380,18 +560,23 @@ func (cl *Client) promptLocked() bool {
 	return false
 }
 
-func (cl *Client) tryPick() *conn {
-	rs := *cl.ready.Load()
-	if len(rs) == 0 {
-		return nil
-	}
-	i := int(cl.next.Add(1))
-	for j := range rs {
-		if c := rs[(i+j)%len(rs)]; !c.unusable.Load() {
-			return c
+// open starts s on one of ep's connections, the first with a free stream:
+// errFull when every one is at its limit, errUnusable when none takes
+// streams.
+func (ep *endpoint) open(s *stream) error {
+	full := false
+	for _, c := range ep.ready() {
+		switch err := c.open(s); err {
+		case nil:
+			return nil
+		case errFull:
+			full = true
 		}
 	}
-	return nil
+	if full {
+		return errFull
+	}
+	return errUnusable
 }
 
 // NewStream starts a call on a picked endpoint. It understands the call
@@ -404,8 +589,8 @@ func (cl *Client) NewStream(ctx context.Context, _ *grpc.StreamDesc, method stri
 	s := &stream{
 		ctx: ctx, method: method, authority: cl.authority,
 		maxRecv: cl.opts.MaxRecvMsgSize, maxSend: cl.opts.MaxSendMsgSize,
-		recvWin: streamWindow,
-		hdrCh:   make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{}, 1),
+		recv:  recvWindow{left: streamWindow},
+		hdrCh: make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{}, 1),
 	}
 	subtype := ""
 	var peerOut *peer.Peer
@@ -460,20 +645,8 @@ func (cl *Client) NewStream(ctx context.Context, _ *grpc.StreamDesc, method stri
 	if ua := s.md["user-agent"]; len(ua) > 0 {
 		s.userAgent = ua[0]
 	}
-	for {
-		c, err := cl.pick(ctx)
-		if err != nil {
-			return nil, err
-		}
-		s.c = c
-		err = c.open(ctx, s)
-		if errors.Is(err, errUnusable) {
-			continue // it went away between pick and open: nothing was sent
-		}
-		if err != nil {
-			return nil, err
-		}
-		break
+	if err := cl.open(ctx, s); err != nil {
+		return nil, err
 	}
 	if peerOut != nil {
 		*peerOut = peer.Peer{Addr: s.c.nc.RemoteAddr(), LocalAddr: s.c.nc.LocalAddr()}

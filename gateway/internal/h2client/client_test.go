@@ -383,15 +383,44 @@ func TestGoAwayMovesCallsToANewConnection(t *testing.T) {
 	t.Logf("%d calls over %d connections", calls, s.conns.Load())
 }
 
+// A backend's SETTINGS_MAX_CONCURRENT_STREAMS opens further connections
+// to it, as Envoy's HTTP/2 pool does (before: every other caller waited on
+// the one connection, and 0 of 20 calls succeeded while 10 slow ones ran).
 func TestUpstreamStreamLimit(t *testing.T) {
-	s := startServer(t, grpc.MaxConcurrentStreams(2))
+	s := startServer(t, grpc.MaxConcurrentStreams(10))
 	_, c := newClient(t, Options{}, s.addr)
 	ctx := testCtx(t)
-	if err := concurrently(8, func() error {
-		_, err := c.Call(ctx, &echopb.EchoRequest{SleepMs: 50})
+	// Ten streams hold the first connection's ten slots.
+	var held []grpc.BidiStreamingClient[echopb.EchoRequest, echopb.EchoResponse]
+	for range 10 {
+		bs, err := c.BidiStream(ctx)
+		if err == nil {
+			err = bs.Send(&echopb.EchoRequest{})
+		}
+		if err == nil {
+			_, err = bs.Recv()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, bs)
+	}
+	if err := concurrently(20, func() error {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		_, err := c.Call(ctx, &echopb.EchoRequest{})
 		return err
 	}); err != nil {
-		t.Fatal(err)
+		t.Fatalf("a call while 10 slow ones hold the first connection's streams: %v", err)
+	}
+	if n := s.conns.Load(); n < 2 {
+		t.Fatalf("%d connections, want a second one for the calls over the limit", n)
+	}
+	for _, bs := range held {
+		_ = bs.CloseSend()
+		if _, err := bs.Recv(); err != io.EOF {
+			t.Fatalf("a held stream: %v", err)
+		}
 	}
 }
 
@@ -465,5 +494,95 @@ func TestLargeResponseHeaders(t *testing.T) {
 		if len(hdr["x-big"]) != 1 || hdr["x-big"][0] != big || hdr["x-i"][0] != string(rune('0'+i)) || len(tr["x-big-t"]) != 1 || tr["x-big-t"][0] != big {
 			t.Fatalf("call %d: headers or trailers not whole", i)
 		}
+	}
+}
+
+// Least request sends fewer calls to the endpoint that is slower (more
+// calls in flight there), where round robin gives each half. Envoy's
+// LEAST_REQUEST with two choices (source/extensions/load_balancing_policies/
+// least_request, LeastRequestLoadBalancer::unweightedHostPick), Istio's
+// default balancer.
+func TestLeastRequestAvoidsTheBusyEndpoint(t *testing.T) {
+	slowdown := grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		time.Sleep(50 * time.Millisecond)
+		return h(ctx, req)
+	})
+	slow, fast := startServer(t, slowdown), startServer(t)
+	count := func(b Balancer) map[string]int {
+		_, c := newClient(t, Options{Balancer: b}, slow.addr, fast.addr)
+		ctx := testCtx(t)
+		var mu sync.Mutex
+		n := map[string]int{}
+		if err := concurrently(8, func() error {
+			for range 25 {
+				resp, err := c.Call(ctx, &echopb.EchoRequest{IncludeDetails: true})
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				n[resp.GetServer()]++
+				mu.Unlock()
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	lr, rr := count(LeastRequest), count(RoundRobin)
+	t.Logf("least request: %d slow, %d fast; round robin: %d slow, %d fast", lr[slow.addr], lr[fast.addr], rr[slow.addr], rr[fast.addr])
+	// With two endpoints both candidates are the slow one a quarter of
+	// the time, so about a quarter of the calls go there; round robin
+	// sends half.
+	if lr[slow.addr]*5 > (lr[slow.addr]+lr[fast.addr])*2 {
+		t.Fatalf("least request sent %d of %d calls to the slow endpoint, want under 40%%", lr[slow.addr], lr[slow.addr]+lr[fast.addr])
+	}
+}
+
+// An endpoint that answers UNAVAILABLE (trailers-only, as a server that
+// refuses calls does) is ejected after 5 in a row and takes no calls for
+// the ejection time (Envoy: router.cc Filter::onUpstreamHeaders maps the
+// grpc-status to 503, outlier_detection_impl.cc
+// DetectorHostMonitorImpl::putHttpResponseCode counts it as a gateway
+// error).
+func TestUnavailableEndpointIsEjected(t *testing.T) {
+	refuse := grpc.ChainUnaryInterceptor(func(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
+		return nil, status.Error(codes.Unavailable, "shutting down")
+	})
+	bad, good := startServer(t, refuse), startServer(t)
+	cl, c := newClient(t, Options{}, bad.addr, good.addr)
+	ctx := testCtx(t)
+	failed := 0
+	for range 50 {
+		if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
+			failed++
+		}
+	}
+	if failed != 5 {
+		t.Fatalf("%d of 50 calls failed, want the 5 that eject the endpoint", failed)
+	}
+	if ej := cl.Ejected(); len(ej) != 1 || ej[0] != bad.addr {
+		t.Fatalf("ejected: %v", ej)
+	}
+}
+
+// At most MaxEjectionPercent of the endpoints are ejected, with Envoy's
+// rule (DetectorImpl::ejectHost: the share ejected before this one must be
+// under the maximum): of two failing endpoints one is ejected, and calls
+// still reach the other rather than failing as "no healthy upstream".
+func TestEjectionIsBounded(t *testing.T) {
+	refuse := grpc.ChainUnaryInterceptor(func(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
+		return nil, status.Error(codes.Unavailable, "shutting down")
+	})
+	a, b := startServer(t, refuse), startServer(t, refuse)
+	cl, c := newClient(t, Options{}, a.addr, b.addr)
+	ctx := testCtx(t)
+	for range 30 {
+		if _, err := c.Call(ctx, &echopb.EchoRequest{}); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "shutting down") {
+			t.Fatalf("call: %v", err)
+		}
+	}
+	if ej := cl.Ejected(); len(ej) != 1 {
+		t.Fatalf("ejected: %v, want one of two", ej)
 	}
 }

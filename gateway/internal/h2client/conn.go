@@ -1,30 +1,20 @@
 package h2client
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-// Flow-control windows this client grants. The connection window is given
-// back as data arrives, so only the stream windows bound what a connection
-// holds for callers that read slowly.
 const (
-	streamWindow = 256 << 10
-	connWindow   = 16 << 20
 	// defaultFrame is HTTP/2's initial maximum frame size.
 	defaultFrame = 16384
 	// maxHeaderList bounds a response's header block, as gRPC's default.
@@ -34,70 +24,63 @@ const (
 	maxStreamID = 1<<31 - 1
 )
 
-// errUnusable means the connection takes no new streams; the caller picks
-// another.
-var errUnusable = errors.New("connection takes no new streams")
+// errUnusable means the connection takes no new streams; errFull that it
+// has as many as the upstream allows. The caller picks another.
+var (
+	errUnusable = errors.New("connection takes no new streams")
+	errFull     = errors.New("connection at the upstream's concurrent stream limit")
+)
 
-// conn is one HTTP/2 connection to one endpoint. Callers write their frames
-// into the connection's buffer themselves under wmu; a flusher goroutine
-// takes what has gathered and sends it, so the frames of many calls share
-// one system call (on loopback a write costs more than all the framing
-// around it). One reader goroutine dispatches what arrives.
+// conn is one HTTP/2 connection to one endpoint. Its parts are in their
+// own files and types:
 //
-// Locks: wmu guards the outgoing buffer, the HPACK encoder and each
-// stream's sendClosed/rstSent; mu guards streams, windows and state. When
-// both are held, wmu is taken first. Neither is held across network I/O:
-// the flusher swaps the buffer out under wmu and writes it without any
-// lock, under a write deadline, so an upstream that stops reading cannot
-// keep the reader from queueing WINDOW_UPDATE and PING acknowledgements,
-// and fails the connection after writeTimeout instead of wedging it.
+//   - writer (writer.go): callers write their frames into the connection's
+//     buffer themselves; a flusher goroutine takes what has gathered and
+//     sends it, so the frames of many calls share one system call (on
+//     loopback a write costs more than all the framing around it).
+//   - reader (reader.go): one goroutine reads frames and hands them to
+//     streams.
+//   - flow control (flow.go): the windows the upstream granted (sendFlow)
+//     and the ones this client grants (recvWindow).
+//
+// Locks, and what each guards:
+//   - writer.wmu: the outgoing buffer, the HPACK encoder, and each stream's
+//     sendClosed/rstSent.
+//   - conn.mu: streams, stream IDs, the active count, the send windows
+//     (sendFlow and each stream's sendWin), draining/closed.
+//   - stream.mu: what the stream received (stream.go).
+//
+// Order: wmu before mu; a stream's mu is never held while taking wmu or
+// mu. No lock is held across network I/O: the flusher swaps the buffer out
+// under wmu and writes it without any lock, under a write deadline, so an
+// upstream that stops reading cannot keep the reader from queueing
+// WINDOW_UPDATE and PING acknowledgements, and fails the connection after
+// writeTimeout instead of wedging it.
 type conn struct {
-	addr         string
-	nc           net.Conn
-	writeTimeout time.Duration
+	addr string
+	nc   net.Conn
+	ep   *endpoint // the endpoint it connects to; its active count and health
+	cl   *Client   // nil for a connection outside a client
+	// onRoom is called, with no lock held, when a stream frees up on a
+	// connection that was at the upstream's limit.
+	onRoom                      func()
+	keepalive, keepaliveTimeout time.Duration
 
-	wmu           sync.Mutex
-	bw            *bytes.Buffer // frames written, not yet taken by the flusher
-	spare         *bytes.Buffer // the flusher's only: the buffer writers get next
-	writeDeadline time.Time     // the flusher's only: the deadline set on nc
-	drained       chan struct{} // made by writers over highWater, closed by the flusher
-	henc          *hpack.Encoder
-	hbuf          bytes.Buffer
-	fh            [9]byte
-	flushPending  bool          // under wmu: the flusher has been told
-	flushCh       chan struct{} // tells the flusher
+	writer
+	reader
 
-	// The reader goroutine's only: the framer, its buffer, and the streams
-	// to wake once no complete frame is left in the buffer, so a response
-	// that arrived in one read (headers, message, trailers) wakes its
-	// caller once.
-	fr      *http2.Framer
-	br      *bufio.Reader
-	pending []*stream
-	// Header blocks are decoded here rather than by the framer, into
-	// fields reused from block to block.
-	hdec    *hpack.Decoder
-	hfields []hpack.HeaderField
-	hsize   int
-	htrunc  bool
-	hblock  []byte // a block whose CONTINUATION frames are still coming
-	hstream uint32
-	hend    bool
+	unusable atomic.Bool // draining or closed: no new streams
+	answered atomic.Bool // the upstream sent headers on some stream
 
-	peerMaxFrame atomic.Int32
-	unusable     atomic.Bool // draining or closed: no new streams
-	answered     atomic.Bool // the upstream sent headers on some stream
-
-	mu          sync.Mutex
-	streams     map[uint32]*stream
-	nextID      uint32
-	active      int
-	maxStreams  uint32
-	sendWin     int64 // connection-level window the upstream granted
-	peerInitWin int64
-	draining    bool
-	closed      bool
-	changed     chan struct{} // made by waiters, closed on any change
+	mu         sync.Mutex
+	streams    map[uint32]*stream
+	nextID     uint32
+	active     int
+	maxStreams uint32
+	flow       sendFlow
+	draining   bool
+	closed     bool
+	changed    chan struct{} // made by waiters, closed on any change
 
 	gone     chan struct{} // closed once the connection takes no new streams
 	goneOnce sync.Once
@@ -107,7 +90,7 @@ type conn struct {
 // dial connects to addr and completes the HTTP/2 handshake: the connection
 // is returned once the upstream's SETTINGS arrived, as gRPC waits for a
 // server preface before calling a connection ready. start runs it.
-func dial(ctx context.Context, addr string, d func(context.Context, string) (net.Conn, error), writeTimeout time.Duration) (*conn, error) {
+func dial(ctx context.Context, addr string, d func(context.Context, string) (net.Conn, error), o connOptions) (*conn, error) {
 	nc, err := d(ctx, addr)
 	if err != nil {
 		return nil, err
@@ -117,25 +100,18 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 	}
 	c := &conn{
 		addr: addr, nc: nc,
-		bw:           bytes.NewBuffer(make([]byte, 0, 32<<10)),
-		spare:        bytes.NewBuffer(make([]byte, 0, 32<<10)),
-		writeTimeout: writeTimeout,
-		streams:      map[uint32]*stream{},
-		nextID:       1,
-		maxStreams:   ^uint32(0),
-		sendWin:      65535,
-		peerInitWin:  65535,
-		gone:         make(chan struct{}),
-		done:         make(chan struct{}),
-		flushCh:      make(chan struct{}, 1),
+		streams:    map[uint32]*stream{},
+		nextID:     1,
+		maxStreams: ^uint32(0),
+		flow:       newSendFlow(),
+		gone:       make(chan struct{}),
+		done:       make(chan struct{}),
+		ep:         &endpoint{},
+		onRoom:     func() {},
+		keepalive:  o.keepalive, keepaliveTimeout: o.keepaliveTimeout,
 	}
-	c.henc = hpack.NewEncoder(&c.hbuf)
-	c.peerMaxFrame.Store(defaultFrame)
-	c.br = bufio.NewReaderSize(nc, 32<<10)
-	c.fr = http2.NewFramer(nil, c.br)
-	c.fr.SetMaxReadFrameSize(defaultFrame) // what SETTINGS left at its default allows
-	c.hdec = hpack.NewDecoder(4096, c.emitField)
-	c.hdec.SetMaxStringLength(maxHeaderList)
+	c.writer.init(o.writeTimeout)
+	c.reader.init(nc)
 
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
@@ -153,16 +129,71 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 	return c, nil
 }
 
-// start runs the connection's reader and flusher, owned by wg; exited is
-// called once both have ended, after the connection closed.
+// connOptions are a connection's timeouts (see Options).
+type connOptions struct {
+	writeTimeout                time.Duration
+	keepalive, keepaliveTimeout time.Duration
+}
+
+// start runs the connection's reader, flusher and keepalive, owned by wg;
+// exited is called once all have ended, after the connection closed.
 func (c *conn) start(wg *sync.WaitGroup, exited func()) {
-	var both sync.WaitGroup
-	both.Go(c.readLoop)
-	both.Go(c.flushLoop)
+	var all sync.WaitGroup
+	all.Go(c.readLoop)
+	all.Go(c.flushLoop)
+	all.Go(c.keepaliveLoop)
 	wg.Go(func() {
-		both.Wait()
+		all.Wait()
 		exited()
 	})
+}
+
+// keepaliveLoop sends a PING when calls are in flight and nothing arrived
+// from the upstream for c.keepalive, and fails the connection when nothing
+// arrives for c.keepaliveTimeout after it: a backend that froze or vanished
+// without closing its connection (a node gone, a SIGSTOPped process) fails
+// its calls and is redialled instead of holding them until their
+// deadlines. Like gRPC's client keepalive, it stays silent on a connection
+// with no calls, which gRPC servers would count as abuse.
+func (c *conn) keepaliveLoop() {
+	if c.keepalive <= 0 {
+		return
+	}
+	t := time.NewTimer(c.keepalive)
+	defer t.Stop()
+	last := c.frames.Load()
+	for {
+		select {
+		case <-t.C:
+		case <-c.done:
+			return
+		}
+		n := c.frames.Load()
+		c.mu.Lock()
+		idle := c.active == 0
+		c.mu.Unlock()
+		if n != last || idle {
+			last = n
+			t.Reset(c.keepalive)
+			continue
+		}
+		c.lockWrite()
+		c.frameHeader(8, http2.FramePing, 0, 0)
+		_, _ = c.bw.Write([]byte("envgate\x00"))
+		c.unlockWrite()
+		t.Reset(c.keepaliveTimeout)
+		select {
+		case <-t.C:
+		case <-c.done:
+			return
+		}
+		if c.frames.Load() == n {
+			c.fail(fmt.Errorf("no answer to a keepalive PING in %v", c.keepaliveTimeout))
+			return
+		}
+		last = c.frames.Load()
+		t.Reset(c.keepalive)
+	}
 }
 
 func (c *conn) handshake() error {
@@ -186,189 +217,25 @@ func (c *conn) handshake() error {
 }
 
 // Frame writing; every write* runs under wmu.
-
-func (c *conn) frameHeader(length int, t http2.FrameType, flags http2.Flags, id uint32) {
-	h := c.fh[:]
-	h[0], h[1], h[2] = byte(length>>16), byte(length>>8), byte(length)
-	h[3], h[4] = byte(t), byte(flags)
-	binary.BigEndian.PutUint32(h[5:], id)
-	_, _ = c.bw.Write(h)
-}
-
-func (c *conn) writeSettings(s ...http2.Setting) {
-	c.frameHeader(6*len(s), http2.FrameSettings, 0, 0)
-	var b [6]byte
-	for _, x := range s {
-		binary.BigEndian.PutUint16(b[:2], uint16(x.ID))
-		binary.BigEndian.PutUint32(b[2:], x.Val)
-		_, _ = c.bw.Write(b[:])
-	}
-}
-
-func (c *conn) writeWindowUpdate(id uint32, inc uint32) {
-	c.frameHeader(4, http2.FrameWindowUpdate, 0, id)
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], inc)
-	_, _ = c.bw.Write(b[:])
-}
-
-func (c *conn) writeRST(id uint32, code http2.ErrCode) {
-	c.frameHeader(4, http2.FrameRSTStream, 0, id)
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], uint32(code))
-	_, _ = c.bw.Write(b[:])
-}
-
-// writeHeaderBlock writes hbuf as HEADERS and as many CONTINUATION frames
-// as the upstream's frame size needs.
-func (c *conn) writeHeaderBlock(id uint32) {
-	block := c.hbuf.Bytes()
-	max := int(c.peerMaxFrame.Load())
-	t := http2.FrameHeaders
-	for {
-		n := min(len(block), max)
-		var flags http2.Flags
-		if n == len(block) {
-			flags = http2.FlagHeadersEndHeaders // same bit as CONTINUATION's
-		}
-		c.frameHeader(n, t, flags, id)
-		_, _ = c.bw.Write(block[:n])
-		block = block[n:]
-		if len(block) == 0 {
-			return
-		}
-		t = http2.FrameContinuation
-	}
-}
-
-func (c *conn) lockWrite() { c.wmu.Lock() }
-
-// unlockWrite releases the write lock with frames written, for the flusher
-// to send.
-func (c *conn) unlockWrite() {
-	if !c.flushPending {
-		c.flushPending = true
-		select {
-		case c.flushCh <- struct{}{}:
-		default:
-		}
-	}
-	c.wmu.Unlock()
-}
-
-// highWater bounds the frames queued for the network: a writer of DATA
-// waits while more than this is queued, so a slow upstream holds back the
-// call's messages (and through flow control, the client) instead of
-// growing the buffer.
-const highWater = 256 << 10
-
-// flushLoop sends the written frames, yielding once first so the writers
-// that are ready to run add theirs to the same system call, as gRPC's own
-// writer does. The flush stays pending while a write is in progress, so
-// frames written meanwhile do not wake the flusher one by one: they go out
-// together in the next round, as they did when the write held the lock
-// (without that, the 100 B bench cost 20% more CPU in writes). It ends with
-// the reader, which ends when the connection closes.
-func (c *conn) flushLoop() {
-	for {
-		select {
-		case <-c.flushCh:
-		case <-c.done:
-			return
-		}
-		for more := true; more; {
-			runtime.Gosched()
-			c.wmu.Lock()
-			out := c.bw
-			c.bw = c.spare
-			if c.drained != nil {
-				close(c.drained)
-				c.drained = nil
-			}
-			c.wmu.Unlock()
-			var err error
-			if out.Len() > 0 {
-				c.refreshWriteDeadline()
-				_, err = c.nc.Write(out.Bytes())
-			}
-			out.Reset()
-			if out.Cap() > 2*highWater {
-				out = bytes.NewBuffer(make([]byte, 0, 32<<10))
-			}
-			c.spare = out
-			if err != nil {
-				c.fail(fmt.Errorf("write: %w", err))
-				return
-			}
-			c.wmu.Lock()
-			if more = c.bw.Len() > 0; !more {
-				c.flushPending = false
-			}
-			c.wmu.Unlock()
-		}
-	}
-}
-
-// refreshWriteDeadline moves the write deadline to writeTimeout from now
-// once less than half of it is left, so a write that makes no progress
-// fails after between half and all of writeTimeout; moving it on every
-// flush would cost a timer update per write. Flusher only.
-func (c *conn) refreshWriteDeadline() {
-	now := time.Now()
-	if c.writeDeadline.Sub(now) >= c.writeTimeout/2 {
-		return
-	}
-	c.writeDeadline = now.Add(c.writeTimeout)
-	_ = c.nc.SetWriteDeadline(c.writeDeadline)
-}
-
-// waitDrainedLocked waits, with wmu held on entry and on return, until the
-// queued frames are under highWater; false when s ended or the connection
-// closed meanwhile.
-func (c *conn) waitDrainedLocked(s *stream) bool {
-	for c.bw.Len() >= highWater {
-		if c.drained == nil {
-			c.drained = make(chan struct{})
-		}
-		ch := c.drained
-		c.wmu.Unlock()
-		ended := false
-		select {
-		case <-ch:
-		case <-s.done:
-			ended = true
-		case <-c.done:
-			ended = true
-		}
-		c.wmu.Lock()
-		if ended {
-			return false
-		}
-	}
-	return true
-}
-
 // open registers s and sends its request headers.
-func (c *conn) open(ctx context.Context, s *stream) error {
-	c.mu.Lock()
-	for c.active >= int(c.maxStreams) && !c.draining && !c.closed {
-		// The upstream's concurrent stream limit: wait for a slot, as
-		// gRPC does.
-		ch := c.waitLocked()
-		c.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		}
-		c.mu.Lock()
+// It does not wait: errFull when the upstream's concurrent stream limit is
+// reached, errUnusable when the connection takes no new streams.
+func (c *conn) open(s *stream) error {
+	if c.unusable.Load() {
+		return errUnusable
 	}
-	if c.draining || c.closed {
+	c.mu.Lock()
+	switch {
+	case c.draining || c.closed:
 		c.mu.Unlock()
 		return errUnusable
+	case c.active >= int(c.maxStreams):
+		c.mu.Unlock()
+		return errFull
 	}
 	c.active++
 	c.mu.Unlock()
+	s.c = c
 
 	c.lockWrite()
 	c.mu.Lock()
@@ -382,7 +249,8 @@ func (c *conn) open(ctx context.Context, s *stream) error {
 	s.id = c.nextID
 	c.nextID += 2
 	c.streams[s.id] = s
-	s.sendWin = c.peerInitWin // under the lock SETTINGS change it under
+	c.ep.active.Add(1)
+	s.sendWin = c.flow.initial // under the lock SETTINGS change it under
 	if c.nextID > maxStreamID {
 		c.setDrainingLocked()
 	}
@@ -395,103 +263,6 @@ func (c *conn) open(ctx context.Context, s *stream) error {
 }
 
 // writeData sends one message, in as many DATA frames as the windows and
-// the frame size allow, waiting for the upstream to grant more as needed.
-func (c *conn) writeData(s *stream, bufs [][]byte, total int) error {
-	for total > 0 {
-		c.mu.Lock()
-		n := int64(total)
-		n = min(n, s.sendWin, c.sendWin)
-		if n <= 0 {
-			if c.closed {
-				c.mu.Unlock()
-				return errStreamDone
-			}
-			ch := c.waitLocked()
-			c.mu.Unlock()
-			select {
-			case <-ch:
-			case <-s.done:
-				return errStreamDone
-			}
-			continue
-		}
-		s.sendWin -= n
-		c.sendWin -= n
-		c.mu.Unlock()
-
-		c.lockWrite()
-		if !c.waitDrainedLocked(s) || s.sendClosed {
-			c.wmu.Unlock()
-			return errStreamDone
-		}
-		max := int(c.peerMaxFrame.Load())
-		for left := int(n); left > 0; {
-			m := min(left, max)
-			c.frameHeader(m, http2.FrameData, 0, s.id)
-			for w := m; w > 0; {
-				k := min(w, len(bufs[0]))
-				_, _ = c.bw.Write(bufs[0][:k])
-				bufs[0] = bufs[0][k:]
-				if len(bufs[0]) == 0 {
-					bufs = bufs[1:]
-				}
-				w -= k
-			}
-			left -= m
-		}
-		c.unlockWrite()
-		total -= int(n)
-	}
-	return nil
-}
-
-// closeSend half-closes s.
-func (c *conn) closeSend(s *stream) {
-	c.lockWrite()
-	if s.sendClosed {
-		c.wmu.Unlock()
-		return
-	}
-	s.sendClosed = true
-	c.frameHeader(0, http2.FrameData, http2.FlagDataEndStream, s.id)
-	c.unlockWrite()
-}
-
-// reset sends RST_STREAM for s, once.
-func (c *conn) reset(s *stream, code http2.ErrCode) {
-	c.lockWrite()
-	if s.rstSent {
-		c.wmu.Unlock()
-		return
-	}
-	s.sendClosed, s.rstSent = true, true
-	c.writeRST(s.id, code)
-	c.unlockWrite()
-}
-
-// closeHalfOpen resets s with NO_ERROR if the upstream answered in full
-// before the request was complete, as gRPC's transport does, so the
-// stream does not stay open on the upstream's side.
-func (c *conn) closeHalfOpen(s *stream) {
-	c.lockWrite()
-	if s.sendClosed {
-		c.wmu.Unlock()
-		return
-	}
-	s.sendClosed, s.rstSent = true, true
-	c.writeRST(s.id, http2.ErrCodeNo)
-	c.unlockWrite()
-}
-
-// windowUpdate grants the upstream inc more bytes on stream id (0: the
-// connection).
-func (c *conn) windowUpdate(id uint32, inc int64) {
-	c.lockWrite()
-	c.writeWindowUpdate(id, uint32(inc))
-	c.unlockWrite()
-}
-
-// waitLocked returns a channel closed at the next change of windows,
 // streams or state.
 func (c *conn) waitLocked() chan struct{} {
 	if c.changed == nil {
@@ -546,6 +317,7 @@ func (c *conn) fail(err error) {
 	streams := c.streams
 	c.streams = map[uint32]*stream{}
 	c.active = 0
+	c.ep.active.Add(-int32(len(streams)))
 	c.mu.Unlock()
 	st := status.New(codes.Unavailable, fmt.Sprintf("upstream connection to %s lost: %v", c.addr, err))
 	for _, s := range streams {
@@ -561,15 +333,21 @@ func (c *conn) close() { c.fail(errors.New("connection closed by envgate")) }
 // remove forgets a finished stream.
 func (c *conn) remove(s *stream) {
 	c.mu.Lock()
+	wasFull := false
 	if c.streams[s.id] == s {
+		wasFull = c.active >= int(c.maxStreams)
 		delete(c.streams, s.id)
 		c.active--
+		c.ep.active.Add(-1)
 		c.broadcastLocked()
 		if c.draining && c.active == 0 && !c.closed {
 			c.closeLocked()
 		}
 	}
 	c.mu.Unlock()
+	if wasFull {
+		c.onRoom()
+	}
 }
 
 func (c *conn) stream(id uint32) *stream {
@@ -577,223 +355,4 @@ func (c *conn) stream(id uint32) *stream {
 	s := c.streams[id]
 	c.mu.Unlock()
 	return s
-}
-
-// wakeLater queues s to be notified; reader only.
-func (c *conn) wakeLater(s *stream) {
-	if n := len(c.pending); n == 0 || c.pending[n-1] != s {
-		c.pending = append(c.pending, s)
-	}
-}
-
-// wakePending notifies the queued streams unless another whole frame is
-// already buffered, which the reader handles first.
-func (c *conn) wakePending() {
-	if len(c.pending) == 0 {
-		return
-	}
-	if n := c.br.Buffered(); n >= 9 {
-		h, _ := c.br.Peek(9)
-		if n >= 9+(int(h[0])<<16|int(h[1])<<8|int(h[2])) {
-			return
-		}
-	}
-	for i, s := range c.pending {
-		s.notify()
-		c.pending[i] = nil
-	}
-	c.pending = c.pending[:0]
-}
-
-func (c *conn) readLoop() {
-	defer close(c.done)
-	defer func() {
-		for _, s := range c.pending {
-			s.notify()
-		}
-	}()
-	recvUnacked := int64(0)
-	for {
-		c.wakePending()
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				if s := c.stream(se.StreamID); s != nil {
-					s.fail(status.New(codes.Internal, fmt.Sprintf("upstream stream error: %v", se)), se.Code)
-				}
-				continue
-			}
-			c.fail(fmt.Errorf("read: %w", err))
-			return
-		}
-		switch f := f.(type) {
-		case *http2.DataFrame:
-			n := int64(f.Length)
-			if recvUnacked += n; recvUnacked >= connWindow/4 {
-				c.windowUpdate(0, recvUnacked)
-				recvUnacked = 0
-			}
-			if s := c.stream(f.StreamID); s != nil {
-				s.onData(f.Data(), n, f.StreamEnded())
-			}
-		case *http2.HeadersFrame:
-			c.hstream, c.hend = f.StreamID, f.StreamEnded()
-			if f.HeadersEnded() {
-				err = c.decodeHeaders(f.HeaderBlockFragment())
-			} else {
-				c.hblock = append(c.hblock[:0], f.HeaderBlockFragment()...)
-			}
-		case *http2.ContinuationFrame:
-			// The framer checks that it continues the block before.
-			if c.hblock = append(c.hblock, f.HeaderBlockFragment()...); len(c.hblock) > maxHeaderList {
-				err = errors.New("header block over the size limit")
-			} else if f.HeadersEnded() {
-				err = c.decodeHeaders(c.hblock)
-			}
-		case *http2.RSTStreamFrame:
-			if s := c.stream(f.StreamID); s != nil {
-				st := resetStatus(f.ErrCode)
-				if dl, ok := s.ctx.Deadline(); ok && f.ErrCode == http2.ErrCodeCancel && !dl.After(time.Now()) {
-					// The upstream gave up at the deadline it was sent,
-					// as gRPC's transport reads it.
-					st = status.FromContextError(context.DeadlineExceeded)
-				}
-				s.finish(st, nil, true)
-				c.wakeLater(s)
-			}
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				if err := c.onSettings(f); err != nil {
-					c.fail(err)
-					return
-				}
-			}
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				c.lockWrite()
-				c.frameHeader(8, http2.FramePing, http2.FlagPingAck, 0)
-				_, _ = c.bw.Write(f.Data[:])
-				c.unlockWrite()
-			}
-		case *http2.GoAwayFrame:
-			c.onGoAway(f)
-		case *http2.WindowUpdateFrame:
-			c.mu.Lock()
-			if f.StreamID == 0 {
-				c.sendWin += int64(f.Increment)
-			} else if s := c.streams[f.StreamID]; s != nil {
-				s.sendWin += int64(f.Increment)
-			}
-			c.broadcastLocked()
-			c.mu.Unlock()
-		case *http2.PushPromiseFrame:
-			err = errors.New("PUSH_PROMISE received with push disabled")
-		}
-		if err != nil {
-			c.fail(err)
-			return
-		}
-	}
-}
-
-// decodeHeaders decodes a whole header block, which keeps the connection's
-// HPACK state in step even for a stream no longer known, and hands it to
-// its stream.
-func (c *conn) decodeHeaders(block []byte) error {
-	c.hfields, c.hsize, c.htrunc = c.hfields[:0], 0, false
-	if _, err := c.hdec.Write(block); err != nil {
-		return fmt.Errorf("HPACK: %w", err)
-	}
-	if err := c.hdec.Close(); err != nil {
-		return fmt.Errorf("HPACK: %w", err)
-	}
-	if s := c.stream(c.hstream); s != nil {
-		if !c.answered.Load() {
-			c.answered.Store(true)
-		}
-		s.onHeaders(c.hfields, c.hend, c.htrunc)
-		c.wakeLater(s)
-	}
-	clear(c.hfields) // keep no strings alive
-	if cap(c.hblock) > 64<<10 {
-		c.hblock = nil
-	}
-	return nil
-}
-
-func (c *conn) emitField(f hpack.HeaderField) {
-	if c.hsize += len(f.Name) + len(f.Value) + 32; c.hsize > maxHeaderList {
-		c.htrunc = true
-		return
-	}
-	c.hfields = append(c.hfields, f)
-}
-
-func (c *conn) onSettings(f *http2.SettingsFrame) error {
-	var tableSize *uint32
-	err := f.ForeachSetting(func(s http2.Setting) error {
-		if err := s.Valid(); err != nil {
-			return err
-		}
-		switch s.ID {
-		case http2.SettingMaxFrameSize:
-			c.peerMaxFrame.Store(int32(s.Val))
-		case http2.SettingMaxConcurrentStreams:
-			c.mu.Lock()
-			c.maxStreams = s.Val
-			c.broadcastLocked()
-			c.mu.Unlock()
-		case http2.SettingInitialWindowSize:
-			c.mu.Lock()
-			delta := int64(s.Val) - c.peerInitWin
-			c.peerInitWin = int64(s.Val)
-			for _, st := range c.streams {
-				st.sendWin += delta
-			}
-			c.broadcastLocked()
-			c.mu.Unlock()
-		case http2.SettingHeaderTableSize:
-			v := s.Val
-			tableSize = &v
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	c.lockWrite()
-	if tableSize != nil {
-		c.henc.SetMaxDynamicTableSizeLimit(*tableSize)
-	}
-	c.frameHeader(0, http2.FrameSettings, http2.FlagSettingsAck, 0)
-	c.unlockWrite()
-	return nil
-}
-
-// onGoAway stops new streams; the streams the upstream did not take fail
-// with UNAVAILABLE, as never processed, and the rest finish.
-func (c *conn) onGoAway(f *http2.GoAwayFrame) {
-	c.mu.Lock()
-	c.draining = true
-	c.unusable.Store(true)
-	c.goneOnce.Do(func() { close(c.gone) })
-	var refused []*stream
-	for id, s := range c.streams {
-		if id > f.LastStreamID {
-			refused = append(refused, s)
-		}
-	}
-	c.mu.Unlock()
-	st := status.New(codes.Unavailable, fmt.Sprintf("upstream %s is going away (GOAWAY %v) and did not take the call", c.addr, f.ErrCode))
-	for _, s := range refused {
-		if s.finish(st, nil, true) {
-			s.notify()
-		}
-	}
-	c.mu.Lock()
-	if c.active == 0 && !c.closed {
-		c.closeLocked()
-	}
-	c.mu.Unlock()
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -194,4 +195,193 @@ func TestUpstreamThatHangsUpAtOnceIsBackedOff(t *testing.T) {
 	} else {
 		t.Logf("%d connections in 1.5 s", n)
 	}
+}
+
+// readUntilClosed reads frames until the connection ends, calling fn on
+// each.
+func (p *rawPeer) readUntilClosed(fn func(http2.Frame)) {
+	for {
+		f, err := p.fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		fn(f)
+	}
+}
+
+// An upstream whose SETTINGS allow 0 concurrent streams takes no call: the
+// call fails after the bounded wait, naming the limit, and no more than
+// MaxConnsPerEndpoint connections are opened trying.
+func TestUpstreamThatAllowsNoStreams(t *testing.T) {
+	addr, accepts := scriptedUpstream(t, func(p *rawPeer) {
+		p.readUntilClosed(func(http2.Frame) {})
+	}, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
+	cl := New("upstream", Options{StreamWait: 300 * time.Millisecond, MaxConnsPerEndpoint: 3})
+	t.Cleanup(func() { cl.Close() })
+	cl.Update([]string{addr})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := cl.NewStream(ctx, &grpc.StreamDesc{}, "/s.S/M", grpc.ForceCodecV2(bytesCodec{}))
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "concurrent stream limit") {
+		t.Fatalf("call: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("the wait for a stream took %v", d)
+	}
+	if n := accepts.Load(); n > 3 {
+		t.Fatalf("%d connections, want at most 3", n)
+	}
+}
+
+// A PUSH_PROMISE (push is disabled in our SETTINGS) is a connection error:
+// the call fails with UNAVAILABLE naming it.
+func TestUpstreamThatPushes(t *testing.T) {
+	addr, _ := scriptedUpstream(t, func(p *rawPeer) {
+		p.readUntilClosed(func(f http2.Frame) {
+			if h, ok := f.(*http2.MetaHeadersFrame); ok {
+				var hb bytes.Buffer
+				_ = hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":path", Value: "/pushed"})
+				_ = p.fr.WritePushPromise(http2.PushPromiseParam{StreamID: h.StreamID, PromiseID: 2, BlockFragment: hb.Bytes(), EndHeaders: true})
+			}
+		})
+	})
+	cl := New("upstream", Options{})
+	t.Cleanup(func() { cl.Close() })
+	cl.Update([]string{addr})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cs, err := cl.NewStream(ctx, &grpc.StreamDesc{}, "/s.S/M", grpc.ForceCodecV2(bytesCodec{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	err = cs.RecvMsg(&out)
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "PUSH_PROMISE") {
+		t.Fatalf("call: %v", err)
+	}
+}
+
+// DATA beyond the stream's window is a flow-control violation: the stream
+// is reset with FLOW_CONTROL_ERROR and the call fails with INTERNAL, while
+// the connection goes on serving.
+func TestUpstreamThatOverrunsTheWindow(t *testing.T) {
+	resets := make(chan http2.ErrCode, 1)
+	addr, _ := scriptedUpstream(t, func(p *rawPeer) {
+		p.readUntilClosed(func(f http2.Frame) {
+			switch f := f.(type) {
+			case *http2.MetaHeadersFrame:
+				if f.StreamID != 1 {
+					p.respond(f.StreamID, []byte("ok"))
+					return
+				}
+				var hb bytes.Buffer
+				enc := hpack.NewEncoder(&hb)
+				_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+				_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+				// 1 KiB messages, 20 KiB more than the window, which
+				// the caller (not reading) never reopens.
+				msg := make([]byte, 1024)
+				binary.BigEndian.PutUint32(msg[1:], 1024-5)
+				for range (streamWindow + 20<<10) / 1024 {
+					if p.fr.WriteData(1, false, msg) != nil {
+						return
+					}
+				}
+			case *http2.RSTStreamFrame:
+				select {
+				case resets <- f.ErrCode:
+				default:
+				}
+			}
+		})
+	})
+	cl := New("upstream", Options{})
+	t.Cleanup(func() { cl.Close() })
+	cl.Update([]string{addr})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	opts := []grpc.CallOption{grpc.ForceCodecV2(bytesCodec{})}
+	cs, err := cl.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/s.S/M", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := <-resets; code != http2.ErrCodeFlowControl {
+		t.Fatalf("stream reset with %v, want FLOW_CONTROL_ERROR", code)
+	}
+	var out []byte
+	for err == nil {
+		err = cs.RecvMsg(&out) // the messages within the window, then the error
+	}
+	if st := status.Convert(err); st.Code() != codes.Internal || !strings.Contains(st.Message(), "flow-control window") {
+		t.Fatalf("call: %v", err)
+	}
+	// The connection still serves.
+	if err := cl.Invoke(ctx, "/s.S/Other", &[]byte{}, &out, opts...); err != nil || string(out) != "ok" {
+		t.Fatalf("next call: %q, %v", out, err)
+	}
+}
+
+// A backend that froze (accepts streams, answers nothing, not even PING)
+// fails its connection after the keepalive, rather than holding calls that
+// have no deadline for ever.
+func TestFrozenUpstreamFailsOnKeepalive(t *testing.T) {
+	addr, _ := scriptedUpstream(t, func(p *rawPeer) {
+		p.readUntilClosed(func(http2.Frame) {})
+	})
+	cl := New("upstream", Options{KeepaliveTime: 200 * time.Millisecond, KeepaliveTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { cl.Close() })
+	cl.Update([]string{addr})
+	start := time.Now()
+	var out []byte
+	err := cl.Invoke(context.Background(), "/s.S/M", &[]byte{}, &out, grpc.ForceCodecV2(bytesCodec{}))
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "keepalive") {
+		t.Fatalf("call: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("failed after %v", d)
+	}
+}
+
+// An endpoint that answers nothing (frozen) is ejected after 5 calls time
+// out there, and the healthy one takes the calls (before: half of the
+// calls went to the frozen one until it recovered).
+func TestFrozenEndpointIsEjected(t *testing.T) {
+	frozen, _ := scriptedUpstream(t, func(p *rawPeer) {
+		p.readUntilClosed(func(f http2.Frame) {
+			if pf, ok := f.(*http2.PingFrame); ok && !pf.IsAck() {
+				_ = p.fr.WritePing(true, pf.Data) // alive at the HTTP/2 level
+			}
+		})
+	})
+	healthy, _ := scriptedUpstream(t, func(p *rawPeer) {
+		p.readUntilClosed(func(f http2.Frame) {
+			if h, ok := f.(*http2.MetaHeadersFrame); ok {
+				p.respond(h.StreamID, []byte("ok"))
+			}
+		})
+	})
+	cl := New("upstream", Options{})
+	t.Cleanup(func() { cl.Close() })
+	cl.Update([]string{frozen, healthy})
+	failed := 0
+	for range 100 {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		var out []byte
+		if err := cl.Invoke(ctx, "/s.S/M", &[]byte{}, &out, grpc.ForceCodecV2(bytesCodec{})); err != nil {
+			if status.Code(err) != codes.DeadlineExceeded {
+				t.Fatalf("call: %v", err)
+			}
+			failed++
+		}
+		cancel()
+	}
+	if failed > 5 {
+		t.Fatalf("%d of 100 calls failed, want at most the 5 that eject the frozen endpoint", failed)
+	}
+	if ej := cl.Ejected(); len(ej) != 1 || ej[0] != frozen {
+		t.Fatalf("ejected: %v, want [%s]", ej, frozen)
+	}
+	t.Logf("%d of 100 calls failed", failed)
 }

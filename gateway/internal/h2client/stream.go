@@ -49,19 +49,20 @@ type stream struct {
 	rstSent    bool  // under c.wmu
 	sendBufs   [4][]byte
 
-	mu         sync.Mutex
-	q          msgQueue
-	recvWin    int64 // bytes the upstream may still send
-	ackPending int64 // bytes read and not yet granted back
-	header     metadata.MD
-	recvComp   string
-	trailer    metadata.MD
-	final      *status.Status
-	finished   bool
-	hdrCh      chan struct{} // closed by notify once headers or the end are known
-	hdrClosed  bool
-	done       chan struct{} // closed on finish
-	wake       chan struct{} // signals the reader of new data
+	mu        sync.Mutex
+	q         msgQueue
+	recv      recvWindow
+	header    metadata.MD
+	recvComp  string
+	trailer   metadata.MD
+	final     *status.Status
+	finished  bool
+	hdrCh     chan struct{} // closed by notify once headers or the end are known
+	hdrClosed bool
+	reported  bool          // the call's outcome went to the endpoint's health
+	local     bool          // ended by its context
+	done      chan struct{} // closed on finish
+	wake      chan struct{} // signals the reader of new data
 }
 
 func (s *stream) Context() context.Context { return s.ctx }
@@ -261,11 +262,9 @@ func (s *stream) RecvMsg(m any) error {
 			}
 			return io.EOF
 		}
-		if missing := s.q.missing(); missing > s.recvWin {
+		if missing := s.q.missing(); missing > s.recv.left {
 			// A message larger than the window: let all of it in.
-			grant := missing - s.recvWin + s.ackPending
-			s.recvWin += grant
-			s.ackPending = 0
+			grant := s.recv.grow(missing)
 			s.mu.Unlock()
 			s.c.windowUpdate(s.id, grant)
 			continue
@@ -277,14 +276,10 @@ func (s *stream) RecvMsg(m any) error {
 
 // consumedLocked accounts n bytes read and returns the window to give back.
 func (s *stream) consumedLocked(n int64) int64 {
-	s.ackPending += n
-	if s.ackPending < streamWindow/4 || s.finished {
+	if s.finished {
 		return 0
 	}
-	g := s.ackPending
-	s.recvWin += g
-	s.ackPending = 0
-	return g
+	return s.recv.consumed(n, streamWindow)
 }
 
 func (s *stream) decode(flag byte, data mem.BufferSlice, m any) error {
@@ -343,7 +338,7 @@ func (s *stream) onData(data []byte, n int64, end bool) {
 		s.mu.Unlock()
 		return
 	}
-	if s.recvWin -= n; s.recvWin < 0 {
+	if !s.recv.take(n) {
 		s.mu.Unlock()
 		s.fail(status.New(codes.Internal, "envgate: the upstream sent more than the stream's flow-control window"), http2.ErrCodeFlowControl)
 		return
@@ -358,7 +353,7 @@ func (s *stream) onData(data []byte, n int64, end bool) {
 		s.fail(err, http2.ErrCodeCancel)
 		return
 	}
-	s.ackPending += n - int64(len(data)) // padding is never read
+	s.recv.pending += n - int64(len(data)) // padding is never read
 	s.mu.Unlock()
 	if end {
 		s.finish(status.New(codes.Internal, "envgate: the upstream closed the stream without sending trailers"), nil, true)
@@ -447,7 +442,9 @@ func (s *stream) onHeaders(fields []hpack.HeaderField, end, truncated bool) {
 		s.mu.Lock()
 		s.header = md
 		s.recvComp = comp
+		s.reported = true
 		s.mu.Unlock()
+		s.c.report(success)
 		return
 	}
 	code := codes.Unknown
@@ -458,6 +455,12 @@ func (s *stream) onHeaders(fields []hpack.HeaderField, end, truncated bool) {
 			return
 		}
 		code = codes.Code(c)
+	}
+	if !got {
+		s.mu.Lock()
+		s.reported = true
+		s.mu.Unlock()
+		s.c.report(headersResult(true, code))
 	}
 	s.finish(finalStatus(code, grpcMessage, md["grpc-status-details-bin"]), md, true)
 }
@@ -512,9 +515,18 @@ func (s *stream) finish(st *status.Status, trailer metadata.MD, remoteDone bool)
 	s.trailer = trailer
 	close(s.done)
 	stop := s.stopWatch
+	report, local := !s.reported, s.local
+	s.reported = true
 	s.mu.Unlock()
 	if stop != nil {
 		stop()
+	}
+	if report {
+		// Ended before response headers: reset, lost, timed out or
+		// cancelled.
+		if r, ok := endResult(s.ctx, local); ok {
+			s.c.report(r)
+		}
 	}
 	s.c.remove(s)
 	if remoteDone {
@@ -527,6 +539,9 @@ func (s *stream) finish(st *status.Status, trailer metadata.MD, remoteDone bool)
 
 // cancel ends the stream because its context ended.
 func (s *stream) cancel() {
+	s.mu.Lock()
+	s.local = true
+	s.mu.Unlock()
 	s.fail(status.FromContextError(s.ctx.Err()), http2.ErrCodeCancel)
 }
 

@@ -1,0 +1,262 @@
+package h2client
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// reader is the reader goroutine's own state: the framer, its buffer, and
+// the streams to wake once no complete frame is left in the buffer, so a
+// response that arrived in one read (headers, message, trailers) wakes its
+// caller once. Header blocks are decoded here rather than by the framer,
+// into fields reused from block to block.
+type reader struct {
+	fr      *http2.Framer
+	br      *bufio.Reader
+	pending []*stream
+	recv    recvWindow    // the connection window this client grants
+	frames  atomic.Uint64 // frames read, for the keepalive
+
+	hdec    *hpack.Decoder
+	hfields []hpack.HeaderField
+	hsize   int
+	htrunc  bool
+	hblock  []byte // a block whose CONTINUATION frames are still coming
+	hstream uint32
+	hend    bool
+}
+
+func (r *reader) init(nc net.Conn) {
+	r.br = bufio.NewReaderSize(nc, 32<<10)
+	r.fr = http2.NewFramer(nil, r.br)
+	r.fr.SetMaxReadFrameSize(defaultFrame) // what SETTINGS left at its default allows
+	r.hdec = hpack.NewDecoder(4096, r.emitField)
+	r.hdec.SetMaxStringLength(maxHeaderList)
+	r.recv = recvWindow{left: connWindow}
+}
+
+// wakeLater queues s to be notified; reader only.
+func (r *reader) wakeLater(s *stream) {
+	if n := len(r.pending); n == 0 || r.pending[n-1] != s {
+		r.pending = append(r.pending, s)
+	}
+}
+
+// wakePending notifies the queued streams unless another whole frame is
+// already buffered, which the reader handles first.
+func (r *reader) wakePending() {
+	if len(r.pending) == 0 {
+		return
+	}
+	if n := r.br.Buffered(); n >= 9 {
+		h, _ := r.br.Peek(9)
+		if n >= 9+(int(h[0])<<16|int(h[1])<<8|int(h[2])) {
+			return
+		}
+	}
+	for i, s := range r.pending {
+		s.notify()
+		r.pending[i] = nil
+	}
+	r.pending = r.pending[:0]
+}
+
+func (c *conn) readLoop() {
+	defer close(c.done)
+	defer func() {
+		for _, s := range c.pending {
+			s.notify()
+		}
+	}()
+	for {
+		c.wakePending()
+		f, err := c.fr.ReadFrame()
+		c.frames.Add(1)
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				if s := c.stream(se.StreamID); s != nil {
+					s.fail(status.New(codes.Internal, fmt.Sprintf("upstream stream error: %v", se)), se.Code)
+				}
+				continue
+			}
+			c.fail(fmt.Errorf("read: %w", err))
+			return
+		}
+		switch f := f.(type) {
+		case *http2.DataFrame:
+			n := int64(f.Length)
+			if !c.recv.take(n) {
+				c.fail(errors.New("the upstream sent more than the connection's flow-control window"))
+				return
+			}
+			if g := c.recv.consumed(n, connWindow); g > 0 {
+				c.windowUpdate(0, g)
+			}
+			if s := c.stream(f.StreamID); s != nil {
+				s.onData(f.Data(), n, f.StreamEnded())
+			}
+		case *http2.HeadersFrame:
+			c.hstream, c.hend = f.StreamID, f.StreamEnded()
+			if f.HeadersEnded() {
+				err = c.decodeHeaders(f.HeaderBlockFragment())
+			} else {
+				c.hblock = append(c.hblock[:0], f.HeaderBlockFragment()...)
+			}
+		case *http2.ContinuationFrame:
+			// The framer checks that it continues the block before.
+			if c.hblock = append(c.hblock, f.HeaderBlockFragment()...); len(c.hblock) > maxHeaderList {
+				err = errors.New("header block over the size limit")
+			} else if f.HeadersEnded() {
+				err = c.decodeHeaders(c.hblock)
+			}
+		case *http2.RSTStreamFrame:
+			if s := c.stream(f.StreamID); s != nil {
+				st := resetStatus(f.ErrCode)
+				if dl, ok := s.ctx.Deadline(); ok && f.ErrCode == http2.ErrCodeCancel && !dl.After(time.Now()) {
+					// The upstream gave up at the deadline it was sent,
+					// as gRPC's transport reads it.
+					st = status.FromContextError(context.DeadlineExceeded)
+				}
+				s.finish(st, nil, true)
+				c.wakeLater(s)
+			}
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				if err := c.onSettings(f); err != nil {
+					c.fail(err)
+					return
+				}
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				c.lockWrite()
+				c.frameHeader(8, http2.FramePing, http2.FlagPingAck, 0)
+				_, _ = c.bw.Write(f.Data[:])
+				c.unlockWrite()
+			}
+		case *http2.GoAwayFrame:
+			c.onGoAway(f)
+		case *http2.WindowUpdateFrame:
+			c.mu.Lock()
+			c.onWindowUpdateLocked(f.StreamID, f.Increment)
+			c.mu.Unlock()
+		case *http2.PushPromiseFrame:
+			err = errors.New("PUSH_PROMISE received with push disabled")
+		}
+		if err != nil {
+			c.fail(err)
+			return
+		}
+	}
+}
+
+// decodeHeaders decodes a whole header block, which keeps the connection's
+// HPACK state in step even for a stream no longer known, and hands it to
+// its stream.
+func (c *conn) decodeHeaders(block []byte) error {
+	c.hfields, c.hsize, c.htrunc = c.hfields[:0], 0, false
+	if _, err := c.hdec.Write(block); err != nil {
+		return fmt.Errorf("HPACK: %w", err)
+	}
+	if err := c.hdec.Close(); err != nil {
+		return fmt.Errorf("HPACK: %w", err)
+	}
+	if s := c.stream(c.hstream); s != nil {
+		if !c.answered.Load() {
+			c.answered.Store(true)
+		}
+		s.onHeaders(c.hfields, c.hend, c.htrunc)
+		c.wakeLater(s)
+	}
+	clear(c.hfields) // keep no strings alive
+	if cap(c.hblock) > 64<<10 {
+		c.hblock = nil
+	}
+	return nil
+}
+
+func (r *reader) emitField(f hpack.HeaderField) {
+	if r.hsize += len(f.Name) + len(f.Value) + 32; r.hsize > maxHeaderList {
+		r.htrunc = true
+		return
+	}
+	r.hfields = append(r.hfields, f)
+}
+
+func (c *conn) onSettings(f *http2.SettingsFrame) error {
+	var tableSize *uint32
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		switch s.ID {
+		case http2.SettingMaxFrameSize:
+			c.maxFrame.Store(int32(s.Val))
+		case http2.SettingMaxConcurrentStreams:
+			c.mu.Lock()
+			more := s.Val > c.maxStreams
+			c.maxStreams = s.Val
+			c.broadcastLocked()
+			c.mu.Unlock()
+			if more {
+				c.onRoom()
+			}
+		case http2.SettingInitialWindowSize:
+			c.mu.Lock()
+			c.onInitialWindowLocked(s.Val)
+			c.mu.Unlock()
+		case http2.SettingHeaderTableSize:
+			v := s.Val
+			tableSize = &v
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	c.lockWrite()
+	if tableSize != nil {
+		c.henc.SetMaxDynamicTableSizeLimit(*tableSize)
+	}
+	c.frameHeader(0, http2.FrameSettings, http2.FlagSettingsAck, 0)
+	c.unlockWrite()
+	return nil
+}
+
+// onGoAway stops new streams; the streams the upstream did not take fail
+// with UNAVAILABLE, as never processed, and the rest finish.
+func (c *conn) onGoAway(f *http2.GoAwayFrame) {
+	c.mu.Lock()
+	c.draining = true
+	c.unusable.Store(true)
+	c.goneOnce.Do(func() { close(c.gone) })
+	var refused []*stream
+	for id, s := range c.streams {
+		if id > f.LastStreamID {
+			refused = append(refused, s)
+		}
+	}
+	c.mu.Unlock()
+	st := status.New(codes.Unavailable, fmt.Sprintf("upstream %s is going away (GOAWAY %v) and did not take the call", c.addr, f.ErrCode))
+	for _, s := range refused {
+		if s.finish(st, nil, true) {
+			s.notify()
+		}
+	}
+	c.mu.Lock()
+	if c.active == 0 && !c.closed {
+		c.closeLocked()
+	}
+	c.mu.Unlock()
+}
