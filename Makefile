@@ -7,6 +7,7 @@ SHELL       := bash
 GO          ?= go
 BIN         := $(CURDIR)/bin
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+SOAK        ?= 10m
 # The build of `make build` is the Dockerfiles' build line, word for word
 # (a test compares them and builds its binaries with it).
 GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)'
@@ -38,7 +39,7 @@ TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz in
 	kube-apiserver kube-controller-manager etcd crds/istio.yaml \
 	pebble pebble-challtestsrv pebble-certs/pebble.minica.pem)
 
-.PHONY: all build test demo proto bench lint tools clean fuzz kube crds \
+.PHONY: all build test demo proto bench lint tools clean fuzz soak kube crds \
 	docker-build kind-up kind-load kind-deploy kind-demo kind-down gke-deploy
 .DEFAULT_GOAL := build
 
@@ -71,6 +72,9 @@ bench: build $(BIN)/ghz ## micro-benchmarks, then whole-system load against dire
 	$(GOBUILD) -o $(BIN)/bench-grpcproxy ./scripts/bench/grpcproxy
 	$(GOBUILD) -o $(BIN)/bench-floor ./scripts/bench/floor
 	BIN=$(BIN) ./scripts/bench.sh
+
+soak: ## 10 minutes (SOAK) of mixed load, backend crashes and attacks through the real binary; not part of test
+	$(GO) test -tags soak -count=1 -run TestSoak -timeout 40m -v ./gateway/ -soak.duration=$(SOAK)
 
 tools: $(TOOLS)
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/envgate/envgate/proto/echopb"
 )
@@ -31,6 +33,12 @@ import (
 // envs and extra YAML appended to the configuration.
 func gatewayProcess(t *testing.T, envs map[string]string, extra string) (p *process, h2c string) {
 	t.Helper()
+	return gatewayProcessEnv(t, nil, envs, extra)
+}
+
+// gatewayProcessEnv is gatewayProcess with env added to its environment.
+func gatewayProcessEnv(t *testing.T, env []string, envs map[string]string, extra string) (p *process, h2c string) {
+	t.Helper()
 	var b strings.Builder
 	b.WriteString("listeners: [{address: 127.0.0.1:0}]\nadmin: {address: 127.0.0.1:0, debugAddress: 127.0.0.1:0}\ndrainDelay: 10ms\ndiscovery:\n  static:\n")
 	for env, addr := range envs {
@@ -41,7 +49,7 @@ func gatewayProcess(t *testing.T, envs map[string]string, extra string) (p *proc
 	if err := os.WriteFile(cfgFile, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p = startProcess(t, nil, builtBinary(t, "gateway"), "-config", cfgFile)
+	p = startProcess(t, env, builtBinary(t, "gateway"), "-config", cfgFile)
 	h2c = p.waitLine(t, `"msg":"listening","address":"([^"]+)","tls":false`)[1]
 	return p, h2c
 }
@@ -350,5 +358,197 @@ func TestCompressedMessagesPassThrough(t *testing.T) {
 		t.Fatalf("peak RSS %.0f MiB for 10 messages of 16 KB compressed", peak)
 	} else {
 		t.Logf("peak RSS %.1f MiB; compressed message %d bytes", peak, want.Len())
+	}
+}
+
+// grpcMessage is a gRPC length-prefixed message declaring size bytes with
+// body (which may be shorter: the rest never comes).
+func grpcMessage(size int, body []byte) []byte {
+	b := make([]byte, 5, 5+len(body))
+	binary.BigEndian.PutUint32(b[1:], uint32(size))
+	return append(b, body...)
+}
+
+// waitControl makes ordinary calls until one succeeds, for up to d; the
+// gateway may refuse calls (RESOURCE_EXHAUSTED) while it recovers from an
+// overload.
+func waitControl(t *testing.T, addr, env string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := echoClient(t, addr).Call(metadata.AppendToOutgoingContext(ctx, "env", env), &echopb.EchoRequest{})
+		cancel()
+		if err == nil {
+			return
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("control call: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // a retry's pacing, not synchronisation
+	}
+}
+
+// waitOutput waits up to d for the process to print substr.
+func (p *process) waitOutput(t *testing.T, substr string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !strings.Contains(p.output(), substr) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the gateway's output within %v", substr, d)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the output, not synchronisation
+	}
+}
+
+// Clients that ask for large responses and never read them (an HTTP/2
+// window of 0) cannot take the gateway past its memory limit. A response
+// message is let in from the upstream only while the client's connection
+// holds under 4 MiB (edge.OutboundCap), so each stuck call holds at most
+// its upstream stream's window (256 KiB); as memory still nears
+// GOMEMLIMIT, the overload manager refuses new calls with
+// RESOURCE_EXHAUSTED and closes the connections that hold the most, and
+// ordinary calls are served throughout or again at once. Before, each
+// response stayed queued whole after the call was logged OK: 600 such
+// calls would hold 600 MiB.
+func TestClientsThatNeverReadAreShed(t *testing.T) {
+	b := startBackend(t, "env1")
+	p, addr := gatewayProcessEnv(t, []string{"GOMEMLIMIT=200MiB"}, map[string]string{"env1": b.addr}, "")
+	control(t, addr, "env1")
+	req, err := proto.Marshal(&echopb.EchoRequest{ResponseSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const conns, streams = 6, 100
+	for range conns {
+		c := dialRaw(t, addr)
+		// No window for any response: nothing is ever read.
+		c.write(func(fr *http2.Framer) error {
+			return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+		})
+		for i := range streams {
+			id := uint32(1 + 2*i)
+			if !c.sendHeaders(id, headerBlock("env1"), false) ||
+				!c.write(func(fr *http2.Framer) error { return fr.WriteData(id, true, grpcMessage(len(req), req)) }) {
+				break
+			}
+		}
+	}
+	// Until the overload manager has shed, memory must stay under the
+	// container's limit (GOMEMLIMIT is 90% of it: 200 MiB stands for 222).
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.output(), "closed the client connection holding the most memory") {
+		if peak := peakRSSMiB(t, p); peak > 222 {
+			t.Fatalf("peak RSS %.0f MiB, over the 222 MiB container limit GOMEMLIMIT=200MiB stands for", peak)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no connection was shed within 30 s")
+		}
+		time.Sleep(20 * time.Millisecond) // polling memory, not synchronisation
+	}
+	p.waitOutput(t, "overloaded: refusing new calls", time.Second)
+	waitControl(t, addr, "env1", 20*time.Second)
+	peak := peakRSSMiB(t, p)
+	t.Logf("peak RSS %.1f MiB", peak)
+	for _, l := range strings.Split(p.output(), "\n") {
+		if strings.Contains(l, "overload") {
+			t.Log(l)
+		}
+	}
+	if peak > 222 {
+		t.Fatalf("peak RSS %.0f MiB, over the 222 MiB container limit GOMEMLIMIT=200MiB stands for", peak)
+	}
+}
+
+// stuckUpstream is an HTTP/2 server that completes the handshake and then
+// reads nothing: the gateway can send it no more than the initial 64 KiB
+// windows.
+func stuckUpstream(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		lis.Close()
+		<-done
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	go func() {
+		defer close(done)
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err == nil {
+				_ = http2.NewFramer(c, nil).WriteSettings()
+			}
+		}
+	}()
+	return lis.Addr().String()
+}
+
+// Requests sent to an upstream that does not read are held whole by the
+// gateway (one message per stream: gRPC's server hands over whole
+// messages), and those count against the client's connection: as memory
+// nears GOMEMLIMIT the overload manager refuses new calls and closes the
+// connections holding the most, and calls to a healthy environment are
+// served again. Before, 120 such 2 MiB requests held 240 MiB.
+func TestRequestsToAStuckUpstreamAreShed(t *testing.T) {
+	good := startBackend(t, "env2")
+	p, addr := gatewayProcessEnv(t, []string{"GOMEMLIMIT=200MiB"},
+		map[string]string{"env1": stuckUpstream(t), "env2": good.addr}, "")
+	control(t, addr, "env2")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	payload := make([]byte, 2<<20)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // after the clients' connections close (cleanups run last first)
+	for range 6 {
+		c := echoClient(t, addr) // a connection of its own
+		for range 20 {
+			wg.Go(func() {
+				cs, err := c.ClientStream(metadata.AppendToOutgoingContext(ctx, "env", "env1"))
+				if err != nil {
+					return
+				}
+				if cs.Send(&echopb.EchoRequest{Payload: payload}) == nil {
+					_, _ = cs.CloseAndRecv()
+				}
+			})
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.output(), "closed the client connection holding the most memory") {
+		if peak := peakRSSMiB(t, p); peak > 222 {
+			t.Fatalf("peak RSS %.0f MiB, over the 222 MiB container limit GOMEMLIMIT=200MiB stands for", peak)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no connection was shed within 30 s")
+		}
+		time.Sleep(20 * time.Millisecond) // polling memory, not synchronisation
+	}
+	waitControl(t, addr, "env2", 20*time.Second)
+	cancel()
+	peak := peakRSSMiB(t, p)
+	t.Logf("peak RSS %.1f MiB", peak)
+	for _, l := range strings.Split(p.output(), "\n") {
+		if strings.Contains(l, "overload") {
+			t.Log(l)
+		}
+	}
+	if peak > 222 {
+		t.Fatalf("peak RSS %.0f MiB, over the 222 MiB container limit", peak)
 	}
 }

@@ -37,6 +37,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/edge"
 	"github.com/envgate/envgate/gateway/internal/h2client"
 	"github.com/envgate/envgate/gateway/internal/metrics"
+	"github.com/envgate/envgate/gateway/internal/overload"
 	"github.com/envgate/envgate/gateway/internal/proxy"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/upstream"
@@ -143,6 +144,17 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		OnRefused:       g.metrics.ConnectionRefused,
 		OnResetClose:    g.metrics.ConnectionClosedForResets,
 	})
+	// The overload manager works to the runtime's memory limit (GOMEMLIMIT,
+	// from the container's limit), shedding from the client connections.
+	ol := overload.New(overload.Options{Log: log, OnShed: g.metrics.ConnectionClosedForOverload}, g.conns)
+	if ol.Limit() > 0 {
+		px.SetAdmission(ol)
+		g.conns.OnRead(ol.Kick)
+		g.background = append(g.background, ol.Run)
+		log.Info("overload manager on", "memory_limit_mib", ol.Limit()>>20,
+			"refuse_new_calls_at_mib", int64(overload.DefaultRefuseAt*float64(ol.Limit()))>>20,
+			"close_largest_connection_at_mib", int64(overload.DefaultShedAt*float64(ol.Limit()))>>20)
+	}
 	for _, l := range cfg.Listeners {
 		creds := insecure.NewCredentials()
 		if l.TLS != nil {

@@ -25,6 +25,7 @@ type rawConn struct {
 	goawayCode  http2.ErrCode
 	goawayDebug string
 	resets      map[uint32]http2.ErrCode
+	statuses    map[uint32]string // grpc-status of the streams that ended with one
 	pingAcks    int
 
 	event chan struct{} // signalled after each frame read
@@ -37,7 +38,7 @@ func dialRaw(t *testing.T, addr string) *rawConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &rawConn{nc: nc, fr: http2.NewFramer(nc, nc), resets: map[uint32]http2.ErrCode{},
+	c := &rawConn{nc: nc, fr: http2.NewFramer(nc, nc), resets: map[uint32]http2.ErrCode{}, statuses: map[uint32]string{},
 		event: make(chan struct{}, 1), done: make(chan struct{})}
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	t.Cleanup(func() { nc.Close(); <-c.done })
@@ -77,6 +78,14 @@ func (c *rawConn) read() {
 			c.mu.Lock()
 			c.resets[f.StreamID] = f.ErrCode
 			c.mu.Unlock()
+		case *http2.MetaHeadersFrame:
+			for _, hf := range f.RegularFields() {
+				if hf.Name == "grpc-status" {
+					c.mu.Lock()
+					c.statuses[f.StreamID] = hf.Value
+					c.mu.Unlock()
+				}
+			}
 		}
 		select {
 		case c.event <- struct{}{}:

@@ -2,7 +2,9 @@
 // connections open at once, refusing the rest clearly, and keeps per
 // connection the count of streams the client reset early, closing a
 // connection that resets too many (HTTP/2 Rapid Reset, CVE-2023-44487), as
-// Envoy's connection manager does.
+// Envoy's connection manager does. It also tells how many bytes each
+// connection holds in the gateway, so the overload manager can close the
+// one that holds the most.
 package edge
 
 import (
@@ -26,6 +28,15 @@ type Options struct {
 	// many streams, once they are at least half of its streams. 0 or less
 	// turns it off.
 	PrematureResets int
+	// OutboundCap bounds the response bytes a connection holds that the
+	// client has not taken yet (the socket, or gRPC's buffers behind an
+	// HTTP/2 window the client keeps closed): a call waits before it
+	// takes the next message from its upstream while its connection holds
+	// this much, so a client that does not read holds back its upstream
+	// (through flow control) instead of filling the gateway. 0 means
+	// DefaultOutboundCap. Envoy's equivalent is
+	// per_connection_buffer_limit_bytes (1 MiB).
+	OutboundCap int64
 	// Log receives a line per refused connection (at most one a second)
 	// and one per connection that had streams reset early.
 	Log *slog.Logger
@@ -35,20 +46,48 @@ type Options struct {
 	OnResetClose func()
 }
 
+// DefaultOutboundCap is 4 MiB: a few messages of the common sizes, and
+// room for a load balancer's connection that carries many clients' calls.
+const DefaultOutboundCap = 4 << 20
+
 // Limiter is the connection count shared by a gateway's listeners.
 type Limiter struct {
 	opts Options
 	open atomic.Int64
 	// lastRefusalLog rate-limits the refusal log line (unix nanoseconds).
 	lastRefusalLog atomic.Int64
+
+	mu    sync.Mutex // guards conns and drained; never held with a Conn's mu
+	conns map[*Conn]struct{}
+	// drained is made by calls waiting for a connection's outbound bytes
+	// to fall under OutboundCap, and closed by the next write that frees
+	// some; waiting counts them, so writes skip the lock otherwise.
+	drained chan struct{}
+	waiting atomic.Int32
+
+	// onRead is called after every readKick bytes read across the
+	// connections (the overload manager's Kick); unread counts toward it.
+	onRead atomic.Pointer[func()]
+	unread atomic.Int64
 }
+
+// readKick is how many bytes the connections read between two calls of the
+// read hook.
+const readKick = 4 << 20
+
+// OnRead sets fn to be called after every 4 MiB the connections read, so a
+// memory watcher sees a burst of requests as it arrives.
+func (l *Limiter) OnRead(fn func()) { l.onRead.Store(&fn) }
 
 // NewLimiter returns the shared state of listeners with opts.
 func NewLimiter(opts Options) *Limiter {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Limiter{opts: opts}
+	if opts.OutboundCap <= 0 {
+		opts.OutboundCap = DefaultOutboundCap
+	}
+	return &Limiter{opts: opts, conns: map[*Conn]struct{}{}}
 }
 
 // Listen wraps inner. h2c says the listener speaks plaintext HTTP/2, so a
@@ -83,6 +122,9 @@ func (ln *listener) Accept() (net.Conn, error) {
 		}
 		c := &Conn{Conn: nc, l: ln.l, opened: time.Now()}
 		c.addr = &Addr{Addr: nc.RemoteAddr(), c: c}
+		ln.l.mu.Lock()
+		ln.l.conns[c] = struct{}{}
+		ln.l.mu.Unlock()
 		return c, nil
 	}
 }
@@ -119,6 +161,121 @@ type Conn struct {
 	premature int        // of which the client reset early
 	closed    bool
 	resetShut bool // closed for early resets
+
+	// Bytes through the connection, for held: read on the socket, what
+	// calls took out of it (received), and the response bytes reserved or
+	// given to it to send that were not written yet (outbound, never
+	// below 0: writes also carry framing).
+	read, received, outbound, calls atomic.Int64
+}
+
+// Read counts what the client sent.
+func (c *Conn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.read.Add(int64(n))
+	if c.l.unread.Add(int64(n)) >= readKick {
+		c.l.unread.Store(0)
+		if fn := c.l.onRead.Load(); fn != nil {
+			(*fn)()
+		}
+	}
+	return n, err
+}
+
+// Write counts what reached the client, and wakes the calls waiting for
+// the connection to drain.
+func (c *Conn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	for {
+		o := c.outbound.Load()
+		if o == 0 || c.outbound.CompareAndSwap(o, max(o-int64(n), 0)) {
+			break
+		}
+	}
+	if c.l.waiting.Load() > 0 {
+		c.l.wake()
+	}
+	return n, err
+}
+
+func (l *Limiter) wake() {
+	l.mu.Lock()
+	if l.drained != nil {
+		close(l.drained)
+		l.drained = nil
+	}
+	l.mu.Unlock()
+}
+
+// reserve waits until the connection holds less than the outbound cap and
+// reserves n bytes of it; the error is ctx's, or says the connection
+// closed.
+func (c *Conn) reserve(ctx context.Context, n int64) error {
+	limit := c.l.opts.OutboundCap
+	for {
+		o := c.outbound.Load()
+		if o < limit {
+			if c.outbound.CompareAndSwap(o, o+n) {
+				return nil
+			}
+			continue
+		}
+		l := c.l
+		l.mu.Lock()
+		if l.drained == nil {
+			l.drained = make(chan struct{})
+		}
+		ch := l.drained
+		l.waiting.Add(1)
+		l.mu.Unlock()
+		// Again once registered: a write in between would not wake us.
+		if c.outbound.Load() < limit {
+			l.waiting.Add(-1)
+			continue
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			l.waiting.Add(-1)
+			return ctx.Err()
+		}
+		l.waiting.Add(-1)
+	}
+}
+
+// callOverhead is what a call may read beyond its messages' bytes
+// (HEADERS, frame headers, WINDOW_UPDATE, PING, RST_STREAM); TLS records
+// add under 0.2% of what they carry, counted by dividing by 256.
+const callOverhead = 1024
+
+// held estimates the bytes the gateway holds for the connection: read from
+// the socket and not yet taken by a call (messages gRPC's server buffers
+// until they are whole), and given to it to send and not yet written (a
+// client that does not read, or reads slowly). Framing makes both a little
+// high; the overhead allowed per call keeps that from growing with the
+// connection's age.
+func (c *Conn) held() int64 {
+	received := c.received.Load()
+	in := c.read.Load() - received - received/256 - callOverhead*(c.calls.Load()+1)
+	return max(in, 0) + c.outbound.Load()
+}
+
+// CloseLargest closes the open connection that holds the most, if it holds
+// at least min bytes (overload.Holders).
+func (l *Limiter) CloseLargest(min int64) (held int64, peer string, ok bool) {
+	var victim *Conn
+	l.mu.Lock()
+	for c := range l.conns {
+		if h := c.held(); h >= min && h > held {
+			victim, held = c, h
+		}
+	}
+	l.mu.Unlock()
+	if victim == nil {
+		return 0, "", false
+	}
+	_ = victim.Close()
+	return held, victim.addr.String(), true
 }
 
 // RemoteAddr is the client's address, carrying the connection so a stream
@@ -136,7 +293,13 @@ func (c *Conn) Close() error {
 	c.closed = true
 	premature, streams, shut := c.premature, c.streams, c.resetShut
 	c.mu.Unlock()
+	c.l.mu.Lock()
+	delete(c.l.conns, c)
+	c.l.mu.Unlock()
 	c.l.open.Add(-1)
+	if c.l.waiting.Load() > 0 {
+		c.l.wake() // its waiting calls end with their contexts
+	}
 	if premature > 0 {
 		level := slog.LevelInfo
 		if shut {
@@ -190,3 +353,28 @@ func (a *Addr) Unwrap() net.Addr { return a.Addr }
 // StreamEnded counts a stream of the connection: premature says the client
 // reset it early. The connection is closed once too many were.
 func (a *Addr) StreamEnded(premature bool) { a.c.streamEnded(premature) }
+
+// CallStarted counts a call of the connection.
+func (a *Addr) CallStarted() { a.c.calls.Add(1) }
+
+// Received counts n message bytes a call took from the connection.
+func (a *Addr) Received(n int) { a.c.received.Add(int64(n)) }
+
+// Reserve waits, before a call takes its next response message from the
+// upstream, until the connection holds less than the outbound cap, and
+// reserves n bytes for the message; Adjust corrects the reservation to the
+// message's size (or gives it back, with -n, when none came).
+func (a *Addr) Reserve(ctx context.Context, n int) error { return a.c.reserve(ctx, int64(n)) }
+
+// Adjust adds delta to the connection's outbound bytes (never below 0).
+func (a *Addr) Adjust(delta int) {
+	for {
+		o := a.c.outbound.Load()
+		if a.c.outbound.CompareAndSwap(o, max(o+int64(delta), 0)) {
+			break
+		}
+	}
+	if delta < 0 && a.c.l.waiting.Load() > 0 {
+		a.c.l.wake()
+	}
+}

@@ -1,6 +1,8 @@
 // Package h2client is a gRPC client transport over HTTP/2 for a proxy: it
-// implements grpc.ClientConnInterface over one connection per endpoint of a
-// destination, balancing each call round robin over the ready ones.
+// implements grpc.ClientConnInterface over the endpoints of a destination,
+// one connection each (more when the endpoint's concurrent stream limit is
+// reached), balancing each call over the ready endpoints (least request by
+// default) and ejecting those that keep failing (outlier.go).
 //
 // gRPC's own client does the same with more machinery than a proxy uses
 // (a writer goroutine per connection fed through a control buffer, stream
@@ -11,8 +13,10 @@
 // with gRPC's buffer pool.
 //
 // What it does: streams both ways with per-stream and per-connection flow
-// control (a message larger than the window is let in whole), the
-// upstream's concurrent stream limit, grpc-timeout from the context's
+// control (a message larger than the window is let in whole, once its
+// Reserver made room), the upstream's concurrent stream limit (further
+// connections, a bounded wait), keepalive PINGs while calls are in flight,
+// grpc-timeout from the context's
 // deadline, RST_STREAM when the context ends, binary metadata, per-message
 // compression both ways, trailers-only answers, non-gRPC answers mapped to
 // statuses as the gRPC spec says, GOAWAY (streams the upstream did not take

@@ -156,6 +156,17 @@ type Wire interface {
 	SetWireCompressed(bool)
 }
 
+// Reserver is implemented by messages whose receiver must make room for
+// them before they are let in: RecvMsg calls Reserve with a message's size
+// (its length prefix included) once the prefix has arrived, before the
+// stream's window is opened for the rest of it, and fails with Reserve's
+// error. A stream waiting for its next message holds no reservation, and
+// an upstream whose message is not reserved yet can send no more than the
+// stream's window.
+type Reserver interface {
+	Reserve(size int) error
+}
+
 // SendMsg sends one message. It returns io.EOF when the stream has ended;
 // RecvMsg then tells why.
 func (s *stream) SendMsg(m any) error {
@@ -240,8 +251,18 @@ func (s *stream) Trailer() metadata.MD {
 // RecvMsg receives the next message: io.EOF after the last one of a call
 // that succeeded, the call's status error otherwise.
 func (s *stream) RecvMsg(m any) error {
+	res, _ := m.(Reserver)
 	for {
 		s.mu.Lock()
+		if res != nil {
+			if size, ok := s.q.unreserved(); ok {
+				s.mu.Unlock()
+				if err := res.Reserve(5 + size); err != nil {
+					return err
+				}
+				continue
+			}
+		}
 		if msg, ok := s.q.pop(); ok {
 			grant := s.consumedLocked(5 + int64(msg.size))
 			s.mu.Unlock()
@@ -559,6 +580,17 @@ type rmsg struct {
 	size     int
 	data     mem.BufferSlice
 	complete bool
+	reserved bool // its Reserver was told
+}
+
+// unreserved returns the size of the first message, once its prefix is
+// in, if no Reserver was told of it yet, and marks it told.
+func (q *msgQueue) unreserved() (int, bool) {
+	if len(q.msgs) == 0 || q.msgs[0].reserved {
+		return 0, false
+	}
+	q.msgs[0].reserved = true
+	return q.msgs[0].size, true
 }
 
 // write takes a DATA frame's payload; a message over max is an error.

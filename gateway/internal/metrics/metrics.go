@@ -71,7 +71,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "envgate_downstream_connections_closed_total",
-			Help: "Client connections the gateway refused or closed, by reason (limit: over limits.maxConnections; premature_resets: too many streams reset early).",
+			Help: "Client connections the gateway refused or closed, by reason (limit: over limits.maxConnections; premature_resets: too many streams reset early; overload: held the most memory when the gateway neared its memory limit).",
 		}, []string{"reason"}),
 		methods: map[string]map[string]bool{},
 	}
@@ -148,6 +148,10 @@ func (m *Metrics) ConnectionRefused() { m.conns.WithLabelValues("limit").Inc() }
 // ConnectionClosedForResets counts a client connection closed for resetting
 // too many streams early.
 func (m *Metrics) ConnectionClosedForResets() { m.conns.WithLabelValues("premature_resets").Inc() }
+
+// ConnectionClosedForOverload counts a client connection the overload
+// manager closed for holding the most memory.
+func (m *Metrics) ConnectionClosedForOverload() { m.conns.WithLabelValues("overload").Inc() }
 
 // CertificateReloaded counts a reload attempt.
 func (m *Metrics) CertificateReloaded(err error) {

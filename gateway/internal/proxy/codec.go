@@ -22,6 +22,23 @@ type frame struct {
 	// mark puts the pass-through marker before the bytes when the frame
 	// is sent to the client (see compress.go).
 	mark bool
+	// reserve, when set, makes room for a response message before the
+	// upstream client lets it in (h2client.Reserver); reserved is what it
+	// reserved for the message in hand, for the caller to correct.
+	reserve  func(size int) error
+	reserved int
+}
+
+// Reserve is h2client.Reserver.
+func (f *frame) Reserve(size int) error {
+	if f.reserve == nil {
+		return nil
+	}
+	if err := f.reserve(size); err != nil {
+		return err
+	}
+	f.reserved += size
+	return nil
 }
 
 // WireCompressed and SetWireCompressed let the upstream client carry the

@@ -44,6 +44,7 @@ type Proxy struct {
 	// maxMessage bounds a response inflated for a client that does not
 	// accept the upstream's encoding.
 	maxMessage int
+	admission  Admission
 	codecs     sync.Map     // content-subtype -> grpc.CallOption forcing its codec
 	nCodecs    atomic.Int32 // entries in codecs, at most maxCodecs
 }
@@ -57,11 +58,26 @@ const maxCodecs = 16
 // early: Envoy's premature_reset_min_stream_lifetime_seconds default.
 const prematureReset = time.Second
 
-// resetCounter is what the listener's remote address offers when the
-// gateway tracks early resets per connection (edge.Addr).
-type resetCounter interface {
+// connAccount is what the listener's remote address offers when the
+// gateway tracks its client connections (edge.Addr): early resets, and the
+// message bytes each call takes from and gives to the connection, from
+// which the overload manager tells what the connection holds.
+type connAccount interface {
+	CallStarted()
 	StreamEnded(premature bool)
+	Received(n int)
+	Reserve(ctx context.Context, n int) error
+	Adjust(delta int)
 }
+
+// Admission decides whether a new call is taken (the overload manager):
+// nil, or why not.
+type Admission interface {
+	Admit() error
+}
+
+// SetAdmission makes every call ask a first (nil: every call is taken).
+func (p *Proxy) SetAdmission(a Admission) { p.admission = a }
 
 // Response headers envgate adds.
 const (
@@ -130,11 +146,18 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 		p.observer.CallStarted()
 	}
 	c := &call{}
+	if pr, ok := peer.FromContext(ctx); ok {
+		if c.acct, _ = pr.Addr.(connAccount); c.acct != nil {
+			c.acct.CallStarted()
+		}
+	}
 	var err error
 	if ctx.Err() != nil {
 		// Reset before its handler ran (Rapid Reset sends HEADERS and
 		// RST_STREAM together): nothing to route or dial.
 		err = status.FromContextError(ctx.Err()).Err()
+	} else if err = p.admit(); err != nil {
+		// Overloaded: refused before anything is read or dialled.
 	} else {
 		err = p.forward(context.WithValue(ctx, callKey{}, c), ss, method, c)
 	}
@@ -146,10 +169,8 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 	// and logged in the connection's summary rather than a line each, so
 	// a reset flood cannot flood the log.
 	premature := errors.Is(ctx.Err(), context.Canceled) && d < prematureReset
-	if pr, ok := peer.FromContext(ctx); ok {
-		if rc, ok := pr.Addr.(resetCounter); ok {
-			rc.StreamEnded(premature)
-		}
+	if c.acct != nil {
+		c.acct.StreamEnded(premature)
 	}
 	if p.log != nil && !premature {
 		p.logCall(ctx, method, start, c, err)
@@ -157,8 +178,29 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 	return err
 }
 
+// unreserve corrects what f reserved of the client connection's outbound
+// allowance to size, the bytes actually given to the connection.
+func (p *Proxy) unreserve(f *frame, c *call, size int) {
+	if c.acct != nil && f.reserved != size {
+		c.acct.Adjust(size - f.reserved)
+	}
+	f.reserved = 0
+}
+
+// admit asks the admission control, if any.
+func (p *Proxy) admit() error {
+	if p.admission == nil {
+		return nil
+	}
+	if err := p.admission.Admit(); err != nil {
+		return status.Error(codes.ResourceExhausted, err.Error())
+	}
+	return nil
+}
+
 // call is what one call leaves for the access log and metrics.
 type call struct {
+	acct     connAccount   // the client connection's, when it keeps one
 	env      string        // the routed environment, set by the director
 	action   *route.Action // the route's action, set by the director
 	baseline string        // the baseline environment that took the call
@@ -371,6 +413,9 @@ func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call, keep *r
 		}
 		if upstreamDone {
 			f.free()
+			if c.acct != nil {
+				c.acct.Received(int(n) + 5)
+			}
 			continue
 		}
 		if err := cs.SendMsg(&f); err != nil {
@@ -378,11 +423,19 @@ func pumpToUpstream(ss grpc.ServerStream, cs grpc.ClientStream, c *call, keep *r
 			// pump. With retries the rest of the request is still read and
 			// kept, so another attempt can send all of it.
 			f.free()
+			if c.acct != nil {
+				c.acct.Received(int(n) + 5)
+			}
 			if keep == nil {
 				return nil
 			}
 			upstreamDone = true
 			continue
+		}
+		// Counted out of the connection once forwarded: a message
+		// waiting for a slow upstream still counts as held.
+		if c.acct != nil {
+			c.acct.Received(int(n) + 5)
 		}
 		c.bytesIn.Add(n)
 		c.msgsIn.Add(1)
@@ -434,8 +487,23 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 	}
 	var err error
 	var f frame
+	if c.acct != nil {
+		// A response message is let in from the upstream only once the
+		// client's connection holds less than its outbound cap, and
+		// counts there until it is written: a client that does not read
+		// holds back its upstream (through flow control) rather than
+		// filling the gateway.
+		ctx := ss.Context()
+		f.reserve = func(size int) error {
+			if err := c.acct.Reserve(ctx, size); err != nil {
+				return status.FromContextError(err).Err()
+			}
+			return nil
+		}
+	}
 	for {
 		if err = cs.RecvMsg(&f); err != nil {
+			p.unreserve(&f, c, 0)
 			break
 		}
 		n := int64(f.data.Len())
@@ -443,9 +511,11 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 			if sendComp == upComp {
 				f.mark = true // passes through compressed
 			} else if err = p.inflate(&f, upComp); err != nil {
+				p.unreserve(&f, c, 0)
 				return err
 			}
 		}
+		p.unreserve(&f, c, f.data.Len()+5)
 		if err = ss.SendMsg(&f); err != nil {
 			f.free()
 			return err

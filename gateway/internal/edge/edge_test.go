@@ -1,0 +1,87 @@
+package edge
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// pair accepts one connection through a Limiter listener and returns the
+// gateway's side (an *Addr-carrying Conn) and the client's.
+func pair(t *testing.T, l *Limiter) (*Conn, net.Conn) {
+	t.Helper()
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := l.Listen(inner, false)
+	t.Cleanup(func() { lis.Close() })
+	client, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	nc, err := lis.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return nc.(*Conn), client
+}
+
+// A call waits for its connection's outbound bytes to fall under the cap,
+// and a write that reaches the client wakes it.
+func TestReserveWaitsForTheClientToRead(t *testing.T) {
+	l := NewLimiter(Options{OutboundCap: 1 << 20})
+	c, client := pair(t, l)
+	a := c.RemoteAddr().(*Addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Reserve(ctx, 2<<20); err != nil { // under the cap: at once, whatever its size
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() { got <- a.Reserve(ctx, 1024) }()
+	select {
+	case err := <-got:
+		t.Fatalf("reserved over the cap: %v", err)
+	case <-time.After(100 * time.Millisecond): // the wait must still be on
+	}
+	// The client reads what the gateway writes: 1.5 MiB leaves the
+	// connection under its cap.
+	go func() { _, _ = io.CopyN(io.Discard, client, 3<<19) }()
+	if _, err := c.Write(make([]byte, 3<<19)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("after the write: %v", err)
+	}
+	if h := c.held(); h < 512<<10 || h > 1<<20 {
+		t.Fatalf("held %d, want the 0.5 MiB + 1 KiB still outbound", h)
+	}
+}
+
+// CloseLargest picks the connection holding the most, and only one that
+// holds at least the minimum.
+func TestCloseLargest(t *testing.T) {
+	l := NewLimiter(Options{})
+	small, _ := pair(t, l)
+	big, _ := pair(t, l)
+	small.RemoteAddr().(*Addr).Adjust(2 << 20)
+	big.RemoteAddr().(*Addr).Adjust(8 << 20)
+	if _, _, ok := l.CloseLargest(16 << 20); ok {
+		t.Fatal("closed a connection under the minimum")
+	}
+	held, _, ok := l.CloseLargest(1 << 20)
+	if !ok || held != 8<<20 {
+		t.Fatalf("closed %d bytes (%v), want the 8 MiB one", held, ok)
+	}
+	big.mu.Lock()
+	closed := big.closed
+	big.mu.Unlock()
+	if !closed {
+		t.Fatal("the largest is still open")
+	}
+}
