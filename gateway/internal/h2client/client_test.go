@@ -586,3 +586,55 @@ func TestEjectionIsBounded(t *testing.T) {
 		t.Fatalf("ejected: %v, want one of two", ej)
 	}
 }
+
+// A backend that comes back after an outage is used within about a second,
+// not after the rest of its grown back-off: a call that finds every
+// endpoint failing cuts one endpoint's back-off short, at most once a
+// second (before: calls kept failing fast for up to the whole back-off,
+// 13.8 s after a 30 s outage).
+func TestBackendBackAfterAnOutageIsUsedPromptly(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close() // down
+	cl := New("app-service.env1", Options{})
+	t.Cleanup(func() { cl.Close() })
+	cl.Update([]string{addr})
+	c := echopb.NewEchoServiceClient(cl)
+	ctx := testCtx(t)
+	// Ten seconds of outage with calls failing: the back-off has grown to
+	// about 6.5 s (1 s, x1.6 after each failed attempt).
+	outage := time.Now().Add(10 * time.Second)
+	for time.Now().Before(outage) {
+		if _, err := c.Call(ctx, &echopb.EchoRequest{}); status.Code(err) != codes.Unavailable {
+			t.Fatalf("during the outage: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // a client's pace, not synchronisation
+	}
+	// Back on the same address.
+	lis, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	echoserver.Register(srv, &echoserver.Server{Env: "env1", Addr: addr})
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	back := time.Now()
+	for {
+		if _, err := c.Call(ctx, &echopb.EchoRequest{}); err == nil {
+			break
+		}
+		if time.Since(back) > 10*time.Second {
+			t.Fatal("the backend was not used again within 10 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if d := time.Since(back); d > 1500*time.Millisecond {
+		t.Fatalf("first call served %v after the backend came back, want within about a second", d)
+	} else {
+		t.Logf("served again %v after the backend came back", d)
+	}
+}

@@ -157,12 +157,12 @@ type Wire interface {
 }
 
 // Reserver is implemented by messages whose receiver must make room for
-// them before they are let in: RecvMsg calls Reserve with a message's size
-// (its length prefix included) once the prefix has arrived, before the
-// stream's window is opened for the rest of it, and fails with Reserve's
-// error. A stream waiting for its next message holds no reservation, and
-// an upstream whose message is not reserved yet can send no more than the
-// stream's window.
+// them before they are let in: for a message larger than the stream's
+// window, RecvMsg calls Reserve with its size (length prefix included)
+// before it opens the window for the rest, and fails with Reserve's error.
+// A stream waiting for its next message holds no reservation, and an
+// upstream whose message is not reserved yet can send no more than the
+// stream's window; messages within the window are let in as they come.
 type Reserver interface {
 	Reserve(size int) error
 }
@@ -251,18 +251,8 @@ func (s *stream) Trailer() metadata.MD {
 // RecvMsg receives the next message: io.EOF after the last one of a call
 // that succeeded, the call's status error otherwise.
 func (s *stream) RecvMsg(m any) error {
-	res, _ := m.(Reserver)
 	for {
 		s.mu.Lock()
-		if res != nil {
-			if size, ok := s.q.unreserved(); ok {
-				s.mu.Unlock()
-				if err := res.Reserve(5 + size); err != nil {
-					return err
-				}
-				continue
-			}
-		}
 		if msg, ok := s.q.pop(); ok {
 			grant := s.consumedLocked(5 + int64(msg.size))
 			s.mu.Unlock()
@@ -284,7 +274,17 @@ func (s *stream) RecvMsg(m any) error {
 			return io.EOF
 		}
 		if missing := s.q.missing(); missing > s.recv.left {
-			// A message larger than the window: let all of it in.
+			// A message larger than the window: let all of it in, once
+			// the receiver made room for it.
+			if res, ok := m.(Reserver); ok {
+				if size, ok := s.q.unreserved(); ok {
+					s.mu.Unlock()
+					if err := res.Reserve(5 + size); err != nil {
+						return err
+					}
+					continue
+				}
+			}
 			grant := s.recv.grow(missing)
 			s.mu.Unlock()
 			s.c.windowUpdate(s.id, grant)

@@ -183,16 +183,29 @@ func (m *Manager) check() {
 	if m.holders == nil || (float64(use) < m.opts.ShedAt*limit && !stuck) {
 		return
 	}
-	held, peer, ok := m.holders.CloseLargest(m.opts.ShedMin)
-	if !ok {
-		return
+	// Enough connections to bring memory back under ResumeAt, by what
+	// they hold, largest first (at least one): during a burst, closing one
+	// per reading lets the rest arrive meanwhile.
+	excess := use - int64(m.opts.ResumeAt*limit)
+	for range maxShedPerReading {
+		held, peer, ok := m.holders.CloseLargest(m.opts.ShedMin)
+		if !ok {
+			break
+		}
+		m.opts.Log.Warn("overloaded: closed the client connection holding the most memory",
+			"peer", peer, "held_mib", held>>20, "memory_mib", use>>20, "limit_mib", m.opts.Limit>>20)
+		if m.opts.OnShed != nil {
+			m.opts.OnShed()
+		}
+		if excess -= held; excess <= 0 {
+			break
+		}
 	}
-	m.opts.Log.Warn("overloaded: closed the client connection holding the most memory",
-		"peer", peer, "held_mib", held>>20, "memory_mib", use>>20, "limit_mib", m.opts.Limit>>20)
-	if m.opts.OnShed != nil {
-		m.opts.OnShed()
-	}
-	// What the connection held is garbage once its calls end: collected
-	// now, the next reading shows it gone rather than shedding another.
+	// What the connections held is garbage once their calls end:
+	// collected now, the next reading shows it gone rather than shedding
+	// more.
 	runtime.GC()
 }
+
+// maxShedPerReading bounds the connections closed on one reading.
+const maxShedPerReading = 16

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 
 	"github.com/envgate/envgate/gateway/internal/h2client"
 )
@@ -22,20 +24,22 @@ type frame struct {
 	// mark puts the pass-through marker before the bytes when the frame
 	// is sent to the client (see compress.go).
 	mark bool
-	// reserve, when set, makes room for a response message before the
-	// upstream client lets it in (h2client.Reserver); reserved is what it
+	// acct, when set, is the client connection a large response message
+	// must make room in before the upstream client lets it in
+	// (h2client.Reserver), waiting under ctx; reserved is what was
 	// reserved for the message in hand, for the caller to correct.
-	reserve  func(size int) error
+	acct     connAccount
+	ctx      context.Context
 	reserved int
 }
 
 // Reserve is h2client.Reserver.
 func (f *frame) Reserve(size int) error {
-	if f.reserve == nil {
+	if f.acct == nil {
 		return nil
 	}
-	if err := f.reserve(size); err != nil {
-		return err
+	if err := f.acct.Reserve(f.ctx, size); err != nil {
+		return status.FromContextError(err).Err()
 	}
 	f.reserved += size
 	return nil

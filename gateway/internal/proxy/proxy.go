@@ -487,20 +487,13 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 	}
 	var err error
 	var f frame
-	if c.acct != nil {
-		// A response message is let in from the upstream only once the
-		// client's connection holds less than its outbound cap, and
-		// counts there until it is written: a client that does not read
-		// holds back its upstream (through flow control) rather than
-		// filling the gateway.
-		ctx := ss.Context()
-		f.reserve = func(size int) error {
-			if err := c.acct.Reserve(ctx, size); err != nil {
-				return status.FromContextError(err).Err()
-			}
-			return nil
-		}
-	}
+	// A response message larger than the upstream stream's window is let
+	// in only once the client's connection holds less than its outbound
+	// cap; every message counts there until it is written. A client that
+	// does not read holds back its upstream (through flow control, and
+	// gRPC's per-stream write quota for smaller messages) rather than
+	// filling the gateway.
+	f.acct, f.ctx = c.acct, ss.Context()
 	for {
 		if err = cs.RecvMsg(&f); err != nil {
 			p.unreserve(&f, c, 0)
