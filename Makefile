@@ -20,6 +20,7 @@ BUF_VERSION                := v1.75.0
 GRPCURL_VERSION            := v1.9.4
 GHZ_VERSION                := v0.93.0
 PEBBLE_VERSION             := v2.10.1
+H2SPEC_VERSION             := v2.2.1+incompatible
 
 # The control plane of the Kubernetes tests: kube-apiserver and
 # kube-controller-manager built from k8s.io/kubernetes (hack/kube/go.mod pins
@@ -37,7 +38,7 @@ ISTIO_VERSION := v0.0.0-20260827124520-eed52ebb66ad
 
 TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz interop-client interop-server \
 	kube-apiserver kube-controller-manager etcd crds/istio.yaml \
-	pebble pebble-challtestsrv pebble-certs/pebble.minica.pem)
+	pebble pebble-challtestsrv pebble-certs/pebble.minica.pem h2spec)
 
 .PHONY: all build test demo proto bench lint tools clean fuzz soak kube crds \
 	docker-build kind-up kind-load kind-deploy kind-demo kind-down gke-deploy
@@ -169,6 +170,7 @@ $(eval $(call go_tool,ghz,github.com/bojand/ghz/cmd/ghz,$(GHZ_VERSION)))
 $(eval $(call go_tool,interop-client,google.golang.org/grpc/interop/client,$(GRPC_VERSION)))
 $(eval $(call go_tool,interop-server,google.golang.org/grpc/interop/server,$(GRPC_VERSION)))
 $(eval $(call go_tool,pebble,github.com/letsencrypt/pebble/v2/cmd/pebble,$(PEBBLE_VERSION)))
+$(eval $(call go_tool,h2spec,github.com/summerwind/h2spec/cmd/h2spec,$(H2SPEC_VERSION)))
 $(eval $(call go_tool,pebble-challtestsrv,github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv,$(PEBBLE_VERSION)))
 
 # Pebble's test certificates (its HTTPS API's, and the root that signs it),
