@@ -20,13 +20,14 @@ import (
 // h2specFailures runs h2spec (the HTTP/2 conformance suite, bin/h2spec)
 // against an h2c address and returns the cases that failed, "section |
 // case". It may run on any goroutine: it reports problems as an error.
-func h2specFailures(h2spec, dir, addr string) ([]string, error) {
+func h2specFailures(h2spec, dir, addr string, timeout int, sections ...string) ([]string, error) {
 	_, port, _ := strings.Cut(addr, ":")
-	report := filepath.Join(dir, port+".xml")
+	report := filepath.Join(dir, fmt.Sprintf("%s-%d.xml", port, time.Now().UnixNano()))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	// h2spec exits non-zero when a case fails; the report says which.
-	_ = exec.CommandContext(ctx, h2spec, "-h", "127.0.0.1", "-p", port, "-o", "2", "-j", report).Run()
+	args := append(sections, "-h", "127.0.0.1", "-p", port, "-o", fmt.Sprint(timeout), "-j", report)
+	_ = exec.CommandContext(ctx, h2spec, args...).Run()
 	b, err := os.ReadFile(report)
 	if err != nil {
 		return nil, fmt.Errorf("h2spec against %s wrote no report: %w", addr, err)
@@ -54,7 +55,7 @@ func h2specFailures(h2spec, dir, addr string) ([]string, error) {
 			}
 		}
 	}
-	if total < 100 {
+	if total < 100 && len(sections) == 0 {
 		return nil, fmt.Errorf("h2spec ran %d cases against %s, want the whole suite", total, addr)
 	}
 	slices.Sort(failed)
@@ -73,16 +74,29 @@ func TestH2SpecNoWorseThanGRPCGo(t *testing.T) {
 	var direct, through []string
 	var errDirect, errThrough error
 	var wg sync.WaitGroup
-	wg.Go(func() { direct, errDirect = h2specFailures(h2spec, dir, b.addr) })
-	wg.Go(func() { through, errThrough = h2specFailures(h2spec, dir, addr) })
+	wg.Go(func() { direct, errDirect = h2specFailures(h2spec, dir, b.addr, 2) })
+	wg.Go(func() { through, errThrough = h2specFailures(h2spec, dir, addr, 2) })
 	wg.Wait()
 	if err := errors.Join(errDirect, errThrough); err != nil {
 		t.Fatal(err)
 	}
 	var worse []string
 	for _, f := range through {
-		if !slices.Contains(direct, f) {
+		if slices.Contains(direct, f) {
+			continue
+		}
+		// h2spec waits 2 s for an answer, and make test runs packages
+		// side by side: a case that timed out is run again, alone and
+		// with 10 s, before it counts.
+		section, _, _ := strings.Cut(f, " | ")
+		again, err := h2specFailures(h2spec, dir, addr, 10, section)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(again, f) {
 			worse = append(worse, f)
+		} else {
+			t.Logf("%s: failed once, passed alone", f)
 		}
 	}
 	t.Logf("h2spec: %d cases fail against grpc-go, %d through envgate", len(direct), len(through))
