@@ -66,6 +66,7 @@ lint: ## go vet and gofmt
 
 fuzz: ## each fuzz target for a while (FUZZTIME, default 30s)
 	$(GO) test -run XXX -fuzz FuzzRoute -fuzztime $${FUZZTIME:-30s} ./gateway/internal/route
+	$(GO) test -run XXX -fuzz FuzzVirtualHost -fuzztime $${FUZZTIME:-30s} ./gateway/internal/route
 	$(GO) test -run XXX -fuzz FuzzDirector -fuzztime $${FUZZTIME:-30s} ./gateway/internal/proxy
 
 bench: build $(BIN)/ghz ## micro-benchmarks, then whole-system load against direct, envgate, the grpc-go floor, grpc-proxy, nginx, haproxy

@@ -22,10 +22,13 @@ type explanation struct {
 	Method    string              `json:"method"`
 	Authority string              `json:"authority"`
 	Headers   map[string][]string `json:"headers"`
-	Steps     []explainStep       `json:"steps"`
-	Decision  string              `json:"decision"`
-	Issues    []string            `json:"issues,omitempty"`
-	Rejected  map[string]string   `json:"rejected,omitempty"`
+	// VirtualHost is the domain of the virtual host the authority selects,
+	// in VirtualService mode.
+	VirtualHost string            `json:"virtualHost,omitempty"`
+	Steps       []explainStep     `json:"steps"`
+	Decision    string            `json:"decision"`
+	Issues      []string          `json:"issues,omitempty"`
+	Rejected    map[string]string `json:"rejected,omitempty"`
 }
 
 type explainStep struct {
@@ -37,6 +40,17 @@ type explainStep struct {
 func explainRequest(t *route.Table, vs *virtualservice.Result, method, authority string, headers map[string][]string) explanation {
 	e := explanation{Method: method, Authority: authority, Headers: headers}
 	req := &route.Request{Headers: headers, Path: method, Authority: authority}
+	if vhs := t.VirtualHosts(); vhs != nil {
+		if vh, ok := t.VirtualHostFor(authority); ok {
+			e.VirtualHost = vh.Domain
+		} else {
+			var domains []string
+			for _, vh := range vhs {
+				domains = append(domains, vh.Domain)
+			}
+			e.VirtualHost = fmt.Sprintf("none: authority %q is none of %v (Envoy answers 404, gRPC UNIMPLEMENTED)", authority, domains)
+		}
+	}
 	for _, s := range t.Explain(req) {
 		e.Steps = append(e.Steps, explainStep{Rule: s.Rule.Source, Matched: s.Matched, Why: s.Why})
 	}
@@ -129,6 +143,9 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	e := explainRequest(t, vs, *method, *authority, headers)
 	fmt.Fprintf(stdout, "request: %s, authority %q, headers %v\n", e.Method, e.Authority, map[string][]string(headers))
+	if e.VirtualHost != "" {
+		fmt.Fprintf(stdout, "virtual host: %s\n", e.VirtualHost)
+	}
 	for i, s := range e.Steps {
 		verdict := "no match"
 		if s.Matched {
@@ -169,5 +186,5 @@ func clusterTable(ctx context.Context, cfg *config.Config) (*route.Table, *virtu
 		objs = append(objs, o)
 	}
 	res := virtualservice.Build(objs, vsOptions(cfg))
-	return route.NewTable(res.Rules), res, nil
+	return route.NewHostTable(res.Hosts), res, nil
 }

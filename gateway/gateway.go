@@ -305,7 +305,7 @@ func (g *gateway) vsState() metrics.VirtualServices {
 // applyVirtualServices swaps in the rules of a new merge of the cluster's
 // VirtualServices; calls in flight keep the rule they started with.
 func (g *gateway) applyVirtualServices(res *virtualservice.Result) {
-	g.routes.Store(route.NewTable(res.Rules))
+	g.routes.Store(route.NewHostTable(res.Hosts))
 	g.vs.Store(res)
 	logVirtualServices(g.log, res)
 }
@@ -579,22 +579,40 @@ func (g *gateway) routeView() any {
 		Rules    []rule `json:"rules"`
 		NoMatch  string `json:"noMatch"`
 	}{Synced: g.store.Synced(), Draining: g.draining.Load(), Rules: []rule{}, NoMatch: "UNIMPLEMENTED"}
-	for _, r := range table.Rules() {
-		v := rule{Source: r.Source, Hosts: r.Hosts, Match: []string{}}
-		for _, m := range r.Matches {
-			v.Match = append(v.Match, m.String())
+	// Each rule under the virtual host it is in (a rule of an object with
+	// several hosts is in each of them, as in Envoy).
+	type hostRules struct {
+		domain string
+		rules  []route.Rule
+	}
+	groups := []hostRules{{rules: table.Rules()}}
+	if vhs := table.VirtualHosts(); vhs != nil {
+		groups = groups[:0]
+		for _, vh := range vhs {
+			groups = append(groups, hostRules{vh.Domain, vh.Rules})
 		}
-		if r.Action.Timeout > 0 {
-			v.Timeout = r.Action.Timeout.String()
-		}
-		for _, d := range r.Action.Destinations {
-			eps, ok := g.store.Get(d.Key())
-			if eps == nil {
-				eps = []string{}
+	}
+	for _, grp := range groups {
+		for _, r := range grp.rules {
+			v := rule{Source: r.Source, Hosts: r.Hosts, Match: []string{}}
+			if grp.domain != "" {
+				v.Hosts = []string{grp.domain}
 			}
-			v.Destinations = append(v.Destinations, destination{Destination: d.String(), Weight: d.Weight, Endpoints: eps, Discovered: ok})
+			for _, m := range r.Matches {
+				v.Match = append(v.Match, m.String())
+			}
+			if r.Action.Timeout > 0 {
+				v.Timeout = r.Action.Timeout.String()
+			}
+			for _, d := range r.Action.Destinations {
+				eps, ok := g.store.Get(d.Key())
+				if eps == nil {
+					eps = []string{}
+				}
+				v.Destinations = append(v.Destinations, destination{Destination: d.String(), Weight: d.Weight, Endpoints: eps, Discovered: ok})
+			}
+			view.Rules = append(view.Rules, v)
 		}
-		view.Rules = append(view.Rules, v)
 	}
 	return view
 }

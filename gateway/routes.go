@@ -40,7 +40,7 @@ func buildTable(cfg *config.Config) (*route.Table, *virtualservice.Result, error
 		objs = append(objs, o...)
 	}
 	res := virtualservice.Build(objs, vsOptions(cfg))
-	return route.NewTable(res.Rules), res, nil
+	return route.NewHostTable(res.Hosts), res, nil
 }
 
 func vsOptions(cfg *config.Config) virtualservice.Options {
@@ -65,6 +65,10 @@ func namespacesOf(t *route.Table) []string {
 // logVirtualServices reports every unimplemented field and rejected object.
 func logVirtualServices(log *slog.Logger, res *virtualservice.Result) {
 	for _, is := range res.Issues {
+		if is.Note != "" {
+			log.Warn("virtualservice rules dropped", "object", is.Object, "field", is.Field, "why", is.Note)
+			continue
+		}
 		log.Warn("virtualservice field not implemented", "object", is.Object, "field", is.Field, "rejectsObject", is.Rejects)
 	}
 	for obj, why := range res.Rejected {

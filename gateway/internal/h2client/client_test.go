@@ -87,6 +87,19 @@ func newClient(t *testing.T, opts Options, addrs ...string) (*Client, echopb.Ech
 	return cl, echopb.NewEchoServiceClient(cl)
 }
 
+// waitReady waits until n endpoints take calls: calls made before would all
+// go to the endpoints connected first.
+func waitReady(t *testing.T, cl *Client, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(*cl.ready.Load()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d endpoints ready after 10 s, want %d", len(*cl.ready.Load()), n)
+		}
+		time.Sleep(time.Millisecond) // polling the ready set, not synchronisation
+	}
+}
+
 func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
@@ -307,6 +320,7 @@ func TestBalancesPerCall(t *testing.T) {
 	a, b := startServer(t), startServer(t)
 	cl, c := newClient(t, Options{}, a.addr, b.addr)
 	ctx := testCtx(t)
+	waitReady(t, cl, 2)
 	count := map[string]int{}
 	for range 40 {
 		resp, err := c.Call(ctx, &echopb.EchoRequest{IncludeDetails: true})

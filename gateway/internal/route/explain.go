@@ -19,8 +19,16 @@ type Step struct {
 // for people, not for the call path.
 func (t *Table) Explain(r *Request) []Step {
 	var steps []Step
-	for i := range t.rules {
-		rule := &t.rules[i]
+	rules := t.rules
+	if t.hosts != nil {
+		vh, ok := t.VirtualHostFor(r.Authority)
+		if !ok {
+			return nil
+		}
+		rules = vh.Rules
+	}
+	for i := range rules {
+		rule := &rules[i]
 		if !rule.HostMatches(r.Authority) {
 			steps = append(steps, Step{Rule: rule, Why: fmt.Sprintf("authority %q is not one of the hosts %v", r.Authority, rule.Hosts)})
 			continue

@@ -166,10 +166,7 @@ func (r *Rule) HostMatches(authority string) bool {
 	if len(r.Hosts) == 0 {
 		return true
 	}
-	host := authority
-	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.Contains(host[i:], "]") {
-		host = host[:i]
-	}
+	host := stripPort(authority)
 	for _, h := range r.Hosts {
 		switch {
 		case h == "*" || h == host:
@@ -204,7 +201,11 @@ type Table struct {
 	// on this header, looked up in exact.
 	envHeader string
 	exact     map[string]int
-	rules     []Rule
+	rules     []Rule // every rule; of every virtual host, in host order
+	// hosts, when set, are the virtual hosts: a request is matched against
+	// the rules of the one its authority selects (vhost.go).
+	hosts []VirtualHost
+	index hostIndex
 }
 
 // EnvRule is the simple form's rule: header value -> destination.
@@ -263,9 +264,17 @@ func (t *Table) Route(r *Request) (*Rule, bool) {
 			return &t.rules[i], true
 		}
 	}
-	for i := range t.rules {
-		if t.rules[i].Match(r) >= 0 {
-			return &t.rules[i], true
+	rules := t.rules
+	if t.hosts != nil {
+		i := t.index.find(r.Authority)
+		if i < 0 {
+			return nil, false
+		}
+		rules = t.hosts[i].Rules
+	}
+	for i := range rules {
+		if rules[i].Match(r) >= 0 {
+			return &rules[i], true
 		}
 	}
 	return nil, false

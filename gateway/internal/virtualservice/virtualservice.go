@@ -175,9 +175,15 @@ type Issue struct {
 	// Rejects is true when the field could change routing, so the whole
 	// object is left out.
 	Rejects bool
+	// Note, when set, is what Istio does with the field instead (the field
+	// is implemented and has no effect).
+	Note string
 }
 
 func (i Issue) String() string {
+	if i.Note != "" {
+		return fmt.Sprintf("%s: %s: %s", i.Object, i.Field, i.Note)
+	}
 	if i.Rejects {
 		return fmt.Sprintf("%s: %s is not implemented and would change routing: object rejected", i.Object, i.Field)
 	}
@@ -240,6 +246,10 @@ type Options struct {
 
 // Result is the merged rules and what was reported.
 type Result struct {
+	// Hosts are the virtual hosts, one per host name of the bound objects,
+	// each with the routes of every object naming it (route.NewHostTable).
+	Hosts []route.VirtualHost
+	// Rules are the routes of every virtual host, in host order, for views.
 	Rules    []route.Rule
 	Issues   []Issue
 	Rejected map[string]string // object -> reason
@@ -267,7 +277,7 @@ func Build(objs []*Object, opt Options) *Result {
 		}
 		return a.Namespace < b.Namespace
 	})
-	var rules, catchAll []route.Rule
+	hosts := map[string]int{} // domain -> index in res.Hosts
 	for _, o := range bound {
 		issues := o.unimplemented()
 		res.Issues = append(res.Issues, issues...)
@@ -281,24 +291,101 @@ func Build(objs []*Object, opt Options) *Result {
 			res.Rejected[o.Name()] = "unimplemented fields that change routing: " + strings.Join(reject, ", ")
 			continue
 		}
+		if len(o.Spec.Hosts) == 0 {
+			res.Rejected[o.Name()] = "spec.hosts is empty: Istio's validation refuses a VirtualService without hosts"
+			continue
+		}
 		objRules, err := o.rules(opt)
 		if err != nil {
 			res.Rejected[o.Name()] = err.Error()
 			continue
 		}
+		routes, dropped := splitRoutes(objRules)
+		if dropped >= 0 {
+			res.Issues = append(res.Issues, Issue{Object: o.Name(), Field: fmt.Sprintf("spec.http[%d:]", dropped),
+				Note: "after a catch-all route: never reached, dropped as Istio drops them (route.go BuildHTTPRoutesForVirtualService)"})
+		}
 		res.Applied = append(res.Applied, o.Name())
-		for _, r := range objRules {
+		for _, h := range o.hostNames() {
+			i, ok := hosts[h]
+			if !ok {
+				i = len(res.Hosts)
+				hosts[h] = i
+				res.Hosts = append(res.Hosts, route.VirtualHost{Domain: h})
+			}
+			res.Hosts[i].Rules = append(res.Hosts[i].Rules, routes...)
+		}
+	}
+	// Within a virtual host, the catch-all routes of every object go last,
+	// in their order (route.go SortVHostRoutes): an early object's
+	// catch-all would shadow every later object's routes.
+	for i := range res.Hosts {
+		h := &res.Hosts[i]
+		var rest, catchAll []route.Rule
+		for _, r := range h.Rules {
 			if isCatchAll(&r) {
 				catchAll = append(catchAll, r)
 			} else {
-				rules = append(rules, r)
+				rest = append(rest, r)
+			}
+		}
+		h.Rules = append(rest, catchAll...)
+		res.Rules = append(res.Rules, h.Rules...)
+	}
+	return res
+}
+
+// splitRoutes makes one route of each match block, as Istio makes one
+// Envoy route of each (route.go BuildHTTPRoutesForVirtualService), and
+// stops after the first catch-all route: rules after it can never match.
+// It returns the index of the first HTTP rule dropped, or -1.
+func splitRoutes(rules []route.Rule) ([]route.Rule, int) {
+	var out []route.Rule
+	for i, r := range rules {
+		if len(r.Matches) <= 1 {
+			out = append(out, r)
+			if isCatchAll(&r) {
+				return out, next(i, len(rules))
+			}
+			continue
+		}
+		for j, m := range r.Matches {
+			one := r
+			one.Source = fmt.Sprintf("%s match[%d]", r.Source, j)
+			one.Matches = []route.Match{m}
+			out = append(out, one)
+			if isCatchAll(&one) {
+				return out, next(i, len(rules))
 			}
 		}
 	}
-	// A catch-all route of an early object would shadow every later one, so
-	// Istio puts them last.
-	res.Rules = append(rules, catchAll...)
-	return res
+	return out, -1
+}
+
+// next is the index after i, or -1 past the end.
+func next(i, n int) int {
+	if i+1 < n {
+		return i + 1
+	}
+	return -1
+}
+
+// hostNames are the object's hosts as Istio resolves them
+// (pilot/pkg/model/config.go ResolveShortnameToFQDN): a name without a dot
+// is a service of the object's namespace, <name>.<namespace>.svc.cluster.local;
+// "*" and names with dots stay as they are. Lower case, each once.
+func (o *Object) hostNames() []string {
+	var out []string
+	for _, h := range o.Spec.Hosts {
+		h = strings.ToLower(h)
+		if h != "*" && !strings.Contains(h, ".") {
+			h += "." + o.Metadata.Namespace + ".svc.cluster.local"
+		}
+		if !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 func (o *Object) boundTo(gw string) bool {
@@ -310,18 +397,19 @@ func (o *Object) boundTo(gw string) bool {
 	return false
 }
 
-// isCatchAll is a rule with no condition but, at most, uri prefix "/".
+// isCatchAll is Istio's IsCatchAllRoute (route.go) for a route of one
+// match block: no header condition (an authority match is a header to
+// Envoy) and a uri that is absent, prefix "/" or regex ".*".
 func isCatchAll(r *route.Rule) bool {
 	if len(r.Matches) == 0 {
 		return true
 	}
-	for _, m := range r.Matches {
-		if len(m.Headers) == 0 && len(m.WithoutHeaders) == 0 && m.Authority == nil &&
-			(m.URI == nil || (m.URI.Kind == route.Prefix && m.URI.Value == "/")) {
-			return true
-		}
+	if len(r.Matches) > 1 {
+		return false
 	}
-	return false
+	m := &r.Matches[0]
+	return len(m.Headers) == 0 && len(m.WithoutHeaders) == 0 && m.Authority == nil &&
+		(m.URI == nil || (m.URI.Kind == route.Prefix && m.URI.Value == "/") || (m.URI.Kind == route.Regex && m.URI.Value == ".*"))
 }
 
 func (o *Object) rules(opt Options) ([]route.Rule, error) {
@@ -331,7 +419,7 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 		if h.Name != "" {
 			src += " (" + h.Name + ")"
 		}
-		r := route.Rule{Source: src, Hosts: o.Spec.Hosts}
+		r := route.Rule{Source: src} // hosts: the virtual hosts the rule goes into
 		for j, m := range h.Match {
 			rm, err := matchOf(m)
 			if err != nil {

@@ -27,7 +27,7 @@ func parse(t *testing.T, yaml string) []*Object {
 func table(t *testing.T, yaml string) (*route.Table, *Result) {
 	t.Helper()
 	res := Build(parse(t, yaml), Options{Gateway: "common-istio-gateway", DefaultPort: "grpc"})
-	return route.NewTable(res.Rules), res
+	return route.NewHostTable(res.Hosts), res
 }
 
 // vs renders one VirtualService bound to the seed's gateway.
@@ -42,6 +42,11 @@ spec:
   http:
 %s
 `, name, created, http)
+}
+
+// vsHosts is vs with its own hosts.
+func vsHosts(name, created, hosts, http string) string {
+	return strings.Replace(vs(name, created, http), `hosts: ["*"]`, "hosts: "+hosts, 1)
 }
 
 func req(path, authority string, headers ...string) *route.Request {
@@ -129,6 +134,38 @@ func TestIstioParity(t *testing.T) {
 		// hosts: the object applies to these authorities only.
 		"hosts exclude": {strings.Replace(vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.e")), `hosts: ["*"]`, `hosts: ["api.example.com"]`, 1), req("/x.Y/Z", "other.example.com:443", "env", "e"), ""},
 		"hosts include": {strings.Replace(vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.e")), `hosts: ["*"]`, `hosts: ["*.example.com"]`, 1), req("/x.Y/Z", "api.example.com:443", "env", "e"), "e"},
+		// Virtual hosts. Istio makes one per host name of the bound objects,
+		// each with the routes of every object naming it
+		// (pilot/pkg/networking/core/gateway.go buildGatewayHTTPRouteConfig,
+		// vHostDedupMap); Envoy routes a request by exactly one, chosen by
+		// its authority: exact, then the longest suffix wildcard, then "*",
+		// case-insensitively and without the port
+		// (source/common/router/config_impl.cc RouteMatcher::findVirtualHost).
+		"specific host before *": {vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.star")) +
+			vsHosts("b", t1, `["api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api")), req("/x.Y/Z", "api.example.com:443", "env", "e"), "api"},
+		"* for other hosts": {vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.star")) +
+			vsHosts("b", t1, `["api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api")), req("/x.Y/Z", "web.example.com", "env", "e"), "star"},
+		"no fall-through to *": {vsHosts("b", t0, `["api.example.com"]`, one(`    - headers: {env: {exact: other}}`, "svc.api")) +
+			vs("a", t1, "  - route: [{destination: {host: svc.star}}]"), req("/x.Y/Z", "api.example.com", "env", "e"), ""},
+		"longest suffix wildcard": {vsHosts("a", t0, `["*.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.wide")) +
+			vsHosts("b", t1, `["*.api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.deep")), req("/x.Y/Z", "v1.api.example.com", "env", "e"), "deep"},
+		"wildcard needs a label":  {vsHosts("a", t0, `["*.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.wide")), req("/x.Y/Z", "example.com", "env", "e"), ""},
+		"authority case and port": {vsHosts("a", t0, `["API.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api")), req("/x.Y/Z", "Api.Example.COM:8443", "env", "e"), "api"},
+		// A host without dots is a service of the object's namespace
+		// (pilot/pkg/model/config.go ResolveShortnameToFQDN).
+		"short host is a service FQDN": {vsHosts("a", t0, `["app"]`, one(`    - headers: {env: {exact: e}}`, "svc.app")), req("/x.Y/Z", "app.default.svc.cluster.local", "env", "e"), "app"},
+		"short host not as written":    {vsHosts("a", t0, `["app"]`, one(`    - headers: {env: {exact: e}}`, "svc.app")), req("/x.Y/Z", "app", "env", "e"), ""},
+		// Catch-alls (route.go): one Envoy route per match block
+		// (BuildHTTPRoutesForVirtualService); only a catch-all block moves
+		// to the end of its virtual host (SortVHostRoutes, IsCatchAllRoute:
+		// prefix "/" or regex ".*", no header), the rule's other blocks
+		// keep their place; rules after a catch-all route are dropped.
+		"catch-all block split": {vs("a", t0, one("    - headers: {env: {exact: e}}\n    - uri: {prefix: /}", "svc.a")) +
+			vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.b")), req("/x.Y/Z", "h", "env", "e"), "a"},
+		"catch-all block still last": {vs("a", t0, one("    - headers: {env: {exact: e}}\n    - uri: {prefix: /}", "svc.a")) +
+			vs("b", t1, one(`    - headers: {env: {exact: f}}`, "svc.b")), req("/x.Y/Z", "h", "env", "f"), "b"},
+		"regex .* is catch-all":           {vs("a", t0, one(`    - uri: {regex: ".*"}`, "svc.all")) + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "e"},
+		"rules after a catch-all dropped": {vs("a", t0, "  - route: [{destination: {host: svc.all}}]\n"+one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "all"},
 		// Objects of another gateway are not merged.
 		"other gateway": {strings.Replace(vs("a", t0, "  - route: [{destination: {host: svc.all}}]"), "common-istio-gateway", "mesh", 1), req("/x.Y/Z", "h"), ""},
 	} {
@@ -266,19 +303,27 @@ func goldenView(res *Result) any {
 		Matches []string `json:",omitempty"`
 		Action  route.Action
 	}
-	var rules []rule
-	for _, r := range res.Rules {
-		var ms []string
-		for _, m := range r.Matches {
-			ms = append(ms, m.String())
+	type host struct {
+		Domain string
+		Rules  []rule
+	}
+	var hosts []host
+	for _, h := range res.Hosts {
+		var rules []rule
+		for _, r := range h.Rules {
+			var ms []string
+			for _, m := range r.Matches {
+				ms = append(ms, m.String())
+			}
+			rules = append(rules, rule{Source: r.Source, Hosts: r.Hosts, Matches: ms, Action: r.Action})
 		}
-		rules = append(rules, rule{Source: r.Source, Hosts: r.Hosts, Matches: ms, Action: r.Action})
+		hosts = append(hosts, host{h.Domain, rules})
 	}
 	var issues []string
 	for _, is := range res.Issues {
 		issues = append(issues, is.String())
 	}
-	return map[string]any{"rules": rules, "applied": res.Applied, "rejected": res.Rejected, "issues": issues}
+	return map[string]any{"virtualHosts": hosts, "applied": res.Applied, "rejected": res.Rejected, "issues": issues}
 }
 
 // FuzzMatch checks the matcher against a plain reference: join the header
