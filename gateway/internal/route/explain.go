@@ -62,7 +62,10 @@ func (m *Match) failure(r *Request) string {
 		}
 	}
 	for _, h := range m.WithoutHeaders {
-		if values := r.Headers[h.Name]; h.Match.MatchValues(values) {
+		if values := r.Headers[h.Name]; h.Match.MatchValuesMissingAsEmpty(values) {
+			if len(values) == 0 {
+				return fmt.Sprintf("header %s is absent, taken as \"\", which withoutHeaders excludes (%s)", h.Name, h.Match)
+			}
 			return fmt.Sprintf("header %s is %q, which withoutHeaders excludes (%s)", h.Name, strings.Join(values, ","), h.Match)
 		}
 	}

@@ -77,6 +77,18 @@ func (m StringMatch) MatchValues(values []string) bool {
 	}
 }
 
+// MatchValuesMissingAsEmpty is MatchValues with an absent header taken as
+// the empty string, except for a presence match: Envoy's
+// treat_missing_header_as_empty, which Istio (1.22 and later) sets on the
+// inverted matchers of withoutHeaders (pilot/pkg/networking/core/route/
+// route.go, translateHeaderMatch).
+func (m StringMatch) MatchValuesMissingAsEmpty(values []string) bool {
+	if len(values) == 0 && m.Kind != Present {
+		return m.MatchString("")
+	}
+	return m.MatchValues(values)
+}
+
 func (m StringMatch) String() string {
 	if m.Kind == Present {
 		return "present"

@@ -56,7 +56,7 @@ type HeaderMatch struct {
 type Match struct {
 	Name           string
 	Headers        []HeaderMatch
-	WithoutHeaders []HeaderMatch // each must not match; an absent header does not match
+	WithoutHeaders []HeaderMatch // each must not match; an absent header counts as "" (a presence match: absent)
 	URI            *StringMatch
 	Authority      *StringMatch
 }
@@ -71,7 +71,7 @@ func (m *Match) Matches(r *Request) bool {
 	}
 	for i := range m.WithoutHeaders {
 		h := &m.WithoutHeaders[i]
-		if h.Match.MatchValues(r.Headers[h.Name]) {
+		if h.Match.MatchValuesMissingAsEmpty(r.Headers[h.Name]) {
 			return false
 		}
 	}

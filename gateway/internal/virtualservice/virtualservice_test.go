@@ -114,6 +114,13 @@ func TestIstioParity(t *testing.T) {
 		"withoutHeaders other value": {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np")), req("/x.Y/Z", "h", "env", "dev"), "np"},
 		"withoutHeaders absent":      {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np")), req("/x.Y/Z", "h"), "np"},
 		"withoutHeaders equal":       {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np")), req("/x.Y/Z", "h", "env", "prod"), ""},
+		// Istio 1.22 and later set Envoy's treat_missing_header_as_empty on
+		// withoutHeaders (route.go translateHeaderMatch): an absent header
+		// is the empty string, which regex ".*" matches, so the rule does
+		// not apply; a presence match still sees it absent.
+		"withoutHeaders absent is empty":    {vs("a", t0, one(`    - withoutHeaders: {env: {regex: ".*"}}`, "svc.np")), req("/x.Y/Z", "h"), ""},
+		"withoutHeaders absent presence":    {vs("a", t0, one(`    - withoutHeaders: {env: {}}`, "svc.np")), req("/x.Y/Z", "h"), "np"},
+		"withoutHeaders present value only": {vs("a", t0, one(`    - withoutHeaders: {env: {regex: "prod.*"}}`, "svc.np")), req("/x.Y/Z", "h"), "np"},
 		// uri on the gRPC path /package.Service/Method.
 		"uri exact":  {vs("a", t0, one(`    - uri: {exact: /echo.EchoService/Call}`, "svc.c")), req("/echo.EchoService/Call", "h"), "c"},
 		"uri prefix": {vs("a", t0, one(`    - uri: {prefix: /echo.EchoService/}`, "svc.c")), req("/echo.EchoService/BidiStream", "h"), "c"},
