@@ -29,6 +29,7 @@ type explanation struct {
 	Decision    string            `json:"decision"`
 	Issues      []string          `json:"issues,omitempty"`
 	Rejected    map[string]string `json:"rejected,omitempty"`
+	Unbound     map[string]string `json:"unbound,omitempty"`
 }
 
 type explainStep struct {
@@ -76,6 +77,7 @@ func explainRequest(t *route.Table, vs *virtualservice.Result, method, authority
 			e.Issues = append(e.Issues, is.String())
 		}
 		e.Rejected = vs.Rejected
+		e.Unbound = vs.Unbound
 	}
 	return e
 }
@@ -159,6 +161,9 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	for obj, why := range e.Rejected {
 		fmt.Fprintf(stdout, "rejected: %s: %s\n", obj, why)
+	}
+	for obj, why := range e.Unbound {
+		fmt.Fprintf(stdout, "not bound: %s: %s\n", obj, why)
 	}
 	return nil
 }

@@ -578,7 +578,13 @@ func (g *gateway) routeView() any {
 		Draining bool   `json:"draining"`
 		Rules    []rule `json:"rules"`
 		NoMatch  string `json:"noMatch"`
+		// In VirtualService mode, the objects left out and why.
+		Rejected map[string]string `json:"rejected,omitempty"`
+		Unbound  map[string]string `json:"unbound,omitempty"`
 	}{Synced: g.store.Synced(), Draining: g.draining.Load(), Rules: []rule{}, NoMatch: "UNIMPLEMENTED"}
+	if res := g.vs.Load(); res != nil {
+		view.Rejected, view.Unbound = res.Rejected, res.Unbound
+	}
 	// Each rule under the virtual host it is in (a rule of an object with
 	// several hosts is in each of them, as in Envoy).
 	type hostRules struct {

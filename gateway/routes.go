@@ -24,7 +24,7 @@ func buildTable(cfg *config.Config) (*route.Table, *virtualservice.Result, error
 	if vsCfg.Kubernetes {
 		// Filled in by the watcher once it has synced; until then nothing
 		// routes (and the gateway is not ready).
-		return route.NewTable(nil), &virtualservice.Result{Rejected: map[string]string{}}, nil
+		return route.NewTable(nil), &virtualservice.Result{Rejected: map[string]string{}, Unbound: map[string]string{}}, nil
 	}
 	var objs []*virtualservice.Object
 	for _, f := range vsCfg.Files {
@@ -73,6 +73,9 @@ func logVirtualServices(log *slog.Logger, res *virtualservice.Result) {
 	}
 	for obj, why := range res.Rejected {
 		log.Error("virtualservice rejected", "object", obj, "reason", why)
+	}
+	for obj, why := range res.Unbound {
+		log.Info("virtualservice not bound to the gateway", "object", obj, "reason", why)
 	}
 	log.Info("virtualservices applied", "objects", res.Applied)
 }

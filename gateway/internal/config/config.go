@@ -110,8 +110,9 @@ type Routing struct {
 
 // VirtualServices names the VirtualService objects to route by.
 type VirtualServices struct {
-	// Gateway selects the objects bound to it (default
-	// common-istio-gateway, the seed's).
+	// Gateway selects the objects bound to it, as "namespace/name"
+	// (default common-istio-gateway in namespace, the seed's); spec.gateways
+	// entries resolve as Istio resolves them.
 	Gateway string `yaml:"gateway"`
 	// Files hold VirtualService YAML (several documents each).
 	Files []string `yaml:"files"`
@@ -306,11 +307,15 @@ func (c *Config) Defaults() {
 		c.Routing.Port = DefaultPort
 	}
 	if v := c.Routing.VirtualServices; v != nil {
+		if v.Namespace == "" {
+			v.Namespace = "default"
+		}
 		if v.Gateway == "" {
 			v.Gateway = "common-istio-gateway"
 		}
-		if v.Namespace == "" {
-			v.Namespace = "default"
+		if !strings.Contains(v.Gateway, "/") {
+			// A name alone is in the objects' default namespace.
+			v.Gateway = v.Namespace + "/" + v.Gateway
 		}
 	}
 	if len(c.Environments) == 0 {

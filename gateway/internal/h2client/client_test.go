@@ -523,8 +523,9 @@ func TestLeastRequestAvoidsTheBusyEndpoint(t *testing.T) {
 	})
 	slow, fast := startServer(t, slowdown), startServer(t)
 	count := func(b Balancer) map[string]int {
-		_, c := newClient(t, Options{Balancer: b}, slow.addr, fast.addr)
+		cl, c := newClient(t, Options{Balancer: b}, slow.addr, fast.addr)
 		ctx := testCtx(t)
+		waitReady(t, cl, 2)
 		var mu sync.Mutex
 		n := map[string]int{}
 		if err := concurrently(8, func() error {
@@ -566,6 +567,7 @@ func TestUnavailableEndpointIsEjected(t *testing.T) {
 	bad, good := startServer(t, refuse), startServer(t)
 	cl, c := newClient(t, Options{}, bad.addr, good.addr)
 	ctx := testCtx(t)
+	waitReady(t, cl, 2)
 	failed := 0
 	for range 50 {
 		if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
@@ -591,6 +593,7 @@ func TestEjectionIsBounded(t *testing.T) {
 	a, b := startServer(t, refuse), startServer(t, refuse)
 	cl, c := newClient(t, Options{}, a.addr, b.addr)
 	ctx := testCtx(t)
+	waitReady(t, cl, 2)
 	for range 30 {
 		if _, err := c.Call(ctx, &echopb.EchoRequest{}); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "shutting down") {
 			t.Fatalf("call: %v", err)

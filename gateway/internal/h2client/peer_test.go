@@ -365,6 +365,7 @@ func TestFrozenEndpointIsEjected(t *testing.T) {
 	cl := New("upstream", Options{})
 	t.Cleanup(func() { cl.Close() })
 	cl.Update([]string{frozen, healthy})
+	waitReady(t, cl, 2)
 	failed := 0
 	for range 100 {
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)

@@ -234,8 +234,8 @@ func (o *Object) unimplemented() []Issue {
 
 // Options say how objects become rules.
 type Options struct {
-	// Gateway selects the objects bound to it, as "name" or
-	// "namespace/name" (the seed's common-istio-gateway).
+	// Gateway selects the objects bound to it, "namespace/name" (the
+	// seed's default/common-istio-gateway).
 	Gateway string
 	// DefaultPort is used for a destination without a port.
 	DefaultPort string
@@ -253,16 +253,25 @@ type Result struct {
 	Rules    []route.Rule
 	Issues   []Issue
 	Rejected map[string]string // object -> reason
-	Applied  []string          // objects whose rules are in Rules, in merge order
+	// Unbound are the objects not bound to the gateway, and why.
+	Unbound map[string]string
+	Applied []string // objects whose rules are in Rules, in merge order
 }
 
 // Build merges the objects bound to the gateway into ordered rules.
 func Build(objs []*Object, opt Options) *Result {
-	res := &Result{Rejected: map[string]string{}}
+	res := &Result{Rejected: map[string]string{}, Unbound: map[string]string{}}
 	var bound []*Object
 	for _, o := range objs {
-		if o.boundTo(opt.Gateway) {
+		ok, names := o.boundTo(opt.Gateway)
+		if ok {
 			bound = append(bound, o)
+			continue
+		}
+		if len(names) == 0 {
+			res.Unbound[o.Name()] = "spec.gateways is empty: the object applies to the sidecars (mesh), not to " + opt.Gateway
+		} else {
+			res.Unbound[o.Name()] = fmt.Sprintf("spec.gateways %v resolve to %v, not %s", o.Spec.Gateways, names, opt.Gateway)
 		}
 	}
 	// Istio merges a gateway's VirtualServices oldest first, ties by name,
@@ -388,13 +397,43 @@ func (o *Object) hostNames() []string {
 	return out
 }
 
-func (o *Object) boundTo(gw string) bool {
+// boundTo reports whether one of the object's spec.gateways names gw
+// ("namespace/name"), and the names they resolve to.
+func (o *Object) boundTo(gw string) (bool, []string) {
+	var names []string
 	for _, g := range o.Spec.Gateways {
-		if g == gw || g == o.Metadata.Namespace+"/"+gw || o.Metadata.Namespace+"/"+g == gw {
-			return true
+		if g == "mesh" {
+			names = append(names, g) // the sidecars, never a gateway
+			continue
 		}
+		n := ResolveGatewayName(g, o.Metadata.Namespace)
+		if n == gw {
+			return true, nil
+		}
+		names = append(names, n)
 	}
-	return false
+	return false, names
+}
+
+// ResolveGatewayName turns a spec.gateways entry into "namespace/name" as
+// Istio does (pilot/pkg/model/virtualservice.go resolveGatewayName): a
+// short name is in the VirtualService's namespace, "./name" too,
+// "ns/name" as written, and the legacy "name.ns.svc.cluster.local" (or
+// "name.ns") names name in ns.
+func ResolveGatewayName(g, namespace string) string {
+	ns, name, ok := strings.Cut(g, "/")
+	switch {
+	case ok && ns == ".":
+		return namespace + "/" + name
+	case ok:
+		return g
+	}
+	name, rest, ok := strings.Cut(g, ".")
+	if !ok {
+		return namespace + "/" + g
+	}
+	ns, _, _ = strings.Cut(rest, ".")
+	return ns + "/" + name
 }
 
 // isCatchAll is Istio's IsCatchAllRoute (route.go) for a route of one

@@ -26,7 +26,7 @@ func parse(t *testing.T, yaml string) []*Object {
 
 func table(t *testing.T, yaml string) (*route.Table, *Result) {
 	t.Helper()
-	res := Build(parse(t, yaml), Options{Gateway: "common-istio-gateway", DefaultPort: "grpc"})
+	res := Build(parse(t, yaml), Options{Gateway: "default/common-istio-gateway", DefaultPort: "grpc"})
 	return route.NewHostTable(res.Hosts), res
 }
 
@@ -49,6 +49,14 @@ func vsHosts(name, created, hosts, http string) string {
 	return strings.Replace(vs(name, created, http), `hosts: ["*"]`, "hosts: "+hosts, 1)
 }
 
+// inNS moves an object to namespace ns.
+func inNS(ns, y string) string { return strings.Replace(y, "namespace: default", "namespace: "+ns, 1) }
+
+// gw binds an object to g instead of common-istio-gateway.
+func gw(g, y string) string {
+	return strings.Replace(y, "gateways: [common-istio-gateway]", "gateways: ["+g+"]", 1)
+}
+
 func req(path, authority string, headers ...string) *route.Request {
 	r := &route.Request{Path: path, Authority: authority, Headers: map[string][]string{}}
 	for i := 0; i+1 < len(headers); i += 2 {
@@ -58,6 +66,17 @@ func req(path, authority string, headers ...string) *route.Request {
 }
 
 const t0, t1 = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"
+
+// Objects not bound to the gateway are listed with the reason.
+func TestUnboundObjectsAreReported(t *testing.T) {
+	_, res := table(t, inNS("other", vs("a", t0, "  - route: [{destination: {host: svc.all}}]"))+gw("mesh", vs("b", t0, "  - route: [{destination: {host: svc.all}}]")))
+	if why := res.Unbound["other/a"]; !strings.Contains(why, "resolve to [other/common-istio-gateway], not default/common-istio-gateway") {
+		t.Fatalf("other/a: %q", why)
+	}
+	if why := res.Unbound["default/b"]; !strings.Contains(why, "[mesh]") {
+		t.Fatalf("default/b: %q", why)
+	}
+}
 
 // The seed's VirtualServices, as k8s/overlays/istio renders them for env1
 // and env2, route exactly as in the seed.
@@ -173,6 +192,16 @@ func TestIstioParity(t *testing.T) {
 			vs("b", t1, one(`    - headers: {env: {exact: f}}`, "svc.b")), req("/x.Y/Z", "h", "env", "f"), "b"},
 		"regex .* is catch-all":           {vs("a", t0, one(`    - uri: {regex: ".*"}`, "svc.all")) + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "e"},
 		"rules after a catch-all dropped": {vs("a", t0, "  - route: [{destination: {host: svc.all}}]\n"+one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "all"},
+		// spec.gateways resolve as Istio resolves them
+		// (pilot/pkg/model/virtualservice.go resolveGatewayName): a short
+		// name is in the object's namespace, "./name" too, "ns/name" as
+		// written, "name.ns.svc.cluster.local" is ns/name; the gateway
+		// here is default/common-istio-gateway.
+		"gateway short name elsewhere": {inNS("other", vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), ""},
+		"gateway ns/name":              {inNS("other", gw("default/common-istio-gateway", vs("a", t0, "  - route: [{destination: {host: svc.all}}]"))), req("/x.Y/Z", "h"), "all"},
+		"gateway ./name":               {gw("./common-istio-gateway", vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), "all"},
+		"gateway legacy FQDN":          {inNS("other", gw("common-istio-gateway.default.svc.cluster.local", vs("a", t0, "  - route: [{destination: {host: svc.all}}]"))), req("/x.Y/Z", "h"), "all"},
+		"gateway mesh":                 {gw("mesh", vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), ""},
 		// Objects of another gateway are not merged.
 		"other gateway": {strings.Replace(vs("a", t0, "  - route: [{destination: {host: svc.all}}]"), "common-istio-gateway", "mesh", 1), req("/x.Y/Z", "h"), ""},
 	} {
