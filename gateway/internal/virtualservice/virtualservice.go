@@ -416,7 +416,7 @@ func (o *Object) boundTo(gw string) (bool, []string) {
 }
 
 // ResolveGatewayName turns a spec.gateways entry into "namespace/name" as
-// Istio does (pilot/pkg/model/virtualservice.go resolveGatewayName): a
+// Istio does (pilot/pkg/model/config.go resolveGatewayName): a
 // short name is in the VirtualService's namespace, "./name" too,
 // "ns/name" as written, and the legacy "name.ns.svc.cluster.local" (or
 // "name.ns") names name in ns.

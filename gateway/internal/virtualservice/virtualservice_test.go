@@ -193,7 +193,7 @@ func TestIstioParity(t *testing.T) {
 		"regex .* is catch-all":           {vs("a", t0, one(`    - uri: {regex: ".*"}`, "svc.all")) + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "e"},
 		"rules after a catch-all dropped": {vs("a", t0, "  - route: [{destination: {host: svc.all}}]\n"+one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "all"},
 		// spec.gateways resolve as Istio resolves them
-		// (pilot/pkg/model/virtualservice.go resolveGatewayName): a short
+		// (pilot/pkg/model/config.go resolveGatewayName): a short
 		// name is in the object's namespace, "./name" too, "ns/name" as
 		// written, "name.ns.svc.cluster.local" is ns/name; the gateway
 		// here is default/common-istio-gateway.
