@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -482,5 +485,74 @@ func TestGracefulStopLetsStreamFinish(t *testing.T) {
 	}
 	if err := <-stopped; err != nil {
 		t.Fatalf("Run returned %v after a graceful stop", err)
+	}
+}
+
+// lockedBuffer collects a gateway's log lines for a test to read.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// At the edge, as Istio's ingress gateway (Envoy's connection manager,
+// conn_manager_utility.cc mutateRequestHeaders and cleanInternalHeaders,
+// with preserve_external_request_id off as Istio leaves it): every call
+// gets its own x-request-id, a UUID v4, in place of any the client sent;
+// x-envoy-* headers from the client are removed; x-envoy-external-address
+// is the client's address. The access log carries the request id the
+// backend saw.
+func TestEdgeHeaders(t *testing.T) {
+	b := startBackend(t, "env1")
+	cfg := testConfig(t, map[string][]string{"env1": {b.addr}})
+	on := true
+	cfg.AccessLog = &on
+	logs := &lockedBuffer{}
+	gw := startGateway(t, cfg, logs)
+	c := echoClient(t, gw.Addrs()[0])
+	uuid4 := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	seen := map[string]bool{}
+	for i := range 3 {
+		md := metadata.Pairs("env", "env1", "x-envoy-retry-on", "5xx", "x-envoy-upstream-rq-timeout-ms", "1", "x-envoy-internal", "true")
+		if i == 0 {
+			md.Append("x-request-id", "client-chosen")
+		}
+		resp, err := c.Call(metadata.NewOutgoingContext(testCtx(t), md), &echopb.EchoRequest{IncludeDetails: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := resp.GetRequestMetadata()
+		id := string(got["x-request-id"])
+		if !uuid4.MatchString(id) || seen[id] {
+			t.Fatalf("x-request-id %q: want a new UUID v4 per call (the client's replaced)", id)
+		}
+		seen[id] = true
+		for k := range got {
+			if strings.HasPrefix(k, "x-envoy-") && k != "x-envoy-external-address" {
+				t.Errorf("client header %s forwarded", k)
+			}
+		}
+		if a := string(got["x-envoy-external-address"]); a != "127.0.0.1" {
+			t.Errorf("x-envoy-external-address %q", a)
+		}
+		// The access log line of this call names the same id.
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(logs.String(), `"request_id":"`+id+`"`) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no access log line with request_id %s:\n%s", id, logs.String())
+			}
+			time.Sleep(5 * time.Millisecond) // polling the log, not synchronisation
+		}
 	}
 }

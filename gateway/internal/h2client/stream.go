@@ -109,9 +109,16 @@ func (s *stream) encodeHeaders(enc *hpack.Encoder, buf *bytes.Buffer) {
 			continue
 		}
 		bin := isBin(k)
+		// A request ID is new with every call: kept out of the dynamic
+		// table like grpc-timeout.
+		never := k == "x-request-id"
 		for _, v := range vs {
 			if bin {
 				v = encodeBin(v)
+			}
+			if never {
+				_ = enc.WriteField(hpack.HeaderField{Name: k, Value: v, Sensitive: true})
+				continue
 			}
 			w(k, v)
 		}

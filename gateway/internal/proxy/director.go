@@ -102,14 +102,24 @@ func applyHeaderOps(md metadata.MD, ops route.HeaderOps) {
 	}
 }
 
-// outgoing turns the request's metadata into what goes upstream: without
-// pseudo-headers and hop-by-hop headers, and with the client's address
-// appended to x-forwarded-for as Envoy does at the edge.
+// outgoing turns the request's metadata into what goes upstream, as
+// Envoy's connection manager does at the edge (conn_manager_utility.cc
+// mutateRequestHeaders, cleanInternalHeaders), every client being external
+// to the gateway: without pseudo-headers, hop-by-hop headers and x-envoy-*
+// headers from the client; with the client's address appended to
+// x-forwarded-for and in x-envoy-external-address; and with the call's own
+// x-request-id in place of the client's (Istio leaves
+// preserve_external_request_id off).
 func outgoing(ctx context.Context, md metadata.MD) metadata.MD {
 	for k := range md {
-		if strings.HasPrefix(k, ":") {
+		if strings.HasPrefix(k, ":") || strings.HasPrefix(k, "x-envoy-") {
 			delete(md, k)
 		}
+	}
+	if c, ok := ctx.Value(callKey{}).(*call); ok && c.requestID != "" {
+		md["x-request-id"] = []string{c.requestID}
+	} else {
+		md["x-request-id"] = []string{newRequestID()}
 	}
 	for _, k := range hopByHop {
 		delete(md, k)
@@ -131,6 +141,7 @@ func outgoing(ctx context.Context, md metadata.MD) metadata.MD {
 		if prior := md["x-forwarded-for"]; len(prior) > 0 {
 			ip = forwardedFor(prior, ip)
 		}
+		md["x-envoy-external-address"] = []string{ip}
 		md["x-forwarded-for"] = []string{ip}
 		proto := "http"
 		if p.AuthInfo != nil && p.AuthInfo.AuthType() == "tls" {

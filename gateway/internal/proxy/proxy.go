@@ -145,7 +145,7 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 	if p.observer != nil {
 		p.observer.CallStarted()
 	}
-	c := &call{}
+	c := &call{requestID: newRequestID()}
 	if pr, ok := peer.FromContext(ctx); ok {
 		if c.acct, _ = pr.Addr.(connAccount); c.acct != nil {
 			c.acct.CallStarted()
@@ -200,11 +200,12 @@ func (p *Proxy) admit() error {
 
 // call is what one call leaves for the access log and metrics.
 type call struct {
-	acct     connAccount   // the client connection's, when it keeps one
-	env      string        // the routed environment, set by the director
-	action   *route.Action // the route's action, set by the director
-	baseline string        // the baseline environment that took the call
-	upstream string
+	acct      connAccount   // the client connection's, when it keeps one
+	requestID string        // x-request-id, made for every call as Envoy does at the edge
+	env       string        // the routed environment, set by the director
+	action    *route.Action // the route's action, set by the director
+	baseline  string        // the baseline environment that took the call
+	upstream  string
 	// The client-to-upstream pump may still run when the call is logged
 	// (it can be blocked reading a client that has not half-closed), so its
 	// counters are atomic.
@@ -631,6 +632,7 @@ func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *
 		slog.Int64("msgs_in", c.msgsIn.Load()),
 		slog.Int64("msgs_out", c.msgsOut),
 		slog.Int("retries", c.retries),
+		slog.String("request_id", c.requestID),
 	}
 	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
 		attrs = append(attrs, slog.String("peer", pr.Addr.String()))
