@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"google.golang.org/grpc/metadata"
 	"io"
 	"net/http"
 	"strings"
@@ -68,6 +69,8 @@ func explainRequest(t *route.Table, vs *virtualservice.Result, method, authority
 		if rule.Action.Timeout > 0 {
 			e.Decision += fmt.Sprintf(", timeout %v", rule.Action.Timeout)
 		}
+	} else if isHealthMethod(method) && answersLocally(t.EnvHeader(), t, t.EnvHeader() == "", method, withAuthority(headers, authority)) {
+		e.Decision = "answered by the gateway's own grpc.health.v1 service: no route takes this health call"
 	} else {
 		h := t.EnvHeader()
 		e.Decision = "UNIMPLEMENTED: envgate: " + (&route.NoRouteError{Header: h, Values: headers[h], Path: method}).Error()
@@ -80,6 +83,18 @@ func explainRequest(t *route.Table, vs *virtualservice.Result, method, authority
 		e.Unbound = vs.Unbound
 	}
 	return e
+}
+
+// withAuthority is headers with :authority, as a call's metadata has it.
+func withAuthority(headers map[string][]string, authority string) metadata.MD {
+	md := metadata.MD{}
+	for k, v := range headers {
+		md[k] = v
+	}
+	if authority != "" {
+		md[":authority"] = []string{authority}
+	}
+	return md
 }
 
 // explain serves /explain?method=/pkg.Svc/Method&authority=host&header=env:env1

@@ -135,7 +135,11 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	px.SetMaxMessage(cfg.Limits.MaxMessageBytes)
 	g.health = health.NewServer()
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
-	handler := (&localHealth{header: cfg.Routing.Header, srv: g.health, next: px.Handler}).handler
+	lh := &localHealth{header: cfg.Routing.Header, srv: g.health, next: px.Handler}
+	if g.vsMode {
+		lh.routes = g.routes.Load
+	}
+	handler := lh.handler
 
 	g.conns = edge.NewLimiter(edge.Options{
 		MaxConns:        cfg.Limits.MaxConnections,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"os"
 	"path/filepath"
 	"strings"
@@ -402,5 +403,40 @@ spec:
 		if e.VirtualHost != tc.host || routed != (tc.want != nil) {
 			t.Fatalf("%s env=%s: explain %+v", tc.authority, tc.env, e)
 		}
+	}
+}
+
+// A health call without env, in VirtualService mode: a rule that matches it
+// (a catch-all does, as in Istio) routes it to the backend; with no rule
+// matching it, the gateway answers from its own health service. /explain
+// says the same (Issue 11, point 9).
+func TestHealthWithoutEnvInVirtualServiceMode(t *testing.T) {
+	for _, tc := range []struct {
+		name, rule string
+		proxied    bool
+	}{
+		{"catch-all routes it", "  - route: [{destination: {host: app-service.env1}}]", true},
+		{"no match answers locally", "  - match: [{headers: {env: {exact: env1}}}]\n    route: [{destination: {host: app-service.env1}}]", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := startBackend(t, "env1")
+			gw := vsGateway(t, fmt.Sprintf(vsHead, "health")+tc.rule+"\n", map[string][]string{"env1": {b.addr}})
+			conn := dial(t, gw.Addrs()[0])
+			before := b.callCount()
+			resp, err := healthpb.NewHealthClient(conn).Check(testCtx(t), &healthpb.HealthCheckRequest{})
+			if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+				t.Fatalf("health: %v %v", resp, err)
+			}
+			if proxied := b.callCount() > before; proxied != tc.proxied {
+				t.Fatalf("proxied to the backend: %v, want %v", proxied, tc.proxied)
+			}
+			var e explanation
+			if err := json.Unmarshal([]byte(scrape(t, gw, "/explain?method=/grpc.health.v1.Health/Check")), &e); err != nil {
+				t.Fatal(err)
+			}
+			if routed := strings.HasPrefix(e.Decision, "route to"); routed != tc.proxied {
+				t.Fatalf("explain: %q", e.Decision)
+			}
+		})
 	}
 }
