@@ -121,6 +121,11 @@ type VirtualServices struct {
 	Kubernetes bool `yaml:"kubernetes"`
 	// Namespace is given to objects without one (default "default").
 	Namespace string `yaml:"namespace"`
+	// ProxyNamespace is the namespace envgate runs in: objects must be
+	// exported to it (spec.exportTo), as Istio requires for its ingress
+	// gateway's pods (default: $POD_NAMESPACE, else the gateway's
+	// namespace).
+	ProxyNamespace string `yaml:"proxyNamespace"`
 }
 
 // Admin is the health listener (the seed's load balancer checks
@@ -316,6 +321,12 @@ func (c *Config) Defaults() {
 		if !strings.Contains(v.Gateway, "/") {
 			// A name alone is in the objects' default namespace.
 			v.Gateway = v.Namespace + "/" + v.Gateway
+		}
+		if v.ProxyNamespace == "" {
+			v.ProxyNamespace = os.Getenv("POD_NAMESPACE")
+		}
+		if v.ProxyNamespace == "" {
+			v.ProxyNamespace, _, _ = strings.Cut(v.Gateway, "/")
 		}
 	}
 	if len(c.Environments) == 0 {

@@ -46,6 +46,7 @@ type Spec struct {
 	Hosts    []string    `json:"hosts"`
 	Gateways []string    `json:"gateways"`
 	HTTP     []HTTPRoute `json:"http"`
+	ExportTo []string    `json:"exportTo"`
 }
 
 // HTTPRoute is one rule.
@@ -165,7 +166,7 @@ var (
 	// the same way without them): reported, the object still applies.
 	// Any other unimplemented field could change where a call goes, and
 	// rejects the object.
-	harmless = []string{"corsPolicy", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent", "statPrefix", "exportTo", "headers", "retryRemoteLocalities"}
+	harmless = []string{"corsPolicy", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent", "statPrefix", "headers", "retryRemoteLocalities"}
 )
 
 // Issue is an unimplemented field of an object.
@@ -237,6 +238,10 @@ type Options struct {
 	// Gateway selects the objects bound to it, "namespace/name" (the
 	// seed's default/common-istio-gateway).
 	Gateway string
+	// ProxyNamespace is the namespace the gateway runs in: an object must
+	// be exported to it (spec.exportTo) to be used, as Istio requires for
+	// the ingress gateway's proxies.
+	ProxyNamespace string
 	// DefaultPort is used for a destination without a port.
 	DefaultPort string
 	// Service, when set, is the only service discovery follows: a
@@ -264,6 +269,10 @@ func Build(objs []*Object, opt Options) *Result {
 	var bound []*Object
 	for _, o := range objs {
 		ok, names := o.boundTo(opt.Gateway)
+		if ok && !o.exportedTo(opt.ProxyNamespace) {
+			res.Unbound[o.Name()] = fmt.Sprintf("spec.exportTo %v does not include the gateway's namespace %q", o.Spec.ExportTo, opt.ProxyNamespace)
+			continue
+		}
 		if ok {
 			bound = append(bound, o)
 			continue
@@ -413,6 +422,27 @@ func (o *Object) boundTo(gw string) (bool, []string) {
 		names = append(names, n)
 	}
 	return false, names
+}
+
+// exportedTo reports whether the object is visible in namespace ns, as
+// Istio decides it (pilot/pkg/model/push_context.go, the virtual service
+// index by exportTo): no exportTo is the mesh default "*", "." is the
+// object's own namespace, "~" is none; "" (no namespace known) sees all.
+func (o *Object) exportedTo(ns string) bool {
+	if len(o.Spec.ExportTo) == 0 || ns == "" {
+		return true
+	}
+	for _, e := range o.Spec.ExportTo {
+		switch e {
+		case "*", ns:
+			return true
+		case ".":
+			if o.Metadata.Namespace == ns {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ResolveGatewayName turns a spec.gateways entry into "namespace/name" as

@@ -26,7 +26,7 @@ func parse(t *testing.T, yaml string) []*Object {
 
 func table(t *testing.T, yaml string) (*route.Table, *Result) {
 	t.Helper()
-	res := Build(parse(t, yaml), Options{Gateway: "default/common-istio-gateway", DefaultPort: "grpc"})
+	res := Build(parse(t, yaml), Options{Gateway: "default/common-istio-gateway", ProxyNamespace: "istio-system", DefaultPort: "grpc"})
 	return route.NewHostTable(res.Hosts), res
 }
 
@@ -51,6 +51,11 @@ func vsHosts(name, created, hosts, http string) string {
 
 // inNS moves an object to namespace ns.
 func inNS(ns, y string) string { return strings.Replace(y, "namespace: default", "namespace: "+ns, 1) }
+
+// exportTo sets an object's spec.exportTo.
+func exportTo(list, y string) string {
+	return strings.Replace(y, "  gateways:", "  exportTo: "+list+"\n  gateways:", 1)
+}
 
 // gw binds an object to g instead of common-istio-gateway.
 func gw(g, y string) string {
@@ -202,6 +207,14 @@ func TestIstioParity(t *testing.T) {
 		"gateway ./name":               {gw("./common-istio-gateway", vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), "all"},
 		"gateway legacy FQDN":          {inNS("other", gw("common-istio-gateway.default.svc.cluster.local", vs("a", t0, "  - route: [{destination: {host: svc.all}}]"))), req("/x.Y/Z", "h"), "all"},
 		"gateway mesh":                 {gw("mesh", vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), ""},
+		// spec.exportTo: the object must be visible in the gateway's
+		// (proxy's) namespace, istio-system here (push_context.go).
+		"exportTo absent":       {vs("a", t0, "  - route: [{destination: {host: svc.all}}]"), req("/x.Y/Z", "h"), "all"},
+		"exportTo *":            {exportTo(`["*"]`, vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), "all"},
+		"exportTo . elsewhere":  {exportTo(`["."]`, vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), ""},
+		"exportTo gateway's ns": {exportTo(`["istio-system"]`, vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), "all"},
+		"exportTo other ns":     {exportTo(`["team-a"]`, vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), ""},
+		"exportTo ~":            {exportTo(`["~"]`, vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), ""},
 		// Objects of another gateway are not merged.
 		"other gateway": {strings.Replace(vs("a", t0, "  - route: [{destination: {host: svc.all}}]"), "common-istio-gateway", "mesh", 1), req("/x.Y/Z", "h"), ""},
 	} {
