@@ -494,6 +494,16 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s match[%d]: %w", src, j, err)
 			}
+			// validation.go validateStringMatch: a prefix match must not be
+			// empty.
+			for _, f := range []struct {
+				name string
+				m    *StringMatch
+			}{{"uri", m.URI}, {"authority", m.Authority}} {
+				if f.m != nil && f.m.Prefix != nil && *f.m.Prefix == "" {
+					return nil, fmt.Errorf("%s match[%d].%s: prefix string match should not be empty", src, j, f.name)
+				}
+			}
 			r.Matches = append(r.Matches, rm)
 		}
 		if len(h.Route) == 0 {
@@ -521,6 +531,10 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 		if len(h.Route) == 1 && r.Action.Destinations[0].Weight == 0 && h.Route[0].Weight == nil {
 			r.Action.Destinations[0].Weight = 100
 		}
+		if total := totalWeight(r.Action.Destinations); len(h.Route) > 1 && total == 0 {
+			// validation.go validateHTTPRouteDestinations.
+			return nil, fmt.Errorf("%s route: total destination weight = 0", src)
+		}
 		if h.Timeout != "" {
 			d, err := time.ParseDuration(h.Timeout)
 			if err != nil {
@@ -540,6 +554,9 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 			}
 			for _, on := range strings.Split(h.Retries.RetryOn, ",") {
 				if on = strings.TrimSpace(on); on != "" {
+					if !validRetryOn(on) {
+						return nil, fmt.Errorf("%s retries.retryOn: %q is not a retry policy Istio accepts (validation.go supportedRetryOnPolicies, or an HTTP status code)", src, on)
+					}
 					r.Action.Retries.RetryOn = append(r.Action.Retries.RetryOn, on)
 				}
 			}
@@ -558,6 +575,31 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// supportedRetryOn are the retry policies Istio's validation accepts
+// (pkg/config/validation/validation.go supportedRetryOnPolicies): Envoy's
+// x-envoy-retry-on and x-envoy-retry-grpc-on values.
+var supportedRetryOn = []string{"5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "retriable-4xx",
+	"refused-stream", "retriable-status-codes", "retriable-headers", "envoy-ratelimited", "http3-post-connect-failure",
+	"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
+
+// validRetryOn is a supported policy or an HTTP status code (a retriable
+// status code, as Istio accepts it).
+func validRetryOn(on string) bool {
+	if slices.Contains(supportedRetryOn, on) {
+		return true
+	}
+	n, err := strconv.Atoi(on)
+	return err == nil && n >= 100 && n <= 599
+}
+
+func totalWeight(ds []route.WeightedDestination) int64 {
+	var t int64
+	for _, d := range ds {
+		t += int64(d.Weight)
+	}
+	return t
 }
 
 func opsOf(h *HeaderOps) route.HeaderOps {

@@ -416,3 +416,39 @@ func FuzzMatch(f *testing.F) {
 		}
 	})
 }
+
+// Objects Istio's admission webhook refuses are refused, the whole object,
+// with a message naming it and the field (pkg/config/validation/
+// validation.go). The same Build runs at start, in the live watch and in
+// explain, so all three refuse alike.
+func TestValidationAsIstio(t *testing.T) {
+	one := func(match, dest string) string {
+		return fmt.Sprintf("  - match:\n%s\n    route: [{destination: {host: %s}}]", match, dest)
+	}
+	for name, tc := range map[string]struct{ yaml, want string }{
+		// ValidateVirtualService: "virtual service must have at least one host".
+		"no hosts": {strings.Replace(vs("a", t0, "  - route: [{destination: {host: svc.all}}]"), `hosts: ["*"]`, `hosts: []`, 1),
+			"spec.hosts is empty"},
+		// validateHTTPRouteDestinations: "total destination weight = 0".
+		"all weights zero": {vs("a", t0, "  - route: [{destination: {host: svc.a}, weight: 0}, {destination: {host: svc.b}, weight: 0}]"),
+			"total destination weight = 0"},
+		// validateHTTPRetry: retryOn values from supportedRetryOnPolicies.
+		"unknown retryOn": {vs("a", t0, "  - route: [{destination: {host: svc.a}}]\n    retries: {attempts: 2, retryOn: \"5xx,sometimes\"}"),
+			`"sometimes" is not a retry policy`},
+		// validateStringMatch: "prefix string match should not be empty".
+		"empty uri prefix": {vs("a", t0, one(`    - uri: {prefix: ""}`, "svc.a")),
+			"match[0].uri: prefix string match should not be empty"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, res := table(t, tc.yaml)
+			if why := res.Rejected["default/a"]; !strings.Contains(why, tc.want) {
+				t.Fatalf("rejected: %q, want %q", why, tc.want)
+			}
+		})
+	}
+	// A status code is a valid retryOn, as are Envoy's gRPC conditions.
+	_, res := table(t, vs("a", t0, "  - route: [{destination: {host: svc.a}}]\n    retries: {attempts: 2, retryOn: \"503,unavailable,gateway-error\"}"))
+	if len(res.Rejected) != 0 {
+		t.Fatalf("rejected: %v", res.Rejected)
+	}
+}
