@@ -486,7 +486,7 @@ func (cl *Client) open(ctx context.Context, s *stream) error {
 		if full {
 			if cl.waiting.Load() >= maxPending {
 				cl.mu.Unlock()
-				return status.Errorf(codes.Unavailable, "envgate: upstream overflow: %d calls already wait for a free stream to %s", maxPending, cl.authority)
+				return withFailure(status.Newf(codes.Unavailable, "envgate: upstream overflow: %d calls already wait for a free stream to %s", maxPending, cl.authority), Overflow)
 			}
 			if streamWait == nil {
 				t := time.NewTimer(cl.opts.StreamWait)
@@ -510,8 +510,8 @@ func (cl *Client) open(ctx context.Context, s *stream) error {
 			return status.FromContextError(ctx.Err()).Err()
 		case <-streamWait:
 			cl.waiting.Add(-1)
-			return status.Errorf(codes.Unavailable, "envgate: no free stream to %s in %v: every connection is at the upstream's concurrent stream limit (SETTINGS_MAX_CONCURRENT_STREAMS) and no more may be opened (%d per endpoint)",
-				cl.authority, cl.opts.StreamWait, cl.opts.MaxConnsPerEndpoint)
+			return withFailure(status.Newf(codes.Unavailable, "envgate: no free stream to %s in %v: every connection is at the upstream's concurrent stream limit (SETTINGS_MAX_CONCURRENT_STREAMS) and no more may be opened (%d per endpoint)",
+				cl.authority, cl.opts.StreamWait, cl.opts.MaxConnsPerEndpoint), Overflow)
 		}
 		cl.waiting.Add(-1)
 	}
@@ -543,7 +543,7 @@ func (cl *Client) unreadyLocked(prompted *bool) error {
 	case len(errs) == 0:
 		return status.Error(codes.Unavailable, "no healthy upstream")
 	}
-	return status.Errorf(codes.Unavailable, "no healthy upstream: connecting failed: %v", errors.Join(errs...))
+	return withFailure(status.Newf(codes.Unavailable, "no healthy upstream: connecting failed: %v", errors.Join(errs...)), ConnectFailure)
 }
 
 // promptLocked cuts one endpoint's back-off short, at most once every

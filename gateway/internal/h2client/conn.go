@@ -321,7 +321,7 @@ func (c *conn) fail(err error) {
 	c.mu.Unlock()
 	st := status.New(codes.Unavailable, fmt.Sprintf("upstream connection to %s lost: %v", c.addr, err))
 	for _, s := range streams {
-		if s.finish(st, nil, false) {
+		if s.finishAs(st, Reset, false) {
 			s.notify()
 		}
 	}

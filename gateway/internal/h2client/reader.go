@@ -128,7 +128,11 @@ func (c *conn) readLoop() {
 					// as gRPC's transport reads it.
 					st = status.FromContextError(context.DeadlineExceeded)
 				}
-				s.finish(st, nil, true)
+				kind := Reset
+				if f.ErrCode == http2.ErrCodeRefusedStream {
+					kind = Refused
+				}
+				s.finishAs(st, kind, true)
 				c.wakeLater(s)
 			}
 		case *http2.SettingsFrame:
@@ -250,7 +254,7 @@ func (c *conn) onGoAway(f *http2.GoAwayFrame) {
 	c.mu.Unlock()
 	st := status.New(codes.Unavailable, fmt.Sprintf("upstream %s is going away (GOAWAY %v) and did not take the call", c.addr, f.ErrCode))
 	for _, s := range refused {
-		if s.finish(st, nil, true) {
+		if s.finishAs(st, Refused, true) {
 			s.notify()
 		}
 	}

@@ -59,6 +59,7 @@ type stream struct {
 	finished  bool
 	hdrCh     chan struct{} // closed by notify once headers or the end are known
 	hdrClosed bool
+	kind      Failure       // how the call failed at the transport, with final
 	reported  bool          // the call's outcome went to the endpoint's health
 	local     bool          // ended by its context
 	done      chan struct{} // closed on finish
@@ -243,7 +244,7 @@ func (s *stream) Header() (metadata.MD, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.header == nil && s.finished {
-		return nil, s.final.Err()
+		return nil, withFailure(s.final, s.kind)
 	}
 	return s.header, nil
 }
@@ -269,11 +270,11 @@ func (s *stream) RecvMsg(m any) error {
 			return s.decode(msg.flag, msg.data, m)
 		}
 		if s.finished {
-			st, partial := s.final, s.q.partial()
+			st, partial, kind := s.final, s.q.partial(), s.kind
 			s.q.free()
 			s.mu.Unlock()
 			if st.Code() != codes.OK {
-				return st.Err()
+				return withFailure(st, kind)
 			}
 			if partial {
 				return status.Error(codes.Internal, "envgate: the upstream ended the call inside a message")
@@ -519,6 +520,16 @@ func checkResponse(httpStatus, contentType string) *status.Status {
 		code = codes.Unknown
 	}
 	return status.New(code, strings.Join(errs, "; "))
+}
+
+// finishAs is finish for a transport failure of kind.
+func (s *stream) finishAs(st *status.Status, kind Failure, remoteDone bool) bool {
+	s.mu.Lock()
+	if !s.finished {
+		s.kind = kind
+	}
+	s.mu.Unlock()
+	return s.finish(st, nil, remoteDone)
 }
 
 // fail ends the stream on our side with st and resets it with code.

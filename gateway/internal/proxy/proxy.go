@@ -302,7 +302,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		// A retry needs nothing sent to the client yet, the whole request
 		// kept, and a condition the route retries on.
 		if attempt >= u.retries.Attempts || ctx.Err() != nil || upCtx.Err() != nil ||
-			c.headersSent || c.msgsOut > 0 || !retryable(u.retries, status.Code(err)) {
+			c.headersSent || c.msgsOut > 0 || !retryable(u.retries, err, errors.Is(err, errPerTryTimeout)) {
 			return err
 		}
 		if u.pumping {
@@ -323,6 +323,14 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 			}
 		}
 		if !u.rp.complete() {
+			return err
+		}
+		// Envoy's default back-off between tries.
+		t := time.NewTimer(retryBackoff(attempt))
+		select {
+		case <-t.C:
+		case <-upCtx.Done():
+			t.Stop()
 			return err
 		}
 		c.retries++
@@ -356,7 +364,7 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 	cs, err := u.conn.NewStream(actx, streamDesc, u.method, u.opts...)
 	if err != nil {
 		if context.Cause(actx) == errPerTryTimeout {
-			return status.Errorf(codes.Unavailable, "upstream per-try timeout of %v expired", u.retries.PerTryTimeout)
+			return perTryTimedOut(u.retries.PerTryTimeout)
 		}
 		return err
 	}
@@ -387,10 +395,23 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 	}
 	err = p.pumpToClient(cs, us, u.ss, u.c, u.rp)
 	if err != nil && context.Cause(actx) == errPerTryTimeout {
-		return status.Errorf(codes.Unavailable, "upstream per-try timeout of %v expired", u.retries.PerTryTimeout)
+		return perTryTimedOut(u.retries.PerTryTimeout)
 	}
 	return err
 }
+
+// perTryTimeoutError is an attempt that ran out of its per-try timeout:
+// UNAVAILABLE to the client (Envoy answers 504), errPerTryTimeout to the
+// retry decision.
+type perTryTimeoutError struct{ d time.Duration }
+
+func (e perTryTimeoutError) Error() string { return e.GRPCStatus().Err().Error() }
+func (e perTryTimeoutError) GRPCStatus() *status.Status {
+	return status.Newf(codes.Unavailable, "upstream per-try timeout of %v expired", e.d)
+}
+func (e perTryTimeoutError) Is(target error) bool { return target == errPerTryTimeout }
+
+func perTryTimedOut(d time.Duration) error { return perTryTimeoutError{d} }
 
 // pumpToUpstream copies the client's messages to the upstream, then
 // half-closes. On a client-side failure it returns the error to report.

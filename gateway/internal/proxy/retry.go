@@ -3,12 +3,16 @@ package proxy
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 
+	"github.com/envgate/envgate/gateway/internal/h2client"
 	"github.com/envgate/envgate/gateway/internal/route"
 )
 
@@ -21,34 +25,64 @@ const maxReplayBytes = 128 << 10
 var errPerTryTimeout = errors.New("per-try timeout")
 
 // retryable reports whether a failed attempt may be retried under the
-// route's retryOn conditions (Istio's names; the gRPC ones by status, the
-// connection ones as the UNAVAILABLE grpc-go reports for them).
-func retryable(r route.Retries, code codes.Code) bool {
+// route's retryOn conditions, as Envoy decides (source/common/router/
+// retry_state_impl.cc): a transport failure by wouldRetryFromReset (reset,
+// 5xx and gateway-error take any reset, refused-stream a refused stream,
+// connect-failure a failed connection; an overflow never), an answer by
+// wouldRetryFromHeaders (the gRPC conditions on its grpc-status; a
+// trailers-only UNAVAILABLE has HTTP status 200, so it is no 5xx), and a
+// per-try timeout only under 5xx or gateway-error (RetryStateImpl: "only
+// retried if the applicable retry policy specifies either RETRY_ON_5XX or
+// RETRY_ON_GATEWAY_ERROR").
+func retryable(r route.Retries, err error, perTryTimeout bool) bool {
+	kind := h2client.FailureOf(err)
+	if kind == h2client.Overflow {
+		return false
+	}
+	code := status.Code(err)
 	for _, on := range r.RetryOn {
 		switch strings.TrimSpace(on) {
-		case "unavailable", "connect-failure", "refused-stream", "reset", "5xx", "gateway-error":
-			if code == codes.Unavailable {
+		case "5xx", "gateway-error":
+			if perTryTimeout || kind != h2client.Answered {
 				return true
 			}
-		case "cancelled":
-			if code == codes.Canceled {
+		case "reset":
+			if kind != h2client.Answered {
 				return true
 			}
-		case "resource-exhausted":
-			if code == codes.ResourceExhausted {
+		case "refused-stream":
+			if kind == h2client.Refused {
 				return true
 			}
-		case "deadline-exceeded":
-			if code == codes.DeadlineExceeded {
+		case "connect-failure":
+			if kind == h2client.ConnectFailure {
 				return true
 			}
-		case "internal":
-			if code == codes.Internal {
+		case "unavailable", "cancelled", "resource-exhausted", "deadline-exceeded", "internal":
+			if kind == h2client.Answered && !perTryTimeout && code == grpcCondition[strings.TrimSpace(on)] {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// grpcCondition maps Envoy's x-envoy-retry-grpc-on names to statuses.
+var grpcCondition = map[string]codes.Code{
+	"cancelled": codes.Canceled, "deadline-exceeded": codes.DeadlineExceeded, "internal": codes.Internal,
+	"resource-exhausted": codes.ResourceExhausted, "unavailable": codes.Unavailable,
+}
+
+// retryBackoff is how long to wait before retry n (0 for the first), as
+// Envoy's router does by default (JitteredExponentialBackOffStrategy with
+// a 25 ms base and a 250 ms maximum): uniform below 25 ms x 2^n, capped.
+func retryBackoff(n int) time.Duration {
+	const base, max = 25 * time.Millisecond, 250 * time.Millisecond
+	ceil := base << min(n, 8)
+	if ceil > max {
+		ceil = max
+	}
+	return time.Duration(rand.Int64N(int64(ceil)))
 }
 
 // replay keeps what the client sent so far so a retry can send it again.
