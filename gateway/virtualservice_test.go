@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/envgate/envgate/gateway/internal/config"
 	"github.com/envgate/envgate/gateway/internal/virtualservice"
@@ -213,6 +214,48 @@ func TestLiveVirtualServicesHotApplied(t *testing.T) {
 	waitUntil(t, "the rejection reported", func() bool {
 		return strings.Contains(scrape(t, k.gw, "/metrics"), `envgate_virtualservice_unimplemented_field{effect="rejected",field="spec.http[0].fault",object="default/with-fault"} 1`)
 	})
+	// A specific-host object (created later than the seed's "*" ones) takes
+	// env1's calls for its host only, and an object bound to another
+	// gateway is listed as unbound (Issue 11, points 1 and 2).
+	api := findKind(t, seed, "VirtualService").DeepCopy()
+	api.SetName("api-host")
+	api.SetAPIVersion("networking.istio.io/v1")
+	api.SetResourceVersion("")
+	api.Object["spec"] = map[string]any{
+		"hosts":    []any{"api.example.com"},
+		"gateways": []any{"common-istio-gateway"},
+		"http": []any{map[string]any{
+			"match": []any{map[string]any{"headers": map[string]any{"env": map[string]any{"exact": "env1"}}}},
+			"route": []any{map[string]any{"destination": map[string]any{"host": "app-service.env2.svc.cluster.local", "port": map[string]any{"number": int64(50051)}}}},
+		}},
+	}
+	elsewhere := api.DeepCopy()
+	elsewhere.SetName("elsewhere")
+	elsewhere.Object["spec"].(map[string]any)["gateways"] = []any{"istio-system/other-gateway"}
+	for _, o := range []*unstructured.Unstructured{api, elsewhere} {
+		if _, err := mc.dyn.Resource(virtualservice.GVR).Namespace("default").Create(context.Background(), o, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apiClient := echoClient(t, k.gw.Addrs()[0], grpc.WithAuthority("api.example.com"))
+	waitUntil(t, "env1 for api.example.com served by env2", func() bool {
+		ctx, cancel := context.WithTimeout(withEnv(context.Background(), "env1"), 10*time.Second)
+		defer cancel()
+		resp, err := apiClient.Call(ctx, &echopb.EchoRequest{})
+		return err == nil && strings.Contains(resp.GetMessage(), "ServerEnv:env2")
+	})
+	if resp, err := k.call(t, "env1"); err != nil || !strings.Contains(resp.GetMessage(), "ServerEnv:env1") {
+		t.Fatalf("env1 for other authorities: %v %v", resp, err)
+	}
+	var routes struct {
+		Unbound map[string]string `json:"unbound"`
+	}
+	if err := json.Unmarshal([]byte(scrape(t, k.gw, "/routes")), &routes); err != nil {
+		t.Fatal(err)
+	}
+	if why := routes.Unbound["default/elsewhere"]; !strings.Contains(why, "istio-system/other-gateway") {
+		t.Fatalf("/routes unbound: %v", routes.Unbound)
+	}
 	hold()
 	close(stop)
 	l.wait()
@@ -232,6 +275,8 @@ func TestLiveVirtualServicesHotApplied(t *testing.T) {
 		"rule 2 default/app-virtual-service-env2 http[0]: MATCH",
 		"decision: route to app-service.env2.svc.cluster.local:50051",
 		"rejected: default/with-fault: unimplemented fields that change routing: spec.http[0].fault",
+		"virtual host: *",
+		"not bound: default/elsewhere: spec.gateways [istio-system/other-gateway] resolve to [istio-system/other-gateway], not default/common-istio-gateway",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("explain output lacks %q:\n%s", want, out.String())
