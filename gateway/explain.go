@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"google.golang.org/grpc/metadata"
 	"io"
 	"net/http"
 	"strings"
@@ -15,87 +14,12 @@ import (
 
 	"github.com/envgate/envgate/gateway/internal/config"
 	"github.com/envgate/envgate/gateway/internal/route"
+	"github.com/envgate/envgate/gateway/internal/routing"
 	"github.com/envgate/envgate/gateway/internal/virtualservice"
 )
 
 // explanation is what `gateway explain` and /explain say of one request.
-type explanation struct {
-	Method    string              `json:"method"`
-	Authority string              `json:"authority"`
-	Headers   map[string][]string `json:"headers"`
-	// VirtualHost is the domain of the virtual host the authority selects,
-	// in VirtualService mode.
-	VirtualHost string            `json:"virtualHost,omitempty"`
-	Steps       []explainStep     `json:"steps"`
-	Decision    string            `json:"decision"`
-	Issues      []string          `json:"issues,omitempty"`
-	Rejected    map[string]string `json:"rejected,omitempty"`
-	Unbound     map[string]string `json:"unbound,omitempty"`
-}
-
-type explainStep struct {
-	Rule    string `json:"rule"`
-	Matched bool   `json:"matched"`
-	Why     string `json:"why"`
-}
-
-func explainRequest(t *route.Table, vs *virtualservice.Result, method, authority string, headers map[string][]string) explanation {
-	e := explanation{Method: method, Authority: authority, Headers: headers}
-	req := &route.Request{Headers: headers, Path: method, Authority: authority}
-	if vhs := t.VirtualHosts(); vhs != nil {
-		if vh, ok := t.VirtualHostFor(authority); ok {
-			e.VirtualHost = vh.Domain
-		} else {
-			var domains []string
-			for _, vh := range vhs {
-				domains = append(domains, vh.Domain)
-			}
-			e.VirtualHost = fmt.Sprintf("none: authority %q is none of %v (Envoy answers 404, gRPC UNIMPLEMENTED)", authority, domains)
-		}
-	}
-	for _, s := range t.Explain(req) {
-		e.Steps = append(e.Steps, explainStep{Rule: s.Rule.Source, Matched: s.Matched, Why: s.Why})
-	}
-	if rule, ok := t.Route(req); ok {
-		var ds []string
-		var total int32
-		for _, d := range rule.Action.Destinations {
-			total += d.Weight
-		}
-		for _, d := range rule.Action.Destinations {
-			ds = append(ds, fmt.Sprintf("%s (%d of %d)", d.Destination, d.Weight, total))
-		}
-		e.Decision = "route to " + strings.Join(ds, ", ")
-		if rule.Action.Timeout > 0 {
-			e.Decision += fmt.Sprintf(", timeout %v", rule.Action.Timeout)
-		}
-	} else if isHealthMethod(method) && answersLocally(t.EnvHeader(), t, t.EnvHeader() == "", method, withAuthority(headers, authority)) {
-		e.Decision = "answered by the gateway's own grpc.health.v1 service: no route takes this health call"
-	} else {
-		h := t.EnvHeader()
-		e.Decision = "UNIMPLEMENTED: envgate: " + (&route.NoRouteError{Header: h, Values: headers[h], Path: method}).Error()
-	}
-	if vs != nil {
-		for _, is := range vs.Issues {
-			e.Issues = append(e.Issues, is.String())
-		}
-		e.Rejected = vs.Rejected
-		e.Unbound = vs.Unbound
-	}
-	return e
-}
-
-// withAuthority is headers with :authority, as a call's metadata has it.
-func withAuthority(headers map[string][]string, authority string) metadata.MD {
-	md := metadata.MD{}
-	for k, v := range headers {
-		md[k] = v
-	}
-	if authority != "" {
-		md[":authority"] = []string{authority}
-	}
-	return md
-}
+type explanation = routing.Explanation
 
 // explain serves /explain?method=/pkg.Svc/Method&authority=host&header=env:env1
 func (g *gateway) explain(r *http.Request) any {
@@ -110,7 +34,7 @@ func (g *gateway) explain(r *http.Request) any {
 	if method == "" {
 		method = "/"
 	}
-	return explainRequest(g.routes.Load(), g.vs.Load(), method, q.Get("authority"), headers)
+	return g.routing.Explain(method, q.Get("authority"), headers)
 }
 
 // headerFlags collects repeated -H 'name: value'.
@@ -158,7 +82,7 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 	}
-	e := explainRequest(t, vs, *method, *authority, headers)
+	e := routing.Explain(t, vs, *method, *authority, headers)
 	fmt.Fprintf(stdout, "request: %s, authority %q, headers %v\n", e.Method, e.Authority, map[string][]string(headers))
 	if e.VirtualHost != "" {
 		fmt.Fprintf(stdout, "virtual host: %s\n", e.VirtualHost)

@@ -40,6 +40,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/overload"
 	"github.com/envgate/envgate/gateway/internal/proxy"
 	"github.com/envgate/envgate/gateway/internal/route"
+	"github.com/envgate/envgate/gateway/internal/routing"
 	"github.com/envgate/envgate/gateway/internal/upstream"
 	"github.com/envgate/envgate/gateway/internal/virtualservice"
 )
@@ -50,20 +51,21 @@ var version = "dev"
 // gateway is one running envgate: its listeners, servers, routes and
 // upstream connections.
 type gateway struct {
-	cfg    *config.Config
-	log    *slog.Logger
-	store  *discovery.Store
-	pool   *upstream.Pool
-	routes atomic.Pointer[route.Table]
+	cfg     *config.Config
+	log     *slog.Logger
+	store   *discovery.Store
+	pool    *upstream.Pool
+	routing *routing.State // the live table and the VirtualService merge it came from
+	// envs are the environments discovery follows: the configured ones, or
+	// with VirtualService files the namespaces the rules send to.
+	envs []string
 	// background runs beside the servers: discovery sources, certificate
 	// watchers. An error from one stops the gateway.
 	background []func(context.Context) error
 	draining   atomic.Bool
 
-	vsMode  bool                                  // routing by VirtualServices
-	vs      atomic.Pointer[virtualservice.Result] // nil in the one-header form
-	vsReady func() bool                           // the live VirtualService watch has synced
-	health  *health.Server                        // grpc.health.v1 for the gateway itself
+	vsReady func() bool    // the live VirtualService watch has synced
+	health  *health.Server // grpc.health.v1 for the gateway itself
 	metrics *metrics.Metrics
 
 	listeners []net.Listener
@@ -83,14 +85,13 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	if err != nil {
 		return nil, err
 	}
+	envs := cfg.Environments
 	if vs != nil && !cfg.Routing.VirtualServices.Kubernetes {
-		logVirtualServices(log, vs)
+		routing.Log(log, vs)
 		// Discovery follows the namespaces the rules send to.
-		cfg.Environments = namespacesOf(table)
+		envs = namespacesOf(table)
 	}
-	g := &gateway{cfg: cfg, log: log, store: discovery.NewStore(), vsMode: vs != nil}
-	g.vs.Store(vs)
-	g.routes.Store(table)
+	g := &gateway{cfg: cfg, log: log, store: discovery.NewStore(), routing: routing.New(table, vs, log), envs: envs}
 	if err := g.setupDiscovery(); err != nil {
 		return nil, err
 	}
@@ -130,16 +131,12 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	if vs != nil {
 		metrics.RegisterVirtualServices(reg, g.vsState)
 	}
-	px := proxy.New(proxy.NewDirector(g.routes.Load, poolUpstreams{g.pool}, rand.Float64, g.baseline()), accessLog, cfg.Routing.Header, g.metrics)
+	px := proxy.New(proxy.NewDirector(g.routing.Table, poolUpstreams{g.pool}, rand.Float64, g.baseline()), accessLog, cfg.Routing.Header, g.metrics)
 	px.SetDebugHeader(cfg.Routing.DebugHeader)
 	px.SetMaxMessage(cfg.Limits.MaxMessageBytes)
 	g.health = health.NewServer()
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
-	lh := &localHealth{header: cfg.Routing.Header, srv: g.health, next: px.Handler}
-	if g.vsMode {
-		lh.routes = g.routes.Load
-	}
-	handler := lh.handler
+	handler := (&localHealth{routing: g.routing, srv: g.health, next: px.Handler}).handler
 
 	g.conns = edge.NewLimiter(edge.Options{
 		MaxConns:        cfg.Limits.MaxConnections,
@@ -221,7 +218,7 @@ func (g *gateway) setupDiscovery() error {
 		src, err := discovery.NewKubernetes(rc, g.store, discovery.KubernetesConfig{
 			Service:           cfg.Routing.Service,
 			Port:              cfg.Routing.Port,
-			Namespaces:        cfg.Environments,
+			Namespaces:        g.envs,
 			NamespaceSelector: cfg.Discovery.Kubernetes.NamespaceSelector,
 			Key:               func(ns string) string { return cfg.Destination(ns).Key() },
 			OnEnvironments:    g.onEnvironments(),
@@ -235,14 +232,14 @@ func (g *gateway) setupDiscovery() error {
 			if err != nil {
 				return fmt.Errorf("kubernetes client: %w", err)
 			}
-			w := &virtualservice.Watcher{Client: dyn, Options: vsOptions(cfg), OnChange: g.applyVirtualServices, Log: g.log}
+			w := &virtualservice.Watcher{Client: dyn, Options: vsOptions(cfg), OnChange: g.routing.ApplyVirtualServices, Log: g.log}
 			g.vsReady = w.Synced
 			g.background = append(g.background, w.Run)
 		}
 	case cfg.Discovery.DNS != nil:
 		d := cfg.Discovery.DNS
 		src := discovery.NewDNS(g.store, discovery.DNSConfig{
-			Names: dnsNames(cfg, d.Suffix),
+			Names: dnsNames(cfg, g.envs, d.Suffix),
 			Port:  cfg.Routing.Port,
 			Every: d.Refresh,
 		}, net.DefaultResolver, g.log)
@@ -254,9 +251,9 @@ func (g *gateway) setupDiscovery() error {
 }
 
 // dnsNames maps each environment's store key to the name to resolve.
-func dnsNames(cfg *config.Config, suffix string) map[string]string {
-	names := make(map[string]string, len(cfg.Environments))
-	for _, env := range cfg.Environments {
+func dnsNames(cfg *config.Config, envs []string, suffix string) map[string]string {
+	names := make(map[string]string, len(envs))
+	for _, env := range envs {
 		names[cfg.Destination(env).Key()] = cfg.Routing.Service + "." + env + "." + suffix
 	}
 	return names
@@ -266,7 +263,7 @@ func dnsNames(cfg *config.Config, suffix string) map[string]string {
 // namespaces change: in the one-header form the table follows them; with
 // VirtualServices the rules decide, and nothing changes.
 func (g *gateway) onEnvironments() func([]string) {
-	if g.vsMode {
+	if g.routing.VirtualServiceMode() {
 		return nil
 	}
 	return g.setEnvironments
@@ -292,7 +289,7 @@ func (g *gateway) baseline() func(route.Destination) (route.Destination, bool) {
 // vsState is the VirtualServices' state for the metrics.
 func (g *gateway) vsState() metrics.VirtualServices {
 	var s metrics.VirtualServices
-	res := g.vs.Load()
+	res := g.routing.VirtualServices()
 	if res == nil {
 		return s
 	}
@@ -306,14 +303,6 @@ func (g *gateway) vsState() metrics.VirtualServices {
 	return s
 }
 
-// applyVirtualServices swaps in the rules of a new merge of the cluster's
-// VirtualServices; calls in flight keep the rule they started with.
-func (g *gateway) applyVirtualServices(res *virtualservice.Result) {
-	g.routes.Store(route.NewHostTable(res.Hosts))
-	g.vs.Store(res)
-	logVirtualServices(g.log, res)
-}
-
 // setEnvironments replaces the routing table when discovery finds the
 // environments changed (a namespace gained or lost the opt-in label).
 func (g *gateway) setEnvironments(envs []string) {
@@ -322,7 +311,7 @@ func (g *gateway) setEnvironments(envs []string) {
 		g.log.Error("routing table not updated", "error", err)
 		return
 	}
-	g.routes.Store(table)
+	g.routing.SetTable(table)
 	g.log.Info("environments changed", "environments", envs)
 }
 
@@ -551,7 +540,7 @@ func (g *gateway) Run(ctx context.Context) error {
 // state is what the metrics report at scrape time.
 func (g *gateway) state() metrics.State {
 	s := metrics.State{Synced: g.store.Synced(), Draining: g.draining.Load(), Endpoints: map[string]int{}}
-	for _, r := range g.routes.Load().Rules() {
+	for _, r := range g.routing.Table().Rules() {
 		for _, d := range r.Action.Destinations {
 			eps, _ := g.store.Get(d.Key())
 			s.Endpoints[d.Namespace] = len(eps)
@@ -563,68 +552,14 @@ func (g *gateway) state() metrics.State {
 // routeView is the live routing table with each destination's endpoints,
 // for /routes.
 func (g *gateway) routeView() any {
-	type destination struct {
-		Destination string   `json:"destination"`
-		Weight      int32    `json:"weight"`
-		Endpoints   []string `json:"endpoints"`
-		Discovered  bool     `json:"discovered"`
-	}
-	type rule struct {
-		Source       string        `json:"source"`
-		Hosts        []string      `json:"hosts,omitempty"`
-		Match        []string      `json:"match"`
-		Destinations []destination `json:"destinations"`
-		Timeout      string        `json:"timeout,omitempty"`
-	}
-	table := g.routes.Load()
-	view := struct {
-		Synced   bool   `json:"synced"`
-		Draining bool   `json:"draining"`
-		Rules    []rule `json:"rules"`
-		NoMatch  string `json:"noMatch"`
-		// In VirtualService mode, the objects left out and why.
-		Rejected map[string]string `json:"rejected,omitempty"`
-		Unbound  map[string]string `json:"unbound,omitempty"`
-	}{Synced: g.store.Synced(), Draining: g.draining.Load(), Rules: []rule{}, NoMatch: "UNIMPLEMENTED"}
-	if res := g.vs.Load(); res != nil {
-		view.Rejected, view.Unbound = res.Rejected, res.Unbound
-	}
-	// Each rule under the virtual host it is in (a rule of an object with
-	// several hosts is in each of them, as in Envoy).
-	type hostRules struct {
-		domain string
-		rules  []route.Rule
-	}
-	groups := []hostRules{{rules: table.Rules()}}
-	if vhs := table.VirtualHosts(); vhs != nil {
-		groups = groups[:0]
-		for _, vh := range vhs {
-			groups = append(groups, hostRules{vh.Domain, vh.Rules})
-		}
-	}
-	for _, grp := range groups {
-		for _, r := range grp.rules {
-			v := rule{Source: r.Source, Hosts: r.Hosts, Match: []string{}}
-			if grp.domain != "" {
-				v.Hosts = []string{grp.domain}
-			}
-			for _, m := range r.Matches {
-				v.Match = append(v.Match, m.String())
-			}
-			if r.Action.Timeout > 0 {
-				v.Timeout = r.Action.Timeout.String()
-			}
-			for _, d := range r.Action.Destinations {
-				eps, ok := g.store.Get(d.Key())
-				if eps == nil {
-					eps = []string{}
-				}
-				v.Destinations = append(v.Destinations, destination{Destination: d.String(), Weight: d.Weight, Endpoints: eps, Discovered: ok})
-			}
-			view.Rules = append(view.Rules, v)
-		}
-	}
-	return view
+	return struct {
+		Synced   bool `json:"synced"`
+		Draining bool `json:"draining"`
+		routing.View
+	}{g.store.Synced(), g.draining.Load(), g.routing.View(func(key string) ([]string, bool) {
+		eps, ok := g.store.Get(key)
+		return eps, ok
+	})}
 }
 
 // drain turns readiness and gRPC health to not serving.

@@ -10,57 +10,25 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/envgate/envgate/gateway/internal/route"
+	"github.com/envgate/envgate/gateway/internal/routing"
 )
 
 // localHealth answers grpc.health.v1.Health for the gateway itself when no
-// route takes the call: in the one-header form, a call without the
-// environment header; with VirtualServices, a call no rule matches (a
-// catch-all rule takes health calls too, as it does in Istio). Any other
-// health call is proxied like any call, to the environment's own health
-// service.
+// route takes the call (routing.AnswersLocally); any other health call is
+// proxied like any call, to the environment's own health service.
 type localHealth struct {
-	header string
-	// routes, when set (VirtualService mode), is the live routing table.
-	routes func() *route.Table
-	srv    *health.Server
-	next   grpc.StreamHandler
-}
-
-// answersLocally reports whether a health call with md is the gateway's own
-// to answer; explain gives the same answer.
-func answersLocally(header string, t *route.Table, vsMode bool, method string, md metadata.MD) bool {
-	if !vsMode {
-		return len(md[header]) == 0
-	}
-	req := route.Request{Headers: md, Path: method}
-	if a := md[":authority"]; len(a) > 0 {
-		req.Authority = a[0]
-	}
-	_, routed := t.Route(&req)
-	return !routed
-}
-
-// isHealthMethod is a method of grpc.health.v1.Health.
-func isHealthMethod(method string) bool {
-	switch method {
-	case healthpb.Health_Check_FullMethodName, healthpb.Health_Watch_FullMethodName, healthpb.Health_List_FullMethodName:
-		return true
-	}
-	return false
+	routing *routing.State
+	srv     *health.Server
+	next    grpc.StreamHandler
 }
 
 func (h *localHealth) handler(srv any, ss grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(ss)
-	if !isHealthMethod(method) {
+	if !routing.IsHealthMethod(method) {
 		return h.next(srv, ss)
 	}
 	md, _ := metadata.FromIncomingContext(ss.Context())
-	var t *route.Table
-	if h.routes != nil {
-		t = h.routes()
-	}
-	if !answersLocally(h.header, t, h.routes != nil, method, md) {
+	if !routing.AnswersLocally(h.routing.Table(), h.routing.VirtualServiceMode(), method, md) {
 		return h.next(srv, ss)
 	}
 	switch method {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 	"slices"
 
@@ -60,22 +59,4 @@ func namespacesOf(t *route.Table) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// logVirtualServices reports every unimplemented field and rejected object.
-func logVirtualServices(log *slog.Logger, res *virtualservice.Result) {
-	for _, is := range res.Issues {
-		if is.Note != "" {
-			log.Warn("virtualservice rules dropped", "object", is.Object, "field", is.Field, "why", is.Note)
-			continue
-		}
-		log.Warn("virtualservice field not implemented", "object", is.Object, "field", is.Field, "rejectsObject", is.Rejects)
-	}
-	for obj, why := range res.Rejected {
-		log.Error("virtualservice rejected", "object", obj, "reason", why)
-	}
-	for obj, why := range res.Unbound {
-		log.Info("virtualservice not bound to the gateway", "object", obj, "reason", why)
-	}
-	log.Info("virtualservices applied", "objects", res.Applied)
 }

@@ -485,3 +485,25 @@ func TestHealthWithoutEnvInVirtualServiceMode(t *testing.T) {
 		})
 	}
 }
+
+// The configuration is not changed by the gateway built from it: the
+// environments discovery follows with VirtualService files (the namespaces
+// the rules send to) are the gateway's own (Issue 11, point 11).
+func TestConfigNotMutated(t *testing.T) {
+	b := startBackend(t, "env1")
+	f := filepath.Join(t.TempDir(), "vs.yaml")
+	if err := os.WriteFile(f, []byte(fmt.Sprintf(vsHead, "only-env1")+"  - route: [{destination: {host: app-service.env1}}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, map[string][]string{"env1": {b.addr}, "env2": {b.addr}})
+	cfg.Routing.VirtualServices = &config.VirtualServices{Files: []string{f}}
+	cfg.Defaults()
+	before := fmt.Sprint(cfg.Environments)
+	gw := startGateway(t, cfg, nil)
+	if after := fmt.Sprint(cfg.Environments); after != before {
+		t.Fatalf("environments changed from %s to %s", before, after)
+	}
+	if got := fmt.Sprint(gw.envs); got != "[env1]" {
+		t.Fatalf("discovery follows %s, want [env1]", got)
+	}
+}
