@@ -542,6 +542,9 @@ func (g *gateway) state() metrics.State {
 	s := metrics.State{Synced: g.store.Synced(), Draining: g.draining.Load(), Endpoints: map[string]int{}}
 	for _, r := range g.routing.Table().Rules() {
 		for _, d := range r.Action.Destinations {
+			if d.NoService != "" {
+				continue
+			}
 			eps, _ := g.store.Get(d.Key())
 			s.Endpoints[d.Namespace] = len(eps)
 		}

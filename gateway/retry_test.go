@@ -127,7 +127,7 @@ func TestRetryConditionsAsEnvoy(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr, attempts := failingUpstream(t, tc.mode)
-			rule := "  - route: [{destination: {host: app-service.env1}}]\n"
+			rule := "  - route: [{destination: {host: app-service.env1.svc.cluster.local}}]\n"
 			if tc.retries != "" {
 				rule += "    retries: " + tc.retries + "\n"
 			}

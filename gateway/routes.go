@@ -52,7 +52,7 @@ func namespacesOf(t *route.Table) []string {
 	var out []string
 	for _, r := range t.Rules() {
 		for _, d := range r.Action.Destinations {
-			if !slices.Contains(out, d.Namespace) {
+			if d.NoService == "" && !slices.Contains(out, d.Namespace) {
 				out = append(out, d.Namespace)
 			}
 		}

@@ -84,16 +84,16 @@ func TestVirtualServiceActionsThroughGateway(t *testing.T) {
 	yaml := fmt.Sprintf(vsHead, "actions") + `
     - match: [{headers: {x-split: {}}}]
       route:
-        - {destination: {host: app-service.a}, weight: 75}
-        - {destination: {host: app-service.b}, weight: 25}
+        - {destination: {host: app-service.a.svc.cluster.local}, weight: 75}
+        - {destination: {host: app-service.b.svc.cluster.local}, weight: 25}
     - match: [{uri: {exact: /echo.EchoService/Call}, headers: {x-timeout: {}}}]
       timeout: 200ms
-      route: [{destination: {host: app-service.slow}}]
+      route: [{destination: {host: app-service.slow.svc.cluster.local}}]
     - match: [{headers: {env: {exact: a}}}]
       headers:
         request: {set: {x-routed-by: envgate, x-replaced: new}, add: {x-added: one}, remove: [x-secret]}
         response: {set: {x-served-by: a}, remove: [x-backend-only]}
-      route: [{destination: {host: app-service.a}}]
+      route: [{destination: {host: app-service.a.svc.cluster.local}}]
 `
 	gw := vsGateway(t, yaml, map[string][]string{"a": {a.addr}, "b": {b.addr}, "slow": {slow.addr}})
 	c := echoClient(t, gw.Addrs()[0])
@@ -385,7 +385,7 @@ func TestNoRetriesWhenTheRouteSaysSo(t *testing.T) {
 	})
 	gw := vsGateway(t, fmt.Sprintf(vsHead, "noretry")+`
     - retries: {attempts: 0}
-      route: [{destination: {host: app-service.env1}}]
+      route: [{destination: {host: app-service.env1.svc.cluster.local}}]
 `, map[string][]string{"env1": {failing}})
 	_, err := echoClient(t, gw.Addrs()[0]).Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{})
 	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "down" {
@@ -409,7 +409,7 @@ spec:
   gateways: [common-istio-gateway]
   http:
   - match: [{headers: {env: {exact: e}}}]
-    route: [{destination: {host: app-service.star}}]
+    route: [{destination: {host: app-service.star.svc.cluster.local}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -419,7 +419,7 @@ spec:
   gateways: [common-istio-gateway]
   http:
   - match: [{headers: {env: {exact: e}}}]
-    route: [{destination: {host: app-service.api}}]
+    route: [{destination: {host: app-service.api.svc.cluster.local}}]
 `
 	gw := vsGateway(t, y, map[string][]string{"star": {star.addr}, "api": {api.addr}})
 	for _, tc := range []struct {
@@ -460,8 +460,8 @@ func TestHealthWithoutEnvInVirtualServiceMode(t *testing.T) {
 		name, rule string
 		proxied    bool
 	}{
-		{"catch-all routes it", "  - route: [{destination: {host: app-service.env1}}]", true},
-		{"no match answers locally", "  - match: [{headers: {env: {exact: env1}}}]\n    route: [{destination: {host: app-service.env1}}]", false},
+		{"catch-all routes it", "  - route: [{destination: {host: app-service.env1.svc.cluster.local}}]", true},
+		{"no match answers locally", "  - match: [{headers: {env: {exact: env1}}}]\n    route: [{destination: {host: app-service.env1.svc.cluster.local}}]", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := startBackend(t, "env1")
@@ -492,7 +492,7 @@ func TestHealthWithoutEnvInVirtualServiceMode(t *testing.T) {
 func TestConfigNotMutated(t *testing.T) {
 	b := startBackend(t, "env1")
 	f := filepath.Join(t.TempDir(), "vs.yaml")
-	if err := os.WriteFile(f, []byte(fmt.Sprintf(vsHead, "only-env1")+"  - route: [{destination: {host: app-service.env1}}]\n"), 0o600); err != nil {
+	if err := os.WriteFile(f, []byte(fmt.Sprintf(vsHead, "only-env1")+"  - route: [{destination: {host: app-service.env1.svc.cluster.local}}]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg := testConfig(t, map[string][]string{"env1": {b.addr}, "env2": {b.addr}})
@@ -505,5 +505,29 @@ func TestConfigNotMutated(t *testing.T) {
 	}
 	if got := fmt.Sprint(gw.envs); got != "[env1]" {
 		t.Fatalf("discovery follows %s, want [env1]", got)
+	}
+}
+
+// A destination host in the "name.namespace" form names no service: Istio
+// does not expand it (pilot/pkg/model/config.go ResolveShortnameToFQDN
+// expands only names without dots), Envoy has no cluster for it and
+// answers 503, so the call gets UNAVAILABLE saying why, the merge reports
+// the host, and explain shows it (Issue 11, point 6).
+func TestNameNamespaceHostNamesNoService(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := vsGateway(t, fmt.Sprintf(vsHead, "short-ns")+"  - route: [{destination: {host: app-service.env1}}]\n", map[string][]string{"env1": {b.addr}})
+	_, err := echoClient(t, gw.Addrs()[0]).Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), `"app-service.env1", which names no service`) {
+		t.Fatalf("call: %v", err)
+	}
+	if b.callCount() != 0 {
+		t.Fatal("the backend was reached")
+	}
+	var e explanation
+	if err := json.Unmarshal([]byte(scrape(t, gw, "/explain?method=/echo.EchoService/Call&header=env:env1")), &e); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(e.Decision, "app-service.env1 (no such service)") || !strings.Contains(strings.Join(e.Issues, "\n"), "names no service") {
+		t.Fatalf("explain: %+v", e)
 	}
 }

@@ -69,6 +69,12 @@ func NewDirector(routes Routes, ups Upstreams, pick func() float64, fallback fun
 		if !ok {
 			return nil, nil, status.Errorf(codes.Unavailable, "no healthy upstream (route %s has no destination with a weight)", rule.Source)
 		}
+		if dest.NoService != "" {
+			// Istio leaves such a host as written, Envoy finds no cluster
+			// for it and answers 503 (NC).
+			return nil, nil, status.Errorf(codes.Unavailable, "envgate: route %s sends to %q, which names no service (Istio expands only short names; write %s.svc.cluster.local)",
+				rule.Source, dest.NoService, dest.NoService)
+		}
 		routedTo(ctx, dest.Namespace, &rule.Action)
 		conn, err := ups.Conn(dest)
 		if err != nil && fallback != nil {

@@ -26,10 +26,18 @@ type Destination struct {
 	Service   string
 	// Port is the port's name ("grpc") or number, as discovery resolves it.
 	Port string
+	// NoService, when set, is a destination host as written that names no
+	// Kubernetes service as Istio resolves hosts (it does not expand
+	// "name.namespace"): Envoy has no cluster for it, and calls routed
+	// there fail.
+	NoService string
 }
 
 // String is the destination's cluster-local host name and port.
 func (d Destination) String() string {
+	if d.NoService != "" {
+		return d.NoService + " (no such service)"
+	}
 	return d.Service + "." + d.Namespace + ".svc.cluster.local:" + d.Port
 }
 

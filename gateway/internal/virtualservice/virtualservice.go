@@ -313,7 +313,7 @@ func Build(objs []*Object, opt Options) *Result {
 			res.Rejected[o.Name()] = "spec.hosts is empty: Istio's validation refuses a VirtualService without hosts"
 			continue
 		}
-		objRules, err := o.rules(opt)
+		objRules, notes, err := o.rules(opt)
 		if err != nil {
 			res.Rejected[o.Name()] = err.Error()
 			continue
@@ -323,6 +323,7 @@ func Build(objs []*Object, opt Options) *Result {
 			res.Issues = append(res.Issues, Issue{Object: o.Name(), Field: fmt.Sprintf("spec.http[%d:]", dropped),
 				Note: "after a catch-all route: never reached, dropped as Istio drops them (route.go BuildHTTPRoutesForVirtualService)"})
 		}
+		res.Issues = append(res.Issues, notes...)
 		res.Applied = append(res.Applied, o.Name())
 		for _, h := range o.hostNames() {
 			i, ok := hosts[h]
@@ -481,8 +482,7 @@ func isCatchAll(r *route.Rule) bool {
 		(m.URI == nil || (m.URI.Kind == route.Prefix && m.URI.Value == "/") || (m.URI.Kind == route.Regex && m.URI.Value == ".*"))
 }
 
-func (o *Object) rules(opt Options) ([]route.Rule, error) {
-	var out []route.Rule
+func (o *Object) rules(opt Options) (out []route.Rule, notes []Issue, err error) {
 	for i, h := range o.Spec.HTTP {
 		src := fmt.Sprintf("%s http[%d]", o.Name(), i)
 		if h.Name != "" {
@@ -492,7 +492,7 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 		for j, m := range h.Match {
 			rm, err := matchOf(m)
 			if err != nil {
-				return nil, fmt.Errorf("%s match[%d]: %w", src, j, err)
+				return nil, nil, fmt.Errorf("%s match[%d]: %w", src, j, err)
 			}
 			// validation.go validateStringMatch: a prefix match must not be
 			// empty.
@@ -501,21 +501,21 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 				m    *StringMatch
 			}{{"uri", m.URI}, {"authority", m.Authority}} {
 				if f.m != nil && f.m.Prefix != nil && *f.m.Prefix == "" {
-					return nil, fmt.Errorf("%s match[%d].%s: prefix string match should not be empty", src, j, f.name)
+					return nil, nil, fmt.Errorf("%s match[%d].%s: prefix string match should not be empty", src, j, f.name)
 				}
 			}
 			r.Matches = append(r.Matches, rm)
 		}
 		if len(h.Route) == 0 {
-			return nil, fmt.Errorf("%s: no route", src)
+			return nil, nil, fmt.Errorf("%s: no route", src)
 		}
 		for j, d := range h.Route {
-			dest, err := destinationOf(d, o.Metadata.Namespace, opt.DefaultPort)
-			if err != nil {
-				return nil, fmt.Errorf("%s route[%d]: %w", src, j, err)
-			}
-			if opt.Service != "" && dest.Service != opt.Service {
-				return nil, fmt.Errorf("%s route[%d]: destination %s: envgate discovers only the service %q of each namespace", src, j, d.Destination.Host, opt.Service)
+			dest := destinationOf(d, o.Metadata.Namespace, opt.DefaultPort)
+			if dest.NoService != "" {
+				notes = append(notes, Issue{Object: o.Name(), Field: fmt.Sprintf("spec.http[%d].route[%d].destination.host", i, j),
+					Note: fmt.Sprintf("%q names no service: Istio expands only short names (write %s.svc.cluster.local); calls routed there get UNAVAILABLE, as Envoy answers 503 (no cluster)", d.Destination.Host, d.Destination.Host)})
+			} else if opt.Service != "" && dest.Service != opt.Service {
+				return nil, nil, fmt.Errorf("%s route[%d]: destination %s: envgate discovers only the service %q of each namespace", src, j, d.Destination.Host, opt.Service)
 			}
 			w := int32(100)
 			if d.Weight != nil {
@@ -524,7 +524,7 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 				w = 0
 			}
 			if w < 0 {
-				return nil, fmt.Errorf("%s route[%d]: negative weight", src, j)
+				return nil, nil, fmt.Errorf("%s route[%d]: negative weight", src, j)
 			}
 			r.Action.Destinations = append(r.Action.Destinations, route.WeightedDestination{Destination: dest, Weight: w})
 		}
@@ -533,12 +533,12 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 		}
 		if total := totalWeight(r.Action.Destinations); len(h.Route) > 1 && total == 0 {
 			// validation.go validateHTTPRouteDestinations.
-			return nil, fmt.Errorf("%s route: total destination weight = 0", src)
+			return nil, nil, fmt.Errorf("%s route: total destination weight = 0", src)
 		}
 		if h.Timeout != "" {
 			d, err := time.ParseDuration(h.Timeout)
 			if err != nil {
-				return nil, fmt.Errorf("%s timeout: %w", src, err)
+				return nil, nil, fmt.Errorf("%s timeout: %w", src, err)
 			}
 			r.Action.Timeout = d
 		}
@@ -548,14 +548,14 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 			if h.Retries.PerTryTimeout != "" {
 				d, err := time.ParseDuration(h.Retries.PerTryTimeout)
 				if err != nil {
-					return nil, fmt.Errorf("%s retries.perTryTimeout: %w", src, err)
+					return nil, nil, fmt.Errorf("%s retries.perTryTimeout: %w", src, err)
 				}
 				r.Action.Retries.PerTryTimeout = d
 			}
 			for _, on := range strings.Split(h.Retries.RetryOn, ",") {
 				if on = strings.TrimSpace(on); on != "" {
 					if !validRetryOn(on) {
-						return nil, fmt.Errorf("%s retries.retryOn: %q is not a retry policy Istio accepts (validation.go supportedRetryOnPolicies, or an HTTP status code)", src, on)
+						return nil, nil, fmt.Errorf("%s retries.retryOn: %q is not a retry policy Istio accepts (validation.go supportedRetryOnPolicies, or an HTTP status code)", src, on)
 					}
 					r.Action.Retries.RetryOn = append(r.Action.Retries.RetryOn, on)
 				}
@@ -574,7 +574,7 @@ func (o *Object) rules(opt Options) ([]route.Rule, error) {
 		}
 		out = append(out, r)
 	}
-	return out, nil
+	return out, notes, nil
 }
 
 // supportedRetryOn are the retry policies Istio's validation accepts
@@ -671,30 +671,28 @@ func stringMatch(s StringMatch) (route.StringMatch, error) {
 	return route.StringMatch{Kind: route.Present}, nil
 }
 
-// destinationOf resolves a destination host as Istio does: a short name is
-// in the VirtualService's namespace.
-func destinationOf(d RouteDest, ns, defPort string) (route.Destination, error) {
+// destinationOf resolves a destination host as Istio does
+// (pilot/pkg/model/config.go ResolveShortnameToFQDN, then the service
+// registry by host name): a name without dots is a service of the
+// VirtualService's namespace, <name>.<namespace>.svc.cluster.local that
+// service; any other host, "name.namespace" included, is looked up as
+// written and names no Kubernetes service, so calls routed there fail as
+// Envoy's do (no cluster).
+func destinationOf(d RouteDest, ns, defPort string) route.Destination {
 	host := strings.TrimSuffix(d.Destination.Host, ".")
-	host = strings.TrimSuffix(host, ".svc.cluster.local")
-	host = strings.TrimSuffix(host, ".svc")
-	parts := strings.Split(host, ".")
 	var dest route.Destination
-	switch len(parts) {
-	case 1:
-		dest = route.Destination{Service: parts[0], Namespace: ns}
-	case 2:
-		dest = route.Destination{Service: parts[0], Namespace: parts[1]}
-	default:
-		return dest, fmt.Errorf("destination host %q is not a cluster service", d.Destination.Host)
-	}
-	if dest.Service == "" || dest.Namespace == "" {
-		return dest, fmt.Errorf("destination host %q is not a cluster service", d.Destination.Host)
+	if name, rest, ok := strings.Cut(host, "."); !ok {
+		dest = route.Destination{Service: host, Namespace: ns}
+	} else if namespace, suffix, ok := strings.Cut(rest, "."); ok && suffix == "svc.cluster.local" && name != "" && namespace != "" {
+		dest = route.Destination{Service: name, Namespace: namespace}
+	} else {
+		return route.Destination{NoService: d.Destination.Host}
 	}
 	dest.Port = defPort
 	if d.Destination.Port != nil && d.Destination.Port.Number != 0 {
 		dest.Port = strconv.Itoa(int(d.Destination.Port.Number))
 	}
-	return dest, nil
+	return dest
 }
 
 func sortedKeys(m map[string]StringMatch) []string {

@@ -74,7 +74,7 @@ const t0, t1 = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"
 
 // Objects not bound to the gateway are listed with the reason.
 func TestUnboundObjectsAreReported(t *testing.T) {
-	_, res := table(t, inNS("other", vs("a", t0, "  - route: [{destination: {host: svc.all}}]"))+gw("mesh", vs("b", t0, "  - route: [{destination: {host: svc.all}}]")))
+	_, res := table(t, inNS("other", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"))+gw("mesh", vs("b", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")))
 	if why := res.Unbound["other/a"]; !strings.Contains(why, "resolve to [other/common-istio-gateway], not default/common-istio-gateway") {
 		t.Fatalf("other/a: %q", why)
 	}
@@ -121,50 +121,50 @@ func TestIstioParity(t *testing.T) {
 		want string // destination namespace, "" for no route
 	}{
 		// HTTPMatchRequest.headers: exact, prefix, regex (RE2 full match).
-		"header exact":             {vs("a", t0, one(`    - headers: {env: {exact: env1}}`, "svc.env1")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
-		"header prefix":            {vs("a", t0, one(`    - headers: {env: {prefix: pr-}}`, "svc.prs")), req("/x.Y/Z", "h", "env", "pr-42"), "prs"},
-		"header regex full match":  {vs("a", t0, one(`    - headers: {env: {regex: "env[0-9]"}}`, "svc.env1")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
-		"header regex not partial": {vs("a", t0, one(`    - headers: {env: {regex: "env[0-9]"}}`, "svc.env1")), req("/x.Y/Z", "h", "env", "xenv1x"), ""},
+		"header exact":             {vs("a", t0, one(`    - headers: {env: {exact: env1}}`, "svc.env1.svc.cluster.local")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
+		"header prefix":            {vs("a", t0, one(`    - headers: {env: {prefix: pr-}}`, "svc.prs.svc.cluster.local")), req("/x.Y/Z", "h", "env", "pr-42"), "prs"},
+		"header regex full match":  {vs("a", t0, one(`    - headers: {env: {regex: "env[0-9]"}}`, "svc.env1.svc.cluster.local")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
+		"header regex not partial": {vs("a", t0, one(`    - headers: {env: {regex: "env[0-9]"}}`, "svc.env1.svc.cluster.local")), req("/x.Y/Z", "h", "env", "xenv1x"), ""},
 		// "headers: {x: {}}" matches when the header is present, any value.
-		"header presence":        {vs("a", t0, one(`    - headers: {x-debug: {}}`, "svc.dbg")), req("/x.Y/Z", "h", "x-debug", ""), "dbg"},
-		"header presence absent": {vs("a", t0, one(`    - headers: {x-debug: {}}`, "svc.dbg")), req("/x.Y/Z", "h"), ""},
+		"header presence":        {vs("a", t0, one(`    - headers: {x-debug: {}}`, "svc.dbg.svc.cluster.local")), req("/x.Y/Z", "h", "x-debug", ""), "dbg"},
+		"header presence absent": {vs("a", t0, one(`    - headers: {x-debug: {}}`, "svc.dbg.svc.cluster.local")), req("/x.Y/Z", "h"), ""},
 		// Header names are case-insensitive, values case-sensitive.
-		"header name case":  {vs("a", t0, one(`    - headers: {Env: {exact: env1}}`, "svc.env1")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
-		"header value case": {vs("a", t0, one(`    - headers: {env: {exact: env1}}`, "svc.env1")), req("/x.Y/Z", "h", "env", "Env1"), ""},
+		"header name case":  {vs("a", t0, one(`    - headers: {Env: {exact: env1}}`, "svc.env1.svc.cluster.local")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
+		"header value case": {vs("a", t0, one(`    - headers: {env: {exact: env1}}`, "svc.env1.svc.cluster.local")), req("/x.Y/Z", "h", "env", "Env1"), ""},
 		// Several values are joined with "," (Envoy).
-		"joined values": {vs("a", t0, one(`    - headers: {env: {exact: "a,b"}}`, "svc.ab")), req("/x.Y/Z", "h", "env", "a", "env", "b"), "ab"},
+		"joined values": {vs("a", t0, one(`    - headers: {env: {exact: "a,b"}}`, "svc.ab.svc.cluster.local")), req("/x.Y/Z", "h", "env", "a", "env", "b"), "ab"},
 		// withoutHeaders: the rule applies when the header does not match;
 		// an absent header does not match, so the rule applies.
-		"withoutHeaders other value": {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np")), req("/x.Y/Z", "h", "env", "dev"), "np"},
-		"withoutHeaders absent":      {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np")), req("/x.Y/Z", "h"), "np"},
-		"withoutHeaders equal":       {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np")), req("/x.Y/Z", "h", "env", "prod"), ""},
+		"withoutHeaders other value": {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h", "env", "dev"), "np"},
+		"withoutHeaders absent":      {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h"), "np"},
+		"withoutHeaders equal":       {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h", "env", "prod"), ""},
 		// Istio 1.22 and later set Envoy's treat_missing_header_as_empty on
 		// withoutHeaders (route.go translateHeaderMatch): an absent header
 		// is the empty string, which regex ".*" matches, so the rule does
 		// not apply; a presence match still sees it absent.
-		"withoutHeaders absent is empty":    {vs("a", t0, one(`    - withoutHeaders: {env: {regex: ".*"}}`, "svc.np")), req("/x.Y/Z", "h"), ""},
-		"withoutHeaders absent presence":    {vs("a", t0, one(`    - withoutHeaders: {env: {}}`, "svc.np")), req("/x.Y/Z", "h"), "np"},
-		"withoutHeaders present value only": {vs("a", t0, one(`    - withoutHeaders: {env: {regex: "prod.*"}}`, "svc.np")), req("/x.Y/Z", "h"), "np"},
+		"withoutHeaders absent is empty":    {vs("a", t0, one(`    - withoutHeaders: {env: {regex: ".*"}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h"), ""},
+		"withoutHeaders absent presence":    {vs("a", t0, one(`    - withoutHeaders: {env: {}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h"), "np"},
+		"withoutHeaders present value only": {vs("a", t0, one(`    - withoutHeaders: {env: {regex: "prod.*"}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h"), "np"},
 		// uri on the gRPC path /package.Service/Method.
-		"uri exact":  {vs("a", t0, one(`    - uri: {exact: /echo.EchoService/Call}`, "svc.c")), req("/echo.EchoService/Call", "h"), "c"},
-		"uri prefix": {vs("a", t0, one(`    - uri: {prefix: /echo.EchoService/}`, "svc.c")), req("/echo.EchoService/BidiStream", "h"), "c"},
-		"uri regex":  {vs("a", t0, one(`    - uri: {regex: "/echo\\.EchoService/(Call|ServerStream)"}`, "svc.c")), req("/echo.EchoService/ClientStream", "h"), ""},
-		"authority":  {vs("a", t0, one(`    - authority: {prefix: api.}`, "svc.api")), req("/x.Y/Z", "api.example.com"), "api"},
+		"uri exact":  {vs("a", t0, one(`    - uri: {exact: /echo.EchoService/Call}`, "svc.c.svc.cluster.local")), req("/echo.EchoService/Call", "h"), "c"},
+		"uri prefix": {vs("a", t0, one(`    - uri: {prefix: /echo.EchoService/}`, "svc.c.svc.cluster.local")), req("/echo.EchoService/BidiStream", "h"), "c"},
+		"uri regex":  {vs("a", t0, one(`    - uri: {regex: "/echo\\.EchoService/(Call|ServerStream)"}`, "svc.c.svc.cluster.local")), req("/echo.EchoService/ClientStream", "h"), ""},
+		"authority":  {vs("a", t0, one(`    - authority: {prefix: api.}`, "svc.api.svc.cluster.local")), req("/x.Y/Z", "api.example.com"), "api"},
 		// Conditions in one block are ANDed, blocks are ORed.
-		"AND within a block": {vs("a", t0, one("    - headers: {env: {exact: env1}}\n      uri: {prefix: /echo.}", "svc.env1")), req("/other.S/M", "h", "env", "env1"), ""},
-		"OR across blocks":   {vs("a", t0, one("    - headers: {env: {exact: env1}}\n    - uri: {prefix: /echo.}", "svc.env1")), req("/echo.S/M", "h", "env", "env9"), "env1"},
+		"AND within a block": {vs("a", t0, one("    - headers: {env: {exact: env1}}\n      uri: {prefix: /echo.}", "svc.env1.svc.cluster.local")), req("/other.S/M", "h", "env", "env1"), ""},
+		"OR across blocks":   {vs("a", t0, one("    - headers: {env: {exact: env1}}\n    - uri: {prefix: /echo.}", "svc.env1.svc.cluster.local")), req("/echo.S/M", "h", "env", "env9"), "env1"},
 		// Rules in order, first match wins.
-		"first match wins": {vs("a", t0, one(`    - uri: {prefix: /echo.}`, "svc.first")+"\n"+one(`    - headers: {env: {exact: env1}}`, "svc.second")), req("/echo.S/M", "h", "env", "env1"), "first"},
+		"first match wins": {vs("a", t0, one(`    - uri: {prefix: /echo.}`, "svc.first.svc.cluster.local")+"\n"+one(`    - headers: {env: {exact: env1}}`, "svc.second.svc.cluster.local")), req("/echo.S/M", "h", "env", "env1"), "first"},
 		// A rule without match takes everything.
-		"no match is catch-all": {vs("a", t0, "  - route: [{destination: {host: svc.all}}]"), req("/any.S/M", "h"), "all"},
+		"no match is catch-all": {vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"), req("/any.S/M", "h"), "all"},
 		// Objects merge oldest first; the same time breaks ties by name.
-		"older object first":            {vs("b", t0, one(`    - uri: {prefix: /}`+"\n      headers: {env: {exact: e}}", "svc.older")) + vs("a", t1, one(`    - headers: {env: {exact: e}}`, "svc.newer")), req("/x.Y/Z", "h", "env", "e"), "older"},
-		"tie broken by name":            {vs("b", t0, one(`    - headers: {env: {exact: e}}`, "svc.b")) + vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.a")), req("/x.Y/Z", "h", "env", "e"), "a"},
-		"catch-all moved last":          {vs("a", t0, "  - route: [{destination: {host: svc.all}}]") + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "e"},
-		"catch-all prefix / moved last": {vs("a", t0, one(`    - uri: {prefix: /}`, "svc.all")) + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "e"},
+		"older object first":            {vs("b", t0, one(`    - uri: {prefix: /}`+"\n      headers: {env: {exact: e}}", "svc.older.svc.cluster.local")) + vs("a", t1, one(`    - headers: {env: {exact: e}}`, "svc.newer.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "older"},
+		"tie broken by name":            {vs("b", t0, one(`    - headers: {env: {exact: e}}`, "svc.b.svc.cluster.local")) + vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.a.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "a"},
+		"catch-all moved last":          {vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]") + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "e"},
+		"catch-all prefix / moved last": {vs("a", t0, one(`    - uri: {prefix: /}`, "svc.all.svc.cluster.local")) + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "e"},
 		// hosts: the object applies to these authorities only.
-		"hosts exclude": {strings.Replace(vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.e")), `hosts: ["*"]`, `hosts: ["api.example.com"]`, 1), req("/x.Y/Z", "other.example.com:443", "env", "e"), ""},
-		"hosts include": {strings.Replace(vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.e")), `hosts: ["*"]`, `hosts: ["*.example.com"]`, 1), req("/x.Y/Z", "api.example.com:443", "env", "e"), "e"},
+		"hosts exclude": {strings.Replace(vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), `hosts: ["*"]`, `hosts: ["api.example.com"]`, 1), req("/x.Y/Z", "other.example.com:443", "env", "e"), ""},
+		"hosts include": {strings.Replace(vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), `hosts: ["*"]`, `hosts: ["*.example.com"]`, 1), req("/x.Y/Z", "api.example.com:443", "env", "e"), "e"},
 		// Virtual hosts. Istio makes one per host name of the bound objects,
 		// each with the routes of every object naming it
 		// (pilot/pkg/networking/core/gateway.go buildGatewayHTTPRouteConfig,
@@ -172,51 +172,51 @@ func TestIstioParity(t *testing.T) {
 		// its authority: exact, then the longest suffix wildcard, then "*",
 		// case-insensitively and without the port
 		// (source/common/router/config_impl.cc RouteMatcher::findVirtualHost).
-		"specific host before *": {vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.star")) +
-			vsHosts("b", t1, `["api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api")), req("/x.Y/Z", "api.example.com:443", "env", "e"), "api"},
-		"* for other hosts": {vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.star")) +
-			vsHosts("b", t1, `["api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api")), req("/x.Y/Z", "web.example.com", "env", "e"), "star"},
-		"no fall-through to *": {vsHosts("b", t0, `["api.example.com"]`, one(`    - headers: {env: {exact: other}}`, "svc.api")) +
-			vs("a", t1, "  - route: [{destination: {host: svc.star}}]"), req("/x.Y/Z", "api.example.com", "env", "e"), ""},
-		"longest suffix wildcard": {vsHosts("a", t0, `["*.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.wide")) +
-			vsHosts("b", t1, `["*.api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.deep")), req("/x.Y/Z", "v1.api.example.com", "env", "e"), "deep"},
-		"wildcard needs a label":  {vsHosts("a", t0, `["*.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.wide")), req("/x.Y/Z", "example.com", "env", "e"), ""},
-		"authority case and port": {vsHosts("a", t0, `["API.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api")), req("/x.Y/Z", "Api.Example.COM:8443", "env", "e"), "api"},
+		"specific host before *": {vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.star.svc.cluster.local")) +
+			vsHosts("b", t1, `["api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api.svc.cluster.local")), req("/x.Y/Z", "api.example.com:443", "env", "e"), "api"},
+		"* for other hosts": {vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.star.svc.cluster.local")) +
+			vsHosts("b", t1, `["api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api.svc.cluster.local")), req("/x.Y/Z", "web.example.com", "env", "e"), "star"},
+		"no fall-through to *": {vsHosts("b", t0, `["api.example.com"]`, one(`    - headers: {env: {exact: other}}`, "svc.api.svc.cluster.local")) +
+			vs("a", t1, "  - route: [{destination: {host: svc.star.svc.cluster.local}}]"), req("/x.Y/Z", "api.example.com", "env", "e"), ""},
+		"longest suffix wildcard": {vsHosts("a", t0, `["*.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.wide.svc.cluster.local")) +
+			vsHosts("b", t1, `["*.api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.deep.svc.cluster.local")), req("/x.Y/Z", "v1.api.example.com", "env", "e"), "deep"},
+		"wildcard needs a label":  {vsHosts("a", t0, `["*.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.wide.svc.cluster.local")), req("/x.Y/Z", "example.com", "env", "e"), ""},
+		"authority case and port": {vsHosts("a", t0, `["API.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api.svc.cluster.local")), req("/x.Y/Z", "Api.Example.COM:8443", "env", "e"), "api"},
 		// A host without dots is a service of the object's namespace
 		// (pilot/pkg/model/config.go ResolveShortnameToFQDN).
-		"short host is a service FQDN": {vsHosts("a", t0, `["app"]`, one(`    - headers: {env: {exact: e}}`, "svc.app")), req("/x.Y/Z", "app.default.svc.cluster.local", "env", "e"), "app"},
-		"short host not as written":    {vsHosts("a", t0, `["app"]`, one(`    - headers: {env: {exact: e}}`, "svc.app")), req("/x.Y/Z", "app", "env", "e"), ""},
+		"short host is a service FQDN": {vsHosts("a", t0, `["app"]`, one(`    - headers: {env: {exact: e}}`, "svc.app.svc.cluster.local")), req("/x.Y/Z", "app.default.svc.cluster.local", "env", "e"), "app"},
+		"short host not as written":    {vsHosts("a", t0, `["app"]`, one(`    - headers: {env: {exact: e}}`, "svc.app.svc.cluster.local")), req("/x.Y/Z", "app", "env", "e"), ""},
 		// Catch-alls (route.go): one Envoy route per match block
 		// (BuildHTTPRoutesForVirtualService); only a catch-all block moves
 		// to the end of its virtual host (SortVHostRoutes, IsCatchAllRoute:
 		// prefix "/" or regex ".*", no header), the rule's other blocks
 		// keep their place; rules after a catch-all route are dropped.
-		"catch-all block split": {vs("a", t0, one("    - headers: {env: {exact: e}}\n    - uri: {prefix: /}", "svc.a")) +
-			vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.b")), req("/x.Y/Z", "h", "env", "e"), "a"},
-		"catch-all block still last": {vs("a", t0, one("    - headers: {env: {exact: e}}\n    - uri: {prefix: /}", "svc.a")) +
-			vs("b", t1, one(`    - headers: {env: {exact: f}}`, "svc.b")), req("/x.Y/Z", "h", "env", "f"), "b"},
-		"regex .* is catch-all":           {vs("a", t0, one(`    - uri: {regex: ".*"}`, "svc.all")) + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "e"},
-		"rules after a catch-all dropped": {vs("a", t0, "  - route: [{destination: {host: svc.all}}]\n"+one(`    - headers: {env: {exact: e}}`, "svc.e")), req("/x.Y/Z", "h", "env", "e"), "all"},
+		"catch-all block split": {vs("a", t0, one("    - headers: {env: {exact: e}}\n    - uri: {prefix: /}", "svc.a.svc.cluster.local")) +
+			vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.b.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "a"},
+		"catch-all block still last": {vs("a", t0, one("    - headers: {env: {exact: e}}\n    - uri: {prefix: /}", "svc.a.svc.cluster.local")) +
+			vs("b", t1, one(`    - headers: {env: {exact: f}}`, "svc.b.svc.cluster.local")), req("/x.Y/Z", "h", "env", "f"), "b"},
+		"regex .* is catch-all":           {vs("a", t0, one(`    - uri: {regex: ".*"}`, "svc.all.svc.cluster.local")) + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "e"},
+		"rules after a catch-all dropped": {vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]\n"+one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "all"},
 		// spec.gateways resolve as Istio resolves them
 		// (pilot/pkg/model/config.go resolveGatewayName): a short
 		// name is in the object's namespace, "./name" too, "ns/name" as
 		// written, "name.ns.svc.cluster.local" is ns/name; the gateway
 		// here is default/common-istio-gateway.
-		"gateway short name elsewhere": {inNS("other", vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), ""},
-		"gateway ns/name":              {inNS("other", gw("default/common-istio-gateway", vs("a", t0, "  - route: [{destination: {host: svc.all}}]"))), req("/x.Y/Z", "h"), "all"},
-		"gateway ./name":               {gw("./common-istio-gateway", vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), "all"},
-		"gateway legacy FQDN":          {inNS("other", gw("common-istio-gateway.default.svc.cluster.local", vs("a", t0, "  - route: [{destination: {host: svc.all}}]"))), req("/x.Y/Z", "h"), "all"},
-		"gateway mesh":                 {gw("mesh", vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), ""},
+		"gateway short name elsewhere": {inNS("other", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), ""},
+		"gateway ns/name":              {inNS("other", gw("default/common-istio-gateway", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"))), req("/x.Y/Z", "h"), "all"},
+		"gateway ./name":               {gw("./common-istio-gateway", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), "all"},
+		"gateway legacy FQDN":          {inNS("other", gw("common-istio-gateway.default.svc.cluster.local", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"))), req("/x.Y/Z", "h"), "all"},
+		"gateway mesh":                 {gw("mesh", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), ""},
 		// spec.exportTo: the object must be visible in the gateway's
 		// (proxy's) namespace, istio-system here (push_context.go).
-		"exportTo absent":       {vs("a", t0, "  - route: [{destination: {host: svc.all}}]"), req("/x.Y/Z", "h"), "all"},
-		"exportTo *":            {exportTo(`["*"]`, vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), "all"},
-		"exportTo . elsewhere":  {exportTo(`["."]`, vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), ""},
-		"exportTo gateway's ns": {exportTo(`["istio-system"]`, vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), "all"},
-		"exportTo other ns":     {exportTo(`["team-a"]`, vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), ""},
-		"exportTo ~":            {exportTo(`["~"]`, vs("a", t0, "  - route: [{destination: {host: svc.all}}]")), req("/x.Y/Z", "h"), ""},
+		"exportTo absent":       {vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"), req("/x.Y/Z", "h"), "all"},
+		"exportTo *":            {exportTo(`["*"]`, vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), "all"},
+		"exportTo . elsewhere":  {exportTo(`["."]`, vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), ""},
+		"exportTo gateway's ns": {exportTo(`["istio-system"]`, vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), "all"},
+		"exportTo other ns":     {exportTo(`["team-a"]`, vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), ""},
+		"exportTo ~":            {exportTo(`["~"]`, vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), ""},
 		// Objects of another gateway are not merged.
-		"other gateway": {strings.Replace(vs("a", t0, "  - route: [{destination: {host: svc.all}}]"), "common-istio-gateway", "mesh", 1), req("/x.Y/Z", "h"), ""},
+		"other gateway": {strings.Replace(vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"), "common-istio-gateway", "mesh", 1), req("/x.Y/Z", "h"), ""},
 	} {
 		t.Run(name, func(t *testing.T) {
 			tbl, res := table(t, tc.yaml)
@@ -235,24 +235,27 @@ func TestIstioParity(t *testing.T) {
 	}
 }
 
-// Destination hosts resolve as in Istio: short names in the object's
-// namespace, name.namespace, or the FQDN; the port number when given.
+// Destination hosts resolve as in Istio (pilot/pkg/model/config.go
+// ResolveShortnameToFQDN, then the registry by host name): a short name is
+// a service of the object's namespace, the FQDN that service; any other
+// host, name.namespace included, is not expanded and names no service.
 func TestDestinationHosts(t *testing.T) {
 	for host, want := range map[string]string{
 		"app-service":                            "app-service.default.svc.cluster.local:grpc",
-		"app-service.env1":                       "app-service.env1.svc.cluster.local:grpc",
+		"app-service.env1":                       "app-service.env1 (no such service)",
 		"app-service.env1.svc.cluster.local":     "app-service.env1.svc.cluster.local:grpc",
-		"app-service.env1.svc.cluster.local:xxx": "",
+		"app-service.env1.svc.cluster.local:xxx": "app-service.env1.svc.cluster.local:xxx (no such service)",
+		"api.example.com":                        "api.example.com (no such service)",
 	} {
-		d, err := destinationOf(RouteDest{Destination: struct {
+		d := destinationOf(RouteDest{Destination: struct {
 			Host string `json:"host"`
 			Port *struct {
 				Number uint32 `json:"number"`
 			} `json:"port"`
 			Subset string `json:"subset"`
 		}{Host: host}}, "default", "grpc")
-		if (err != nil) != (want == "") || (err == nil && d.String() != want) {
-			t.Errorf("%s: %v %v, want %q", host, d, err, want)
+		if d.String() != want {
+			t.Errorf("%s: %v, want %q", host, d, want)
 		}
 	}
 }
@@ -261,9 +264,9 @@ func TestDestinationHosts(t *testing.T) {
 // 100,000 picks from a fixed seed.
 func TestWeights(t *testing.T) {
 	tbl, _ := table(t, vs("a", t0, `  - route:
-    - {destination: {host: svc.a}, weight: 70}
-    - {destination: {host: svc.b}, weight: 30}
-    - {destination: {host: svc.c}, weight: 0}`))
+    - {destination: {host: svc.a.svc.cluster.local}, weight: 70}
+    - {destination: {host: svc.b.svc.cluster.local}, weight: 30}
+    - {destination: {host: svc.c.svc.cluster.local}, weight: 0}`))
 	r, _ := tbl.Route(req("/x.Y/Z", "h"))
 	rng := rand.New(rand.NewPCG(1, 2))
 	counts := map[string]int{}
@@ -288,9 +291,9 @@ func abs(f float64) float64 {
 // a call goes reject the whole object.
 func TestUnimplementedFields(t *testing.T) {
 	_, res := table(t, vs("cors", t0, `  - corsPolicy: {allowOrigins: [{exact: "*"}]}
-    route: [{destination: {host: svc.a}}]`)+vs("fault", t0, `  - fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
-    route: [{destination: {host: svc.b}}]`)+vs("method", t0, `  - match: [{method: {exact: GET}}]
-    route: [{destination: {host: svc.c}}]`))
+    route: [{destination: {host: svc.a.svc.cluster.local}}]`)+vs("fault", t0, `  - fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: svc.b.svc.cluster.local}}]`)+vs("method", t0, `  - match: [{method: {exact: GET}}]
+    route: [{destination: {host: svc.c.svc.cluster.local}}]`))
 	want := map[string]bool{
 		"default/cors: spec.http[0].corsPolicy is not implemented: ignored":                                         true,
 		"default/fault: spec.http[0].fault is not implemented and would change routing: object rejected":            true,
@@ -427,16 +430,16 @@ func TestValidationAsIstio(t *testing.T) {
 	}
 	for name, tc := range map[string]struct{ yaml, want string }{
 		// ValidateVirtualService: "virtual service must have at least one host".
-		"no hosts": {strings.Replace(vs("a", t0, "  - route: [{destination: {host: svc.all}}]"), `hosts: ["*"]`, `hosts: []`, 1),
+		"no hosts": {strings.Replace(vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"), `hosts: ["*"]`, `hosts: []`, 1),
 			"spec.hosts is empty"},
 		// validateHTTPRouteDestinations: "total destination weight = 0".
-		"all weights zero": {vs("a", t0, "  - route: [{destination: {host: svc.a}, weight: 0}, {destination: {host: svc.b}, weight: 0}]"),
+		"all weights zero": {vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}, weight: 0}, {destination: {host: svc.b.svc.cluster.local}, weight: 0}]"),
 			"total destination weight = 0"},
 		// validateHTTPRetry: retryOn values from supportedRetryOnPolicies.
-		"unknown retryOn": {vs("a", t0, "  - route: [{destination: {host: svc.a}}]\n    retries: {attempts: 2, retryOn: \"5xx,sometimes\"}"),
+		"unknown retryOn": {vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: 2, retryOn: \"5xx,sometimes\"}"),
 			`"sometimes" is not a retry policy`},
 		// validateStringMatch: "prefix string match should not be empty".
-		"empty uri prefix": {vs("a", t0, one(`    - uri: {prefix: ""}`, "svc.a")),
+		"empty uri prefix": {vs("a", t0, one(`    - uri: {prefix: ""}`, "svc.a.svc.cluster.local")),
 			"match[0].uri: prefix string match should not be empty"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -447,7 +450,7 @@ func TestValidationAsIstio(t *testing.T) {
 		})
 	}
 	// A status code is a valid retryOn, as are Envoy's gRPC conditions.
-	_, res := table(t, vs("a", t0, "  - route: [{destination: {host: svc.a}}]\n    retries: {attempts: 2, retryOn: \"503,unavailable,gateway-error\"}"))
+	_, res := table(t, vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: 2, retryOn: \"503,unavailable,gateway-error\"}"))
 	if len(res.Rejected) != 0 {
 		t.Fatalf("rejected: %v", res.Rejected)
 	}
