@@ -544,11 +544,22 @@ func (o *Object) rules(opt Options) (out []route.Rule, notes []Issue, err error)
 		}
 		r.Action.Retries = route.DefaultRetries
 		if h.Retries != nil {
+			// validation.go validateHTTPRetry.
+			if h.Retries.Attempts < 0 {
+				return nil, nil, fmt.Errorf("%s retries.attempts: attempts cannot be negative", src)
+			}
 			r.Action.Retries = route.Retries{Attempts: h.Retries.Attempts}
 			if h.Retries.PerTryTimeout != "" {
 				d, err := time.ParseDuration(h.Retries.PerTryTimeout)
 				if err != nil {
 					return nil, nil, fmt.Errorf("%s retries.perTryTimeout: %w", src, err)
+				}
+				// ValidateDuration.
+				if d < time.Millisecond {
+					return nil, nil, fmt.Errorf("%s retries.perTryTimeout: duration must be greater than 1ms", src)
+				}
+				if d%time.Millisecond != 0 {
+					return nil, nil, fmt.Errorf("%s retries.perTryTimeout: only durations to ms precision are supported", src)
 				}
 				r.Action.Retries.PerTryTimeout = d
 			}

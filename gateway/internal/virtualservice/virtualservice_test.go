@@ -438,6 +438,14 @@ func TestValidationAsIstio(t *testing.T) {
 		// validateHTTPRetry: retryOn values from supportedRetryOnPolicies.
 		"unknown retryOn": {vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: 2, retryOn: \"5xx,sometimes\"}"),
 			`"sometimes" is not a retry policy`},
+		// validateHTTPRetry: "attempts cannot be negative", and
+		// ValidateDuration on perTryTimeout.
+		"negative attempts": {vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: -1}"),
+			"attempts cannot be negative"},
+		"perTryTimeout under 1ms": {vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: 2, perTryTimeout: 500us}"),
+			"duration must be greater than 1ms"},
+		"perTryTimeout finer than ms": {vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: 2, perTryTimeout: 1500us}"),
+			"only durations to ms precision are supported"},
 		// validateStringMatch: "prefix string match should not be empty".
 		"empty uri prefix": {vs("a", t0, one(`    - uri: {prefix: ""}`, "svc.a.svc.cluster.local")),
 			"match[0].uri: prefix string match should not be empty"},
