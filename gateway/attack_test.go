@@ -401,6 +401,68 @@ func (p *process) waitOutput(t *testing.T, substr string, d time.Duration) {
 	}
 }
 
+// neverReadingClients opens conns connections that each ask for streams
+// 1 MiB responses and never read (an HTTP/2 window of 0), and returns
+// them open.
+func neverReadingClients(t *testing.T, addr string, conns, streams int) []*rawConn {
+	t.Helper()
+	req, err := proto.Marshal(&echopb.EchoRequest{ResponseSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs []*rawConn
+	for range conns {
+		c := dialRaw(t, addr)
+		c.write(func(fr *http2.Framer) error {
+			return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+		})
+		for i := range streams {
+			id := uint32(1 + 2*i)
+			if !c.sendHeaders(id, headerBlock("env1"), false) ||
+				!c.write(func(fr *http2.Framer) error { return fr.WriteData(id, true, grpcMessage(len(req), req)) }) {
+				break
+			}
+		}
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// The overload tests run the gateway with GOMEMLIMIT=200MiB, which is 90%
+// of the container limit it stands for: 222 MiB.
+const containerLimitMiB = 222
+
+// waitShedUnder222MiB waits until the overload manager has shed a
+// connection, failing if the gateway's memory passes the container limit
+// first.
+func waitShedUnder222MiB(t *testing.T, p *process) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.output(), "closed the client connection holding the most memory") {
+		checkPeakUnder222MiB(t, p)
+		if time.Now().After(deadline) {
+			t.Fatal("no connection was shed within 30 s")
+		}
+		time.Sleep(20 * time.Millisecond) // polling memory, not synchronisation
+	}
+}
+
+// checkPeakUnder222MiB fails the test once the gateway's peak RSS passed
+// the container limit, logging the overload manager's lines.
+func checkPeakUnder222MiB(t *testing.T, p *process) {
+	t.Helper()
+	peak := peakRSSMiB(t, p)
+	if peak <= containerLimitMiB {
+		return
+	}
+	for _, l := range strings.Split(p.output(), "\n") {
+		if strings.Contains(l, "overload") {
+			t.Log(l)
+		}
+	}
+	t.Fatalf("peak RSS %.0f MiB, over the %d MiB container limit GOMEMLIMIT=200MiB stands for", peak, containerLimitMiB)
+}
+
 // Clients that ask for large responses and never read them (an HTTP/2
 // window of 0) cannot take the gateway past its memory limit. A response
 // message is let in from the upstream only while the client's connection
@@ -415,49 +477,12 @@ func TestClientsThatNeverReadAreShed(t *testing.T) {
 	b := startBackend(t, "env1")
 	p, addr := gatewayProcessEnv(t, []string{"GOMEMLIMIT=200MiB"}, map[string]string{"env1": b.addr}, "")
 	control(t, addr, "env1")
-	req, err := proto.Marshal(&echopb.EchoRequest{ResponseSize: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	const conns, streams = 6, 100
-	for range conns {
-		c := dialRaw(t, addr)
-		// No window for any response: nothing is ever read.
-		c.write(func(fr *http2.Framer) error {
-			return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-		})
-		for i := range streams {
-			id := uint32(1 + 2*i)
-			if !c.sendHeaders(id, headerBlock("env1"), false) ||
-				!c.write(func(fr *http2.Framer) error { return fr.WriteData(id, true, grpcMessage(len(req), req)) }) {
-				break
-			}
-		}
-	}
-	// Until the overload manager has shed, memory must stay under the
-	// container's limit (GOMEMLIMIT is 90% of it: 200 MiB stands for 222).
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(p.output(), "closed the client connection holding the most memory") {
-		if peak := peakRSSMiB(t, p); peak > 222 {
-			t.Fatalf("peak RSS %.0f MiB, over the 222 MiB container limit GOMEMLIMIT=200MiB stands for", peak)
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no connection was shed within 30 s")
-		}
-		time.Sleep(20 * time.Millisecond) // polling memory, not synchronisation
-	}
+	neverReadingClients(t, addr, 6, 100)
+	waitShedUnder222MiB(t, p)
 	p.waitOutput(t, "overloaded: refusing new calls", time.Second)
 	waitControl(t, addr, "env1", 20*time.Second)
-	peak := peakRSSMiB(t, p)
-	t.Logf("peak RSS %.1f MiB", peak)
-	for _, l := range strings.Split(p.output(), "\n") {
-		if strings.Contains(l, "overload") {
-			t.Log(l)
-		}
-	}
-	if peak > 222 {
-		t.Fatalf("peak RSS %.0f MiB, over the 222 MiB container limit GOMEMLIMIT=200MiB stands for", peak)
-	}
+	checkPeakUnder222MiB(t, p)
+	t.Logf("peak RSS %.1f MiB", peakRSSMiB(t, p))
 }
 
 // stuckUpstream is an HTTP/2 server that completes the handshake and then
@@ -529,26 +554,9 @@ func TestRequestsToAStuckUpstreamAreShed(t *testing.T) {
 			})
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(p.output(), "closed the client connection holding the most memory") {
-		if peak := peakRSSMiB(t, p); peak > 222 {
-			t.Fatalf("peak RSS %.0f MiB, over the 222 MiB container limit GOMEMLIMIT=200MiB stands for", peak)
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no connection was shed within 30 s")
-		}
-		time.Sleep(20 * time.Millisecond) // polling memory, not synchronisation
-	}
+	waitShedUnder222MiB(t, p)
 	waitControl(t, addr, "env2", 20*time.Second)
 	cancel()
-	peak := peakRSSMiB(t, p)
-	t.Logf("peak RSS %.1f MiB", peak)
-	for _, l := range strings.Split(p.output(), "\n") {
-		if strings.Contains(l, "overload") {
-			t.Log(l)
-		}
-	}
-	if peak > 222 {
-		t.Fatalf("peak RSS %.0f MiB, over the 222 MiB container limit", peak)
-	}
+	checkPeakUnder222MiB(t, p)
+	t.Logf("peak RSS %.1f MiB", peakRSSMiB(t, p))
 }

@@ -153,8 +153,8 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		g.conns.OnRead(ol.Kick)
 		g.background = append(g.background, ol.Run)
 		log.Info("overload manager on", "memory_limit_mib", ol.Limit()>>20,
-			"refuse_new_calls_at_mib", int64(overload.DefaultRefuseAt*float64(ol.Limit()))>>20,
-			"close_largest_connection_at_mib", int64(overload.DefaultShedAt*float64(ol.Limit()))>>20)
+			"refuse_new_calls_at_mib", int64(overload.RefuseAt*float64(ol.Limit()))>>20,
+			"close_largest_connection_at_mib", int64(overload.ShedAt*float64(ol.Limit()))>>20)
 	}
 	for _, l := range cfg.Listeners {
 		creds := insecure.NewCredentials()

@@ -22,7 +22,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/envgate/envgate/echo/echoserver"
 	"github.com/envgate/envgate/proto/echopb"
@@ -233,25 +232,10 @@ func rapidReset(t *testing.T, addr string, n int) {
 	c.nc.Close()
 }
 
-// neverRead asks for 1 MiB responses on conns connections that never
-// read, then leaves.
+// neverRead holds streams 1 MiB responses unread on conns connections
+// for a while, then leaves.
 func neverRead(t *testing.T, addr string, conns, streams int) {
-	req, _ := proto.Marshal(&echopb.EchoRequest{ResponseSize: 1 << 20})
-	var cs []*rawConn
-	for range conns {
-		c := dialRaw(t, addr)
-		c.write(func(fr *http2.Framer) error {
-			return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-		})
-		for i := range streams {
-			id := uint32(1 + 2*i)
-			if !c.sendHeaders(id, headerBlock("env1"), false) ||
-				!c.write(func(fr *http2.Framer) error { return fr.WriteData(id, true, grpcMessage(len(req), req)) }) {
-				break
-			}
-		}
-		cs = append(cs, c)
-	}
+	cs := neverReadingClients(t, addr, conns, streams)
 	time.Sleep(5 * time.Second) // an attacker that holds on for a while
 	for _, c := range cs {
 		c.nc.Close()

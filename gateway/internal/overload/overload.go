@@ -31,40 +31,30 @@ type Holders interface {
 	CloseLargest(min int64) (held int64, peer string, ok bool)
 }
 
-// Options configure a Manager. Zero fractions take the defaults.
+// Options configure a Manager.
 type Options struct {
 	// Limit is the memory the process must stay under; 0 reads the
 	// runtime's soft limit (GOMEMLIMIT), and with none set the manager
 	// does nothing.
 	Limit int64
-	// RefuseAt is the share of Limit from which new calls are refused,
-	// until memory falls under ResumeAt; ShedAt the share from which the
-	// largest holder is closed, at most once per Interval.
-	RefuseAt, ResumeAt, ShedAt float64
-	// Interval between two readings of memory (default 100 ms).
-	Interval time.Duration
-	// ShedAfter is how long refusing may last before the largest holder
-	// is closed even under ShedAt (default 1 s): refusing alone does not
-	// free what connections already hold, and every client is refused
-	// meanwhile.
-	ShedAfter time.Duration
-	// ShedMin is the least a connection must hold to be closed (default
-	// 1 MiB): below it, memory is not any one connection's doing.
-	ShedMin int64
-	Log     *slog.Logger
+	Log   *slog.Logger
 	// OnShed, when set, counts the connections closed (metrics).
 	OnShed func()
 }
 
-// Defaults: refusing starts at 85% and stops under 75%; shedding starts at
-// 95%, or after refusing for a second.
+// The manager's thresholds, as shares of the limit: new calls are refused
+// from RefuseAt until memory falls under ResumeAt; the largest holders
+// are closed from ShedAt, or once refusing has lasted ShedAfter (refusing
+// alone frees nothing connections already hold, and every client is
+// refused meanwhile). A connection holding under shedMin is not closed:
+// memory is not any one connection's doing. Memory is read every interval.
 const (
-	DefaultRefuseAt  = 0.85
-	DefaultResumeAt  = 0.75
-	DefaultShedAt    = 0.95
-	DefaultShedAfter = time.Second
-	DefaultInterval  = 100 * time.Millisecond
-	DefaultShedMin   = 1 << 20
+	RefuseAt  = 0.85
+	ResumeAt  = 0.75
+	ShedAt    = 0.95
+	ShedAfter = time.Second
+	interval  = 100 * time.Millisecond
+	shedMin   = 1 << 20
 )
 
 // Manager decides, from memory readings, whether new calls are taken.
@@ -97,24 +87,6 @@ func New(opts Options, holders Holders) *Manager {
 			opts.Limit = l
 		}
 	}
-	if opts.RefuseAt <= 0 {
-		opts.RefuseAt = DefaultRefuseAt
-	}
-	if opts.ResumeAt <= 0 {
-		opts.ResumeAt = DefaultResumeAt
-	}
-	if opts.ShedAt <= 0 {
-		opts.ShedAt = DefaultShedAt
-	}
-	if opts.Interval <= 0 {
-		opts.Interval = DefaultInterval
-	}
-	if opts.ShedAfter <= 0 {
-		opts.ShedAfter = DefaultShedAfter
-	}
-	if opts.ShedMin <= 0 {
-		opts.ShedMin = DefaultShedMin
-	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
@@ -144,7 +116,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	if m.opts.Limit <= 0 {
 		return nil
 	}
-	t := time.NewTicker(m.opts.Interval)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -171,24 +143,24 @@ func (m *Manager) check() {
 	use := m.memory()
 	m.inUse.Store(use)
 	switch r := float64(use) / limit; {
-	case r >= m.opts.RefuseAt && !m.refusing.Load():
+	case r >= RefuseAt && !m.refusing.Load():
 		m.refusing.Store(true)
 		m.refusingSince = time.Now()
 		m.opts.Log.Warn("overloaded: refusing new calls", "memory_mib", use>>20, "limit_mib", m.opts.Limit>>20)
-	case r < m.opts.ResumeAt && m.refusing.Load():
+	case r < ResumeAt && m.refusing.Load():
 		m.refusing.Store(false)
 		m.opts.Log.Info("no longer overloaded: taking new calls", "memory_mib", use>>20, "limit_mib", m.opts.Limit>>20)
 	}
-	stuck := m.refusing.Load() && time.Since(m.refusingSince) >= m.opts.ShedAfter
-	if m.holders == nil || (float64(use) < m.opts.ShedAt*limit && !stuck) {
+	stuck := m.refusing.Load() && time.Since(m.refusingSince) >= ShedAfter
+	if m.holders == nil || (float64(use) < ShedAt*limit && !stuck) {
 		return
 	}
 	// Enough connections to bring memory back under ResumeAt, by what
 	// they hold, largest first (at least one): during a burst, closing one
 	// per reading lets the rest arrive meanwhile.
-	excess := use - int64(m.opts.ResumeAt*limit)
+	excess := use - int64(ResumeAt*limit)
 	for range maxShedPerReading {
-		held, peer, ok := m.holders.CloseLargest(m.opts.ShedMin)
+		held, peer, ok := m.holders.CloseLargest(shedMin)
 		if !ok {
 			break
 		}
