@@ -34,7 +34,7 @@ func (g *gateway) explain(r *http.Request) any {
 	if method == "" {
 		method = "/"
 	}
-	return g.routing.Explain(method, q.Get("authority"), headers)
+	return g.routing.Explain(method, q.Get("authority"), headers, g.dialTargets)
 }
 
 // headerFlags collects repeated -H 'name: value'.

@@ -131,7 +131,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	if vs != nil {
 		metrics.RegisterVirtualServices(reg, g.vsState)
 	}
-	px := proxy.New(proxy.NewDirector(g.routing.Table, poolUpstreams{g.pool}, rand.Float64, g.baseline()), accessLog, cfg.Routing.Header, g.metrics)
+	px := proxy.New(proxy.NewDirector(g.routing.Table, poolUpstreams{g.pool, g.endpointSet}, rand.Float64, g.baseline()), accessLog, cfg.Routing.Header, g.metrics)
 	px.SetDebugHeader(cfg.Routing.DebugHeader)
 	px.SetMaxMessage(cfg.Limits.MaxMessageBytes)
 	g.health = health.NewServer()
@@ -217,7 +217,6 @@ func (g *gateway) setupDiscovery() error {
 		rc.UserAgent = "envgate/" + version
 		src, err := discovery.NewKubernetes(rc, g.store, discovery.KubernetesConfig{
 			Service:           cfg.Routing.Service,
-			Port:              cfg.Routing.Port,
 			Namespaces:        g.envs,
 			NamespaceSelector: cfg.Discovery.Kubernetes.NamespaceSelector,
 			Key:               func(ns string) string { return cfg.Destination(ns).Key() },
@@ -278,7 +277,7 @@ func (g *gateway) baseline() func(route.Destination) (route.Destination, bool) {
 		return nil
 	}
 	return func(d route.Destination) (route.Destination, bool) {
-		if _, exists := g.store.Get(d.Key()); exists || d.Namespace == b {
+		if g.store.Exists(d.Key()) || d.Namespace == b {
 			return d, false // it exists (perhaps with no ready endpoint): no fallback
 		}
 		d.Namespace = b
@@ -545,7 +544,11 @@ func (g *gateway) state() metrics.State {
 			if d.NoService != "" {
 				continue
 			}
-			eps, _ := g.store.Get(d.Key())
+			key, err := g.endpointSet(d.Destination)
+			if err != nil {
+				continue
+			}
+			eps, _ := g.store.Get(key)
 			s.Endpoints[d.Namespace] = len(eps)
 		}
 	}
@@ -559,10 +562,23 @@ func (g *gateway) routeView() any {
 		Synced   bool `json:"synced"`
 		Draining bool `json:"draining"`
 		routing.View
-	}{g.store.Synced(), g.draining.Load(), g.routing.View(func(key string) ([]string, bool) {
-		eps, ok := g.store.Get(key)
-		return eps, ok
-	})}
+	}{g.store.Synced(), g.draining.Load(), g.routing.View(g.dialTargets)}
+}
+
+// endpointSet is the key of the endpoint set a destination reaches: its
+// Service port, as discovery maps it.
+func (g *gateway) endpointSet(d route.Destination) (string, error) {
+	return g.store.Resolve(d.Key(), d.Port, g.cfg.Routing.Port)
+}
+
+// dialTargets is what a call to d would dial, for the views.
+func (g *gateway) dialTargets(d route.Destination) routing.Dial {
+	key, err := g.endpointSet(d)
+	if err != nil {
+		return routing.Dial{Error: err.Error()}
+	}
+	eps, ok := g.store.Get(key)
+	return routing.Dial{Set: key, Endpoints: eps, Discovered: ok}
 }
 
 // drain turns readiness and gRPC health to not serving.
@@ -625,10 +641,17 @@ func (g *gateway) AdminAddr() string {
 }
 
 // poolUpstreams adapts the pool to what the proxy asks of it.
-type poolUpstreams struct{ pool *upstream.Pool }
+type poolUpstreams struct {
+	pool *upstream.Pool
+	set  func(route.Destination) (string, error)
+}
 
 func (u poolUpstreams) Conn(d route.Destination) (grpc.ClientConnInterface, error) {
-	c, err := u.pool.Get(d.Key())
+	key, err := u.set(d)
+	if err != nil {
+		return nil, err
+	}
+	c, err := u.pool.Get(key)
 	if err != nil {
 		return nil, err
 	}

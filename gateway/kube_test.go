@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -21,6 +22,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 
@@ -202,8 +204,9 @@ func waitUntilWithin(t testing.TB, limit time.Duration, what string, cond func()
 func (k *kubeEnv) waitEndpoints(t testing.TB, ns string, n int) {
 	t.Helper()
 	waitUntil(t, fmt.Sprintf("%d endpoints in %s", n, ns), func() bool {
-		eps, _ := k.gw.store.Get("app-service." + ns)
-		return len(eps) == n
+		key, err := k.gw.store.Resolve("app-service."+ns, "grpc", "grpc")
+		eps, _ := k.gw.store.Get(key)
+		return err == nil && len(eps) == n
 	})
 }
 
@@ -305,6 +308,12 @@ func TestKubeGatewayIdentityIsLeastPrivilege(t *testing.T) {
 			stopWatch(w)
 			return err
 		},
+		"list services": func() error { _, err := sa.CoreV1().Services("").List(ctx, metav1.ListOptions{}); return err },
+		"watch services": func() error {
+			w, err := sa.CoreV1().Services("").Watch(ctx, metav1.ListOptions{})
+			stopWatch(w)
+			return err
+		},
 		"list namespaces": func() error { _, err := sa.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); return err },
 		"watch namespaces": func() error {
 			w, err := sa.CoreV1().Namespaces().Watch(ctx, metav1.ListOptions{})
@@ -313,10 +322,13 @@ func TestKubeGatewayIdentityIsLeastPrivilege(t *testing.T) {
 		},
 	}
 	forbidden := map[string]func() error{
-		"get secret":      func() error { _, err := sa.CoreV1().Secrets("env1").Get(ctx, "s", metav1.GetOptions{}); return err },
-		"list secrets":    func() error { _, err := sa.CoreV1().Secrets("").List(ctx, metav1.ListOptions{}); return err },
-		"list pods":       func() error { _, err := sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); return err },
-		"list services":   func() error { _, err := sa.CoreV1().Services("").List(ctx, metav1.ListOptions{}); return err },
+		"get secret":   func() error { _, err := sa.CoreV1().Secrets("env1").Get(ctx, "s", metav1.GetOptions{}); return err },
+		"list secrets": func() error { _, err := sa.CoreV1().Secrets("").List(ctx, metav1.ListOptions{}); return err },
+		"list pods":    func() error { _, err := sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); return err },
+		"create service": func() error {
+			_, err := sa.CoreV1().Services("env1").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
+			return err
+		},
 		"list configmaps": func() error { _, err := sa.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{}); return err },
 		"create endpointslice": func() error {
 			_, err := sa.DiscoveryV1().EndpointSlices("env1").Create(ctx, &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "x"}, AddressType: discoveryv1.AddressTypeIPv4}, metav1.CreateOptions{})
@@ -535,7 +547,7 @@ func TestKubeAPIServerOutage(t *testing.T) {
 	// client-go's reflector retries with backoff (up to 30 s, jittered), so
 	// catching up takes until its next attempt.
 	waitUntilWithin(t, 2*time.Minute, "the change made during the outage", func() bool {
-		eps, _ := k.gw.store.Get("app-service.env1")
+		eps, _ := k.gw.store.Get("app-service.env1:50051")
 		return len(eps) == 3
 	})
 	t.Logf("change picked up %v after the restart began", time.Since(restart).Round(time.Millisecond))
@@ -546,6 +558,110 @@ func TestKubeAPIServerOutage(t *testing.T) {
 	for _, p := range pods {
 		if p.backend.callCount() == 0 {
 			t.Errorf("pod %s served nothing", p.name)
+		}
+	}
+}
+
+// A route's port.number is the Service's port, as Istio names the cluster
+// (outbound|<port>||<host>, pilot/pkg/networking/core/route/route.go
+// GetDestinationCluster), and the pods are dialed on the port the
+// EndpointSlices map it to. Here the Service listens on 80 and its pods on
+// 50051 (Issue 11, point 6):
+//   - port 80: the call reaches the pod on 50051;
+//   - no port: the Service's only port, as GetDestinationCluster takes it;
+//   - port 50051, the pods' number, not the Service's: Istio's cluster
+//     outbound|50051||app-service... does not exist and Envoy answers 503
+//     (router.cc Filter::decodeHeaders, no cluster); envgate UNAVAILABLE,
+//     naming the ports the Service has.
+//
+// /routes shows for each destination the endpoint set and the addresses a
+// call dials.
+func TestKubeRoutePortIsTheServicePort(t *testing.T) {
+	k := &kubeEnv{cp: kubetest.Start(t), net: newPodNet()}
+	kubeconfig := applyRBAC(t, k.cp)
+	k.cp.EnsureNamespace(t, "env1", map[string]string{envLabel: "true"})
+	k.cp.CreateServicePorts(t, "env1", "app-service", corev1.ServicePort{Name: "grpc", Port: 80, TargetPort: intstr.FromString("grpc")})
+	p := k.net.addPod(t, k.cp, "env1", "app-0", true)
+	vs := `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ports, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [common-istio-gateway]
+  http:
+  - match: [{headers: {env: {exact: service-port}}}]
+    route: [{destination: {host: app-service.env1.svc.cluster.local, port: {number: 80}}}]
+  - match: [{headers: {env: {exact: no-port}}}]
+    route: [{destination: {host: app-service.env1.svc.cluster.local}}]
+  - match: [{headers: {env: {exact: pod-port}}}]
+    route: [{destination: {host: app-service.env1.svc.cluster.local, port: {number: 50051}}}]
+`
+	file := filepath.Join(t.TempDir(), "vs.yaml")
+	if err := os.WriteFile(file, []byte(vs), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k.gw = startGateway(t, kubeGatewayConfig(t, kubeconfig, func(c *config.Config) {
+		c.Routing.VirtualServices = &config.VirtualServices{Files: []string{file}}
+	}), nil, k.net.dialer())
+	waitUntil(t, "gateway ready", func() bool { return readyStatus(t, k.gw) == http.StatusOK })
+	k.echo = echoClient(t, k.gw.Addrs()[0])
+	waitUntil(t, "the pod behind Service port 80", func() bool {
+		key, err := k.gw.store.Resolve("app-service.env1", "80", "grpc")
+		eps, _ := k.gw.store.Get(key)
+		return err == nil && len(eps) == 1
+	})
+
+	for _, env := range []string{"service-port", "no-port"} {
+		resp, err := k.call(t, env)
+		if err != nil || resp.GetServer() != p.backend.addr {
+			t.Fatalf("env %s: %v %v, want served by the pod", env, resp, err)
+		}
+	}
+	_, err := k.call(t, "pod-port")
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `has no port "50051" (its ports: 80 (grpc))`) {
+		t.Fatalf("port the Service lacks: %v, want UNAVAILABLE naming the Service's ports", err)
+	}
+	if got := p.backend.callCount(); got != 2 {
+		t.Fatalf("the pod got %d calls, want 2", got)
+	}
+
+	var view struct {
+		Rules []struct {
+			Destinations []struct {
+				Destination, EndpointSet, Error string
+				Endpoints                       []string
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(scrape(t, k.gw, "/routes")), &view); err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ dest, set, endpoint, err string }{
+		{"app-service.env1.svc.cluster.local:80", "app-service.env1:80", p.ip + ":50051", ""},
+		{"app-service.env1.svc.cluster.local", "app-service.env1:80", p.ip + ":50051", ""},
+		{"app-service.env1.svc.cluster.local:50051", "", "", `has no port "50051"`},
+	}
+	if len(view.Rules) != len(want) {
+		t.Fatalf("/routes: %+v", view)
+	}
+	for i, w := range want {
+		d := view.Rules[i].Destinations[0]
+		if d.Destination != w.dest || d.EndpointSet != w.set || (w.endpoint != "" && (len(d.Endpoints) != 1 || d.Endpoints[0] != w.endpoint)) ||
+			(w.err == "") != (d.Error == "") || !strings.Contains(d.Error, w.err) {
+			t.Errorf("/routes rule %d: %+v, want %+v", i, d, w)
+		}
+	}
+	// /explain says the same of one request.
+	for env, want := range map[string]string{
+		"service-port": "app-service.env1.svc.cluster.local:80: endpoint set app-service.env1:80: " + p.ip + ":50051",
+		"pod-port":     `app-service.env1.svc.cluster.local:50051: no such port: app-service.env1 has no port "50051"`,
+	} {
+		var e explanation
+		if err := json.Unmarshal([]byte(scrape(t, k.gw, "/explain?header=env:"+env)), &e); err != nil {
+			t.Fatal(err)
+		}
+		if len(e.Dials) != 1 || !strings.HasPrefix(e.Dials[0], want) {
+			t.Errorf("/explain env %s dials %q, want %q", env, e.Dials, want)
 		}
 	}
 }

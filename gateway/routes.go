@@ -44,7 +44,7 @@ func buildTable(cfg *config.Config) (*route.Table, *virtualservice.Result, error
 
 func vsOptions(cfg *config.Config) virtualservice.Options {
 	v := cfg.Routing.VirtualServices
-	return virtualservice.Options{Gateway: v.Gateway, ProxyNamespace: v.ProxyNamespace, DefaultPort: cfg.Routing.Port, Service: cfg.Routing.Service}
+	return virtualservice.Options{Gateway: v.Gateway, ProxyNamespace: v.ProxyNamespace, Service: cfg.Routing.Service}
 }
 
 // namespacesOf are the namespaces a table's rules send to, sorted.

@@ -412,12 +412,15 @@ const NodeName = "node-1"
 // CreateService creates a Service selecting app=<name> with one named port.
 func (cp *ControlPlane) CreateService(t testing.TB, ns, name, portName string, port int32) {
 	t.Helper()
+	cp.CreateServicePorts(t, ns, name, corev1.ServicePort{Name: portName, Port: port, TargetPort: intstrFromString(portName)})
+}
+
+// CreateServicePorts creates a Service selecting app=<name> with ports.
+func (cp *ControlPlane) CreateServicePorts(t testing.TB, ns, name string, ports ...corev1.ServicePort) {
+	t.Helper()
 	_, err := cp.Admin.CoreV1().Services(ns).Create(context.Background(), &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.ServiceSpec{
-			Selector: map[string]string{"app": name},
-			Ports:    []corev1.ServicePort{{Name: portName, Port: port, TargetPort: intstrFromString(portName)}},
-		},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": name}, Ports: ports},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("service %s/%s: %v", ns, name, err)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -30,10 +31,9 @@ const DefaultNamespaceSelector = "envgate.io/environment=true"
 
 // KubernetesConfig says which EndpointSlices make which services.
 type KubernetesConfig struct {
-	// Service is the Service name in every environment namespace.
+	// Service is the Service name in every environment namespace. Each of
+	// its ports gets an endpoint set (Store.SetPorts).
 	Service string
-	// Port is the Service port's name, or its number.
-	Port string
 	// Namespaces, when set, are the environments; otherwise namespaces
 	// matching NamespaceSelector are.
 	Namespaces        []string
@@ -47,20 +47,25 @@ type KubernetesConfig struct {
 	Resync time.Duration
 }
 
-// Kubernetes follows EndpointSlices (and, with a selector, Namespaces)
-// through shared informers and keeps the Store's endpoints of every
-// environment's service up to date.
+// Kubernetes follows Services, EndpointSlices (and, with a selector,
+// Namespaces) through shared informers and keeps the Store's endpoints of
+// every environment's service up to date, one set per Service port.
 type Kubernetes struct {
 	cfg   KubernetesConfig
 	store *Store
 	log   *slog.Logger
 	sel   labels.Selector // nil with an explicit namespace list
 
-	slices cache.SharedIndexInformer
-	nsInf  cache.SharedIndexInformer
-	events chan string // namespaces to recompute; "" means all
+	slices   cache.SharedIndexInformer
+	services cache.SharedIndexInformer
+	nsInf    cache.SharedIndexInformer
+	events   chan string // namespaces to recompute
 
-	mu   sync.Mutex
+	// published is the port set keys last published per service key. Only
+	// Run's goroutine touches it.
+	published map[string][]string
+
+	mu   sync.Mutex // guards envs; taken alone
 	envs map[string]bool
 }
 
@@ -73,7 +78,7 @@ type Kubernetes struct {
 // factory: those link every built-in API type into the binary, about 9 MB of
 // resident memory a gateway pod would carry for nothing.
 func NewKubernetes(rc *rest.Config, store *Store, cfg KubernetesConfig, log *slog.Logger) (*Kubernetes, error) {
-	k := &Kubernetes{cfg: cfg, store: store, log: log, events: make(chan string, 1024), envs: map[string]bool{}}
+	k := &Kubernetes{cfg: cfg, store: store, log: log, events: make(chan string, 1024), envs: map[string]bool{}, published: map[string][]string{}}
 	if len(cfg.Namespaces) == 0 {
 		s := cfg.NamespaceSelector
 		if s == "" {
@@ -92,8 +97,22 @@ func NewKubernetes(rc *rest.Config, store *Store, cfg KubernetesConfig, log *slo
 		k.envs[ns] = true
 	}
 
-	slicesLW, err := endpointSlices(rc, discoveryv1.LabelServiceName+"="+cfg.Service)
+	slicesLW, err := endpointSlices(rc, cfg.Service)
 	if err != nil {
+		return nil, err
+	}
+	servicesLW, err := services(rc, cfg.Service)
+	if err != nil {
+		return nil, err
+	}
+	k.services = cache.NewSharedIndexInformer(servicesLW, &corev1.Service{}, cfg.Resync,
+		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	if _, err := k.services.AddEventHandler(k.namespaceHandler(func(obj any) string {
+		if s, ok := obj.(*corev1.Service); ok {
+			return s.Namespace
+		}
+		return ""
+	})); err != nil {
 		return nil, err
 	}
 	k.slices = cache.NewSharedIndexInformer(slicesLW, &discoveryv1.EndpointSlice{}, cfg.Resync,
@@ -124,16 +143,41 @@ func NewKubernetes(rc *rest.Config, store *Store, cfg KubernetesConfig, log *slo
 	return k, nil
 }
 
-// endpointSlices lists and watches the EndpointSlices that match selector,
-// in every namespace.
-func endpointSlices(rc *rest.Config, selector string) (cache.ListerWatcher, error) {
+// endpointSlices lists and watches the EndpointSlices of service, in every
+// namespace.
+func endpointSlices(rc *rest.Config, service string) (cache.ListerWatcher, error) {
+	client, err := protobufClient(rc, "/apis", discoveryv1.SchemeGroupVersion, discoveryv1.AddToScheme)
+	if err != nil {
+		return nil, err
+	}
+	return listWatch(client, "endpointslices", func(o *metav1.ListOptions) {
+		o.LabelSelector = discoveryv1.LabelServiceName + "=" + service
+	}, func() runtime.Object { return &discoveryv1.EndpointSliceList{} }), nil
+}
+
+// services lists and watches the Services named service, in every
+// namespace: their ports map a destination's port (the Service's) to the
+// pods' port the EndpointSlices carry.
+func services(rc *rest.Config, service string) (cache.ListerWatcher, error) {
+	client, err := protobufClient(rc, "/api", corev1.SchemeGroupVersion, corev1.AddToScheme)
+	if err != nil {
+		return nil, err
+	}
+	return listWatch(client, "services", func(o *metav1.ListOptions) {
+		o.FieldSelector = "metadata.name=" + service
+	}, func() runtime.Object { return &corev1.ServiceList{} }), nil
+}
+
+// protobufClient is a REST client for one API group version, in protobuf
+// as kubelet and kube-proxy speak it.
+func protobufClient(rc *rest.Config, apiPath string, gv schema.GroupVersion, add func(*runtime.Scheme) error) (*rest.RESTClient, error) {
 	scheme := runtime.NewScheme()
-	if err := discoveryv1.AddToScheme(scheme); err != nil {
+	if err := add(scheme); err != nil {
 		return nil, err
 	}
 	c := rest.CopyConfig(rc)
-	c.APIPath = "/apis"
-	c.GroupVersion = &discoveryv1.SchemeGroupVersion
+	c.APIPath = apiPath
+	c.GroupVersion = &gv
 	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
 	c.ContentType = runtime.ContentTypeProtobuf
 	c.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
@@ -141,19 +185,25 @@ func endpointSlices(rc *rest.Config, selector string) (cache.ListerWatcher, erro
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
+	return client, nil
+}
+
+// listWatch lists and watches resource in every namespace with the options
+// select sets.
+func listWatch(client *rest.RESTClient, resource string, sel func(*metav1.ListOptions), newList func() runtime.Object) cache.ListerWatcher {
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.LabelSelector = selector
-			list := &discoveryv1.EndpointSliceList{}
-			err := client.Get().Resource("endpointslices").VersionedParams(&o, metav1.ParameterCodec).Do(ctx).Into(list)
+			sel(&o)
+			list := newList()
+			err := client.Get().Resource(resource).VersionedParams(&o, metav1.ParameterCodec).Do(ctx).Into(list)
 			return list, err
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.LabelSelector = selector
+			sel(&o)
 			o.Watch = true
-			return client.Get().Resource("endpointslices").VersionedParams(&o, metav1.ParameterCodec).Watch(ctx)
+			return client.Get().Resource(resource).VersionedParams(&o, metav1.ParameterCodec).Watch(ctx)
 		},
-	}, nil
+	}
 }
 
 // namespaces lists and watches the metadata of the namespaces that match
@@ -201,8 +251,9 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	synced := []cache.InformerSynced{k.slices.HasSynced}
+	synced := []cache.InformerSynced{k.slices.HasSynced, k.services.HasSynced}
 	wg.Go(func() { k.slices.RunWithContext(ctx) })
+	wg.Go(func() { k.services.RunWithContext(ctx) })
 	if k.nsInf != nil {
 		synced = append(synced, k.nsInf.HasSynced)
 		wg.Go(func() { k.nsInf.RunWithContext(ctx) })
@@ -256,8 +307,8 @@ func (k *Kubernetes) recomputeAll() {
 			dirty[obj.(*metav1.PartialObjectMetadata).Name] = true
 		}
 	}
-	for _, obj := range k.slices.GetStore().List() {
-		dirty[obj.(*discoveryv1.EndpointSlice).Namespace] = true
+	for _, obj := range k.services.GetStore().List() {
+		dirty[obj.(*corev1.Service).Namespace] = true
 	}
 	k.recompute(dirty)
 	if k.cfg.OnEnvironments != nil {
@@ -284,41 +335,75 @@ func (k *Kubernetes) recompute(dirty map[string]bool) {
 		k.mu.Lock()
 		isEnv := k.envs[ns]
 		k.mu.Unlock()
-		key := k.cfg.Key(ns)
-		if !isEnv {
-			k.store.Delete(key)
-			continue
-		}
-		eps, found := k.endpoints(ns)
-		if !found {
-			k.store.Delete(key)
-			continue
-		}
-		k.store.Set(key, eps)
+		k.publish(ns, isEnv)
 	}
 	if envsChanged && k.cfg.OnEnvironments != nil {
 		k.cfg.OnEnvironments(k.environments())
 	}
 }
 
-// endpoints aggregates every EndpointSlice of the namespace's service: ready
-// addresses only, on the configured port, without duplicates. found is false
-// when the service has no slice at all.
-func (k *Kubernetes) endpoints(ns string) (addrs []string, found bool) {
+// publish sets the namespace's service in the Store: one endpoint set per
+// Service port, then the ports. A namespace that is not an environment, or
+// has no such Service, has none.
+func (k *Kubernetes) publish(ns string, isEnv bool) {
+	key := k.cfg.Key(ns)
+	var svc *corev1.Service
+	if isEnv {
+		if obj, ok, _ := k.services.GetStore().GetByKey(ns + "/" + k.cfg.Service); ok {
+			svc = obj.(*corev1.Service) // read only: the cache's object
+		}
+	}
+	var keys []string
+	ports := Ports{Names: map[string]int32{}}
+	if svc != nil {
+		for _, sp := range svc.Spec.Ports {
+			if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
+				continue
+			}
+			pk := PortKey(key, sp.Port)
+			k.store.Set(pk, k.endpoints(ns, sp.Name))
+			keys = append(keys, pk)
+			ports.Numbers = append(ports.Numbers, sp.Port)
+			if sp.Name != "" {
+				ports.Names[sp.Name] = sp.Port
+			}
+		}
+		slices.Sort(ports.Numbers)
+		k.store.SetPorts(key, ports)
+	} else {
+		k.store.DeletePorts(key)
+	}
+	for _, old := range k.published[key] {
+		if !slices.Contains(keys, old) {
+			k.store.Delete(old)
+		}
+	}
+	if keys == nil {
+		delete(k.published, key)
+	} else {
+		k.published[key] = keys
+	}
+}
+
+// endpoints aggregates every EndpointSlice of the namespace's service on the
+// Service port named portName ("" for a Service's one unnamed port): the
+// EndpointSlice controller names each slice port after its Service port and
+// gives it the pods' number. Ready addresses only, without duplicates.
+func (k *Kubernetes) endpoints(ns, portName string) []string {
 	objs, err := k.slices.GetIndexer().ByIndex(cache.NamespaceIndex, ns)
 	if err != nil {
-		return nil, false
+		return nil
 	}
+	addrs := []string{}
 	for _, obj := range objs {
 		s := obj.(*discoveryv1.EndpointSlice) // read only: the cache's object
 		if s.Labels[discoveryv1.LabelServiceName] != k.cfg.Service {
 			continue
 		}
-		found = true
 		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
 		}
-		port, ok := k.port(s.Ports)
+		port, ok := slicePort(s.Ports, portName)
 		if !ok {
 			continue
 		}
@@ -333,17 +418,16 @@ func (k *Kubernetes) endpoints(ns string) (addrs []string, found bool) {
 			}
 		}
 	}
-	return addrs, found
+	return addrs
 }
 
-// port finds the configured port, by name or by number.
-func (k *Kubernetes) port(ports []discoveryv1.EndpointPort) (int32, bool) {
-	n, err := strconv.Atoi(k.cfg.Port)
+// slicePort finds the slice's port for the Service port named name.
+func slicePort(ports []discoveryv1.EndpointPort, name string) (int32, bool) {
 	for _, p := range ports {
 		if p.Port == nil {
 			continue
 		}
-		if (err == nil && int(*p.Port) == n) || (p.Name != nil && *p.Name == k.cfg.Port) {
+		if (p.Name == nil && name == "") || (p.Name != nil && *p.Name == name) {
 			return *p.Port, true
 		}
 	}

@@ -2,13 +2,17 @@ package discovery_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/envgate/envgate/gateway/internal/discovery"
 	"github.com/envgate/envgate/internal/kubetest"
@@ -45,7 +49,7 @@ func TestKubernetesSourceFollowsTheCluster(t *testing.T) {
 	store := discovery.NewStore()
 	envs := make(chan []string, 100)
 	src, err := discovery.NewKubernetes(cp.Config, store, discovery.KubernetesConfig{
-		Service: "app-service", Port: "grpc",
+		Service:           "app-service",
 		NamespaceSelector: envLabel + "=true",
 		Key:               func(ns string) string { return "app-service." + ns },
 		OnEnvironments:    func(e []string) { envs <- e },
@@ -57,11 +61,12 @@ func TestKubernetesSourceFollowsTheCluster(t *testing.T) {
 	go func() { done <- src.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	eps := func(key string) []string { e, _ := store.Get(key); return e }
+	// The Service's one port, 50051 named grpc, keys the set.
+	eps := func(key string) []string { e, _ := store.Get(key + ":50051"); return e }
 	waitUntil(t, "env1's two ready pods", func() bool {
 		return slices.Equal(eps("app-service.env1"), []string{"192.0.2.1:50051", "192.0.2.2:50051"})
 	})
-	if _, ok := store.Get("app-service.kube-tools"); ok {
+	if store.Exists("app-service.kube-tools") {
 		t.Fatal("a namespace without the label was published")
 	}
 	cp.SetPodReady(t, "env1", "app-c", true)
@@ -106,7 +111,7 @@ func TestKubernetesSourceFollowsTheCluster(t *testing.T) {
 }
 
 // With environments listed, no namespace is watched (the gateway then needs
-// no namespace rights) and the port may be given by number.
+// no namespace rights).
 func TestKubernetesSourceWithListedEnvironments(t *testing.T) {
 	cp := kubetest.Start(t)
 	cp.EnsureNamespace(t, "env1", nil)
@@ -118,7 +123,7 @@ func TestKubernetesSourceWithListedEnvironments(t *testing.T) {
 	cp.AddPod(t, "env2", "a", "app-service", "grpc", 50051, "192.0.2.2", true)
 	store := discovery.NewStore()
 	src, err := discovery.NewKubernetes(cp.Config, store, discovery.KubernetesConfig{
-		Service: "app-service", Port: "50051", Namespaces: []string{"env1"},
+		Service: "app-service", Namespaces: []string{"env1"},
 		Key: func(ns string) string { return ns },
 	}, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -129,10 +134,85 @@ func TestKubernetesSourceWithListedEnvironments(t *testing.T) {
 	go func() { done <- src.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	waitUntil(t, "env1's endpoint", func() bool {
-		e, _ := store.Get("env1")
+		e, _ := store.Get("env1:50051")
 		return slices.Equal(e, []string{"192.0.2.1:50051"})
 	})
-	if _, ok := store.Get("env2"); ok {
+	if store.Exists("env2") {
 		t.Fatal("an unlisted namespace was published")
 	}
+}
+
+// A destination's port is the Service's port, as Istio's cluster names it
+// (outbound|<service port>||<host>, pilot/pkg/networking/core/route/route.go
+// GetDestinationCluster), and the pods are dialed on the port the
+// EndpointSlice controller mapped it to: Service port 80 "grpc" -> pods'
+// 50051. A port the Service lacks resolves to nothing, even the pods' own
+// number.
+func TestKubernetesSourceMapsServicePortsToPodPorts(t *testing.T) {
+	cp := kubetest.Start(t)
+	cp.EnsureNamespace(t, "env1", nil)
+	cp.CreateServicePorts(t, "env1", "app-service",
+		corev1.ServicePort{Name: "grpc", Port: 80, TargetPort: intstr.FromInt32(50051)},
+		corev1.ServicePort{Name: "admin", Port: 9000, TargetPort: intstr.FromInt32(9001)})
+	cp.EnsureNamespace(t, "env2", nil)
+	cp.CreateServicePorts(t, "env2", "app-service", corev1.ServicePort{Port: 8080, TargetPort: intstr.FromInt32(50051)})
+	cp.AddPod(t, "env1", "a", "app-service", "grpc", 50051, "192.0.2.1", true)
+	cp.AddPod(t, "env2", "a", "app-service", "grpc", 50051, "192.0.2.2", true)
+
+	store := discovery.NewStore()
+	src, err := discovery.NewKubernetes(cp.Config, store, discovery.KubernetesConfig{
+		Service: "app-service", Namespaces: []string{"env1", "env2"},
+		Key: func(ns string) string { return "app-service." + ns },
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	dial := func(service, port string) ([]string, error) {
+		key, err := store.Resolve(service, port, "grpc")
+		if err != nil {
+			return nil, err
+		}
+		eps, _ := store.Get(key)
+		return eps, nil
+	}
+	waitUntil(t, "env1's pod on Service port 80", func() bool {
+		eps, err := dial("app-service.env1", "80")
+		return err == nil && slices.Equal(eps, []string{"192.0.2.1:50051"})
+	})
+	for _, c := range []struct {
+		service, port string
+		want          []string
+		noPort        bool
+	}{
+		{"app-service.env1", "grpc", []string{"192.0.2.1:50051"}, false}, // by name
+		{"app-service.env1", "9000", []string{"192.0.2.1:9001"}, false},
+		{"app-service.env1", "", []string{"192.0.2.1:50051"}, false}, // two ports: the fallback, grpc
+		{"app-service.env1", "50051", nil, true},                     // the pods' port is not the Service's
+		{"app-service.env2", "", []string{"192.0.2.2:50051"}, false}, // one port: that one
+		{"app-service.env2", "grpc", nil, true},                      // unnamed port
+		{"app-service.env2", "8080", []string{"192.0.2.2:50051"}, false},
+	} {
+		eps, err := dial(c.service, c.port)
+		if c.noPort {
+			if !errors.Is(err, discovery.ErrNoPort) || !strings.Contains(err.Error(), "its ports:") {
+				t.Errorf("%s port %q: err %v, want ErrNoPort listing the ports", c.service, c.port, err)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(eps, c.want) {
+			t.Errorf("%s port %q: %v %v, want %v", c.service, c.port, eps, err, c.want)
+		}
+	}
+	if err := cp.Admin.CoreV1().Services("env1").Delete(ctx, "app-service", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the deleted Service gone", func() bool {
+		_, setLeft := store.Get("app-service.env1:80")
+		return !store.Exists("app-service.env1") && !setLeft
+	})
 }

@@ -5,7 +5,10 @@
 package discovery
 
 import (
+	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -14,12 +17,21 @@ import (
 // has handed out.
 type Endpoints []string
 
-// Store holds the current endpoints per service key (e.g. "app-service.env1").
-// A missing key means the service does not exist; a present key with no
-// endpoints means it exists but nothing is ready.
+// Store holds the current endpoints per endpoint-set key. A missing key means
+// the set does not exist; a present key with no endpoints means it exists but
+// nothing is ready.
+//
+// A service's key is its name ("app-service.env1"). Sources that know a
+// service's ports as Kubernetes defines them (Service port number and name,
+// mapped to the pods' port through the EndpointSlices) publish one set per
+// Service port, keyed "<service>:<port number>", and record the ports with
+// SetPorts; Resolve maps a destination's port to its set. Sources that give
+// addresses with their ports (static, DNS) publish one set under the
+// service's name, which serves every destination port.
 type Store struct {
 	mu     sync.Mutex
 	sets   map[string]Endpoints
+	ports  map[string]Ports
 	subs   map[string]map[*subscription]struct{}
 	synced bool
 	// syncedCh is closed by MarkSynced.
@@ -34,7 +46,7 @@ type subscription struct {
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{sets: map[string]Endpoints{}, subs: map[string]map[*subscription]struct{}{}, syncedCh: make(chan struct{})}
+	return &Store{sets: map[string]Endpoints{}, ports: map[string]Ports{}, subs: map[string]map[*subscription]struct{}{}, syncedCh: make(chan struct{})}
 }
 
 // Set replaces the endpoints of service. addrs is copied, sorted and
@@ -75,6 +87,100 @@ func (s *Store) notifyLocked(service string, eps Endpoints, exists bool) {
 		sub.fn(eps, exists)
 		sub.mu.Unlock()
 	}
+}
+
+// Ports are a service's ports as its Kubernetes Service defines them.
+type Ports struct {
+	// Numbers are the Service port numbers, sorted.
+	Numbers []int32
+	// Names maps each port's name (if it has one) to its number.
+	Names map[string]int32
+}
+
+// ErrNoPort is wrapped by Resolve when the service has no such port.
+var ErrNoPort = errors.New("no such port")
+
+// SetPorts records the Service ports of service; its endpoint sets are
+// published under PortKey. Set the port sets before the ports, so a Resolve
+// never names a set that is not there yet.
+func (s *Store) SetPorts(service string, p Ports) {
+	s.mu.Lock()
+	s.ports[service] = p
+	s.mu.Unlock()
+}
+
+// DeletePorts forgets the ports of service.
+func (s *Store) DeletePorts(service string) {
+	s.mu.Lock()
+	delete(s.ports, service)
+	s.mu.Unlock()
+}
+
+// PortKey is the key of the endpoint set of one Service port.
+func PortKey(service string, number int32) string {
+	return fmt.Sprintf("%s:%d", service, number)
+}
+
+// Resolve returns the key of the endpoint set a destination of service on
+// port reaches. port is a Service port number or name; "" means the
+// destination gave none, and then, as Istio decides
+// (pilot/pkg/networking/core/route/route.go GetDestinationCluster), a
+// service with one port is reached on it and any other on fallback (the
+// listener port, for Istio). A service published without ports is reached
+// on its one set whatever the port. The error wraps ErrNoPort and names
+// the ports the service has.
+func (s *Store) Resolve(service, port, fallback string) (string, error) {
+	s.mu.Lock()
+	p, ok := s.ports[service]
+	s.mu.Unlock()
+	if !ok {
+		return service, nil
+	}
+	if port == "" {
+		if len(p.Numbers) == 1 {
+			return PortKey(service, p.Numbers[0]), nil
+		}
+		port = fallback
+	}
+	if n, ok := p.Names[port]; ok {
+		return PortKey(service, n), nil
+	}
+	for _, n := range p.Numbers {
+		if fmt.Sprint(n) == port {
+			return PortKey(service, n), nil
+		}
+	}
+	return "", fmt.Errorf("%w: %s has no port %q (its ports: %s)", ErrNoPort, service, port, p)
+}
+
+// String lists the ports as "50051 (grpc), 8080".
+func (p Ports) String() string {
+	byNumber := map[int32]string{}
+	for name, n := range p.Names {
+		byNumber[n] = name
+	}
+	parts := make([]string, 0, len(p.Numbers))
+	for _, n := range p.Numbers {
+		if name := byNumber[n]; name != "" {
+			parts = append(parts, fmt.Sprintf("%d (%s)", n, name))
+		} else {
+			parts = append(parts, fmt.Sprint(n))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Exists reports whether service exists: published with ports, or as one
+// set.
+func (s *Store) Exists(service string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, withPorts := s.ports[service]
+	_, asOne := s.sets[service]
+	return withPorts || asOne
 }
 
 // Get returns the endpoints of service and whether it exists.

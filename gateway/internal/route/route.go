@@ -24,7 +24,9 @@ import (
 type Destination struct {
 	Namespace string
 	Service   string
-	// Port is the port's name ("grpc") or number, as discovery resolves it.
+	// Port is the Service port's name ("grpc") or number, as discovery
+	// resolves it; "" when the route gave none (the Service's only port,
+	// else the configured one, as Istio picks).
 	Port string
 	// NoService, when set, is a destination host as written that names no
 	// Kubernetes service as Istio resolves hosts (it does not expand
@@ -38,12 +40,15 @@ func (d Destination) String() string {
 	if d.NoService != "" {
 		return d.NoService + " (no such service)"
 	}
-	return d.Service + "." + d.Namespace + ".svc.cluster.local:" + d.Port
+	h := d.Service + "." + d.Namespace + ".svc.cluster.local"
+	if d.Port == "" {
+		return h
+	}
+	return h + ":" + d.Port
 }
 
-// Key is how discovery names the destination's endpoint set. Discovery
-// resolves the port itself (by the configured name or number), so the key
-// is the service alone.
+// Key is how discovery names the destination's service; discovery maps the
+// port to one of its endpoint sets.
 func (d Destination) Key() string { return d.Service + "." + d.Namespace }
 
 // Request is what rules look at. Headers holds lower-case names.

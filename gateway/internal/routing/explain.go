@@ -15,12 +15,15 @@ type Explanation struct {
 	Headers   map[string][]string `json:"headers"`
 	// VirtualHost is the domain of the virtual host the authority selects,
 	// in VirtualService mode.
-	VirtualHost string            `json:"virtualHost,omitempty"`
-	Steps       []Step            `json:"steps"`
-	Decision    string            `json:"decision"`
-	Issues      []string          `json:"issues,omitempty"`
-	Rejected    map[string]string `json:"rejected,omitempty"`
-	Unbound     map[string]string `json:"unbound,omitempty"`
+	VirtualHost string `json:"virtualHost,omitempty"`
+	Steps       []Step `json:"steps"`
+	Decision    string `json:"decision"`
+	// Dials says, per destination of the decision, what a call dials (the
+	// live /explain only: `gateway explain` has no discovery).
+	Dials    []string          `json:"dials,omitempty"`
+	Issues   []string          `json:"issues,omitempty"`
+	Rejected map[string]string `json:"rejected,omitempty"`
+	Unbound  map[string]string `json:"unbound,omitempty"`
 }
 
 // Step is one rule's verdict.
@@ -30,10 +33,17 @@ type Step struct {
 	Why     string `json:"why"`
 }
 
-// Explain explains a request under the current state.
-func (s *State) Explain(method, authority string, headers map[string][]string) Explanation {
+// Explain explains a request under the current state; dial, when not nil,
+// says what a call to each destination of the decision dials.
+func (s *State) Explain(method, authority string, headers map[string][]string, dial func(route.Destination) Dial) Explanation {
 	snap := s.snap.Load()
-	return Explain(snap.table, snap.vs, method, authority, headers)
+	e := Explain(snap.table, snap.vs, method, authority, headers)
+	if rule, ok := snap.table.Route(&route.Request{Headers: headers, Path: method, Authority: authority}); ok && dial != nil {
+		for _, d := range rule.Action.Destinations {
+			e.Dials = append(e.Dials, d.Destination.String()+": "+dial(d.Destination).String())
+		}
+	}
+	return e
 }
 
 // Explain says how table routes a request, why each earlier rule did not

@@ -1,6 +1,10 @@
 package routing
 
-import "github.com/envgate/envgate/gateway/internal/route"
+import (
+	"strings"
+
+	"github.com/envgate/envgate/gateway/internal/route"
+)
 
 // View is the routing table for /routes: every rule under the virtual host
 // it is in (a rule of an object with several hosts is in each, as in
@@ -21,17 +25,42 @@ type RuleView struct {
 	Timeout      string            `json:"timeout,omitempty"`
 }
 
-// DestinationView is one destination of a rule.
+// DestinationView is one destination of a rule and what a call to it
+// dials: the endpoint set of its Service port and the pods' addresses.
 type DestinationView struct {
 	Destination string   `json:"destination"`
 	Weight      int32    `json:"weight"`
+	EndpointSet string   `json:"endpointSet,omitempty"`
 	Endpoints   []string `json:"endpoints"`
 	Discovered  bool     `json:"discovered"`
+	// Error says why a call there fails before dialing (a port the
+	// Service does not have).
+	Error string `json:"error,omitempty"`
 }
 
-// View builds the view; endpoints looks up a destination's endpoints by
-// its discovery key.
-func (s *State) View(endpoints func(key string) ([]string, bool)) View {
+// Dial is what discovery says a call to a destination dials.
+type Dial struct {
+	Set        string   // the endpoint set's key
+	Endpoints  []string // its addresses
+	Discovered bool     // the set exists
+	Error      string   // why there is no set to dial
+}
+
+// String says what is dialed, or why nothing is.
+func (d Dial) String() string {
+	switch {
+	case d.Error != "":
+		return d.Error
+	case !d.Discovered:
+		return "endpoint set " + d.Set + " not discovered"
+	case len(d.Endpoints) == 0:
+		return "endpoint set " + d.Set + ": no ready endpoint"
+	}
+	return "endpoint set " + d.Set + ": " + strings.Join(d.Endpoints, ", ")
+}
+
+// View builds the view; dial says what a call to a destination dials.
+func (s *State) View(dial func(route.Destination) Dial) View {
 	snap := s.snap.Load()
 	v := View{Rules: []RuleView{}, NoMatch: "UNIMPLEMENTED"}
 	if snap.vs != nil {
@@ -61,11 +90,15 @@ func (s *State) View(endpoints func(key string) ([]string, bool)) View {
 				rv.Timeout = r.Action.Timeout.String()
 			}
 			for _, d := range r.Action.Destinations {
-				eps, ok := endpoints(d.Key())
-				if eps == nil {
-					eps = []string{}
+				dv := DestinationView{Destination: d.String(), Weight: d.Weight, Endpoints: []string{}}
+				if d.NoService == "" {
+					t := dial(d.Destination)
+					dv.EndpointSet, dv.Discovered, dv.Error = t.Set, t.Discovered, t.Error
+					if t.Endpoints != nil {
+						dv.Endpoints = t.Endpoints
+					}
 				}
-				rv.Destinations = append(rv.Destinations, DestinationView{Destination: d.String(), Weight: d.Weight, Endpoints: eps, Discovered: ok})
+				rv.Destinations = append(rv.Destinations, dv)
 			}
 			v.Rules = append(v.Rules, rv)
 		}

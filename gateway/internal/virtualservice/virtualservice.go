@@ -242,8 +242,6 @@ type Options struct {
 	// be exported to it (spec.exportTo) to be used, as Istio requires for
 	// the ingress gateway's proxies.
 	ProxyNamespace string
-	// DefaultPort is used for a destination without a port.
-	DefaultPort string
 	// Service, when set, is the only service discovery follows: a
 	// destination naming another cannot be served and rejects its object.
 	Service string
@@ -510,7 +508,7 @@ func (o *Object) rules(opt Options) (out []route.Rule, notes []Issue, err error)
 			return nil, nil, fmt.Errorf("%s: no route", src)
 		}
 		for j, d := range h.Route {
-			dest := destinationOf(d, o.Metadata.Namespace, opt.DefaultPort)
+			dest := destinationOf(d, o.Metadata.Namespace)
 			if dest.NoService != "" {
 				notes = append(notes, Issue{Object: o.Name(), Field: fmt.Sprintf("spec.http[%d].route[%d].destination.host", i, j),
 					Note: fmt.Sprintf("%q names no service: Istio expands only short names (write %s.svc.cluster.local); calls routed there get UNAVAILABLE, as Envoy answers 503 (no cluster)", d.Destination.Host, d.Destination.Host)})
@@ -688,8 +686,9 @@ func stringMatch(s StringMatch) (route.StringMatch, error) {
 // VirtualService's namespace, <name>.<namespace>.svc.cluster.local that
 // service; any other host, "name.namespace" included, is looked up as
 // written and names no Kubernetes service, so calls routed there fail as
-// Envoy's do (no cluster).
-func destinationOf(d RouteDest, ns, defPort string) route.Destination {
+// Envoy's do (no cluster). The port is the Service's port number; without
+// one it stays "" and discovery picks it as Istio does.
+func destinationOf(d RouteDest, ns string) route.Destination {
 	host := strings.TrimSuffix(d.Destination.Host, ".")
 	var dest route.Destination
 	if name, rest, ok := strings.Cut(host, "."); !ok {
@@ -699,7 +698,6 @@ func destinationOf(d RouteDest, ns, defPort string) route.Destination {
 	} else {
 		return route.Destination{NoService: d.Destination.Host}
 	}
-	dest.Port = defPort
 	if d.Destination.Port != nil && d.Destination.Port.Number != 0 {
 		dest.Port = strconv.Itoa(int(d.Destination.Port.Number))
 	}

@@ -26,7 +26,7 @@ func parse(t *testing.T, yaml string) []*Object {
 
 func table(t *testing.T, yaml string) (*route.Table, *Result) {
 	t.Helper()
-	res := Build(parse(t, yaml), Options{Gateway: "default/common-istio-gateway", ProxyNamespace: "istio-system", DefaultPort: "grpc"})
+	res := Build(parse(t, yaml), Options{Gateway: "default/common-istio-gateway", ProxyNamespace: "istio-system"})
 	return route.NewHostTable(res.Hosts), res
 }
 
@@ -241,9 +241,9 @@ func TestIstioParity(t *testing.T) {
 // host, name.namespace included, is not expanded and names no service.
 func TestDestinationHosts(t *testing.T) {
 	for host, want := range map[string]string{
-		"app-service":                            "app-service.default.svc.cluster.local:grpc",
+		"app-service":                            "app-service.default.svc.cluster.local",
 		"app-service.env1":                       "app-service.env1 (no such service)",
-		"app-service.env1.svc.cluster.local":     "app-service.env1.svc.cluster.local:grpc",
+		"app-service.env1.svc.cluster.local":     "app-service.env1.svc.cluster.local",
 		"app-service.env1.svc.cluster.local:xxx": "app-service.env1.svc.cluster.local:xxx (no such service)",
 		"api.example.com":                        "api.example.com (no such service)",
 	} {
@@ -253,7 +253,7 @@ func TestDestinationHosts(t *testing.T) {
 				Number uint32 `json:"number"`
 			} `json:"port"`
 			Subset string `json:"subset"`
-		}{Host: host}}, "default", "grpc")
+		}{Host: host}}, "default")
 		if d.String() != want {
 			t.Errorf("%s: %v, want %q", host, d, want)
 		}
