@@ -307,8 +307,8 @@ func Build(objs []*Object, opt Options) *Result {
 			res.Rejected[o.Name()] = "unimplemented fields that change routing: " + strings.Join(reject, ", ")
 			continue
 		}
-		if len(o.Spec.Hosts) == 0 {
-			res.Rejected[o.Name()] = "spec.hosts is empty: Istio's validation refuses a VirtualService without hosts"
+		if err := o.validate(); err != nil {
+			res.Rejected[o.Name()] = "refused as Istio's validation refuses it: " + strings.ReplaceAll(err.Error(), "\n", "; ")
 			continue
 		}
 		objRules, notes, err := o.rules(opt)

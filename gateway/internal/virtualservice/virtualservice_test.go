@@ -3,7 +3,6 @@ package virtualservice
 import (
 	"encoding/json"
 	"flag"
-	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -11,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/envgate/envgate/gateway/internal/route"
+	"github.com/envgate/envgate/internal/paritytest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -26,42 +26,11 @@ func parse(t *testing.T, yaml string) []*Object {
 
 func table(t *testing.T, yaml string) (*route.Table, *Result) {
 	t.Helper()
-	res := Build(parse(t, yaml), Options{Gateway: "default/common-istio-gateway", ProxyNamespace: "istio-system"})
+	res := Build(parse(t, yaml), Options{Gateway: paritytest.Gateway, ProxyNamespace: paritytest.ProxyNamespace})
 	return route.NewHostTable(res.Hosts), res
 }
 
-// vs renders one VirtualService bound to the seed's gateway.
-func vs(name, created, http string) string {
-	return fmt.Sprintf(`---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: %s, namespace: default, creationTimestamp: "%s"}
-spec:
-  hosts: ["*"]
-  gateways: [common-istio-gateway]
-  http:
-%s
-`, name, created, http)
-}
-
-// vsHosts is vs with its own hosts.
-func vsHosts(name, created, hosts, http string) string {
-	return strings.Replace(vs(name, created, http), `hosts: ["*"]`, "hosts: "+hosts, 1)
-}
-
-// inNS moves an object to namespace ns.
-func inNS(ns, y string) string { return strings.Replace(y, "namespace: default", "namespace: "+ns, 1) }
-
-// exportTo sets an object's spec.exportTo.
-func exportTo(list, y string) string {
-	return strings.Replace(y, "  gateways:", "  exportTo: "+list+"\n  gateways:", 1)
-}
-
-// gw binds an object to g instead of common-istio-gateway.
-func gw(g, y string) string {
-	return strings.Replace(y, "gateways: [common-istio-gateway]", "gateways: ["+g+"]", 1)
-}
-
+// req is a call to path with the header name, value pairs.
 func req(path, authority string, headers ...string) *route.Request {
 	r := &route.Request{Path: path, Authority: authority, Headers: map[string][]string{}}
 	for i := 0; i+1 < len(headers); i += 2 {
@@ -70,11 +39,9 @@ func req(path, authority string, headers ...string) *route.Request {
 	return r
 }
 
-const t0, t1 = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"
-
 // Objects not bound to the gateway are listed with the reason.
 func TestUnboundObjectsAreReported(t *testing.T) {
-	_, res := table(t, inNS("other", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"))+gw("mesh", vs("b", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")))
+	_, res := table(t, paritytest.InNS("other", paritytest.VS("a", paritytest.T0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"))+paritytest.BoundTo("mesh", paritytest.VS("b", paritytest.T0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")))
 	if why := res.Unbound["other/a"]; !strings.Contains(why, "resolve to [other/common-istio-gateway], not default/common-istio-gateway") {
 		t.Fatalf("other/a: %q", why)
 	}
@@ -107,129 +74,23 @@ func TestSeedVirtualServices(t *testing.T) {
 	}
 }
 
-// Documented Istio behaviours, one row each. Sources: Istio reference,
-// networking.istio.io VirtualService (istio.io/latest/docs/reference/config/
-// networking/virtual-service/), and Envoy's route matching
-// (envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto).
+// The Istio parity table (internal/paritytest), each row citing the Istio
+// or Envoy source it follows, against the merge; the gateway's tests run
+// the same rows through real calls and `gateway explain`.
 func TestIstioParity(t *testing.T) {
-	one := func(match, dest string) string {
-		return fmt.Sprintf("  - match:\n%s\n    route: [{destination: {host: %s}}]", match, dest)
-	}
-	for name, tc := range map[string]struct {
-		yaml string
-		req  *route.Request
-		want string // destination namespace, "" for no route
-	}{
-		// HTTPMatchRequest.headers: exact, prefix, regex (RE2 full match).
-		"header exact":             {vs("a", t0, one(`    - headers: {env: {exact: env1}}`, "svc.env1.svc.cluster.local")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
-		"header prefix":            {vs("a", t0, one(`    - headers: {env: {prefix: pr-}}`, "svc.prs.svc.cluster.local")), req("/x.Y/Z", "h", "env", "pr-42"), "prs"},
-		"header regex full match":  {vs("a", t0, one(`    - headers: {env: {regex: "env[0-9]"}}`, "svc.env1.svc.cluster.local")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
-		"header regex not partial": {vs("a", t0, one(`    - headers: {env: {regex: "env[0-9]"}}`, "svc.env1.svc.cluster.local")), req("/x.Y/Z", "h", "env", "xenv1x"), ""},
-		// "headers: {x: {}}" matches when the header is present, any value.
-		"header presence":        {vs("a", t0, one(`    - headers: {x-debug: {}}`, "svc.dbg.svc.cluster.local")), req("/x.Y/Z", "h", "x-debug", ""), "dbg"},
-		"header presence absent": {vs("a", t0, one(`    - headers: {x-debug: {}}`, "svc.dbg.svc.cluster.local")), req("/x.Y/Z", "h"), ""},
-		// Header names are case-insensitive, values case-sensitive.
-		"header name case":  {vs("a", t0, one(`    - headers: {Env: {exact: env1}}`, "svc.env1.svc.cluster.local")), req("/x.Y/Z", "h", "env", "env1"), "env1"},
-		"header value case": {vs("a", t0, one(`    - headers: {env: {exact: env1}}`, "svc.env1.svc.cluster.local")), req("/x.Y/Z", "h", "env", "Env1"), ""},
-		// Several values are joined with "," (Envoy).
-		"joined values": {vs("a", t0, one(`    - headers: {env: {exact: "a,b"}}`, "svc.ab.svc.cluster.local")), req("/x.Y/Z", "h", "env", "a", "env", "b"), "ab"},
-		// withoutHeaders: the rule applies when the header does not match;
-		// an absent header does not match, so the rule applies.
-		"withoutHeaders other value": {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h", "env", "dev"), "np"},
-		"withoutHeaders absent":      {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h"), "np"},
-		"withoutHeaders equal":       {vs("a", t0, one(`    - withoutHeaders: {env: {exact: prod}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h", "env", "prod"), ""},
-		// Istio 1.22 and later set Envoy's treat_missing_header_as_empty on
-		// withoutHeaders (route.go translateHeaderMatch): an absent header
-		// is the empty string, which regex ".*" matches, so the rule does
-		// not apply; a presence match still sees it absent.
-		"withoutHeaders absent is empty":    {vs("a", t0, one(`    - withoutHeaders: {env: {regex: ".*"}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h"), ""},
-		"withoutHeaders absent presence":    {vs("a", t0, one(`    - withoutHeaders: {env: {}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h"), "np"},
-		"withoutHeaders present value only": {vs("a", t0, one(`    - withoutHeaders: {env: {regex: "prod.*"}}`, "svc.np.svc.cluster.local")), req("/x.Y/Z", "h"), "np"},
-		// uri on the gRPC path /package.Service/Method.
-		"uri exact":  {vs("a", t0, one(`    - uri: {exact: /echo.EchoService/Call}`, "svc.c.svc.cluster.local")), req("/echo.EchoService/Call", "h"), "c"},
-		"uri prefix": {vs("a", t0, one(`    - uri: {prefix: /echo.EchoService/}`, "svc.c.svc.cluster.local")), req("/echo.EchoService/BidiStream", "h"), "c"},
-		"uri regex":  {vs("a", t0, one(`    - uri: {regex: "/echo\\.EchoService/(Call|ServerStream)"}`, "svc.c.svc.cluster.local")), req("/echo.EchoService/ClientStream", "h"), ""},
-		"authority":  {vs("a", t0, one(`    - authority: {prefix: api.}`, "svc.api.svc.cluster.local")), req("/x.Y/Z", "api.example.com"), "api"},
-		// Conditions in one block are ANDed, blocks are ORed.
-		"AND within a block": {vs("a", t0, one("    - headers: {env: {exact: env1}}\n      uri: {prefix: /echo.}", "svc.env1.svc.cluster.local")), req("/other.S/M", "h", "env", "env1"), ""},
-		"OR across blocks":   {vs("a", t0, one("    - headers: {env: {exact: env1}}\n    - uri: {prefix: /echo.}", "svc.env1.svc.cluster.local")), req("/echo.S/M", "h", "env", "env9"), "env1"},
-		// Rules in order, first match wins.
-		"first match wins": {vs("a", t0, one(`    - uri: {prefix: /echo.}`, "svc.first.svc.cluster.local")+"\n"+one(`    - headers: {env: {exact: env1}}`, "svc.second.svc.cluster.local")), req("/echo.S/M", "h", "env", "env1"), "first"},
-		// A rule without match takes everything.
-		"no match is catch-all": {vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"), req("/any.S/M", "h"), "all"},
-		// Objects merge oldest first; the same time breaks ties by name.
-		"older object first":            {vs("b", t0, one(`    - uri: {prefix: /}`+"\n      headers: {env: {exact: e}}", "svc.older.svc.cluster.local")) + vs("a", t1, one(`    - headers: {env: {exact: e}}`, "svc.newer.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "older"},
-		"tie broken by name":            {vs("b", t0, one(`    - headers: {env: {exact: e}}`, "svc.b.svc.cluster.local")) + vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.a.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "a"},
-		"catch-all moved last":          {vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]") + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "e"},
-		"catch-all prefix / moved last": {vs("a", t0, one(`    - uri: {prefix: /}`, "svc.all.svc.cluster.local")) + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "e"},
-		// hosts: the object applies to these authorities only.
-		"hosts exclude": {strings.Replace(vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), `hosts: ["*"]`, `hosts: ["api.example.com"]`, 1), req("/x.Y/Z", "other.example.com:443", "env", "e"), ""},
-		"hosts include": {strings.Replace(vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), `hosts: ["*"]`, `hosts: ["*.example.com"]`, 1), req("/x.Y/Z", "api.example.com:443", "env", "e"), "e"},
-		// Virtual hosts. Istio makes one per host name of the bound objects,
-		// each with the routes of every object naming it
-		// (pilot/pkg/networking/core/gateway.go buildGatewayHTTPRouteConfig,
-		// vHostDedupMap); Envoy routes a request by exactly one, chosen by
-		// its authority: exact, then the longest suffix wildcard, then "*",
-		// case-insensitively and without the port
-		// (source/common/router/config_impl.cc RouteMatcher::findVirtualHost).
-		"specific host before *": {vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.star.svc.cluster.local")) +
-			vsHosts("b", t1, `["api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api.svc.cluster.local")), req("/x.Y/Z", "api.example.com:443", "env", "e"), "api"},
-		"* for other hosts": {vs("a", t0, one(`    - headers: {env: {exact: e}}`, "svc.star.svc.cluster.local")) +
-			vsHosts("b", t1, `["api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api.svc.cluster.local")), req("/x.Y/Z", "web.example.com", "env", "e"), "star"},
-		"no fall-through to *": {vsHosts("b", t0, `["api.example.com"]`, one(`    - headers: {env: {exact: other}}`, "svc.api.svc.cluster.local")) +
-			vs("a", t1, "  - route: [{destination: {host: svc.star.svc.cluster.local}}]"), req("/x.Y/Z", "api.example.com", "env", "e"), ""},
-		"longest suffix wildcard": {vsHosts("a", t0, `["*.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.wide.svc.cluster.local")) +
-			vsHosts("b", t1, `["*.api.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.deep.svc.cluster.local")), req("/x.Y/Z", "v1.api.example.com", "env", "e"), "deep"},
-		"wildcard needs a label":  {vsHosts("a", t0, `["*.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.wide.svc.cluster.local")), req("/x.Y/Z", "example.com", "env", "e"), ""},
-		"authority case and port": {vsHosts("a", t0, `["API.example.com"]`, one(`    - headers: {env: {exact: e}}`, "svc.api.svc.cluster.local")), req("/x.Y/Z", "Api.Example.COM:8443", "env", "e"), "api"},
-		// A host without dots is a service of the object's namespace
-		// (pilot/pkg/model/config.go ResolveShortnameToFQDN).
-		"short host is a service FQDN": {vsHosts("a", t0, `["app"]`, one(`    - headers: {env: {exact: e}}`, "svc.app.svc.cluster.local")), req("/x.Y/Z", "app.default.svc.cluster.local", "env", "e"), "app"},
-		"short host not as written":    {vsHosts("a", t0, `["app"]`, one(`    - headers: {env: {exact: e}}`, "svc.app.svc.cluster.local")), req("/x.Y/Z", "app", "env", "e"), ""},
-		// Catch-alls (route.go): one Envoy route per match block
-		// (BuildHTTPRoutesForVirtualService); only a catch-all block moves
-		// to the end of its virtual host (SortVHostRoutes, IsCatchAllRoute:
-		// prefix "/" or regex ".*", no header), the rule's other blocks
-		// keep their place; rules after a catch-all route are dropped.
-		"catch-all block split": {vs("a", t0, one("    - headers: {env: {exact: e}}\n    - uri: {prefix: /}", "svc.a.svc.cluster.local")) +
-			vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.b.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "a"},
-		"catch-all block still last": {vs("a", t0, one("    - headers: {env: {exact: e}}\n    - uri: {prefix: /}", "svc.a.svc.cluster.local")) +
-			vs("b", t1, one(`    - headers: {env: {exact: f}}`, "svc.b.svc.cluster.local")), req("/x.Y/Z", "h", "env", "f"), "b"},
-		"regex .* is catch-all":           {vs("a", t0, one(`    - uri: {regex: ".*"}`, "svc.all.svc.cluster.local")) + vs("b", t1, one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "e"},
-		"rules after a catch-all dropped": {vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]\n"+one(`    - headers: {env: {exact: e}}`, "svc.e.svc.cluster.local")), req("/x.Y/Z", "h", "env", "e"), "all"},
-		// spec.gateways resolve as Istio resolves them
-		// (pilot/pkg/model/config.go resolveGatewayName): a short
-		// name is in the object's namespace, "./name" too, "ns/name" as
-		// written, "name.ns.svc.cluster.local" is ns/name; the gateway
-		// here is default/common-istio-gateway.
-		"gateway short name elsewhere": {inNS("other", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), ""},
-		"gateway ns/name":              {inNS("other", gw("default/common-istio-gateway", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"))), req("/x.Y/Z", "h"), "all"},
-		"gateway ./name":               {gw("./common-istio-gateway", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), "all"},
-		"gateway legacy FQDN":          {inNS("other", gw("common-istio-gateway.default.svc.cluster.local", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"))), req("/x.Y/Z", "h"), "all"},
-		"gateway mesh":                 {gw("mesh", vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), ""},
-		// spec.exportTo: the object must be visible in the gateway's
-		// (proxy's) namespace, istio-system here (push_context.go).
-		"exportTo absent":       {vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"), req("/x.Y/Z", "h"), "all"},
-		"exportTo *":            {exportTo(`["*"]`, vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), "all"},
-		"exportTo . elsewhere":  {exportTo(`["."]`, vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), ""},
-		"exportTo gateway's ns": {exportTo(`["istio-system"]`, vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), "all"},
-		"exportTo other ns":     {exportTo(`["team-a"]`, vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), ""},
-		"exportTo ~":            {exportTo(`["~"]`, vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]")), req("/x.Y/Z", "h"), ""},
-		// Objects of another gateway are not merged.
-		"other gateway": {strings.Replace(vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"), "common-istio-gateway", "mesh", 1), req("/x.Y/Z", "h"), ""},
-	} {
-		t.Run(name, func(t *testing.T) {
-			tbl, res := table(t, tc.yaml)
+	for _, row := range paritytest.Rows {
+		t.Run(row.Name, func(t *testing.T) {
+			tbl, res := table(t, row.YAML)
 			if len(res.Rejected) > 0 {
 				t.Fatalf("rejected: %v", res.Rejected)
 			}
-			r, ok := tbl.Route(tc.req)
+			r, ok := tbl.Route(req(row.Req.Method, row.Req.Authority, row.Req.Headers...))
 			got := ""
 			if ok {
 				got = r.Action.Destinations[0].Namespace
 			}
-			if got != tc.want {
-				t.Fatalf("routed to %q, want %q", got, tc.want)
+			if got != row.Want {
+				t.Fatalf("routed to %q, want %q (%s)", got, row.Want, row.Cite)
 			}
 		})
 	}
@@ -263,7 +124,7 @@ func TestDestinationHosts(t *testing.T) {
 // Weights: share = weight / sum, weight 0 gets nothing, within 2% over
 // 100,000 picks from a fixed seed.
 func TestWeights(t *testing.T) {
-	tbl, _ := table(t, vs("a", t0, `  - route:
+	tbl, _ := table(t, paritytest.VS("a", paritytest.T0, `  - route:
     - {destination: {host: svc.a.svc.cluster.local}, weight: 70}
     - {destination: {host: svc.b.svc.cluster.local}, weight: 30}
     - {destination: {host: svc.c.svc.cluster.local}, weight: 0}`))
@@ -290,9 +151,9 @@ func abs(f float64) float64 {
 // Unimplemented fields are reported by name; those that would change where
 // a call goes reject the whole object.
 func TestUnimplementedFields(t *testing.T) {
-	_, res := table(t, vs("cors", t0, `  - corsPolicy: {allowOrigins: [{exact: "*"}]}
-    route: [{destination: {host: svc.a.svc.cluster.local}}]`)+vs("fault", t0, `  - fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
-    route: [{destination: {host: svc.b.svc.cluster.local}}]`)+vs("method", t0, `  - match: [{method: {exact: GET}}]
+	_, res := table(t, paritytest.VS("cors", paritytest.T0, `  - corsPolicy: {allowOrigins: [{exact: "*"}]}
+    route: [{destination: {host: svc.a.svc.cluster.local}}]`)+paritytest.VS("fault", paritytest.T0, `  - fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: svc.b.svc.cluster.local}}]`)+paritytest.VS("method", paritytest.T0, `  - match: [{method: {exact: GET}}]
     route: [{destination: {host: svc.c.svc.cluster.local}}]`))
 	want := map[string]bool{
 		"default/cors: spec.http[0].corsPolicy is not implemented: ignored":                                         true,
@@ -425,40 +286,16 @@ func FuzzMatch(f *testing.F) {
 // validation.go). The same Build runs at start, in the live watch and in
 // explain, so all three refuse alike.
 func TestValidationAsIstio(t *testing.T) {
-	one := func(match, dest string) string {
-		return fmt.Sprintf("  - match:\n%s\n    route: [{destination: {host: %s}}]", match, dest)
-	}
-	for name, tc := range map[string]struct{ yaml, want string }{
-		// ValidateVirtualService: "virtual service must have at least one host".
-		"no hosts": {strings.Replace(vs("a", t0, "  - route: [{destination: {host: svc.all.svc.cluster.local}}]"), `hosts: ["*"]`, `hosts: []`, 1),
-			"spec.hosts is empty"},
-		// validateHTTPRouteDestinations: "total destination weight = 0".
-		"all weights zero": {vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}, weight: 0}, {destination: {host: svc.b.svc.cluster.local}, weight: 0}]"),
-			"total destination weight = 0"},
-		// validateHTTPRetry: retryOn values from supportedRetryOnPolicies.
-		"unknown retryOn": {vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: 2, retryOn: \"5xx,sometimes\"}"),
-			`"sometimes" is not a retry policy`},
-		// validateHTTPRetry: "attempts cannot be negative", and
-		// ValidateDuration on perTryTimeout.
-		"negative attempts": {vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: -1}"),
-			"attempts cannot be negative"},
-		"perTryTimeout under 1ms": {vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: 2, perTryTimeout: 500us}"),
-			"duration must be greater than 1ms"},
-		"perTryTimeout finer than ms": {vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: 2, perTryTimeout: 1500us}"),
-			"only durations to ms precision are supported"},
-		// validateStringMatch: "prefix string match should not be empty".
-		"empty uri prefix": {vs("a", t0, one(`    - uri: {prefix: ""}`, "svc.a.svc.cluster.local")),
-			"match[0].uri: prefix string match should not be empty"},
-	} {
-		t.Run(name, func(t *testing.T) {
-			_, res := table(t, tc.yaml)
-			if why := res.Rejected["default/a"]; !strings.Contains(why, tc.want) {
-				t.Fatalf("rejected: %q, want %q", why, tc.want)
+	for _, r := range paritytest.Refusals {
+		t.Run(r.Name, func(t *testing.T) {
+			_, res := table(t, r.YAML)
+			if why := res.Rejected["default/a"]; !strings.Contains(why, r.Why) {
+				t.Fatalf("rejected: %q, want %q (%s)", why, r.Why, r.Cite)
 			}
 		})
 	}
 	// A status code is a valid retryOn, as are Envoy's gRPC conditions.
-	_, res := table(t, vs("a", t0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: 2, retryOn: \"503,unavailable,gateway-error\"}"))
+	_, res := table(t, paritytest.VS("a", paritytest.T0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: 2, retryOn: \"503,unavailable,gateway-error\"}"))
 	if len(res.Rejected) != 0 {
 		t.Fatalf("rejected: %v", res.Rejected)
 	}
