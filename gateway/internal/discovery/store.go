@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -31,7 +32,7 @@ type Endpoints []string
 type Store struct {
 	mu     sync.Mutex
 	sets   map[string]Endpoints
-	ports  map[string]Ports
+	ports  map[string]*servicePorts // never mutated once stored
 	subs   map[string]map[*subscription]struct{}
 	synced bool
 	// syncedCh is closed by MarkSynced.
@@ -46,7 +47,7 @@ type subscription struct {
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{sets: map[string]Endpoints{}, ports: map[string]Ports{}, subs: map[string]map[*subscription]struct{}{}, syncedCh: make(chan struct{})}
+	return &Store{sets: map[string]Endpoints{}, ports: map[string]*servicePorts{}, subs: map[string]map[*subscription]struct{}{}, syncedCh: make(chan struct{})}
 }
 
 // Set replaces the endpoints of service. addrs is copied, sorted and
@@ -97,6 +98,15 @@ type Ports struct {
 	Names map[string]int32
 }
 
+// servicePorts is a service's ports with the set key of each way a
+// destination may name one, built once so that resolving a call's port
+// costs a map lookup and no allocation.
+type servicePorts struct {
+	Ports
+	keys map[string]string // port number or name -> set key
+	only string            // the set key when the Service has one port
+}
+
 // ErrNoPort is wrapped by Resolve when the service has no such port.
 var ErrNoPort = errors.New("no such port")
 
@@ -104,8 +114,18 @@ var ErrNoPort = errors.New("no such port")
 // published under PortKey. Set the port sets before the ports, so a Resolve
 // never names a set that is not there yet.
 func (s *Store) SetPorts(service string, p Ports) {
+	sp := &servicePorts{Ports: p, keys: make(map[string]string, 2*len(p.Numbers))}
+	for _, n := range p.Numbers {
+		sp.keys[strconv.Itoa(int(n))] = PortKey(service, n)
+	}
+	for name, n := range p.Names {
+		sp.keys[name] = PortKey(service, n)
+	}
+	if len(p.Numbers) == 1 {
+		sp.only = PortKey(service, p.Numbers[0])
+	}
 	s.mu.Lock()
-	s.ports[service] = p
+	s.ports[service] = sp
 	s.mu.Unlock()
 }
 
@@ -118,7 +138,7 @@ func (s *Store) DeletePorts(service string) {
 
 // PortKey is the key of the endpoint set of one Service port.
 func PortKey(service string, number int32) string {
-	return fmt.Sprintf("%s:%d", service, number)
+	return service + ":" + strconv.Itoa(int(number))
 }
 
 // Resolve returns the key of the endpoint set a destination of service on
@@ -131,26 +151,21 @@ func PortKey(service string, number int32) string {
 // the ports the service has.
 func (s *Store) Resolve(service, port, fallback string) (string, error) {
 	s.mu.Lock()
-	p, ok := s.ports[service]
+	sp, ok := s.ports[service]
 	s.mu.Unlock()
 	if !ok {
 		return service, nil
 	}
 	if port == "" {
-		if len(p.Numbers) == 1 {
-			return PortKey(service, p.Numbers[0]), nil
+		if sp.only != "" {
+			return sp.only, nil
 		}
 		port = fallback
 	}
-	if n, ok := p.Names[port]; ok {
-		return PortKey(service, n), nil
+	if key, ok := sp.keys[port]; ok {
+		return key, nil
 	}
-	for _, n := range p.Numbers {
-		if fmt.Sprint(n) == port {
-			return PortKey(service, n), nil
-		}
-	}
-	return "", fmt.Errorf("%w: %s has no port %q (its ports: %s)", ErrNoPort, service, port, p)
+	return "", fmt.Errorf("%w: %s has no port %q (its ports: %s)", ErrNoPort, service, port, sp.Ports)
 }
 
 // String lists the ports as "50051 (grpc), 8080".

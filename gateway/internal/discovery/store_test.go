@@ -41,3 +41,15 @@ func TestStaticMarksSynced(t *testing.T) {
 		t.Fatalf("synced %v, endpoints %v %v", s.Synced(), eps, ok)
 	}
 }
+
+// Resolving a call's port is on the call path: a lookup, no allocation.
+func BenchmarkResolve(b *testing.B) {
+	s := NewStore()
+	s.SetPorts("app-service.env1", Ports{Numbers: []int32{80, 9000}, Names: map[string]int32{"grpc": 80, "admin": 9000}})
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.Resolve("app-service.env1", "grpc", "grpc"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
