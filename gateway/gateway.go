@@ -38,6 +38,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/h2client"
 	"github.com/envgate/envgate/gateway/internal/metrics"
 	"github.com/envgate/envgate/gateway/internal/overload"
+	"github.com/envgate/envgate/gateway/internal/policy"
 	"github.com/envgate/envgate/gateway/internal/proxy"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/routing"
@@ -64,6 +65,7 @@ type gateway struct {
 	background []func(context.Context) error
 	draining   atomic.Bool
 
+	tls     *policy.TLS    // how each destination's connections are secured
 	vsReady func() bool    // the live VirtualService watch has synced
 	health  *health.Server // grpc.health.v1 for the gateway itself
 	metrics *metrics.Metrics
@@ -102,6 +104,10 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	if err != nil {
 		return nil, err // Validate refused it already
 	}
+	if g.tls, err = policy.NewTLS(u.TLS, u.Mesh, log); err != nil {
+		return nil, err
+	}
+	g.background = append(g.background, g.tls.Run)
 	od := u.OutlierDetection
 	g.pool = upstream.NewPool(g.store, log, h2client.Options{
 		Dial:                dial,
@@ -131,7 +137,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	if vs != nil {
 		metrics.RegisterVirtualServices(reg, g.vsState)
 	}
-	px := proxy.New(proxy.NewDirector(g.routing.Table, poolUpstreams{g.pool, g.endpointSet}, rand.Float64, g.baseline()), accessLog, cfg.Routing.Header, g.metrics)
+	px := proxy.New(proxy.NewDirector(g.routing.Table, poolUpstreams{g.pool, g.endpointSet, g.tls}, rand.Float64, g.baseline()), accessLog, cfg.Routing.Header, g.metrics)
 	px.SetDebugHeader(cfg.Routing.DebugHeader)
 	px.SetMaxMessage(cfg.Limits.MaxMessageBytes)
 	g.health = health.NewServer()
@@ -578,7 +584,7 @@ func (g *gateway) dialTargets(d route.Destination) routing.Dial {
 		return routing.Dial{Error: err.Error()}
 	}
 	eps, ok := g.store.Get(key)
-	return routing.Dial{Set: key, Endpoints: eps, Discovered: ok}
+	return routing.Dial{Set: key, Endpoints: eps, Discovered: ok, TLS: g.tls.Describe(d, key)}
 }
 
 // drain turns readiness and gRPC health to not serving.
@@ -644,6 +650,7 @@ func (g *gateway) AdminAddr() string {
 type poolUpstreams struct {
 	pool *upstream.Pool
 	set  func(route.Destination) (string, error)
+	tls  *policy.TLS
 }
 
 func (u poolUpstreams) Conn(d route.Destination) (grpc.ClientConnInterface, error) {
@@ -651,7 +658,7 @@ func (u poolUpstreams) Conn(d route.Destination) (grpc.ClientConnInterface, erro
 	if err != nil {
 		return nil, err
 	}
-	c, err := u.pool.Get(key)
+	c, err := u.pool.Get(upstream.Target{Set: key, TLS: u.tls.For(d, key)})
 	if err != nil {
 		return nil, err
 	}

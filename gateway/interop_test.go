@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/internal/testca"
 )
 
 // The official interop cases, run by grpc-go's own interop client and server
@@ -33,18 +34,44 @@ var interopCases = []string{
 	"custom_metadata", "unimplemented_method", "unimplemented_service",
 }
 
+// Both client-side listeners (h2c and TLS), with the backend reached over
+// h2c and over TLS (Issue 12: the upstream SIMPLE mode, the backend's
+// certificate from a private CA verified by name).
 func TestInteropThroughGateway(t *testing.T) {
-	server := startProcess(t, []string{"GRPC_GO_LOG_SEVERITY_LEVEL=info"}, tool(t, "interop-server"), "-port", "0")
-	port := server.waitLine(t, `interop server listening on .*:(\d+)`)[1]
+	ca := testca.New(t, "interop CA")
+	backendCert := ca.Issue(t, testca.Leaf{DNS: []string{"interop.internal"}})
+	dir := t.TempDir()
+	for _, upstream := range []struct {
+		name string
+		args []string
+		tls  config.UpstreamTLS
+	}{
+		{"h2c upstream", nil, config.UpstreamTLS{}},
+		{"tls upstream", []string{"-use_tls", "-tls_cert_file", writeFile(t, dir, "backend.pem", backendCert.CertPEM), "-tls_key_file", writeFile(t, dir, "backend-key.pem", backendCert.KeyPEM)},
+			config.UpstreamTLS{Mode: config.TLSSimple, CACertificates: writeFile(t, dir, "ca.pem", ca.PEM), SNI: "interop.internal"}},
+	} {
+		t.Run(upstream.name, func(t *testing.T) {
+			server := startProcess(t, []string{"GRPC_GO_LOG_SEVERITY_LEVEL=info"}, tool(t, "interop-server"), append([]string{"-port", "0"}, upstream.args...)...)
+			port := server.waitLine(t, `interop server listening on .*:(\d+)`)[1]
 
-	cert, key := writeCert(t)
-	cfg := testConfig(t, map[string][]string{"interop": {"127.0.0.1:" + port}})
-	cfg.Listeners = append(cfg.Listeners, cfg.Listeners[0])
-	cfg.Listeners[1].TLS = &config.TLS{CertFile: cert, KeyFile: key}
-	cfg.Defaults()
-	gw := startGateway(t, cfg, nil)
+			cert, key := writeCert(t)
+			cfg := testConfig(t, map[string][]string{"interop": {"127.0.0.1:" + port}})
+			cfg.Listeners = append(cfg.Listeners, cfg.Listeners[0])
+			cfg.Listeners[1].TLS = &config.TLS{CertFile: cert, KeyFile: key}
+			cfg.Upstream.TLS = upstream.tls
+			cfg.Defaults()
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			gw := startGateway(t, cfg, nil)
+			runInteropCases(t, gw, cert)
+		})
+	}
+}
+
+// runInteropCases runs every interop case through both of gw's listeners.
+func runInteropCases(t *testing.T, gw *runningGateway, cert string) {
 	client := tool(t, "interop-client")
-
 	for _, listener := range []struct {
 		name  string
 		addr  string

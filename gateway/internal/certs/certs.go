@@ -1,7 +1,9 @@
 // Package certs provides serving certificates: PEM files reloaded when they
 // change (a kubernetes.io/tls Secret mounted as a volume), or ACME
 // certificates from autocert. Both satisfy Provider, which is all a TLS
-// listener needs.
+// listener needs. For upstream connections it provides the client side:
+// client certificates and CA bundles from files, reloaded the same way, and
+// the verification of a backend's identity (Upstream).
 package certs
 
 import (
@@ -71,32 +73,20 @@ func (f *Files) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 // Run checks the files every interval until ctx ends; with no interval it
 // never reloads.
 func (f *Files) Run(ctx context.Context) error {
-	if f.every <= 0 {
-		<-ctx.Done()
-		return nil
-	}
-	t := time.NewTicker(f.every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			changed, err := f.check()
-			f.mu.Lock()
-			hook := f.onReload
-			f.mu.Unlock()
-			switch {
-			case err != nil:
-				f.log.Error("certificate not reloaded, keeping the one in use", "cert", f.certFile, "error", err)
-			case changed:
-				f.log.Info("certificate reloaded", "cert", f.certFile, "notAfter", f.cur.Load().Leaf.NotAfter)
-			}
-			if hook != nil && (changed || err != nil) {
-				hook(err)
-			}
+	return poll(ctx, f.every, f.check, func(changed bool, err error) {
+		f.mu.Lock()
+		hook := f.onReload
+		f.mu.Unlock()
+		switch {
+		case err != nil:
+			f.log.Error("certificate not reloaded, keeping the one in use", "cert", f.certFile, "error", err)
+		case changed:
+			f.log.Info("certificate reloaded", "cert", f.certFile, "notAfter", f.cur.Load().Leaf.NotAfter)
 		}
-	}
+		if hook != nil {
+			hook(err)
+		}
+	})
 }
 
 // check reads both files and swaps in their certificate if their bytes

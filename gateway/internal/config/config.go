@@ -188,7 +188,57 @@ type Upstream struct {
 	KeepaliveTimeout time.Duration `yaml:"keepaliveTimeout"`
 	// OutlierDetection ejects failing endpoints for a while.
 	OutlierDetection OutlierDetection `yaml:"outlierDetection"`
+	// TLS secures the connections to every destination, as a
+	// DestinationRule's trafficPolicy.tls does (default DISABLE: h2c).
+	TLS UpstreamTLS `yaml:"tls"`
+	// Mesh is where the mesh's workload certificates are, for
+	// ISTIO_MUTUAL.
+	Mesh Mesh `yaml:"mesh"`
 }
+
+// UpstreamTLS is Istio's ClientTLSSettings, with the same field names.
+type UpstreamTLS struct {
+	// Mode is DISABLE (h2c), SIMPLE (TLS, the backend verified), MUTUAL
+	// (and envgate's own certificate presented) or ISTIO_MUTUAL (the mesh's
+	// workload certificates, the backend's SPIFFE identity verified).
+	Mode string `yaml:"mode"`
+	// CACertificates verify the backend (SIMPLE, MUTUAL; default: the
+	// system's roots).
+	CACertificates string `yaml:"caCertificates"`
+	// ClientCertificate and PrivateKey are presented (MUTUAL).
+	ClientCertificate string `yaml:"clientCertificate"`
+	PrivateKey        string `yaml:"privateKey"`
+	// SNI is sent to the backend (default: the destination's host name;
+	// with ISTIO_MUTUAL, Istio's outbound_.<port>_.<subset>_.<host>).
+	SNI string `yaml:"sni"`
+	// SubjectAltNames, when set, are the identities one of which the
+	// backend must present (default: the destination's host name; with
+	// ISTIO_MUTUAL any workload of the destination's namespace,
+	// spiffe://<trustDomain>/ns/<namespace>/sa/*).
+	SubjectAltNames []string `yaml:"subjectAltNames"`
+}
+
+// Mesh locates the mesh's workload certificates, as an istio-proxy sidecar
+// that intercepts nothing writes them with OUTPUT_CERTS (Istio's recipe for
+// Prometheus: security/pkg/nodeagent/util/util.go OutputKeyCertToDir).
+type Mesh struct {
+	// CertDir holds cert-chain.pem, key.pem and root-cert.pem (default
+	// /etc/istio-output-certs).
+	CertDir string `yaml:"certDir"`
+	// TrustDomain is the mesh's (default cluster.local).
+	TrustDomain string `yaml:"trustDomain"`
+	// ReloadInterval is how often the files are checked for a rotation
+	// (default 10s; Istio rotates every 24 h by default).
+	ReloadInterval time.Duration `yaml:"reloadInterval"`
+}
+
+// Upstream TLS modes, Istio's ClientTLSSettings.TLSmode.
+const (
+	TLSDisable     = "DISABLE"
+	TLSSimple      = "SIMPLE"
+	TLSMutual      = "MUTUAL"
+	TLSIstioMutual = "ISTIO_MUTUAL"
+)
 
 // OutlierDetection is Istio's DestinationRule outlierDetection. Zero fields
 // take envgate's defaults: 5 consecutive gateway errors (UNAVAILABLE,
@@ -388,6 +438,20 @@ func (c *Config) Defaults() {
 	if c.Upstream.LoadBalancer == "" {
 		c.Upstream.LoadBalancer = "LEAST_REQUEST"
 	}
+	if t := &c.Upstream.TLS; t.Mode == "" {
+		t.Mode = TLSDisable
+	} else {
+		t.Mode = strings.ToUpper(t.Mode)
+	}
+	if m := &c.Upstream.Mesh; m.CertDir == "" {
+		m.CertDir = "/etc/istio-output-certs"
+	}
+	if m := &c.Upstream.Mesh; m.TrustDomain == "" {
+		m.TrustDomain = "cluster.local"
+	}
+	if m := &c.Upstream.Mesh; m.ReloadInterval == 0 {
+		m.ReloadInterval = 10 * time.Second
+	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = DefaultShutdownGrace
 	}
@@ -513,6 +577,7 @@ func (c *Config) Validate() error {
 	if o := c.Upstream.OutlierDetection; o.ConsecutiveGatewayErrors < -1 || o.Consecutive5xxErrors < -1 || o.Interval < 0 || o.BaseEjectionTime < 0 || o.MaxEjectionPercent < 0 || o.MaxEjectionPercent > 100 {
 		errs = append(errs, errors.New("upstream.outlierDetection: counts must be -1 (off) or more, times not negative, maxEjectionPercent 0-100"))
 	}
+	errs = append(errs, c.Upstream.TLS.validate()...)
 	if c.Limits.MaxMessageBytes < 0 {
 		errs = append(errs, errors.New("limits.maxMessageBytes: must be positive"))
 	}
@@ -549,4 +614,35 @@ func (c *Config) StaticEndpoints() map[string][]string {
 		out[c.Destination(env).Key()] = addrs
 	}
 	return out
+}
+
+// validate checks the settings: MUTUAL needs its certificate and key, as
+// Istio's pkg/config/validation/agent/validation.go ValidateTLS says; the
+// rest refuses fields a mode would ignore, where Istio ignores them
+// silently.
+func (t UpstreamTLS) validate() []error {
+	var errs []error
+	switch t.Mode {
+	case TLSDisable, TLSSimple:
+		if t.ClientCertificate != "" || t.PrivateKey != "" {
+			errs = append(errs, fmt.Errorf("upstream.tls: clientCertificate and privateKey are for MUTUAL, not %s", t.Mode))
+		}
+	case TLSMutual:
+		if t.ClientCertificate == "" {
+			errs = append(errs, errors.New("upstream.tls.clientCertificate: client certificate required for mutual tls"))
+		}
+		if t.PrivateKey == "" {
+			errs = append(errs, errors.New("upstream.tls.privateKey: private key required for mutual tls"))
+		}
+	case TLSIstioMutual:
+		if t.ClientCertificate != "" || t.PrivateKey != "" || t.CACertificates != "" {
+			errs = append(errs, errors.New("upstream.tls: ISTIO_MUTUAL uses the mesh's certificates (upstream.mesh.certDir); clientCertificate, privateKey and caCertificates must be empty"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("upstream.tls.mode %q: want DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL", t.Mode))
+	}
+	if t.Mode == TLSDisable && (t.CACertificates != "" || t.SNI != "" || len(t.SubjectAltNames) > 0) {
+		errs = append(errs, errors.New("upstream.tls: caCertificates, sni and subjectAltNames need a mode other than DISABLE"))
+	}
+	return errs
 }

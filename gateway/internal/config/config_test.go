@@ -31,17 +31,23 @@ discovery:
 
 func TestParseRejects(t *testing.T) {
 	for name, tc := range map[string]struct{ yaml, want string }{
-		"misspelled field":      {"environment: [env1]", "field environment not found"},
-		"no environments":       {"listeners: [{address: ':1'}]", "environments: none configured"},
-		"env not a label":       {"environments: [env1.evil.com]", `"env1.evil.com" is not a namespace name`},
-		"env upper case":        {"environments: [Env1]", `"Env1" is not a namespace name`},
-		"duplicate env":         {"environments: [env1, env1]", "listed twice"},
-		"static env not listed": {"environments: [env1]\ndiscovery: {static: {env2: ['127.0.0.1:1']}}", "discovery.static.env2: not in environments"},
-		"bad endpoint":          {"discovery: {static: {env1: ['127.0.0.1']}}", `endpoint "127.0.0.1"`},
-		"bad listener":          {"listeners: [{address: nowhere}]\nenvironments: [env1]", `listeners[0].address "nowhere"`},
-		"tls half set":          {"listeners: [{address: ':1', tls: {certFile: a}}]\nenvironments: [env1]", "certFile and keyFile are both required"},
-		"bad duration":          {"environments: [env1]\nshutdownGrace: soon", "line 2: cannot unmarshal !!str `soon` into time.Duration"},
-		"bad header":            {"environments: [env1]\nrouting: {header: 'e v'}", "routing.header"},
+		"misspelled field":          {"environment: [env1]", "field environment not found"},
+		"no environments":           {"listeners: [{address: ':1'}]", "environments: none configured"},
+		"env not a label":           {"environments: [env1.evil.com]", `"env1.evil.com" is not a namespace name`},
+		"env upper case":            {"environments: [Env1]", `"Env1" is not a namespace name`},
+		"duplicate env":             {"environments: [env1, env1]", "listed twice"},
+		"static env not listed":     {"environments: [env1]\ndiscovery: {static: {env2: ['127.0.0.1:1']}}", "discovery.static.env2: not in environments"},
+		"bad endpoint":              {"discovery: {static: {env1: ['127.0.0.1']}}", `endpoint "127.0.0.1"`},
+		"bad listener":              {"listeners: [{address: nowhere}]\nenvironments: [env1]", `listeners[0].address "nowhere"`},
+		"tls half set":              {"listeners: [{address: ':1', tls: {certFile: a}}]\nenvironments: [env1]", "certFile and keyFile are both required"},
+		"bad duration":              {"environments: [env1]\nshutdownGrace: soon", "line 2: cannot unmarshal !!str `soon` into time.Duration"},
+		"bad header":                {"environments: [env1]\nrouting: {header: 'e v'}", "routing.header"},
+		"unknown upstream TLS mode": {"environments: [env1]\nupstream: {tls: {mode: STRICT}}", `upstream.tls.mode "STRICT"`},
+		// Istio's agent/validation.go ValidateTLS.
+		"MUTUAL without certificate": {"environments: [env1]\nupstream: {tls: {mode: MUTUAL, privateKey: k}}", "client certificate required for mutual tls"},
+		"MUTUAL without key":         {"environments: [env1]\nupstream: {tls: {mode: MUTUAL, clientCertificate: c}}", "private key required for mutual tls"},
+		"ISTIO_MUTUAL with files":    {"environments: [env1]\nupstream: {tls: {mode: ISTIO_MUTUAL, caCertificates: ca.pem}}", "ISTIO_MUTUAL uses the mesh's certificates"},
+		"DISABLE with a CA":          {"environments: [env1]\nupstream: {tls: {caCertificates: ca.pem}}", "need a mode other than DISABLE"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.yaml))

@@ -27,6 +27,7 @@ package h2client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +54,11 @@ import (
 type Options struct {
 	// Dial opens a connection to an endpoint; nil uses a net.Dialer.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// TLS, when set, secures every connection (within ConnectTimeout);
+	// nil is h2c. A backend that negotiates an ALPN protocol other than h2
+	// is refused. The configuration is read at each handshake, never
+	// changed.
+	TLS *tls.Config
 	// UserAgent is sent when the call's metadata carries none.
 	UserAgent string
 	// MaxRecvMsgSize and MaxSendMsgSize bound messages; 0 means 4 MiB
@@ -346,8 +352,8 @@ func (cl *Client) wantConnLocked(ep *endpoint) {
 func (cl *Client) connect(ep *endpoint) (*conn, error) {
 	ctx, cancel := context.WithTimeout(ep.ctx, cl.opts.ConnectTimeout)
 	c, err := dial(ctx, ep.addr, cl.opts.Dial, connOptions{
-		writeTimeout: cl.opts.WriteTimeout,
-		keepalive:    cl.opts.KeepaliveTime, keepaliveTimeout: cl.opts.KeepaliveTimeout,
+		writeTimeout: cl.opts.WriteTimeout, tls: cl.opts.TLS,
+		keepalive: cl.opts.KeepaliveTime, keepaliveTimeout: cl.opts.KeepaliveTimeout,
 	})
 	cancel()
 	if err != nil {

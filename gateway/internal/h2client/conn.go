@@ -2,6 +2,7 @@ package h2client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -98,6 +99,11 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+	if o.tls != nil {
+		if nc, err = handshakeTLS(ctx, nc, o.tls); err != nil {
+			return nil, err
+		}
+	}
 	c := &conn{
 		addr: addr, nc: nc,
 		streams:    map[uint32]*stream{},
@@ -129,8 +135,25 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 	return c, nil
 }
 
-// connOptions are a connection's timeouts (see Options).
+// handshakeTLS secures nc with cfg, within ctx, and checks that the backend
+// speaks HTTP/2: it chose h2 by ALPN, or chose nothing (a server without
+// ALPN, which Envoy also accepts for an HTTP/2 cluster).
+func handshakeTLS(ctx context.Context, nc net.Conn, cfg *tls.Config) (net.Conn, error) {
+	tc := tls.Client(nc, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "" && p != "h2" {
+		tc.Close()
+		return nil, fmt.Errorf("TLS: the backend chose %q by ALPN, not h2", p)
+	}
+	return tc, nil
+}
+
+// connOptions are a connection's timeouts and TLS (see Options).
 type connOptions struct {
+	tls                         *tls.Config
 	writeTimeout                time.Duration
 	keepalive, keepaliveTimeout time.Duration
 }

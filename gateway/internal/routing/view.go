@@ -33,6 +33,7 @@ type DestinationView struct {
 	EndpointSet string   `json:"endpointSet,omitempty"`
 	Endpoints   []string `json:"endpoints"`
 	Discovered  bool     `json:"discovered"`
+	TLS         string   `json:"tls,omitempty"`
 	// Error says why a call there fails before dialing (a port the
 	// Service does not have).
 	Error string `json:"error,omitempty"`
@@ -43,6 +44,7 @@ type Dial struct {
 	Set        string   // the endpoint set's key
 	Endpoints  []string // its addresses
 	Discovered bool     // the set exists
+	TLS        string   // how its connections are secured
 	Error      string   // why there is no set to dial
 }
 
@@ -56,7 +58,11 @@ func (d Dial) String() string {
 	case len(d.Endpoints) == 0:
 		return "endpoint set " + d.Set + ": no ready endpoint"
 	}
-	return "endpoint set " + d.Set + ": " + strings.Join(d.Endpoints, ", ")
+	s := "endpoint set " + d.Set + ": " + strings.Join(d.Endpoints, ", ")
+	if d.TLS != "" {
+		s += "; TLS " + d.TLS
+	}
+	return s
 }
 
 // View builds the view; dial says what a call to a destination dials.
@@ -93,7 +99,7 @@ func (s *State) View(dial func(route.Destination) Dial) View {
 				dv := DestinationView{Destination: d.String(), Weight: d.Weight, Endpoints: []string{}}
 				if d.NoService == "" {
 					t := dial(d.Destination)
-					dv.EndpointSet, dv.Discovered, dv.Error = t.Set, t.Discovered, t.Error
+					dv.EndpointSet, dv.Discovered, dv.Error, dv.TLS = t.Set, t.Discovered, t.Error, t.TLS
 					if t.Endpoints != nil {
 						dv.Endpoints = t.Endpoints
 					}

@@ -5,6 +5,7 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,15 @@ type Endpoints interface {
 	Subscribe(service string, fn func(eps discovery.Endpoints, exists bool)) (cancel func())
 }
 
+// Target is what one client is made for: the endpoint set it draws from,
+// and how its connections are secured (nil: h2c). A set reached with two
+// TLS settings has two clients. TLS is compared by pointer: callers hand
+// the same configuration for the same destination.
+type Target struct {
+	Set string
+	TLS *tls.Config
+}
+
 // Pool hands out the connection of a destination, creating it on first use
 // and closing it when discovery removes the service.
 type Pool struct {
@@ -31,19 +41,19 @@ type Pool struct {
 	opts h2client.Options
 	log  *slog.Logger
 
-	mu    sync.RWMutex
-	conns map[string]*Conn
+	mu    sync.RWMutex // guards conns; taken before a Conn's mu
+	conns map[Target]*Conn
 
-	goneMu sync.Mutex
-	gone   []string
+	goneMu sync.Mutex // guards gone
+	gone   []Target
 	kick   chan struct{}
 }
 
-// Conn is one destination's client and its current endpoints.
+// Conn is one target's client and its current endpoints.
 type Conn struct {
 	*h2client.Client
-	service string
-	cancel  func()
+	target Target
+	cancel func()
 
 	mu     sync.RWMutex
 	eps    discovery.Endpoints
@@ -55,64 +65,63 @@ func NewPool(eps Endpoints, log *slog.Logger, opts h2client.Options) *Pool {
 	if opts.Log == nil {
 		opts.Log = log
 	}
-	return &Pool{eps: eps, log: log, opts: opts, conns: map[string]*Conn{}, kick: make(chan struct{}, 1)}
+	return &Pool{eps: eps, log: log, opts: opts, conns: map[Target]*Conn{}, kick: make(chan struct{}, 1)}
 }
 
-// Get returns the connection for service, or an error wrapping
-// ErrNoHealthyUpstream when no call can be sent there: the service is unknown
-// to discovery, or has no ready endpoint.
-func (p *Pool) Get(service string) (*Conn, error) {
+// Get returns the connection for t, or an error wrapping
+// ErrNoHealthyUpstream when no call can be sent there: its set is unknown to
+// discovery, or has no ready endpoint.
+func (p *Pool) Get(t Target) (*Conn, error) {
 	p.mu.RLock()
-	c, ok := p.conns[service]
+	c, ok := p.conns[t]
 	p.mu.RUnlock()
 	if !ok {
-		// Only services discovery knows get a connection, so requests for
+		// Only sets discovery knows get a connection, so requests for
 		// unknown ones cost nothing.
-		if _, exists := p.eps.Get(service); !exists {
-			return nil, fmt.Errorf("%w: %s not found", ErrNoHealthyUpstream, service)
+		if _, exists := p.eps.Get(t.Set); !exists {
+			return nil, fmt.Errorf("%w: %s not found", ErrNoHealthyUpstream, t.Set)
 		}
-		var err error
-		if c, err = p.create(service); err != nil {
-			return nil, err
-		}
+		c = p.create(t)
 	}
 	c.mu.RLock()
 	exists, n := c.exists, len(c.eps)
 	c.mu.RUnlock()
 	switch {
 	case !exists:
-		return nil, fmt.Errorf("%w: %s", ErrNoHealthyUpstream, service+" not found")
+		return nil, fmt.Errorf("%w: %s", ErrNoHealthyUpstream, t.Set+" not found")
 	case n == 0:
 		return nil, ErrNoHealthyUpstream
 	}
 	return c, nil
 }
 
-func (p *Pool) create(service string) (*Conn, error) {
+func (p *Pool) create(t Target) *Conn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if c, ok := p.conns[service]; ok {
-		return c, nil
+	if c, ok := p.conns[t]; ok {
+		return c
 	}
-	c := &Conn{service: service, Client: h2client.New(service, p.opts)}
-	c.cancel = p.eps.Subscribe(service, func(eps discovery.Endpoints, exists bool) {
+	opts := p.opts
+	opts.TLS = t.TLS
+	c := &Conn{target: t, Client: h2client.New(t.Set, opts)}
+	c.cancel = p.eps.Subscribe(t.Set, func(eps discovery.Endpoints, exists bool) {
 		c.mu.Lock()
 		c.eps, c.exists = eps, exists
 		c.mu.Unlock()
 		c.Update(eps)
 		if !exists {
-			p.removeLater(service)
+			p.removeLater(t)
 		}
 	})
-	p.conns[service] = c
-	return c, nil
+	p.conns[t] = c
+	return c
 }
 
-// removeLater queues service for Run to close: the discovery callback that
+// removeLater queues t for Run to close: the discovery callback that
 // reports the removal may not call back into discovery itself.
-func (p *Pool) removeLater(service string) {
+func (p *Pool) removeLater(t Target) {
 	p.goneMu.Lock()
-	p.gone = append(p.gone, service)
+	p.gone = append(p.gone, t)
 	p.goneMu.Unlock()
 	select {
 	case p.kick <- struct{}{}:
@@ -135,7 +144,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			p.mu.Lock()
 			conns := p.conns
-			p.conns = map[string]*Conn{}
+			p.conns = map[Target]*Conn{}
 			p.mu.Unlock()
 			for _, c := range conns {
 				c.close()
@@ -147,20 +156,20 @@ func (p *Pool) Run(ctx context.Context) error {
 		gone := p.gone
 		p.gone = nil
 		p.goneMu.Unlock()
-		for _, svc := range gone {
+		for _, t := range gone {
 			p.mu.Lock()
-			c, ok := p.conns[svc]
+			c, ok := p.conns[t]
 			if ok {
 				c.mu.RLock()
 				ok = !c.exists // it may have come back since
 				c.mu.RUnlock()
 			}
 			if ok {
-				delete(p.conns, svc)
+				delete(p.conns, t)
 			}
 			p.mu.Unlock()
 			if ok {
-				p.log.Info("closed upstream connection of removed service", "service", svc)
+				p.log.Info("closed upstream connection of removed service", "service", t.Set)
 				c.close()
 			}
 		}

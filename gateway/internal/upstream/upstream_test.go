@@ -41,16 +41,16 @@ func TestPoolFollowsDiscovery(t *testing.T) {
 	go func() { runDone <- pool.Run(runCtx) }()
 	defer func() { stopRun(); <-runDone }()
 
-	if _, err := pool.Get("svc"); !errors.Is(err, ErrNoHealthyUpstream) {
+	if _, err := pool.Get(Target{Set: "svc"}); !errors.Is(err, ErrNoHealthyUpstream) {
 		t.Fatalf("unknown service: %v", err)
 	}
 	store.Set("svc", nil)
-	if _, err := pool.Get("svc"); !errors.Is(err, ErrNoHealthyUpstream) {
+	if _, err := pool.Get(Target{Set: "svc"}); !errors.Is(err, ErrNoHealthyUpstream) {
 		t.Fatalf("no endpoints: %v", err)
 	}
 
 	store.Set("svc", []string{a})
-	c, err := pool.Get("svc")
+	c, err := pool.Get(Target{Set: "svc"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestPoolFollowsDiscovery(t *testing.T) {
 			t.Fatal("calls never moved to the new endpoint")
 		}
 	}
-	if c2, _ := pool.Get("svc"); c2 != c {
+	if c2, _ := pool.Get(Target{Set: "svc"}); c2 != c {
 		t.Fatal("a new connection was made for the same service")
 	}
 
@@ -82,7 +82,7 @@ func TestPoolFollowsDiscovery(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("client of a removed service not closed")
 	}
-	if _, err := pool.Get("svc"); !errors.Is(err, ErrNoHealthyUpstream) {
+	if _, err := pool.Get(Target{Set: "svc"}); !errors.Is(err, ErrNoHealthyUpstream) {
 		t.Fatalf("removed service: %v", err)
 	}
 	if pool.Len() != 0 {
