@@ -390,9 +390,12 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 			}
 			u.upErr <- err
 		}()
-	} else if err := u.rp.sendAll(cs); err != nil {
+	} else if err := u.rp.sendAll(cs); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
+	// io.EOF from a send means the upstream already ended the stream (it
+	// refused it, say): its status comes from the receive side below, as
+	// on the first attempt.
 	err = p.pumpToClient(cs, us, u.ss, u.c, u.rp)
 	if err != nil && context.Cause(actx) == errPerTryTimeout {
 		return perTryTimedOut(u.retries.PerTryTimeout)
