@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/admin"
 	"github.com/envgate/envgate/gateway/internal/certs"
 	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/gateway/internal/destinationrule"
 	"github.com/envgate/envgate/gateway/internal/discovery"
 	"github.com/envgate/envgate/gateway/internal/edge"
 	"github.com/envgate/envgate/gateway/internal/h2client"
@@ -65,9 +67,9 @@ type gateway struct {
 	background []func(context.Context) error
 	draining   atomic.Bool
 
-	tls     *policy.TLS    // how each destination's connections are secured
-	vsReady func() bool    // the live VirtualService watch has synced
-	health  *health.Server // grpc.health.v1 for the gateway itself
+	policy  *policy.Resolver // how each destination's client reaches it
+	vsReady func() bool      // the live VirtualService and DestinationRule watches have synced
+	health  *health.Server   // grpc.health.v1 for the gateway itself
 	metrics *metrics.Metrics
 
 	listeners []net.Listener
@@ -94,6 +96,13 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		envs = namespacesOf(table)
 	}
 	g := &gateway{cfg: cfg, log: log, store: discovery.NewStore(), routing: routing.New(table, vs, log), envs: envs}
+	if v := cfg.Routing.VirtualServices; v != nil && !v.Kubernetes {
+		drs, err := destinationRuleFiles(v)
+		if err != nil {
+			return nil, err
+		}
+		g.routing.ApplyDestinationRules(drs)
+	}
 	if err := g.setupDiscovery(); err != nil {
 		return nil, err
 	}
@@ -104,10 +113,10 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	if err != nil {
 		return nil, err // Validate refused it already
 	}
-	if g.tls, err = policy.NewTLS(u.TLS, u.Mesh, log); err != nil {
+	if g.policy, err = policy.NewResolver(u.TLS, u.Mesh, cfg.Routing.Port, log); err != nil {
 		return nil, err
 	}
-	g.background = append(g.background, g.tls.Run)
+	g.background = append(g.background, g.policy.Run)
 	od := u.OutlierDetection
 	g.pool = upstream.NewPool(g.store, log, h2client.Options{
 		Dial:                dial,
@@ -137,7 +146,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	if vs != nil {
 		metrics.RegisterVirtualServices(reg, g.vsState)
 	}
-	px := proxy.New(proxy.NewDirector(g.routing.Table, poolUpstreams{g.pool, g.endpointSet, g.tls}, rand.Float64, g.baseline()), accessLog, cfg.Routing.Header, g.metrics)
+	px := proxy.New(proxy.NewDirector(g.routing.Table, poolUpstreams{g.pool, g.target}, rand.Float64, g.baseline()), accessLog, cfg.Routing.Header, g.metrics)
 	px.SetDebugHeader(cfg.Routing.DebugHeader)
 	px.SetMaxMessage(cfg.Limits.MaxMessageBytes)
 	g.health = health.NewServer()
@@ -238,8 +247,9 @@ func (g *gateway) setupDiscovery() error {
 				return fmt.Errorf("kubernetes client: %w", err)
 			}
 			w := &virtualservice.Watcher{Client: dyn, Options: vsOptions(cfg), OnChange: g.routing.ApplyVirtualServices, Log: g.log}
-			g.vsReady = w.Synced
-			g.background = append(g.background, w.Run)
+			drw := &destinationrule.Watcher{Client: dyn, ProxyNamespace: v.ProxyNamespace, OnChange: g.routing.ApplyDestinationRules, Log: g.log}
+			g.vsReady = func() bool { return w.Synced() && drw.Synced() }
+			g.background = append(g.background, w.Run, drw.Run)
 		}
 	case cfg.Discovery.DNS != nil:
 		d := cfg.Discovery.DNS
@@ -577,14 +587,51 @@ func (g *gateway) endpointSet(d route.Destination) (string, error) {
 	return g.store.Resolve(d.Key(), d.Port, g.cfg.Routing.Port)
 }
 
+// target is where a call to d goes: the endpoint set of its Service port
+// (of its subset, with a DestinationRule subset) and the policy its client
+// reaches it with.
+func (g *gateway) target(d route.Destination) (upstream.Target, destinationrule.Policy, error) {
+	set, err := g.endpointSet(d)
+	if err != nil {
+		return upstream.Target{}, destinationrule.Policy{}, err
+	}
+	p, err := g.routing.Policy(d, portNumber(set))
+	if err != nil {
+		return upstream.Target{}, p, err
+	}
+	if p.Labels != nil {
+		if _, exists := g.store.Get(set); exists && !g.store.Labeled(set) {
+			return upstream.Target{}, p, fmt.Errorf("%s: subset %q selects pods by their labels, which only kubernetes discovery knows", d, p.Subset)
+		}
+		set = g.store.Subset(set, p.Labels)
+	}
+	up, err := g.policy.For(d, set, p, g.routing.DestinationRules())
+	return upstream.Target{Set: set, Policy: up}, p, err
+}
+
+// portNumber is the Service port number at the end of a set key
+// ("app-service.env1:50051"), 0 without one.
+func portNumber(set string) uint32 {
+	i := strings.LastIndexByte(set, ':')
+	if i < 0 {
+		return 0
+	}
+	n, err := strconv.ParseUint(set[i+1:], 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(n)
+}
+
 // dialTargets is what a call to d would dial, for the views.
 func (g *gateway) dialTargets(d route.Destination) routing.Dial {
-	key, err := g.endpointSet(d)
+	t, p, err := g.target(d)
 	if err != nil {
 		return routing.Dial{Error: err.Error()}
 	}
-	eps, ok := g.store.Get(key)
-	return routing.Dial{Set: key, Endpoints: eps, Discovered: ok, TLS: g.tls.Describe(d, key)}
+	eps, ok := g.store.Get(t.Set)
+	dial := routing.Dial{Set: t.Set, Endpoints: eps, Discovered: ok, TLS: policy.Describe(t.Policy), DestinationRule: p.From}
+	return dial
 }
 
 // drain turns readiness and gRPC health to not serving.
@@ -648,17 +695,16 @@ func (g *gateway) AdminAddr() string {
 
 // poolUpstreams adapts the pool to what the proxy asks of it.
 type poolUpstreams struct {
-	pool *upstream.Pool
-	set  func(route.Destination) (string, error)
-	tls  *policy.TLS
+	pool   *upstream.Pool
+	target func(route.Destination) (upstream.Target, destinationrule.Policy, error)
 }
 
 func (u poolUpstreams) Conn(d route.Destination) (grpc.ClientConnInterface, error) {
-	key, err := u.set(d)
+	t, _, err := u.target(d)
 	if err != nil {
 		return nil, err
 	}
-	c, err := u.pool.Get(upstream.Target{Set: key, TLS: u.tls.For(d, key)})
+	c, err := u.pool.Get(t)
 	if err != nil {
 		return nil, err
 	}

@@ -69,13 +69,23 @@ type pod struct {
 // pod in the cluster with the given readiness.
 func (n *podNet) addPod(t testing.TB, cp *kubetest.ControlPlane, ns, name string, ready bool) *pod {
 	t.Helper()
+	return n.addPodLabeled(t, cp, ns, name, nil, ready)
+}
+
+// addPodLabeled is addPod with labels besides app=app-service.
+func (n *podNet) addPodLabeled(t testing.TB, cp *kubetest.ControlPlane, ns, name string, labels map[string]string, ready bool) *pod {
+	t.Helper()
 	b := startBackend(t, ns)
 	n.mu.Lock()
 	ip := fmt.Sprintf("192.0.2.%d", n.next)
 	n.next++
 	n.addrs[ip+":50051"] = b.addr
 	n.mu.Unlock()
-	cp.AddPod(t, ns, name, "app-service", "grpc", 50051, ip, ready)
+	all := map[string]string{"app": "app-service"}
+	for k, v := range labels {
+		all[k] = v
+	}
+	cp.AddPodLabeled(t, ns, name, all, "grpc", 50051, ip, ready)
 	return &pod{ns: ns, name: name, ip: ip, backend: b}
 }
 
@@ -314,6 +324,12 @@ func TestKubeGatewayIdentityIsLeastPrivilege(t *testing.T) {
 			stopWatch(w)
 			return err
 		},
+		"list pods": func() error { _, err := sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); return err },
+		"watch pods": func() error {
+			w, err := sa.CoreV1().Pods("").Watch(ctx, metav1.ListOptions{})
+			stopWatch(w)
+			return err
+		},
 		"list namespaces": func() error { _, err := sa.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); return err },
 		"watch namespaces": func() error {
 			w, err := sa.CoreV1().Namespaces().Watch(ctx, metav1.ListOptions{})
@@ -324,7 +340,9 @@ func TestKubeGatewayIdentityIsLeastPrivilege(t *testing.T) {
 	forbidden := map[string]func() error{
 		"get secret":   func() error { _, err := sa.CoreV1().Secrets("env1").Get(ctx, "s", metav1.GetOptions{}); return err },
 		"list secrets": func() error { _, err := sa.CoreV1().Secrets("").List(ctx, metav1.ListOptions{}); return err },
-		"list pods":    func() error { _, err := sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); return err },
+		"delete pod": func() error {
+			return sa.CoreV1().Pods("env1").Delete(ctx, "x", metav1.DeleteOptions{})
+		},
 		"create service": func() error {
 			_, err := sa.CoreV1().Services("env1").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
 			return err

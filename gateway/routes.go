@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/gateway/internal/destinationrule"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/virtualservice"
 )
@@ -40,6 +41,25 @@ func buildTable(cfg *config.Config) (*route.Table, *virtualservice.Result, error
 	}
 	res := virtualservice.Build(objs, vsOptions(cfg))
 	return route.NewHostTable(res.Hosts), res, nil
+}
+
+// destinationRuleFiles merges the DestinationRules of the VirtualService
+// files (the same files hold both kinds, as kubectl apply -f does).
+func destinationRuleFiles(v *config.VirtualServices) (*destinationrule.Result, error) {
+	var objs []*destinationrule.Object
+	for _, f := range v.Files {
+		r, err := os.Open(f)
+		if err != nil {
+			return nil, fmt.Errorf("virtualServices: %w", err)
+		}
+		o, err := destinationrule.Parse(r, v.Namespace)
+		_ = r.Close()
+		if err != nil {
+			return nil, fmt.Errorf("destinationRules %s: %w", f, err)
+		}
+		objs = append(objs, o...)
+	}
+	return destinationrule.Build(objs, v.ProxyNamespace), nil
 }
 
 func vsOptions(cfg *config.Config) virtualservice.Options {

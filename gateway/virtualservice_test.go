@@ -25,7 +25,7 @@ import (
 
 // vsGateway runs a gateway routing by the VirtualServices in yaml, with
 // static endpoints per namespace.
-func vsGateway(t *testing.T, yaml string, endpoints map[string][]string) *runningGateway {
+func vsGateway(t *testing.T, yaml string, endpoints map[string][]string, modify ...func(*config.Config)) *runningGateway {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "vs.yaml")
 	if err := os.WriteFile(f, []byte(yaml), 0o600); err != nil {
@@ -33,6 +33,9 @@ func vsGateway(t *testing.T, yaml string, endpoints map[string][]string) *runnin
 	}
 	cfg := testConfig(t, endpoints)
 	cfg.Routing.VirtualServices = &config.VirtualServices{Files: []string{f}}
+	for _, m := range modify {
+		m(cfg)
+	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

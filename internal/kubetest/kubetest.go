@@ -432,9 +432,16 @@ func (cp *ControlPlane) CreateServicePorts(t testing.TB, ns, name string, ports 
 // Ready as given.
 func (cp *ControlPlane) AddPod(t testing.TB, ns, name, app, portName string, port int32, ip string, ready bool) {
 	t.Helper()
+	cp.AddPodLabeled(t, ns, name, map[string]string{"app": app}, portName, port, ip, ready)
+}
+
+// AddPodLabeled is AddPod with the pod's labels (app=<the Service> among
+// them, for the Service to select it).
+func (cp *ControlPlane) AddPodLabeled(t testing.TB, ns, name string, labels map[string]string, portName string, port int32, ip string, ready bool) {
+	t.Helper()
 	ctx := context.Background()
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": app}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
 		Spec: corev1.PodSpec{
 			NodeName: NodeName,
 			Containers: []corev1.Container{{
@@ -461,6 +468,20 @@ func (cp *ControlPlane) AddPod(t testing.TB, ns, name, app, portName string, por
 	}
 	if _, err := cp.Admin.CoreV1().Pods(ns).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("pod %s/%s status: %v", ns, name, err)
+	}
+}
+
+// SetPodLabel sets one label of a pod, as `kubectl label --overwrite` does.
+func (cp *ControlPlane) SetPodLabel(t testing.TB, ns, name, key, value string) {
+	t.Helper()
+	ctx := context.Background()
+	pod, err := cp.Admin.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Labels[key] = value
+	if _, err := cp.Admin.CoreV1().Pods(ns).Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("label pod %s/%s: %v", ns, name, err)
 	}
 }
 

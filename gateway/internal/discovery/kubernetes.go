@@ -47,8 +47,8 @@ type KubernetesConfig struct {
 	Resync time.Duration
 }
 
-// Kubernetes follows Services, EndpointSlices (and, with a selector,
-// Namespaces) through shared informers and keeps the Store's endpoints of
+// Kubernetes follows Services, EndpointSlices, pod labels (and, with a
+// selector, Namespaces) through shared informers and keeps the Store's endpoints of
 // every environment's service up to date, one set per Service port.
 type Kubernetes struct {
 	cfg   KubernetesConfig
@@ -58,6 +58,7 @@ type Kubernetes struct {
 
 	slices   cache.SharedIndexInformer
 	services cache.SharedIndexInformer
+	pods     cache.SharedIndexInformer // metadata only, labels kept: subsets select by them
 	nsInf    cache.SharedIndexInformer
 	events   chan string // namespaces to recompute
 
@@ -103,6 +104,30 @@ func NewKubernetes(rc *rest.Config, store *Store, cfg KubernetesConfig, log *slo
 	}
 	servicesLW, err := services(rc, cfg.Service)
 	if err != nil {
+		return nil, err
+	}
+	podsLW, err := podMetadata(rc)
+	if err != nil {
+		return nil, err
+	}
+	k.pods = cache.NewSharedIndexInformer(podsLW, &metav1.PartialObjectMetadata{}, cfg.Resync, cache.Indexers{})
+	// Only a pod's name, namespace and labels are used: the rest of its
+	// metadata (annotations, managed fields) is dropped before caching.
+	if err := k.pods.SetTransform(func(obj any) (any, error) {
+		if p, ok := obj.(*metav1.PartialObjectMetadata); ok {
+			return &metav1.PartialObjectMetadata{TypeMeta: p.TypeMeta, ObjectMeta: metav1.ObjectMeta{
+				Name: p.Name, Namespace: p.Namespace, Labels: p.Labels, ResourceVersion: p.ResourceVersion}}, nil
+		}
+		return obj, nil
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := k.pods.AddEventHandler(k.namespaceHandler(func(obj any) string {
+		if p, ok := obj.(*metav1.PartialObjectMetadata); ok {
+			return p.Namespace
+		}
+		return ""
+	})); err != nil {
 		return nil, err
 	}
 	k.services = cache.NewSharedIndexInformer(servicesLW, &corev1.Service{}, cfg.Resync,
@@ -206,6 +231,24 @@ func listWatch(client *rest.RESTClient, resource string, sel func(*metav1.ListOp
 	}
 }
 
+// podMetadata lists and watches the metadata of every pod: their labels
+// select endpoints into DestinationRule subsets.
+func podMetadata(rc *rest.Config) (cache.ListerWatcher, error) {
+	client, err := metadata.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	res := client.Resource(schema.GroupVersionResource{Version: "v1", Resource: "pods"})
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return res.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return res.Watch(ctx, o)
+		},
+	}, nil
+}
+
 // namespaces lists and watches the metadata of the namespaces that match
 // selector: their names and labels are all envgate needs.
 func namespaces(rc *rest.Config, selector string) (cache.ListerWatcher, error) {
@@ -251,9 +294,10 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	synced := []cache.InformerSynced{k.slices.HasSynced, k.services.HasSynced}
+	synced := []cache.InformerSynced{k.slices.HasSynced, k.services.HasSynced, k.pods.HasSynced}
 	wg.Go(func() { k.slices.RunWithContext(ctx) })
 	wg.Go(func() { k.services.RunWithContext(ctx) })
+	wg.Go(func() { k.pods.RunWithContext(ctx) })
 	if k.nsInf != nil {
 		synced = append(synced, k.nsInf.HasSynced)
 		wg.Go(func() { k.nsInf.RunWithContext(ctx) })
@@ -361,7 +405,7 @@ func (k *Kubernetes) publish(ns string, isEnv bool) {
 				continue
 			}
 			pk := PortKey(key, sp.Port)
-			k.store.Set(pk, k.endpoints(ns, sp.Name))
+			k.store.SetLabeled(pk, k.endpoints(ns, sp.Name))
 			keys = append(keys, pk)
 			ports.Numbers = append(ports.Numbers, sp.Port)
 			if sp.Name != "" {
@@ -388,13 +432,14 @@ func (k *Kubernetes) publish(ns string, isEnv bool) {
 // endpoints aggregates every EndpointSlice of the namespace's service on the
 // Service port named portName ("" for a Service's one unnamed port): the
 // EndpointSlice controller names each slice port after its Service port and
-// gives it the pods' number. Ready addresses only, without duplicates.
-func (k *Kubernetes) endpoints(ns, portName string) []string {
+// gives it the pods' number. Ready addresses only, each with the labels of
+// its pod (the endpoint's targetRef).
+func (k *Kubernetes) endpoints(ns, portName string) []Labeled {
 	objs, err := k.slices.GetIndexer().ByIndex(cache.NamespaceIndex, ns)
 	if err != nil {
 		return nil
 	}
-	addrs := []string{}
+	addrs := []Labeled{}
 	for _, obj := range objs {
 		s := obj.(*discoveryv1.EndpointSlice) // read only: the cache's object
 		if s.Labels[discoveryv1.LabelServiceName] != k.cfg.Service {
@@ -413,8 +458,14 @@ func (k *Kubernetes) endpoints(ns, portName string) []string {
 			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
 				continue
 			}
+			labels := map[string]string{}
+			if r := ep.TargetRef; r != nil && r.Kind == "Pod" {
+				if obj, ok, _ := k.pods.GetStore().GetByKey(ns + "/" + r.Name); ok {
+					labels = obj.(*metav1.PartialObjectMetadata).Labels // read only
+				}
+			}
 			for _, a := range ep.Addresses {
-				addrs = append(addrs, net.JoinHostPort(a, strconv.Itoa(int(port))))
+				addrs = append(addrs, Labeled{Addr: net.JoinHostPort(a, strconv.Itoa(int(port))), Labels: labels})
 			}
 		}
 	}

@@ -180,9 +180,10 @@ func TestKubernetesSourceMapsServicePortsToPodPorts(t *testing.T) {
 		eps, _ := store.Get(key)
 		return eps, nil
 	}
-	waitUntil(t, "env1's pod on Service port 80", func() bool {
-		eps, err := dial("app-service.env1", "80")
-		return err == nil && slices.Equal(eps, []string{"192.0.2.1:50051"})
+	waitUntil(t, "env1's pod on Service port 80 and env2's on 8080", func() bool {
+		eps1, err1 := dial("app-service.env1", "80")
+		eps2, err2 := dial("app-service.env2", "8080")
+		return err1 == nil && err2 == nil && slices.Equal(eps1, []string{"192.0.2.1:50051"}) && slices.Equal(eps2, []string{"192.0.2.2:50051"})
 	})
 	for _, c := range []struct {
 		service, port string

@@ -30,11 +30,16 @@ type Endpoints []string
 // addresses with their ports (static, DNS) publish one set under the
 // service's name, which serves every destination port.
 type Store struct {
-	mu     sync.Mutex
-	sets   map[string]Endpoints
-	ports  map[string]*servicePorts // never mutated once stored
-	subs   map[string]map[*subscription]struct{}
-	synced bool
+	mu    sync.Mutex // guards all below; taken before a subscription's mu
+	sets  map[string]Endpoints
+	ports map[string]*servicePorts // never mutated once stored
+	// labels holds, for sets whose source knows them (Kubernetes), each
+	// address's pod labels; subsets maps a set to its subsets' keys and
+	// selectors (from DestinationRules: bounded by the configuration).
+	labels  map[string]map[string]map[string]string
+	subsets map[string]map[string]map[string]string
+	subs    map[string]map[*subscription]struct{}
+	synced  bool
 	// syncedCh is closed by MarkSynced.
 	syncedCh chan struct{}
 }
@@ -47,23 +52,18 @@ type subscription struct {
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{sets: map[string]Endpoints{}, ports: map[string]*servicePorts{}, subs: map[string]map[*subscription]struct{}{}, syncedCh: make(chan struct{})}
+	return &Store{sets: map[string]Endpoints{}, ports: map[string]*servicePorts{}, subs: map[string]map[*subscription]struct{}{},
+		labels: map[string]map[string]map[string]string{}, subsets: map[string]map[string]map[string]string{}, syncedCh: make(chan struct{})}
 }
 
 // Set replaces the endpoints of service. addrs is copied, sorted and
 // de-duplicated.
 func (s *Store) Set(service string, addrs []string) {
-	eps := normalize(addrs)
 	s.mu.Lock()
-	if old, ok := s.sets[service]; ok && slices.Equal(old, eps) {
-		s.mu.Unlock()
-		return
-	}
-	s.sets[service] = eps
-	s.notifyLocked(service, eps, true)
+	s.deliverLocked(s.setLocked(service, normalize(addrs), nil))
 }
 
-// Delete removes service.
+// Delete removes service, and its subsets.
 func (s *Store) Delete(service string) {
 	s.mu.Lock()
 	if _, ok := s.sets[service]; !ok {
@@ -71,22 +71,66 @@ func (s *Store) Delete(service string) {
 		return
 	}
 	delete(s.sets, service)
-	s.notifyLocked(service, nil, false)
+	delete(s.labels, service)
+	changes := []change{{key: service}}
+	for key := range s.subsets[service] {
+		if _, ok := s.sets[key]; ok {
+			delete(s.sets, key)
+			changes = append(changes, change{key: key})
+		}
+	}
+	s.deliverLocked(changes)
 }
 
-// notifyLocked delivers an update to the service's subscribers and unlocks
-// s.mu. Each subscriber's lock is taken before s.mu is released, so two
-// updates reach one subscriber in the order they were stored.
-func (s *Store) notifyLocked(service string, eps Endpoints, exists bool) {
-	subs := make([]*subscription, 0, len(s.subs[service]))
-	for sub := range s.subs[service] {
-		sub.mu.Lock()
-		subs = append(subs, sub)
+// change is one set's new state, to deliver.
+type change struct {
+	key    string
+	eps    Endpoints
+	exists bool
+}
+
+// setLocked stores a set (with its endpoints' labels, nil when the source
+// has none) and recomputes its subsets; it returns what changed.
+func (s *Store) setLocked(key string, eps Endpoints, labels map[string]map[string]string) []change {
+	var changes []change
+	if old, ok := s.sets[key]; !ok || !slices.Equal(old, eps) {
+		s.sets[key] = eps
+		changes = append(changes, change{key, eps, true})
+	}
+	if labels == nil {
+		delete(s.labels, key)
+	} else {
+		s.labels[key] = labels
+	}
+	for sub, sel := range s.subsets[key] {
+		eps := s.selectLocked(key, sel)
+		if old, ok := s.sets[sub]; !ok || !slices.Equal(old, eps) {
+			s.sets[sub] = eps
+			changes = append(changes, change{sub, eps, true})
+		}
+	}
+	return changes
+}
+
+// deliverLocked delivers changes to their subscribers and unlocks s.mu.
+// Each subscriber's lock is taken before s.mu is released, so two updates
+// reach one subscriber in the order they were stored.
+func (s *Store) deliverLocked(changes []change) {
+	type delivery struct {
+		sub *subscription
+		c   change
+	}
+	var ds []delivery
+	for _, c := range changes {
+		for sub := range s.subs[c.key] {
+			sub.mu.Lock()
+			ds = append(ds, delivery{sub, c})
+		}
 	}
 	s.mu.Unlock()
-	for _, sub := range subs {
-		sub.fn(eps, exists)
-		sub.mu.Unlock()
+	for _, d := range ds {
+		d.sub.fn(d.c.eps, d.c.exists)
+		d.sub.mu.Unlock()
 	}
 }
 

@@ -28,6 +28,9 @@ type Destination struct {
 	// resolves it; "" when the route gave none (the Service's only port,
 	// else the configured one, as Istio picks).
 	Port string
+	// Subset is a DestinationRule subset of the service ("" for all its
+	// endpoints).
+	Subset string
 	// NoService, when set, is a destination host as written that names no
 	// Kubernetes service as Istio resolves hosts (it does not expand
 	// "name.namespace"): Envoy has no cluster for it, and calls routed
@@ -41,10 +44,13 @@ func (d Destination) String() string {
 		return d.NoService + " (no such service)"
 	}
 	h := d.Service + "." + d.Namespace + ".svc.cluster.local"
-	if d.Port == "" {
-		return h
+	if d.Port != "" {
+		h += ":" + d.Port
 	}
-	return h + ":" + d.Port
+	if d.Subset != "" {
+		h += " subset " + d.Subset
+	}
+	return h
 }
 
 // Key is how discovery names the destination's service; discovery maps the

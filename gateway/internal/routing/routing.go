@@ -6,9 +6,12 @@
 package routing
 
 import (
+	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 
+	"github.com/envgate/envgate/gateway/internal/destinationrule"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/virtualservice"
 )
@@ -21,6 +24,8 @@ type State struct {
 	// snap is the table and the merge it came from, swapped together so a
 	// reader never pairs a table with another merge's report.
 	snap atomic.Pointer[snapshot]
+	// drs are the DestinationRules in force, with their lookups memoized.
+	drs atomic.Pointer[policies]
 }
 
 type snapshot struct {
@@ -57,6 +62,65 @@ func (s *State) ApplyVirtualServices(res *virtualservice.Result) {
 // changed).
 func (s *State) SetTable(t *route.Table) {
 	s.snap.Store(&snapshot{t, s.snap.Load().vs})
+}
+
+// ApplyDestinationRules swaps in a new merge of DestinationRules, and logs
+// what it refused.
+func (s *State) ApplyDestinationRules(res *destinationrule.Result) {
+	s.drs.Store(&policies{res: res})
+	for _, is := range res.Issues {
+		s.log.Warn("destinationrule field not implemented", "object", is.Object, "field", is.Field)
+	}
+	for obj, why := range res.Rejected {
+		s.log.Error("destinationrule rejected", "object", obj, "reason", why)
+	}
+	s.log.Info("destinationrules applied", "objects", res.Applied)
+}
+
+// DestinationRules is the merge in force (nil without any).
+func (s *State) DestinationRules() *destinationrule.Result {
+	if p := s.drs.Load(); p != nil {
+		return p.res
+	}
+	return nil
+}
+
+// Policy is the DestinationRule policy for calls to d on the Service port
+// port (0: unknown). Lookups are memoized per merge, so a call pays a map
+// read.
+func (s *State) Policy(d route.Destination, port uint32) (destinationrule.Policy, error) {
+	p := s.drs.Load()
+	if p == nil {
+		if d.Subset != "" {
+			return destinationrule.Policy{}, fmt.Errorf("%w: no DestinationRule defines subset %q of %s", destinationrule.ErrNoSubset, d.Subset, d)
+		}
+		return destinationrule.Policy{}, nil
+	}
+	k := policyKey{d.Service, d.Namespace, d.Subset, port}
+	if v, ok := p.memo.Load(k); ok {
+		r := v.(*lookup)
+		return r.policy, r.err
+	}
+	pol, err := p.res.Lookup(d.Service+"."+d.Namespace+".svc.cluster.local", d.Namespace, d.Subset, port)
+	p.memo.Store(k, &lookup{pol, err})
+	return pol, err
+}
+
+// policies is one merge of DestinationRules and its memoized lookups,
+// bounded by the routes' destinations (a new merge starts afresh).
+type policies struct {
+	res  *destinationrule.Result
+	memo sync.Map // policyKey -> *lookup
+}
+
+type policyKey struct {
+	service, namespace, subset string
+	port                       uint32
+}
+
+type lookup struct {
+	policy destinationrule.Policy
+	err    error
 }
 
 // Log reports every unimplemented field, dropped rule, rejected and

@@ -34,6 +34,8 @@ type DestinationView struct {
 	Endpoints   []string `json:"endpoints"`
 	Discovered  bool     `json:"discovered"`
 	TLS         string   `json:"tls,omitempty"`
+	// DestinationRule names the objects whose policy applies.
+	DestinationRule string `json:"destinationRule,omitempty"`
 	// Error says why a call there fails before dialing (a port the
 	// Service does not have).
 	Error string `json:"error,omitempty"`
@@ -45,7 +47,9 @@ type Dial struct {
 	Endpoints  []string // its addresses
 	Discovered bool     // the set exists
 	TLS        string   // how its connections are secured
-	Error      string   // why there is no set to dial
+	// DestinationRule names the objects whose policy applies.
+	DestinationRule string
+	Error           string // why there is no set to dial
 }
 
 // String says what is dialed, or why nothing is.
@@ -60,7 +64,10 @@ func (d Dial) String() string {
 	}
 	s := "endpoint set " + d.Set + ": " + strings.Join(d.Endpoints, ", ")
 	if d.TLS != "" {
-		s += "; TLS " + d.TLS
+		s += "; " + d.TLS
+	}
+	if d.DestinationRule != "" {
+		s += "; DestinationRule " + d.DestinationRule
 	}
 	return s
 }
@@ -99,7 +106,7 @@ func (s *State) View(dial func(route.Destination) Dial) View {
 				dv := DestinationView{Destination: d.String(), Weight: d.Weight, Endpoints: []string{}}
 				if d.NoService == "" {
 					t := dial(d.Destination)
-					dv.EndpointSet, dv.Discovered, dv.Error, dv.TLS = t.Set, t.Discovered, t.Error, t.TLS
+					dv.EndpointSet, dv.Discovered, dv.Error, dv.TLS, dv.DestinationRule = t.Set, t.Discovered, t.Error, t.TLS, t.DestinationRule
 					if t.Endpoints != nil {
 						dv.Endpoints = t.Endpoints
 					}

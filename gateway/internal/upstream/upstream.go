@@ -26,12 +26,32 @@ type Endpoints interface {
 }
 
 // Target is what one client is made for: the endpoint set it draws from,
-// and how its connections are secured (nil: h2c). A set reached with two
-// TLS settings has two clients. TLS is compared by pointer: callers hand
-// the same configuration for the same destination.
+// and the policy it is reached with (nil: the pool's options, h2c). A set
+// reached with two policies has two clients.
 type Target struct {
-	Set string
-	TLS *tls.Config
+	Set    string
+	Policy *Policy
+}
+
+// Policy is how a destination is reached, from a DestinationRule or the
+// configured defaults. Targets with equal Keys share a client, so a policy
+// rebuilt unchanged (a DestinationRule applied again) keeps its
+// connections.
+type Policy struct {
+	Key      string
+	TLS      *tls.Config        // nil: h2c
+	Balancer *h2client.Balancer // nil: the pool's
+	Outlier  *h2client.Outlier  // nil: the pool's
+}
+
+// clientKey identifies a client: its set and its policy's key.
+type clientKey struct{ set, policy string }
+
+func (t Target) key() clientKey {
+	if t.Policy == nil {
+		return clientKey{set: t.Set}
+	}
+	return clientKey{t.Set, t.Policy.Key}
 }
 
 // Pool hands out the connection of a destination, creating it on first use
@@ -42,7 +62,7 @@ type Pool struct {
 	log  *slog.Logger
 
 	mu    sync.RWMutex // guards conns; taken before a Conn's mu
-	conns map[Target]*Conn
+	conns map[clientKey]*Conn
 
 	goneMu sync.Mutex // guards gone
 	gone   []Target
@@ -65,7 +85,7 @@ func NewPool(eps Endpoints, log *slog.Logger, opts h2client.Options) *Pool {
 	if opts.Log == nil {
 		opts.Log = log
 	}
-	return &Pool{eps: eps, log: log, opts: opts, conns: map[Target]*Conn{}, kick: make(chan struct{}, 1)}
+	return &Pool{eps: eps, log: log, opts: opts, conns: map[clientKey]*Conn{}, kick: make(chan struct{}, 1)}
 }
 
 // Get returns the connection for t, or an error wrapping
@@ -73,7 +93,7 @@ func NewPool(eps Endpoints, log *slog.Logger, opts h2client.Options) *Pool {
 // discovery, or has no ready endpoint.
 func (p *Pool) Get(t Target) (*Conn, error) {
 	p.mu.RLock()
-	c, ok := p.conns[t]
+	c, ok := p.conns[t.key()]
 	p.mu.RUnlock()
 	if !ok {
 		// Only sets discovery knows get a connection, so requests for
@@ -98,11 +118,19 @@ func (p *Pool) Get(t Target) (*Conn, error) {
 func (p *Pool) create(t Target) *Conn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if c, ok := p.conns[t]; ok {
+	if c, ok := p.conns[t.key()]; ok {
 		return c
 	}
 	opts := p.opts
-	opts.TLS = t.TLS
+	if pol := t.Policy; pol != nil {
+		opts.TLS = pol.TLS
+		if pol.Balancer != nil {
+			opts.Balancer = *pol.Balancer
+		}
+		if pol.Outlier != nil {
+			opts.Outlier = *pol.Outlier
+		}
+	}
 	c := &Conn{target: t, Client: h2client.New(t.Set, opts)}
 	c.cancel = p.eps.Subscribe(t.Set, func(eps discovery.Endpoints, exists bool) {
 		c.mu.Lock()
@@ -113,7 +141,7 @@ func (p *Pool) create(t Target) *Conn {
 			p.removeLater(t)
 		}
 	})
-	p.conns[t] = c
+	p.conns[t.key()] = c
 	return c
 }
 
@@ -144,7 +172,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			p.mu.Lock()
 			conns := p.conns
-			p.conns = map[Target]*Conn{}
+			p.conns = map[clientKey]*Conn{}
 			p.mu.Unlock()
 			for _, c := range conns {
 				c.close()
@@ -158,14 +186,14 @@ func (p *Pool) Run(ctx context.Context) error {
 		p.goneMu.Unlock()
 		for _, t := range gone {
 			p.mu.Lock()
-			c, ok := p.conns[t]
+			c, ok := p.conns[t.key()]
 			if ok {
 				c.mu.RLock()
 				ok = !c.exists // it may have come back since
 				c.mu.RUnlock()
 			}
 			if ok {
-				delete(p.conns, t)
+				delete(p.conns, t.key())
 			}
 			p.mu.Unlock()
 			if ok {

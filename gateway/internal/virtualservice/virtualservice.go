@@ -8,8 +8,6 @@
 package virtualservice
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,8 +17,7 @@ import (
 	"strings"
 	"time"
 
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-
+	"github.com/envgate/envgate/gateway/internal/istioyaml"
 	"github.com/envgate/envgate/gateway/internal/route"
 )
 
@@ -113,44 +110,15 @@ func (o *Object) Name() string { return o.Metadata.Namespace + "/" + o.Metadata.
 // Parse decodes every VirtualService in a multi-document YAML or JSON
 // stream; other kinds are skipped. Objects without a namespace get def.
 func Parse(r io.Reader, def string) ([]*Object, error) {
-	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
-	var out []*Object
-	for {
-		var raw map[string]any
-		if err := dec.Decode(&raw); errors.Is(err, io.EOF) {
-			return out, nil
-		} else if err != nil {
-			return nil, fmt.Errorf("virtualservice: %w", err)
-		}
-		if raw == nil || raw["kind"] != "VirtualService" {
-			continue
-		}
-		obj, err := FromMap(raw)
-		if err != nil {
-			return nil, err
-		}
-		if obj.Metadata.Namespace == "" {
-			obj.Metadata.Namespace = def
-		}
-		out = append(out, obj)
-	}
+	return istioyaml.Objects(r, "VirtualService", def, FromMap)
 }
 
 // FromMap builds an Object from its decoded form (as the dynamic client
 // returns it).
 func FromMap(raw map[string]any) (*Object, error) {
-	b, err := json.Marshal(raw)
-	if err != nil {
-		return nil, err
-	}
 	obj := &Object{raw: raw}
-	if err := json.NewDecoder(bytes.NewReader(b)).Decode(obj); err != nil {
+	if err := istioyaml.Into(raw, obj); err != nil {
 		return nil, fmt.Errorf("virtualservice: %w", err)
-	}
-	switch obj.APIVersion {
-	case "networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3":
-	default:
-		return nil, fmt.Errorf("virtualservice %s: apiVersion %q is not networking.istio.io v1, v1beta1 or v1alpha3", obj.Metadata.Name, obj.APIVersion)
 	}
 	return obj, nil
 }
@@ -225,9 +193,6 @@ func (o *Object) unimplemented() []Issue {
 		for j, r := range rs {
 			rm, _ := r.(map[string]any)
 			report(fmt.Sprintf("%s.route[%d]", p, j), rm, knownRoute)
-			if d, _ := rm["destination"].(map[string]any); d["subset"] != nil {
-				out = append(out, Issue{Object: o.Name(), Field: fmt.Sprintf("%s.route[%d].destination.subset", p, j), Rejects: true})
-			}
 		}
 	}
 	return out
@@ -701,6 +666,7 @@ func destinationOf(d RouteDest, ns string) route.Destination {
 	if d.Destination.Port != nil && d.Destination.Port.Number != 0 {
 		dest.Port = strconv.Itoa(int(d.Destination.Port.Number))
 	}
+	dest.Subset = d.Destination.Subset
 	return dest
 }
 

@@ -2,17 +2,12 @@ package virtualservice
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"sync"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/tools/cache"
+
+	"github.com/envgate/envgate/gateway/internal/crwatch"
 )
 
 // GVR is the VirtualService resource the watcher lists and watches; the
@@ -28,76 +23,25 @@ type Watcher struct {
 	OnChange func(*Result)
 	Log      *slog.Logger
 
-	mu     sync.Mutex
-	synced bool
+	w crwatch.Watcher
 }
 
 // Synced reports whether the first complete result was delivered.
-func (w *Watcher) Synced() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.synced
-}
+func (w *Watcher) Synced() bool { return w.w.Synced() }
 
 // Run watches until ctx ends.
 func (w *Watcher) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// A plain informer on the dynamic client: client-go's dynamicinformer
-	// package links every built-in API type into the binary, about 9 MB of
-	// resident memory the gateway never uses.
-	res := w.Client.Resource(GVR)
-	inf := cache.NewSharedIndexInformer(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return res.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			return res.Watch(ctx, o)
-		},
-	}, &unstructured.Unstructured{}, 0, cache.Indexers{})
-	kick := make(chan struct{}, 1)
-	poke := func(any) {
-		select {
-		case kick <- struct{}{}:
-		default:
-		}
-	}
-	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: poke, UpdateFunc: func(_, o any) { poke(o) }, DeleteFunc: poke,
-	}); err != nil {
-		return err
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Go(func() { inf.RunWithContext(ctx) })
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return fmt.Errorf("virtualservices: cache did not sync: %w", ctx.Err())
-	}
-	w.rebuild(inf.GetStore())
-	w.mu.Lock()
-	w.synced = true
-	w.mu.Unlock()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-kick:
-			w.rebuild(inf.GetStore())
-		}
-	}
+	// Field by field: Synced may be reading w.w's flag meanwhile.
+	w.w.Client, w.w.GVR, w.w.OnChange = w.Client, GVR, w.rebuild
+	return w.w.Run(ctx)
 }
 
-func (w *Watcher) rebuild(store cache.Store) {
+func (w *Watcher) rebuild(items []map[string]any) {
 	var objs []*Object
-	for _, item := range store.List() {
-		u, ok := item.(*unstructured.Unstructured)
-		if !ok {
-			continue
-		}
-		// The cache's object is shared: FromMap only reads it.
-		o, err := FromMap(u.Object)
+	for _, m := range items {
+		o, err := FromMap(m) // reads only: the cache's object is shared
 		if err != nil {
-			w.Log.Error("virtualservice not understood", "object", u.GetNamespace()+"/"+u.GetName(), "error", err)
+			w.Log.Error("virtualservice not understood", "error", err)
 			continue
 		}
 		objs = append(objs, o)
