@@ -36,7 +36,7 @@ import (
 
 // kustomizations are every directory a user applies.
 // (k8s/app is the template the envs/* kustomizations stamp into a namespace.)
-var kustomizations = []string{"base", "envs/env1", "envs/env2", "overlays/gke", "overlays/kind", "overlays/istio", "examples/traffic-split"}
+var kustomizations = []string{"base", "envs/env1", "envs/env2", "overlays/gke", "overlays/kind", "overlays/istio", "overlays/asm-mtls", "examples/traffic-split"}
 
 func renderK8s(t *testing.T, dir string) []*unstructured.Unstructured {
 	t.Helper()
@@ -195,7 +195,7 @@ func TestManifests(t *testing.T) {
 // The Deployment's probes, ports and grace period match the configuration
 // the gateway runs with, in every overlay.
 func TestDeploymentMatchesGatewayConfig(t *testing.T) {
-	for _, dir := range []string{"base", "overlays/gke", "overlays/kind", "overlays/istio"} {
+	for _, dir := range []string{"base", "overlays/gke", "overlays/kind", "overlays/istio", "overlays/asm-mtls"} {
 		t.Run(dir, func(t *testing.T) {
 			objs := renderK8s(t, dir)
 			cm := findKind(t, objs, "ConfigMap")
@@ -287,4 +287,68 @@ func findKind(t *testing.T, objs []*unstructured.Unstructured, kind string) *uns
 	}
 	t.Fatalf("no %s rendered", kind)
 	return nil
+}
+
+// The ASM overlay's pieces agree with each other (Issue 12, point 4): the
+// certificate-sharing sidecar writes where envgate reads (OUTPUT_CERTS, the
+// userVolumeMount, envgate's mount and upstream.mesh.certDir are one
+// directory), envgate dials ISTIO_MUTUAL, and every environment namespace
+// has PeerAuthentication STRICT, an AuthorizationPolicy letting envgate's
+// SPIFFE identity (its ServiceAccount's) in, and an ISTIO_MUTUAL
+// DestinationRule. Server-side dry-run of every object against Istio's
+// CRDs is in TestManifests.
+func TestASMOverlayWiring(t *testing.T) {
+	objs := renderK8s(t, "overlays/asm-mtls")
+	cm := findKind(t, objs, "ConfigMap")
+	raw, _, _ := unstructured.NestedString(cm.Object, "data", "config.yaml")
+	cfg, err := config.Parse([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Upstream.TLS.Mode != config.TLSIstioMutual {
+		t.Errorf("upstream.tls.mode %q, want ISTIO_MUTUAL", cfg.Upstream.TLS.Mode)
+	}
+	dir := cfg.Upstream.Mesh.CertDir
+	dep := findKind(t, objs, "Deployment")
+	ann, _, _ := unstructured.NestedStringMap(dep.Object, "spec", "template", "metadata", "annotations")
+	if !strings.Contains(ann["proxy.istio.io/config"], "OUTPUT_CERTS: "+dir) {
+		t.Errorf("proxy.istio.io/config %q does not write to %s", ann["proxy.istio.io/config"], dir)
+	}
+	if !strings.Contains(ann["sidecar.istio.io/userVolumeMount"], `"mountPath": "`+dir+`"`) {
+		t.Errorf("userVolumeMount %q does not mount %s", ann["sidecar.istio.io/userVolumeMount"], dir)
+	}
+	if ann["traffic.sidecar.istio.io/includeInboundPorts"] != "" || ann["traffic.sidecar.istio.io/includeOutboundIPRanges"] != "" {
+		t.Error("the sidecar intercepts traffic")
+	}
+	ctrs, _, _ := unstructured.NestedSlice(dep.Object, "spec", "template", "spec", "containers")
+	mounted := false
+	for _, m := range ctrs[0].(map[string]any)["volumeMounts"].([]any) {
+		mounted = mounted || m.(map[string]any)["mountPath"] == dir
+	}
+	if !mounted {
+		t.Errorf("envgate does not mount %s", dir)
+	}
+	sa, _, _ := unstructured.NestedString(dep.Object, "spec", "template", "spec", "serviceAccountName")
+	principal := cfg.Upstream.Mesh.TrustDomain + "/ns/" + dep.GetNamespace() + "/sa/" + sa
+	for _, env := range []string{"env1", "env2"} {
+		var strict, allowed, mtls bool
+		for _, o := range objs {
+			if o.GetNamespace() != env {
+				continue
+			}
+			switch o.GetKind() {
+			case "PeerAuthentication":
+				mode, _, _ := unstructured.NestedString(o.Object, "spec", "mtls", "mode")
+				strict = mode == "STRICT"
+			case "AuthorizationPolicy":
+				allowed = strings.Contains(fmt.Sprint(o.Object["spec"]), principal)
+			case "DestinationRule":
+				mode, _, _ := unstructured.NestedString(o.Object, "spec", "trafficPolicy", "tls", "mode")
+				mtls = mode == "ISTIO_MUTUAL"
+			}
+		}
+		if !strict || !allowed || !mtls {
+			t.Errorf("%s: PeerAuthentication STRICT %v, %s allowed %v, DestinationRule ISTIO_MUTUAL %v", env, strict, principal, allowed, mtls)
+		}
+	}
 }
