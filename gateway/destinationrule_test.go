@@ -4,12 +4,14 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -236,4 +238,85 @@ spec:
 		return ejected.Load() > 3
 	})
 	t.Logf("failing endpoints: %d (ejected, back after 1s) and %d calls; good: %d", ejected.Load(), kept.Load(), good.callCount())
+}
+
+// connectionPool.http from a DestinationRule: http2MaxRequests caps the
+// calls in flight to the destination (a call over it fails at once, as
+// Envoy answers 503 overflow from its max_requests circuit breaker, and is
+// not retried), maxRequestsPerConnection closes a connection after that
+// many calls (Envoy's max_requests_per_connection), as Istio's
+// cluster_traffic_policy.go applyConnectionPool sets them.
+func TestConnectionPoolFromDestinationRule(t *testing.T) {
+	arrived, release := make(chan struct{}, 10), make(chan struct{})
+	var mu sync.Mutex
+	perConn := map[string]int{} // calls per client connection (its address)
+	gate := grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if p, ok := peer.FromContext(ctx); ok {
+			mu.Lock()
+			perConn[p.Addr.String()]++
+			mu.Unlock()
+		}
+		if r, ok := req.(*echopb.EchoRequest); ok && r.GetText() == "hold" {
+			arrived <- struct{}{}
+			<-release
+		}
+		return h(ctx, req)
+	})
+	b := startBackend(t, "env1", gate)
+	y := `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: pool, namespace: env1}
+spec:
+  host: app-service
+  trafficPolicy:
+    connectionPool: {http: {http2MaxRequests: 2, maxRequestsPerConnection: 3}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: routes, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [common-istio-gateway]
+  http:
+  - route: [{destination: {host: app-service.env1.svc.cluster.local}}]
+`
+	gw := vsGateway(t, y, map[string][]string{"env1": {b.addr}})
+	c := echoClient(t, gw.Addrs()[0])
+
+	var held sync.WaitGroup
+	for range 2 {
+		held.Go(func() {
+			if _, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{Text: "hold"}); err != nil {
+				t.Errorf("held call: %v", err)
+			}
+		})
+	}
+	<-arrived
+	<-arrived
+	start := time.Now()
+	_, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "http2MaxRequests") || time.Since(start) > time.Second {
+		t.Errorf("third call: %v after %v, want UNAVAILABLE overflow at once", err, time.Since(start))
+	}
+	close(release)
+	held.Wait()
+
+	mu.Lock()
+	clear(perConn)
+	mu.Unlock()
+	for range 9 {
+		if _, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{}); err != nil {
+			t.Fatalf("call: %v", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for addr, n := range perConn {
+		if n > 3 {
+			t.Errorf("connection %s carried %d calls, want at most 3", addr, n)
+		}
+	}
+	if len(perConn) < 3 {
+		t.Errorf("9 calls over %d connections, want at least 3 (3 per connection): %v", len(perConn), perConn)
+	}
 }

@@ -1,9 +1,7 @@
 // Package destinationrule reads Istio DestinationRule objects (files or the
 // cluster's) and answers, for a destination host, subset and port, the
 // traffic policy Istio would apply to it: TLS, load balancing, outlier
-// detection, and the pod labels of a subset. connectionPool is not
-// implemented yet: an object with one is refused, never silently half
-// applied.
+// detection, connection pool limits, and the pod labels of a subset.
 package destinationrule
 
 import (
@@ -41,6 +39,7 @@ type Spec struct {
 // TrafficPolicy is Istio's TrafficPolicy.
 type TrafficPolicy struct {
 	LoadBalancer      *LoadBalancer       `json:"loadBalancer"`
+	ConnectionPool    *ConnectionPool     `json:"connectionPool"`
 	OutlierDetection  *OutlierDetection   `json:"outlierDetection"`
 	TLS               *ClientTLS          `json:"tls"`
 	PortLevelSettings []PortTrafficPolicy `json:"portLevelSettings"`
@@ -52,6 +51,7 @@ type PortTrafficPolicy struct {
 		Number uint32 `json:"number"`
 	} `json:"port"`
 	LoadBalancer     *LoadBalancer     `json:"loadBalancer"`
+	ConnectionPool   *ConnectionPool   `json:"connectionPool"`
 	OutlierDetection *OutlierDetection `json:"outlierDetection"`
 	TLS              *ClientTLS        `json:"tls"`
 }
@@ -59,6 +59,19 @@ type PortTrafficPolicy struct {
 // LoadBalancer is LoadBalancerSettings.simple.
 type LoadBalancer struct {
 	Simple string `json:"simple"`
+}
+
+// ConnectionPool is ConnectionPoolSettings, its http part: the limits that
+// apply to HTTP/2 upstreams.
+type ConnectionPool struct {
+	HTTP *HTTPPool `json:"http"`
+}
+
+// HTTPPool is ConnectionPoolSettings.HTTPSettings, as far as implemented.
+type HTTPPool struct {
+	HTTP2MaxRequests         int32 `json:"http2MaxRequests"`
+	MaxRequestsPerConnection int32 `json:"maxRequestsPerConnection"`
+	MaxRetries               int32 `json:"maxRetries"`
 }
 
 // OutlierDetection is Istio's OutlierDetection.
@@ -109,8 +122,10 @@ func FromMap(raw map[string]any) (*Object, error) {
 // The fields envgate implements, per level; any other is reported.
 var (
 	knownSpec    = []string{"host", "trafficPolicy", "subsets", "exportTo"}
-	knownPolicy  = []string{"loadBalancer", "outlierDetection", "tls", "portLevelSettings"}
-	knownPort    = []string{"port", "loadBalancer", "outlierDetection", "tls"}
+	knownPolicy  = []string{"loadBalancer", "connectionPool", "outlierDetection", "tls", "portLevelSettings"}
+	knownPort    = []string{"port", "loadBalancer", "connectionPool", "outlierDetection", "tls"}
+	knownPool    = []string{"http"}
+	knownHTTP    = []string{"http2MaxRequests", "maxRequestsPerConnection", "maxRetries"}
 	knownLB      = []string{"simple"}
 	knownOutlier = []string{"consecutive5xxErrors", "consecutiveGatewayErrors", "interval", "baseEjectionTime", "maxEjectionPercent"}
 	knownTLS     = []string{"mode", "clientCertificate", "privateKey", "caCertificates", "sni", "subjectAltNames"}
@@ -142,6 +157,12 @@ func (o *Object) unimplemented() []Issue {
 		report(path, p, known)
 		if lb, ok := p["loadBalancer"].(map[string]any); ok {
 			report(path+".loadBalancer", lb, knownLB)
+		}
+		if cp, ok := p["connectionPool"].(map[string]any); ok {
+			report(path+".connectionPool", cp, knownPool)
+			if h, ok := cp["http"].(map[string]any); ok {
+				report(path+".connectionPool.http", h, knownHTTP)
+			}
 		}
 		if od, ok := p["outlierDetection"].(map[string]any); ok {
 			report(path+".outlierDetection", od, knownOutlier)

@@ -121,7 +121,9 @@ func TestUndefinedSubset(t *testing.T) {
 // refused whole with the field named.
 func TestRefused(t *testing.T) {
 	for _, tc := range []struct{ name, cite, spec, want string }{
-		{"connection pool not implemented", "envgate", "  host: app-service\n  trafficPolicy: {connectionPool: {http: {http2MaxRequests: 10}}}", "spec.trafficPolicy.connectionPool"},
+		{"tcp pool not implemented", "envgate", "  host: app-service\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}", "spec.trafficPolicy.connectionPool.tcp"},
+		{"http1 pending not implemented", "envgate", "  host: app-service\n  trafficPolicy: {connectionPool: {http: {http1MaxPendingRequests: 10}}}", "spec.trafficPolicy.connectionPool.http.http1MaxPendingRequests"},
+		{"negative max requests", "pkg/config/validation/validation.go validateConnectionPool", "  host: app-service\n  trafficPolicy: {connectionPool: {http: {http2MaxRequests: -1}}}", "http2 max requests must be non-negative"},
 		{"consistent hash not implemented", "envgate", "  host: app-service\n  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x}}}", "spec.trafficPolicy.loadBalancer.consistentHash"},
 		{"workload selector not implemented", "envgate", "  host: app-service\n  workloadSelector: {matchLabels: {app: x}}", "spec.workloadSelector"},
 		{"duplicate subsets", "pkg/config/validation/validation.go ValidateDestinationRule", "  host: app-service\n  subsets: [{name: v1, labels: {v: a}}, {name: v1, labels: {v: b}}]", "duplicate subset names: v1"},

@@ -114,6 +114,7 @@ type Policy struct {
 	TLS              *ClientTLS
 	LoadBalancer     *LoadBalancer
 	OutlierDetection *OutlierDetection
+	ConnectionPool   *ConnectionPool
 	// Subset and Labels select the endpoints of a subset (nil: all).
 	Subset string
 	Labels map[string]string
@@ -160,7 +161,7 @@ func (r *Result) Lookup(host, svcNS, subset string, port uint32) (Policy, error)
 		}
 	}
 	if tp != nil {
-		p.TLS, p.LoadBalancer, p.OutlierDetection = tp.TLS, tp.LoadBalancer, tp.OutlierDetection
+		p.TLS, p.LoadBalancer, p.OutlierDetection, p.ConnectionPool = tp.TLS, tp.LoadBalancer, tp.OutlierDetection, tp.ConnectionPool
 	}
 	return p, nil
 }
@@ -196,7 +197,7 @@ func portLevelOK(tp *TrafficPolicy, port uint32) (*TrafficPolicy, bool) {
 	}
 	for _, pp := range tp.PortLevelSettings {
 		if pp.Port != nil && pp.Port.Number == port {
-			return &TrafficPolicy{LoadBalancer: pp.LoadBalancer, OutlierDetection: pp.OutlierDetection, TLS: pp.TLS}, true
+			return &TrafficPolicy{LoadBalancer: pp.LoadBalancer, ConnectionPool: pp.ConnectionPool, OutlierDetection: pp.OutlierDetection, TLS: pp.TLS}, true
 		}
 	}
 	return tp, false
@@ -210,6 +211,9 @@ func mergePolicy(base, subset *TrafficPolicy, hasPortLevel bool) *TrafficPolicy 
 		return subset
 	}
 	m := *base
+	if subset.ConnectionPool != nil || hasPortLevel {
+		m.ConnectionPool = subset.ConnectionPool
+	}
 	if subset.OutlierDetection != nil || hasPortLevel {
 		m.OutlierDetection = subset.OutlierDetection
 	}
@@ -257,7 +261,20 @@ func (o *Object) validate() error {
 // TLS as agent/validation.go ValidateTLS.
 func validatePolicy(path string, tp *TrafficPolicy) []error {
 	var errs []error
-	check := func(p string, lb *LoadBalancer, od *OutlierDetection, t *ClientTLS) {
+	check := func(p string, lb *LoadBalancer, cp *ConnectionPool, od *OutlierDetection, t *ClientTLS) {
+		// validation.go validateConnectionPool.
+		if cp != nil {
+			switch h := cp.HTTP; {
+			case h == nil:
+				errs = append(errs, fmt.Errorf("%s.connectionPool: connection pool must have at least one field", p))
+			case h.HTTP2MaxRequests < 0:
+				errs = append(errs, fmt.Errorf("%s.connectionPool.http: http2 max requests must be non-negative", p))
+			case h.MaxRequestsPerConnection < 0:
+				errs = append(errs, fmt.Errorf("%s.connectionPool.http: max requests per connection must be non-negative", p))
+			case h.MaxRetries < 0:
+				errs = append(errs, fmt.Errorf("%s.connectionPool.http: max retries must be non-negative", p))
+			}
+		}
 		if lb != nil {
 			switch lb.Simple {
 			case "", "ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM":
@@ -299,13 +316,13 @@ func validatePolicy(path string, tp *TrafficPolicy) []error {
 			}
 		}
 	}
-	check(path, tp.LoadBalancer, tp.OutlierDetection, tp.TLS)
+	check(path, tp.LoadBalancer, tp.ConnectionPool, tp.OutlierDetection, tp.TLS)
 	for i, pp := range tp.PortLevelSettings {
 		p := fmt.Sprintf("%s.portLevelSettings[%d]", path, i)
 		if pp.Port == nil || pp.Port.Number < 1 || pp.Port.Number > 65535 {
 			errs = append(errs, fmt.Errorf("%s.port: port number must be in the range 1..65535", p))
 		}
-		check(p, pp.LoadBalancer, pp.OutlierDetection, pp.TLS)
+		check(p, pp.LoadBalancer, pp.ConnectionPool, pp.OutlierDetection, pp.TLS)
 	}
 	return errs
 }

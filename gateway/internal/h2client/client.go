@@ -54,6 +54,17 @@ import (
 type Options struct {
 	// Dial opens a connection to an endpoint; nil uses a net.Dialer.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// MaxRequests bounds the calls in flight to all endpoints together
+	// (Istio's connectionPool.http.http2MaxRequests, Envoy's max_requests
+	// circuit breaker): a call over it fails at once with UNAVAILABLE, as
+	// Envoy answers 503 overflow, and is not retried. 0: no limit.
+	MaxRequests int
+	// MaxRequestsPerConnection drains a connection after that many calls
+	// (Envoy's max_requests_per_connection); 0: no limit.
+	MaxRequestsPerConnection int
+	// MaxRetries bounds the retries outstanding to all endpoints together
+	// (Envoy's max_retries circuit breaker; see AcquireRetry). 0: no limit.
+	MaxRetries int
 	// TLS, when set, secures every connection (within ConnectTimeout);
 	// nil is h2c. A backend that negotiates an ALPN protocol other than h2
 	// is refused. The configuration is read at each handshake, never
@@ -105,9 +116,11 @@ type Client struct {
 	stop      context.CancelFunc
 	wg        sync.WaitGroup // endpoint managers, extra dials, connection goroutines
 
-	ready   atomic.Pointer[[]*endpoint] // endpoints that take calls, by address
-	next    atomic.Uint32
-	waiting atomic.Int32 // calls waiting for a free stream
+	ready    atomic.Pointer[[]*endpoint] // endpoints that take calls, by address
+	next     atomic.Uint32
+	waiting  atomic.Int32 // calls waiting for a free stream
+	requests atomic.Int32 // calls on a stream, for MaxRequests
+	retries  atomic.Int32 // retries outstanding, for MaxRetries
 
 	// mu guards what follows and each endpoint's fields marked so. It is
 	// taken before a connection's locks (open may run under it), never
@@ -352,7 +365,7 @@ func (cl *Client) wantConnLocked(ep *endpoint) {
 func (cl *Client) connect(ep *endpoint) (*conn, error) {
 	ctx, cancel := context.WithTimeout(ep.ctx, cl.opts.ConnectTimeout)
 	c, err := dial(ctx, ep.addr, cl.opts.Dial, connOptions{
-		writeTimeout: cl.opts.WriteTimeout, tls: cl.opts.TLS,
+		writeTimeout: cl.opts.WriteTimeout, tls: cl.opts.TLS, maxRequests: cl.opts.MaxRequestsPerConnection,
 		keepalive: cl.opts.KeepaliveTime, keepaliveTimeout: cl.opts.KeepaliveTimeout,
 	})
 	cancel()
@@ -462,6 +475,11 @@ func (cl *Client) wakeLocked() {
 // is at the upstream's stream limit it asks for another connection and
 // waits for a free stream, at most StreamWait.
 func (cl *Client) open(ctx context.Context, s *stream) error {
+	// As Envoy's circuit breaker: the check and the count are not one step,
+	// so calls opened at the same instant may pass the limit by a few.
+	if max := cl.opts.MaxRequests; max > 0 && int(cl.requests.Load()) >= max {
+		return withFailure(status.Newf(codes.Unavailable, "envgate: upstream overflow: %d calls in flight to %s reach the DestinationRule's connectionPool.http.http2MaxRequests", max, cl.authority), Overflow)
+	}
 	var streamWait <-chan time.Time
 	prompted := false
 	for {
@@ -587,6 +605,22 @@ func (ep *endpoint) open(s *stream) error {
 		return errFull
 	}
 	return errUnusable
+}
+
+// AcquireRetry asks for a retry of a failed call: ok false when
+// MaxRetries retries are already outstanding (Envoy's max_retries circuit
+// breaker), and then the call is not retried. release ends the retry, once
+// its attempt is over.
+func (cl *Client) AcquireRetry() (release func(), ok bool) {
+	max := cl.opts.MaxRetries
+	if max <= 0 {
+		return func() {}, true
+	}
+	if int(cl.retries.Add(1)) > max {
+		cl.retries.Add(-1)
+		return nil, false
+	}
+	return func() { cl.retries.Add(-1) }, true
 }
 
 // NewStream starts a call on a picked endpoint. It understands the call

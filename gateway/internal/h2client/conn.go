@@ -73,15 +73,17 @@ type conn struct {
 	unusable atomic.Bool // draining or closed: no new streams
 	answered atomic.Bool // the upstream sent headers on some stream
 
-	mu         sync.Mutex
-	streams    map[uint32]*stream
-	nextID     uint32
-	active     int
-	maxStreams uint32
-	flow       sendFlow
-	draining   bool
-	closed     bool
-	changed    chan struct{} // made by waiters, closed on any change
+	mu          sync.Mutex
+	streams     map[uint32]*stream
+	nextID      uint32
+	active      int
+	opened      int // streams opened, for maxRequests
+	maxRequests int // streams per connection before it drains; 0: no limit
+	maxStreams  uint32
+	flow        sendFlow
+	draining    bool
+	closed      bool
+	changed     chan struct{} // made by waiters, closed on any change
 
 	gone     chan struct{} // closed once the connection takes no new streams
 	goneOnce sync.Once
@@ -115,6 +117,7 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 		ep:         &endpoint{},
 		onRoom:     func() {},
 		keepalive:  o.keepalive, keepaliveTimeout: o.keepaliveTimeout,
+		maxRequests: o.maxRequests,
 	}
 	c.writer.init(o.writeTimeout)
 	c.reader.init(nc)
@@ -151,9 +154,11 @@ func handshakeTLS(ctx context.Context, nc net.Conn, cfg *tls.Config) (net.Conn, 
 	return tc, nil
 }
 
-// connOptions are a connection's timeouts and TLS (see Options).
+// connOptions are a connection's timeouts, TLS and request limit (see
+// Options).
 type connOptions struct {
 	tls                         *tls.Config
+	maxRequests                 int
 	writeTimeout                time.Duration
 	keepalive, keepaliveTimeout time.Duration
 }
@@ -273,6 +278,16 @@ func (c *conn) open(s *stream) error {
 	c.nextID += 2
 	c.streams[s.id] = s
 	c.ep.active.Add(1)
+	if c.cl != nil {
+		c.cl.requests.Add(1)
+	}
+	c.opened++
+	if c.maxRequests > 0 && c.opened >= c.maxRequests {
+		// Envoy's max_requests_per_connection: this stream is the
+		// connection's last; it closes once its streams end, and the
+		// endpoint's manager opens another.
+		c.setDrainingLocked()
+	}
 	s.sendWin = c.flow.initial // under the lock SETTINGS change it under
 	if c.nextID > maxStreamID {
 		c.setDrainingLocked()
@@ -341,6 +356,9 @@ func (c *conn) fail(err error) {
 	c.streams = map[uint32]*stream{}
 	c.active = 0
 	c.ep.active.Add(-int32(len(streams)))
+	if c.cl != nil {
+		c.cl.requests.Add(-int32(len(streams)))
+	}
 	c.mu.Unlock()
 	st := status.New(codes.Unavailable, fmt.Sprintf("upstream connection to %s lost: %v", c.addr, err))
 	for _, s := range streams {
@@ -362,6 +380,9 @@ func (c *conn) remove(s *stream) {
 		delete(c.streams, s.id)
 		c.active--
 		c.ep.active.Add(-1)
+		if c.cl != nil {
+			c.cl.requests.Add(-1)
+		}
 		c.broadcastLocked()
 		if c.draining && c.active == 0 && !c.closed {
 			c.closeLocked()

@@ -1,7 +1,7 @@
 // Package policy turns what applies to a destination (the upstream
 // configuration, and the DestinationRule policy for its host, subset and
 // port) into how its upstream client reaches it: TLS, load balancing,
-// outlier detection.
+// outlier detection, connection pool limits.
 package policy
 
 import (
@@ -61,6 +61,7 @@ type cacheKey struct {
 	tls    *destinationrule.ClientTLS
 	lb     *destinationrule.LoadBalancer
 	od     *destinationrule.OutlierDetection
+	cp     *destinationrule.ConnectionPool
 	subset string
 }
 
@@ -103,10 +104,10 @@ func (r *Resolver) Run(ctx context.Context) error {
 // the DestinationRule policy p of merge gen (nil: none); nil means the
 // pool's defaults (h2c). The same policy comes back for the same inputs.
 func (r *Resolver) For(d route.Destination, set string, p destinationrule.Policy, gen *destinationrule.Result) (*upstream.Policy, error) {
-	if p.TLS == nil && p.LoadBalancer == nil && p.OutlierDetection == nil && r.def.Mode == config.TLSDisable {
+	if p.TLS == nil && p.LoadBalancer == nil && p.OutlierDetection == nil && p.ConnectionPool == nil && r.def.Mode == config.TLSDisable {
 		return nil, nil
 	}
-	k := cacheKey{set, p.TLS, p.LoadBalancer, p.OutlierDetection, p.Subset}
+	k := cacheKey{set, p.TLS, p.LoadBalancer, p.OutlierDetection, p.ConnectionPool, p.Subset}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if gen != r.gen {
@@ -149,13 +150,20 @@ func (r *Resolver) buildLocked(d route.Destination, set string, p destinationrul
 		o := outlierOf(od)
 		up.Outlier = &o
 	}
+	if cp := p.ConnectionPool; cp != nil && cp.HTTP != nil {
+		// 0 is unset: Istio's default is no limit (2^32-1).
+		up.MaxRequests = int(cp.HTTP.HTTP2MaxRequests)
+		up.MaxRequestsPerConnection = int(cp.HTTP.MaxRequestsPerConnection)
+		up.MaxRetries = int(cp.HTTP.MaxRetries)
+	}
 	// The key is the policy's content: an object applied again unchanged
 	// keeps its clients.
 	key, err := json.Marshal(struct {
 		TLS     *destinationrule.ClientTLS
 		LB      *destinationrule.LoadBalancer
 		Outlier *destinationrule.OutlierDetection
-	}{t, p.LoadBalancer, p.OutlierDetection})
+		Pool    *destinationrule.ConnectionPool
+	}{t, p.LoadBalancer, p.OutlierDetection, p.ConnectionPool})
 	if err != nil {
 		return nil, err
 	}

@@ -279,8 +279,18 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		u.retries = c.action.Retries
 	}
 	defer u.rp.free()
+	var endRetry func() // the outstanding retry, held through its attempt
+	defer func() {
+		if endRetry != nil {
+			endRetry()
+		}
+	}()
 	for attempt := 0; ; attempt++ {
 		err := p.attempt(u, attempt)
+		if endRetry != nil {
+			endRetry()
+			endRetry = nil
+		}
 		if err == nil {
 			return nil
 		}
@@ -325,6 +335,16 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		if !u.rp.complete() {
 			return err
 		}
+		// The destination's retry budget (Envoy's max_retries circuit
+		// breaker, a DestinationRule's connectionPool.http.maxRetries): when
+		// it is spent the attempt's error stands.
+		if b, ok := u.conn.(retryBudget); ok {
+			release, ok := b.AcquireRetry()
+			if !ok {
+				return err
+			}
+			endRetry = release
+		}
 		// Envoy's default back-off between tries.
 		t := time.NewTimer(retryBackoff(attempt))
 		select {
@@ -335,6 +355,11 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		}
 		c.retries++
 	}
+}
+
+// retryBudget is an upstream that bounds the retries outstanding to it.
+type retryBudget interface {
+	AcquireRetry() (release func(), ok bool)
 }
 
 // upstreamCall is one call's upstream side, across its attempts.

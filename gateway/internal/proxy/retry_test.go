@@ -59,6 +59,55 @@ func (refusedStream) RecvMsg(any) error {
 // "Unknown: EOF".
 func TestRetryAfterTheUpstreamEndedTheStream(t *testing.T) {
 	up := &refusingConn{}
+	err := callThrough(t, up)
+	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "upstream refused the stream" {
+		t.Fatalf("call: %v, want the upstream's UNAVAILABLE", err)
+	}
+	if n := up.streams.Load(); n != 3 {
+		t.Fatalf("%d attempts, want 3", n)
+	}
+}
+
+// budgetConn is refusingConn with a retry budget of n.
+type budgetConn struct {
+	refusingConn
+	left, outstanding atomic.Int32
+}
+
+func (c *budgetConn) AcquireRetry() (func(), bool) {
+	if c.left.Add(-1) < 0 {
+		return nil, false
+	}
+	c.outstanding.Add(1)
+	return func() { c.outstanding.Add(-1) }, true
+}
+
+// A destination whose retry budget is spent (Envoy's max_retries circuit
+// breaker, connectionPool.http.maxRetries) is not retried: the attempt's
+// error stands; a granted retry is released once its attempt is over.
+func TestRetryBudget(t *testing.T) {
+	for _, tc := range []struct {
+		budget, want int32
+	}{{0, 1}, {1, 2}, {5, 3}} {
+		up := &budgetConn{}
+		up.left.Store(tc.budget)
+		err := callThrough(t, up)
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("budget %d: %v", tc.budget, err)
+		}
+		if n := up.streams.Load(); n != tc.want {
+			t.Errorf("budget %d: %d attempts, want %d", tc.budget, n, tc.want)
+		}
+		if n := up.outstanding.Load(); n != 0 {
+			t.Errorf("budget %d: %d retries still held after the call", tc.budget, n)
+		}
+	}
+}
+
+// callThrough makes one call through a proxy whose route retries twice on
+// unavailable, to up, and returns its error.
+func callThrough(t *testing.T, up grpc.ClientConnInterface) error {
+	t.Helper()
 	action := &route.Action{Retries: route.Retries{Attempts: 2, RetryOn: []string{"unavailable"}}}
 	px := New(func(ctx context.Context, _ string) (context.Context, grpc.ClientConnInterface, error) {
 		routedTo(ctx, "env1", action)
@@ -72,8 +121,7 @@ func TestRetryAfterTheUpstreamEndedTheStream(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { srv.Stop(); <-done })
-
+	defer func() { srv.Stop(); <-done }()
 	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -81,11 +129,5 @@ func TestRetryAfterTheUpstreamEndedTheStream(t *testing.T) {
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err = cc.Invoke(ctx, "/echo.EchoService/Call", &emptypb.Empty{}, &emptypb.Empty{})
-	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "upstream refused the stream" {
-		t.Fatalf("call: %v, want the upstream's UNAVAILABLE", err)
-	}
-	if n := up.streams.Load(); n != 3 {
-		t.Fatalf("%d attempts, want 3", n)
-	}
+	return cc.Invoke(ctx, "/echo.EchoService/Call", &emptypb.Empty{}, &emptypb.Empty{})
 }

@@ -42,6 +42,9 @@ type Policy struct {
 	TLS      *tls.Config        // nil: h2c
 	Balancer *h2client.Balancer // nil: the pool's
 	Outlier  *h2client.Outlier  // nil: the pool's
+	// MaxRequests, MaxRequestsPerConnection and MaxRetries are the
+	// h2client limits of the same names (0: none).
+	MaxRequests, MaxRequestsPerConnection, MaxRetries int
 }
 
 // clientKey identifies a client: its set and its policy's key.
@@ -130,6 +133,7 @@ func (p *Pool) create(t Target) *Conn {
 		if pol.Outlier != nil {
 			opts.Outlier = *pol.Outlier
 		}
+		opts.MaxRequests, opts.MaxRequestsPerConnection, opts.MaxRetries = pol.MaxRequests, pol.MaxRequestsPerConnection, pol.MaxRetries
 	}
 	c := &Conn{target: t, Client: h2client.New(t.Set, opts)}
 	c.cancel = p.eps.Subscribe(t.Set, func(eps discovery.Endpoints, exists bool) {
