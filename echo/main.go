@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	_ "google.golang.org/grpc/encoding/gzip" // lets clients and the proxy compress
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -38,6 +40,9 @@ type options struct {
 	addr  string
 	env   string
 	grace time.Duration
+	// tlsCert and tlsKey, when set, make the server speak TLS (ALPN h2),
+	// as a backend behind TLS (a mesh sidecar's, or its own) does.
+	tlsCert, tlsKey string
 }
 
 func parseFlags(args []string, getenv func(string) string) (options, error) {
@@ -50,8 +55,13 @@ func parseFlags(args []string, getenv func(string) string) (options, error) {
 	fs.StringVar(&o.addr, "addr", ":"+port, "address to listen on (env PORT sets the port)")
 	fs.StringVar(&o.env, "env", getenv("ENV"), "environment this server runs in (env ENV)")
 	fs.DurationVar(&o.grace, "grace", 10*time.Second, "how long in-flight calls may run after SIGTERM")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "serve TLS with this PEM certificate (with -tls-key)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "the PEM key of -tls-cert")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return o, errors.New("-tls-cert and -tls-key go together")
 	}
 	return o, nil
 }
@@ -68,7 +78,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
+	}
+	srv := grpc.NewServer(opts...)
 	echoserver.Register(srv, &echoserver.Server{Env: o.env, Addr: lis.Addr().String(), Log: log})
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	reflection.Register(srv)

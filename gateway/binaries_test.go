@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/envgate/envgate/internal/testca"
+	"github.com/envgate/envgate/proto/echopb"
 	"io"
 	"os"
 	"os/exec"
@@ -300,5 +302,26 @@ func TestBinaryLeavesOutTypedKubernetesClients(t *testing.T) {
 	// discovery/v1 (EndpointSlices) and core/v1, which it refers to.
 	if len(apis) > 2 {
 		t.Errorf("the gateway links API groups beyond discovery/v1: %v", apis)
+	}
+}
+
+// The echo binary behind TLS (-tls-cert/-tls-key), as the bench's upstream
+// TLS rows run it, reached by the gateway binary over upstream TLS SIMPLE.
+func TestEchoBinaryBehindTLS(t *testing.T) {
+	ca := testca.New(t, "bench CA")
+	leaf := ca.Issue(t, testca.Leaf{DNS: []string{"echo.bench"}})
+	dir := t.TempDir()
+	echoBin, gatewayBin := builtBinary(t, "echo"), builtBinary(t, "gateway")
+	echo := startProcess(t, []string{"ENV=env1"}, echoBin, "-addr", "127.0.0.1:0",
+		"-tls-cert", writeFile(t, dir, "echo.pem", leaf.CertPEM), "-tls-key", writeFile(t, dir, "echo-key.pem", leaf.KeyPEM))
+	port := echo.waitLine(t, `start server\. port:(\d+), env:env1`)[1]
+	cfg := fmt.Sprintf("listeners: [{address: 127.0.0.1:0}]\nadmin: {address: \"-\", debugAddress: \"-\"}\nenvironments: [env1]\n"+
+		"discovery: {static: {env1: [127.0.0.1:%s]}}\nupstream: {tls: {mode: SIMPLE, caCertificates: %s, sni: echo.bench}}\n",
+		port, writeFile(t, dir, "ca.pem", ca.PEM))
+	gw := startProcess(t, nil, gatewayBin, "-config", writeFile(t, dir, "envgate.yaml", []byte(cfg)))
+	addr := gw.waitLine(t, `"msg":"listening","address":"([^"]+)","tls":false`)[1]
+	resp, err := echoClient(t, addr).Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{})
+	if err != nil || !strings.Contains(resp.GetMessage(), "ServerEnv:env1") {
+		t.Fatalf("call through TLS to the echo binary: %v %v", resp, err)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"sync"
@@ -136,6 +137,21 @@ spec:
   subsets: [{name: v2, labels: {version: v2}}]
 ---
 apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: private, namespace: env2}
+spec:
+  host: app-service
+  exportTo: ["."]
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: broken, namespace: env2}
+spec:
+  host: app-service
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}
+---
+apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: routes, namespace: default}
 spec:
@@ -172,8 +188,21 @@ spec:
 			t.Errorf("%s: %v, want UNAVAILABLE %q", env, err, want)
 		}
 	}
-	if routes := scrape(t, gw, "/routes"); !strings.Contains(routes, `"destinationRule": "env1/mtls"`) {
-		t.Errorf("/routes does not name the DestinationRule:\n%s", routes)
+	var view struct {
+		DestinationRules struct {
+			Applied           []string
+			Rejected, Unbound map[string]string
+		} `json:"destinationRules"`
+	}
+	routes := scrape(t, gw, "/routes")
+	if err := json.Unmarshal([]byte(routes), &view); err != nil {
+		t.Fatal(err)
+	}
+	drs := view.DestinationRules
+	if !strings.Contains(routes, `"destinationRule": "env1/mtls"`) || len(drs.Applied) != 1 ||
+		!strings.Contains(drs.Unbound["env2/private"], `does not include the gateway's namespace`) ||
+		!strings.Contains(drs.Rejected["env2/broken"], "spec.trafficPolicy.connectionPool.tcp") {
+		t.Errorf("/routes does not say which DestinationRules apply, are refused or not visible:\n%s", routes)
 	}
 }
 

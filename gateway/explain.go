@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/gateway/internal/destinationrule"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/routing"
 	"github.com/envgate/envgate/gateway/internal/virtualservice"
@@ -82,6 +83,17 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 	}
+	var drs *destinationrule.Result
+	if v := cfg.Routing.VirtualServices; v != nil {
+		if v.Kubernetes {
+			drs, err = clusterDestinationRules(ctx, cfg)
+		} else {
+			drs, err = destinationRuleFiles(v)
+		}
+		if err != nil {
+			return err
+		}
+	}
 	e := routing.Explain(t, vs, *method, *authority, headers)
 	fmt.Fprintf(stdout, "request: %s, authority %q, headers %v\n", e.Method, e.Authority, map[string][]string(headers))
 	if e.VirtualHost != "" {
@@ -104,7 +116,42 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	for obj, why := range e.Unbound {
 		fmt.Fprintf(stdout, "not bound: %s: %s\n", obj, why)
 	}
+	if drs != nil {
+		fmt.Fprintf(stdout, "destinationrules in force: %v\n", drs.Applied)
+		for obj, why := range drs.Rejected {
+			fmt.Fprintf(stdout, "destinationrule rejected: %s: %s\n", obj, why)
+		}
+		for obj, why := range drs.Unbound {
+			fmt.Fprintf(stdout, "destinationrule not visible: %s: %s\n", obj, why)
+		}
+	}
 	return nil
+}
+
+// clusterDestinationRules lists the cluster's DestinationRules once and
+// merges them.
+func clusterDestinationRules(ctx context.Context, cfg *config.Config) (*destinationrule.Result, error) {
+	rc, err := kubeConfig(cfg.Discovery.Kubernetes.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	list, err := dyn.Resource(destinationrule.GVR).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list DestinationRules: %w", err)
+	}
+	var objs []*destinationrule.Object
+	for _, item := range list.Items {
+		o, err := destinationrule.FromMap(item.Object)
+		if err != nil {
+			return nil, err
+		}
+		objs = append(objs, o)
+	}
+	return destinationrule.Build(objs, cfg.Routing.VirtualServices.ProxyNamespace), nil
 }
 
 // clusterTable lists the cluster's VirtualServices once and merges them.

@@ -230,7 +230,8 @@ func TestUpstreamTLSRefusals(t *testing.T) {
 // The mesh certificates rotate (Istio's agent rewrites them, every 24 h by
 // default, key first): under 200 calls/s, envgate reloads them without a
 // restart and without a failed call; connections opened after the
-// rotation present the new certificate. The backend closes each connection
+// rotation present the new certificate, and a stream opened before it goes
+// on. The backend closes each connection
 // after 300 ms (gracefully, as a rolling sidecar would), so new ones keep
 // being opened.
 func TestMeshCertificatesRotateUnderLoad(t *testing.T) {
@@ -267,10 +268,31 @@ func TestMeshCertificatesRotateUnderLoad(t *testing.T) {
 			})
 		}
 	})
+	// A stream opened before the rotation, on a connection made with the
+	// first certificate.
+	bidi, err := c.BidiStream(withEnv(testCtx(t), "env1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exchange := func(what string) {
+		t.Helper()
+		if err := bidi.Send(&echopb.EchoRequest{Text: what}); err != nil {
+			t.Fatalf("%s: send: %v", what, err)
+		}
+		if _, err := bidi.Recv(); err != nil {
+			t.Fatalf("%s: receive: %v", what, err)
+		}
+	}
+	exchange("before the rotation")
 	waitUntil(t, "calls with the first certificate", func() bool { return b.serialCounts()[old.Cert.SerialNumber.String()] >= 100 })
 	rotated := mesh.Issue(t, testca.Leaf{URIs: []string{"spiffe://cluster.local/ns/envgate-system/sa/envgate"}})
 	testca.WriteMesh(t, dir, mesh, rotated)
 	waitUntil(t, "calls with the rotated certificate", func() bool { return b.serialCounts()[rotated.Cert.SerialNumber.String()] >= 100 })
+	// Open connections are not touched by the rotation.
+	exchange("after the rotation, on the stream opened before it")
+	if err := bidi.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
 	close(stop)
 	wg.Wait()
 	if failed.Load() != 0 {

@@ -8,6 +8,9 @@
 # frames) measures throughput and CPU, ghz measures latency. Every run is
 # bounded by a call count and a timeout. Prints one table with ratios to
 # direct and to envgate, measured in this run (the machine is shared).
+# Then the upstream TLS rows (UPSTREAM_TLS=0 skips them): the backend behind
+# TLS (a bench CA, the name verified), reached directly over TLS, through
+# envgate (upstream.tls SIMPLE) and through HAProxy (server ... ssl).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/bin}
@@ -16,6 +19,8 @@ CONC=50          # concurrent calls
 CONNS=10         # client connections (a load balancer spreads over several)
 DIR=$(mktemp -d)
 BACKEND_PORT=${BACKEND_PORT:-19051}
+BACKEND_TLS_PORT=${BACKEND_TLS_PORT:-19052}
+UPSTREAM_TLS=${UPSTREAM_TLS:-1}
 PORT=${PORT:-19080}
 TICK=$(getconf CLK_TCK)
 pids=()
@@ -76,7 +81,18 @@ wait_port() {
   done
   echo "bench: nothing listening on $1" >&2; exit 1
 }
-render() { sed -e "s|@DIR@|$DIR|g" -e "s|@PORT@|$PORT|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" "$1" >"$2"; }
+render() { sed -e "s|@DIR@|$DIR|g" -e "s|@PORT@|$PORT|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@BACKEND_TLS_PORT@|$BACKEND_TLS_PORT|g" "$1" >"$2"; }
+
+# bench_certs: a CA and the backend's certificate (echo.bench, 127.0.0.1), ECDSA P-256.
+bench_certs() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
+    -keyout "$DIR/ca-key.pem" -out "$DIR/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=echo.bench \
+    -keyout "$DIR/echo-key.pem" -out "$DIR/echo.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:echo.bench,IP:127.0.0.1\n' >"$DIR/san.ext"
+  openssl x509 -req -in "$DIR/echo.csr" -CA "$DIR/ca.pem" -CAkey "$DIR/ca-key.pem" -CAcreateserial -days 1 \
+    -extfile "$DIR/san.ext" -out "$DIR/echo.pem" 2>/dev/null
+}
 
 # varint N: protobuf varint bytes as printf escapes.
 varint() {
@@ -96,10 +112,19 @@ start_backend() {
   ENV=env1 "$BIN/echo" -addr "127.0.0.1:$BACKEND_PORT" >"$DIR/echo.log" 2>&1 &
   backend=$!; pids+=("$backend"); wait_port "$BACKEND_PORT"
 }
+start_tls_backend() {
+  ENV=env1 "$BIN/echo" -addr "127.0.0.1:$BACKEND_TLS_PORT" -tls-cert "$DIR/echo.pem" -tls-key "$DIR/echo-key.pem" >"$DIR/echo-tls.log" 2>&1 &
+  tls_backend=$!; pids+=("$tls_backend"); wait_port "$BACKEND_TLS_PORT"
+}
 # start_target NAME: sets target_pid and target_port.
 start_target() {
   case $1 in
     direct) target_pid=""; target_port=$BACKEND_PORT; return ;;
+    direct-tls) target_pid=""; target_port=$BACKEND_TLS_PORT; return ;;
+    envgate-tls) render "$ROOT/scripts/bench/envgate-tls.yaml.in" "$DIR/envgate.yaml"
+      "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    haproxy-tls) render "$ROOT/scripts/bench/haproxy-tls.cfg.in" "$DIR/haproxy.cfg"
+      haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
     envgate) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/envgate.yaml"
       "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx) render "$ROOT/scripts/bench/nginx.conf.in" "$DIR/nginx.conf"
@@ -116,10 +141,13 @@ stop_target() {
   kill "$target_pid"; wait "$target_pid" 2>/dev/null || true
 }
 
-# ghz_latency PORT SIZE N: prints "p50_ms p99_ms errors".
+# ghz_latency PORT SIZE N: prints "p50_ms p99_ms errors". CLIENT_TLS=1
+# speaks TLS to the target (the bench CA, echo.bench).
 ghz_latency() {
   local payload; payload=$(head -c "$2" /dev/zero | base64 -w0)
-  timeout 300 "$BIN/ghz" --insecure --proto "$ROOT/proto/echo.proto" --call echo.EchoService.Call \
+  local sec=(--insecure)
+  [ "${CLIENT_TLS:-0}" = 1 ] && sec=(--cacert "$DIR/ca.pem" --cname echo.bench)
+  timeout 300 "$BIN/ghz" "${sec[@]}" --proto "$ROOT/proto/echo.proto" --call echo.EchoService.Call \
     -m '{"env":"env1"}' -d "{\"response_size\":$2,\"payload\":\"$payload\"}" \
     -c "$CONC" --connections "$CONNS" -n "$3" --timeout 20s "127.0.0.1:$1" >"$DIR/ghz.txt"
   awk '
@@ -133,55 +161,80 @@ ghz_latency() {
 h2load_rps() {
   timeout 300 h2load -n "$3" -c "$CONNS" -m $((CONC / CONNS)) -d "$2" \
     -H 'content-type: application/grpc' -H 'te: trailers' -H 'env: env1' \
-    "http://127.0.0.1:$1/echo.EchoService/Call" >"$DIR/h2load.txt"
+    "$( [ "${CLIENT_TLS:-0}" = 1 ] && echo https || echo http )://127.0.0.1:$1/echo.EchoService/Call" >"$DIR/h2load.txt"
   grep -q "requests: $3 total, $3 started, $3 done, $3 succeeded" "$DIR/h2load.txt" ||
     { echo "bench: h2load calls failed:" >&2; cat "$DIR/h2load.txt" >&2; exit 1; }
   awk '/^finished in/ { gsub(",", ""); print $4 }' "$DIR/h2load.txt"
 }
 
+# measure TARGET...: one row per size and target into $results, the backend
+# being the process $measured_backend.
+measure() {
+  for size in $SIZES; do
+    if [ "$size" -ge 65536 ]; then n_ghz=3000; n_h2=8000; else n_ghz=20000; n_h2=60000; fi
+    request_file "$size" "$DIR/req.bin"
+    for target in "$@"; do
+      CLIENT_TLS=0; [ "$target" = direct-tls ] && CLIENT_TLS=1
+      start_target "$target"
+      ghz_latency "$target_port" "$size" 500 >/dev/null # warm up connections and caches
+      g0=0; [ -n "$target_pid" ] && g0=$(cpu_ticks "$target_pid")
+      read -r p50 p99 ok < <(ghz_latency "$target_port" "$size" "$n_ghz")
+      g1=0; [ -n "$target_pid" ] && g1=$(cpu_ticks "$target_pid")
+      failed=$((n_ghz - ok))
+      if [ "$failed" != 0 ]; then
+        echo "bench: $target, $size B: $failed of $n_ghz ghz calls failed:" >&2
+        sed -n '/Status code distribution/,$p' "$DIR/ghz.txt" >&2
+        # The other proxies' failures are results; envgate's or the backend's end the bench.
+        case $target in direct*|envgate*) exit 1 ;; esac
+      fi
+      b0=$(cpu_ticks "$measured_backend"); p0=0; [ -n "$target_pid" ] && p0=$(cpu_ticks "$target_pid")
+      rps=$(h2load_rps "$target_port" "$DIR/req.bin" "$n_h2")
+      b1=$(cpu_ticks "$measured_backend"); p1=0; [ -n "$target_pid" ] && p1=$(cpu_ticks "$target_pid")
+      rss=0; [ -n "$target_pid" ] && rss=$(peak_rss_kb "$target_pid")
+      awk -v s="$size" -v t="$target" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
+          -v pc=$((p1 - p0)) -v bc=$((b1 - b0)) -v n="$n_h2" -v tick="$TICK" -v rss="$rss" -v failed="$failed" \
+          -v gc=$((g1 - g0)) -v ng="$n_ghz" \
+          'BEGIN { printf "%s %s %.0f %.3f %.3f %.3f %.3f %.1f %d %.3f\n", s, t, rps, p50, p99, pc / tick / n * 10000, bc / tick / n * 10000, rss / 1024, failed, gc / tick / ng * 10000 }' >>"$results"
+      stop_target
+    done
+  done
+}
+
+# table DIRECT ENVGATE: the rows of $results, with ratios to the rows of
+# targets DIRECT and ENVGATE of the same size.
+table() {
+  awk -v direct="$1" -v envgate="$2" '
+    { size[NR] = $1; tgt[NR] = $2; rps[NR] = $3; p50[NR] = $4; p99[NR] = $5; pcpu[NR] = $6; bcpu[NR] = $7; rss[NR] = $8; fail[NR] = $9; gcpu[NR] = $10
+      key = $1 SUBSEP $2; R[key] = $3; P99[key] = $5; C[key] = $6 }
+    function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+    END {
+      printf "%-6s %-12s %9s %8s %8s %10s %8s %10s %8s %6s | %-22s | %-22s\n", "size", "target", "rps", "p50 ms", "p99 ms", "proxy cpu", "cpu ghz", "backnd cpu", "RSS MB", "failed", "vs " direct " rps/p99", "vs " envgate " rps/p99/cpu"
+      for (i = 1; i <= NR; i++) {
+        d = size[i] SUBSEP direct; e = size[i] SUBSEP envgate
+        printf "%-6s %-12s %9d %8.3f %8.3f %10.3f %8.3f %10.3f %8.1f %6d | %-22s | %-22s\n", size[i], tgt[i], rps[i], p50[i], p99[i], pcpu[i], gcpu[i], bcpu[i], rss[i], fail[i],
+          ratio(rps[i], R[d]) " / " ratio(p99[i], P99[d]),
+          ratio(rps[i], R[e]) " / " ratio(p99[i], P99[e]) " / " ratio(pcpu[i], C[e])
+      }
+    }' "$results"
+}
+
 start_backend
 results="$DIR/results"
-for size in $SIZES; do
-  if [ "$size" -ge 65536 ]; then n_ghz=3000; n_h2=8000; else n_ghz=20000; n_h2=60000; fi
-  request_file "$size" "$DIR/req.bin"
-  for target in direct envgate grpcgo-floor grpc-proxy nginx haproxy; do
-    start_target "$target"
-    ghz_latency "$target_port" "$size" 500 >/dev/null # warm up connections and caches
-    g0=0; [ -n "$target_pid" ] && g0=$(cpu_ticks "$target_pid")
-    read -r p50 p99 ok < <(ghz_latency "$target_port" "$size" "$n_ghz")
-    g1=0; [ -n "$target_pid" ] && g1=$(cpu_ticks "$target_pid")
-    failed=$((n_ghz - ok))
-    if [ "$failed" != 0 ]; then
-      echo "bench: $target, $size B: $failed of $n_ghz ghz calls failed:" >&2
-      sed -n '/Status code distribution/,$p' "$DIR/ghz.txt" >&2
-      # The other proxies' failures are results; envgate's or the backend's end the bench.
-      case $target in direct|envgate) exit 1 ;; esac
-    fi
-    b0=$(cpu_ticks "$backend"); p0=0; [ -n "$target_pid" ] && p0=$(cpu_ticks "$target_pid")
-    rps=$(h2load_rps "$target_port" "$DIR/req.bin" "$n_h2")
-    b1=$(cpu_ticks "$backend"); p1=0; [ -n "$target_pid" ] && p1=$(cpu_ticks "$target_pid")
-    rss=0; [ -n "$target_pid" ] && rss=$(peak_rss_kb "$target_pid")
-    awk -v s="$size" -v t="$target" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
-        -v pc=$((p1 - p0)) -v bc=$((b1 - b0)) -v n="$n_h2" -v tick="$TICK" -v rss="$rss" -v failed="$failed" \
-        -v gc=$((g1 - g0)) -v ng="$n_ghz" \
-        'BEGIN { printf "%s %s %.0f %.3f %.3f %.3f %.3f %.1f %d %.3f\n", s, t, rps, p50, p99, pc / tick / n * 10000, bc / tick / n * 10000, rss / 1024, failed, gc / tick / ng * 10000 }' >>"$results"
-    stop_target
-  done
-done
-
+measured_backend=$backend
+measure direct envgate grpcgo-floor grpc-proxy nginx haproxy
 echo
 echo "unary echo.EchoService/Call, $CONC concurrent calls over $CONNS connections; request and response payload of SIZE bytes"
 echo "rps: h2load; p50/p99: ghz; CPU: utime+stime seconds per 10k calls of the h2load run (cpu ghz: of the ghz run); RSS: peak (VmHWM) of the proxy's processes; failed: ghz calls that did not return OK"
-awk '
-  { size[NR] = $1; tgt[NR] = $2; rps[NR] = $3; p50[NR] = $4; p99[NR] = $5; pcpu[NR] = $6; bcpu[NR] = $7; rss[NR] = $8; fail[NR] = $9; gcpu[NR] = $10
-    key = $1 SUBSEP $2; R[key] = $3; P99[key] = $5; C[key] = $6 }
-  function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
-  END {
-    printf "%-6s %-12s %9s %8s %8s %10s %8s %10s %8s %6s | %-22s | %-22s\n", "size", "target", "rps", "p50 ms", "p99 ms", "proxy cpu", "cpu ghz", "backnd cpu", "RSS MB", "failed", "vs direct rps/p99", "vs envgate rps/p99/cpu"
-    for (i = 1; i <= NR; i++) {
-      d = size[i] SUBSEP "direct"; e = size[i] SUBSEP "envgate"
-      printf "%-6s %-12s %9d %8.3f %8.3f %10.3f %8.3f %10.3f %8.1f %6d | %-22s | %-22s\n", size[i], tgt[i], rps[i], p50[i], p99[i], pcpu[i], gcpu[i], bcpu[i], rss[i], fail[i],
-        ratio(rps[i], R[d]) " / " ratio(p99[i], P99[d]),
-        ratio(rps[i], R[e]) " / " ratio(p99[i], P99[e]) " / " ratio(pcpu[i], C[e])
-    }
-  }' "$results"
+table direct envgate
+
+if [ "$UPSTREAM_TLS" = 1 ]; then
+  need openssl openssl
+  bench_certs
+  start_tls_backend
+  results="$DIR/results-tls"
+  measured_backend=$tls_backend
+  measure direct-tls envgate-tls haproxy-tls
+  echo
+  echo "upstream TLS: the backend behind TLS 1.3 (ECDSA P-256, a bench CA, the name echo.bench verified); direct-tls is the client speaking TLS to it, the proxies take h2c from the client and TLS to the backend"
+  table direct-tls envgate-tls
+fi

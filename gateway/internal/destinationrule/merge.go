@@ -22,7 +22,9 @@ type Result struct {
 	byNS     map[string][]*rule
 	Issues   []Issue
 	Rejected map[string]string // object -> reason
-	Applied  []string          // objects in force, oldest first
+	// Unbound are the objects not visible to the gateway, and why.
+	Unbound map[string]string
+	Applied []string // objects in force, oldest first
 }
 
 // rule is the DestinationRules of one namespace for one host, merged: the
@@ -38,7 +40,7 @@ type rule struct {
 // Build validates and merges objs as seen from a gateway whose proxies run
 // in proxyNS.
 func Build(objs []*Object, proxyNS string) *Result {
-	res := &Result{proxyNS: proxyNS, byNS: map[string][]*rule{}, Rejected: map[string]string{}}
+	res := &Result{proxyNS: proxyNS, byNS: map[string][]*rule{}, Rejected: map[string]string{}, Unbound: map[string]string{}}
 	sorted := slices.Clone(objs)
 	// pilot/pkg/model/config.go configCompareByCreationTime.
 	slices.SortStableFunc(sorted, func(a, b *Object) int {
@@ -66,7 +68,10 @@ func Build(objs []*Object, proxyNS string) *Result {
 		}
 		ns := o.Metadata.Namespace
 		if ns != proxyNS && !o.exportedTo(proxyNS) {
-			continue // invisible to the gateway, as to Istio's
+			// Invisible to the gateway, as to Istio's: said, not dropped
+			// silently.
+			res.Unbound[o.Name()] = fmt.Sprintf("spec.exportTo %v does not include the gateway's namespace %q", o.Spec.ExportTo, proxyNS)
+			continue
 		}
 		host := resolveHost(o.Spec.Host, ns)
 		res.Applied = append(res.Applied, o.Name())

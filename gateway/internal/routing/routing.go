@@ -74,6 +74,9 @@ func (s *State) ApplyDestinationRules(res *destinationrule.Result) {
 	for obj, why := range res.Rejected {
 		s.log.Error("destinationrule rejected", "object", obj, "reason", why)
 	}
+	for obj, why := range res.Unbound {
+		s.log.Info("destinationrule not visible to the gateway", "object", obj, "reason", why)
+	}
 	s.log.Info("destinationrules applied", "objects", res.Applied)
 }
 

@@ -14,6 +14,15 @@ type View struct {
 	NoMatch  string            `json:"noMatch"`
 	Rejected map[string]string `json:"rejected,omitempty"`
 	Unbound  map[string]string `json:"unbound,omitempty"`
+	// DestinationRules are those in force, refused, and not visible.
+	DestinationRules *DestinationRulesView `json:"destinationRules,omitempty"`
+}
+
+// DestinationRulesView is the DestinationRules' state.
+type DestinationRulesView struct {
+	Applied  []string          `json:"applied"`
+	Rejected map[string]string `json:"rejected,omitempty"`
+	Unbound  map[string]string `json:"unbound,omitempty"`
 }
 
 // RuleView is one rule.
@@ -78,6 +87,12 @@ func (s *State) View(dial func(route.Destination) Dial) View {
 	v := View{Rules: []RuleView{}, NoMatch: "UNIMPLEMENTED"}
 	if snap.vs != nil {
 		v.Rejected, v.Unbound = snap.vs.Rejected, snap.vs.Unbound
+	}
+	if dr := s.DestinationRules(); dr != nil {
+		v.DestinationRules = &DestinationRulesView{Applied: dr.Applied, Rejected: dr.Rejected, Unbound: dr.Unbound}
+		if v.DestinationRules.Applied == nil {
+			v.DestinationRules.Applied = []string{}
+		}
 	}
 	type hostRules struct {
 		domain string
