@@ -46,9 +46,11 @@ TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz in
 
 all: lint test
 
-build: ## the gateway and echo binaries, as the Dockerfiles build them
+build: ## the gateway, echo, helloserver and loadgen binaries, as the Dockerfiles build them
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/gateway ./gateway
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/echo ./echo
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/helloserver ./helloserver
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/loadgen ./loadgen
 
 test: tools ## every test, with the race detector
 	$(GO) vet ./...
@@ -85,9 +87,11 @@ tools: $(TOOLS)
 IMAGE_TAG ?= dev
 KIND_CLUSTER ?= envgate
 
-docker-build: ## the gateway and echo images
+docker-build: ## the gateway, echo, helloserver and loadgen images
 	docker build -f Dockerfile.gateway --build-arg VERSION=$(VERSION) -t envgate/gateway:$(IMAGE_TAG) .
 	docker build -f Dockerfile.echo --build-arg VERSION=$(VERSION) -t envgate/echo:$(IMAGE_TAG) .
+	docker build -f Dockerfile.helloserver --build-arg VERSION=$(VERSION) -t envgate/helloserver:$(IMAGE_TAG) .
+	docker build -f Dockerfile.loadgen --build-arg VERSION=$(VERSION) -t envgate/loadgen:$(IMAGE_TAG) .
 
 kind-up: ## a kind cluster whose port mappings reach the gateway from 127.0.0.1:8080
 	kind create cluster --name $(KIND_CLUSTER) --config k8s/kind/cluster.yaml

@@ -51,7 +51,7 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for _, app := range []string{"gateway", "echo"} {
+	for _, app := range []string{"gateway", "echo", "helloserver", "loadgen"} {
 		line, err := dockerBuildLine(root, "Dockerfile."+app)
 		if err != nil {
 			return "", err
@@ -75,7 +75,7 @@ func TestDockerfilesBuildLikeMake(t *testing.T) {
 		t.Fatalf("make -n build: %v", err)
 	}
 	makeLines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	for _, app := range []string{"gateway", "echo"} {
+	for _, app := range []string{"gateway", "echo", "helloserver", "loadgen"} {
 		line, err := dockerBuildLine(root, "Dockerfile."+app)
 		if err != nil {
 			t.Fatal(err)
@@ -324,4 +324,26 @@ func TestEchoBinaryBehindTLS(t *testing.T) {
 	if err != nil || !strings.Contains(resp.GetMessage(), "ServerEnv:env1") {
 		t.Fatalf("call through TLS to the echo binary: %v %v", resp, err)
 	}
+}
+
+// The second seed's app as its document runs it, with the built binaries:
+// the helloserver, and loadgen sending to SERVER_ADDR at
+// REQUESTS_PER_SECOND (the gateway's HTTP front is issue 13's next part).
+func TestSeedHelloAppBinaries(t *testing.T) {
+	server := startProcess(t, []string{"ENV=env1"}, builtBinary(t, "helloserver"), "-addr", "127.0.0.1:0")
+	server.waitLine(t, `INFO:root:Starting server\.\.\.`)
+	addr := server.waitLine(t, `addr=(\S+)`)[1]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, builtBinary(t, "loadgen"), "-count", "40", "-envs", "env1")
+	cmd.Env = append(os.Environ(), "SERVER_ADDR=http://"+addr, "REQUESTS_PER_SECOND=20")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("loadgen: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`\d+ request\(s\) complete to http://`+regexp.QuoteMeta(addr)).Match(out) ||
+		!regexp.MustCompile(`(?m)^env1\s+40\s+40\s`).Match(out) {
+		t.Fatalf("loadgen output:\n%s", out)
+	}
+	server.waitLine(t, `INFO:root:GET request, Path: / Headers: Host: `+regexp.QuoteMeta(addr))
 }

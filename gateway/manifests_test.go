@@ -36,7 +36,7 @@ import (
 
 // kustomizations are every directory a user applies.
 // (k8s/app is the template the envs/* kustomizations stamp into a namespace.)
-var kustomizations = []string{"base", "envs/env1", "envs/env2", "overlays/gke", "overlays/kind", "overlays/istio", "overlays/asm-mtls", "examples/traffic-split"}
+var kustomizations = []string{"base", "envs/env1", "envs/env2", "overlays/gke", "overlays/kind", "overlays/istio", "overlays/asm-mtls", "examples/traffic-split", "hello"}
 
 func renderK8s(t *testing.T, dir string) []*unstructured.Unstructured {
 	t.Helper()
