@@ -137,7 +137,10 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	})
 	var accessLog *slog.Logger
 	if *cfg.AccessLog {
-		accessLog = log
+		// The access log is a record of calls, not a diagnostic:
+		// -log-level does not silence it (Envoy's access log is separate
+		// from its log level too).
+		accessLog = slog.New(everyRecord{log.Handler()})
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -709,4 +712,17 @@ func (u poolUpstreams) Conn(d route.Destination) (grpc.ClientConnInterface, erro
 		return nil, err
 	}
 	return c, nil
+}
+
+// everyRecord is a handler that takes records of every level: the level
+// of the handler it wraps filters the gateway's own log, not the access
+// log.
+type everyRecord struct{ slog.Handler }
+
+func (everyRecord) Enabled(context.Context, slog.Level) bool { return true }
+func (h everyRecord) WithAttrs(a []slog.Attr) slog.Handler {
+	return everyRecord{h.Handler.WithAttrs(a)}
+}
+func (h everyRecord) WithGroup(name string) slog.Handler {
+	return everyRecord{h.Handler.WithGroup(name)}
 }

@@ -144,11 +144,17 @@ func startGateway(t testing.TB, cfg *config.Config, logOut io.Writer, dial ...fu
 	if logOut == nil {
 		logOut = io.Discard
 	}
+	return startGatewayLogging(t, cfg, slog.New(slog.NewJSONHandler(logOut, nil)), dial...)
+}
+
+// startGatewayLogging is startGateway with its logger, as run builds it.
+func startGatewayLogging(t testing.TB, cfg *config.Config, log *slog.Logger, dial ...func(context.Context, string) (net.Conn, error)) *runningGateway {
+	t.Helper()
 	var d func(context.Context, string) (net.Conn, error)
 	if len(dial) > 0 {
 		d = dial[0]
 	}
-	g, err := newGateway(cfg, slog.New(slog.NewJSONHandler(logOut, nil)), d)
+	g, err := newGateway(cfg, log, d)
 	if err != nil {
 		t.Fatal(err)
 	}
