@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/envgate/envgate/proto/echopb"
+	"google.golang.org/grpc/peer"
 )
 
 func withEnv(ctx context.Context, env string) context.Context {
@@ -577,5 +578,71 @@ func TestAccessLogIndependentOfLogLevel(t *testing.T) {
 	})
 	if strings.Contains(out.String(), `"msg":"listening"`) {
 		t.Fatalf("info lines are logged at warn:\n%s", out.String())
+	}
+}
+
+// A destination that sees no call for upstream.idleTimeout has its client
+// and connections closed, and the next call opens them again without
+// failing (Issue 15, point 4, as Envoy's upstream idle_timeout). A stream
+// in flight keeps its client however long it lasts.
+func TestIdleUpstreamClosedAndReopened(t *testing.T) {
+	var mu sync.Mutex
+	conns := map[string]bool{} // client connections the backend saw
+	record := grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if p, ok := peer.FromContext(ctx); ok {
+			mu.Lock()
+			conns[p.Addr.String()] = true
+			mu.Unlock()
+		}
+		return h(ctx, req)
+	})
+	b := startBackend(t, "env1", record)
+	cfg := testConfig(t, map[string][]string{"env1": {b.addr}})
+	cfg.Upstream.IdleTimeout = 200 * time.Millisecond
+	gw := startGateway(t, cfg, nil)
+	c := echoClient(t, gw.Addrs()[0])
+	call := func() {
+		t.Helper()
+		if _, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{}); err != nil {
+			t.Fatalf("call: %v", err)
+		}
+	}
+	call()
+	// A stream held open past the idle timeout keeps the client.
+	stream, err := c.BidiStream(withEnv(testCtx(t), "env1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&echopb.EchoRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(600 * time.Millisecond) // three idle timeouts, and sweeps
+	for time.Now().Before(deadline) {
+		if gw.pool.Len() == 0 {
+			t.Fatal("the client of a destination with a stream in flight was closed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := stream.Send(&echopb.EchoRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatalf("the held stream after the idle timeout: %v", err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("stream end: %v", err)
+	}
+	waitUntil(t, "the idle client closed", func() bool { return gw.pool.Len() == 0 })
+	call()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(conns) != 2 {
+		t.Fatalf("the backend saw %d connections, want 2 (the idle one closed, a new one for the next call)", len(conns))
 	}
 }

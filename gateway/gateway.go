@@ -135,6 +135,9 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 			MaxEjectionPercent:       od.MaxEjectionPercent,
 		},
 	})
+	if u.IdleTimeout > 0 {
+		g.pool.CloseIdle(u.IdleTimeout)
+	}
 	var accessLog *slog.Logger
 	if *cfg.AccessLog {
 		// The access log is a record of calls, not a diagnostic:

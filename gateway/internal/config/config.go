@@ -186,6 +186,10 @@ type Upstream struct {
 	// long the answer may take (default 20s).
 	KeepaliveTime    time.Duration `yaml:"keepaliveTime"`
 	KeepaliveTimeout time.Duration `yaml:"keepaliveTimeout"`
+	// IdleTimeout closes the connections of a destination that saw no
+	// call for this long; the next call opens them again (default 1h,
+	// Envoy's upstream idle_timeout; -1s: never).
+	IdleTimeout time.Duration `yaml:"idleTimeout"`
 	// OutlierDetection ejects failing endpoints for a while.
 	OutlierDetection OutlierDetection `yaml:"outlierDetection"`
 	// TLS secures the connections to every destination, as a
@@ -437,6 +441,9 @@ func (c *Config) Defaults() {
 	}
 	if c.Upstream.LoadBalancer == "" {
 		c.Upstream.LoadBalancer = "LEAST_REQUEST"
+	}
+	if c.Upstream.IdleTimeout == 0 {
+		c.Upstream.IdleTimeout = time.Hour
 	}
 	if t := &c.Upstream.TLS; t.Mode == "" {
 		t.Mode = TLSDisable

@@ -118,9 +118,10 @@ type Client struct {
 
 	ready    atomic.Pointer[[]*endpoint] // endpoints that take calls, by address
 	next     atomic.Uint32
-	waiting  atomic.Int32 // calls waiting for a free stream
-	requests atomic.Int32 // calls on a stream, for MaxRequests
-	retries  atomic.Int32 // retries outstanding, for MaxRetries
+	waiting  atomic.Int32  // calls waiting for a free stream
+	requests atomic.Int32  // calls on a stream, for MaxRequests
+	opened   atomic.Uint64 // streams ever opened, for Activity
+	retries  atomic.Int32  // retries outstanding, for MaxRetries
 
 	// mu guards what follows and each endpoint's fields marked so. It is
 	// taken before a connection's locks (open may run under it), never
@@ -605,6 +606,12 @@ func (ep *endpoint) open(s *stream) error {
 		return errFull
 	}
 	return errUnusable
+}
+
+// Activity is how many streams the client ever opened and how many are
+// open now, for an owner that closes idle clients.
+func (cl *Client) Activity() (opened uint64, inFlight int) {
+	return cl.opened.Load(), int(cl.requests.Load())
 }
 
 // AcquireRetry asks for a retry of a failed call: ok false when

@@ -280,6 +280,7 @@ func (c *conn) open(s *stream) error {
 	c.ep.active.Add(1)
 	if c.cl != nil {
 		c.cl.requests.Add(1)
+		c.cl.opened.Add(1)
 	}
 	c.opened++
 	if c.maxRequests > 0 && c.opened >= c.maxRequests {

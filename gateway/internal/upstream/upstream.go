@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/envgate/envgate/gateway/internal/discovery"
 	"github.com/envgate/envgate/gateway/internal/h2client"
@@ -70,7 +71,25 @@ type Pool struct {
 	goneMu sync.Mutex // guards gone
 	gone   []Target
 	kick   chan struct{}
+
+	// idle closes a client whose destination saw no call for this long
+	// (0: never); retired are the clients taken out for it, closed once
+	// nothing can still be using them. Only Run touches retired and the
+	// Conns' activity fields.
+	idle    time.Duration
+	retired []retiredConn
 }
+
+// retiredConn is a client out of the pool since at.
+type retiredConn struct {
+	c  *Conn
+	at time.Time
+}
+
+// retireGrace is how long a client taken out of the pool stays open for a
+// caller that got it just before: such a caller opens its stream at once,
+// and the client is closed only once that stream has ended.
+const retireGrace = 5 * time.Second
 
 // Conn is one target's client and its current endpoints.
 type Conn struct {
@@ -81,6 +100,11 @@ type Conn struct {
 	mu     sync.RWMutex
 	eps    discovery.Endpoints
 	exists bool
+
+	// lastOpened and idleSince track the client's activity for the idle
+	// close; only the pool's Run reads and writes them.
+	lastOpened uint64
+	idleSince  time.Time
 }
 
 // NewPool returns a pool whose clients use opts.
@@ -90,6 +114,11 @@ func NewPool(eps Endpoints, log *slog.Logger, opts h2client.Options) *Pool {
 	}
 	return &Pool{eps: eps, log: log, opts: opts, conns: map[clientKey]*Conn{}, kick: make(chan struct{}, 1)}
 }
+
+// CloseIdle makes Run close the client of a destination that saw no call
+// for d, as Envoy closes upstream connections after idle_timeout; the next
+// call opens it again. 0 (the default) never does. Call it before Run.
+func (p *Pool) CloseIdle(d time.Duration) { p.idle = d }
 
 // Get returns the connection for t, or an error wrapping
 // ErrNoHealthyUpstream when no call can be sent there: its set is unknown to
@@ -171,6 +200,12 @@ func (p *Pool) Len() int {
 // Run closes the connections of services that discovery removed, and every
 // connection when ctx ends.
 func (p *Pool) Run(ctx context.Context) error {
+	var sweep <-chan time.Time
+	if p.idle > 0 {
+		t := time.NewTicker(max(p.idle/4, 10*time.Millisecond))
+		defer t.Stop()
+		sweep = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -181,7 +216,13 @@ func (p *Pool) Run(ctx context.Context) error {
 			for _, c := range conns {
 				c.close()
 			}
+			for _, r := range p.retired {
+				r.c.close()
+			}
 			return nil
+		case now := <-sweep:
+			p.closeIdle(now)
+			continue
 		case <-p.kick:
 		}
 		p.goneMu.Lock()
@@ -206,6 +247,36 @@ func (p *Pool) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// closeIdle takes out of the pool the clients that opened no stream and
+// had none open for p.idle, and closes those taken out earlier that
+// nothing uses any more.
+func (p *Pool) closeIdle(now time.Time) {
+	p.mu.Lock()
+	for k, c := range p.conns {
+		opened, inFlight := c.Activity()
+		if opened != c.lastOpened || inFlight > 0 || c.idleSince.IsZero() {
+			c.lastOpened, c.idleSince = opened, now
+			continue
+		}
+		if now.Sub(c.idleSince) >= p.idle {
+			delete(p.conns, k)
+			p.retired = append(p.retired, retiredConn{c, now})
+		}
+	}
+	p.mu.Unlock()
+	kept := p.retired[:0]
+	for _, r := range p.retired {
+		if _, inFlight := r.c.Activity(); now.Sub(r.at) < retireGrace || inFlight > 0 {
+			kept = append(kept, r)
+			continue
+		}
+		p.log.Debug("closed idle upstream client", "service", r.c.target.Set)
+		r.c.close()
+	}
+	clear(p.retired[len(kept):])
+	p.retired = kept
 }
 
 func (c *Conn) close() {
