@@ -6,6 +6,7 @@ package crwatch
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 
@@ -87,4 +88,19 @@ func (w *Watcher) deliver(store cache.Store) {
 		}
 	}
 	w.OnChange(objs)
+}
+
+// Decode builds each watched object with from; one that does not build is
+// logged and left out, so one bad object does not stop the others.
+func Decode[T any](items []map[string]any, from func(map[string]any) (T, error), log *slog.Logger) []T {
+	out := make([]T, 0, len(items))
+	for _, m := range items {
+		o, err := from(m) // reads only: the cache's object is shared
+		if err != nil {
+			log.Error("object not understood", "error", err)
+			continue
+		}
+		out = append(out, o)
+	}
+	return out
 }

@@ -331,19 +331,3 @@ func validatePolicy(path string, tp *TrafficPolicy) []error {
 	}
 	return errs
 }
-
-// Subsets lists the subsets each host defines, for views.
-func (r *Result) Subsets() map[string][]string {
-	out := map[string][]string{}
-	if r == nil {
-		return out
-	}
-	for ns, rules := range r.byNS {
-		for _, ru := range rules {
-			for _, s := range ru.subsets {
-				out[ns+" "+ru.host] = append(out[ns+" "+ru.host], s.Name)
-			}
-		}
-	}
-	return out
-}

@@ -35,14 +35,5 @@ func (w *Watcher) Run(ctx context.Context) error {
 }
 
 func (w *Watcher) rebuild(items []map[string]any) {
-	var objs []*Object
-	for _, m := range items {
-		o, err := FromMap(m) // reads only: the cache's object is shared
-		if err != nil {
-			w.Log.Error("destinationrule not understood", "error", err)
-			continue
-		}
-		objs = append(objs, o)
-	}
-	w.OnChange(Build(objs, w.ProxyNamespace))
+	w.OnChange(Build(crwatch.Decode(items, FromMap, w.Log), w.ProxyNamespace))
 }
