@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
-	"slices"
 	"strings"
 
 	grpcproxy "github.com/mwitkow/grpc-proxy/proxy"
@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/envgate/envgate/gateway/internal/forwarded"
 	"github.com/envgate/envgate/gateway/internal/route"
 )
 
@@ -35,12 +36,6 @@ var hopByHop = []string{
 	"content-length",
 }
 
-// maxForwardedFor bounds the x-forwarded-for the upstream gets: the
-// client's own entries are kept from the right (the ones nearest the
-// gateway, the only ones a hop vouched for) while they fit, then the
-// client's address is appended.
-const maxForwardedFor = 1024
-
 // NewDirector routes each call by the table and hands it to the chosen
 // destination's connection, with the request metadata the upstream should
 // see. Refusals are gRPC statuses: UNIMPLEMENTED when no rule matches (what
@@ -55,43 +50,104 @@ func NewDirector(routes Routes, ups Upstreams, pick func() float64, fallback fun
 	return func(ctx context.Context, method string) (context.Context, grpc.ClientConnInterface, error) {
 		md, _ := metadata.FromIncomingContext(ctx) // a copy: it becomes the outgoing metadata
 		table := routes()
-		req := route.Request{Headers: md, Path: method}
+		req := route.Request{Headers: md, Path: method, Method: "POST"}
 		if a := md[":authority"]; len(a) > 0 {
 			req.Authority = a[0]
 		}
-		rule, ok := table.Route(&req)
-		if !ok {
-			h := table.EnvHeader()
-			return nil, nil, status.Error(codes.Unimplemented,
-				"envgate: "+(&route.NoRouteError{Header: h, Values: md[h], Path: method}).Error())
+		dec, err := table.Decide(&req, pick())
+		if err != nil {
+			return nil, nil, refusal(err)
 		}
-		dest, ok := rule.Action.Pick(pick())
-		if !ok {
-			return nil, nil, status.Errorf(codes.Unavailable, "no healthy upstream (route %s has no destination with a weight)", rule.Source)
+		if err := answeredByGateway(dec.Action()); err != nil {
+			return nil, nil, &decidedError{err: err, dec: dec}
 		}
-		if dest.NoService != "" {
-			// Istio leaves such a host as written, Envoy finds no cluster
-			// for it and answers 503 (NC).
-			return nil, nil, status.Errorf(codes.Unavailable, "envgate: route %s sends to %q, which names no service (Istio expands only short names; write %s.svc.cluster.local)",
-				rule.Source, dest.NoService, dest.NoService)
-		}
-		routedTo(ctx, dest.Namespace, &rule.Action)
-		conn, err := ups.Conn(dest)
-		if err != nil && fallback != nil {
-			if fb, ok := fallback(dest); ok {
-				usedBaseline(ctx, fb.Namespace)
-				dest = fb
-				conn, err = ups.Conn(dest)
-			}
+		conn, err := ups.Conn(dec.Destination)
+		if err != nil && dec.Fallback(fallback) {
+			conn, err = ups.Conn(dec.Destination)
 		}
 		if err != nil {
-			return nil, nil, status.Errorf(codes.Unavailable, "%v (%s to %s)", err, rule.Source, dest)
+			return nil, nil, &decidedError{err: status.Errorf(codes.Unavailable, "%v (%s to %s)", err, dec.Rule.Source, dec.Destination), dec: dec}
 		}
-		out := outgoing(ctx, md)
-		applyHeaderOps(out, rule.Action.RequestHeaders)
-		sends(ctx, out)
-		return metadata.NewOutgoingContext(ctx, out), conn, nil
+		r := &Routed{ClientConnInterface: conn, Decision: dec, RequestID: forwarded.RequestID()}
+		r.MD = outgoing(ctx, md, r.RequestID)
+		applyHeaderOps(r.MD, dec.Action().RequestHeaders)
+		return metadata.NewOutgoingContext(ctx, r.MD), r, nil
 	}
+}
+
+// Routed is the connection the director returns (grpc-proxy's contract
+// returns one): the chosen upstream, with the routing decision and what
+// goes upstream, so the handler receives them as a value.
+type Routed struct {
+	grpc.ClientConnInterface
+	Decision route.Decision
+	// MD is the request metadata for the upstream, RequestID its
+	// x-request-id.
+	MD        metadata.MD
+	RequestID string
+}
+
+// decidedError is a call the table routed that could not be sent: the
+// handler still learns the decision (the environment, for the metrics).
+type decidedError struct {
+	err error
+	dec route.Decision
+}
+
+func (e *decidedError) Error() string { return e.err.Error() }
+func (e *decidedError) Unwrap() error { return e.err }
+
+// GRPCStatus is the status the client gets, unchanged by the wrapping.
+func (e *decidedError) GRPCStatus() *status.Status { return status.Convert(e.err) }
+
+// refusal is the status of a request the table routes nowhere: UNIMPLEMENTED
+// when no rule matched (what the seed's Istio gateway answers), else
+// UNAVAILABLE (Envoy's 503).
+func refusal(err error) error {
+	var r *route.Refusal
+	if errors.As(err, &r) && r.NoRoute {
+		return status.Error(codes.Unimplemented, r.Message)
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}
+
+// answeredByGateway is the status of a route the gateway answers itself
+// (a redirect or a direct response), nil for a route with destinations.
+// Envoy answers a gRPC request's local reply as trailers-only, its HTTP
+// status mapped to a gRPC status (source/common/grpc/common.cc
+// Common::httpToGrpcStatus via Utility::sendLocalReply) and the body as
+// grpc-message.
+func answeredByGateway(a *route.Action) error {
+	switch {
+	case a.DirectResponse != nil:
+		return status.Error(HTTPToGRPC(a.DirectResponse.Status), a.DirectResponse.Body)
+	case a.Redirect != nil:
+		code := a.Redirect.Code
+		if code == 0 {
+			code = 301
+		}
+		return status.Errorf(HTTPToGRPC(code), "envgate: the route redirects (HTTP %d), which a gRPC client does not follow", code)
+	}
+	return nil
+}
+
+// HTTPToGRPC maps an HTTP status to the gRPC status a client sees, as
+// gRPC's "HTTP to gRPC Status Code Mapping" and Envoy's
+// Grpc::Utility::httpToGrpcStatus say.
+func HTTPToGRPC(code int) codes.Code {
+	switch code {
+	case 400:
+		return codes.Internal
+	case 401:
+		return codes.Unauthenticated
+	case 403:
+		return codes.PermissionDenied
+	case 404:
+		return codes.Unimplemented
+	case 429, 502, 503, 504:
+		return codes.Unavailable
+	}
+	return codes.Unknown
 }
 
 // applyHeaderOps changes md as Istio's header operations do: remove, then
@@ -116,17 +172,13 @@ func applyHeaderOps(md metadata.MD, ops route.HeaderOps) {
 // x-forwarded-for and in x-envoy-external-address; and with the call's own
 // x-request-id in place of the client's (Istio leaves
 // preserve_external_request_id off).
-func outgoing(ctx context.Context, md metadata.MD) metadata.MD {
+func outgoing(ctx context.Context, md metadata.MD, requestID string) metadata.MD {
 	for k := range md {
 		if strings.HasPrefix(k, ":") || strings.HasPrefix(k, "x-envoy-") {
 			delete(md, k)
 		}
 	}
-	if c, ok := ctx.Value(callKey{}).(*call); ok && c.requestID != "" {
-		md["x-request-id"] = []string{c.requestID}
-	} else {
-		md["x-request-id"] = []string{newRequestID()}
-	}
+	md["x-request-id"] = []string{requestID}
 	for _, k := range hopByHop {
 		delete(md, k)
 	}
@@ -145,7 +197,7 @@ func outgoing(ctx context.Context, md metadata.MD) metadata.MD {
 			}
 		}
 		if prior := md["x-forwarded-for"]; len(prior) > 0 {
-			ip = forwardedFor(prior, ip)
+			ip = forwarded.For(prior, ip)
 		}
 		md["x-envoy-external-address"] = []string{ip}
 		md["x-forwarded-for"] = []string{ip}
@@ -156,26 +208,4 @@ func outgoing(ctx context.Context, md metadata.MD) metadata.MD {
 		md["x-forwarded-proto"] = []string{proto}
 	}
 	return md
-}
-
-// forwardedFor appends ip to the client's x-forwarded-for entries, keeping
-// only the rightmost entries that fit in maxForwardedFor bytes.
-func forwardedFor(prior []string, ip string) string {
-	all := strings.Join(prior, ",")
-	budget := maxForwardedFor - len(ip)
-	var kept []string
-	for size := 0; all != ""; {
-		i := strings.LastIndexByte(all, ',')
-		entry := strings.TrimSpace(all[i+1:])
-		all = all[:max(i, 0)]
-		if entry == "" {
-			continue
-		}
-		if size += len(entry) + len(", "); size > budget {
-			break
-		}
-		kept = append(kept, entry)
-	}
-	slices.Reverse(kept)
-	return strings.Join(append(kept, ip), ", ")
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/envgate/envgate/gateway/internal/forwarded"
 	"github.com/envgate/envgate/gateway/internal/route"
 )
 
@@ -77,7 +78,7 @@ func TestDirectorOutgoingMetadata(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := conn.(destConn).dest; d.Namespace != "env2" || d.Service != "app-service" {
+	if d := conn.(*Routed).ClientConnInterface.(destConn).dest; d.Namespace != "env2" || d.Service != "app-service" {
 		t.Fatalf("routed to %v", d)
 	}
 	out, _ := metadata.FromOutgoingContext(ctx)
@@ -113,8 +114,8 @@ func TestDirectorForwardedForIsBounded(t *testing.T) {
 	}
 	out, _ := metadata.FromOutgoingContext(ctx)
 	xff := out["x-forwarded-for"]
-	if len(xff) != 1 || len(xff[0]) > maxForwardedFor {
-		t.Fatalf("x-forwarded-for: %d values, %d bytes; want one value of at most %d", len(xff), len(xff[0]), maxForwardedFor)
+	if len(xff) != 1 || len(xff[0]) > forwarded.MaxForwardedFor {
+		t.Fatalf("x-forwarded-for: %d values, %d bytes; want one value of at most %d", len(xff), len(xff[0]), forwarded.MaxForwardedFor)
 	}
 	entries := strings.Split(xff[0], ", ")
 	if last := entries[len(entries)-1]; last != "10.1.2.3" {
@@ -166,7 +167,7 @@ func FuzzDirector(f *testing.F) {
 		joined := strings.Join(md["env"], ",")
 		_, conn, err := testDirector(t, true)(incoming(md), "/a.B/C")
 		if joined == "env1" || joined == "env2" {
-			if err != nil || conn.(destConn).dest.Namespace != joined {
+			if err != nil || conn.(*Routed).ClientConnInterface.(destConn).dest.Namespace != joined {
 				t.Fatalf("%q: %v, %v", md["env"], conn, err)
 			}
 			return

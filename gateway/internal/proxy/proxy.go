@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/envgate/envgate/gateway/internal/forwarded"
 	"github.com/envgate/envgate/gateway/internal/h2client"
 	"github.com/envgate/envgate/gateway/internal/route"
 )
@@ -145,7 +146,7 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 	if p.observer != nil {
 		p.observer.CallStarted()
 	}
-	c := &call{requestID: newRequestID()}
+	c := &call{}
 	if pr, ok := peer.FromContext(ctx); ok {
 		if c.acct, _ = pr.Addr.(connAccount); c.acct != nil {
 			c.acct.CallStarted()
@@ -159,7 +160,7 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 	} else if err = p.admit(); err != nil {
 		// Overloaded: refused before anything is read or dialled.
 	} else {
-		err = p.forward(context.WithValue(ctx, callKey{}, c), ss, method, c)
+		err = p.forward(ctx, ss, method, c)
 	}
 	d := time.Since(start)
 	if p.observer != nil {
@@ -201,9 +202,9 @@ func (p *Proxy) admit() error {
 // call is what one call leaves for the access log and metrics.
 type call struct {
 	acct      connAccount   // the client connection's, when it keeps one
-	requestID string        // x-request-id, made for every call as Envoy does at the edge
-	env       string        // the routed environment, set by the director
-	action    *route.Action // the route's action, set by the director
+	requestID string        // x-request-id, made for every routed call as Envoy does at the edge
+	env       string        // the routed environment, from the director's decision
+	action    *route.Action // the route's action, from the decision
 	baseline  string        // the baseline environment that took the call
 	upstream  string
 	// The client-to-upstream pump may still run when the call is logged
@@ -214,7 +215,7 @@ type call struct {
 	headersSent       bool
 	retries           int
 	reqComp           string // the request's grpc-encoding
-	// md is the request metadata for the upstream, set by the director.
+	// md is the request metadata for the upstream, from the director.
 	md metadata.MD
 }
 
@@ -237,8 +238,19 @@ type transportStream interface {
 
 func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string, c *call) error {
 	outCtx, conn, err := p.director(ctx, method)
+	var de *decidedError
+	if errors.As(err, &de) {
+		c.env = de.dec.Env
+	}
 	if err != nil {
 		return err
+	}
+	// The decision comes with the connection (Routed): a director that
+	// returns a plain connection (grpc-proxy's) routes with no action.
+	if r, ok := conn.(*Routed); ok {
+		conn = r.ClientConnInterface
+		c.env, c.action, c.baseline = r.Decision.Env, r.Decision.Action(), r.Decision.Baseline
+		c.md, c.requestID = r.MD, r.RequestID
 	}
 	// The upstream call ends as soon as this handler returns, whichever side
 	// stopped first, or when the route's timeout expires.
@@ -346,7 +358,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 			endRetry = release
 		}
 		// Envoy's default back-off between tries.
-		t := time.NewTimer(retryBackoff(attempt))
+		t := time.NewTimer(route.RetryBackoff(attempt))
 		select {
 		case <-t.C:
 		case <-upCtx.Done():
@@ -639,29 +651,13 @@ func (p *Proxy) codecFor(subtype string) grpc.CallOption {
 
 var protoFrames grpc.CallOption = grpc.ForceCodecV2(newCodec("proto"))
 
-type callKey struct{}
-
-// usedBaseline records that the call went to the baseline environment.
-func usedBaseline(ctx context.Context, env string) {
-	if c, ok := ctx.Value(callKey{}).(*call); ok {
-		c.baseline = env
+// requestIDOf is the call's x-request-id; a call the director refused was
+// sent nowhere, and gets one for its log line.
+func requestIDOf(c *call) string {
+	if c.requestID == "" {
+		return forwarded.RequestID()
 	}
-}
-
-// sends records the request metadata the call sends upstream.
-func sends(ctx context.Context, md metadata.MD) {
-	if c, ok := ctx.Value(callKey{}).(*call); ok {
-		c.md = md
-	}
-}
-
-// routedTo records, for the call in ctx, the environment it was routed to
-// and the route's action.
-func routedTo(ctx context.Context, env string, action *route.Action) {
-	if c, ok := ctx.Value(callKey{}).(*call); ok {
-		c.env = env
-		c.action = action
-	}
+	return c.requestID
 }
 
 // maxLogValue bounds what a log line repeats of a client's or upstream's
@@ -681,7 +677,7 @@ func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *
 		slog.Int64("msgs_in", c.msgsIn.Load()),
 		slog.Int64("msgs_out", c.msgsOut),
 		slog.Int("retries", c.retries),
-		slog.String("request_id", c.requestID),
+		slog.String("request_id", requestIDOf(c)),
 	}
 	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
 		attrs = append(attrs, slog.String("peer", pr.Addr.String()))

@@ -3,10 +3,8 @@ package proxy
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"strings"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
@@ -71,18 +69,6 @@ func retryable(r route.Retries, err error, perTryTimeout bool) bool {
 var grpcCondition = map[string]codes.Code{
 	"cancelled": codes.Canceled, "deadline-exceeded": codes.DeadlineExceeded, "internal": codes.Internal,
 	"resource-exhausted": codes.ResourceExhausted, "unavailable": codes.Unavailable,
-}
-
-// retryBackoff is how long to wait before retry n (0 for the first), as
-// Envoy's router does by default (JitteredExponentialBackOffStrategy with
-// a 25 ms base and a 250 ms maximum): uniform below 25 ms x 2^n, capped.
-func retryBackoff(n int) time.Duration {
-	const base, max = 25 * time.Millisecond, 250 * time.Millisecond
-	ceil := base << min(n, 8)
-	if ceil > max {
-		ceil = max
-	}
-	return time.Duration(rand.Int64N(int64(ceil)))
 }
 
 // replay keeps what the client sent so far so a retry can send it again.

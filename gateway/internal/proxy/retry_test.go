@@ -108,11 +108,10 @@ func TestRetryBudget(t *testing.T) {
 // unavailable, to up, and returns its error.
 func callThrough(t *testing.T, up grpc.ClientConnInterface) error {
 	t.Helper()
-	action := &route.Action{Retries: route.Retries{Attempts: 2, RetryOn: []string{"unavailable"}}}
+	rule := &route.Rule{Action: route.Action{Retries: route.Retries{Attempts: 2, RetryOn: []string{"unavailable"}}}}
 	px := New(func(ctx context.Context, _ string) (context.Context, grpc.ClientConnInterface, error) {
-		routedTo(ctx, "env1", action)
 		md, _ := metadata.FromIncomingContext(ctx)
-		return metadata.NewOutgoingContext(ctx, md.Copy()), up, nil
+		return metadata.NewOutgoingContext(ctx, md.Copy()), &Routed{ClientConnInterface: up, Decision: route.Decision{Rule: rule, Env: "env1"}}, nil
 	}, nil, "env", nil)
 	srv := grpc.NewServer(grpc.UnknownServiceHandler(px.Handler), grpc.ForceServerCodecV2(ServerCodec()))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -60,8 +60,9 @@ func (d Destination) Key() string { return d.Service + "." + d.Namespace }
 // Request is what rules look at. Headers holds lower-case names.
 type Request struct {
 	Headers   map[string][]string
-	Path      string // /package.Service/Method
+	Path      string // :path: /package.Service/Method, or an HTTP path with its query
 	Authority string
+	Method    string // :method ("" matches no method condition)
 }
 
 // HeaderMatch is a condition on one header.
@@ -78,6 +79,7 @@ type Match struct {
 	WithoutHeaders []HeaderMatch // each must not match; an absent header counts as "" (a presence match: absent)
 	URI            *StringMatch
 	Authority      *StringMatch
+	Method         *StringMatch
 }
 
 // Matches reports whether the request satisfies the block.
@@ -94,13 +96,31 @@ func (m *Match) Matches(r *Request) bool {
 			return false
 		}
 	}
-	if m.URI != nil && !m.URI.MatchString(r.Path) {
+	if m.URI != nil && !m.URI.MatchString(matchedPath(m.URI.Kind, r.Path)) {
+		return false
+	}
+	if m.Method != nil && !m.Method.MatchString(r.Method) {
 		return false
 	}
 	if m.Authority != nil && !m.Authority.MatchString(r.Authority) {
 		return false
 	}
 	return true
+}
+
+// matchedPath is the part of :path a URI match looks at, as Envoy's route
+// entries do (source/common/router/config_impl.cc: PathRouteEntryImpl and
+// RegexRouteEntryImpl match the path "once the query string is removed",
+// Http::PathUtil::removeQueryAndFragment; PrefixRouteEntryImpl matches the
+// whole :path, query included).
+func matchedPath(k MatchKind, path string) string {
+	if k == Prefix {
+		return path
+	}
+	if i := strings.IndexAny(path, "?#"); i >= 0 {
+		return path[:i]
+	}
+	return path
 }
 
 // WeightedDestination is one destination of a route and its share.
@@ -140,6 +160,40 @@ type Action struct {
 	Retries         Retries
 	RequestHeaders  HeaderOps
 	ResponseHeaders HeaderOps
+	// Rewrite changes the path and authority the upstream sees.
+	Rewrite *Rewrite
+	// Redirect and DirectResponse, when set, are answered by the gateway:
+	// the action has no destination.
+	Redirect       *Redirect
+	DirectResponse *DirectResponse
+}
+
+// Rewrite is Istio's HTTPRewrite: URI replaces the part of the path the
+// match's URI matched (Envoy's prefix_rewrite), Authority the authority.
+type Rewrite struct {
+	URI       string
+	Authority string
+}
+
+// Redirect is Istio's HTTPRedirect: a 3xx to the same URL with the parts
+// set here replaced.
+type Redirect struct {
+	URI       string
+	Authority string
+	Scheme    string
+	Port      uint32 // 0: the request's
+	// PortFromRequest (derivePort FROM_REQUEST_PORT) redirects to the
+	// port the request came in on; DefaultPort (FROM_PROTOCOL_DEFAULT)
+	// to the scheme's default (no port in the URL).
+	PortFromRequest, DefaultPort bool
+	Code                         int // 301 unless set
+}
+
+// DirectResponse is Istio's HTTPDirectResponse: the gateway answers with
+// Status and Body.
+type DirectResponse struct {
+	Status int
+	Body   string
 }
 
 // Pick chooses a destination by weight from a number r in [0, 1): share =
