@@ -23,7 +23,6 @@ import (
 	"golang.org/x/crypto/acme/autocert"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -38,12 +37,14 @@ import (
 	"github.com/envgate/envgate/gateway/internal/discovery"
 	"github.com/envgate/envgate/gateway/internal/edge"
 	"github.com/envgate/envgate/gateway/internal/h2client"
+	"github.com/envgate/envgate/gateway/internal/httpproxy"
 	"github.com/envgate/envgate/gateway/internal/metrics"
 	"github.com/envgate/envgate/gateway/internal/overload"
 	"github.com/envgate/envgate/gateway/internal/policy"
 	"github.com/envgate/envgate/gateway/internal/proxy"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/routing"
+	"github.com/envgate/envgate/gateway/internal/sniff"
 	"github.com/envgate/envgate/gateway/internal/upstream"
 	"github.com/envgate/envgate/gateway/internal/virtualservice"
 )
@@ -72,10 +73,12 @@ type gateway struct {
 	health  *health.Server   // grpc.health.v1 for the gateway itself
 	metrics *metrics.Metrics
 
-	listeners []net.Listener
-	conns     *edge.Limiter // the client connections of every listener
-	servers   []*grpc.Server
-	admin     *http.Server // health: the load balancer's check
+	listeners []*sniff.Mux     // each listener's connections, to the server of their protocol
+	conns     *edge.Limiter    // the client connections of every listener
+	servers   []*grpc.Server   // gRPC, per listener
+	https     []*http.Server   // HTTP/1.1 and REST over HTTP/2, per listener
+	front     *httpproxy.Proxy // the HTTP front, shared by the listeners
+	admin     *http.Server     // health: the load balancer's check
 	adminLis  net.Listener
 	debug     *http.Server // metrics, routes, explain
 	debugLis  net.Listener
@@ -177,23 +180,38 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 			"refuse_new_calls_at_mib", int64(overload.RefuseAt*float64(ol.Limit()))>>20,
 			"close_largest_connection_at_mib", int64(overload.ShedAt*float64(ol.Limit()))>>20)
 	}
+	g.front = httpproxy.New(g.routing.Table, httpUpstreams{g: g, next: new(atomic.Uint64)}, httpproxy.Options{
+		EnvHeader:              cfg.Routing.Header,
+		AccessLog:              accessLog,
+		Log:                    log,
+		Observer:               g.metrics,
+		Pick:                   rand.Float64,
+		Fallback:               g.baseline(),
+		Dial:                   httpDial(dial),
+		DebugHeader:            cfg.Routing.DebugHeader,
+		MaxResponseHeaderBytes: cfg.Limits.MaxRequestHeadersBytes,
+		IdleConnTimeout:        u.IdleTimeout,
+	})
 	for _, l := range cfg.Listeners {
-		creds := insecure.NewCredentials()
+		var tlsConf *tls.Config
 		if l.TLS != nil {
 			p, err := g.certProvider(l.TLS)
 			if err != nil {
 				g.closeListeners()
 				return nil, fmt.Errorf("listener %s: %w", l.Address, err)
 			}
-			creds = tlsCreds(p)
+			tlsConf = serverTLS(p)
 		}
 		lis, err := net.Listen("tcp", l.Address)
 		if err != nil {
 			g.closeListeners()
 			return nil, fmt.Errorf("listen: %w", err)
 		}
-		g.listeners = append(g.listeners, g.conns.Listen(lis, l.TLS == nil))
-		g.servers = append(g.servers, newServer(cfg, creds, handler))
+		mux := sniff.NewMux(g.conns.Listen(lis, l.TLS == nil), sniffOptions(cfg, l, tlsConf), log)
+		srv := newServer(cfg, sniffedCreds{}, handler)
+		g.listeners = append(g.listeners, mux)
+		g.servers = append(g.servers, srv)
+		g.https = append(g.https, newHTTPServer(cfg, srv, g.front, log))
 	}
 	if g.admin, g.adminLis, err = listenAdmin(cfg.Admin.Address, admin.Health(g.ready)); err != nil {
 		g.closeListeners()
@@ -408,12 +426,12 @@ func (g *gateway) certProvider(t *config.TLS) (certs.Provider, error) {
 	return certs.NewACME(c)
 }
 
-// tlsCreds serves certificates from p, TLS 1.2 at least; gRPC's TLS
-// credentials add and enforce ALPN "h2".
-func tlsCreds(p certs.Provider) credentials.TransportCredentials {
+// serverTLS serves certificates from p, TLS 1.2 at least, offering
+// HTTP/2 and HTTP/1.1 by ALPN as Istio's gateway does on an HTTPS port.
+func serverTLS(p certs.Provider) *tls.Config {
 	// acme-tls/1 lets an ACME CA validate TLS-ALPN-01 on this listener;
 	// autocert answers it in GetCertificate.
-	return credentials.NewTLS(&tls.Config{GetCertificate: p.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", acme.ALPNProto}})
+	return &tls.Config{GetCertificate: p.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1", acme.ALPNProto}}
 }
 
 // streamWorkers is how many goroutines serve calls, ready, per listener: 64
@@ -453,6 +471,9 @@ func newServer(cfg *config.Config, creds credentials.TransportCredentials, handl
 		// overflow) and is never held: the decoder stops keeping fields
 		// past it.
 		grpc.MaxHeaderListSize(uint32(l.MaxRequestHeadersBytes)),
+		// At its default, said so that gRPC's SETTINGS are the
+		// sniffer's (interimSettings).
+		grpc.HeaderTableSize(headerTableSize),
 		grpc.InitialWindowSize(clientStreamWindow),
 		grpc.InitialConnWindowSize(clientConnWindow),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
@@ -518,14 +539,24 @@ func (g *gateway) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 
-	serveErr := make(chan error, len(g.servers))
+	serveErr := make(chan error, 3*len(g.servers))
 	var serving sync.WaitGroup
 	for i, srv := range g.servers {
-		lis := g.listeners[i]
-		g.log.Info("listening", "address", lis.Addr().String(), "tls", g.cfg.Listeners[i].TLS != nil, "version", version)
+		mux, hs := g.listeners[i], g.https[i]
+		g.log.Info("listening", "address", mux.Addr().String(), "tls", g.cfg.Listeners[i].TLS != nil, "version", version)
 		serving.Go(func() {
-			if err := srv.Serve(lis); err != nil {
-				serveErr <- fmt.Errorf("serve %s: %w", lis.Addr(), err)
+			if err := mux.Run(); err != nil {
+				serveErr <- fmt.Errorf("accept %s: %w", mux.Addr(), err)
+			}
+		})
+		serving.Go(func() {
+			if err := srv.Serve(mux.Listener(sniff.GRPC)); err != nil {
+				serveErr <- fmt.Errorf("serve gRPC %s: %w", mux.Addr(), err)
+			}
+		})
+		serving.Go(func() {
+			if err := hs.Serve(mux.Listener(sniff.HTTP)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("serve HTTP %s: %w", mux.Addr(), err)
 			}
 		})
 	}
@@ -640,35 +671,49 @@ func (g *gateway) dialTargets(d route.Destination) routing.Dial {
 	return dial
 }
 
-// drain turns readiness and gRPC health to not serving.
+// drain turns readiness and gRPC health to not serving, and asks HTTP/1.1
+// clients to reconnect (Connection: close), as Envoy's drain does.
 func (g *gateway) drain() {
 	g.draining.Store(true)
 	g.health.Shutdown()
+	for _, hs := range g.https {
+		hs.SetKeepAlivesEnabled(false)
+	}
 }
 
 // stop drains every server at once and forces them closed after grace.
 func (g *gateway) stop(grace time.Duration) {
+	for _, m := range g.listeners {
+		_ = m.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
 	done := make(chan struct{})
 	go func() {
 		var wg sync.WaitGroup
 		for _, srv := range g.servers {
 			wg.Go(srv.GracefulStop)
 		}
+		for _, hs := range g.https {
+			wg.Go(func() { _ = hs.Shutdown(ctx) })
+		}
 		wg.Wait()
 		close(done)
 	}()
-	t := time.NewTimer(grace)
-	defer t.Stop()
 	select {
 	case <-done:
 		g.log.Info("stopped: every call finished")
-	case <-t.C:
+	case <-ctx.Done():
 		g.log.Warn("stopped: shutdown grace over, ending calls in flight")
 		for _, srv := range g.servers {
 			srv.Stop()
 		}
+		for _, hs := range g.https {
+			_ = hs.Close()
+		}
 		<-done
 	}
+	g.front.Close()
 }
 
 func (g *gateway) closeListeners() {

@@ -64,7 +64,13 @@ func destinationRuleFiles(v *config.VirtualServices) (*destinationrule.Result, e
 
 func vsOptions(cfg *config.Config) virtualservice.Options {
 	v := cfg.Routing.VirtualServices
-	return virtualservice.Options{Gateway: v.Gateway, ProxyNamespace: v.ProxyNamespace, Service: cfg.Routing.Service}
+	o := virtualservice.Options{Gateway: v.Gateway, ProxyNamespace: v.ProxyNamespace}
+	if cfg.Discovery.Static == nil {
+		// Kubernetes and DNS discovery follow routing.service only;
+		// static endpoints may name other services (service.namespace).
+		o.Service = cfg.Routing.Service
+	}
+	return o
 }
 
 // namespacesOf are the namespaces a table's rules send to, sorted.

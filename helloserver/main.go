@@ -71,7 +71,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fmt.Fprintln(stdout, "INFO:root:Starting server...")
 	log.Info("listening", "addr", lis.Addr().String(), "env", o.env, "version", version)
 
+	// HTTP/1.1, and HTTP/2 without TLS (h2c, prior knowledge), as a Go
+	// service behind a mesh often serves: a Service port named http2
+	// reaches it over HTTP/2.
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
 	srv := &http.Server{
+		Protocols:         protocols,
 		Handler:           handler(o.env, stdout),
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       time.Minute,

@@ -57,6 +57,12 @@ type Config struct {
 type Listener struct {
 	Address string `yaml:"address"`
 	TLS     *TLS   `yaml:"tls"`
+	// SharedHTTP2 serves every HTTP/2 connection with the HTTP server,
+	// which hands gRPC requests to gRPC's server through ServeHTTP: REST
+	// and gRPC may then share any connection (a load balancer that mixes
+	// them), at a cost per gRPC call. Off, a connection's first request
+	// decides, and a connection that starts with gRPC is gRPC's alone.
+	SharedHTTP2 bool `yaml:"sharedHTTP2"`
 }
 
 // TLS names PEM certificate and key files (for example the edge2mesh
@@ -144,7 +150,9 @@ type Admin struct {
 // Discovery configures the endpoint source: exactly one of Static,
 // Kubernetes and DNS.
 type Discovery struct {
-	// Static lists endpoints ("host:port") per environment.
+	// Static lists endpoints ("host:port") per environment (its
+	// routing.service), or per "service.namespace" for the other services
+	// VirtualServices send to (the seeds' hellosvc beside app-service).
 	Static map[string][]string `yaml:"static"`
 	// Kubernetes follows the EndpointSlices of the service in each
 	// environment namespace.
@@ -384,8 +392,10 @@ func (c *Config) Defaults() {
 		}
 	}
 	if len(c.Environments) == 0 {
-		for env := range c.Discovery.Static {
-			c.Environments = append(c.Environments, env)
+		for key := range c.Discovery.Static {
+			if _, env := staticKey(key); !slices.Contains(c.Environments, env) {
+				c.Environments = append(c.Environments, env)
+			}
 		}
 		slices.Sort(c.Environments) // a stable order for the routing table and its views
 	}
@@ -563,13 +573,20 @@ func (c *Config) Validate() error {
 		}
 		seen[env] = true
 	}
-	for env, addrs := range c.Discovery.Static {
+	for key, addrs := range c.Discovery.Static {
+		svc, env := staticKey(key)
 		if !seen[env] {
-			errs = append(errs, fmt.Errorf("discovery.static.%s: not in environments", env))
+			errs = append(errs, fmt.Errorf("discovery.static.%s: not in environments", key))
+		}
+		if svc != "" && c.Routing.VirtualServices == nil {
+			errs = append(errs, fmt.Errorf("discovery.static.%s: a service other than routing.service is reached only through routing.virtualServices", key))
+		}
+		if svc != "" && !dnsLabel.MatchString(svc) {
+			errs = append(errs, fmt.Errorf("discovery.static.%s: %q is not a service name (RFC 1123 label)", key, svc))
 		}
 		for _, a := range addrs {
 			if _, _, err := net.SplitHostPort(a); err != nil {
-				errs = append(errs, fmt.Errorf("discovery.static.%s: endpoint %q: %w", env, a, err))
+				errs = append(errs, fmt.Errorf("discovery.static.%s: endpoint %q: %w", key, a, err))
 			}
 		}
 	}
@@ -617,10 +634,23 @@ func (c *Config) TableFor(envs []string) (*route.Table, error) {
 // StaticEndpoints returns the static endpoints keyed as discovery names them.
 func (c *Config) StaticEndpoints() map[string][]string {
 	out := make(map[string][]string, len(c.Discovery.Static))
-	for env, addrs := range c.Discovery.Static {
-		out[c.Destination(env).Key()] = addrs
+	for key, addrs := range c.Discovery.Static {
+		if svc, env := staticKey(key); svc != "" {
+			out[route.Destination{Service: svc, Namespace: env}.Key()] = addrs
+		} else {
+			out[c.Destination(env).Key()] = addrs
+		}
 	}
 	return out
+}
+
+// staticKey splits a discovery.static key: "env1" is routing.service in
+// env1 (service ""), "hellosvc.env1" the service hellosvc in env1.
+func staticKey(key string) (service, namespace string) {
+	if svc, ns, ok := strings.Cut(key, "."); ok {
+		return svc, ns
+	}
+	return "", key
 }
 
 // validate checks the settings: MUTUAL needs its certificate and key, as

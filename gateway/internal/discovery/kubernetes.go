@@ -398,7 +398,7 @@ func (k *Kubernetes) publish(ns string, isEnv bool) {
 		}
 	}
 	var keys []string
-	ports := Ports{Names: map[string]int32{}}
+	ports := Ports{Names: map[string]int32{}, Protocols: map[int32]string{}}
 	if svc != nil {
 		for _, sp := range svc.Spec.Ports {
 			if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
@@ -410,6 +410,11 @@ func (k *Kubernetes) publish(ns string, isEnv bool) {
 			ports.Numbers = append(ports.Numbers, sp.Port)
 			if sp.Name != "" {
 				ports.Names[sp.Name] = sp.Port
+			}
+			if sp.AppProtocol != nil {
+				ports.Protocols[sp.Port] = *sp.AppProtocol
+			} else if sp.Name != "" {
+				ports.Protocols[sp.Port] = sp.Name
 			}
 		}
 		slices.Sort(ports.Numbers)

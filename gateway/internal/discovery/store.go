@@ -140,6 +140,10 @@ type Ports struct {
 	Numbers []int32
 	// Names maps each port's name (if it has one) to its number.
 	Names map[string]int32
+	// Protocols maps a port number to what names its protocol: the
+	// port's appProtocol, else its name (Istio's protocol selection reads
+	// both, pkg/config/kube/conversion.go ConvertProtocol).
+	Protocols map[int32]string
 }
 
 // servicePorts is a service's ports with the set key of each way a
@@ -210,6 +214,27 @@ func (s *Store) Resolve(service, port, fallback string) (string, error) {
 		return key, nil
 	}
 	return "", fmt.Errorf("%w: %s has no port %q (its ports: %s)", ErrNoPort, service, port, sp.Ports)
+}
+
+// Protocol is the protocol name of the Service port whose set is key
+// (its appProtocol, else its name), "" when the set is not a Service
+// port's or the port names none.
+func (s *Store) Protocol(key string) string {
+	i := strings.LastIndexByte(key, ':')
+	if i < 0 {
+		return ""
+	}
+	n, err := strconv.ParseInt(key[i+1:], 10, 32)
+	if err != nil {
+		return ""
+	}
+	s.mu.Lock()
+	sp, ok := s.ports[key[:i]]
+	s.mu.Unlock()
+	if !ok {
+		return ""
+	}
+	return sp.Protocols[int32(n)]
 }
 
 // String lists the ports as "50051 (grpc), 8080".

@@ -3,6 +3,7 @@
 package metrics
 
 import (
+	"strconv"
 	"sync"
 	"time"
 
@@ -24,6 +25,13 @@ type Metrics struct {
 	inFlight prometheus.Gauge
 	reloads  *prometheus.CounterVec
 	conns    *prometheus.CounterVec
+
+	// The HTTP front's requests. The labels are bounded: env is a routed
+	// environment ("" unrouted), code an HTTP status the gateway wrote.
+	requests     *prometheus.CounterVec
+	reqLatency   *prometheus.HistogramVec
+	reqBytes     *prometheus.CounterVec
+	reqsInFlight prometheus.Gauge
 
 	mu      sync.RWMutex
 	methods map[string]map[string]bool // env -> method names counted
@@ -73,10 +81,43 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "envgate_downstream_connections_closed_total",
 			Help: "Client connections the gateway refused or closed, by reason (limit: over limits.maxConnections; premature_resets: too many streams reset early; overload: held the most memory when the gateway neared its memory limit).",
 		}, []string{"reason"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envgate_http_requests_total",
+			Help: "HTTP requests (HTTP/1.1 and REST over HTTP/2) handled, by environment (empty when unrouted) and status code.",
+		}, []string{"env", "code"}),
+		reqLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "envgate_http_request_duration_seconds",
+			Help:    "Time from an HTTP request's arrival to the end of its response, by environment.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18),
+		}, []string{"env"}),
+		reqBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envgate_http_body_bytes_total",
+			Help: "HTTP body bytes forwarded, by environment and direction (in: from clients, out: to clients).",
+		}, []string{"env", "direction"}),
+		reqsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "envgate_http_requests_in_flight",
+			Help: "HTTP requests being handled now.",
+		}),
 		methods: map[string]map[string]bool{},
 	}
-	reg.MustRegister(m.calls, m.latency, m.bytes, m.inFlight, m.reloads, m.conns)
+	reg.MustRegister(m.calls, m.latency, m.bytes, m.inFlight, m.reloads, m.conns, m.requests, m.reqLatency, m.reqBytes, m.reqsInFlight)
 	return m
+}
+
+// RequestStarted counts an HTTP request in flight.
+func (m *Metrics) RequestStarted() { m.reqsInFlight.Inc() }
+
+// RequestDone records a finished HTTP request.
+func (m *Metrics) RequestDone(env string, code int, d time.Duration, bytesIn, bytesOut int64) {
+	m.reqsInFlight.Dec()
+	m.requests.WithLabelValues(env, strconv.Itoa(code)).Inc()
+	m.reqLatency.WithLabelValues(env).Observe(d.Seconds())
+	if bytesIn > 0 {
+		m.reqBytes.WithLabelValues(env, "in").Add(float64(bytesIn))
+	}
+	if bytesOut > 0 {
+		m.reqBytes.WithLabelValues(env, "out").Add(float64(bytesOut))
+	}
 }
 
 // CallStarted counts a call in flight.

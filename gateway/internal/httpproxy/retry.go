@@ -1,0 +1,105 @@
+package httpproxy
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/envgate/envgate/gateway/internal/route"
+)
+
+// retryable reports whether a failed try may be retried under the route's
+// retryOn, as Envoy decides for HTTP (source/common/router/
+// retry_state_impl.cc): a try with no response by wouldRetryFromReset
+// (5xx, gateway-error and reset take any reset or connection failure,
+// connect-failure a failed connection, refused-stream a refused stream; a
+// per-try timeout only 5xx and gateway-error), an answer by
+// wouldRetryFromHeaders (5xx: any 5xx; gateway-error: 502, 503, 504;
+// retriable-4xx: 409; retriable-status-codes: the numbers in retryOn, as
+// Istio turns them into retriable_status_codes in pilot/pkg/networking/
+// core/route/retry/retry.go ConvertPolicy, parseRetryOn; the gRPC
+// conditions on the response's grpc-status).
+func retryable(r route.Retries, resp *http.Response, err error, perTry bool) bool {
+	code := 0
+	if resp != nil {
+		code = resp.StatusCode
+	}
+	for _, on := range r.RetryOn {
+		on = strings.TrimSpace(on)
+		switch on {
+		case "5xx":
+			if perTry || resp == nil && err != nil || code >= 500 {
+				return true
+			}
+		case "gateway-error":
+			if perTry || resp == nil && err != nil || code == 502 || code == 503 || code == 504 {
+				return true
+			}
+		case "reset":
+			if resp == nil && err != nil && !perTry {
+				return true
+			}
+		case "connect-failure":
+			if resp == nil && isConnectFailure(err) {
+				return true
+			}
+		case "refused-stream":
+			if resp == nil && err != nil && strings.Contains(err.Error(), "REFUSED_STREAM") {
+				return true
+			}
+		case "retriable-4xx":
+			if code == http.StatusConflict {
+				return true
+			}
+		case "retriable-status-codes":
+			if code != 0 && hasStatus(r.RetryOn, code) {
+				return true
+			}
+		case "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable":
+			if resp != nil && grpcStatus(resp) == grpcCondition[on] {
+				return true
+			}
+		default:
+			// A status code alone implies retriable-status-codes (Istio
+			// adds it).
+			if n, err := strconv.Atoi(on); err == nil && n == code {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hasStatus(on []string, code int) bool {
+	for _, s := range on {
+		if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil && n == code {
+			return true
+		}
+	}
+	return false
+}
+
+// grpcCondition maps Envoy's gRPC retry conditions to grpc-status values.
+var grpcCondition = map[string]string{
+	"cancelled": "1", "deadline-exceeded": "4", "internal": "13", "resource-exhausted": "8", "unavailable": "14",
+}
+
+// grpcStatus is a trailers-only gRPC answer's status ("" if none).
+func grpcStatus(resp *http.Response) string { return resp.Header.Get("Grpc-Status") }
+
+// isConnectFailure reports whether err is a failure to connect (Envoy's
+// UF): the dial failed, or the connection was refused or reset before
+// anything was sent.
+func isConnectFailure(err error) bool {
+	if err == nil {
+		return false
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
+}

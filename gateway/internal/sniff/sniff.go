@@ -1,0 +1,668 @@
+// Package sniff tells which server a new client connection belongs to, so
+// that one listener serves gRPC, HTTP/1.1 and REST over HTTP/2 as Istio's
+// ingress gateway does on its HTTP and HTTPS ports.
+//
+// TLS connections are told apart by ALPN (h2 or http/1.1). Plaintext
+// connections by their first bytes: the HTTP/2 connection preface (RFC
+// 9113 section 3.4, prior knowledge) or anything else, which the HTTP/1.1
+// server answers. An HTTP/2 connection goes to gRPC's server when its first
+// request is gRPC (content-type application/grpc...), to the HTTP server
+// otherwise: gRPC's own server is the fastest way to serve gRPC, but it
+// answers every other request 415, so a connection that starts with REST is
+// given to the HTTP server, which serves gRPC too (slower, through
+// grpc.Server.ServeHTTP).
+//
+// Deciding on the first request means reading it before either server has
+// spoken, and clients wait for the server's side of the handshake before
+// they send it (gRPC for the server's SETTINGS, h2spec for the
+// acknowledgement of its own). So the sniffer speaks first: it sends the
+// server preface, a SETTINGS frame with the values both servers advertise
+// (Options.Settings), and acknowledges the client's SETTINGS. The chosen
+// server's own SETTINGS follows (the same values again); its
+// acknowledgement of the client's SETTINGS is removed from what it writes,
+// since the client has had one, and the client's acknowledgement of the
+// sniffer's SETTINGS is removed from what the HTTP server reads, since
+// that server counts the acknowledgements of what it sent (gRPC's server
+// ignores them).
+package sniff
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http2/hpack"
+)
+
+// Server is where a connection goes.
+type Server int
+
+const (
+	// GRPC is gRPC's server: HTTP/2 whose first request is gRPC, or that
+	// sent a frame no request starts with (PING, DATA, RST_STREAM...) or
+	// broke the protocol first, which gRPC's server answers as before.
+	GRPC Server = iota
+	// HTTP is the HTTP server: HTTP/1.x, HTTP/2 whose first request is not
+	// gRPC, and HTTP/2 that sent no request in time.
+	HTTP
+)
+
+func (s Server) String() string {
+	if s == GRPC {
+		return "grpc"
+	}
+	return "http"
+}
+
+// Preface is the HTTP/2 client connection preface.
+const Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// MaxSniff bounds what is read before deciding: the preface, the client's
+// SETTINGS and WINDOW_UPDATE, and the first request's header block. A
+// header block beyond it goes to gRPC's server, which enforces the header
+// list limit and answers.
+const MaxSniff = 64 << 10
+
+// frame types and flags (RFC 9113 section 6).
+const (
+	frameData         = 0x0
+	frameHeaders      = 0x1
+	framePriority     = 0x2
+	frameSettings     = 0x4
+	frameWindowUpdate = 0x8
+	frameContinuation = 0x9
+
+	flagAck        = 0x1
+	flagEndHeaders = 0x4
+	flagPadded     = 0x8
+	flagPriority   = 0x20
+
+	frameHeaderLen = 9
+	maxFrameSize   = 16384 // the client may not send more before our SETTINGS says so
+	initialWindow  = 65535
+)
+
+// settingsAck acknowledges a SETTINGS frame.
+var settingsAck = []byte{0, 0, 0, frameSettings, flagAck, 0, 0, 0, 0}
+
+// Setting is one HTTP/2 setting (RFC 9113 section 6.5.1).
+type Setting struct {
+	ID  uint16
+	Val uint32
+}
+
+// settingsFrame encodes a SETTINGS frame.
+func settingsFrame(ss []Setting) []byte {
+	n := 6 * len(ss)
+	b := make([]byte, 0, frameHeaderLen+n)
+	b = append(b, byte(n>>16), byte(n>>8), byte(n), frameSettings, 0, 0, 0, 0, 0)
+	for _, st := range ss {
+		b = append(b, byte(st.ID>>8), byte(st.ID), byte(st.Val>>24), byte(st.Val>>16), byte(st.Val>>8), byte(st.Val))
+	}
+	return b
+}
+
+// Options say how to sniff one listener's connections.
+type Options struct {
+	// TLS, when set, terminates TLS first (its NextProtos should offer h2
+	// and http/1.1).
+	TLS *tls.Config
+	// Timeout bounds the TLS handshake and the connection preface.
+	Timeout time.Duration
+	// FirstRequest bounds the wait for an HTTP/2 connection's first
+	// request: one that sends none by then goes to the HTTP server, which
+	// serves whatever comes later, gRPC included.
+	FirstRequest time.Duration
+	// Settings are what the sniffer's SETTINGS frame says: the values
+	// both servers advertise in theirs, so that the client's first
+	// requests keep within what either will enforce.
+	Settings []Setting
+	// ConnWindow, when above the initial 65535, is the connection
+	// flow-control window both servers grant at once with a
+	// WINDOW_UPDATE; the sniffer grants it instead.
+	ConnWindow uint32
+	// SharedHTTP2 sends every HTTP/2 connection to the HTTP server, so
+	// that REST may follow gRPC on any connection (a load balancer that
+	// mixes both on its connections), at the cost of gRPC's speed.
+	SharedHTTP2 bool
+}
+
+// Conn is a sniffed connection: what was read to decide is read again
+// first.
+type Conn struct {
+	net.Conn
+	pending []byte
+	state   *tls.ConnectionState
+	// ack removes the client's acknowledgement of the sniffer's SETTINGS
+	// from what the HTTP server reads (done: nothing to remove).
+	ack ackFilter
+	// out removes from what the server writes what the sniffer has
+	// already said for it; nil once there is nothing left to remove.
+	out  *writeFilter
+	wbuf []byte // what out passes, reused
+	// drain makes the first read take what the socket has beside what was
+	// sniffed: a server that finds a protocol error in the sniffed bytes
+	// closes the connection, and with the client's later bytes unread the
+	// close would be a reset that loses its GOAWAY, as it is not when the
+	// server reads the socket itself.
+	drain bool
+}
+
+// Write passes what the server writes, without what the sniffer already
+// said for it.
+func (c *Conn) Write(p []byte) (int, error) {
+	if c.out == nil {
+		return c.Conn.Write(p)
+	}
+	c.wbuf = c.out.filter(c.wbuf[:0], p)
+	if c.out.done() {
+		c.out = nil
+	}
+	if _, err := c.Conn.Write(c.wbuf); err != nil {
+		return 0, err
+	}
+	if c.out == nil {
+		c.wbuf = nil
+	}
+	return len(p), nil
+}
+
+// TLS is the connection's TLS state, nil for plaintext.
+func (c *Conn) TLS() *tls.ConnectionState { return c.state }
+
+// NetConn is the connection under TLS and sniffing.
+func (c *Conn) NetConn() net.Conn { return c.Conn }
+
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			c.pending = nil
+			if c.drain && n < len(p) {
+				c.drain = false
+				_ = c.Conn.SetReadDeadline(time.Now().Add(drainWait))
+				m, _ := c.Conn.Read(p[n:])
+				_ = c.Conn.SetReadDeadline(time.Time{})
+				n += m
+			}
+		}
+		return n, nil
+	}
+	if c.ack.done {
+		return c.Conn.Read(p)
+	}
+	// Until the acknowledgement is found, reads go through the filter;
+	// what it passes is returned from pending.
+	buf := make([]byte, len(p))
+	for len(c.pending) == 0 {
+		n, err := c.Conn.Read(buf)
+		c.pending = c.ack.filter(c.pending, buf[:n])
+		if err != nil && len(c.pending) == 0 {
+			return 0, err
+		}
+	}
+	return c.Read(p)
+}
+
+// drainWait bounds the wait for more bytes on a connection that broke the
+// protocol while sniffed.
+const drainWait = 20 * time.Millisecond
+
+// ErrACME is returned for a TLS-ALPN-01 validation connection, which ends
+// with its handshake.
+var ErrACME = errors.New("sniff: ACME TLS-ALPN-01 validation connection")
+
+// Classify decides where nc goes. On error nc is not closed.
+func Classify(nc net.Conn, o Options) (*Conn, Server, error) {
+	if o.Timeout > 0 {
+		_ = nc.SetDeadline(time.Now().Add(o.Timeout))
+		defer nc.SetDeadline(time.Time{})
+	}
+	c := &Conn{Conn: nc, ack: ackFilter{done: true}}
+	if o.TLS != nil {
+		tc := tls.Server(nc, o.TLS)
+		ctx, cancel := context.WithTimeout(context.Background(), max(o.Timeout, time.Second))
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			return nil, 0, fmt.Errorf("tls handshake: %w", err)
+		}
+		st := tc.ConnectionState()
+		c.Conn, c.state = tc, &st
+		switch st.NegotiatedProtocol {
+		case "h2":
+			return c.http2(o)
+		case "acme-tls/1":
+			return nil, 0, ErrACME
+		}
+		return c, HTTP, nil // http/1.1, or no ALPN: HTTP/1.1 (RFC 7301)
+	}
+	// Plaintext: the preface, or HTTP/1.x from its first differing byte.
+	buf := make([]byte, len(Preface))
+	n := 0
+	for n < len(Preface) {
+		m, err := c.Conn.Read(buf[n:])
+		n += m
+		if !strings.HasPrefix(Preface, string(buf[:n])) {
+			c.pending = buf[:n]
+			return c, HTTP, nil
+		}
+		if err != nil {
+			if n > 0 && isTimeout(err) {
+				c.pending = buf[:n]
+				return c, GRPC, nil // a preface in pieces: gRPC's server times out as it always did
+			}
+			return nil, 0, err
+		}
+	}
+	c.pending = buf
+	return c.http2(o)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// http2 reads the start of an HTTP/2 connection up to its first request's
+// content-type.
+func (c *Conn) http2(o Options) (*Conn, Server, error) {
+	if o.SharedHTTP2 {
+		return c, HTTP, nil
+	}
+	preface := settingsFrame(o.Settings)
+	var windowDelta uint32
+	if o.ConnWindow > initialWindow {
+		windowDelta = o.ConnWindow - initialWindow
+		preface = append(preface, 0, 0, 4, frameWindowUpdate, 0, 0, 0, 0, 0,
+			byte(windowDelta>>24), byte(windowDelta>>16), byte(windowDelta>>8), byte(windowDelta))
+	}
+	if _, err := c.Conn.Write(preface); err != nil {
+		return nil, 0, err
+	}
+	// Everything read is kept to be read again, but for the client's
+	// acknowledgement of the sniffer's SETTINGS, which the HTTP server
+	// must not see.
+	r := &recorder{r: c.Conn, buf: c.pending, out: &writeFilter{interim: o.Settings, window: windowDelta}}
+	c.pending = nil
+	if len(r.buf) == 0 {
+		if _, err := r.next(len(Preface)); err != nil {
+			return c.undecided(r, false, err)
+		}
+	}
+	if string(r.buf[:len(Preface)]) != Preface {
+		return c.grpc(r)
+	}
+	if o.FirstRequest > 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(o.FirstRequest))
+	}
+	var (
+		dec      = hpack.NewDecoder(4096, nil)
+		grpc     bool
+		decided  bool
+		inHeader bool // a HEADERS frame without END_HEADERS came
+		acked    bool // the client acknowledged the sniffer's SETTINGS
+		out      = r.out
+	)
+	dec.SetMaxStringLength(MaxSniff)
+	dec.SetEmitFunc(func(f hpack.HeaderField) {
+		if f.Name == "content-type" && !decided {
+			decided, grpc = true, IsGRPC(f.Value)
+		}
+	})
+	for {
+		start := len(r.buf)
+		h, err := r.next(frameHeaderLen)
+		if err != nil {
+			return c.undecided(r, acked, err)
+		}
+		length := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+		typ, flags := h[3], h[4]
+		if length > maxFrameSize || len(r.buf)+length > MaxSniff {
+			return c.grpc(r)
+		}
+		payload, err := r.next(length)
+		if err != nil {
+			return c.undecided(r, acked, err)
+		}
+		if inHeader && typ != frameContinuation {
+			return c.grpc(r) // a protocol error: gRPC's server says so
+		}
+		switch typ {
+		case frameSettings:
+			if h[5]|h[6]|h[7]|h[8] != 0 || flags&flagAck != 0 && length != 0 || length%6 != 0 {
+				return c.grpc(r) // malformed (RFC 9113 section 6.5): the server says so
+			}
+			if flags&flagAck != 0 && !acked {
+				acked = true
+				r.buf = r.buf[:start] // the acknowledgement of the sniffer's SETTINGS
+			} else if flags&flagAck == 0 {
+				r.settings = append(r.settings, span{start, len(r.buf)})
+				if len(r.settings) == 1 {
+					// The client's first SETTINGS, part of the
+					// connection preface: acknowledged now, as the
+					// server will when it reads them (before any
+					// frame after them), and the server's
+					// acknowledgement is removed. Later ones are
+					// acknowledged by the gRPC server, or for the HTTP
+					// server by the sniffer (httpServer).
+					if _, err := c.Conn.Write(settingsAck); err != nil {
+						return nil, 0, err
+					}
+					out.acks++
+				}
+			}
+			continue
+		case frameWindowUpdate, framePriority:
+			continue
+		case frameHeaders:
+			block, ok := headerBlock(payload, flags)
+			if !ok {
+				return c.grpc(r)
+			}
+			if _, err := dec.Write(block); err != nil {
+				return c.grpc(r)
+			}
+			inHeader = flags&flagEndHeaders == 0
+		case frameContinuation:
+			if !inHeader {
+				return c.grpc(r)
+			}
+			if _, err := dec.Write(payload); err != nil {
+				return c.grpc(r)
+			}
+			inHeader = flags&flagEndHeaders == 0
+		default:
+			// PING, DATA, RST_STREAM, GOAWAY... before any request:
+			// gRPC's server answers them as it always did.
+			return c.grpc(r)
+		}
+		if decided || !inHeader {
+			// Decided, or the block ended without a content-type: not gRPC.
+			c.pending = r.buf
+			if grpc {
+				c.out = out
+				return c, GRPC, nil
+			}
+			return c.httpServer(r, acked)
+		}
+	}
+}
+
+// grpc hands the connection to gRPC's server with what was read: a
+// connection that has not sent a whole first request, or has broken the
+// protocol, which gRPC's server answers as it always did.
+func (c *Conn) grpc(r *recorder) (*Conn, Server, error) {
+	c.pending = r.buf
+	c.out = r.out
+	c.drain = true
+	return c, GRPC, nil
+}
+
+// undecided ends sniffing on a read error: a connection that has sent no
+// request by the deadline goes to the HTTP server, which serves whatever
+// comes later (gRPC too); anything else ends it.
+func (c *Conn) undecided(r *recorder, acked bool, err error) (*Conn, Server, error) {
+	if isTimeout(err) {
+		return c.httpServer(r, acked)
+	}
+	return nil, 0, err
+}
+
+// httpServer hands the connection to the HTTP server. That server counts
+// the acknowledgements of its SETTINGS: the client's acknowledgement of
+// the sniffer's is removed, and the server's own SETTINGS are dropped as
+// gRPC's are when they are the sniffer's (it then never sees them
+// acknowledged, which only makes it lenient with streams over its limit:
+// REFUSED_STREAM, not PROTOCOL_ERROR), or go through to be acknowledged.
+// It also acknowledges SETTINGS read together once, so the client's
+// SETTINGS frames read so far are given to it as one (each setting's last
+// value: no stream is open yet, so the values in between had no effect),
+// the sniffer acknowledging the others, and the one acknowledgement it
+// writes for them removed.
+func (c *Conn) httpServer(r *recorder, acked bool) (*Conn, Server, error) {
+	if len(r.settings) > 1 {
+		if err := r.mergeSettings(); err != nil {
+			return nil, 0, err
+		}
+		extra := bytes.Repeat(settingsAck, len(r.settings)-1)
+		if _, err := c.Conn.Write(extra); err != nil {
+			return nil, 0, err
+		}
+	}
+	c.pending, c.out = r.buf, r.out
+	c.ack.done = acked
+	return c, HTTP, nil
+}
+
+// IsGRPC reports whether a content-type is gRPC's (gRPC over HTTP/2:
+// "application/grpc" followed by nothing, "+" or ";").
+func IsGRPC(ct string) bool {
+	rest, ok := strings.CutPrefix(ct, "application/grpc")
+	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
+}
+
+// headerBlock is the header block fragment of a HEADERS frame's payload.
+func headerBlock(p []byte, flags byte) ([]byte, bool) {
+	if flags&flagPadded != 0 {
+		if len(p) < 1 {
+			return nil, false
+		}
+		pad := int(p[0])
+		p = p[1:]
+		if pad > len(p) {
+			return nil, false
+		}
+		p = p[:len(p)-pad]
+	}
+	if flags&flagPriority != 0 {
+		if len(p) < 5 {
+			return nil, false
+		}
+		p = p[5:]
+	}
+	return p, true
+}
+
+// recorder reads exactly what is asked and keeps all of it.
+type recorder struct {
+	r   io.Reader
+	buf []byte
+	out *writeFilter // what the server's writes are to lose
+	// settings are where the client's SETTINGS frames are in buf.
+	settings []span
+}
+
+type span struct{ start, end int }
+
+// mergeSettings replaces the client's SETTINGS frames in buf by one, at the
+// first's place, with each setting's last value in the order first set.
+func (r *recorder) mergeSettings() error {
+	var merged []Setting
+	for _, sp := range r.settings {
+		p := r.buf[sp.start+frameHeaderLen : sp.end]
+		for i := 0; i+6 <= len(p); i += 6 {
+			st := Setting{ID: uint16(p[i])<<8 | uint16(p[i+1]), Val: uint32(p[i+2])<<24 | uint32(p[i+3])<<16 | uint32(p[i+4])<<8 | uint32(p[i+5])}
+			found := false
+			for j := range merged {
+				if merged[j].ID == st.ID {
+					merged[j].Val, found = st.Val, true
+				}
+			}
+			if !found {
+				merged = append(merged, st)
+			}
+		}
+	}
+	out := make([]byte, 0, len(r.buf))
+	last := 0
+	for i, sp := range r.settings {
+		out = append(out, r.buf[last:sp.start]...)
+		if i == 0 {
+			out = append(out, settingsFrame(merged)...)
+		}
+		last = sp.end
+	}
+	r.buf = append(out, r.buf[last:]...)
+	return nil
+}
+
+func (r *recorder) next(n int) ([]byte, error) {
+	start := len(r.buf)
+	r.buf = append(r.buf, make([]byte, n)...)
+	if _, err := io.ReadFull(r.r, r.buf[start:]); err != nil {
+		r.buf = r.buf[:start]
+		return nil, err
+	}
+	return r.buf[start:], nil
+}
+
+// ackFilter removes the first SETTINGS acknowledgement from a stream of
+// HTTP/2 frames read in arbitrary pieces.
+type ackFilter struct {
+	skip int                  // payload bytes of the current frame still to pass
+	hdr  [frameHeaderLen]byte // a frame header read in part
+	hn   int
+	done bool
+}
+
+// filter appends b to out without the acknowledgement. A frame header
+// split across reads is held until it is whole.
+func (f *ackFilter) filter(out, b []byte) []byte {
+	for len(b) > 0 {
+		switch {
+		case f.done:
+			return append(out, b...)
+		case f.skip > 0:
+			n := min(f.skip, len(b))
+			out = append(out, b[:n]...)
+			b = b[n:]
+			f.skip -= n
+			continue
+		}
+		n := copy(f.hdr[f.hn:], b)
+		f.hn += n
+		b = b[n:]
+		if f.hn < frameHeaderLen {
+			break
+		}
+		f.hn = 0
+		if bytes.Equal(f.hdr[:], settingsAck) {
+			f.done = true
+			continue
+		}
+		out = append(out, f.hdr[:]...)
+		f.skip = int(f.hdr[0])<<16 | int(f.hdr[1])<<8 | int(f.hdr[2])
+	}
+	return out
+}
+
+// writeFilter removes from what a server writes what the sniffer has said
+// for it: its acknowledgements of the client's SETTINGS that the sniffer
+// acknowledged, its own first SETTINGS when they are what the sniffer sent
+// (gRPC's are: the client would otherwise see the same SETTINGS twice,
+// which some clients, h2spec among them, do not expect before the
+// acknowledgement they wait for), and its first connection WINDOW_UPDATE
+// when it grants what the sniffer granted. A frame header split across
+// writes, and a small frame looked at, are held until whole.
+type writeFilter struct {
+	interim      []Setting
+	acks         int    // acknowledgements to remove
+	settingsDone bool   // no SETTINGS to remove
+	window       uint32 // the WINDOW_UPDATE increment to remove (0: none)
+	held         []byte
+	skip         int
+}
+
+func (f *writeFilter) done() bool { return f.acks == 0 && f.settingsDone && f.window == 0 }
+
+// maxSettingsPayload bounds the SETTINGS frame held: a server's are a few
+// settings.
+const maxSettingsPayload = 256
+
+func (f *writeFilter) filter(out, b []byte) []byte {
+	for len(b) > 0 {
+		if f.skip > 0 {
+			n := min(f.skip, len(b))
+			out = append(out, b[:n]...)
+			b = b[n:]
+			f.skip -= n
+			continue
+		}
+		if f.done() {
+			return append(out, b...)
+		}
+		if len(f.held) < frameHeaderLen {
+			n := min(frameHeaderLen-len(f.held), len(b))
+			f.held = append(f.held, b[:n]...)
+			b = b[n:]
+			if len(f.held) < frameHeaderLen {
+				break
+			}
+		}
+		h := f.held
+		length := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+		typ, stream := h[3], h[5]|h[6]|h[7]|h[8]
+		if typ != frameSettings && !(typ == frameWindowUpdate && stream == 0) || length > maxSettingsPayload {
+			out = append(out, h...)
+			f.held, f.skip = f.held[:0], length
+			continue
+		}
+		n := min(frameHeaderLen+length-len(f.held), len(b))
+		f.held = append(f.held, b[:n]...)
+		b = b[n:]
+		if len(f.held) < frameHeaderLen+length {
+			break
+		}
+		payload := f.held[frameHeaderLen:]
+		switch {
+		case typ == frameWindowUpdate:
+			if f.window != 0 && length == 4 && uint32(payload[0]&0x7f)<<24|uint32(payload[1])<<16|uint32(payload[2])<<8|uint32(payload[3]) == f.window {
+				f.window = 0
+			} else {
+				f.window = 0 // not what the sniffer granted: it goes through
+				out = append(out, f.held...)
+			}
+		case h[4]&flagAck != 0 && f.acks > 0:
+			f.acks--
+		case h[4]&flagAck == 0 && !f.settingsDone:
+			f.settingsDone = true
+			if !sameSettings(payload, f.interim) {
+				out = append(out, f.held...)
+			}
+		default:
+			out = append(out, f.held...)
+		}
+		f.held = f.held[:0]
+	}
+	return out
+}
+
+// sameSettings reports whether a SETTINGS payload sets exactly ss.
+func sameSettings(payload []byte, ss []Setting) bool {
+	if len(payload) != 6*len(ss) {
+		return false
+	}
+	for i := 0; i < len(payload); i += 6 {
+		id := uint16(payload[i])<<8 | uint16(payload[i+1])
+		val := uint32(payload[i+2])<<24 | uint32(payload[i+3])<<16 | uint32(payload[i+4])<<8 | uint32(payload[i+5])
+		found := false
+		for _, s := range ss {
+			if s.ID == id && s.Val == val {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
