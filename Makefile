@@ -56,7 +56,7 @@ test: tools ## every test, with the race detector
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 30m ./...
 
-demo: build $(BIN)/grpcurl ## echo for env1 and env2, the gateway, three grpcurl calls
+demo: build $(BIN)/grpcurl ## echo and helloserver for env1 and env2, the gateway, grpcurl and curl through one port
 	BIN=$(BIN) ./scripts/demo.sh
 
 proto: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## regenerate proto/echopb

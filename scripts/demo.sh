@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# make demo: echo servers for env1 and env2, the gateway with its embedded
-# configuration (127.0.0.1:8080, env1 -> 127.0.0.1:50051, env2 ->
-# 127.0.0.1:50052), the seed's grpcurl check for env1, env2 and an unknown
-# environment, then everything stops.
+# make demo: for env1 and env2 the first seed's echo server (app-service) and
+# the second seed's helloserver (hellosvc), the gateway on one port routing
+# both by scripts/demo.yaml and scripts/demo-vs.yaml, then the seed's
+# grpcurl check and curl over HTTP/1.1 and HTTP/2 for env1, env2 and an
+# unknown environment, then everything stops.
 set -euo pipefail
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/bin}
 cd "$(dirname "$0")/.."
@@ -28,9 +29,13 @@ wait_for() {
 
 ENV=env1 "$BIN/echo" -addr 127.0.0.1:50051 >"$logs/env1.log" 2>&1 & pids+=($!)
 ENV=env2 "$BIN/echo" -addr 127.0.0.1:50052 >"$logs/env2.log" 2>&1 & pids+=($!)
-"$BIN/gateway" >"$logs/gateway.log" 2>&1 & pids+=($!)
+ENV=env1 "$BIN/helloserver" -addr 127.0.0.1:8081 >"$logs/hello1.log" 2>&1 & pids+=($!)
+ENV=env2 "$BIN/helloserver" -addr 127.0.0.1:8082 >"$logs/hello2.log" 2>&1 & pids+=($!)
+"$BIN/gateway" -config scripts/demo.yaml >"$logs/gateway.log" 2>&1 & pids+=($!)
 wait_for "$logs/env1.log" "start server"
 wait_for "$logs/env2.log" "start server"
+wait_for "$logs/hello1.log" "Starting server"
+wait_for "$logs/hello2.log" "Starting server"
 wait_for "$logs/gateway.log" '"msg":"listening"'
 
 call() {
@@ -38,13 +43,21 @@ call() {
   echo "\$ grpcurl -plaintext -proto proto/echo.proto -rpc-header 'env: $1' 127.0.0.1:8080 echo.EchoService/Call"
   "$BIN/grpcurl" -plaintext -proto proto/echo.proto -rpc-header "env: $1" 127.0.0.1:8080 echo.EchoService/Call 2>&1 || true
 }
-echo "envgate demo: gateway on 127.0.0.1:8080, env1 and env2 behind it"
+web() {
+  echo
+  echo "\$ curl -sS $1 -H 'env: $2' http://127.0.0.1:8080/"
+  curl -sS "$1" -w '(HTTP %{http_version} %{http_code})\n' -H "env: $2" http://127.0.0.1:8080/ 2>&1 || true
+}
+echo "envgate demo: gRPC and HTTP on 127.0.0.1:8080, env1 and env2 behind it"
 call env1
 call env2
 call env3
+web --http1.1 env1
+web --http2-prior-knowledge env2
+web --http1.1 env3
 
 echo
 echo "--- gateway access log"
-grep '"msg":"call"' "$logs/gateway.log" || true
+grep -E '"msg":"(call|request)"' "$logs/gateway.log" || true
 echo "--- env1 log"
 cat "$logs/env1.log"

@@ -270,3 +270,93 @@ func BoundTo(g, y string) string {
 func req(method, authority string, headers ...string) Request {
 	return Request{Method: method, Authority: authority, Headers: headers}
 }
+
+// HTTPRow is one HTTP request's fate: routed (and perhaps rewritten),
+// redirected or answered by the gateway.
+type HTTPRow struct {
+	Name, Cite, YAML string
+	Req              HTTPRequest
+	Want             HTTPAnswer
+}
+
+// HTTPRequest is what an HTTP client sends.
+type HTTPRequest struct {
+	Method, Path, Authority string
+	Headers                 []string // name, value pairs
+}
+
+// HTTPAnswer is what the client gets.
+type HTTPAnswer struct {
+	Status int
+	// Env is the namespace whose app-service answered ("": the gateway
+	// did), Path the path and query it was sent, Host the authority it
+	// was sent ("": not checked).
+	Env, Path, Host string
+	// Location and Body are the gateway's own answer's.
+	Location, Body string
+}
+
+const (
+	citeHTTPPath     = "envoy source/common/router/config_impl.cc PathRouteEntryImpl::matches, RegexRouteEntryImpl::matches (the path once the query string is removed), PrefixRouteEntryImpl::matches (the whole :path)"
+	citeMethod       = "istio pilot/pkg/networking/core/route/route.go TranslateRouteMatch (method: a :method header matcher)"
+	citeRewrite      = "istio pilot/pkg/networking/core/route/route.go translateRoute (rewrite.uri: prefix_rewrite; rewrite.authority: host_rewrite_literal); envoy source/common/router/config_impl.cc RouteEntryImplBase::currentUrlPathAfterRewriteWithMatchedPath"
+	citeRedirect     = "istio pilot/pkg/networking/core/route/route.go ApplyRedirect; envoy source/common/router/config_impl.cc RouteEntryImplBase::newUri"
+	citeDirect       = "istio pilot/pkg/networking/core/route/route.go ApplyDirectResponse; envoy source/common/router/config_impl.cc DirectResponseEntry"
+	citeHTTPNoRoute  = "envoy source/common/router/router.cc Filter::decodeHeaders (no route: 404, route_not_found)"
+	hostEnv1, hostE2 = "app-service.env1.svc.cluster.local", "app-service.env2.svc.cluster.local"
+)
+
+func get(path string, headers ...string) HTTPRequest {
+	return HTTPRequest{Method: "GET", Path: path, Authority: "gw.example.com", Headers: headers}
+}
+
+// twoWay routes a match to env1 and everything else to env2.
+func twoWay(match string) string {
+	return VS("a", T0, One(match, hostEnv1)+"\n  - route: [{destination: {host: "+hostE2+"}}]")
+}
+
+// HTTPRows are the HTTP routing decisions: paths with queries, methods,
+// rewrite, redirect and direct response.
+var HTTPRows = []HTTPRow{
+	{"uri prefix", citeHTTPPath, twoWay(`    - uri: {prefix: /api/v1/}`), get("/api/v1/users?page=2"), HTTPAnswer{Status: 200, Env: "env1", Path: "/api/v1/users?page=2"}},
+	{"uri prefix, other path", citeHTTPPath, twoWay(`    - uri: {prefix: /api/v1/}`), get("/api/v2/users"), HTTPAnswer{Status: 200, Env: "env2", Path: "/api/v2/users"}},
+	{"uri exact ignores the query", citeHTTPPath, twoWay(`    - uri: {exact: /healthz}`), get("/healthz?full=1"), HTTPAnswer{Status: 200, Env: "env1", Path: "/healthz?full=1"}},
+	{"uri regex ignores the query", citeHTTPPath, twoWay(`    - uri: {regex: "/items/[0-9]+"}`), get("/items/42?sort=asc"), HTTPAnswer{Status: 200, Env: "env1", Path: "/items/42?sort=asc"}},
+	{"uri prefix sees the query", citeHTTPPath, twoWay(`    - uri: {prefix: "/search?q="}`), get("/search?q=x"), HTTPAnswer{Status: 200, Env: "env1", Path: "/search?q=x"}},
+	{"method POST", citeMethod, twoWay(`    - method: {exact: POST}`), HTTPRequest{Method: "POST", Path: "/orders", Authority: "gw.example.com"}, HTTPAnswer{Status: 200, Env: "env1", Path: "/orders"}},
+	{"method GET", citeMethod, twoWay(`    - method: {exact: POST}`), get("/orders"), HTTPAnswer{Status: 200, Env: "env2", Path: "/orders"}},
+	{"env header and path", citeBlocks, twoWay(`    - headers: {env: {exact: env1}}
+      uri: {prefix: /api/}`), get("/api/x", "env", "env1"), HTTPAnswer{Status: 200, Env: "env1", Path: "/api/x"}},
+	{"rewrite prefix", citeRewrite, VS("a", T0, `  - match: [{uri: {prefix: /api/}}]
+    rewrite: {uri: /v2/}
+    route: [{destination: {host: `+hostEnv1+`}}]`), get("/api/users?x=1"), HTTPAnswer{Status: 200, Env: "env1", Path: "/v2/users?x=1"}},
+	{"rewrite exact", citeRewrite, VS("a", T0, `  - match: [{uri: {exact: /old}}]
+    rewrite: {uri: /new}
+    route: [{destination: {host: `+hostEnv1+`}}]`), get("/old?q=1"), HTTPAnswer{Status: 200, Env: "env1", Path: "/new?q=1"}},
+	{"rewrite without a uri match", citeRewrite + "; " + citeNoMatch, VS("a", T0, `  - match: [{headers: {env: {exact: env1}}}]
+    rewrite: {uri: /v2/}
+    route: [{destination: {host: `+hostEnv1+`}}]`), get("/hello", "env", "env1"), HTTPAnswer{Status: 200, Env: "env1", Path: "/v2/hello"}},
+	{"rewrite authority", citeRewrite, VS("a", T0, `  - rewrite: {authority: internal.example.com}
+    route: [{destination: {host: `+hostEnv1+`}}]`), get("/x"), HTTPAnswer{Status: 200, Env: "env1", Path: "/x", Host: "internal.example.com"}},
+	{"redirect uri keeps the query", citeRedirect, VS("a", T0, `  - match: [{uri: {prefix: /old/}}]
+    redirect: {uri: /new}`), get("/old/page?x=1"), HTTPAnswer{Status: 301, Location: "http://gw.example.com/new?x=1"}},
+	{"redirect authority, scheme, code", citeRedirect, VS("a", T0, `  - redirect: {authority: www.example.com, scheme: https, redirectCode: 302}`), get("/a"), HTTPAnswer{Status: 302, Location: "https://www.example.com/a"}},
+	{"redirect to 443 over https has no port", citeRedirect, VS("a", T0, `  - redirect: {scheme: https, port: 443}`), get("/a"), HTTPAnswer{Status: 301, Location: "https://gw.example.com/a"}},
+	{"redirect port", citeRedirect, VS("a", T0, `  - redirect: {port: 8443, redirectCode: 308}`), get("/a"), HTTPAnswer{Status: 308, Location: "http://gw.example.com:8443/a"}},
+	{"direct response", citeDirect, VS("a", T0, `  - match: [{uri: {prefix: /maintenance}}]
+    directResponse: {status: 503, body: {string: "down for maintenance"}}`), get("/maintenance"), HTTPAnswer{Status: 503, Body: "down for maintenance"}},
+	{"direct response without a body", citeDirect, VS("a", T0, `  - directResponse: {status: 204}`), get("/x"), HTTPAnswer{Status: 204}},
+	{"no route", citeHTTPNoRoute, VS("a", T0, One(`    - uri: {prefix: /api/}`, hostEnv1)), get("/web"), HTTPAnswer{Status: 404}},
+}
+
+// HTTPRefusals are HTTP actions Istio's validation refuses.
+var HTTPRefusals = []Refusal{
+	{"route and redirect", "istio pkg/config/validation/virtualservice.go validateHTTPRouteConflict", VS("a", T0, "  - route: [{destination: {host: "+hostEnv1+"}}]\n    redirect: {uri: /x}"), "HTTP route cannot contain both route and redirect"},
+	{"rewrite and redirect", "istio pkg/config/validation/virtualservice.go validateHTTPRouteConflict", VS("a", T0, "  - redirect: {uri: /x}\n    rewrite: {uri: /y}"), "HTTP route rule cannot contain both rewrite and redirect"},
+	{"direct response and route", "istio pkg/config/validation/virtualservice.go validateHTTPRouteConflict", VS("a", T0, "  - route: [{destination: {host: "+hostEnv1+"}}]\n    directResponse: {status: 200}"), "HTTP route cannot contain both route and direct_response"},
+	{"direct response status", "istio pkg/config/validation/validation.go validateHTTPDirectResponse, validateHTTPStatus", VS("a", T0, "  - directResponse: {status: 99}"), "HTTP status 99 is not in range 200-599"},
+	{"redirect code", "istio pkg/config/validation/validation.go validateHTTPRedirect", VS("a", T0, "  - redirect: {uri: /x, redirectCode: 200}"), "200 is not a valid redirect code, must be 3xx"},
+	{"redirect scheme", "istio pkg/config/validation/validation.go validateHTTPRedirect", VS("a", T0, "  - redirect: {scheme: ftp}"), `invalid redirect scheme, must be "http" or "https"`},
+	{"empty redirect", "istio pkg/config/validation/validation.go validateHTTPRedirect", VS("a", T0, "  - redirect: {redirectCode: 302}"), "redirect must specify URI, authority, scheme, or port"},
+	{"empty rewrite", "istio pkg/config/validation/validation.go validateHTTPRewrite", VS("a", T0, "  - rewrite: {}\n    route: [{destination: {host: "+hostEnv1+"}}]"), "rewrite must specify at least one of URI"},
+}

@@ -54,6 +54,36 @@ type HTTPRoute struct {
 	Timeout string            `json:"timeout"`
 	Retries *Retry            `json:"retries"`
 	Headers *HeaderOperations `json:"headers"`
+	// Rewrite, Redirect and DirectResponse are Istio's HTTPRewrite,
+	// HTTPRedirect and HTTPDirectResponse.
+	Rewrite        *Rewrite        `json:"rewrite"`
+	Redirect       *Redirect       `json:"redirect"`
+	DirectResponse *DirectResponse `json:"directResponse"`
+}
+
+// Rewrite is Istio's HTTPRewrite (uriRegexRewrite is not implemented).
+type Rewrite struct {
+	URI       string `json:"uri"`
+	Authority string `json:"authority"`
+}
+
+// Redirect is Istio's HTTPRedirect (prefixRewrite is not implemented).
+type Redirect struct {
+	URI          string `json:"uri"`
+	Authority    string `json:"authority"`
+	Port         uint32 `json:"port"`
+	DerivePort   string `json:"derivePort"`
+	Scheme       string `json:"scheme"`
+	RedirectCode uint32 `json:"redirectCode"`
+}
+
+// DirectResponse is Istio's HTTPDirectResponse.
+type DirectResponse struct {
+	Status uint32 `json:"status"`
+	Body   *struct {
+		String *string `json:"string"`
+		Bytes  []byte  `json:"bytes"`
+	} `json:"body"`
 }
 
 // Retry is Istio's HTTPRetry.
@@ -68,6 +98,7 @@ type MatchRequest struct {
 	Name           string                 `json:"name"`
 	URI            *StringMatch           `json:"uri"`
 	Authority      *StringMatch           `json:"authority"`
+	Method         *StringMatch           `json:"method"`
 	Headers        map[string]StringMatch `json:"headers"`
 	WithoutHeaders map[string]StringMatch `json:"withoutHeaders"`
 }
@@ -125,11 +156,14 @@ func FromMap(raw map[string]any) (*Object, error) {
 
 // Fields envgate implements, per level; anything else is reported.
 var (
-	knownSpec  = []string{"hosts", "gateways", "http", "exportTo"}
-	knownHTTP  = []string{"name", "match", "route", "timeout", "retries", "headers"}
-	knownRetry = []string{"attempts", "perTryTimeout", "retryOn"}
-	knownMatch = []string{"name", "uri", "authority", "headers", "withoutHeaders"}
-	knownRoute = []string{"destination", "weight"}
+	knownSpec     = []string{"hosts", "gateways", "http", "exportTo"}
+	knownHTTP     = []string{"name", "match", "route", "timeout", "retries", "headers", "rewrite", "redirect", "directResponse"}
+	knownRewrite  = []string{"uri", "authority"}
+	knownRedirect = []string{"uri", "authority", "port", "derivePort", "scheme", "redirectCode"}
+	knownDirect   = []string{"status", "body"}
+	knownRetry    = []string{"attempts", "perTryTimeout", "retryOn"}
+	knownMatch    = []string{"name", "uri", "authority", "method", "headers", "withoutHeaders"}
+	knownRoute    = []string{"destination", "weight"}
 	// Unimplemented fields that only add behaviour (envgate routes the call
 	// the same way without them): reported, the object still applies.
 	// Any other unimplemented field could change where a call goes, and
@@ -188,6 +222,15 @@ func (o *Object) unimplemented() []Issue {
 		}
 		if rt, ok := hm["retries"].(map[string]any); ok {
 			report(p+".retries", rt, knownRetry)
+		}
+		if rw, ok := hm["rewrite"].(map[string]any); ok {
+			report(p+".rewrite", rw, knownRewrite)
+		}
+		if rd, ok := hm["redirect"].(map[string]any); ok {
+			report(p+".redirect", rd, knownRedirect)
+		}
+		if dr, ok := hm["directResponse"].(map[string]any); ok {
+			report(p+".directResponse", dr, knownDirect)
 		}
 		rs, _ := hm["route"].([]any)
 		for j, r := range rs {
@@ -431,8 +474,9 @@ func ResolveGatewayName(g, namespace string) string {
 }
 
 // isCatchAll is Istio's IsCatchAllRoute (route.go) for a route of one
-// match block: no header condition (an authority match is a header to
-// Envoy) and a uri that is absent, prefix "/" or regex ".*".
+// match block: no header condition (an authority or method match is a
+// header to Envoy, :authority or :method) and a uri that is absent, prefix
+// "/" or regex ".*".
 func isCatchAll(r *route.Rule) bool {
 	if len(r.Matches) == 0 {
 		return true
@@ -441,7 +485,7 @@ func isCatchAll(r *route.Rule) bool {
 		return false
 	}
 	m := &r.Matches[0]
-	return len(m.Headers) == 0 && len(m.WithoutHeaders) == 0 && m.Authority == nil &&
+	return len(m.Headers) == 0 && len(m.WithoutHeaders) == 0 && m.Authority == nil && m.Method == nil &&
 		(m.URI == nil || (m.URI.Kind == route.Prefix && m.URI.Value == "/") || (m.URI.Kind == route.Regex && m.URI.Value == ".*"))
 }
 
@@ -469,9 +513,14 @@ func (o *Object) rules(opt Options) (out []route.Rule, notes []Issue, err error)
 			}
 			r.Matches = append(r.Matches, rm)
 		}
-		if len(h.Route) == 0 {
-			return nil, nil, fmt.Errorf("%s: no route", src)
+		if err := h.checkConflicts(); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", src, err)
 		}
+		local, err := h.localAction()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", src, err)
+		}
+		r.Action.Rewrite, r.Action.Redirect, r.Action.DirectResponse = local.Rewrite, local.Redirect, local.DirectResponse
 		for j, d := range h.Route {
 			dest := destinationOf(d, o.Metadata.Namespace)
 			if dest.NoService != "" {
@@ -620,6 +669,14 @@ func matchOf(m MatchRequest) (route.Match, error) {
 			return out, fmt.Errorf("authority: %w", err)
 		}
 		out.Authority = &sm
+	}
+	if m.Method != nil {
+		// Istio matches the method as Envoy's :method header.
+		sm, err := stringMatch(*m.Method)
+		if err != nil {
+			return out, fmt.Errorf("method: %w", err)
+		}
+		out.Method = &sm
 	}
 	return out, nil
 }

@@ -2,6 +2,7 @@ package virtualservice
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"math/rand/v2"
 	"os"
@@ -153,12 +154,12 @@ func abs(f float64) float64 {
 func TestUnimplementedFields(t *testing.T) {
 	_, res := table(t, paritytest.VS("cors", paritytest.T0, `  - corsPolicy: {allowOrigins: [{exact: "*"}]}
     route: [{destination: {host: svc.a.svc.cluster.local}}]`)+paritytest.VS("fault", paritytest.T0, `  - fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
-    route: [{destination: {host: svc.b.svc.cluster.local}}]`)+paritytest.VS("method", paritytest.T0, `  - match: [{method: {exact: GET}}]
+    route: [{destination: {host: svc.b.svc.cluster.local}}]`)+paritytest.VS("scheme", paritytest.T0, `  - match: [{scheme: {exact: https}}]
     route: [{destination: {host: svc.c.svc.cluster.local}}]`))
 	want := map[string]bool{
 		"default/cors: spec.http[0].corsPolicy is not implemented: ignored":                                         true,
 		"default/fault: spec.http[0].fault is not implemented and would change routing: object rejected":            true,
-		"default/method: spec.http[0].match[0].method is not implemented and would change routing: object rejected": true,
+		"default/scheme: spec.http[0].match[0].scheme is not implemented and would change routing: object rejected": true,
 	}
 	for _, is := range res.Issues {
 		if !want[is.String()] {
@@ -298,5 +299,45 @@ func TestValidationAsIstio(t *testing.T) {
 	_, res := table(t, paritytest.VS("a", paritytest.T0, "  - route: [{destination: {host: svc.a.svc.cluster.local}}]\n    retries: {attempts: 2, retryOn: \"503,unavailable,gateway-error\"}"))
 	if len(res.Rejected) != 0 {
 		t.Fatalf("rejected: %v", res.Rejected)
+	}
+}
+
+// The HTTP rows of the parity table against the merge: the decision both
+// fronts get (the gateway's tests run the rows through real requests).
+func TestIstioParityHTTP(t *testing.T) {
+	for _, row := range paritytest.HTTPRows {
+		t.Run(row.Name, func(t *testing.T) {
+			tbl, res := table(t, row.YAML)
+			if len(res.Rejected) > 0 {
+				t.Fatalf("rejected: %v", res.Rejected)
+			}
+			r := req(row.Req.Path, row.Req.Authority, row.Req.Headers...)
+			r.Method = row.Req.Method
+			dec, err := tbl.Decide(r, 0)
+			w := row.Want
+			switch {
+			case w.Status == 404:
+				var ref *route.Refusal
+				if !errors.As(err, &ref) || !ref.NoRoute {
+					t.Fatalf("decision %+v, %v; want no route (%s)", dec, err, row.Cite)
+				}
+			case err != nil:
+				t.Fatalf("refused: %v (%s)", err, row.Cite)
+			case w.Env != "" && dec.Env != w.Env:
+				t.Fatalf("routed to %q, want %q (%s)", dec.Env, w.Env, row.Cite)
+			case w.Location != "" && (dec.Action().Redirect == nil || dec.Action().Redirect.Code != 0 && dec.Action().Redirect.Code != w.Status):
+				t.Fatalf("redirect %+v, want a %d (%s)", dec.Action().Redirect, w.Status, row.Cite)
+			case w.Env == "" && w.Location == "" && (dec.Action().DirectResponse == nil || dec.Action().DirectResponse.Status != w.Status || dec.Action().DirectResponse.Body != w.Body):
+				t.Fatalf("direct response %+v, want %d %q (%s)", dec.Action().DirectResponse, w.Status, w.Body, row.Cite)
+			}
+		})
+	}
+	for _, r := range paritytest.HTTPRefusals {
+		t.Run(r.Name, func(t *testing.T) {
+			_, res := table(t, r.YAML)
+			if why := res.Rejected["default/a"]; !strings.Contains(why, r.Why) {
+				t.Fatalf("rejected: %q, want %q (%s)", why, r.Why, r.Cite)
+			}
+		})
 	}
 }
