@@ -8,6 +8,10 @@
 # frames) measures throughput and CPU, ghz measures latency. Every run is
 # bounded by a call count and a timeout. Prints one table with ratios to
 # direct and to envgate, measured in this run (the machine is shared).
+# Then the HTTP rows (HTTP_ROWS=0 skips them): GET / of the second seed's
+# helloserver, directly and through envgate, nginx and HAProxy routing on the
+# env header, over HTTP/1.1 and h2c; h2load gives rps and, from its
+# per-request log, p50/p99.
 # Then the upstream TLS rows (UPSTREAM_TLS=0 skips them): the backend behind
 # TLS (a bench CA, the name verified), reached directly over TLS, through
 # envgate (upstream.tls SIMPLE) and through HAProxy (server ... ssl).
@@ -21,6 +25,9 @@ DIR=$(mktemp -d)
 BACKEND_PORT=${BACKEND_PORT:-19051}
 BACKEND_TLS_PORT=${BACKEND_TLS_PORT:-19052}
 UPSTREAM_TLS=${UPSTREAM_TLS:-1}
+HTTP_ROWS=${HTTP_ROWS:-1}
+BACKEND_HTTP_PORT=${BACKEND_HTTP_PORT:-19053}
+LISTEN=""
 PORT=${PORT:-19080}
 TICK=$(getconf CLK_TCK)
 pids=()
@@ -81,7 +88,8 @@ wait_port() {
   done
   echo "bench: nothing listening on $1" >&2; exit 1
 }
-render() { sed -e "s|@DIR@|$DIR|g" -e "s|@PORT@|$PORT|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@BACKEND_TLS_PORT@|$BACKEND_TLS_PORT|g" "$1" >"$2"; }
+render() { sed -e "s|@DIR@|$DIR|g" -e "s|@PORT@|$PORT|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@BACKEND_TLS_PORT@|$BACKEND_TLS_PORT|g" \
+  -e "s|@BACKEND_HTTP_PORT@|$BACKEND_HTTP_PORT|g" -e "s|@LISTEN@|$LISTEN|g" "$1" >"$2"; }
 
 # bench_certs: a CA and the backend's certificate (echo.bench, 127.0.0.1), ECDSA P-256.
 bench_certs() {
@@ -112,6 +120,10 @@ start_backend() {
   ENV=env1 "$BIN/echo" -addr "127.0.0.1:$BACKEND_PORT" >"$DIR/echo.log" 2>&1 &
   backend=$!; pids+=("$backend"); wait_port "$BACKEND_PORT"
 }
+start_http_backend() {
+  ENV=env1 "$BIN/helloserver" -addr "127.0.0.1:$BACKEND_HTTP_PORT" >/dev/null 2>&1 &
+  http_backend=$!; pids+=("$http_backend"); wait_port "$BACKEND_HTTP_PORT"
+}
 start_tls_backend() {
   ENV=env1 "$BIN/echo" -addr "127.0.0.1:$BACKEND_TLS_PORT" -tls-cert "$DIR/echo.pem" -tls-key "$DIR/echo-key.pem" >"$DIR/echo-tls.log" 2>&1 &
   tls_backend=$!; pids+=("$tls_backend"); wait_port "$BACKEND_TLS_PORT"
@@ -121,11 +133,22 @@ start_target() {
   case $1 in
     direct) target_pid=""; target_port=$BACKEND_PORT; return ;;
     direct-tls) target_pid=""; target_port=$BACKEND_TLS_PORT; return ;;
+    direct-http) target_pid=""; target_port=$BACKEND_HTTP_PORT; return ;;
+    envgate-http) render "$ROOT/scripts/bench/envgate-http.yaml.in" "$DIR/envgate.yaml"
+      "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    nginx-http) render "$ROOT/scripts/bench/nginx-http.conf.in" "$DIR/nginx.conf"
+      nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
+    haproxy-http) render "$ROOT/scripts/bench/haproxy-http.cfg.in" "$DIR/haproxy.cfg"
+      haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
     envgate-tls) render "$ROOT/scripts/bench/envgate-tls.yaml.in" "$DIR/envgate.yaml"
       "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     haproxy-tls) render "$ROOT/scripts/bench/haproxy-tls.cfg.in" "$DIR/haproxy.cfg"
       haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
     envgate) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/envgate.yaml"
+      "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-base) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/envgate.yaml"
+      "$BASE_GATEWAY" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-shared) render "$ROOT/scripts/bench/envgate-shared.yaml.in" "$DIR/envgate.yaml"
       "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx) render "$ROOT/scripts/bench/nginx.conf.in" "$DIR/nginx.conf"
       nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
@@ -167,6 +190,41 @@ h2load_rps() {
   awk '/^finished in/ { gsub(",", ""); print $4 }' "$DIR/h2load.txt"
 }
 
+# h2load_http PORT PROTO N: GET / with env: env1 over PROTO (h1: HTTP/1.1,
+# CONC connections; h2: h2c, CONNS connections of CONC/CONNS streams);
+# prints "rps p50_ms p99_ms"; fails unless every request got a 2xx.
+h2load_http() {
+  local args=(-c "$CONNS" -m $((CONC / CONNS)))
+  [ "$2" = h1 ] && args=(--h1 -c "$CONC" -m 1)
+  timeout 300 h2load "${args[@]}" -n "$3" -H 'env: env1' --log-file "$DIR/h2load-req.log" \
+    "http://127.0.0.1:$1/" >"$DIR/h2load.txt"
+  grep -q "requests: $3 total, $3 started, $3 done, $3 succeeded" "$DIR/h2load.txt" && grep -q "status codes: $3 2xx" "$DIR/h2load.txt" ||
+    { echo "bench: h2load requests failed:" >&2; cat "$DIR/h2load.txt" >&2; exit 1; }
+  local rps; rps=$(awk '/^finished in/ { gsub(",", ""); print $4 }' "$DIR/h2load.txt")
+  # The log's third column is each request's time to its response's end, in us.
+  sort -n -k3,3 "$DIR/h2load-req.log" | awk -v rps="$rps" '{ t[NR] = $3 } END { printf "%s %.3f %.3f\n", rps, t[int(NR * 0.5)] / 1000, t[int(NR * 0.99)] / 1000 }'
+}
+
+# measure_http TARGET...: one row per protocol and target into $results.
+measure_http() {
+  local n=40000
+  for proto in h1 h2; do
+    LISTEN=""; [ "$proto" = h2 ] && LISTEN=http2
+    for target in "$@"; do
+      start_target "$target"
+      h2load_http "$target_port" "$proto" 2000 >/dev/null # warm up connections
+      b0=$(cpu_ticks "$http_backend"); p0=0; [ -n "$target_pid" ] && p0=$(cpu_ticks "$target_pid")
+      read -r rps p50 p99 < <(h2load_http "$target_port" "$proto" "$n")
+      b1=$(cpu_ticks "$http_backend"); p1=0; [ -n "$target_pid" ] && p1=$(cpu_ticks "$target_pid")
+      rss=0; [ -n "$target_pid" ] && rss=$(peak_rss_kb "$target_pid")
+      awk -v s="$proto" -v t="$target" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v pc=$((p1 - p0)) -v bc=$((b1 - b0)) \
+          -v n="$n" -v tick="$TICK" -v rss="$rss" \
+          'BEGIN { printf "%s %s %.0f %.3f %.3f %.3f %.3f %.1f %d %.3f\n", s, t, rps, p50, p99, pc / tick / n * 10000, bc / tick / n * 10000, rss / 1024, 0, 0 }' >>"$results"
+      stop_target
+    done
+  done
+}
+
 # measure TARGET...: one row per size and target into $results, the backend
 # being the process $measured_backend.
 measure() {
@@ -185,7 +243,7 @@ measure() {
         echo "bench: $target, $size B: $failed of $n_ghz ghz calls failed:" >&2
         sed -n '/Status code distribution/,$p' "$DIR/ghz.txt" >&2
         # The other proxies' failures are results; envgate's or the backend's end the bench.
-        case $target in direct*|envgate*) exit 1 ;; esac
+        case $target in direct*|envgate|envgate-base|envgate-tls) exit 1 ;; esac
       fi
       b0=$(cpu_ticks "$measured_backend"); p0=0; [ -n "$target_pid" ] && p0=$(cpu_ticks "$target_pid")
       rps=$(h2load_rps "$target_port" "$DIR/req.bin" "$n_h2")
@@ -221,11 +279,24 @@ table() {
 start_backend
 results="$DIR/results"
 measured_backend=$backend
-measure direct envgate grpcgo-floor grpc-proxy nginx haproxy
+# BASE_GATEWAY=path/to/gateway adds its row (envgate-base): a change
+# measured against the gateway before it, in the same run.
+GRPC_TARGETS=${GRPC_TARGETS:-"direct envgate ${BASE_GATEWAY:+envgate-base }envgate-shared grpcgo-floor grpc-proxy nginx haproxy"}
+measure $GRPC_TARGETS
 echo
 echo "unary echo.EchoService/Call, $CONC concurrent calls over $CONNS connections; request and response payload of SIZE bytes"
 echo "rps: h2load; p50/p99: ghz; CPU: utime+stime seconds per 10k calls of the h2load run (cpu ghz: of the ghz run); RSS: peak (VmHWM) of the proxy's processes; failed: ghz calls that did not return OK"
 table direct envgate
+
+if [ "$HTTP_ROWS" = 1 ]; then
+  start_http_backend
+  results="$DIR/results-http"
+  measure_http direct-http envgate-http nginx-http haproxy-http
+  echo
+  echo "HTTP: GET / of the helloserver (Go net/http, HTTP/1.1 and h2c), env: env1; h1: $CONC HTTP/1.1 connections, h2: $CONNS h2c connections of $((CONC / CONNS)) streams"
+  echo "rps, p50/p99 (from h2load's per-request log) and CPU per 10k requests of the same h2load run (cpu ghz: not measured, 0)"
+  table direct-http envgate-http
+fi
 
 if [ "$UPSTREAM_TLS" = 1 ]; then
   need openssl openssl
