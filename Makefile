@@ -97,7 +97,7 @@ kind-up: ## a kind cluster whose port mappings reach the gateway from 127.0.0.1:
 	kind create cluster --name $(KIND_CLUSTER) --config k8s/kind/cluster.yaml
 
 kind-load: docker-build ## the images into the kind cluster
-	kind load docker-image --name $(KIND_CLUSTER) envgate/gateway:$(IMAGE_TAG) envgate/echo:$(IMAGE_TAG)
+	kind load docker-image --name $(KIND_CLUSTER) envgate/gateway:$(IMAGE_TAG) envgate/echo:$(IMAGE_TAG) envgate/helloserver:$(IMAGE_TAG) envgate/loadgen:$(IMAGE_TAG)
 
 kind-deploy: ## the gateway (kind overlay) and environments env1 and env2
 	kubectl apply -k k8s/overlays/kind
@@ -105,13 +105,19 @@ kind-deploy: ## the gateway (kind overlay) and environments env1 and env2
 	kubectl apply -k k8s/envs/env2
 	kubectl -n env1 set image deployment/app app=envgate/echo:$(IMAGE_TAG)
 	kubectl -n env2 set image deployment/app app=envgate/echo:$(IMAGE_TAG)
+	for ns in env1 env2; do \
+	  kubectl -n $$ns set image deployment/helloserver main=envgate/helloserver:$(IMAGE_TAG); \
+	  kubectl -n $$ns set image deployment/loadgenerator main=envgate/loadgen:$(IMAGE_TAG); \
+	done
 	kubectl -n envgate-system rollout status deployment/envgate --timeout=120s
 	kubectl -n env1 rollout status deployment/app --timeout=120s
 	kubectl -n env2 rollout status deployment/app --timeout=120s
 
-kind-demo: $(BIN)/grpcurl kind-up kind-load kind-deploy ## the seed's grpcurl check against the kind port mapping
+kind-demo: $(BIN)/grpcurl kind-up kind-load kind-deploy ## the seed's grpcurl check and curl (HTTP/1.1, HTTP/2) against the kind port mapping
 	for env in env1 env2; do \
 	  $(BIN)/grpcurl -plaintext -proto proto/echo.proto -rpc-header "env: $$env" 127.0.0.1:8080 echo.EchoService/Call; \
+	  curl -sS --http1.1 -H "env: $$env" http://127.0.0.1:8080/; \
+	  curl -sS --http2-prior-knowledge -H "env: $$env" http://127.0.0.1:8080/; \
 	done
 
 kind-down:

@@ -2,6 +2,10 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/envgate/envgate/proto/echopb"
@@ -31,5 +35,42 @@ func BenchmarkUnary(b *testing.B) {
 				})
 			})
 		}
+	}
+}
+
+// BenchmarkHTTP measures GET / over HTTP/1.1 keep-alive through the
+// gateway and directly, in the same run, with a handler that answers as
+// the seed's helloserver does.
+func BenchmarkHTTP(b *testing.B) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "Hello World!\n")
+	}))
+	b.Cleanup(be.Close)
+	addr := strings.TrimPrefix(be.URL, "http://")
+	gw := startGateway(b, testConfig(b, map[string][]string{"env1": {addr}}), nil)
+	for _, target := range []struct{ name, addr string }{{"direct", addr}, {"envgate", gw.Addrs()[0]}} {
+		b.Run(target.name, func(b *testing.B) {
+			c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+			b.Cleanup(c.CloseIdleConnections)
+			b.ReportAllocs()
+			b.SetParallelism(25)
+			b.RunParallel(func(pb *testing.PB) {
+				req, _ := http.NewRequest(http.MethodGet, "http://"+target.addr+"/", nil)
+				req.Header.Set("env", "env1")
+				for pb.Next() {
+					resp, err := c.Do(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						b.Errorf("status %d", resp.StatusCode)
+						return
+					}
+				}
+			})
+		})
 	}
 }

@@ -256,6 +256,7 @@ func (g *gateway) setupDiscovery() error {
 		rc.UserAgent = "envgate/" + version
 		src, err := discovery.NewKubernetes(rc, g.store, discovery.KubernetesConfig{
 			Service:           cfg.Routing.Service,
+			Services:          cfg.Discovery.Kubernetes.Services,
 			Namespaces:        g.envs,
 			NamespaceSelector: cfg.Discovery.Kubernetes.NamespaceSelector,
 			Key:               func(ns string) string { return cfg.Destination(ns).Key() },

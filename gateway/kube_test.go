@@ -683,3 +683,68 @@ spec:
 		}
 	}
 }
+
+// The second seed's app on the cluster: gRPC calls go to app-service and
+// HTTP requests to hellosvc of the same environment, by VirtualService
+// rules, discovery following hellosvc (discovery.kubernetes.services) as
+// it follows app-service; hellosvc's port is named http, so the gateway
+// speaks HTTP/1.1 to it (Istio's protocol selection).
+func TestKubeHTTPToAnotherService(t *testing.T) {
+	k := &kubeEnv{cp: kubetest.Start(t), net: newPodNet()}
+	kubeconfig := applyRBAC(t, k.cp)
+	k.cp.EnsureNamespace(t, "env1", map[string]string{envLabel: "true"})
+	k.cp.CreateService(t, "env1", "app-service", "grpc", 80)
+	k.cp.CreateServicePorts(t, "env1", "hellosvc", corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromString("http")})
+	grpcPod := k.net.addPod(t, k.cp, "env1", "app-0", true)
+	hello := startHTTPNamedBackend(t, "env1")
+	k.net.mu.Lock()
+	helloIP := fmt.Sprintf("192.0.2.%d", k.net.next)
+	k.net.next++
+	k.net.addrs[helloIP+":8080"] = hello
+	k.net.mu.Unlock()
+	k.cp.AddPod(t, "env1", "hello-0", "hellosvc", "http", 8080, helloIP, true)
+
+	vs := `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: env1, namespace: env1}
+spec:
+  hosts: ["*"]
+  gateways: [default/common-istio-gateway]
+  http:
+  - match: [{headers: {env: {exact: env1}, content-type: {prefix: application/grpc}}}]
+    route: [{destination: {host: app-service.env1.svc.cluster.local}}]
+  - match: [{headers: {env: {exact: env1}}}]
+    route: [{destination: {host: hellosvc.env1.svc.cluster.local}}]
+`
+	file := filepath.Join(t.TempDir(), "vs.yaml")
+	if err := os.WriteFile(file, []byte(vs), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k.gw = startGateway(t, kubeGatewayConfig(t, kubeconfig, func(c *config.Config) {
+		c.Routing.VirtualServices = &config.VirtualServices{Files: []string{file}}
+		c.Discovery.Kubernetes.Services = []string{"hellosvc"}
+	}), nil, k.net.dialer())
+	waitUntil(t, "gateway ready", func() bool { return readyStatus(t, k.gw) == http.StatusOK })
+	waitUntil(t, "both services' pods", func() bool {
+		a, _ := k.gw.store.Get("app-service.env1:80")
+		h, _ := k.gw.store.Get("hellosvc.env1:80")
+		return len(a) == 1 && len(h) == 1
+	})
+	k.echo = echoClient(t, k.gw.Addrs()[0])
+	if resp, err := k.call(t, "env1"); err != nil || resp.GetServer() != grpcPod.backend.addr {
+		t.Fatalf("gRPC: %v %v, want served by app-service's pod", resp, err)
+	}
+	for _, c := range []*http.Client{{}, {Transport: h2cTransport()}} {
+		req, _ := http.NewRequest("GET", "http://"+k.gw.Addrs()[0]+"/api/hello?x=1", nil)
+		req.Header.Set("env", "env1")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("X-Backend-Path") != "/api/hello?x=1" || resp.Header.Get("X-Backend-Proto") != "HTTP/1.1" {
+			t.Fatalf("HTTP (client %s): %d, backend saw %q over %q; want hellosvc's pod over HTTP/1.1", resp.Proto, resp.StatusCode,
+				resp.Header.Get("X-Backend-Path"), resp.Header.Get("X-Backend-Proto"))
+		}
+	}
+}

@@ -31,6 +31,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/gateway/internal/virtualservice"
 	"github.com/envgate/envgate/internal/kubetest"
 )
 
@@ -232,6 +233,28 @@ func TestDeploymentMatchesGatewayConfig(t *testing.T) {
 				}
 				if !found {
 					t.Errorf("listener %s has no container port", l.Address)
+				}
+			}
+			// VirtualService files come from the ConfigMap (mounted at
+			// /etc/envgate), apply whole, and send only to services
+			// discovery follows.
+			if v := cfg.Routing.VirtualServices; v != nil && !v.Kubernetes {
+				var objs []*virtualservice.Object
+				for _, f := range v.Files {
+					key, ok := strings.CutPrefix(f, "/etc/envgate/")
+					raw, found, _ := unstructured.NestedString(cm.Object, "data", key)
+					if !ok || !found {
+						t.Fatalf("virtualServices file %s is not a key of the ConfigMap mounted at /etc/envgate", f)
+					}
+					o, err := virtualservice.Parse(strings.NewReader(raw), v.Namespace)
+					if err != nil {
+						t.Fatal(err)
+					}
+					objs = append(objs, o...)
+				}
+				res := virtualservice.Build(objs, vsOptions(cfg))
+				if len(res.Applied) == 0 || len(res.Rejected) > 0 || len(res.Unbound) > 0 {
+					t.Errorf("VirtualServices: applied %v, rejected %v, unbound %v", res.Applied, res.Rejected, res.Unbound)
 				}
 			}
 			probe, _, _ := unstructured.NestedMap(ctr, "readinessProbe", "httpGet")

@@ -268,6 +268,7 @@ func startHTTPNamedBackend(t *testing.T, namespace string) string {
 		w.Header().Set("X-Backend-Namespace", namespace)
 		w.Header().Set("X-Backend-Path", r.RequestURI)
 		w.Header().Set("X-Backend-Host", r.Host)
+		w.Header().Set("X-Backend-Proto", r.Proto)
 		_, _ = io.Copy(io.Discard, r.Body)
 		fmt.Fprintf(w, "%s %s", namespace, r.RequestURI)
 	})}

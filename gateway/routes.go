@@ -65,10 +65,14 @@ func destinationRuleFiles(v *config.VirtualServices) (*destinationrule.Result, e
 func vsOptions(cfg *config.Config) virtualservice.Options {
 	v := cfg.Routing.VirtualServices
 	o := virtualservice.Options{Gateway: v.Gateway, ProxyNamespace: v.ProxyNamespace}
-	if cfg.Discovery.Static == nil {
-		// Kubernetes and DNS discovery follow routing.service only;
-		// static endpoints may name other services (service.namespace).
-		o.Service = cfg.Routing.Service
+	switch {
+	case cfg.Discovery.Kubernetes != nil:
+		// Kubernetes discovery follows routing.service and the services
+		// it lists; DNS routing.service only; static endpoints may name
+		// any service (service.namespace).
+		o.Services = append([]string{cfg.Routing.Service}, cfg.Discovery.Kubernetes.Services...)
+	case cfg.Discovery.DNS != nil:
+		o.Services = []string{cfg.Routing.Service}
 	}
 	return o
 }

@@ -169,6 +169,10 @@ type Kubernetes struct {
 	// NamespaceSelector picks environment namespaces by label when
 	// environments is empty (default envgate.io/environment=true).
 	NamespaceSelector string `yaml:"namespaceSelector"`
+	// Services are other services followed in every environment beside
+	// routing.service, for VirtualService routes to them (the seeds'
+	// hellosvc).
+	Services []string `yaml:"services"`
 }
 
 // DNS discovery settings.
@@ -572,6 +576,16 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("environments: %q listed twice", env))
 		}
 		seen[env] = true
+	}
+	if k := c.Discovery.Kubernetes; k != nil {
+		for _, svc := range k.Services {
+			if !dnsLabel.MatchString(svc) || svc == c.Routing.Service {
+				errs = append(errs, fmt.Errorf("discovery.kubernetes.services: %q is not a service name (RFC 1123 label) other than routing.service", svc))
+			}
+		}
+		if len(k.Services) > 0 && c.Routing.VirtualServices == nil {
+			errs = append(errs, errors.New("discovery.kubernetes.services: other services are reached only through routing.virtualServices"))
+		}
 	}
 	for key, addrs := range c.Discovery.Static {
 		svc, env := staticKey(key)

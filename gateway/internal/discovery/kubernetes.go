@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,10 @@ type KubernetesConfig struct {
 	// Service is the Service name in every environment namespace. Each of
 	// its ports gets an endpoint set (Store.SetPorts).
 	Service string
+	// Services are other Services followed in every environment
+	// namespace (those VirtualServices send to beside Service, such as the
+	// seeds' hellosvc), published under "service.namespace".
+	Services []string
 	// Namespaces, when set, are the environments; otherwise namespaces
 	// matching NamespaceSelector are.
 	Namespaces        []string
@@ -57,7 +62,7 @@ type Kubernetes struct {
 	sel   labels.Selector // nil with an explicit namespace list
 
 	slices   cache.SharedIndexInformer
-	services cache.SharedIndexInformer
+	services []serviceInformer         // Service first, then Services
 	pods     cache.SharedIndexInformer // metadata only, labels kept: subsets select by them
 	nsInf    cache.SharedIndexInformer
 	events   chan string // namespaces to recompute
@@ -68,6 +73,13 @@ type Kubernetes struct {
 
 	mu   sync.Mutex // guards envs; taken alone
 	envs map[string]bool
+}
+
+// serviceInformer follows the Services of one name (a field selector takes
+// one name).
+type serviceInformer struct {
+	name string
+	inf  cache.SharedIndexInformer
 }
 
 // NewKubernetes prepares the source on the API server rc points to; Run
@@ -98,11 +110,8 @@ func NewKubernetes(rc *rest.Config, store *Store, cfg KubernetesConfig, log *slo
 		k.envs[ns] = true
 	}
 
-	slicesLW, err := endpointSlices(rc, cfg.Service)
-	if err != nil {
-		return nil, err
-	}
-	servicesLW, err := services(rc, cfg.Service)
+	names := append([]string{cfg.Service}, cfg.Services...)
+	slicesLW, err := endpointSlices(rc, names)
 	if err != nil {
 		return nil, err
 	}
@@ -130,15 +139,22 @@ func NewKubernetes(rc *rest.Config, store *Store, cfg KubernetesConfig, log *slo
 	})); err != nil {
 		return nil, err
 	}
-	k.services = cache.NewSharedIndexInformer(servicesLW, &corev1.Service{}, cfg.Resync,
-		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
-	if _, err := k.services.AddEventHandler(k.namespaceHandler(func(obj any) string {
-		if s, ok := obj.(*corev1.Service); ok {
-			return s.Namespace
+	for _, name := range names {
+		servicesLW, err := services(rc, name)
+		if err != nil {
+			return nil, err
 		}
-		return ""
-	})); err != nil {
-		return nil, err
+		inf := cache.NewSharedIndexInformer(servicesLW, &corev1.Service{}, cfg.Resync,
+			cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+		if _, err := inf.AddEventHandler(k.namespaceHandler(func(obj any) string {
+			if s, ok := obj.(*corev1.Service); ok {
+				return s.Namespace
+			}
+			return ""
+		})); err != nil {
+			return nil, err
+		}
+		k.services = append(k.services, serviceInformer{name, inf})
 	}
 	k.slices = cache.NewSharedIndexInformer(slicesLW, &discoveryv1.EndpointSlice{}, cfg.Resync,
 		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
@@ -168,15 +184,15 @@ func NewKubernetes(rc *rest.Config, store *Store, cfg KubernetesConfig, log *slo
 	return k, nil
 }
 
-// endpointSlices lists and watches the EndpointSlices of service, in every
-// namespace.
-func endpointSlices(rc *rest.Config, service string) (cache.ListerWatcher, error) {
+// endpointSlices lists and watches the EndpointSlices of the services, in
+// every namespace.
+func endpointSlices(rc *rest.Config, services []string) (cache.ListerWatcher, error) {
 	client, err := protobufClient(rc, "/apis", discoveryv1.SchemeGroupVersion, discoveryv1.AddToScheme)
 	if err != nil {
 		return nil, err
 	}
 	return listWatch(client, "endpointslices", func(o *metav1.ListOptions) {
-		o.LabelSelector = discoveryv1.LabelServiceName + "=" + service
+		o.LabelSelector = discoveryv1.LabelServiceName + " in (" + strings.Join(services, ",") + ")"
 	}, func() runtime.Object { return &discoveryv1.EndpointSliceList{} }), nil
 }
 
@@ -294,9 +310,12 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	synced := []cache.InformerSynced{k.slices.HasSynced, k.services.HasSynced, k.pods.HasSynced}
+	synced := []cache.InformerSynced{k.slices.HasSynced, k.pods.HasSynced}
 	wg.Go(func() { k.slices.RunWithContext(ctx) })
-	wg.Go(func() { k.services.RunWithContext(ctx) })
+	for _, si := range k.services {
+		synced = append(synced, si.inf.HasSynced)
+		wg.Go(func() { si.inf.RunWithContext(ctx) })
+	}
 	wg.Go(func() { k.pods.RunWithContext(ctx) })
 	if k.nsInf != nil {
 		synced = append(synced, k.nsInf.HasSynced)
@@ -351,8 +370,10 @@ func (k *Kubernetes) recomputeAll() {
 			dirty[obj.(*metav1.PartialObjectMetadata).Name] = true
 		}
 	}
-	for _, obj := range k.services.GetStore().List() {
-		dirty[obj.(*corev1.Service).Namespace] = true
+	for _, si := range k.services {
+		for _, obj := range si.inf.GetStore().List() {
+			dirty[obj.(*corev1.Service).Namespace] = true
+		}
 	}
 	k.recompute(dirty)
 	if k.cfg.OnEnvironments != nil {
@@ -386,14 +407,24 @@ func (k *Kubernetes) recompute(dirty map[string]bool) {
 	}
 }
 
-// publish sets the namespace's service in the Store: one endpoint set per
-// Service port, then the ports. A namespace that is not an environment, or
-// has no such Service, has none.
+// publish sets the namespace's services in the Store.
 func (k *Kubernetes) publish(ns string, isEnv bool) {
-	key := k.cfg.Key(ns)
+	for i, si := range k.services {
+		key := si.name + "." + ns
+		if i == 0 {
+			key = k.cfg.Key(ns)
+		}
+		k.publishService(ns, isEnv, si, key)
+	}
+}
+
+// publishService sets one service of the namespace in the Store under key:
+// one endpoint set per Service port, then the ports. A namespace that is
+// not an environment, or has no such Service, has none.
+func (k *Kubernetes) publishService(ns string, isEnv bool, si serviceInformer, key string) {
 	var svc *corev1.Service
 	if isEnv {
-		if obj, ok, _ := k.services.GetStore().GetByKey(ns + "/" + k.cfg.Service); ok {
+		if obj, ok, _ := si.inf.GetStore().GetByKey(ns + "/" + si.name); ok {
 			svc = obj.(*corev1.Service) // read only: the cache's object
 		}
 	}
@@ -405,7 +436,7 @@ func (k *Kubernetes) publish(ns string, isEnv bool) {
 				continue
 			}
 			pk := PortKey(key, sp.Port)
-			k.store.SetLabeled(pk, k.endpoints(ns, sp.Name))
+			k.store.SetLabeled(pk, k.endpoints(ns, si.name, sp.Name))
 			keys = append(keys, pk)
 			ports.Numbers = append(ports.Numbers, sp.Port)
 			if sp.Name != "" {
@@ -439,7 +470,7 @@ func (k *Kubernetes) publish(ns string, isEnv bool) {
 // EndpointSlice controller names each slice port after its Service port and
 // gives it the pods' number. Ready addresses only, each with the labels of
 // its pod (the endpoint's targetRef).
-func (k *Kubernetes) endpoints(ns, portName string) []Labeled {
+func (k *Kubernetes) endpoints(ns, service, portName string) []Labeled {
 	objs, err := k.slices.GetIndexer().ByIndex(cache.NamespaceIndex, ns)
 	if err != nil {
 		return nil
@@ -447,7 +478,7 @@ func (k *Kubernetes) endpoints(ns, portName string) []Labeled {
 	addrs := []Labeled{}
 	for _, obj := range objs {
 		s := obj.(*discoveryv1.EndpointSlice) // read only: the cache's object
-		if s.Labels[discoveryv1.LabelServiceName] != k.cfg.Service {
+		if s.Labels[discoveryv1.LabelServiceName] != service {
 			continue
 		}
 		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {

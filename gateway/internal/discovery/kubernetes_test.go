@@ -32,6 +32,19 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// runSource runs a Kubernetes source into store until the test ends.
+func runSource(t *testing.T, cp *kubetest.ControlPlane, store *discovery.Store, cfg discovery.KubernetesConfig) {
+	t.Helper()
+	src, err := discovery.NewKubernetes(cp.Config, store, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 func TestKubernetesSourceFollowsTheCluster(t *testing.T) {
 	cp := kubetest.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -48,18 +61,12 @@ func TestKubernetesSourceFollowsTheCluster(t *testing.T) {
 
 	store := discovery.NewStore()
 	envs := make(chan []string, 100)
-	src, err := discovery.NewKubernetes(cp.Config, store, discovery.KubernetesConfig{
+	runSource(t, cp, store, discovery.KubernetesConfig{
 		Service:           "app-service",
 		NamespaceSelector: envLabel + "=true",
 		Key:               func(ns string) string { return "app-service." + ns },
 		OnEnvironments:    func(e []string) { envs <- e },
-	}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	})
 
 	// The Service's one port, 50051 named grpc, keys the set.
 	eps := func(key string) []string { e, _ := store.Get(key + ":50051"); return e }
@@ -122,17 +129,10 @@ func TestKubernetesSourceWithListedEnvironments(t *testing.T) {
 	cp.AddPod(t, "env1", "a", "app-service", "grpc", 50051, "192.0.2.1", true)
 	cp.AddPod(t, "env2", "a", "app-service", "grpc", 50051, "192.0.2.2", true)
 	store := discovery.NewStore()
-	src, err := discovery.NewKubernetes(cp.Config, store, discovery.KubernetesConfig{
+	runSource(t, cp, store, discovery.KubernetesConfig{
 		Service: "app-service", Namespaces: []string{"env1"},
 		Key: func(ns string) string { return ns },
-	}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	})
 	waitUntil(t, "env1's endpoint", func() bool {
 		e, _ := store.Get("env1:50051")
 		return slices.Equal(e, []string{"192.0.2.1:50051"})
@@ -160,17 +160,10 @@ func TestKubernetesSourceMapsServicePortsToPodPorts(t *testing.T) {
 	cp.AddPod(t, "env2", "a", "app-service", "grpc", 50051, "192.0.2.2", true)
 
 	store := discovery.NewStore()
-	src, err := discovery.NewKubernetes(cp.Config, store, discovery.KubernetesConfig{
+	runSource(t, cp, store, discovery.KubernetesConfig{
 		Service: "app-service", Namespaces: []string{"env1", "env2"},
 		Key: func(ns string) string { return "app-service." + ns },
-	}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	})
 
 	dial := func(service, port string) ([]string, error) {
 		key, err := store.Resolve(service, port, "grpc")
@@ -209,11 +202,51 @@ func TestKubernetesSourceMapsServicePortsToPodPorts(t *testing.T) {
 			t.Errorf("%s port %q: %v %v, want %v", c.service, c.port, eps, err, c.want)
 		}
 	}
-	if err := cp.Admin.CoreV1().Services("env1").Delete(ctx, "app-service", metav1.DeleteOptions{}); err != nil {
+	if err := cp.Admin.CoreV1().Services("env1").Delete(context.Background(), "app-service", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, "the deleted Service gone", func() bool {
 		_, setLeft := store.Get("app-service.env1:80")
 		return !store.Exists("app-service.env1") && !setLeft
 	})
+}
+
+// Services listed beside the main one are followed in every environment
+// and published as "service.namespace", each Service port with the name
+// of its protocol (appProtocol, else the port's name); a service not
+// listed is not.
+func TestKubernetesSourceFollowsOtherServices(t *testing.T) {
+	cp := kubetest.Start(t)
+	cp.EnsureNamespace(t, "env1", nil)
+	cp.CreateServicePorts(t, "env1", "app-service", corev1.ServicePort{Name: "grpc", Port: 80, TargetPort: intstr.FromInt32(50051)})
+	h2 := "kubernetes.io/h2c"
+	cp.CreateServicePorts(t, "env1", "hellosvc",
+		corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)},
+		corev1.ServicePort{Name: "web", Port: 81, TargetPort: intstr.FromInt32(8081), AppProtocol: &h2})
+	cp.CreateServicePorts(t, "env1", "othersvc", corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)})
+	cp.AddPod(t, "env1", "a", "app-service", "grpc", 50051, "192.0.2.1", true)
+	cp.AddPod(t, "env1", "h", "hellosvc", "http", 8080, "192.0.2.3", true)
+	cp.AddPod(t, "env1", "o", "othersvc", "http", 8080, "192.0.2.4", true)
+
+	store := discovery.NewStore()
+	runSource(t, cp, store, discovery.KubernetesConfig{
+		Service: "app-service", Services: []string{"hellosvc"}, Namespaces: []string{"env1"},
+		Key: func(ns string) string { return "app-service." + ns },
+	})
+
+	waitUntil(t, "app-service and hellosvc of env1", func() bool {
+		a, _ := store.Get("app-service.env1:80")
+		h, _ := store.Get("hellosvc.env1:80")
+		return slices.Equal(a, []string{"192.0.2.1:50051"}) && slices.Equal(h, []string{"192.0.2.3:8080"})
+	})
+	set, err := store.Resolve("hellosvc.env1", "http", "grpc")
+	if err != nil || set != "hellosvc.env1:80" || store.Protocol(set) != "http" {
+		t.Fatalf("hellosvc port http: %q %v, protocol %q", set, err, store.Protocol(set))
+	}
+	if p := store.Protocol("hellosvc.env1:81"); p != h2 {
+		t.Fatalf("hellosvc port 81 protocol %q, want its appProtocol %q", p, h2)
+	}
+	if store.Exists("othersvc.env1") {
+		t.Fatal("othersvc is published though not listed")
+	}
 }

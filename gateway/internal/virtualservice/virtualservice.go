@@ -250,9 +250,9 @@ type Options struct {
 	// be exported to it (spec.exportTo) to be used, as Istio requires for
 	// the ingress gateway's proxies.
 	ProxyNamespace string
-	// Service, when set, is the only service discovery follows: a
+	// Services, when set, are the services discovery follows: a
 	// destination naming another cannot be served and rejects its object.
-	Service string
+	Services []string
 }
 
 // Result is the merged rules and what was reported.
@@ -526,8 +526,8 @@ func (o *Object) rules(opt Options) (out []route.Rule, notes []Issue, err error)
 			if dest.NoService != "" {
 				notes = append(notes, Issue{Object: o.Name(), Field: fmt.Sprintf("spec.http[%d].route[%d].destination.host", i, j),
 					Note: fmt.Sprintf("%q names no service: Istio expands only short names (write %s.svc.cluster.local); calls routed there get UNAVAILABLE, as Envoy answers 503 (no cluster)", d.Destination.Host, d.Destination.Host)})
-			} else if opt.Service != "" && dest.Service != opt.Service {
-				return nil, nil, fmt.Errorf("%s route[%d]: destination %s: envgate discovers only the service %q of each namespace", src, j, d.Destination.Host, opt.Service)
+			} else if len(opt.Services) > 0 && !slices.Contains(opt.Services, dest.Service) {
+				return nil, nil, fmt.Errorf("%s route[%d]: destination %s: envgate discovers only the services %q of each namespace (routing.service, discovery.kubernetes.services)", src, j, d.Destination.Host, opt.Services)
 			}
 			w := int32(100)
 			if d.Weight != nil {
