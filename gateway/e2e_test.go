@@ -144,8 +144,11 @@ func TestHeaderNameIsCaseInsensitive(t *testing.T) {
 
 func TestRefusals(t *testing.T) {
 	b := startBackend(t, "env1")
-	cfg := testConfig(t, map[string][]string{"env1": {b.addr}, "env2": {}})
-	cfg.Environments = append(cfg.Environments, "env3") // allowed, nothing discovered
+	cfg := testConfig(t, map[string][]string{"env1": {b.addr}})
+	// States Kubernetes discovery reaches at run time and a static config
+	// refuses at load: env2's Service has no ready endpoint, env3 has none.
+	cfg.Environments = append(cfg.Environments, "env2", "env3")
+	cfg.Discovery.Static["env2"] = []string{}
 	gw := startGateway(t, cfg, nil)
 	c := echoClient(t, gw.Addrs()[0])
 

@@ -235,7 +235,12 @@ func scrape(t *testing.T, gw *runningGateway, path string) string {
 
 func TestMetricsAndRouteView(t *testing.T) {
 	b := startBackend(t, "env1")
-	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}, "env2": {}}), nil)
+	cfg := testConfig(t, map[string][]string{"env1": {b.addr}})
+	// env2 discovered with no ready endpoint, as Kubernetes discovery can
+	// report it (a static config refuses it at load).
+	cfg.Environments = append(cfg.Environments, "env2")
+	cfg.Discovery.Static["env2"] = []string{}
+	gw := startGateway(t, cfg, nil)
 	c := echoClient(t, gw.Addrs()[0])
 	for range 2 {
 		if _, err := c.Call(withEnv(testCtx(t), "env1"), &echopb.EchoRequest{Payload: make([]byte, 10)}); err != nil {

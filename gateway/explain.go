@@ -63,7 +63,7 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	authority := fs.String("authority", "", "the call's :authority")
 	headers := headerFlags{}
 	fs.Var(headers, "H", `a request header, "name: value" (repeatable)`)
-	if err := fs.Parse(args); err != nil {
+	if done, err := parseFlags(fs, args, false); done || err != nil {
 		return err
 	}
 	cfg, err := loadConfig(*configPath)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/envgate/envgate/gateway/internal/config"
 )
@@ -15,21 +16,52 @@ import (
 //go:embed default.yaml
 var defaultConfig []byte
 
+const usage = `envgate routes gRPC calls and HTTP requests to the environment their
+"env" header names.
+
+Usage:
+  gateway [flags]                     serve (the default command)
+  gateway explain [flags]             the routing decision for one request, and why
+  gateway validate [flags] [file...]  check a configuration and its VirtualService
+                                      and DestinationRule files offline
+  gateway version                     print the version
+
+Run "gateway <command> -h" for a command's flags.
+
+Flags of gateway (serve):
+`
+
 // run parses the command line, loads the configuration and serves until ctx
-// ends.
+// ends, or runs the subcommand args name.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "explain" {
-		return runExplain(ctx, args[1:], stdout, stderr)
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		switch args[0] {
+		case "explain":
+			return runExplain(ctx, args[1:], stdout, stderr)
+		case "validate":
+			return runValidate(args[1:], stdout, stderr)
+		case "version":
+			if len(args) > 1 {
+				return fmt.Errorf("version: unexpected argument %q", args[1])
+			}
+			fmt.Fprintf(stdout, "envgate %s\n", version)
+			return nil
+		case "help":
+			args = []string{"-h"}
+		default:
+			return fmt.Errorf("unknown command %q (commands: explain, validate, version; flags start with -; gateway -h lists them)", args[0])
+		}
 	}
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
 	configPath := fs.String("config", "", "YAML configuration file (default: the embedded demo configuration)")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error (the access log is written at every level)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file for Kubernetes discovery (default $KUBECONFIG, then in-cluster)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if done, err := parseFlags(fs, args, false); done || err != nil {
 		return err
 	}
 	var level slog.Level
@@ -50,6 +82,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return gw.Run(ctx)
+}
+
+// parseFlags parses args into fs. done is true when the user asked for
+// help (printed, not an error); positional arguments are refused unless
+// positional is true, so that a misplaced flag value is not silently
+// ignored.
+func parseFlags(fs *flag.FlagSet, args []string, positional bool) (done bool, err error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return true, nil
+		}
+		return true, err
+	}
+	if !positional && fs.NArg() > 0 {
+		cmd := strings.TrimPrefix(strings.TrimPrefix(fs.Name(), "gateway"), " ")
+		if cmd != "" {
+			cmd += ": "
+		}
+		return true, fmt.Errorf("%sunexpected argument %q (flags go before arguments; -h lists them)", cmd, fs.Arg(0))
+	}
+	return false, nil
 }
 
 // loadConfig reads the configuration file, or the embedded demo

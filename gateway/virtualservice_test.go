@@ -295,12 +295,14 @@ func TestBaselineAndDebugHeader(t *testing.T) {
 	base := startBackend(t, "baseline")
 	own := startBackend(t, "env1")
 	cfg := testConfig(t, map[string][]string{"baseline": {base.addr}, "env1": {own.addr}})
-	cfg.Environments = append(cfg.Environments, "pr-42") // an environment with no service yet
 	cfg.Routing.Baseline = "baseline"
 	cfg.Routing.DebugHeader = true
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	// An environment with no Service yet, as Kubernetes discovery sees it
+	// (a static config refuses it at load).
+	cfg.Environments = append(cfg.Environments, "pr-42")
 	gw := startGateway(t, cfg, nil)
 	c := echoClient(t, gw.Addrs()[0])
 	call := func(env string, req *echopb.EchoRequest) (metadata.MD, error) {

@@ -9,8 +9,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -349,10 +351,19 @@ func Load(path string) (*Config, error) {
 // defaults and validates.
 func Parse(b []byte) (*Config, error) {
 	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("decode: %w", err)
+	var doc yaml.Node
+	if err := yaml.NewDecoder(bytes.NewReader(b)).Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err // yaml.v3's syntax errors name the line already
+	}
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
+		// Checked first so that a mistake is reported in the file's terms,
+		// not Go's, and every mistake at once.
+		if errs := checkNode(doc.Content[0], reflect.TypeOf(c), ""); len(errs) > 0 {
+			return nil, errors.Join(errs...)
+		}
+		if err := doc.Content[0].Decode(&c); err != nil {
+			return nil, fmt.Errorf("decode: %w", err)
+		}
 	}
 	c.Defaults()
 	if err := c.Validate(); err != nil {
@@ -498,10 +509,23 @@ func (c *Config) Validate() error {
 	if len(c.Listeners) == 0 {
 		errs = append(errs, errors.New("listeners: at least one is needed"))
 	}
-	for i, l := range c.Listeners {
-		if _, _, err := net.SplitHostPort(l.Address); err != nil {
-			errs = append(errs, fmt.Errorf("listeners[%d].address %q: %w", i, l.Address, err))
+	bound := map[string]string{} // address -> the key that binds it
+	bind := func(key, addr string) {
+		if err := checkAddress(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", key, addr, err))
+			return
 		}
+		if _, port, _ := net.SplitHostPort(addr); port == "0" {
+			return // a free port each
+		}
+		if prev, ok := bound[addr]; ok {
+			errs = append(errs, fmt.Errorf("%s %q: already bound by %s", key, addr, prev))
+			return
+		}
+		bound[addr] = key
+	}
+	for i, l := range c.Listeners {
+		bind(fmt.Sprintf("listeners[%d].address", i), l.Address)
 		if t := l.TLS; t != nil && t.ACME == nil && (t.CertFile == "" || t.KeyFile == "") {
 			errs = append(errs, fmt.Errorf("listeners[%d].tls: certFile and keyFile are both required", i))
 		}
@@ -529,6 +553,8 @@ func (c *Config) Validate() error {
 	}
 	if c.Routing.Baseline != "" && !dnsLabel.MatchString(c.Routing.Baseline) {
 		errs = append(errs, fmt.Errorf("routing.baseline %q: must be a namespace name", c.Routing.Baseline))
+	} else if c.Routing.Baseline != "" && len(c.Environments) > 0 && !slices.Contains(c.Environments, c.Routing.Baseline) {
+		errs = append(errs, fmt.Errorf("routing.baseline %q: not one of the environments %v", c.Routing.Baseline, c.Environments))
 	}
 	if !dnsLabel.MatchString(c.Routing.Service) {
 		errs = append(errs, fmt.Errorf("routing.service %q: must be a Kubernetes Service name", c.Routing.Service))
@@ -542,6 +568,9 @@ func (c *Config) Validate() error {
 	if sources > 1 {
 		errs = append(errs, errors.New("discovery: static, kubernetes and dns are exclusive"))
 	}
+	if sources == 0 {
+		errs = append(errs, errors.New("discovery: missing: say where environments' endpoints come from (static: {env1: [host:port]}, kubernetes: {} or dns: {})"))
+	}
 	byLabel := c.Discovery.Kubernetes != nil && len(c.Environments) == 0
 	byVS := c.Routing.VirtualServices != nil
 	if byVS && (len(c.Routing.VirtualServices.Files) == 0) == !c.Routing.VirtualServices.Kubernetes {
@@ -550,18 +579,15 @@ func (c *Config) Validate() error {
 	if byVS && c.Routing.VirtualServices.Kubernetes && c.Discovery.Kubernetes == nil {
 		errs = append(errs, errors.New("routing.virtualServices.kubernetes needs discovery.kubernetes"))
 	}
-	if len(c.Environments) == 0 && !byLabel && !byVS {
+	if len(c.Environments) == 0 && !byLabel && !byVS && sources > 0 {
 		errs = append(errs, errors.New("environments: none configured, nothing could be routed"))
 	}
 	if byLabel && !byVS && strings.TrimSpace(c.Discovery.Kubernetes.NamespaceSelector) == "" {
 		errs = append(errs, errors.New("discovery.kubernetes.namespaceSelector: empty with no environments listed"))
 	}
 	for _, a := range [][2]string{{"admin.address", c.Admin.Address}, {"admin.debugAddress", c.Admin.DebugAddress}} {
-		if a[1] == "-" {
-			continue
-		}
-		if _, _, err := net.SplitHostPort(a[1]); err != nil {
-			errs = append(errs, fmt.Errorf("%s %q: %w", a[0], a[1], err))
+		if a[1] != "-" {
+			bind(a[0], a[1])
 		}
 	}
 	if d := c.Discovery.DNS; d != nil && d.Refresh < 0 {
@@ -585,6 +611,19 @@ func (c *Config) Validate() error {
 		}
 		if len(k.Services) > 0 && c.Routing.VirtualServices == nil {
 			errs = append(errs, errors.New("discovery.kubernetes.services: other services are reached only through routing.virtualServices"))
+		}
+	}
+	if c.Discovery.Static != nil {
+		has := map[string]bool{}
+		for key, addrs := range c.Discovery.Static {
+			if _, env := staticKey(key); len(addrs) > 0 {
+				has[env] = true
+			}
+		}
+		for _, env := range c.Environments {
+			if !has[env] {
+				errs = append(errs, fmt.Errorf("discovery.static: environment %q has no endpoints (%s: [host:port])", env, env))
+			}
 		}
 	}
 	for key, addrs := range c.Discovery.Static {
@@ -626,6 +665,19 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("durations must not be negative"))
 	}
 	return errors.Join(errs...)
+}
+
+// checkAddress accepts host:port with a port number 0-65535 (0: any free
+// port).
+func checkAddress(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n > 65535 {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return nil
 }
 
 // Destination is where requests for env go.

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The command line as a user meets it, on the built binary: exit codes and
+// what is printed where (issue 14, point 6).
+func TestCommandLine(t *testing.T) {
+	gw := builtBinary(t, "gateway")
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	misspelt := write("misspelt.yaml", "listners:\n  - address: 127.0.0.1:8080\ndiscovery: {static: {env1: ['127.0.0.1:1']}}\n")
+	unitless := write("unitless.yaml", "discovery: {static: {env1: ['127.0.0.1:1']}}\ndrainDelay: 5\n")
+	empty := write("empty.yaml", "")
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		exit   int
+		stdout string // a substring of it ("" : not checked)
+		stderr string
+	}{
+		{"version", []string{"version"}, 0, "envgate test\n", ""},
+		{"help lists the subcommands", []string{"-h"}, 0, "", "gateway validate [flags] [file...]"},
+		{"help as a command", []string{"help"}, 0, "", "gateway explain [flags]"},
+		{"explain -h", []string{"explain", "-h"}, 0, "", "-method string"},
+		{"validate -h", []string{"validate", "-h"}, 0, "", "istioctl analyze"},
+		{"unknown command", []string{"serve"}, 1, "", `unknown command "serve" (commands: explain, validate, version`},
+		{"stray argument", []string{"-log-level", "warn", "extra"}, 1, "", `unexpected argument "extra"`},
+		{"stray argument to explain", []string{"explain", "-H", "env: env1", "env2"}, 1, "", `explain: unexpected argument "env2"`},
+		{"stray argument to version", []string{"version", "now"}, 1, "", `version: unexpected argument "now"`},
+		{"unknown flag", []string{"-port", "1"}, 1, "", "flag provided but not defined: -port"},
+		{"misspelt key", []string{"-config", misspelt}, 1, "", `line 1: unknown key "listners" at the top level: did you mean "listeners"?`},
+		{"duration without a unit", []string{"validate", "-config", unitless}, 1, "", "line 2: drainDelay: 5 has no unit: write 5s"},
+		{"empty config", []string{"validate", "-config", empty}, 1, "", "discovery: missing"},
+		{"validate the embedded config", []string{"validate"}, 0, "config the embedded configuration: ok", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(gw, tc.args...)
+			var stdout, stderr strings.Builder
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			exit := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				exit = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if exit != tc.exit || !strings.Contains(stdout.String(), tc.stdout) || !strings.Contains(stderr.String(), tc.stderr) {
+				t.Fatalf("gateway %q: exit %d, want %d\nstdout: %s\nstderr: %s\nwant stdout with %q, stderr with %q", tc.args, exit, tc.exit, stdout.String(), stderr.String(), tc.stdout, tc.stderr)
+			}
+			for _, goTerm := range []string{"config.Config", "time.Duration", "!!int", "panic"} {
+				if strings.Contains(stderr.String(), goTerm) {
+					t.Errorf("stderr names %q: %s", goTerm, stderr.String())
+				}
+			}
+		})
+	}
+}
+
+// gateway validate reports what istioctl analyze would of the files, in
+// the gateway's terms: a rejected object is an error (exit 1), an object
+// bound elsewhere a note, a destination without endpoints a warning.
+func TestValidateVirtualServiceFiles(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "envgate.yaml")
+	vs := filepath.Join(dir, "vs.yaml")
+	if err := os.WriteFile(cfg, []byte(`
+discovery: {static: {env1: ['127.0.0.1:1']}}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	objects := `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: env1, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [common-istio-gateway]
+  http:
+  - match: [{headers: {env: {exact: env1}}}]
+    route: [{destination: {host: app-service.env1.svc.cluster.local}}]
+  - match: [{headers: {env: {exact: env3}}}]
+    route: [{destination: {host: app-service.env3.svc.cluster.local}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: elsewhere, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/other]
+  http: [{route: [{destination: {host: app-service.env1.svc.cluster.local}}]}]
+`
+	faulty := objects + `---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: faulty, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [common-istio-gateway]
+  http:
+  - fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: app-service.env1.svc.cluster.local}}]
+`
+	for _, tc := range []struct {
+		name, objects string
+		wantErr       bool
+		want          []string
+	}{
+		{"clean", objects, false, []string{
+			"config " + cfg + ": ok",
+			"virtualservice default/env1: applied",
+			"note: virtualservice default/elsewhere not bound to default/common-istio-gateway: spec.gateways [istio-system/other]",
+			"warning: default/env1 http[1] sends to app-service.env3, which has no static endpoints",
+		}},
+		{"a rejected object", faulty, true, []string{
+			"error: virtualservice default/faulty rejected:",
+			"virtualservice default/env1: applied",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(vs, []byte(tc.objects), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var out, errOut strings.Builder
+			err := run(t.Context(), []string{"validate", "-config", cfg, vs}, &out, &errOut)
+			if (err != nil) != tc.wantErr || err != nil && !strings.Contains(err.Error(), "1 error(s)") {
+				t.Fatalf("err %v, want error %v\n%s", err, tc.wantErr, out.String())
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
