@@ -3,6 +3,7 @@ module github.com/envgate/envgate
 go 1.26.8
 
 require (
+	github.com/fsnotify/fsnotify v1.10.1
 	github.com/mwitkow/grpc-proxy v0.0.0-20250813121105-2866842de9a5
 	github.com/prometheus/client_golang v1.25.0
 	golang.org/x/crypto v0.58.0

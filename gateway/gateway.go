@@ -55,11 +55,21 @@ var version = "dev"
 // gateway is one running envgate: its listeners, servers, routes and
 // upstream connections.
 type gateway struct {
-	cfg     *config.Config
-	log     *slog.Logger
-	store   *discovery.Store
-	pool    *upstream.Pool
-	routing *routing.State // the live table and the VirtualService merge it came from
+	// cfg is the configuration the gateway started with: the fields that
+	// take effect only at a restart are read from it.
+	cfg *config.Config
+	// cur is the configuration in force: cfg with the live fields of the
+	// latest valid reload (see config.Reloaded). Read it with config().
+	cur atomic.Pointer[config.Config]
+	// tableMu serialises the writers of the routing table: a reload and
+	// Kubernetes discovery's change of environments. Readers (calls) do
+	// not take it. No network I/O is done under it.
+	tableMu  sync.Mutex
+	reloaded atomic.Pointer[reloadStatus] // the latest reload, for /routes
+	log      *slog.Logger
+	store    *discovery.Store
+	pool     *upstream.Pool
+	routing  *routing.State // the live table and the VirtualService merge it came from
 	// envs are the environments discovery follows: the configured ones, or
 	// with VirtualService files the namespaces the rules send to.
 	envs []string
@@ -99,6 +109,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		envs = namespacesOf(table)
 	}
 	g := &gateway{cfg: cfg, log: log, store: discovery.NewStore(), routing: routing.New(table, vs, log), envs: envs}
+	g.cur.Store(cfg)
 	if v := cfg.Routing.VirtualServices; v != nil && !v.Kubernetes {
 		drs, err := destinationRuleFiles(v)
 		if err != nil {
@@ -311,13 +322,13 @@ func (g *gateway) onEnvironments() func([]string) {
 
 // baseline is the fallback of sandbox routing: a destination whose service
 // discovery does not know goes to the same service in the baseline
-// environment. nil when no baseline is configured.
+// environment. The baseline is read per call: a reload may set or clear it.
 func (g *gateway) baseline() func(route.Destination) (route.Destination, bool) {
-	b := g.cfg.Routing.Baseline
-	if b == "" {
-		return nil
-	}
 	return func(d route.Destination) (route.Destination, bool) {
+		b := g.config().Routing.Baseline
+		if b == "" {
+			return d, false
+		}
 		if g.store.Exists(d.Key()) || d.Namespace == b {
 			return d, false // it exists (perhaps with no ready endpoint): no fallback
 		}
@@ -346,7 +357,9 @@ func (g *gateway) vsState() metrics.VirtualServices {
 // setEnvironments replaces the routing table when discovery finds the
 // environments changed (a namespace gained or lost the opt-in label).
 func (g *gateway) setEnvironments(envs []string) {
-	table, err := g.cfg.TableFor(envs)
+	g.tableMu.Lock()
+	defer g.tableMu.Unlock()
+	table, err := g.config().TableFor(envs)
 	if err != nil {
 		g.log.Error("routing table not updated", "error", err)
 		return
@@ -354,6 +367,9 @@ func (g *gateway) setEnvironments(envs []string) {
 	g.routing.SetTable(table)
 	g.log.Info("environments changed", "environments", envs)
 }
+
+// config is the configuration in force.
+func (g *gateway) config() *config.Config { return g.cur.Load() }
 
 // ready is the readiness check: discovery synced and not draining.
 func (g *gateway) ready() error {
@@ -578,14 +594,15 @@ func (g *gateway) Run(ctx context.Context) error {
 		// Readiness fails at once so the load balancer and the endpoints
 		// controller stop sending; calls keep being served meanwhile.
 		g.drain()
-		g.log.Info("draining", "delay", g.cfg.DrainDelay.String(), "grace", g.cfg.ShutdownGrace.String())
-		time.Sleep(g.cfg.DrainDelay)
+		cfg := g.config()
+		g.log.Info("draining", "delay", cfg.DrainDelay.String(), "grace", cfg.ShutdownGrace.String())
+		time.Sleep(cfg.DrainDelay)
 	case err = <-serveErr:
 		g.drain()
 	case err = <-sourceErr:
 		g.drain()
 	}
-	g.stop(g.cfg.ShutdownGrace)
+	g.stop(g.config().ShutdownGrace)
 	serving.Wait()
 	return err
 }
@@ -615,8 +632,10 @@ func (g *gateway) routeView() any {
 	return struct {
 		Synced   bool `json:"synced"`
 		Draining bool `json:"draining"`
+		// Config is the latest reload of the configuration file.
+		Config *reloadStatus `json:"config,omitempty"`
 		routing.View
-	}{g.store.Synced(), g.draining.Load(), g.routing.View(g.dialTargets)}
+	}{g.store.Synced(), g.draining.Load(), g.reloaded.Load(), g.routing.View(g.dialTargets)}
 }
 
 // endpointSet is the key of the endpoint set a destination reaches: its

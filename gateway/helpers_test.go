@@ -158,6 +158,13 @@ func startGatewayLogging(t testing.TB, cfg *config.Config, log *slog.Logger, dia
 	if err != nil {
 		t.Fatal(err)
 	}
+	return runGateway(t, g)
+}
+
+// runGateway runs a built gateway until the test ends.
+func runGateway(t testing.TB, g *gateway) *runningGateway {
+	t.Helper()
+	cfg := g.cfg
 	ctx, cancel := context.WithCancel(context.Background())
 	rg := &runningGateway{gateway: g, cancel: cancel, done: make(chan error, 1)}
 	go func() { rg.done <- g.Run(ctx) }()

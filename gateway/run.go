@@ -8,8 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
+	"github.com/envgate/envgate/gateway/internal/cloudlog"
 	"github.com/envgate/envgate/gateway/internal/config"
 )
 
@@ -60,6 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	configPath := fs.String("config", "", "YAML configuration file (default: the embedded demo configuration)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error (the access log is written at every level)")
+	logFormat := fs.String("log-format", "json", `json, or cloud-logging: Cloud Logging's structured form ("severity", "message", "httpRequest"; the trace of $GOOGLE_CLOUD_PROJECT)`)
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file for Kubernetes discovery (default $KUBECONFIG, then in-cluster)")
 	if done, err := parseFlags(fs, args, false); done || err != nil {
 		return err
@@ -68,19 +73,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
+	var h slog.Handler
+	switch *logFormat {
+	case "json":
+		h = slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level})
+	case "cloud-logging":
+		h = cloudlog.NewHandler(stdout, &slog.HandlerOptions{Level: level}, os.Getenv("GOOGLE_CLOUD_PROJECT"))
+	default:
+		return fmt.Errorf("-log-format: %q is neither json nor cloud-logging", *logFormat)
+	}
+	log := slog.New(h)
 
 	cfg, err := loadConfig(*configPath)
 	if err != nil {
 		return err
 	}
-	if *kubeconfig != "" && cfg.Discovery.Kubernetes != nil {
-		cfg.Discovery.Kubernetes.Kubeconfig = *kubeconfig
+	// Flags override the file, at start and at every reload.
+	flags := func(c *config.Config) {
+		if *kubeconfig != "" && c.Discovery.Kubernetes != nil {
+			c.Discovery.Kubernetes.Kubeconfig = *kubeconfig
+		}
 	}
+	flags(cfg)
 	gw, err := newGateway(cfg, log, nil)
 	if err != nil {
 		return err
 	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	gw.watchConfig(*configPath, hup, flags)
 	return gw.Run(ctx)
 }
 

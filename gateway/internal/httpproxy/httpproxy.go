@@ -188,6 +188,8 @@ type request struct {
 	timeout  bool // the route's timeout expired
 	upErr    error
 	flags    string // Envoy's response flags, for the log
+	urx      bool   // the retries were spent on retryable failures
+	xff      string // the x-forwarded-for sent upstream
 	prefix   string // the matched part of the path, for rewrite.uri
 }
 
@@ -327,6 +329,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	}
 	h := out.Header
 	h.Set("X-Forwarded-For", xff)
+	rq.xff = xff
 	h.Set("X-Envoy-External-Address", ip)
 	proto := "http"
 	if pr.In.TLS != nil {
@@ -491,6 +494,9 @@ func (t *retrier) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		resp, err, perTry := p.try(req, r.PerTryTimeout)
 		if attempt >= r.Attempts || !rq.canRetry || req.Context().Err() != nil || !retryable(r, resp, err, perTry) {
+			if attempt > 0 && attempt >= r.Attempts && req.Context().Err() == nil && retryable(r, resp, err, perTry) {
+				rq.urx = true // Envoy's URX: the retries are spent
+			}
 			if perTry {
 				return nil, fmt.Errorf("per-try timeout of %v expired", r.PerTryTimeout)
 			}
@@ -643,23 +649,41 @@ func (w slogWriter) Write(b []byte) (int, error) {
 const maxLogValue = 64
 
 func (p *Proxy) logRequest(r *http.Request, rq *request, code int, in, out int64) {
+	flags := rq.flags
+	switch {
+	case rq.urx && flags == "":
+		flags = "URX"
+	case rq.urx && flags != "DC":
+		flags += ",URX" // as Envoy writes "UF,URX"
+	case flags == "":
+		flags = "-" // as Envoy writes none
+	}
+	xff := rq.xff
+	if xff == "" {
+		xff = strings.Join(r.Header.Values("X-Forwarded-For"), ",")
+	}
 	attrs := []slog.Attr{
 		slog.String("protocol", r.Proto),
 		slog.String("method", route.Truncate(r.Method, 16)),
 		slog.String("path", route.Truncate(requestPath(r), 4*maxLogValue)),
 		slog.String("authority", route.Truncate(r.Host, maxLogValue)),
+		slog.String("user_agent", route.Truncate(r.UserAgent(), 2*maxLogValue)),
+		slog.String("x_forwarded_for", route.Truncate(xff, 4*maxLogValue)),
 		slog.String("env", route.Truncate(strings.Join(r.Header.Values(p.o.EnvHeader), ","), maxLogValue)),
+		slog.String("destination_service", rq.dec.Destination.Host()),
 		slog.String("upstream", rq.ep.Addr),
 		slog.Int("status", code),
+		slog.String("response_flags", flags),
 		slog.Float64("duration_ms", float64(time.Since(rq.start).Microseconds())/1000),
 		slog.Int64("bytes_in", in),
 		slog.Int64("bytes_out", out),
 		slog.Int("retries", rq.retries),
 		slog.String("request_id", rq.id),
+		slog.String("trace_id", forwarded.TraceID(r.Header.Get)),
 		slog.String("peer", r.RemoteAddr),
 	}
-	if rq.flags != "" {
-		attrs = append(attrs, slog.String("response_flags", rq.flags))
+	if rq.dec.Baseline != "" {
+		attrs = append(attrs, slog.String("baseline", rq.dec.Baseline))
 	}
 	p.o.AccessLog.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 }

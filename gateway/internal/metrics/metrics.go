@@ -26,6 +26,9 @@ type Metrics struct {
 	reloads  *prometheus.CounterVec
 	conns    *prometheus.CounterVec
 
+	configReloads *prometheus.CounterVec
+	configOK      prometheus.Gauge
+
 	// The HTTP front's requests. The labels are bounded: env is a routed
 	// environment ("" unrouted), code an HTTP status the gateway wrote.
 	requests     *prometheus.CounterVec
@@ -77,6 +80,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "envgate_certificate_reloads_total",
 			Help: "Serving certificate reloads, by result (ok, error).",
 		}, []string{"result"}),
+		configReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envgate_config_reloads_total",
+			Help: "Configuration file reloads (file change or SIGHUP), by result (ok, error: the running configuration stayed).",
+		}, []string{"result"}),
+		configOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "envgate_config_last_reload_successful",
+			Help: "1 when the latest configuration reload succeeded (or none was tried), 0 when it failed.",
+		}),
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "envgate_downstream_connections_closed_total",
 			Help: "Client connections the gateway refused or closed, by reason (limit: over limits.maxConnections; premature_resets: too many streams reset early; overload: held the most memory when the gateway neared its memory limit).",
@@ -100,7 +111,8 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		methods: map[string]map[string]bool{},
 	}
-	reg.MustRegister(m.calls, m.latency, m.bytes, m.inFlight, m.reloads, m.conns, m.requests, m.reqLatency, m.reqBytes, m.reqsInFlight)
+	m.configOK.Set(1)
+	reg.MustRegister(m.calls, m.latency, m.bytes, m.inFlight, m.reloads, m.conns, m.configReloads, m.configOK, m.requests, m.reqLatency, m.reqBytes, m.reqsInFlight)
 	return m
 }
 
@@ -201,6 +213,17 @@ func (m *Metrics) CertificateReloaded(err error) {
 		return
 	}
 	m.reloads.WithLabelValues("ok").Inc()
+}
+
+// ConfigReloaded counts a configuration reload.
+func (m *Metrics) ConfigReloaded(err error) {
+	if err != nil {
+		m.configReloads.WithLabelValues("error").Inc()
+		m.configOK.Set(0)
+		return
+	}
+	m.configReloads.WithLabelValues("ok").Inc()
+	m.configOK.Set(1)
 }
 
 // State reports what the gateway knows at scrape time.

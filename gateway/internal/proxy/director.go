@@ -66,7 +66,7 @@ func NewDirector(routes Routes, ups Upstreams, pick func() float64, fallback fun
 			conn, err = ups.Conn(dec.Destination)
 		}
 		if err != nil {
-			return nil, nil, &decidedError{err: status.Errorf(codes.Unavailable, "%v (%s to %s)", err, dec.Rule.Source, dec.Destination), dec: dec}
+			return nil, nil, &decidedError{err: status.Errorf(codes.Unavailable, "%v (%s to %s)", err, dec.Rule.Source, dec.Destination), dec: dec, flag: "UH"}
 		}
 		r := &Routed{ClientConnInterface: conn, Decision: dec, RequestID: forwarded.RequestID()}
 		r.MD = outgoing(ctx, md, r.RequestID)
@@ -87,11 +87,13 @@ type Routed struct {
 	RequestID string
 }
 
-// decidedError is a call the table routed that could not be sent: the
-// handler still learns the decision (the environment, for the metrics).
+// decidedError is a call the director did not send: the handler still
+// learns the decision (the environment, for the metrics) when there was
+// one, and Envoy's response flag for the access log.
 type decidedError struct {
-	err error
-	dec route.Decision
+	err  error
+	dec  route.Decision
+	flag string // NR: no route, NC: no cluster, UH: no healthy upstream
 }
 
 func (e *decidedError) Error() string { return e.err.Error() }
@@ -106,9 +108,9 @@ func (e *decidedError) GRPCStatus() *status.Status { return status.Convert(e.err
 func refusal(err error) error {
 	var r *route.Refusal
 	if errors.As(err, &r) && r.NoRoute {
-		return status.Error(codes.Unimplemented, r.Message)
+		return &decidedError{err: status.Error(codes.Unimplemented, r.Message), flag: "NR"}
 	}
-	return status.Error(codes.Unavailable, err.Error())
+	return &decidedError{err: status.Error(codes.Unavailable, err.Error()), flag: "NC"}
 }
 
 // answeredByGateway is the status of a route the gateway answers itself

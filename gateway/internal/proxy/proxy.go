@@ -206,6 +206,8 @@ type call struct {
 	env       string        // the routed environment, from the director's decision
 	action    *route.Action // the route's action, from the decision
 	baseline  string        // the baseline environment that took the call
+	dest      string        // the destination service's host, for the log
+	flags     string        // Envoy's response flags, for the log ("" for none)
 	upstream  string
 	// The client-to-upstream pump may still run when the call is logged
 	// (it can be blocked reading a client that has not half-closed), so its
@@ -236,11 +238,11 @@ type transportStream interface {
 	ContentSubtype() string
 }
 
-func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string, c *call) error {
+func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string, c *call) (err error) {
 	outCtx, conn, err := p.director(ctx, method)
 	var de *decidedError
 	if errors.As(err, &de) {
-		c.env = de.dec.Env
+		c.env, c.flags, c.baseline, c.dest = de.dec.Env, de.flag, de.dec.Baseline, de.dec.Destination.Host()
 	}
 	if err != nil {
 		return err
@@ -250,6 +252,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	if r, ok := conn.(*Routed); ok {
 		conn = r.ClientConnInterface
 		c.env, c.action, c.baseline = r.Decision.Env, r.Decision.Action(), r.Decision.Baseline
+		c.dest = r.Decision.Destination.Host()
 		c.md, c.requestID = r.MD, r.RequestID
 	}
 	// The upstream call ends as soon as this handler returns, whichever side
@@ -291,6 +294,28 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		u.retries = c.action.Retries
 	}
 	defer u.rp.free()
+	// Envoy's response flags of a failed call, for the access log
+	// (source/common/stream_info/utility.cc ResponseFlagUtils).
+	// Several are joined with commas, as Envoy writes "UF,URX".
+	defer func() {
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			c.flags = "DC" // the client went away
+			return
+		}
+		switch {
+		case c.flags != "":
+		case errors.Is(err, errPerTryTimeout):
+			c.flags = "UT"
+		case u.connectFailed:
+			c.flags = "UF"
+		}
+		if u.retries.Attempts > 0 && c.retries >= u.retries.Attempts && retryable(u.retries, err, errors.Is(err, errPerTryTimeout)) {
+			c.flags = joinFlags(c.flags, "URX") // the retries are spent
+		}
+	}()
 	var endRetry func() // the outstanding retry, held through its attempt
 	defer func() {
 		if endRetry != nil {
@@ -309,6 +334,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		if ctx.Err() == nil && routeTimedOut(upCtx, err, c, started) {
 			// Envoy answers an expired route timeout with 504, which gRPC
 			// clients see as UNAVAILABLE.
+			c.flags = "UT"
 			return status.Errorf(codes.Unavailable, "upstream request timeout: the route's timeout of %v expired", c.action.Timeout)
 		}
 		// If the client's side failed first (it went away or sent garbage),
@@ -369,6 +395,14 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	}
 }
 
+// joinFlags adds flag to Envoy's comma-separated response flags.
+func joinFlags(flags, flag string) string {
+	if flags == "" {
+		return flag
+	}
+	return flags + "," + flag
+}
+
 // retryBudget is an upstream that bounds the retries outstanding to it.
 type retryBudget interface {
 	AcquireRetry() (release func(), ok bool)
@@ -391,6 +425,9 @@ type upstreamCall struct {
 	// until it has been received.
 	upErr   chan error
 	pumping bool
+	// connectFailed is true when the latest attempt could open no stream,
+	// for the response flags.
+	connectFailed bool
 }
 
 // attempt sends the call upstream once. The first attempt starts the
@@ -399,6 +436,7 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 	actx, acancel := attemptContext(u.upCtx, u.retries)
 	defer acancel()
 	cs, err := u.conn.NewStream(actx, streamDesc, u.method, u.opts...)
+	u.connectFailed = err != nil
 	if err != nil {
 		if context.Cause(actx) == errPerTryTimeout {
 			return perTryTimedOut(u.retries.PerTryTimeout)
@@ -666,11 +704,30 @@ const maxLogValue = 64
 
 func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *call, err error) {
 	code := status.Code(err)
+	first := func(name string) string {
+		if v := metadata.ValueFromIncomingContext(ctx, name); len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	xff := strings.Join(metadata.ValueFromIncomingContext(ctx, "x-forwarded-for"), ",")
+	if v := c.md["x-forwarded-for"]; len(v) > 0 {
+		xff = v[0] // as sent upstream, the client's address appended
+	}
+	flags := c.flags
+	if flags == "" {
+		flags = "-" // as Envoy writes none
+	}
 	attrs := []slog.Attr{
 		slog.String("env", route.Truncate(strings.Join(metadata.ValueFromIncomingContext(ctx, p.envHeader), ","), maxLogValue)),
 		slog.String("method", route.Truncate(method, 4*maxLogValue)),
+		slog.String("authority", route.Truncate(first(":authority"), maxLogValue)),
+		slog.String("user_agent", route.Truncate(first("user-agent"), 2*maxLogValue)),
+		slog.String("x_forwarded_for", route.Truncate(xff, 4*maxLogValue)),
+		slog.String("destination_service", c.dest),
 		slog.String("upstream", c.upstream),
 		slog.String("code", code.String()),
+		slog.String("response_flags", flags),
 		slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
 		slog.Int64("bytes_in", c.bytesIn.Load()),
 		slog.Int64("bytes_out", c.bytesOut),
@@ -678,6 +735,10 @@ func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *
 		slog.Int64("msgs_out", c.msgsOut),
 		slog.Int("retries", c.retries),
 		slog.String("request_id", requestIDOf(c)),
+		slog.String("trace_id", forwarded.TraceID(first)),
+	}
+	if c.baseline != "" {
+		attrs = append(attrs, slog.String("baseline", c.baseline))
 	}
 	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
 		attrs = append(attrs, slog.String("peer", pr.Addr.String()))

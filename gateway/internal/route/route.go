@@ -53,6 +53,15 @@ func (d Destination) String() string {
 	return h
 }
 
+// Host is the destination service's cluster-local host name, as Istio's
+// destination_service names it; "" for a service that does not exist.
+func (d Destination) Host() string {
+	if d.NoService != "" || d.Service == "" {
+		return ""
+	}
+	return d.Service + "." + d.Namespace + ".svc.cluster.local"
+}
+
 // Key is how discovery names the destination's service; discovery maps the
 // port to one of its endpoint sets.
 func (d Destination) Key() string { return d.Service + "." + d.Namespace }
