@@ -36,8 +36,15 @@ KUBE_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
 # Go semver, so the module is pinned by its pseudo-version.
 ISTIO_VERSION := v0.0.0-20260827124520-eed52ebb66ad
 
+# The monitoring CRDs the manifests' ServiceMonitor (prometheus-operator) and
+# PodMonitoring (Google Managed Prometheus) are validated against, and
+# promtool for `promtool check metrics`.
+PROM_OPERATOR_VERSION := v0.89.0
+GMP_VERSION           := v0.12.0
+PROMETHEUS_VERSION    := v0.316.0
+
 TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz interop-client interop-server \
-	kube-apiserver kube-controller-manager etcd crds/istio.yaml \
+	kube-apiserver kube-controller-manager etcd curl crds/istio.yaml crds/monitoring.yaml promtool \
 	pebble pebble-challtestsrv pebble-certs/pebble.minica.pem h2spec)
 
 .PHONY: all build test demo proto bench lint tools clean fuzz soak kube crds \
@@ -149,14 +156,31 @@ $(BIN)/.stamp-istio-crds@$(ISTIO_VERSION):
 	rm -f $(BIN)/.stamp-istio-crds@*
 	touch $@
 
-# etcd: Debian's etcd-server, installed when missing (as root, or with sudo).
-$(BIN)/etcd:
+$(BIN)/crds/monitoring.yaml: $(BIN)/.stamp-monitoring-crds@$(PROM_OPERATOR_VERSION)-$(GMP_VERSION)
+$(BIN)/.stamp-monitoring-crds@$(PROM_OPERATOR_VERSION)-$(GMP_VERSION):
+	@mkdir -p $(BIN)/crds
+	op=$$($(GO) mod download -json github.com/prometheus-operator/prometheus-operator@$(PROM_OPERATOR_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	  gmp=$$($(GO) mod download -json github.com/GoogleCloudPlatform/prometheus-engine@$(GMP_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	  test -n "$$op" && test -n "$$gmp" && \
+	  { cat "$$op/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"; echo ---; \
+	    cat "$$gmp/charts/operator/crds/monitoring.googleapis.com_podmonitorings.yaml"; } > $(BIN)/crds/monitoring.yaml
+	chmod 644 $(BIN)/crds/monitoring.yaml
+	rm -f $(BIN)/.stamp-monitoring-crds@*
+	touch $@
+
+# deb_tool NAME, PACKAGE: bin/NAME links to the system's NAME, installing
+# Debian's PACKAGE when it is missing (as root, or with sudo).
+define deb_tool
+$(BIN)/$(1):
 	@mkdir -p $(BIN)
-	if ! command -v etcd >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server >/dev/null; \
+	if ! command -v $(1) >/dev/null; then \
+	  if [ "$$$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$$$SUDO apt-get install -y -qq $(2) >/dev/null; \
 	fi
-	ln -sf "$$(command -v etcd)" $@
+	ln -sf "$$$$(command -v $(1))" $$@
+endef
+$(eval $(call deb_tool,etcd,etcd-server))
+$(eval $(call deb_tool,curl,curl))
 
 clean:
 	rm -rf $(BIN)
@@ -176,6 +200,7 @@ endef
 $(eval $(call go_tool,buf,github.com/bufbuild/buf/cmd/buf,$(BUF_VERSION)))
 $(eval $(call go_tool,protoc-gen-go,google.golang.org/protobuf/cmd/protoc-gen-go,$(PROTOBUF_VERSION)))
 $(eval $(call go_tool,protoc-gen-go-grpc,google.golang.org/grpc/cmd/protoc-gen-go-grpc,$(PROTOC_GEN_GO_GRPC_VERSION)))
+$(eval $(call go_tool,promtool,github.com/prometheus/prometheus/cmd/promtool,$(PROMETHEUS_VERSION)))
 $(eval $(call go_tool,grpcurl,github.com/fullstorydev/grpcurl/cmd/grpcurl,$(GRPCURL_VERSION)))
 $(eval $(call go_tool,ghz,github.com/bojand/ghz/cmd/ghz,$(GHZ_VERSION)))
 $(eval $(call go_tool,interop-client,google.golang.org/grpc/interop/client,$(GRPC_VERSION)))

@@ -2,6 +2,8 @@ package main
 
 import (
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -142,6 +144,41 @@ spec:
 			for _, w := range tc.want {
 				if !strings.Contains(out.String(), w) {
 					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
+
+// Issue 14, point 7: -pprof serves Go's profiles on the debug listener;
+// without it /debug/pprof/ is not there.
+func TestPprofBehindFlag(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "envgate.yaml")
+	if err := os.WriteFile(path, []byte("listeners: [{address: '127.0.0.1:0'}]\nadmin: {address: '127.0.0.1:0', debugAddress: '127.0.0.1:0'}\ndiscovery: {static: {env1: ['127.0.0.1:1']}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"-config", path}, http.StatusNotFound},
+		{[]string{"-config", path, "-pprof"}, http.StatusOK},
+	} {
+		t.Run(strings.Join(tc.args[2:], " "), func(t *testing.T) {
+			p := startProcess(t, nil, builtBinary(t, "gateway"), tc.args...)
+			debug := p.waitLine(t, `"msg":"debug listening","address":"([^"]+)"`)[1]
+			for _, u := range []string{"/debug/pprof/", "/debug/pprof/heap?debug=1", "/debug/pprof/profile?seconds=1"} {
+				resp, err := http.Get("http://" + debug + u)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != tc.want {
+					t.Fatalf("%s: %d, want %d", u, resp.StatusCode, tc.want)
+				}
+				if tc.want == http.StatusOK && u == "/debug/pprof/" && !strings.Contains(string(body), "goroutine") {
+					t.Fatalf("%s: not pprof's index:\n%s", u, body)
 				}
 			}
 		})

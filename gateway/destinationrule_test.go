@@ -23,11 +23,12 @@ import (
 	"github.com/envgate/envgate/proto/echopb"
 )
 
-// applyIstioRBAC grants the gateway's ServiceAccount the overlay's read
-// access to VirtualServices and DestinationRules.
+// applyIstioRBAC grants the gateway's ServiceAccount the read access to
+// VirtualServices and DestinationRules that k8s/components/virtualservice-watch
+// gives (rendered by the asm-mtls overlay, which uses it).
 func applyIstioRBAC(t *testing.T, mc *manifestCluster) {
 	t.Helper()
-	for _, obj := range renderK8s(t, "overlays/istio") {
+	for _, obj := range renderK8s(t, "overlays/asm-mtls") {
 		if (obj.GetKind() == "ClusterRole" || obj.GetKind() == "ClusterRoleBinding") && strings.HasPrefix(obj.GetName(), "envgate-virtualservices") {
 			m, _ := mc.mapper.RESTMapping(obj.GroupVersionKind().GroupKind(), obj.GroupVersionKind().Version)
 			if _, err := mc.dyn.Resource(m.Resource).Create(context.Background(), obj, metav1.CreateOptions{}); err != nil {

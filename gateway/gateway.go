@@ -38,6 +38,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/edge"
 	"github.com/envgate/envgate/gateway/internal/h2client"
 	"github.com/envgate/envgate/gateway/internal/httpproxy"
+	"github.com/envgate/envgate/gateway/internal/istiometrics"
 	"github.com/envgate/envgate/gateway/internal/metrics"
 	"github.com/envgate/envgate/gateway/internal/overload"
 	"github.com/envgate/envgate/gateway/internal/policy"
@@ -131,9 +132,21 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		return nil, err
 	}
 	g.background = append(g.background, g.policy.Run)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g.metrics = metrics.New(reg)
+	ex := exchanges{metrics: g.metrics}
+	if m := cfg.IstioMetrics; m != nil {
+		ns := m.Namespace
+		if ns == "" {
+			ns = os.Getenv("POD_NAMESPACE")
+		}
+		ex.istio = istiometrics.New(reg, istiometrics.Source{Workload: m.Workload, Namespace: ns, Cluster: m.Cluster})
+	}
 	od := u.OutlierDetection
 	g.pool = upstream.NewPool(g.store, log, h2client.Options{
-		Dial:                dial,
+		Dial:                countDials(dial, "grpc", &net.Dialer{}, g.metrics),
+		OnEject:             g.metrics.Ejected,
 		UserAgent:           "envgate/" + version,
 		MaxRecvMsgSize:      maxMsg,
 		MaxSendMsgSize:      maxMsg,
@@ -159,9 +172,6 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		// from its log level too).
 		accessLog = slog.New(everyRecord{log.Handler()})
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	g.metrics = metrics.New(reg)
 	metrics.RegisterState(reg, g.state)
 	if vs != nil {
 		metrics.RegisterVirtualServices(reg, g.vsState)
@@ -169,6 +179,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	px := proxy.New(proxy.NewDirector(g.routing.Table, poolUpstreams{g.pool, g.target}, rand.Float64, g.baseline()), accessLog, cfg.Routing.Header, g.metrics)
 	px.SetDebugHeader(cfg.Routing.DebugHeader)
 	px.SetMaxMessage(cfg.Limits.MaxMessageBytes)
+	px.SetExchanges(ex)
 	g.health = health.NewServer()
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
 	handler := (&localHealth{routing: g.routing, srv: g.health, next: px.Handler}).handler
@@ -198,7 +209,8 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		Observer:               g.metrics,
 		Pick:                   rand.Float64,
 		Fallback:               g.baseline(),
-		Dial:                   httpDial(dial),
+		Dial:                   httpDial(countDials(dial, "http", &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}, g.metrics)),
+		Exchanges:              ex,
 		DebugHeader:            cfg.Routing.DebugHeader,
 		MaxResponseHeaderBytes: cfg.Limits.MaxRequestHeadersBytes,
 		IdleConnTimeout:        u.IdleTimeout,
@@ -232,6 +244,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Routes:  g.routeView,
 		Explain: g.explain,
+		Pprof:   cfg.Admin.Pprof,
 	}
 	if g.debug, g.debugLis, err = listenAdmin(cfg.Admin.DebugAddress, debug.Handler()); err != nil {
 		g.closeListeners()
@@ -308,6 +321,33 @@ func dnsNames(cfg *config.Config, envs []string, suffix string) map[string]strin
 		names[cfg.Destination(env).Key()] = cfg.Routing.Service + "." + env + "." + suffix
 	}
 	return names
+}
+
+// exchanges keeps what each finished call or request tells: envgate's
+// retry count, and Istio's metrics when they are on.
+type exchanges struct {
+	metrics *metrics.Metrics
+	istio   *istiometrics.Metrics // nil: off
+}
+
+func (x exchanges) Exchange(e istiometrics.Exchange) {
+	x.metrics.Retried(e.Env, e.Retries)
+	if x.istio != nil {
+		x.istio.Record(e)
+	}
+}
+
+// countDials is dial (nil: def's, the dialer each client uses by default)
+// with its connections counted in the metrics.
+func countDials(dial func(context.Context, string) (net.Conn, error), protocol string, def *net.Dialer, m *metrics.Metrics) func(context.Context, string) (net.Conn, error) {
+	if dial == nil {
+		dial = func(ctx context.Context, addr string) (net.Conn, error) { return def.DialContext(ctx, "tcp", addr) }
+	}
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		c, err := dial(ctx, addr)
+		m.UpstreamDialed(protocol, err)
+		return c, err
+	}
 }
 
 // onEnvironments is what Kubernetes discovery calls when the environment

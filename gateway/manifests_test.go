@@ -37,7 +37,7 @@ import (
 
 // kustomizations are every directory a user applies.
 // (k8s/app is the template the envs/* kustomizations stamp into a namespace.)
-var kustomizations = []string{"base", "envs/env1", "envs/env2", "overlays/gke", "overlays/kind", "overlays/istio", "overlays/asm-mtls", "examples/traffic-split", "hello"}
+var kustomizations = []string{"base", "istio", "envs/env1", "envs/env2", "overlays/gke", "overlays/kind", "overlays/istio", "overlays/asm-mtls", "examples/traffic-split", "hello", "overlays/production"}
 
 func renderK8s(t *testing.T, dir string) []*unstructured.Unstructured {
 	t.Helper()
@@ -72,13 +72,14 @@ func startCluster(t *testing.T) *manifestCluster {
 	t.Helper()
 	cp := kubetest.Start(t)
 	ext := apiextensionsclient.NewForConfigOrDie(cp.Config)
-	files := []string{"../hack/crds/backendconfigs.cloud.google.com.yaml", "../hack/crds/managedcertificates.networking.gke.io.yaml", "../bin/crds/istio.yaml"}
+	files := []string{"../hack/crds/backendconfigs.cloud.google.com.yaml", "../hack/crds/managedcertificates.networking.gke.io.yaml",
+		"../hack/crds/frontendconfigs.networking.gke.io.yaml", "../bin/crds/istio.yaml", "../bin/crds/monitoring.yaml"}
 	ctx := context.Background()
 	var names []string
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			t.Fatalf("%v: run `make test`, which fetches Istio's CRDs into bin/crds", err)
+			t.Fatalf("%v: run `make test`, which fetches Istio's and the monitoring CRDs into bin/crds", err)
 		}
 		dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(string(b)), 4096)
 		for {

@@ -65,6 +65,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	configPath := fs.String("config", "", "YAML configuration file (default: the embedded demo configuration)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error (the access log is written at every level)")
 	logFormat := fs.String("log-format", "json", `json, or cloud-logging: Cloud Logging's structured form ("severity", "message", "httpRequest"; the trace of $GOOGLE_CLOUD_PROJECT)`)
+	pprof := fs.Bool("pprof", false, "serve Go's profiles at /debug/pprof/ on the debug listener (admin.debugAddress)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file for Kubernetes discovery (default $KUBECONFIG, then in-cluster)")
 	if done, err := parseFlags(fs, args, false); done || err != nil {
 		return err
@@ -92,6 +93,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	flags := func(c *config.Config) {
 		if *kubeconfig != "" && c.Discovery.Kubernetes != nil {
 			c.Discovery.Kubernetes.Kubeconfig = *kubeconfig
+		}
+		if *pprof {
+			c.Admin.Pprof = true
 		}
 	}
 	flags(cfg)

@@ -45,7 +45,7 @@ func vsGateway(t *testing.T, yaml string, endpoints map[string][]string, modify 
 
 func TestSeedVirtualServicesThroughGateway(t *testing.T) {
 	b1, b2 := startBackend(t, "env1"), startBackend(t, "env2")
-	y, err := os.ReadFile("../k8s/overlays/istio/virtualservices.yaml")
+	y, err := os.ReadFile("../k8s/istio/virtualservices.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestLiveVirtualServicesHotApplied(t *testing.T) {
 	mc := startCluster(t)
 	k := &kubeEnv{cp: mc.cp, net: newPodNet()}
 	kubeconfig := applyRBAC(t, k.cp)
-	for _, obj := range renderK8s(t, "overlays/istio") {
+	for _, obj := range renderK8s(t, "overlays/asm-mtls") { // k8s/components/virtualservice-watch's RBAC
 		if obj.GetKind() == "ClusterRole" || obj.GetKind() == "ClusterRoleBinding" {
 			if strings.HasPrefix(obj.GetName(), "envgate-virtualservices") {
 				m, _ := mc.mapper.RESTMapping(obj.GroupVersionKind().GroupKind(), obj.GroupVersionKind().Version)

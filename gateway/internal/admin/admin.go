@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 )
 
 // Health answers /healthz/ready with 200 while ready returns nil and 503
@@ -43,6 +44,8 @@ type Debug struct {
 	// Explain says how a request described by the query would be routed,
 	// served as JSON at /explain.
 	Explain func(*http.Request) any
+	// Pprof serves net/http/pprof at /debug/pprof/.
+	Pprof bool
 }
 
 // Handler serves d.
@@ -56,6 +59,15 @@ func (d Debug) Handler() http.Handler {
 	}
 	if d.Explain != nil {
 		mux.HandleFunc("GET /explain", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, d.Explain(r)) })
+	}
+	if d.Pprof {
+		// Mounted here: the package's init also registers them on
+		// http.DefaultServeMux, which nothing in the gateway serves.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	return mux
 }

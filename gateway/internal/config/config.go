@@ -53,6 +53,22 @@ type Config struct {
 	ShutdownGrace time.Duration `yaml:"shutdownGrace"`
 	// AccessLog writes one JSON line per call to stdout.
 	AccessLog *bool `yaml:"accessLog"`
+	// IstioMetrics, when set, adds Istio's standard request metrics
+	// (istio_requests_total, ...) to /metrics.
+	IstioMetrics *IstioMetrics `yaml:"istioMetrics"`
+}
+
+// IstioMetrics are the labels of the gateway's own workload in Istio's
+// metrics (the source of every request).
+type IstioMetrics struct {
+	// Workload is source_workload, source_app and source_canonical_service;
+	// default "envgate".
+	Workload string `yaml:"workload"`
+	// Namespace is source_workload_namespace; default $POD_NAMESPACE.
+	Namespace string `yaml:"namespace"`
+	// Cluster is source_cluster; default "Kubernetes", Istio's default
+	// cluster id.
+	Cluster string `yaml:"cluster"`
 }
 
 // Listener is one address the gateway accepts connections on.
@@ -147,6 +163,10 @@ type Admin struct {
 	// cluster, listen on the pod's address (":15000") and keep it off the
 	// Service. "-" turns it off.
 	DebugAddress string `yaml:"debugAddress"`
+	// Pprof serves Go's profiles at /debug/pprof/ on the debug listener
+	// (the -pprof flag sets it). Off by default: a CPU profile costs the
+	// gateway while it runs, and a heap profile shows its memory.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Discovery configures the endpoint source: exactly one of Static,
@@ -374,6 +394,14 @@ func Parse(b []byte) (*Config, error) {
 
 // Defaults fills every unset field.
 func (c *Config) Defaults() {
+	if m := c.IstioMetrics; m != nil {
+		if m.Workload == "" {
+			m.Workload = "envgate"
+		}
+		if m.Cluster == "" {
+			m.Cluster = "Kubernetes"
+		}
+	}
 	if len(c.Listeners) == 0 {
 		c.Listeners = []Listener{{Address: ":8080"}}
 	}

@@ -105,6 +105,8 @@ type Options struct {
 	// Outlier is the passive health check; the zero value is the default
 	// (DefaultOutlier).
 	Outlier Outlier
+	// OnEject, when set, is called at each ejection (for the metrics).
+	OnEject func()
 	Log     *slog.Logger
 }
 

@@ -198,6 +198,9 @@ func (cl *Client) eject(ep *endpoint, why string, n int) {
 	e.active, e.since = true, now
 	e.timer = time.AfterFunc(d, func() { cl.uneject(ep) })
 	cl.opts.Log.Warn("upstream endpoint ejected", "addr", ep.addr, "reason", why, "errors", n, "for", d)
+	if cl.opts.OnEject != nil {
+		cl.opts.OnEject()
+	}
 	cl.changedLocked()
 }
 

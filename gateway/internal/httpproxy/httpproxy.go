@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/envgate/envgate/gateway/internal/forwarded"
+	"github.com/envgate/envgate/gateway/internal/istiometrics"
 	"github.com/envgate/envgate/gateway/internal/route"
 )
 
@@ -106,6 +107,11 @@ type Options struct {
 	// Log is the proxy's own log (transport errors).
 	Log      *slog.Logger
 	Observer Observer
+	// Exchanges, when set, receives the account of each finished request
+	// (Istio's metrics, envgate's retry count).
+	Exchanges interface {
+		Exchange(istiometrics.Exchange)
+	}
 	// Pick returns a number in [0, 1) for weighted destinations.
 	Pick func() float64
 	// Fallback, when set, may name the baseline's destination for one that
@@ -215,6 +221,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if p.o.AccessLog != nil {
 			p.logRequest(r, rq, code, bytesIn.Load(), cw.n)
+		}
+		if p.o.Exchanges != nil {
+			if rq.flags == "DC" {
+				code = 0 // Envoy records no status for a request whose client left
+			}
+			p.o.Exchanges.Exchange(istiometrics.Exchange{
+				Service: rq.dec.Destination.Host(), Code: code, GRPCStatus: -1, Flags: rq.responseFlags(),
+				Env: rq.dec.Env, Retries: rq.retries, Duration: time.Since(rq.start),
+				RequestBytes: bytesIn.Load(), ResponseBytes: cw.n,
+			})
 		}
 	}()
 	p.serve(cw, r, rq)
@@ -645,17 +661,24 @@ func (w slogWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// responseFlags are Envoy's response flags of the request, "" for none;
+// several are joined as Envoy joins them ("UF,URX").
+func (rq *request) responseFlags() string {
+	switch {
+	case rq.urx && rq.flags == "":
+		return "URX"
+	case rq.urx && rq.flags != "DC":
+		return rq.flags + ",URX"
+	}
+	return rq.flags
+}
+
 // maxLogValue bounds what a log line repeats of a client's value.
 const maxLogValue = 64
 
 func (p *Proxy) logRequest(r *http.Request, rq *request, code int, in, out int64) {
-	flags := rq.flags
-	switch {
-	case rq.urx && flags == "":
-		flags = "URX"
-	case rq.urx && flags != "DC":
-		flags += ",URX" // as Envoy writes "UF,URX"
-	case flags == "":
+	flags := rq.responseFlags()
+	if flags == "" {
 		flags = "-" // as Envoy writes none
 	}
 	xff := rq.xff

@@ -29,6 +29,13 @@ type Metrics struct {
 	configReloads *prometheus.CounterVec
 	configOK      prometheus.Gauge
 
+	// Upstream: retries by environment (bounded as env is), connections
+	// opened and failed by protocol, outlier ejections.
+	retries     *prometheus.CounterVec
+	upConns     *prometheus.CounterVec
+	upConnFails *prometheus.CounterVec
+	ejections   prometheus.Counter
+
 	// The HTTP front's requests. The labels are bounded: env is a routed
 	// environment ("" unrouted), code an HTTP status the gateway wrote.
 	requests     *prometheus.CounterVec
@@ -88,6 +95,22 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "envgate_config_last_reload_successful",
 			Help: "1 when the latest configuration reload succeeded (or none was tried), 0 when it failed.",
 		}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envgate_upstream_retries_total",
+			Help: "Tries after the first of gRPC calls and HTTP requests, by environment.",
+		}, []string{"env"}),
+		upConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envgate_upstream_connections_opened_total",
+			Help: "Upstream TCP connections opened, by protocol (grpc: the HTTP/2 client, http: the HTTP front's).",
+		}, []string{"protocol"}),
+		upConnFails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envgate_upstream_connect_failures_total",
+			Help: "Upstream TCP connections that could not be opened, by protocol.",
+		}, []string{"protocol"}),
+		ejections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "envgate_upstream_ejections_total",
+			Help: "Upstream endpoints ejected by outlier detection.",
+		}),
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "envgate_downstream_connections_closed_total",
 			Help: "Client connections the gateway refused or closed, by reason (limit: over limits.maxConnections; premature_resets: too many streams reset early; overload: held the most memory when the gateway neared its memory limit).",
@@ -112,7 +135,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		methods: map[string]map[string]bool{},
 	}
 	m.configOK.Set(1)
-	reg.MustRegister(m.calls, m.latency, m.bytes, m.inFlight, m.reloads, m.conns, m.configReloads, m.configOK, m.requests, m.reqLatency, m.reqBytes, m.reqsInFlight)
+	reg.MustRegister(m.calls, m.latency, m.bytes, m.inFlight, m.reloads, m.conns, m.configReloads, m.configOK, m.retries, m.upConns, m.upConnFails, m.ejections, m.requests, m.reqLatency, m.reqBytes, m.reqsInFlight)
 	return m
 }
 
@@ -214,6 +237,25 @@ func (m *Metrics) CertificateReloaded(err error) {
 	}
 	m.reloads.WithLabelValues("ok").Inc()
 }
+
+// Retried counts n tries after the first for env.
+func (m *Metrics) Retried(env string, n int) {
+	if n > 0 {
+		m.retries.WithLabelValues(env).Add(float64(n))
+	}
+}
+
+// UpstreamDialed counts an upstream connection attempt of protocol.
+func (m *Metrics) UpstreamDialed(protocol string, err error) {
+	if err != nil {
+		m.upConnFails.WithLabelValues(protocol).Inc()
+		return
+	}
+	m.upConns.WithLabelValues(protocol).Inc()
+}
+
+// Ejected counts an outlier ejection.
+func (m *Metrics) Ejected() { m.ejections.Inc() }
 
 // ConfigReloaded counts a configuration reload.
 func (m *Metrics) ConfigReloaded(err error) {

@@ -30,6 +30,7 @@ import (
 
 	"github.com/envgate/envgate/gateway/internal/forwarded"
 	"github.com/envgate/envgate/gateway/internal/h2client"
+	"github.com/envgate/envgate/gateway/internal/istiometrics"
 	"github.com/envgate/envgate/gateway/internal/route"
 )
 
@@ -40,6 +41,7 @@ type Proxy struct {
 	// envHeader is logged with each call.
 	envHeader string
 	observer  Observer
+	exchanges Exchanges // nil: none
 	// debugHeader adds x-envgate-upstream to every response.
 	debugHeader bool
 	// maxMessage bounds a response inflated for a client that does not
@@ -103,6 +105,15 @@ type Observer interface {
 	CallDone(env, method string, code codes.Code, d time.Duration, bytesIn, bytesOut int64)
 }
 
+// Exchanges receives the account of each finished call: Istio's metrics
+// and envgate's retry count are kept from it.
+type Exchanges interface {
+	Exchange(istiometrics.Exchange)
+}
+
+// SetExchanges has every finished call reported to x.
+func (p *Proxy) SetExchanges(x Exchanges) { p.exchanges = x }
+
 // New returns a proxy that forwards each call where director says, logs
 // every call on accessLog (nil: no access log) and reports it to observer
 // (nil: none).
@@ -165,6 +176,14 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 	d := time.Since(start)
 	if p.observer != nil {
 		p.observer.CallDone(c.env, method, status.Code(err), d, c.bytesIn.Load(), c.bytesOut)
+	}
+	if p.exchanges != nil {
+		p.exchanges.Exchange(istiometrics.Exchange{
+			GRPC: true, Service: c.dest, Code: localReplyStatus(c.flags), GRPCStatus: int(status.Code(err)),
+			Flags: c.flags, Env: c.env, Retries: c.retries, Duration: d,
+			RequestBytes: c.bytesIn.Load(), ResponseBytes: c.bytesOut,
+			RequestMessages: c.msgsIn.Load(), ResponseMessages: c.msgsOut,
+		})
 	}
 	// A stream the client reset early is counted against its connection,
 	// and logged in the connection's summary rather than a line each, so
@@ -393,6 +412,26 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		}
 		c.retries++
 	}
+}
+
+// localReplyStatus is the HTTP status Envoy records for a gRPC call with
+// these response flags: its local reply's status (router.cc and
+// the connection manager answer NR 404, UT 504, the others 503), 0 when
+// the client went away first, 200 when the upstream answered, retried or
+// not (the gRPC status travels in the trailers).
+func localReplyStatus(flags string) int {
+	first, _, _ := strings.Cut(flags, ",")
+	switch first {
+	case "", "URX": // URX alone: the upstream's own answer, passed on
+		return 200
+	case "NR":
+		return 404
+	case "UT":
+		return 504
+	case "DC":
+		return 0
+	}
+	return 503
 }
 
 // joinFlags adds flag to Envoy's comma-separated response flags.

@@ -54,7 +54,7 @@ func TestUnboundObjectsAreReported(t *testing.T) {
 // The seed's VirtualServices, as k8s/overlays/istio renders them for env1
 // and env2, route exactly as in the seed.
 func TestSeedVirtualServices(t *testing.T) {
-	b, err := os.ReadFile("../../../k8s/overlays/istio/virtualservices.yaml")
+	b, err := os.ReadFile("../../../k8s/istio/virtualservices.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
