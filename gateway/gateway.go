@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
 	"google.golang.org/grpc"
@@ -46,6 +48,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/routing"
 	"github.com/envgate/envgate/gateway/internal/sniff"
+	"github.com/envgate/envgate/gateway/internal/tracing"
 	"github.com/envgate/envgate/gateway/internal/upstream"
 	"github.com/envgate/envgate/gateway/internal/virtualservice"
 )
@@ -67,6 +70,7 @@ type gateway struct {
 	// not take it. No network I/O is done under it.
 	tableMu  sync.Mutex
 	reloaded atomic.Pointer[reloadStatus] // the latest reload, for /routes
+	tracing  *tracing.Tracing             // nil: off
 	log      *slog.Logger
 	store    *discovery.Store
 	pool     *upstream.Pool
@@ -180,6 +184,15 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	px.SetDebugHeader(cfg.Routing.DebugHeader)
 	px.SetMaxMessage(cfg.Limits.MaxMessageBytes)
 	px.SetExchanges(ex)
+	if t := cfg.Tracing; t != nil {
+		if g.tracing, err = tracing.New(context.Background(), tracing.Options{
+			Endpoint: t.Endpoint, Protocol: t.Protocol, Insecure: t.Insecure,
+			SamplingRatio: *t.SamplingRatio, ServiceName: t.ServiceName, Version: version,
+		}); err != nil {
+			return nil, err
+		}
+		px.SetTracing(g.tracing.Tracer, g.tracing.Propagator)
+	}
 	g.health = health.NewServer()
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
 	handler := (&localHealth{routing: g.routing, srv: g.health, next: px.Handler}).handler
@@ -211,6 +224,8 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		Fallback:               g.baseline(),
 		Dial:                   httpDial(countDials(dial, "http", &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}, g.metrics)),
 		Exchanges:              ex,
+		Tracer:                 g.tracerOrNil(),
+		Propagator:             g.propagatorOrNil(),
 		DebugHeader:            cfg.Routing.DebugHeader,
 		MaxResponseHeaderBytes: cfg.Limits.MaxRequestHeadersBytes,
 		IdleConnTimeout:        u.IdleTimeout,
@@ -321,6 +336,22 @@ func dnsNames(cfg *config.Config, envs []string, suffix string) map[string]strin
 		names[cfg.Destination(env).Key()] = cfg.Routing.Service + "." + env + "." + suffix
 	}
 	return names
+}
+
+// tracerOrNil and propagatorOrNil are the tracing's, nil when it is off
+// (a nil *Tracing's fields would be typed nils behind the interfaces).
+func (g *gateway) tracerOrNil() trace.Tracer {
+	if g.tracing == nil {
+		return nil
+	}
+	return g.tracing.Tracer
+}
+
+func (g *gateway) propagatorOrNil() propagation.TextMapPropagator {
+	if g.tracing == nil {
+		return nil
+	}
+	return g.tracing.Propagator
 }
 
 // exchanges keeps what each finished call or request tells: envgate's
@@ -643,6 +674,14 @@ func (g *gateway) Run(ctx context.Context) error {
 		g.drain()
 	}
 	g.stop(g.config().ShutdownGrace)
+	if g.tracing != nil {
+		// The spans of the last calls are still batched: send them.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := g.tracing.Shutdown(ctx); err != nil {
+			g.log.Warn("tracing: spans not sent at shutdown", "error", err)
+		}
+		cancel()
+	}
 	serving.Wait()
 	return err
 }
@@ -776,7 +815,12 @@ func (g *gateway) stop(grace time.Duration) {
 	g.front.Close()
 }
 
+// closeListeners undoes a newGateway that failed part way: the listeners
+// bound so far, and the span exporter.
 func (g *gateway) closeListeners() {
+	if g.tracing != nil {
+		_ = g.tracing.Shutdown(context.Background())
+	}
 	for _, l := range g.listeners {
 		_ = l.Close()
 	}

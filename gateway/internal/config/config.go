@@ -56,6 +56,26 @@ type Config struct {
 	// IstioMetrics, when set, adds Istio's standard request metrics
 	// (istio_requests_total, ...) to /metrics.
 	IstioMetrics *IstioMetrics `yaml:"istioMetrics"`
+	// Tracing, when set, sends a span per call and request to an
+	// OpenTelemetry collector.
+	Tracing *Tracing `yaml:"tracing"`
+}
+
+// Tracing is the OTLP export of the gateway's spans.
+type Tracing struct {
+	// Endpoint is the collector's OTLP receiver, host:port.
+	Endpoint string `yaml:"endpoint"`
+	// Protocol is grpc (default; OTLP/gRPC, port 4317) or http (OTLP/HTTP,
+	// 4318).
+	Protocol string `yaml:"protocol"`
+	// Insecure sends without TLS (a collector in the cluster).
+	Insecure bool `yaml:"insecure"`
+	// SamplingRatio is the share of requests that arrive without a
+	// sampling decision that are traced; a request whose parent was
+	// sampled (or not) keeps that decision. Default 0.01, Istio's 1%.
+	SamplingRatio *float64 `yaml:"samplingRatio"`
+	// ServiceName is the spans' service.name; default envgate.
+	ServiceName string `yaml:"serviceName"`
 }
 
 // IstioMetrics are the labels of the gateway's own workload in Istio's
@@ -394,6 +414,18 @@ func Parse(b []byte) (*Config, error) {
 
 // Defaults fills every unset field.
 func (c *Config) Defaults() {
+	if t := c.Tracing; t != nil {
+		if t.Protocol == "" {
+			t.Protocol = "grpc"
+		}
+		if t.SamplingRatio == nil {
+			r := 0.01
+			t.SamplingRatio = &r
+		}
+		if t.ServiceName == "" {
+			t.ServiceName = "envgate"
+		}
+	}
 	if m := c.IstioMetrics; m != nil {
 		if m.Workload == "" {
 			m.Workload = "envgate"
@@ -536,6 +568,17 @@ func (c *Config) Validate() error {
 	var errs []error
 	if len(c.Listeners) == 0 {
 		errs = append(errs, errors.New("listeners: at least one is needed"))
+	}
+	if t := c.Tracing; t != nil {
+		if err := checkAddress(t.Endpoint); err != nil || t.Endpoint == "" {
+			errs = append(errs, fmt.Errorf("tracing.endpoint %q: the collector's host:port is needed", t.Endpoint))
+		}
+		if t.Protocol != "grpc" && t.Protocol != "http" {
+			errs = append(errs, fmt.Errorf("tracing.protocol %q: grpc or http", t.Protocol))
+		}
+		if r := t.SamplingRatio; r != nil && (*r < 0 || *r > 1) {
+			errs = append(errs, fmt.Errorf("tracing.samplingRatio %v: between 0 and 1", *r))
+		}
 	}
 	bound := map[string]string{} // address -> the key that binds it
 	bind := func(key, addr string) {

@@ -28,6 +28,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/envgate/envgate/gateway/internal/forwarded"
 	"github.com/envgate/envgate/gateway/internal/istiometrics"
 	"github.com/envgate/envgate/gateway/internal/route"
@@ -107,6 +110,10 @@ type Options struct {
 	// Log is the proxy's own log (transport errors).
 	Log      *slog.Logger
 	Observer Observer
+	// Tracer and Propagator, when set, trace each request: a server span,
+	// a child of the client's, injected into the upstream request.
+	Tracer     trace.Tracer
+	Propagator propagation.TextMapPropagator
 	// Exchanges, when set, receives the account of each finished request
 	// (Istio's metrics, envgate's retry count).
 	Exchanges interface {
@@ -196,6 +203,7 @@ type request struct {
 	flags    string // Envoy's response flags, for the log
 	urx      bool   // the retries were spent on retryable failures
 	xff      string // the x-forwarded-for sent upstream
+	traceID  string // the gateway's span's trace, when tracing
 	prefix   string // the matched part of the path, for rewrite.uri
 }
 
@@ -211,10 +219,20 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if p.o.Observer != nil {
 		p.o.Observer.RequestStarted()
 	}
+	var span trace.Span
+	if p.o.Tracer != nil {
+		var ctx context.Context
+		ctx, span = p.startSpan(r)
+		rq.traceID = span.SpanContext().TraceID().String()
+		r = r.WithContext(ctx)
+	}
 	defer func() {
 		code := cw.status
 		if code == 0 {
 			code = 499 // the client went away before an answer (Envoy logs 0, DC)
+		}
+		if span != nil {
+			endSpan(span, rq, code)
 		}
 		if p.o.Observer != nil {
 			p.o.Observer.RequestDone(rq.dec.Env, code, time.Since(rq.start), bytesIn.Load(), cw.n)
@@ -344,6 +362,9 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 		xff = forwarded.For(prior, ip)
 	}
 	h := out.Header
+	if p.o.Propagator != nil {
+		p.injectSpan(pr.In.Context(), h)
+	}
 	h.Set("X-Forwarded-For", xff)
 	rq.xff = xff
 	h.Set("X-Envoy-External-Address", ip)
@@ -661,6 +682,15 @@ func (w slogWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// traceIDOr is the gateway's span's trace id, or without tracing the one
+// the request carries.
+func (rq *request) traceIDOr(get func(string) string) string {
+	if rq.traceID != "" {
+		return rq.traceID
+	}
+	return forwarded.TraceID(get)
+}
+
 // responseFlags are Envoy's response flags of the request, "" for none;
 // several are joined as Envoy joins them ("UF,URX").
 func (rq *request) responseFlags() string {
@@ -702,7 +732,7 @@ func (p *Proxy) logRequest(r *http.Request, rq *request, code int, in, out int64
 		slog.Int64("bytes_out", out),
 		slog.Int("retries", rq.retries),
 		slog.String("request_id", rq.id),
-		slog.String("trace_id", forwarded.TraceID(r.Header.Get)),
+		slog.String("trace_id", rq.traceIDOr(r.Header.Get)),
 		slog.String("peer", r.RemoteAddr),
 	}
 	if rq.dec.Baseline != "" {

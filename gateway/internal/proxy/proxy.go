@@ -28,6 +28,9 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/envgate/envgate/gateway/internal/forwarded"
 	"github.com/envgate/envgate/gateway/internal/h2client"
 	"github.com/envgate/envgate/gateway/internal/istiometrics"
@@ -42,6 +45,9 @@ type Proxy struct {
 	envHeader string
 	observer  Observer
 	exchanges Exchanges // nil: none
+	// tracer and prop trace calls (SetTracing); nil: off.
+	tracer trace.Tracer
+	prop   propagation.TextMapPropagator
 	// debugHeader adds x-envgate-upstream to every response.
 	debugHeader bool
 	// maxMessage bounds a response inflated for a client that does not
@@ -163,6 +169,11 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 			c.acct.CallStarted()
 		}
 	}
+	var span trace.Span
+	if p.tracer != nil {
+		ctx, span = p.startSpan(ctx, method)
+		c.traceID = span.SpanContext().TraceID().String()
+	}
 	var err error
 	if ctx.Err() != nil {
 		// Reset before its handler ran (Rapid Reset sends HEADERS and
@@ -174,6 +185,9 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 		err = p.forward(ctx, ss, method, c)
 	}
 	d := time.Since(start)
+	if span != nil {
+		endSpan(span, c, err)
+	}
 	if p.observer != nil {
 		p.observer.CallDone(c.env, method, status.Code(err), d, c.bytesIn.Load(), c.bytesOut)
 	}
@@ -226,6 +240,8 @@ type call struct {
 	action    *route.Action // the route's action, from the decision
 	baseline  string        // the baseline environment that took the call
 	dest      string        // the destination service's host, for the log
+	route     string        // the rule that matched ("namespace/name http[i]")
+	traceID   string        // the gateway's span's trace, when tracing
 	flags     string        // Envoy's response flags, for the log ("" for none)
 	upstream  string
 	// The client-to-upstream pump may still run when the call is logged
@@ -272,6 +288,10 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		conn = r.ClientConnInterface
 		c.env, c.action, c.baseline = r.Decision.Env, r.Decision.Action(), r.Decision.Baseline
 		c.dest = r.Decision.Destination.Host()
+		c.route = r.Decision.Rule.Source
+		if p.prop != nil && r.MD != nil {
+			p.injectSpan(ctx, r.MD)
+		}
 		c.md, c.requestID = r.MD, r.RequestID
 	}
 	// The upstream call ends as soon as this handler returns, whichever side
@@ -728,6 +748,15 @@ func (p *Proxy) codecFor(subtype string) grpc.CallOption {
 
 var protoFrames grpc.CallOption = grpc.ForceCodecV2(newCodec("proto"))
 
+// traceIDOr is the gateway's span's trace id, or without tracing the one
+// the request carries.
+func (c *call) traceIDOr(get func(string) string) string {
+	if c.traceID != "" {
+		return c.traceID
+	}
+	return forwarded.TraceID(get)
+}
+
 // requestIDOf is the call's x-request-id; a call the director refused was
 // sent nowhere, and gets one for its log line.
 func requestIDOf(c *call) string {
@@ -774,7 +803,7 @@ func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *
 		slog.Int64("msgs_out", c.msgsOut),
 		slog.Int("retries", c.retries),
 		slog.String("request_id", requestIDOf(c)),
-		slog.String("trace_id", forwarded.TraceID(first)),
+		slog.String("trace_id", c.traceIDOr(first)),
 	}
 	if c.baseline != "" {
 		attrs = append(attrs, slog.String("baseline", c.baseline))
