@@ -44,7 +44,7 @@ GMP_VERSION           := v0.12.0
 PROMETHEUS_VERSION    := v0.316.0
 
 TOOLS := $(addprefix $(BIN)/,buf protoc-gen-go protoc-gen-go-grpc grpcurl ghz interop-client interop-server \
-	kube-apiserver kube-controller-manager etcd curl crds/istio.yaml crds/monitoring.yaml promtool \
+	kube-apiserver kube-controller-manager etcd curl crds/istio.yaml crds/monitoring.yaml istio-dashboards promtool \
 	pebble pebble-challtestsrv pebble-certs/pebble.minica.pem h2spec)
 
 .PHONY: all build test demo proto bench lint tools clean fuzz soak kube crds \
@@ -154,6 +154,19 @@ $(BIN)/.stamp-istio-crds@$(ISTIO_VERSION):
 	  test -n "$$dir" && cp "$$dir/manifests/charts/base/files/crd-all.gen.yaml" $(BIN)/crds/istio.yaml
 	chmod 644 $(BIN)/crds/istio.yaml
 	rm -f $(BIN)/.stamp-istio-crds@*
+	touch $@
+
+# Istio's Grafana dashboards, from the same module: a test checks that
+# every query in them selects labels envgate's istioMetrics export.
+$(BIN)/istio-dashboards: $(BIN)/.stamp-istio-dashboards@$(ISTIO_VERSION)
+$(BIN)/.stamp-istio-dashboards@$(ISTIO_VERSION):
+	@mkdir -p $(BIN)/istio-dashboards
+	dir=$$($(GO) mod download -json istio.io/istio@$(ISTIO_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	  test -n "$$dir" && cp "$$dir/manifests/addons/dashboards/istio-service-dashboard.json" \
+	    "$$dir/manifests/addons/dashboards/istio-workload-dashboard.json" \
+	    "$$dir/manifests/addons/dashboards/istio-mesh-dashboard.gen.json" $(BIN)/istio-dashboards/
+	chmod 644 $(BIN)/istio-dashboards/*.json
+	rm -f $(BIN)/.stamp-istio-dashboards@*
 	touch $@
 
 $(BIN)/crds/monitoring.yaml: $(BIN)/.stamp-monitoring-crds@$(PROM_OPERATOR_VERSION)-$(GMP_VERSION)
