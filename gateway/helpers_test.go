@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -14,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"testing"
 	"time"
@@ -173,7 +175,10 @@ func runGateway(t testing.TB, g *gateway) *runningGateway {
 		select {
 		case <-rg.done:
 		case <-time.After(cfg.ShutdownGrace + 10*time.Second):
-			t.Error("gateway did not stop")
+			// Where it is stuck is the diagnosis.
+			var buf bytes.Buffer
+			_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
+			t.Errorf("gateway did not stop; goroutines:\n%s", buf.String())
 		}
 	})
 	return rg

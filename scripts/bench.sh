@@ -22,6 +22,10 @@ SIZES=${SIZES:-"100 65536"}
 CONC=50          # concurrent calls
 CONNS=10         # client connections (a load balancer spreads over several)
 DIR=$(mktemp -d)
+# The gateway watches its configuration file's directory for changes: it
+# gets one of its own, as a ConfigMap volume is, so the logs written to
+# $DIR during a run do not wake the watcher.
+mkdir -p "$DIR/conf"
 BACKEND_PORT=${BACKEND_PORT:-19051}
 BACKEND_TLS_PORT=${BACKEND_TLS_PORT:-19052}
 UPSTREAM_TLS=${UPSTREAM_TLS:-1}
@@ -134,22 +138,22 @@ start_target() {
     direct) target_pid=""; target_port=$BACKEND_PORT; return ;;
     direct-tls) target_pid=""; target_port=$BACKEND_TLS_PORT; return ;;
     direct-http) target_pid=""; target_port=$BACKEND_HTTP_PORT; return ;;
-    envgate-http) render "$ROOT/scripts/bench/envgate-http.yaml.in" "$DIR/envgate.yaml"
-      "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-http) render "$ROOT/scripts/bench/envgate-http.yaml.in" "$DIR/conf/envgate.yaml"
+      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx-http) render "$ROOT/scripts/bench/nginx-http.conf.in" "$DIR/nginx.conf"
       nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
     haproxy-http) render "$ROOT/scripts/bench/haproxy-http.cfg.in" "$DIR/haproxy.cfg"
       haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
-    envgate-tls) render "$ROOT/scripts/bench/envgate-tls.yaml.in" "$DIR/envgate.yaml"
-      "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-tls) render "$ROOT/scripts/bench/envgate-tls.yaml.in" "$DIR/conf/envgate.yaml"
+      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     haproxy-tls) render "$ROOT/scripts/bench/haproxy-tls.cfg.in" "$DIR/haproxy.cfg"
       haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
-    envgate) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/envgate.yaml"
-      "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
-    envgate-base) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/envgate.yaml"
-      "$BASE_GATEWAY" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
-    envgate-shared) render "$ROOT/scripts/bench/envgate-shared.yaml.in" "$DIR/envgate.yaml"
-      "$BIN/gateway" -config "$DIR/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/conf/envgate.yaml"
+      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-base) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/conf/envgate.yaml"
+      "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-shared) render "$ROOT/scripts/bench/envgate-shared.yaml.in" "$DIR/conf/envgate.yaml"
+      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx) render "$ROOT/scripts/bench/nginx.conf.in" "$DIR/nginx.conf"
       nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
     grpcgo-floor) "$BIN/bench-floor" -listen "127.0.0.1:$PORT" -backend "127.0.0.1:$BACKEND_PORT" >"$DIR/floor.log" 2>&1 & ;;

@@ -241,6 +241,7 @@ type call struct {
 	baseline  string        // the baseline environment that took the call
 	dest      string        // the destination service's host, for the log
 	route     string        // the rule that matched ("namespace/name http[i]")
+	authority string        // the request's :authority, for the log
 	traceID   string        // the gateway's span's trace, when tracing
 	flags     string        // Envoy's response flags, for the log ("" for none)
 	upstream  string
@@ -322,6 +323,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	if a := metadata.ValueFromIncomingContext(ctx, ":authority"); len(a) == 1 {
 		authority = a[0]
 	}
+	c.authority = authority
 	if c.md != nil {
 		u.req = h2client.Request{MD: c.md, Authority: authority}
 		opts = append(opts, &u.req)
@@ -772,16 +774,26 @@ const maxLogValue = 64
 
 func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *call, err error) {
 	code := status.Code(err)
+	// A routed call's request metadata is at hand (the director's copy,
+	// lower-case keys): read it directly. Only a refused call looks in the
+	// incoming metadata, whose lookup of an absent key scans every key.
 	first := func(name string) string {
+		if c.md != nil {
+			if v := c.md[name]; len(v) > 0 {
+				return v[0]
+			}
+			return ""
+		}
 		if v := metadata.ValueFromIncomingContext(ctx, name); len(v) > 0 {
 			return v[0]
 		}
 		return ""
 	}
-	xff := strings.Join(metadata.ValueFromIncomingContext(ctx, "x-forwarded-for"), ",")
-	if v := c.md["x-forwarded-for"]; len(v) > 0 {
-		xff = v[0] // as sent upstream, the client's address appended
+	authority := c.authority
+	if authority == "" && c.md == nil {
+		authority = first(":authority")
 	}
+	xff := first("x-forwarded-for") // a routed call's: as sent upstream, the client's address appended
 	flags := c.flags
 	if flags == "" {
 		flags = "-" // as Envoy writes none
@@ -789,7 +801,7 @@ func (p *Proxy) logCall(ctx context.Context, method string, start time.Time, c *
 	attrs := []slog.Attr{
 		slog.String("env", route.Truncate(strings.Join(metadata.ValueFromIncomingContext(ctx, p.envHeader), ","), maxLogValue)),
 		slog.String("method", route.Truncate(method, 4*maxLogValue)),
-		slog.String("authority", route.Truncate(first(":authority"), maxLogValue)),
+		slog.String("authority", route.Truncate(authority, maxLogValue)),
 		slog.String("user_agent", route.Truncate(first("user-agent"), 2*maxLogValue)),
 		slog.String("x_forwarded_for", route.Truncate(xff, 4*maxLogValue)),
 		slog.String("destination_service", c.dest),
