@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,21 +15,13 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/internal/paritytest"
 	"github.com/envgate/envgate/proto/echopb"
 )
 
-// accessLogVS routes each environment's gRPC calls to its app-service and
-// its HTTP requests to its hellosvc; "slow" has a route timeout, "flaky"
-// retries.
-const accessLogVS = `apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: all, namespace: default}
-spec:
-  hosts: ["*"]
-  gateways: [common-istio-gateway]
-  http:
-%s`
-
+// accessLogRoutes route each environment's gRPC calls to its
+// app-service and its HTTP requests to its hellosvc; "slow" has a route
+// timeout, "flaky" retries.
 func accessLogRoutes() string {
 	var b strings.Builder
 	for _, env := range []string{"ok", "empty", "down", "slow", "flaky"} {
@@ -77,7 +67,7 @@ func logLine(t *testing.T, logs *lockedBuffer, traceID string) map[string]any {
 func TestAccessLogFieldsAndResponseFlags(t *testing.T) {
 	b := startBackend(t, "ok")
 	flaky := startBackend(t, "flaky")
-	web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	webAddr := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/fail":
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -89,13 +79,7 @@ func TestAccessLogFieldsAndResponseFlags(t *testing.T) {
 		default:
 			fmt.Fprint(w, "hello")
 		}
-	})}
-	webLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = web.Serve(webLis) }()
-	t.Cleanup(func() { _ = web.Close() })
+	}))
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -103,29 +87,15 @@ func TestAccessLogFieldsAndResponseFlags(t *testing.T) {
 	down := closed.Addr().String()
 	closed.Close() // nothing listens there: connections are refused
 
-	f := filepath.Join(t.TempDir(), "vs.yaml")
-	if err := os.WriteFile(f, []byte(fmt.Sprintf(accessLogVS, accessLogRoutes())), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	webAddr := webLis.Addr().String()
-	on := true
-	cfg := &config.Config{
-		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
-		Admin:     config.Admin{Address: "127.0.0.1:0", DebugAddress: "127.0.0.1:0"},
-		Discovery: config.Discovery{Static: map[string][]string{
-			"ok": {b.addr}, "hellosvc.ok": {webAddr},
-			"down": {down}, "hellosvc.down": {down},
-			"slow": {b.addr}, "hellosvc.slow": {webAddr},
-			"flaky": {flaky.addr}, "hellosvc.flaky": {webAddr},
-		}},
-		Routing:   config.Routing{VirtualServices: &config.VirtualServices{Files: []string{f}}},
-		AccessLog: &on,
-	}
-	cfg.Defaults()
-	cfg.DrainDelay = time.Millisecond
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	cfg := vsConfig(t, paritytest.VS("all", paritytest.T0, accessLogRoutes()), map[string][]string{
+		"ok": {b.addr}, "hellosvc.ok": {webAddr},
+		"down": {down}, "hellosvc.down": {down},
+		"slow": {b.addr}, "hellosvc.slow": {webAddr},
+		"flaky": {flaky.addr}, "hellosvc.flaky": {webAddr},
+	}, func(c *config.Config) {
+		on := true
+		c.AccessLog = &on
+	})
 	// Discovered with no ready endpoint (refused in a static file).
 	cfg.Discovery.Static["empty"], cfg.Discovery.Static["hellosvc.empty"] = []string{}, []string{}
 	var logs lockedBuffer

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -55,8 +54,7 @@ func (h headerFlags) Set(s string) error {
 // runExplain is `gateway explain`: the decision for one request under a
 // configuration, and why each earlier rule did not match.
 func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("gateway explain", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("gateway explain", "", stderr)
 	configPath := fs.String("config", "", "YAML configuration file (default: the embedded demo configuration)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig, with routing.virtualServices.kubernetes (default $KUBECONFIG, then in-cluster)")
 	method := fs.String("method", "/echo.EchoService/Call", "the call's /package.Service/Method")

@@ -149,7 +149,8 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	}
 	od := u.OutlierDetection
 	g.pool = upstream.NewPool(g.store, log, h2client.Options{
-		Dial:                countDials(dial, "grpc", &net.Dialer{}, g.metrics),
+		Dial:                dial,
+		OnDial:              g.metrics.UpstreamDialed("grpc"),
 		OnEject:             g.metrics.Ejected,
 		UserAgent:           "envgate/" + version,
 		MaxRecvMsgSize:      maxMsg,
@@ -184,6 +185,11 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 	px.SetDebugHeader(cfg.Routing.DebugHeader)
 	px.SetMaxMessage(cfg.Limits.MaxMessageBytes)
 	px.SetExchanges(ex)
+	// Both fronts trace with the one tracer, or neither does (nil).
+	var (
+		tracer trace.Tracer
+		prop   propagation.TextMapPropagator
+	)
 	if t := cfg.Tracing; t != nil {
 		if g.tracing, err = tracing.New(context.Background(), tracing.Options{
 			Endpoint: t.Endpoint, Protocol: t.Protocol, Insecure: t.Insecure,
@@ -191,7 +197,8 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		}); err != nil {
 			return nil, err
 		}
-		px.SetTracing(g.tracing.Tracer, g.tracing.Propagator)
+		tracer, prop = g.tracing.Tracer, g.tracing.Propagator
+		px.SetTracing(tracer, prop)
 	}
 	g.health = health.NewServer()
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING) // until discovery syncs
@@ -222,10 +229,11 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		Observer:               g.metrics,
 		Pick:                   rand.Float64,
 		Fallback:               g.baseline(),
-		Dial:                   httpDial(countDials(dial, "http", &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}, g.metrics)),
+		Dial:                   httpDial(dial),
+		OnDial:                 g.metrics.UpstreamDialed("http"),
 		Exchanges:              ex,
-		Tracer:                 g.tracerOrNil(),
-		Propagator:             g.propagatorOrNil(),
+		Tracer:                 tracer,
+		Propagator:             prop,
 		DebugHeader:            cfg.Routing.DebugHeader,
 		MaxResponseHeaderBytes: cfg.Limits.MaxRequestHeadersBytes,
 		IdleConnTimeout:        u.IdleTimeout,
@@ -338,22 +346,6 @@ func dnsNames(cfg *config.Config, envs []string, suffix string) map[string]strin
 	return names
 }
 
-// tracerOrNil and propagatorOrNil are the tracing's, nil when it is off
-// (a nil *Tracing's fields would be typed nils behind the interfaces).
-func (g *gateway) tracerOrNil() trace.Tracer {
-	if g.tracing == nil {
-		return nil
-	}
-	return g.tracing.Tracer
-}
-
-func (g *gateway) propagatorOrNil() propagation.TextMapPropagator {
-	if g.tracing == nil {
-		return nil
-	}
-	return g.tracing.Propagator
-}
-
 // exchanges keeps what each finished call or request tells: envgate's
 // retry count, and Istio's metrics when they are on.
 type exchanges struct {
@@ -365,19 +357,6 @@ func (x exchanges) Exchange(e istiometrics.Exchange) {
 	x.metrics.Retried(e.Env, e.Retries)
 	if x.istio != nil {
 		x.istio.Record(e)
-	}
-}
-
-// countDials is dial (nil: def's, the dialer each client uses by default)
-// with its connections counted in the metrics.
-func countDials(dial func(context.Context, string) (net.Conn, error), protocol string, def *net.Dialer, m *metrics.Metrics) func(context.Context, string) (net.Conn, error) {
-	if dial == nil {
-		dial = func(ctx context.Context, addr string) (net.Conn, error) { return def.DialContext(ctx, "tcp", addr) }
-	}
-	return func(ctx context.Context, addr string) (net.Conn, error) {
-		c, err := dial(ctx, addr)
-		m.UpstreamDialed(protocol, err)
-		return c, err
 	}
 }
 

@@ -119,6 +119,17 @@ func (b *backend) waitCall(t testing.TB) backendCall {
 // one h2c listener on 127.0.0.1:0.
 func testConfig(t testing.TB, envs map[string][]string) *config.Config {
 	t.Helper()
+	c := unvalidatedConfig(envs)
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// unvalidatedConfig is testConfig before Validate, for a test that adds
+// what Validate needs first (VirtualService files for services other than
+// routing.service).
+func unvalidatedConfig(envs map[string][]string) *config.Config {
 	off := false
 	c := &config.Config{
 		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
@@ -128,9 +139,6 @@ func testConfig(t testing.TB, envs map[string][]string) *config.Config {
 	}
 	c.Defaults()
 	c.DrainDelay = time.Millisecond // tests that drain set their own
-	if err := c.Validate(); err != nil {
-		t.Fatal(err)
-	}
 	return c
 }
 

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/internal/paritytest"
 	"github.com/envgate/envgate/proto/echopb"
 )
 
@@ -79,33 +79,17 @@ func TestIstioMetrics(t *testing.T) {
 	fx := readIstioFixture(t)
 	b, flaky := startBackend(t, "env1"), startBackend(t, "flaky")
 	webAddr := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "hello") }))
-	f := filepath.Join(t.TempDir(), "vs.yaml")
-	if err := os.WriteFile(f, []byte(fmt.Sprintf(accessLogVS, `  - match: [{headers: {env: {exact: env1}, content-type: {prefix: application/grpc}}}]
+	cfg := vsConfig(t, paritytest.VS("all", paritytest.T0, `  - match: [{headers: {env: {exact: env1}, content-type: {prefix: application/grpc}}}]
     route: [{destination: {host: app-service.env1.svc.cluster.local}}]
   - match: [{headers: {env: {exact: env1}}}]
     route: [{destination: {host: hellosvc.env1.svc.cluster.local}}]
   - match: [{headers: {env: {exact: flaky}}}]
     route: [{destination: {host: app-service.flaky.svc.cluster.local}}]
-    retries: {attempts: 2, retryOn: unavailable}
-`)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	off := false
-	cfg := &config.Config{
-		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
-		Admin:     config.Admin{Address: "127.0.0.1:0", DebugAddress: "127.0.0.1:0"},
-		Discovery: config.Discovery{Static: map[string][]string{
-			"env1": {b.addr}, "hellosvc.env1": {webAddr}, "flaky": {flaky.addr},
-		}},
-		Routing:      config.Routing{VirtualServices: &config.VirtualServices{Files: []string{f}}},
-		AccessLog:    &off,
-		IstioMetrics: &config.IstioMetrics{Namespace: "envgate-system"},
-	}
-	cfg.Defaults()
-	cfg.DrainDelay = time.Millisecond
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
+    retries: {attempts: 2, retryOn: unavailable}`), map[string][]string{
+		"env1": {b.addr}, "hellosvc.env1": {webAddr}, "flaky": {flaky.addr},
+	}, func(c *config.Config) {
+		c.IstioMetrics = &config.IstioMetrics{Namespace: "envgate-system"}
+	})
 	gw := startGateway(t, cfg, nil)
 	addr := gw.Addrs()[0]
 	c := echoClient(t, addr)

@@ -59,10 +59,7 @@ func (g *gateway) watch(ctx context.Context, path string, hup <-chan os.Signal, 
 		return fmt.Errorf("config watch: %w", err)
 	}
 	defer w.Close()
-	files := []string{path}
-	if v := g.config().Routing.VirtualServices; v != nil && !v.Kubernetes {
-		files = append(files, v.Files...)
-	}
+	files := g.reloadFiles(path)
 	// Directories are watched, not files: an editor's rename and a
 	// ConfigMap's symlink swap replace the file a watch would hold.
 	names := map[string]bool{"..data": true}

@@ -56,12 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("unknown command %q (commands: explain, validate, version; flags start with -; gateway -h lists them)", args[0])
 		}
 	}
-	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
-		fs.PrintDefaults()
-	}
+	fs := newFlagSet("gateway", usage, stderr)
 	configPath := fs.String("config", "", "YAML configuration file (default: the embedded demo configuration)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error (the access log is written at every level)")
 	logFormat := fs.String("log-format", "json", `json, or cloud-logging: Cloud Logging's structured form ("severity", "message", "httpRequest"; the trace of $GOOGLE_CLOUD_PROJECT)`)
@@ -108,6 +103,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer signal.Stop(hup)
 	gw.watchConfig(*configPath, hup, flags)
 	return gw.Run(ctx)
+}
+
+// newFlagSet is a command's flags, its errors and -h on stderr, -h
+// printing usage (when not empty) before the flags.
+func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if usage != "" {
+		fs.Usage = func() {
+			fmt.Fprint(fs.Output(), usage)
+			fs.PrintDefaults()
+		}
+	}
+	return fs
 }
 
 // parseFlags parses args into fs. done is true when the user asked for

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -24,12 +23,7 @@ Flags:
 
 // runValidate is `gateway validate`.
 func runValidate(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("gateway validate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), validateUsage)
-		fs.PrintDefaults()
-	}
+	fs := newFlagSet("gateway validate", validateUsage, stderr)
 	configPath := fs.String("config", "", "YAML configuration file (default: the embedded demo configuration)")
 	if done, err := parseFlags(fs, args, true); done || err != nil {
 		return err

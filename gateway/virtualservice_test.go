@@ -27,11 +27,18 @@ import (
 // static endpoints per namespace.
 func vsGateway(t *testing.T, yaml string, endpoints map[string][]string, modify ...func(*config.Config)) *runningGateway {
 	t.Helper()
+	return startGateway(t, vsConfig(t, yaml, endpoints, modify...), nil)
+}
+
+// vsConfig is a gateway configuration routing by the VirtualServices in
+// yaml, with static endpoints per environment or "service.namespace".
+func vsConfig(t *testing.T, yaml string, endpoints map[string][]string, modify ...func(*config.Config)) *config.Config {
+	t.Helper()
 	f := filepath.Join(t.TempDir(), "vs.yaml")
 	if err := os.WriteFile(f, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := testConfig(t, endpoints)
+	cfg := unvalidatedConfig(endpoints)
 	cfg.Routing.VirtualServices = &config.VirtualServices{Files: []string{f}}
 	for _, m := range modify {
 		m(cfg)
@@ -40,7 +47,7 @@ func vsGateway(t *testing.T, yaml string, endpoints map[string][]string, modify 
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	return startGateway(t, cfg, nil)
+	return cfg
 }
 
 func TestSeedVirtualServicesThroughGateway(t *testing.T) {

@@ -107,7 +107,10 @@ type Options struct {
 	Outlier Outlier
 	// OnEject, when set, is called at each ejection (for the metrics).
 	OnEject func()
-	Log     *slog.Logger
+	// OnDial, when set, is told of every TCP connection attempt's result
+	// (for the metrics).
+	OnDial func(error)
+	Log    *slog.Logger
 }
 
 // Client sends calls to a set of endpoints of one destination.
@@ -184,6 +187,13 @@ func New(authority string, opts Options) *Client {
 	if opts.Dial == nil {
 		var d net.Dialer
 		opts.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	if dial, onDial := opts.Dial, opts.OnDial; onDial != nil {
+		opts.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			c, err := dial(ctx, addr)
+			onDial(err)
+			return c, err
+		}
 	}
 	if opts.MaxRecvMsgSize <= 0 {
 		opts.MaxRecvMsgSize = 4 << 20

@@ -126,6 +126,9 @@ type Options struct {
 	Fallback func(route.Destination) (route.Destination, bool)
 	// Dial opens upstream connections (nil: net.Dialer).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// OnDial, when set, is told of every upstream connection attempt's
+	// result (for the metrics).
+	OnDial func(error)
 	// DebugHeader adds x-envgate-upstream to every response.
 	DebugHeader bool
 	// MaxResponseHeaderBytes bounds an upstream's response headers.
@@ -176,6 +179,16 @@ func New(routes Routes, ups Upstreams, o Options) *Proxy {
 	}
 	if o.IdleConnTimeout == 0 {
 		o.IdleConnTimeout = time.Hour // Envoy's upstream idle_timeout
+	}
+	if o.Dial == nil {
+		o.Dial = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	}
+	if dial, onDial := o.Dial, o.OnDial; onDial != nil {
+		o.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dial(ctx, network, addr)
+			onDial(err)
+			return c, err
+		}
 	}
 	p := &Proxy{routes: routes, ups: ups, o: o, transports: map[transportKey]*http.Transport{}}
 	p.rp = &httputil.ReverseProxy{
@@ -234,8 +247,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if span != nil {
 			endSpan(span, rq, code)
 		}
+		d := time.Since(rq.start)
 		if p.o.Observer != nil {
-			p.o.Observer.RequestDone(rq.dec.Env, code, time.Since(rq.start), bytesIn.Load(), cw.n)
+			p.o.Observer.RequestDone(rq.dec.Env, code, d, bytesIn.Load(), cw.n)
 		}
 		if p.o.AccessLog != nil {
 			p.logRequest(r, rq, code, bytesIn.Load(), cw.n)
@@ -246,7 +260,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			p.o.Exchanges.Exchange(istiometrics.Exchange{
 				Service: rq.dec.Destination.Host(), Code: code, GRPCStatus: -1, Flags: rq.responseFlags(),
-				Env: rq.dec.Env, Retries: rq.retries, Duration: time.Since(rq.start),
+				Env: rq.dec.Env, Retries: rq.retries, Duration: d,
 				RequestBytes: bytesIn.Load(), ResponseBytes: cw.n,
 			})
 		}
@@ -480,9 +494,6 @@ func (p *Proxy) transport(ep Endpoint) *http.Transport {
 		// The client's encoding passes through untouched.
 		DisableCompression: true,
 		Protocols:          new(http.Protocols),
-	}
-	if t.DialContext == nil {
-		t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	}
 	switch {
 	case ep.Protocol == HTTP1:

@@ -10,6 +10,8 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/envgate/envgate/gateway/internal/tracing"
 )
 
 // startSpan starts the request's server span under the client's trace
@@ -53,32 +55,18 @@ func (p *Proxy) injectSpan(ctx context.Context, h http.Header) {
 	for _, k := range p.o.Propagator.Fields() {
 		h.Del(k)
 	}
-	h.Del("X-B3-Parentspanid") // not a B3 propagator field; would name the client's span
 	p.o.Propagator.Inject(ctx, propagation.HeaderCarrier(h))
 }
 
 // endSpan records the response: status code, envgate's routing, and an
 // error status for 5xx (the conventions' rule for a server span).
 func endSpan(span trace.Span, rq *request, code int) {
-	attrs := []attribute.KeyValue{semconv.HTTPResponseStatusCode(code)}
-	for k, v := range map[string]string{"envgate.env": rq.dec.Env, "envgate.destination": rq.dec.Destination.Host(),
-		"envgate.upstream": rq.ep.Addr, "envgate.baseline": rq.dec.Baseline, "envgate.response_flags": rq.responseFlags()} {
-		if v != "" {
-			attrs = append(attrs, attribute.String(k, v))
-		}
-	}
+	r := tracing.Routed{Env: rq.dec.Env, Destination: rq.dec.Destination.Host(), Upstream: rq.ep.Addr,
+		Baseline: rq.dec.Baseline, ResponseFlags: rq.responseFlags(), Retries: rq.retries}
 	if rq.dec.Rule != nil {
-		attrs = append(attrs, attribute.String("envgate.route", rq.dec.Rule.Source))
+		r.Route = rq.dec.Rule.Source
 	}
-	if rq.ep.Addr != "" {
-		if host, port, err := net.SplitHostPort(rq.ep.Addr); err == nil {
-			attrs = append(attrs, semconv.NetworkPeerAddress(host), attribute.String("network.peer.port", port))
-		}
-	}
-	if rq.retries > 0 {
-		attrs = append(attrs, attribute.Int("envgate.retries", rq.retries))
-	}
-	span.SetAttributes(attrs...)
+	span.SetAttributes(r.Attributes([]attribute.KeyValue{semconv.HTTPResponseStatusCode(code)})...)
 	if code >= 500 {
 		span.SetStatus(otelcodes.Error, http.StatusText(code))
 	}

@@ -165,10 +165,11 @@ func (m *Metrics) values(k key) []string {
 		}
 		return s
 	}
+	// The destination's pods are in its service's namespace: what the
+	// peer's identity or metadata tells Istio.
 	svc, name, ns := "unknown", "unknown", "unknown"
 	if k.service != "" {
-		svc = k.service
-		name, ns = k.service, "unknown"
+		svc, name = k.service, k.service
 		if n, rest, ok := strings.Cut(k.service, "."); ok {
 			name = n
 			ns, _, _ = strings.Cut(rest, ".")
@@ -178,19 +179,13 @@ func (m *Metrics) values(k key) []string {
 	if k.grpc {
 		proto, grpcStatus = "grpc", strconv.Itoa(k.grpcCode)
 	}
-	peerNS := "unknown"
-	if k.service != "" {
-		// The destination's pods are in its service's namespace: what the
-		// peer's identity or metadata tells Istio.
-		peerNS = ns
-	}
 	workload := or(m.src.Workload, "unknown")
 	return []string{
 		"source",
 		workload, or(m.src.Namespace, "unknown"), or(m.src.Principal, "unknown"), workload, "unknown",
 		workload, "latest", or(m.src.Cluster, "unknown"),
-		"unknown", peerNS, "unknown", "unknown",
-		"unknown", svc, name, peerNS,
+		"unknown", ns, "unknown", "unknown",
+		"unknown", svc, name, ns,
 		"unknown", "latest", "unknown",
 		proto, or(k.flags, "-"), "unknown", strconv.Itoa(k.code), grpcStatus,
 	}

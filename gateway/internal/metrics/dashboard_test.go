@@ -31,8 +31,8 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 	m.ConfigReloaded(errors.New("bad"))
 	m.ConnectionRefused()
 	m.Retried("env1", 1)
-	m.UpstreamDialed("grpc", nil)
-	m.UpstreamDialed("grpc", errors.New("refused"))
+	m.UpstreamDialed("grpc")(nil)
+	m.UpstreamDialed("grpc")(errors.New("refused"))
 	m.Ejected()
 	families, err := reg.Gather()
 	if err != nil {

@@ -245,13 +245,17 @@ func (m *Metrics) Retried(env string, n int) {
 	}
 }
 
-// UpstreamDialed counts an upstream connection attempt of protocol.
-func (m *Metrics) UpstreamDialed(protocol string, err error) {
-	if err != nil {
-		m.upConnFails.WithLabelValues(protocol).Inc()
-		return
+// UpstreamDialed returns what counts the upstream connection attempts of
+// protocol.
+func (m *Metrics) UpstreamDialed(protocol string) func(error) {
+	opened, failed := m.upConns.WithLabelValues(protocol), m.upConnFails.WithLabelValues(protocol)
+	return func(err error) {
+		if err != nil {
+			failed.Inc()
+			return
+		}
+		opened.Inc()
 	}
-	m.upConns.WithLabelValues(protocol).Inc()
 }
 
 // Ejected counts an outlier ejection.

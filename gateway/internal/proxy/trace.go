@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/envgate/envgate/gateway/internal/tracing"
 )
 
 // SetTracing has each call traced: a server span per call, a child of the
@@ -44,11 +46,6 @@ func (c mdCarrier) Keys() []string {
 	return keys
 }
 
-// staleTraceHeaders are the client's trace headers that the gateway's own
-// replace; x-b3-parentspanid is not among a B3 propagator's fields, and
-// would otherwise name the client's span as the upstream's grandparent.
-var staleTraceHeaders = []string{"x-b3-parentspanid"}
-
 // startSpan starts the call's span under the client's trace context.
 func (p *Proxy) startSpan(ctx context.Context, method string) (context.Context, trace.Span) {
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -76,9 +73,6 @@ func (p *Proxy) injectSpan(ctx context.Context, md metadata.MD) {
 	for _, k := range p.prop.Fields() {
 		delete(md, k)
 	}
-	for _, k := range staleTraceHeaders {
-		delete(md, k)
-	}
 	p.prop.Inject(ctx, mdCarrier(md))
 }
 
@@ -88,22 +82,9 @@ func (p *Proxy) injectSpan(ctx context.Context, md metadata.MD) {
 // count as a server's errors.
 func endSpan(span trace.Span, c *call, err error) {
 	code := status.Code(err)
-	attrs := []attribute.KeyValue{semconv.RPCGRPCStatusCodeKey.Int(int(code))}
-	for k, v := range map[string]string{"envgate.env": c.env, "envgate.route": c.route, "envgate.destination": c.dest,
-		"envgate.upstream": c.upstream, "envgate.baseline": c.baseline, "envgate.response_flags": c.flags} {
-		if v != "" {
-			attrs = append(attrs, attribute.String(k, v))
-		}
-	}
-	if c.upstream != "" {
-		if host, port, err := net.SplitHostPort(c.upstream); err == nil {
-			attrs = append(attrs, semconv.NetworkPeerAddress(host), attribute.String("network.peer.port", port))
-		}
-	}
-	if c.retries > 0 {
-		attrs = append(attrs, attribute.Int("envgate.retries", c.retries))
-	}
-	span.SetAttributes(attrs...)
+	r := tracing.Routed{Env: c.env, Route: c.route, Destination: c.dest, Upstream: c.upstream,
+		Baseline: c.baseline, ResponseFlags: c.flags, Retries: c.retries}
+	span.SetAttributes(r.Attributes([]attribute.KeyValue{semconv.RPCGRPCStatusCodeKey.Int(int(code))})...)
 	switch code {
 	case codes.Unknown, codes.DeadlineExceeded, codes.Unimplemented, codes.Internal, codes.Unavailable, codes.DataLoss:
 		span.SetStatus(otelcodes.Error, status.Convert(err).Message())

@@ -9,9 +9,11 @@ package tracing
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"go.opentelemetry.io/contrib/propagators/b3"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -46,7 +48,8 @@ type Tracing struct {
 	Tracer trace.Tracer
 	// Propagator extracts a request's parent and injects the gateway's
 	// span into the upstream request: W3C traceparent/tracestate, B3
-	// single (b3) and multi (x-b3-*).
+	// single (b3) and multi (x-b3-*). Its Fields are every header the
+	// gateway's span replaces, so a front deletes them before injecting.
 	Propagator propagation.TextMapPropagator
 }
 
@@ -83,11 +86,52 @@ func New(ctx context.Context, o Options) (*Tracing, error) {
 	return &Tracing{
 		provider: tp,
 		Tracer:   tp.Tracer("github.com/envgate/envgate/gateway"),
-		Propagator: propagation.NewCompositeTextMapPropagator(
+		Propagator: replacing(propagation.NewCompositeTextMapPropagator(
 			propagation.TraceContext{},
 			b3.New(b3.WithInjectEncoding(b3.B3SingleHeader|b3.B3MultipleHeader)),
-		),
+		)),
 	}, nil
+}
+
+// replacingPropagator's Fields add x-b3-parentspanid to the propagator's:
+// B3 never writes it, and a client's would name the client's span as the
+// upstream's grandparent. Computed once: Fields is asked on every request.
+type replacingPropagator struct {
+	propagation.TextMapPropagator
+	fields []string
+}
+
+func replacing(p propagation.TextMapPropagator) replacingPropagator {
+	return replacingPropagator{p, append(p.Fields(), "x-b3-parentspanid")}
+}
+
+func (p replacingPropagator) Fields() []string { return p.fields }
+
+// Routed is how envgate routed a call or request, for its span.
+type Routed struct {
+	Env, Route, Destination, Upstream, Baseline, ResponseFlags string
+	Retries                                                    int
+}
+
+// Attributes are r's span attributes, both fronts' alike: envgate.* for
+// the routing, and the OTel conventions' network.peer.* for the upstream
+// endpoint. Empty values are left out.
+func (r Routed) Attributes(attrs []attribute.KeyValue) []attribute.KeyValue {
+	for _, kv := range [...]struct{ k, v string }{
+		{"envgate.env", r.Env}, {"envgate.route", r.Route}, {"envgate.destination", r.Destination},
+		{"envgate.upstream", r.Upstream}, {"envgate.baseline", r.Baseline}, {"envgate.response_flags", r.ResponseFlags},
+	} {
+		if kv.v != "" {
+			attrs = append(attrs, attribute.String(kv.k, kv.v))
+		}
+	}
+	if host, port, err := net.SplitHostPort(r.Upstream); err == nil {
+		attrs = append(attrs, semconv.NetworkPeerAddress(host), attribute.String("network.peer.port", port))
+	}
+	if r.Retries > 0 {
+		attrs = append(attrs, attribute.Int("envgate.retries", r.Retries))
+	}
+	return attrs
 }
 
 // Shutdown sends the spans still batched and stops the exporter.
