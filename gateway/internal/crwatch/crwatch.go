@@ -17,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/envgate/envgate/gateway/internal/kubewatch"
 )
 
 // Watcher lists and watches GVR in every namespace.
@@ -41,14 +43,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 	// package links every built-in API type into the binary, about 9 MB of
 	// resident memory the gateway never uses.
 	res := w.Client.Resource(w.GVR)
-	inf := cache.NewSharedIndexInformer(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+	inf := cache.NewSharedIndexInformer(kubewatch.ListWatch(
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return res.List(ctx, o)
 		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return res.Watch(ctx, o)
-		},
-	}, &unstructured.Unstructured{}, 0, cache.Indexers{})
+		}), &unstructured.Unstructured{}, 0, cache.Indexers{})
 	kick := make(chan struct{}, 1)
 	poke := func(any) {
 		select {

@@ -23,6 +23,8 @@ import (
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/envgate/envgate/gateway/internal/kubewatch"
 )
 
 // DefaultNamespaceSelector is the opt-in label of environment namespaces.
@@ -65,7 +67,8 @@ type Kubernetes struct {
 	services []serviceInformer         // Service first, then Services
 	pods     cache.SharedIndexInformer // metadata only, labels kept: subsets select by them
 	nsInf    cache.SharedIndexInformer
-	events   chan string // namespaces to recompute
+	events   chan string   // namespaces to recompute
+	stopped  chan struct{} // closed when Run returns: handlers stop queueing
 
 	// published is the port set keys last published per service key. Only
 	// Run's goroutine touches it.
@@ -91,7 +94,7 @@ type serviceInformer struct {
 // factory: those link every built-in API type into the binary, about 9 MB of
 // resident memory a gateway pod would carry for nothing.
 func NewKubernetes(rc *rest.Config, store *Store, cfg KubernetesConfig, log *slog.Logger) (*Kubernetes, error) {
-	k := &Kubernetes{cfg: cfg, store: store, log: log, events: make(chan string, 1024), envs: map[string]bool{}, published: map[string][]string{}}
+	k := &Kubernetes{cfg: cfg, store: store, log: log, events: make(chan string, 1024), stopped: make(chan struct{}), envs: map[string]bool{}, published: map[string][]string{}}
 	if len(cfg.Namespaces) == 0 {
 		s := cfg.NamespaceSelector
 		if s == "" {
@@ -232,19 +235,18 @@ func protobufClient(rc *rest.Config, apiPath string, gv schema.GroupVersion, add
 // listWatch lists and watches resource in every namespace with the options
 // select sets.
 func listWatch(client *rest.RESTClient, resource string, sel func(*metav1.ListOptions), newList func() runtime.Object) cache.ListerWatcher {
-	return &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+	return kubewatch.ListWatch(
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			sel(&o)
 			list := newList()
 			err := client.Get().Resource(resource).VersionedParams(&o, metav1.ParameterCodec).Do(ctx).Into(list)
 			return list, err
 		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			sel(&o)
 			o.Watch = true
 			return client.Get().Resource(resource).VersionedParams(&o, metav1.ParameterCodec).Watch(ctx)
-		},
-	}
+		})
 }
 
 // podMetadata lists and watches the metadata of every pod: their labels
@@ -255,14 +257,13 @@ func podMetadata(rc *rest.Config) (cache.ListerWatcher, error) {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	res := client.Resource(schema.GroupVersionResource{Version: "v1", Resource: "pods"})
-	return &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+	return kubewatch.ListWatch(
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return res.List(ctx, o)
 		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return res.Watch(ctx, o)
-		},
-	}, nil
+		}), nil
 }
 
 // namespaces lists and watches the metadata of the namespaces that match
@@ -273,16 +274,15 @@ func namespaces(rc *rest.Config, selector string) (cache.ListerWatcher, error) {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	res := client.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"})
-	return &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+	return kubewatch.ListWatch(
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.LabelSelector = selector
 			return res.List(ctx, o)
 		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.LabelSelector = selector
 			return res.Watch(ctx, o)
-		},
-	}, nil
+		}), nil
 }
 
 // namespaceHandler queues the namespace of every added, updated or deleted
@@ -292,8 +292,15 @@ func (k *Kubernetes) namespaceHandler(nsOf func(any) string) cache.ResourceEvent
 		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			obj = t.Obj
 		}
-		if ns := nsOf(obj); ns != "" {
-			k.events <- ns
+		ns := nsOf(obj)
+		if ns == "" {
+			return
+		}
+		// Once Run stops draining events, a full queue must not block the
+		// informer's handler: Run waits for the informers to stop.
+		select {
+		case k.events <- ns:
+		case <-k.stopped:
 		}
 	}
 	return cache.ResourceEventHandlerFuncs{
@@ -308,6 +315,7 @@ func (k *Kubernetes) namespaceHandler(nsOf func(any) string) cache.ResourceEvent
 func (k *Kubernetes) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer close(k.stopped)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	synced := []cache.InformerSynced{k.slices.HasSynced, k.pods.HasSynced}

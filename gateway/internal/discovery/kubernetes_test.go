@@ -3,9 +3,13 @@ package discovery_test
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +17,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/rest"
 
 	"github.com/envgate/envgate/gateway/internal/discovery"
 	"github.com/envgate/envgate/internal/kubetest"
@@ -248,5 +253,73 @@ func TestKubernetesSourceFollowsOtherServices(t *testing.T) {
 	}
 	if store.Exists("othersvc.env1") {
 		t.Fatal("othersvc is published though not listed")
+	}
+}
+
+// An overloaded API server answers 429 (API Priority and Fairness), a
+// restarting one refuses connections: client-go retries both, backing off
+// up to 30 s. Stopping the source in that state must not wait out the
+// backoff: the gateway's shutdown waits for discovery. (A test server
+// stands in for the API server here: a real one cannot be made to answer
+// 429 to every request on cue.)
+func TestKubernetesSourceStopsWhileTheAPIServerRefuses(t *testing.T) {
+	const attempts = 3
+	var (
+		mu      sync.Mutex // guards watches
+		watches = map[string]int{}
+	)
+	backedOff := make(chan string, 16) // a resource path watched `attempts` times
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("watch") == "true" || r.URL.Query().Get("watch") == "1" {
+			mu.Lock()
+			watches[r.URL.Path]++
+			if watches[r.URL.Path] == attempts {
+				backedOff <- r.URL.Path
+			}
+			mu.Unlock()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusTooManyRequests)
+		_, _ = io.WriteString(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"TooManyRequests","code":429,"message":"too many requests"}`)
+	}))
+	defer srv.Close()
+
+	src, err := discovery.NewKubernetes(&rest.Config{Host: srv.URL}, discovery.NewStore(), discovery.KubernetesConfig{
+		Service: "app-service",
+		Key:     func(ns string) string { return "app-service." + ns },
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+
+	// Every informer (EndpointSlices, Services, pods, namespaces) has
+	// failed `attempts` watches: each now sits in a backoff of at least
+	// 0.8 s x 2^(attempts-1) = 3.2 s.
+	seen := map[string]bool{}
+	timeout := time.After(60 * time.Second)
+	for len(seen) < 4 {
+		select {
+		case p := <-backedOff:
+			seen[p] = true
+		case <-timeout:
+			t.Fatalf("informers watched %v, want 4 resources %d times each", watches, attempts)
+		}
+	}
+	cancel()
+	stopped := time.Now()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Run returned nil before its caches synced")
+		}
+		if d := time.Since(stopped); d > time.Second {
+			t.Fatalf("Run took %v to stop after its context ended, want well under the backoff", d)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Run did not stop")
 	}
 }
