@@ -15,6 +15,22 @@
 # Then the upstream TLS rows (UPSTREAM_TLS=0 skips them): the backend behind
 # TLS (a bench CA, the name verified), reached directly over TLS, through
 # envgate (upstream.tls SIMPLE) and through HAProxy (server ... ssl).
+# Then the production path (issue 15), each part skipped with its variable
+# set to 0:
+#   CLIENT_TLS_ROWS  the client speaks TLS to every proxy (one certificate,
+#                    ECDSA P-256 then RSA 2048), h2c behind; direct-tls is
+#                    the client speaking TLS to the backend itself.
+#   STREAM_ROWS      server-streaming MB/s and CPU per GB (1 KiB and 64 KiB
+#                    messages), bidi ping-pong p50/p99 on 100 streams
+#                    (scripts/bench/load).
+#   CONN_ROWS        CONN_COUNT (10,000) TLS connections, one call each, idle
+#                    with keepalive pings, then calls on CONN_ACTIVE (1,000)
+#                    of them and on 10: RSS per idle connection, rate, p99.
+#   ENV_ROWS         envgate with 2 and with ENV_COUNT (1,000) environments
+#                    of 3 endpoints each (scripts/bench/manyecho), calls
+#                    spread over all of them: rate, p99, CPU, RSS,
+#                    descriptors, goroutines; then upstream.idleTimeout
+#                    (10 s) passes and every environment is called again.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/bin}
@@ -31,6 +47,14 @@ BACKEND_TLS_PORT=${BACKEND_TLS_PORT:-19052}
 UPSTREAM_TLS=${UPSTREAM_TLS:-1}
 HTTP_ROWS=${HTTP_ROWS:-1}
 BACKEND_HTTP_PORT=${BACKEND_HTTP_PORT:-19053}
+CLIENT_TLS_ROWS=${CLIENT_TLS_ROWS:-1}
+STREAM_ROWS=${STREAM_ROWS:-1}
+CONN_ROWS=${CONN_ROWS:-1}
+CONN_COUNT=${CONN_COUNT:-10000}
+CONN_ACTIVE=${CONN_ACTIVE:-1000}
+ENV_ROWS=${ENV_ROWS:-1}
+ENV_COUNT=${ENV_COUNT:-1000}
+MANY_BASE=${MANY_BASE:-30000}
 LISTEN=""
 PORT=${PORT:-19080}
 TICK=$(getconf CLK_TCK)
@@ -52,7 +76,11 @@ need() { # command, Debian package
 need h2load nghttp2-client
 need nginx nginx-light
 need haproxy haproxy
+need openssl openssl
 export PATH=$PATH:/usr/sbin
+# 10,000 client connections take as many descriptors in the client and in
+# each proxy (the processes started from here inherit the limit).
+ulimit -n "$(ulimit -Hn)"
 
 # family PID: the process and its direct children (nginx workers).
 family() {
@@ -90,20 +118,25 @@ wait_port() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.05
   done
-  echo "bench: nothing listening on $1" >&2; exit 1
+  echo "bench: nothing listening on $1" >&2; [ -n "${BENCH_DEBUG:-}" ] && cat "$DIR"/*.log >&2; exit 1
 }
 render() { sed -e "s|@DIR@|$DIR|g" -e "s|@PORT@|$PORT|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@BACKEND_TLS_PORT@|$BACKEND_TLS_PORT|g" \
   -e "s|@BACKEND_HTTP_PORT@|$BACKEND_HTTP_PORT|g" -e "s|@LISTEN@|$LISTEN|g" "$1" >"$2"; }
 
-# bench_certs: a CA and the backend's certificate (echo.bench, 127.0.0.1), ECDSA P-256.
+# bench_certs [KEY]: a CA and the certificate (echo.bench, 127.0.0.1) the
+# TLS backend and the client-TLS proxies serve; KEY ecdsa (P-256, the
+# default) or rsa (2048 bits). echo-combined.pem is HAProxy's crt file.
 bench_certs() {
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
+  local key=(-newkey ec -pkeyopt ec_paramgen_curve:P-256)
+  [ "${1:-ecdsa}" = rsa ] && key=(-newkey rsa:2048)
+  openssl req -x509 "${key[@]}" -nodes -days 1 -subj /CN=bench-ca \
     -keyout "$DIR/ca-key.pem" -out "$DIR/ca.pem" 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=echo.bench \
+  openssl req "${key[@]}" -nodes -subj /CN=echo.bench \
     -keyout "$DIR/echo-key.pem" -out "$DIR/echo.csr" 2>/dev/null
   printf 'subjectAltName=DNS:echo.bench,IP:127.0.0.1\n' >"$DIR/san.ext"
   openssl x509 -req -in "$DIR/echo.csr" -CA "$DIR/ca.pem" -CAkey "$DIR/ca-key.pem" -CAcreateserial -days 1 \
     -extfile "$DIR/san.ext" -out "$DIR/echo.pem" 2>/dev/null
+  cat "$DIR/echo.pem" "$DIR/echo-key.pem" >"$DIR/echo-combined.pem"
 }
 
 # varint N: protobuf varint bytes as printf escapes.
@@ -129,6 +162,7 @@ start_http_backend() {
   http_backend=$!; pids+=("$http_backend"); wait_port "$BACKEND_HTTP_PORT"
 }
 start_tls_backend() {
+  if [ -n "${tls_backend:-}" ]; then kill "$tls_backend"; wait "$tls_backend" 2>/dev/null || true; fi
   ENV=env1 "$BIN/echo" -addr "127.0.0.1:$BACKEND_TLS_PORT" -tls-cert "$DIR/echo.pem" -tls-key "$DIR/echo-key.pem" >"$DIR/echo-tls.log" 2>&1 &
   tls_backend=$!; pids+=("$tls_backend"); wait_port "$BACKEND_TLS_PORT"
 }
@@ -148,6 +182,12 @@ start_target() {
       "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     haproxy-tls) render "$ROOT/scripts/bench/haproxy-tls.cfg.in" "$DIR/haproxy.cfg"
       haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
+    envgate-ctls) render "$ROOT/scripts/bench/envgate-ctls.yaml.in" "$DIR/conf/envgate.yaml"
+      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    nginx-ctls) render "$ROOT/scripts/bench/nginx-ctls.conf.in" "$DIR/nginx.conf"
+      nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
+    haproxy-ctls) render "$ROOT/scripts/bench/haproxy-ctls.cfg.in" "$DIR/haproxy.cfg"
+      haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
     envgate) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/conf/envgate.yaml"
       "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-base) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/conf/envgate.yaml"
@@ -164,6 +204,7 @@ start_target() {
   target_pid=$!; pids+=("$target_pid"); target_port=$PORT; wait_port "$PORT"
 }
 stop_target() {
+  [ -n "${BENCH_DEBUG:-}" ] && cat "$DIR"/*.log >&2
   [ -n "$target_pid" ] || return 0
   kill "$target_pid"; wait "$target_pid" 2>/dev/null || true
 }
@@ -236,7 +277,10 @@ measure() {
     if [ "$size" -ge 65536 ]; then n_ghz=3000; n_h2=8000; else n_ghz=20000; n_h2=60000; fi
     request_file "$size" "$DIR/req.bin"
     for target in "$@"; do
-      CLIENT_TLS=0; [ "$target" = direct-tls ] && CLIENT_TLS=1
+      CLIENT_TLS=0
+      case $target in direct-tls|*-ctls) CLIENT_TLS=1 ;; esac
+      # The client-TLS rows' direct-tls reaches the TLS backend; their proxies the h2c one.
+      mb=$measured_backend; [ "$target" = direct-tls ] && mb=$tls_backend
       start_target "$target"
       ghz_latency "$target_port" "$size" 500 >/dev/null # warm up connections and caches
       g0=0; [ -n "$target_pid" ] && g0=$(cpu_ticks "$target_pid")
@@ -247,11 +291,11 @@ measure() {
         echo "bench: $target, $size B: $failed of $n_ghz ghz calls failed:" >&2
         sed -n '/Status code distribution/,$p' "$DIR/ghz.txt" >&2
         # The other proxies' failures are results; envgate's or the backend's end the bench.
-        case $target in direct*|envgate|envgate-base|envgate-tls) exit 1 ;; esac
+        case $target in direct*|envgate|envgate-base|envgate-tls|envgate-ctls) exit 1 ;; esac
       fi
-      b0=$(cpu_ticks "$measured_backend"); p0=0; [ -n "$target_pid" ] && p0=$(cpu_ticks "$target_pid")
+      b0=$(cpu_ticks "$mb"); p0=0; [ -n "$target_pid" ] && p0=$(cpu_ticks "$target_pid")
       rps=$(h2load_rps "$target_port" "$DIR/req.bin" "$n_h2")
-      b1=$(cpu_ticks "$measured_backend"); p1=0; [ -n "$target_pid" ] && p1=$(cpu_ticks "$target_pid")
+      b1=$(cpu_ticks "$mb"); p1=0; [ -n "$target_pid" ] && p1=$(cpu_ticks "$target_pid")
       rss=0; [ -n "$target_pid" ] && rss=$(peak_rss_kb "$target_pid")
       awk -v s="$size" -v t="$target" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
           -v pc=$((p1 - p0)) -v bc=$((b1 - b0)) -v n="$n_h2" -v tick="$TICK" -v rss="$rss" -v failed="$failed" \
@@ -280,17 +324,84 @@ table() {
     }' "$results"
 }
 
+# load ARGS...: scripts/bench/load against the current target.
+load() { timeout 600 "$BIN/bench-load" -addr "127.0.0.1:$target_port" "$@"; }
+
+# measure_streams TARGET...: server-streaming rows into $results-streams
+# and ping-pong rows into $results-pingpong (h2c; the backend is $backend).
+measure_streams() {
+  for msg in 1024 65536; do
+    # 64 KiB messages carry a GB in seconds; 1 KiB ones cost a message's
+    # work per KiB, so 256 MB of them take as long.
+    bytes=1000000000; [ "$msg" = 1024 ] && bytes=256000000
+    for target in "$@"; do
+      start_target "$target"
+      read -r mbps cpu bcpu < <(load -mode stream -pid "${target_pid:-0}" -backend-pid "$backend" -streams 10 -msg "$msg" -bytes "$bytes")
+      rss=0; [ -n "$target_pid" ] && rss=$(peak_rss_kb "$target_pid")
+      echo "$msg $target $mbps $cpu $bcpu $((rss / 1024))" >>"$DIR/results-streams"
+      stop_target
+    done
+  done
+  for target in "$@"; do
+    start_target "$target"
+    echo "$target $(load -mode pingpong -pid "${target_pid:-0}" -streams 100 -rounds 300 -msg 1024)" >>"$DIR/results-pingpong"
+    stop_target
+  done
+}
+
+# measure_conns TARGET...: the connection rows into $results-conns (client
+# TLS; direct-tls measures the TLS backend itself).
+measure_conns() {
+  for target in "$@"; do
+    start_target "$target"
+    pid=$target_pid; [ "$target" = direct-tls ] && pid=$tls_backend
+    line=$(load -mode conns -ca "$DIR/ca.pem" -pid "$pid" -conns "$CONN_COUNT" -active "$CONN_ACTIVE" -calls 30000 -idle 15s)
+    echo "$target $line" >>"$DIR/results-conns"
+    stop_target
+  done
+}
+
+# measure_envs N...: envgate routing to N environments of 3 endpoints each
+# on the manyecho backend; one row per N into $results-envs.
+measure_envs() {
+  "$BIN/bench-manyecho" -base "$MANY_BASE" -n $((3 * ENV_COUNT)) >"$DIR/manyecho.log" 2>&1 &
+  local many=$!; pids+=("$many"); wait_port $((MANY_BASE + 3 * ENV_COUNT - 1))
+  for n in "$@"; do
+    {
+      echo "listeners: [{address: 127.0.0.1:$PORT}]"
+      echo "environments: [$(seq -s, -f 'env%g' 1 "$n")]"
+      echo "discovery:"
+      echo "  static:"
+      for i in $(seq 0 $((n - 1))); do
+        p=$((MANY_BASE + 3 * i))
+        echo "    env$((i + 1)): [127.0.0.1:$p, 127.0.0.1:$((p + 1)), 127.0.0.1:$((p + 2))]"
+      done
+      echo "upstream: {idleTimeout: 10s}"
+      echo "accessLog: false"
+    } >"$DIR/conf/envgate.yaml"
+    "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 &
+    target_pid=$!; pids+=("$target_pid"); target_port=$PORT; wait_port "$PORT"
+    echo "$n $(load -mode envs -envs "$n" -pid "$target_pid" -calls 30000 -conns 10 -inflight 50 \
+      -metrics http://127.0.0.1:15000/metrics -idle-wait 25s)" >>"$DIR/results-envs"
+    stop_target
+  done
+  kill "$many"; wait "$many" 2>/dev/null || true
+}
+
 start_backend
 results="$DIR/results"
 measured_backend=$backend
 # BASE_GATEWAY=path/to/gateway adds its row (envgate-base): a change
 # measured against the gateway before it, in the same run.
 GRPC_TARGETS=${GRPC_TARGETS:-"direct envgate ${BASE_GATEWAY:+envgate-base }envgate-shared grpcgo-floor grpc-proxy nginx haproxy"}
-measure $GRPC_TARGETS
-echo
-echo "unary echo.EchoService/Call, $CONC concurrent calls over $CONNS connections; request and response payload of SIZE bytes"
-echo "rps: h2load; p50/p99: ghz; CPU: utime+stime seconds per 10k calls of the h2load run (cpu ghz: of the ghz run); RSS: peak (VmHWM) of the proxy's processes; failed: ghz calls that did not return OK"
-table direct envgate
+# GRPC_TARGETS=" " skips this table.
+if [ -n "${GRPC_TARGETS// /}" ]; then
+  measure $GRPC_TARGETS
+  echo
+  echo "unary echo.EchoService/Call, $CONC concurrent calls over $CONNS connections; request and response payload of SIZE bytes"
+  echo "rps: h2load; p50/p99: ghz; CPU: utime+stime seconds per 10k calls of the h2load run (cpu ghz: of the ghz run); RSS: peak (VmHWM) of the proxy's processes; failed: ghz calls that did not return OK"
+  table direct envgate
+fi
 
 if [ "$HTTP_ROWS" = 1 ]; then
   start_http_backend
@@ -303,7 +414,6 @@ if [ "$HTTP_ROWS" = 1 ]; then
 fi
 
 if [ "$UPSTREAM_TLS" = 1 ]; then
-  need openssl openssl
   bench_certs
   start_tls_backend
   results="$DIR/results-tls"
@@ -312,4 +422,66 @@ if [ "$UPSTREAM_TLS" = 1 ]; then
   echo
   echo "upstream TLS: the backend behind TLS 1.3 (ECDSA P-256, a bench CA, the name echo.bench verified); direct-tls is the client speaking TLS to it, the proxies take h2c from the client and TLS to the backend"
   table direct-tls envgate-tls
+fi
+
+if [ "$CLIENT_TLS_ROWS" = 1 ]; then
+  results="$DIR/results-ctls"
+  measured_backend=$backend
+  for key in ecdsa rsa; do
+    bench_certs "$key"
+    start_tls_backend
+    : >"$results"
+    measure direct-tls envgate-ctls nginx-ctls haproxy-ctls
+    echo
+    echo "client TLS ($key): the client speaks TLS 1.3 to each proxy (one certificate, $( [ "$key" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256" )), h2c to the backend; direct-tls speaks TLS to the backend itself. Columns as in the first table."
+    table direct-tls envgate-ctls
+  done
+fi
+
+if [ "$STREAM_ROWS" = 1 ]; then
+  measure_streams direct envgate nginx haproxy
+  echo
+  echo "server streaming: 10 concurrent ServerStream calls on one h2c connection, responses of MSG bytes (1 KiB: 256 MB in all, 64 KiB: 1 GB); CPU: seconds per GB received"
+  awk '{ key = $1 SUBSEP $2; M[key] = $3; C[key] = $4; row[NR] = $0 }
+    function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+    END {
+      printf "%-6s %-10s %9s %12s %12s %7s | %-10s | %-16s\n", "msg", "target", "MB/s", "proxy cpu/GB", "backnd cpu/GB", "RSS MB", "vs direct", "vs haproxy cpu/GB"
+      for (i = 1; i <= NR; i++) { split(row[i], f, " ")
+        printf "%-6s %-10s %9.1f %12.3f %12.3f %7d | %-10s | %-16s\n", f[1], f[2], f[3], f[4], f[5], f[6], ratio(f[3], M[f[1] SUBSEP "direct"]), ratio(f[4], C[f[1] SUBSEP "haproxy"]) } }' "$DIR/results-streams"
+  echo
+  echo "bidi ping-pong: 100 concurrent BidiStreams on one h2c connection, 1 KiB each way, one message in flight per stream; proxy CPU seconds per 10k round trips"
+  awk '{ P[$1] = $3; C[$1] = $5; row[NR] = $0 }
+    function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+    END {
+      printf "%-10s %8s %8s %10s %10s | %-12s | %-10s\n", "target", "p50 ms", "p99 ms", "rtt/s", "proxy cpu", "vs direct p99", "vs haproxy cpu"
+      for (i = 1; i <= NR; i++) { split(row[i], f, " ")
+        printf "%-10s %8.3f %8.3f %10d %10.3f | %-13s | %-10s\n", f[1], f[2], f[3], f[4], f[5], ratio(f[3], P["direct"]), ratio(f[5], C["haproxy"]) } }' "$DIR/results-pingpong"
+fi
+
+if [ "$CONN_ROWS" = 1 ]; then
+  [ "$CLIENT_TLS_ROWS" = 1 ] || { bench_certs ecdsa; start_tls_backend; }
+  measure_conns ${CONN_TARGETS:-direct-tls envgate-ctls nginx-ctls haproxy-ctls}
+  echo
+  echo "connections: $CONN_COUNT TLS connections (ECDSA P-256 when the client-TLS rows ran, their last key otherwise: RSA 2048), one 100 B call each, then 15 s idle with keepalive pings every 10 s; then 30,000 calls on $CONN_ACTIVE of them (one in flight each) and on 10 ($((CONN_ACTIVE / 10)) in flight each)"
+  echo "RSS: of the process (and workers) before, with the connections idle, and the peak; KiB/conn: (idle - before) / connections; cpu: seconds per 10k calls"
+  awk '{ K[$1] = $4; row[NR] = $0 }
+    function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+    END {
+      printf "%-13s %8s %8s %8s %8s | %8s %8s %7s | %8s %8s %7s | %-10s | %-16s\n", "target", "RSS0 MB", "idle MB", "KiB/conn", "peak MB", "rps act", "p99 act", "cpu act", "rps 10", "p99 10", "cpu 10", "vs haproxy", "active/10 rps,p99"
+      for (i = 1; i <= NR; i++) { split(row[i], f, " ")
+        printf "%-13s %8.1f %8.1f %8.1f %8.1f | %8d %8.3f %7.3f | %8d %8.3f %7.3f | %-10s | %-16s\n", f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11],
+          ratio(f[4], K["haproxy-ctls"]), ratio(f[6], f[9]) "," ratio(f[7], f[10]) } }' "$DIR/results-conns"
+fi
+
+if [ "$ENV_ROWS" = 1 ]; then
+  measure_envs 2 "$ENV_COUNT"
+  echo
+  echo "environments: envgate routing to N environments of 3 endpoints each (one manyecho process), 30,000 unary 100 B calls spread evenly over them, 50 in flight over 10 h2c connections, after 6 calls per environment connected every endpoint"
+  echo "cpu: seconds per 10k calls; RSS, descriptors and goroutines after the run; then 25 s without calls (upstream.idleTimeout 10s, checked every 2.5 s, a retired connection closed after its grace) and one call per environment: descriptors before it, calls failed"
+  awk '{ C[NR] = $4; row[NR] = $0 }
+    function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+    END {
+      printf "%-6s %8s %8s %8s %8s %6s %10s | %9s %12s | %-14s\n", "envs", "rps", "p99 ms", "cpu", "RSS MB", "fds", "goroutines", "idle fds", "failed after", "vs first cpu"
+      for (i = 1; i <= NR; i++) { split(row[i], f, " ")
+        printf "%-6s %8d %8.3f %8.3f %8.1f %6d %10d | %9d %12d | %-14s\n", f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], ratio(f[4], C[1]) } }' "$DIR/results-envs"
 fi

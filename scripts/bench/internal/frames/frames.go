@@ -27,3 +27,6 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 func (Codec) Name() string { return "proto" }
+
+// Bytes is a frame's data holding b (not copied).
+func Bytes(b []byte) mem.BufferSlice { return mem.BufferSlice{mem.SliceBuffer(b)} }
