@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -180,7 +183,46 @@ func TestPprofBehindFlag(t *testing.T) {
 				if tc.want == http.StatusOK && u == "/debug/pprof/" && !strings.Contains(string(body), "goroutine") {
 					t.Fatalf("%s: not pprof's index:\n%s", u, body)
 				}
+
 			}
 		})
+	}
+}
+
+// main turns allocation sampling off (nothing serves the heap profile by
+// default); with -pprof, run turns it back on, or /debug/pprof/heap would
+// show only what package initialisation allocated.
+func TestPprofSamplesAllocations(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "envgate.yaml")
+	if err := os.WriteFile(path, []byte("listeners: [{address: '127.0.0.1:0'}]\nadmin: {address: '127.0.0.1:0', debugAddress: '127.0.0.1:0'}\ndiscovery: {static: {env1: ['127.0.0.1:1']}}\ndrainDelay: 1ms\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"-config", path}, 0},
+		{[]string{"-config", path, "-pprof"}, 512 << 10},
+	} {
+		runtime.MemProfileRate = 0 // as main sets it
+		ctx, cancel := context.WithCancel(t.Context())
+		pr, pw := io.Pipe()
+		done := make(chan error, 1)
+		go func() { done <- run(ctx, tc.args, pw, pw); pw.Close() }()
+		// The listener's line comes after the rate is set: reading it
+		// orders the two.
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() && !strings.Contains(sc.Text(), `"msg":"listening"`) {
+		}
+		got := runtime.MemProfileRate
+		cancel()
+		go func() { _, _ = io.Copy(io.Discard, pr) }()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if got != tc.want {
+			t.Errorf("%v: MemProfileRate %d, want %d", tc.args, got, tc.want)
+		}
 	}
 }

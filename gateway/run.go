@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -92,6 +93,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if *pprof {
 			c.Admin.Pprof = true
 		}
+	}
+	if *pprof {
+		// main turns allocation sampling off; the heap profile needs it
+		// (Go's default rate).
+		runtime.MemProfileRate = 512 << 10
 	}
 	flags(cfg)
 	gw, err := newGateway(cfg, log, nil)
