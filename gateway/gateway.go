@@ -71,10 +71,12 @@ type gateway struct {
 	tableMu  sync.Mutex
 	reloaded atomic.Pointer[reloadStatus] // the latest reload, for /routes
 	tracing  *tracing.Tracing             // nil: off
-	log      *slog.Logger
-	store    *discovery.Store
-	pool     *upstream.Pool
-	routing  *routing.State // the live table and the VirtualService merge it came from
+	// calls bounds the calls and requests in flight (limits.maxConcurrentCalls); nil: no bound.
+	calls   *overload.Concurrency
+	log     *slog.Logger
+	store   *discovery.Store
+	pool    *upstream.Pool
+	routing *routing.State // the live table and the VirtualService merge it came from
 	// envs are the environments discovery follows: the configured ones, or
 	// with VirtualService files the namespaces the rules send to.
 	envs []string
@@ -222,7 +224,13 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 			"refuse_new_calls_at_mib", int64(overload.RefuseAt*float64(ol.Limit()))>>20,
 			"close_largest_connection_at_mib", int64(overload.ShedAt*float64(ol.Limit()))>>20)
 	}
+	var limiter httpproxy.Limiter
+	if g.calls = overload.NewConcurrency(cfg.Limits.MaxConcurrentCalls); g.calls != nil {
+		px.SetLimiter(g.calls)
+		limiter = g.calls
+	}
 	g.front = httpproxy.New(g.routing.Table, httpUpstreams{g: g, next: new(atomic.Uint64)}, httpproxy.Options{
+		Limiter:                limiter,
 		EnvHeader:              cfg.Routing.Header,
 		AccessLog:              accessLog,
 		Log:                    log,

@@ -26,6 +26,10 @@
 #   CONN_ROWS        CONN_COUNT (10,000) TLS connections, one call each, idle
 #                    with keepalive pings, then calls on CONN_ACTIVE (1,000)
 #                    of them and on 10: RSS per idle connection, rate, p99.
+#   OVERLOAD_ROWS    envgate's sustained rate (closed loop, 50 in flight),
+#                    then twice that rate open loop for 10 s through envgate,
+#                    envgate with limits.maxConcurrentCalls, nginx, HAProxy:
+#                    calls refused, p50/p99/p99.9 of the others.
 #   ENV_ROWS         envgate with 2 and with ENV_COUNT (1,000) environments
 #                    of 3 endpoints each (scripts/bench/manyecho), calls
 #                    spread over all of them: rate, p99, CPU, RSS,
@@ -53,6 +57,7 @@ CONN_ROWS=${CONN_ROWS:-1}
 CONN_COUNT=${CONN_COUNT:-10000}
 CONN_ACTIVE=${CONN_ACTIVE:-1000}
 ENV_ROWS=${ENV_ROWS:-1}
+OVERLOAD_ROWS=${OVERLOAD_ROWS:-1}
 ENV_COUNT=${ENV_COUNT:-1000}
 MANY_BASE=${MANY_BASE:-30000}
 LISTEN=""
@@ -182,6 +187,8 @@ start_target() {
       "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     haproxy-tls) render "$ROOT/scripts/bench/haproxy-tls.cfg.in" "$DIR/haproxy.cfg"
       haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
+    envgate-overload) render "$ROOT/scripts/bench/envgate-overload.yaml.in" "$DIR/conf/envgate.yaml"
+      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-ctls) render "$ROOT/scripts/bench/envgate-ctls.yaml.in" "$DIR/conf/envgate.yaml"
       "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx-ctls) render "$ROOT/scripts/bench/nginx-ctls.conf.in" "$DIR/nginx.conf"
@@ -388,6 +395,20 @@ measure_envs() {
   kill "$many"; wait "$many" 2>/dev/null || true
 }
 
+# measure_overload: envgate's sustained rate, then twice it through each
+# target; rows into $results-overload, the rate into $overload_rate.
+measure_overload() {
+  start_target envgate
+  local sustained; sustained=$(load -mode envs -envs 1 -calls 30000 -conns 10 -inflight 50 | awk '{ print $1 }')
+  stop_target
+  overload_rate=$((sustained * 2))
+  for target in "$@"; do
+    start_target "$target"
+    echo "$target $(load -mode rate -rps "$overload_rate" -duration 10s -conns 10)" >>"$DIR/results-overload"
+    stop_target
+  done
+}
+
 start_backend
 results="$DIR/results"
 measured_backend=$backend
@@ -484,4 +505,16 @@ if [ "$ENV_ROWS" = 1 ]; then
       printf "%-6s %8s %8s %8s %8s %6s %10s | %9s %12s | %-14s\n", "envs", "rps", "p99 ms", "cpu", "RSS MB", "fds", "goroutines", "idle fds", "failed after", "vs first cpu"
       for (i = 1; i <= NR; i++) { split(row[i], f, " ")
         printf "%-6s %8d %8.3f %8.3f %8.1f %6d %10d | %9d %12d | %-14s\n", f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], ratio(f[4], C[1]) } }' "$DIR/results-envs"
+fi
+
+if [ "$OVERLOAD_ROWS" = 1 ]; then
+  measure_overload envgate envgate-overload nginx haproxy
+  echo
+  echo "overload: unary 100 B calls open loop at $overload_rate/s (twice envgate's closed-loop rate in this run) for 10 s over 10 h2c connections; latency from when each call was due; refused: RESOURCE_EXHAUSTED or UNAVAILABLE"
+  echo "envgate-overload is envgate with limits.maxConcurrentCalls: 128"
+  awk '{ row[NR] = $0 }
+    END {
+      printf "%-17s %8s %8s %8s %8s %8s %8s | %9s %9s %9s %9s\n", "target", "due", "ok", "refused", "other", "dropped", "refused%", "p50 ms", "p99 ms", "p99.9 ms", "ok/s"
+      for (i = 1; i <= NR; i++) { split(row[i], f, " ")
+        printf "%-17s %8d %8d %8d %8d %8d %7.1f%% | %9.1f %9.1f %9.1f %9d\n", f[1], f[2], f[3], f[4], f[5], f[6], f[4] / f[2] * 100, f[7], f[8], f[9], f[10] } }' "$DIR/results-overload"
 fi

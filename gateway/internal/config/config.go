@@ -339,6 +339,12 @@ type Limits struct {
 	// streams early, or more than half of its streams past that many
 	// (Envoy's premature reset limit). -1 turns it off.
 	PrematureResets int `yaml:"prematureResets"`
+	// MaxConcurrentCalls bounds the gRPC calls and HTTP requests in flight
+	// across listeners; one past it is refused at once (RESOURCE_EXHAUSTED,
+	// HTTP 503, response flag OM) instead of slowing every call. 0: no
+	// bound. Set it to what the gateway serves at the latency it must
+	// keep: make bench's overload rows show the effect.
+	MaxConcurrentCalls int `yaml:"maxConcurrentCalls"`
 }
 
 // Defaults. Message size is four times gRPC's default 4 MiB receive limit so
@@ -729,8 +735,8 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxMessageBytes < 0 {
 		errs = append(errs, errors.New("limits.maxMessageBytes: must be positive"))
 	}
-	if c.Limits.MaxRequestHeadersBytes < 0 || c.Limits.MaxConnections < 0 || c.Limits.PrematureResets < -1 {
-		errs = append(errs, errors.New("limits: maxRequestHeadersBytes and maxConnections must be positive, prematureResets positive or -1"))
+	if c.Limits.MaxRequestHeadersBytes < 0 || c.Limits.MaxConnections < 0 || c.Limits.PrematureResets < -1 || c.Limits.MaxConcurrentCalls < 0 {
+		errs = append(errs, errors.New("limits: maxRequestHeadersBytes and maxConnections must be positive, maxConcurrentCalls 0 (no bound) or more, prematureResets positive or -1"))
 	}
 	if c.Limits.KeepaliveMinTime < 0 || c.Limits.IdleTimeout < 0 || c.Limits.KeepaliveTime < 0 || c.Limits.KeepaliveTimeout < 0 || c.ShutdownGrace < 0 || c.DrainDelay < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))

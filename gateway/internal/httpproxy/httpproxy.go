@@ -105,6 +105,9 @@ type Observer interface {
 type Options struct {
 	// EnvHeader is logged with each request.
 	EnvHeader string
+	// Limiter, when set, bounds the requests in flight (with the gRPC
+	// calls): a request past it is answered 503 at once.
+	Limiter Limiter
 	// AccessLog, when set, gets one line per request.
 	AccessLog *slog.Logger
 	// Log is the proxy's own log (transport errors).
@@ -268,7 +271,22 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.serve(cw, r, rq)
 }
 
+// Limiter bounds the requests in flight: Acquire takes a place or says why
+// there is none, Release gives it back.
+type Limiter interface {
+	Acquire() error
+	Release()
+}
+
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, rq *request) {
+	if l := p.o.Limiter; l != nil {
+		if err := l.Acquire(); err != nil {
+			rq.flags = "OM"
+			localReply(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		defer l.Release()
+	}
 	req := route.Request{Headers: lowerHeaders(r.Header), Path: requestPath(r), Authority: r.Host, Method: r.Method}
 	dec, err := p.routes().Decide(&req, p.pick())
 	if err != nil {

@@ -54,6 +54,7 @@ type Proxy struct {
 	// accept the upstream's encoding.
 	maxMessage int
 	admission  Admission
+	limiter    Limiter      // never nil: noLimit without a bound
 	codecs     sync.Map     // content-subtype -> grpc.CallOption forcing its codec
 	nCodecs    atomic.Int32 // entries in codecs, at most maxCodecs
 }
@@ -87,6 +88,21 @@ type Admission interface {
 
 // SetAdmission makes every call ask a first (nil: every call is taken).
 func (p *Proxy) SetAdmission(a Admission) { p.admission = a }
+
+// Limiter bounds the calls in flight: Acquire takes a place or says why
+// there is none, Release gives it back.
+type Limiter interface {
+	Acquire() error
+	Release()
+}
+
+// SetLimiter makes every call take a place from l first (nil: no bound).
+func (p *Proxy) SetLimiter(l Limiter) {
+	if l == nil {
+		l = noLimit{}
+	}
+	p.limiter = l
+}
 
 // Response headers envgate adds.
 const (
@@ -124,7 +140,7 @@ func (p *Proxy) SetExchanges(x Exchanges) { p.exchanges = x }
 // every call on accessLog (nil: no access log) and reports it to observer
 // (nil: none).
 func New(director grpcproxy.StreamDirector, accessLog *slog.Logger, envHeader string, observer Observer) *Proxy {
-	return &Proxy{director: director, log: accessLog, envHeader: envHeader, observer: observer, maxMessage: 4 << 20}
+	return &Proxy{director: director, log: accessLog, envHeader: envHeader, observer: observer, maxMessage: 4 << 20, limiter: noLimit{}}
 }
 
 // ServerCodec is the codec the gateway's grpc.Server must force, so that
@@ -181,8 +197,12 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 		err = status.FromContextError(ctx.Err()).Err()
 	} else if err = p.admit(); err != nil {
 		// Overloaded: refused before anything is read or dialled.
+		c.flags = "OM"
+	} else if err = p.acquire(); err != nil {
+		c.flags = "OM"
 	} else {
 		err = p.forward(ctx, ss, method, c)
+		p.limiter.Release()
 	}
 	d := time.Since(start)
 	if span != nil {
@@ -231,6 +251,19 @@ func (p *Proxy) admit() error {
 	}
 	return nil
 }
+
+// acquire takes a place from the limiter.
+func (p *Proxy) acquire() error {
+	if err := p.limiter.Acquire(); err != nil {
+		return status.Error(codes.ResourceExhausted, err.Error())
+	}
+	return nil
+}
+
+type noLimit struct{}
+
+func (noLimit) Acquire() error { return nil }
+func (noLimit) Release()       {}
 
 // call is what one call leaves for the access log and metrics.
 type call struct {

@@ -30,6 +30,13 @@
 //	          open descriptors, goroutines (from -metrics), then, with
 //	          -idle-wait, descriptors after the wait and calls failed after
 //	          it (-1 without).
+//	rate      open loop: unary 100 B calls at -rps for -duration over
+//	          -conns connections, each started when due whatever the
+//	          others do (at most -max-inflight in flight; one due past it
+//	          counts as dropped), its latency taken from when it was due.
+//	          Prints: calls due, OK, refused (RESOURCE_EXHAUSTED or
+//	          UNAVAILABLE), other errors, dropped, p50, p99, p99.9 ms of
+//	          the OK calls, OK calls/s.
 //
 // Every mode is bounded by its counts and by -timeout.
 package main
@@ -55,10 +62,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/envgate/envgate/proto/echopb"
@@ -77,6 +86,9 @@ type options struct {
 	envs, inflight      int
 	idleWait            time.Duration
 	metrics             string
+	rps                 float64
+	duration            time.Duration
+	maxInflight         int
 }
 
 func main() {
@@ -101,6 +113,9 @@ func main() {
 	flag.IntVar(&o.inflight, "inflight", 50, "envs: calls in flight")
 	flag.DurationVar(&o.idleWait, "idle-wait", 0, "envs: wait this long, then call every environment again")
 	flag.StringVar(&o.metrics, "metrics", "", "envs: the gateway's Prometheus endpoint (go_goroutines)")
+	flag.Float64Var(&o.rps, "rps", 1000, "rate: calls per second")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "rate: how long")
+	flag.IntVar(&o.maxInflight, "max-inflight", 20000, "rate: calls in flight at most")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		log.Fatalf("load: unexpected arguments %q", flag.Args())
@@ -122,8 +137,10 @@ func main() {
 		out, err = conns(ctx, o)
 	case "envs":
 		out, err = envs(ctx, o)
+	case "rate":
+		out, err = rate(ctx, o)
 	default:
-		err = fmt.Errorf("-mode must be stream, pingpong, conns or envs, not %q", *mode)
+		err = fmt.Errorf("-mode must be stream, pingpong, conns, envs or rate, not %q", *mode)
 	}
 	if err != nil {
 		log.Fatalf("load: %v", err)
@@ -438,22 +455,31 @@ func callLoop(ccs []*grpc.ClientConn, workers, n int, do func(cc *grpc.ClientCon
 	return lat, failed.Load(), err
 }
 
+// dialN opens n connections; the caller closes what it returns.
+func dialN(o options, n int, opts ...grpc.DialOption) ([]*grpc.ClientConn, error) {
+	ccs := make([]*grpc.ClientConn, 0, n)
+	for range n {
+		cc, err := dial(o, opts...)
+		if err != nil {
+			return ccs, err
+		}
+		ccs = append(ccs, cc)
+	}
+	return ccs, nil
+}
+
+func closeAll(ccs []*grpc.ClientConn) {
+	for _, cc := range ccs {
+		cc.Close()
+	}
+}
+
 // envs spreads calls over many environments' upstreams.
 func envs(ctx context.Context, o options) (string, error) {
-	ccs := make([]*grpc.ClientConn, o.conns)
-	defer func() {
-		for _, cc := range ccs {
-			if cc != nil {
-				cc.Close()
-			}
-		}
-	}()
-	for i := range ccs {
-		cc, err := dial(o)
-		if err != nil {
-			return "", err
-		}
-		ccs[i] = cc
+	ccs, err := dialN(o, o.conns)
+	defer closeAll(ccs)
+	if err != nil {
+		return "", err
 	}
 	req := &echopb.EchoRequest{ResponseSize: 100, Payload: make([]byte, 100)}
 	// run makes n calls, the i-th to environment i % o.envs.
@@ -487,6 +513,69 @@ func envs(ctx context.Context, o options) (string, error) {
 	idleFDs := openFiles(o.pid)
 	_, failed, _ = run(o.envs)
 	return fmt.Sprintf("%s %d %d", out, idleFDs, failed), nil
+}
+
+// rate makes calls at a fixed rate, not waiting for answers.
+func rate(ctx context.Context, o options) (string, error) {
+	ccs, err := dialN(o, o.conns)
+	defer closeAll(ccs)
+	if err != nil {
+		return "", err
+	}
+	req := &echopb.EchoRequest{ResponseSize: 100, Payload: make([]byte, 100)}
+	// Warm up every connection.
+	for _, cc := range ccs {
+		if err := cc.Invoke(ctx, "/echo.EchoService/Call", req, new(echopb.EchoResponse)); err != nil {
+			return "", fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	total := int(o.rps * o.duration.Seconds())
+	var (
+		ok, refused, other, dropped atomic.Int64
+		inflight                    atomic.Int64
+		mu                          sync.Mutex // guards lat
+		lat                         = make([]time.Duration, 0, total)
+		wg                          sync.WaitGroup
+	)
+	interval := time.Duration(float64(time.Second) / o.rps)
+	start := time.Now()
+	for i := 0; i < total; i++ {
+		due := start.Add(time.Duration(i) * interval)
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if inflight.Load() >= int64(o.maxInflight) {
+			dropped.Add(1)
+			continue
+		}
+		inflight.Add(1)
+		cc := ccs[i%len(ccs)]
+		wg.Go(func() {
+			defer inflight.Add(-1)
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			err := cc.Invoke(cctx, "/echo.EchoService/Call", req, new(echopb.EchoResponse))
+			switch status.Code(err) {
+			case codes.OK:
+				ok.Add(1)
+				d := time.Since(due)
+				mu.Lock()
+				lat = append(lat, d)
+				mu.Unlock()
+			case codes.ResourceExhausted, codes.Unavailable:
+				refused.Add(1)
+			default:
+				other.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	return fmt.Sprintf("%d %d %d %d %d %.3f %.3f %.3f %.0f", total, ok.Load(), refused.Load(), other.Load(), dropped.Load(),
+		ms(percentile(lat, 0.5)), ms(percentile(lat, 0.99)), ms(percentile(lat, 0.999)), float64(ok.Load())/elapsed.Seconds()), nil
 }
 
 // openFiles counts the process's open descriptors (not its children's).
