@@ -22,6 +22,7 @@ import (
 	_ "google.golang.org/grpc/encoding/gzip" // lets clients and the proxy compress
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/envgate/envgate/echo/echoserver"
@@ -86,6 +87,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		}
 		opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
 	}
+	// A load balancer pings its backends' idle connections every 10-30 s;
+	// gRPC's default policy (5 minutes between pings) would answer with
+	// GOAWAY too_many_pings. The gateway tolerates the same.
+	opts = append(opts, grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}))
 	srv := grpc.NewServer(opts...)
 	echoserver.Register(srv, &echoserver.Server{Env: o.env, Addr: lis.Addr().String(), Log: log})
 	healthpb.RegisterHealthServer(srv, health.NewServer())

@@ -59,8 +59,11 @@ CONN_ACTIVE=${CONN_ACTIVE:-1000}
 ENV_ROWS=${ENV_ROWS:-1}
 OVERLOAD_ROWS=${OVERLOAD_ROWS:-1}
 ENV_COUNT=${ENV_COUNT:-1000}
-MANY_BASE=${MANY_BASE:-30000}
+# Below Linux's ephemeral range (32768-60999): the client sockets of the
+# connection rows may still hold ports there.
+MANY_BASE=${MANY_BASE:-20000}
 LISTEN=""
+PIN="" LOAD_PIN="" # taskset prefixes of the target and of the load client
 PORT=${PORT:-19080}
 TICK=$(getconf CLK_TCK)
 pids=()
@@ -178,35 +181,35 @@ start_target() {
     direct-tls) target_pid=""; target_port=$BACKEND_TLS_PORT; return ;;
     direct-http) target_pid=""; target_port=$BACKEND_HTTP_PORT; return ;;
     envgate-http) render "$ROOT/scripts/bench/envgate-http.yaml.in" "$DIR/conf/envgate.yaml"
-      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+      $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx-http) render "$ROOT/scripts/bench/nginx-http.conf.in" "$DIR/nginx.conf"
-      nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
+      $PIN nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
     haproxy-http) render "$ROOT/scripts/bench/haproxy-http.cfg.in" "$DIR/haproxy.cfg"
-      haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
+      $PIN haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
     envgate-tls) render "$ROOT/scripts/bench/envgate-tls.yaml.in" "$DIR/conf/envgate.yaml"
-      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+      $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     haproxy-tls) render "$ROOT/scripts/bench/haproxy-tls.cfg.in" "$DIR/haproxy.cfg"
-      haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
+      $PIN haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
     envgate-overload) render "$ROOT/scripts/bench/envgate-overload.yaml.in" "$DIR/conf/envgate.yaml"
-      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+      $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-ctls) render "$ROOT/scripts/bench/envgate-ctls.yaml.in" "$DIR/conf/envgate.yaml"
-      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+      $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx-ctls) render "$ROOT/scripts/bench/nginx-ctls.conf.in" "$DIR/nginx.conf"
-      nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
+      $PIN nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
     haproxy-ctls) render "$ROOT/scripts/bench/haproxy-ctls.cfg.in" "$DIR/haproxy.cfg"
-      haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
+      $PIN haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
     envgate) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/conf/envgate.yaml"
-      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+      $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-base) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/conf/envgate.yaml"
-      "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+      $PIN "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-shared) render "$ROOT/scripts/bench/envgate-shared.yaml.in" "$DIR/conf/envgate.yaml"
-      "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+      $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx) render "$ROOT/scripts/bench/nginx.conf.in" "$DIR/nginx.conf"
-      nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
+      $PIN nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
     grpcgo-floor) "$BIN/bench-floor" -listen "127.0.0.1:$PORT" -backend "127.0.0.1:$BACKEND_PORT" >"$DIR/floor.log" 2>&1 & ;;
     grpc-proxy) "$BIN/bench-grpcproxy" -listen "127.0.0.1:$PORT" -backend "127.0.0.1:$BACKEND_PORT" >"$DIR/grpcproxy.log" 2>&1 & ;;
     haproxy) render "$ROOT/scripts/bench/haproxy.cfg.in" "$DIR/haproxy.cfg"
-      haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
+      $PIN haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
   esac
   target_pid=$!; pids+=("$target_pid"); target_port=$PORT; wait_port "$PORT"
 }
@@ -332,7 +335,7 @@ table() {
 }
 
 # load ARGS...: scripts/bench/load against the current target.
-load() { timeout 600 "$BIN/bench-load" -addr "127.0.0.1:$target_port" "$@"; }
+load() { timeout 600 $LOAD_PIN "$BIN/bench-load" -addr "127.0.0.1:$target_port" "$@"; }
 
 # measure_streams TARGET...: server-streaming rows into $results-streams
 # and ping-pong rows into $results-pingpong (h2c; the backend is $backend).
@@ -397,7 +400,12 @@ measure_envs() {
 
 # measure_overload: envgate's sustained rate, then twice it through each
 # target; rows into $results-overload, the rate into $overload_rate.
+# The proxy runs on CPU 1, the client and the backend on CPU 0: on two
+# shared cores, twice the proxy's rate would otherwise overload the client
+# before the proxy, and measure the client.
 measure_overload() {
+  taskset -p -c 0 "$backend" >/dev/null
+  PIN="taskset -c 1" LOAD_PIN="taskset -c 0"
   start_target envgate
   local sustained; sustained=$(load -mode envs -envs 1 -calls 30000 -conns 10 -inflight 50 | awk '{ print $1 }')
   stop_target
@@ -407,6 +415,8 @@ measure_overload() {
     echo "$target $(load -mode rate -rps "$overload_rate" -duration 10s -conns 10)" >>"$DIR/results-overload"
     stop_target
   done
+  PIN="" LOAD_PIN=""
+  taskset -p -c "0-$(($(nproc) - 1))" "$backend" >/dev/null
 }
 
 start_backend
@@ -480,10 +490,11 @@ if [ "$STREAM_ROWS" = 1 ]; then
 fi
 
 if [ "$CONN_ROWS" = 1 ]; then
-  [ "$CLIENT_TLS_ROWS" = 1 ] || { bench_certs ecdsa; start_tls_backend; }
+  bench_certs ecdsa
+  start_tls_backend
   measure_conns ${CONN_TARGETS:-direct-tls envgate-ctls nginx-ctls haproxy-ctls}
   echo
-  echo "connections: $CONN_COUNT TLS connections (ECDSA P-256 when the client-TLS rows ran, their last key otherwise: RSA 2048), one 100 B call each, then 15 s idle with keepalive pings every 10 s; then 30,000 calls on $CONN_ACTIVE of them (one in flight each) and on 10 ($((CONN_ACTIVE / 10)) in flight each)"
+  echo "connections: $CONN_COUNT TLS connections (ECDSA P-256), one 100 B call each, then 15 s idle with keepalive pings every 10 s; then 30,000 calls on $CONN_ACTIVE of them (one in flight each) and on 10 ($((CONN_ACTIVE / 10)) in flight each)"
   echo "RSS: of the process (and workers) before, with the connections idle, and the peak; KiB/conn: (idle - before) / connections; cpu: seconds per 10k calls"
   awk '{ K[$1] = $4; row[NR] = $0 }
     function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
@@ -510,7 +521,7 @@ fi
 if [ "$OVERLOAD_ROWS" = 1 ]; then
   measure_overload envgate envgate-overload nginx haproxy
   echo
-  echo "overload: unary 100 B calls open loop at $overload_rate/s (twice envgate's closed-loop rate in this run) for 10 s over 10 h2c connections; latency from when each call was due; refused: RESOURCE_EXHAUSTED or UNAVAILABLE"
+  echo "overload: unary 100 B calls open loop at $overload_rate/s (twice envgate's closed-loop rate, 50 in flight, in this run) for 10 s over 10 h2c connections; the proxy on CPU 1, client and backend on CPU 0; latency from when each call was due; refused: RESOURCE_EXHAUSTED or UNAVAILABLE; dropped: due while the client had 20,000 in flight"
   echo "envgate-overload is envgate with limits.maxConcurrentCalls: 128"
   awk '{ row[NR] = $0 }
     END {
