@@ -132,9 +132,13 @@ func TestAccessLogFieldsAndResponseFlags(t *testing.T) {
 			id, tp := traceparent()
 			ctx := metadata.AppendToOutgoingContext(testCtx(t), "env", tc.env, "traceparent", tp, "x-forwarded-for", "203.0.113.7")
 			if tc.timeout > 0 {
+				// A cancel, not a deadline: a deadline travels as
+				// grpc-timeout, and under load the gateway's copy could
+				// expire before the client's RST_STREAM arrives.
 				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, tc.timeout)
+				ctx, cancel = context.WithCancel(ctx)
 				defer cancel()
+				defer time.AfterFunc(tc.timeout, cancel).Stop()
 			}
 			_, _ = c.Call(ctx, tc.req)
 			line := logLine(t, &logs, id)

@@ -69,6 +69,7 @@ type conn struct {
 
 	writer
 	reader
+	keepaliveState
 
 	unusable atomic.Bool // draining or closed: no new streams
 	answered atomic.Bool // the upstream sent headers on some stream
@@ -163,65 +164,100 @@ type connOptions struct {
 	keepalive, keepaliveTimeout time.Duration
 }
 
-// start runs the connection's reader, flusher and keepalive, owned by wg;
-// exited is called once all have ended, after the connection closed.
+// start runs the connection's reader and flusher, owned by wg, and its
+// keepalive timer; exited is called once both have ended, after the
+// connection closed. A connection costs these two goroutines and no more:
+// a gateway routing to 1,000 environments of 3 endpoints holds 3,000
+// upstream connections, and each parked goroutine is a stack of 8 KiB or
+// more (make bench's environment rows).
 func (c *conn) start(wg *sync.WaitGroup, exited func()) {
-	var all sync.WaitGroup
-	all.Go(c.readLoop)
-	all.Go(c.flushLoop)
-	all.Go(c.keepaliveLoop)
-	wg.Go(func() {
-		all.Wait()
-		exited()
-	})
+	var left atomic.Int32
+	left.Store(2)
+	run := func(f func()) {
+		wg.Go(func() {
+			f()
+			if left.Add(-1) == 0 {
+				exited()
+			}
+		})
+	}
+	c.startKeepalive()
+	run(c.readLoop)
+	run(c.flushLoop)
 }
 
-// keepaliveLoop sends a PING when calls are in flight and nothing arrived
-// from the upstream for c.keepalive, and fails the connection when nothing
-// arrives for c.keepaliveTimeout after it: a backend that froze or vanished
-// without closing its connection (a node gone, a SIGSTOPped process) fails
-// its calls and is redialled instead of holding them until their
-// deadlines. Like gRPC's client keepalive, it stays silent on a connection
-// with no calls, which gRPC servers would count as abuse.
-func (c *conn) keepaliveLoop() {
+// keepaliveState is the keepalive timer's: the callbacks of one timer
+// never overlap (each is armed by the previous one's Reset), and kaMu
+// keeps them out of the way of stopKeepalive.
+type keepaliveState struct {
+	kaMu      sync.Mutex // guards the fields below; taken before c.mu and wmu
+	kaTimer   *time.Timer
+	kaStopped bool
+	kaPinged  bool   // a PING is out, its answer awaited
+	kaLast    uint64 // frames read at the last look
+}
+
+// startKeepalive arms the keepalive: a PING when calls are in flight and
+// nothing arrived from the upstream for c.keepalive, and the connection
+// failed when nothing arrives for c.keepaliveTimeout after it: a backend
+// that froze or vanished without closing its connection (a node gone, a
+// SIGSTOPped process) fails its calls and is redialled instead of holding
+// them until their deadlines. Like gRPC's client keepalive, it stays
+// silent on a connection with no calls, which gRPC servers would count as
+// abuse. It runs on a timer, not a goroutine of its own.
+func (c *conn) startKeepalive() {
 	if c.keepalive <= 0 {
 		return
 	}
-	t := time.NewTimer(c.keepalive)
-	defer t.Stop()
-	last := c.frames.Load()
-	for {
-		select {
-		case <-t.C:
-		case <-c.done:
-			return
-		}
-		n := c.frames.Load()
-		c.mu.Lock()
-		idle := c.active == 0
-		c.mu.Unlock()
-		if n != last || idle {
-			last = n
-			t.Reset(c.keepalive)
-			continue
-		}
-		c.lockWrite()
-		c.frameHeader(8, http2.FramePing, 0, 0)
-		_, _ = c.bw.Write([]byte("envgate\x00"))
-		c.unlockWrite()
-		t.Reset(c.keepaliveTimeout)
-		select {
-		case <-t.C:
-		case <-c.done:
-			return
-		}
-		if c.frames.Load() == n {
+	c.kaMu.Lock()
+	defer c.kaMu.Unlock()
+	c.kaLast = c.frames.Load()
+	c.kaTimer = time.AfterFunc(c.keepalive, c.keepaliveTick)
+}
+
+// stopKeepalive disarms the keepalive for good; once it returns no tick
+// runs. The reader calls it as it exits.
+func (c *conn) stopKeepalive() {
+	c.kaMu.Lock()
+	defer c.kaMu.Unlock()
+	c.kaStopped = true
+	if c.kaTimer != nil {
+		c.kaTimer.Stop()
+	}
+}
+
+func (c *conn) keepaliveTick() {
+	c.kaMu.Lock()
+	defer c.kaMu.Unlock()
+	if c.kaStopped {
+		return
+	}
+	n := c.frames.Load()
+	if c.kaPinged {
+		if n == c.kaLast {
+			// fail closes the connection; the reader then stops the
+			// keepalive once this tick has let go of kaMu.
 			c.fail(fmt.Errorf("no answer to a keepalive PING in %v", c.keepaliveTimeout))
 			return
 		}
-		last = c.frames.Load()
-		t.Reset(c.keepalive)
+		c.kaPinged, c.kaLast = false, n
+		c.kaTimer.Reset(c.keepalive)
+		return
 	}
+	c.mu.Lock()
+	idle := c.active == 0
+	c.mu.Unlock()
+	if n != c.kaLast || idle {
+		c.kaLast = n
+		c.kaTimer.Reset(c.keepalive)
+		return
+	}
+	c.lockWrite()
+	c.frameHeader(8, http2.FramePing, 0, 0)
+	_, _ = c.bw.Write([]byte("envgate\x00"))
+	c.unlockWrite()
+	c.kaPinged = true
+	c.kaTimer.Reset(c.keepaliveTimeout)
 }
 
 func (c *conn) handshake() error {

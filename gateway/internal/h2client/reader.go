@@ -73,6 +73,7 @@ func (r *reader) wakePending() {
 
 func (c *conn) readLoop() {
 	defer close(c.done)
+	defer c.stopKeepalive()
 	defer func() {
 		for _, s := range c.pending {
 			s.notify()
