@@ -194,6 +194,8 @@ start_target() {
       $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-ctls) render "$ROOT/scripts/bench/envgate-ctls.yaml.in" "$DIR/conf/envgate.yaml"
       $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-base-ctls) render "$ROOT/scripts/bench/envgate-ctls.yaml.in" "$DIR/conf/envgate.yaml"
+      $PIN "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx-ctls) render "$ROOT/scripts/bench/nginx-ctls.conf.in" "$DIR/nginx.conf"
       $PIN nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
     haproxy-ctls) render "$ROOT/scripts/bench/haproxy-ctls.cfg.in" "$DIR/haproxy.cfg"
@@ -301,7 +303,7 @@ measure() {
         echo "bench: $target, $size B: $failed of $n_ghz ghz calls failed:" >&2
         sed -n '/Status code distribution/,$p' "$DIR/ghz.txt" >&2
         # The other proxies' failures are results; envgate's or the backend's end the bench.
-        case $target in direct*|envgate|envgate-base|envgate-tls|envgate-ctls) exit 1 ;; esac
+        case $target in direct*|envgate*) exit 1 ;; esac
       fi
       b0=$(cpu_ticks "$mb"); p0=0; [ -n "$target_pid" ] && p0=$(cpu_ticks "$target_pid")
       rps=$(h2load_rps "$target_port" "$DIR/req.bin" "$n_h2")
@@ -462,7 +464,7 @@ if [ "$CLIENT_TLS_ROWS" = 1 ]; then
     bench_certs "$key"
     start_tls_backend
     : >"$results"
-    measure direct-tls envgate-ctls nginx-ctls haproxy-ctls
+    measure direct-tls envgate-ctls ${BASE_GATEWAY:+envgate-base-ctls }nginx-ctls haproxy-ctls
     echo
     echo "client TLS ($key): the client speaks TLS 1.3 to each proxy (one certificate, $( [ "$key" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256" )), h2c to the backend; direct-tls speaks TLS to the backend itself. Columns as in the first table."
     table direct-tls envgate-ctls
