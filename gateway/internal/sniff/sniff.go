@@ -344,20 +344,21 @@ func (c *Conn) http2(o Options) (*Conn, Server, error) {
 				acked = true
 				r.buf = r.buf[:start] // the acknowledgement of the sniffer's SETTINGS
 			} else if flags&flagAck == 0 {
+				// The client's SETTINGS are acknowledged now, as the
+				// server will when it reads them (before any frame
+				// after them: no stream is open yet, nothing was sent
+				// under the old values), and the server's
+				// acknowledgements are removed (for the HTTP server,
+				// which is given them merged, its one: httpServer). A
+				// client may wait for the acknowledgement before its
+				// first request (h2spec 6.9.2 does), which would
+				// otherwise come only once the sniffer gave up waiting
+				// for that request (Options.FirstRequest).
 				r.settings = append(r.settings, span{start, len(r.buf)})
-				if len(r.settings) == 1 {
-					// The client's first SETTINGS, part of the
-					// connection preface: acknowledged now, as the
-					// server will when it reads them (before any
-					// frame after them), and the server's
-					// acknowledgement is removed. Later ones are
-					// acknowledged by the gRPC server, or for the HTTP
-					// server by the sniffer (httpServer).
-					if _, err := c.Conn.Write(settingsAck); err != nil {
-						return nil, 0, err
-					}
-					out.acks++
+				if _, err := c.Conn.Write(settingsAck); err != nil {
+					return nil, 0, err
 				}
+				out.acks++
 			}
 			continue
 		case frameWindowUpdate, framePriority:
@@ -424,18 +425,17 @@ func (c *Conn) undecided(r *recorder, acked bool, err error) (*Conn, Server, err
 // REFUSED_STREAM, not PROTOCOL_ERROR), or go through to be acknowledged.
 // It also acknowledges SETTINGS read together once, so the client's
 // SETTINGS frames read so far are given to it as one (each setting's last
-// value: no stream is open yet, so the values in between had no effect),
-// the sniffer acknowledging the others, and the one acknowledgement it
-// writes for them removed.
+// value: no stream is open yet, so the values in between had no effect);
+// the sniffer acknowledged each as it read it, and the one acknowledgement
+// the server writes for them is removed.
 func (c *Conn) httpServer(r *recorder, acked bool) (*Conn, Server, error) {
 	if len(r.settings) > 1 {
 		if err := r.mergeSettings(); err != nil {
 			return nil, 0, err
 		}
-		extra := bytes.Repeat(settingsAck, len(r.settings)-1)
-		if _, err := c.Conn.Write(extra); err != nil {
-			return nil, 0, err
-		}
+		// The sniffer acknowledged each; the server acknowledges the
+		// merged frame once, and that one is removed.
+		r.out.acks = 1
 	}
 	c.pending, c.out = r.buf, r.out
 	c.ack.done = acked

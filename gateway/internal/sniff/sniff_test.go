@@ -260,3 +260,70 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	}
 	return server, client
 }
+
+// A client that sends a second SETTINGS and waits for its acknowledgement
+// before its first request (h2spec 6.9.2 does) gets it at once, not when
+// the sniffer gives up waiting for the request (FirstRequest); the server
+// it goes to then has its acknowledgement of the merged SETTINGS removed,
+// and acknowledges what comes after.
+func TestSecondSettingsAcknowledgedBeforeTheFirstRequest(t *testing.T) {
+	server, client := tcpPair(t)
+	defer client.Close()
+	defer server.Close()
+	type result struct {
+		c   *Conn
+		s   Server
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, s, err := Classify(server, Options{Timeout: 10 * time.Second, FirstRequest: 10 * time.Second, Settings: interim})
+		done <- result{c, s, err}
+	}()
+	var out bytes.Buffer
+	out.WriteString(Preface)
+	fr := http2.NewFramer(&out, nil)
+	_ = fr.WriteSettings()
+	_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	if _, err := client.Write(out.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// The sniffer's SETTINGS, then an acknowledgement for each of ours.
+	want := append(settingsFrame(interim), append(append([]byte{}, settingsAck...), settingsAck...)...)
+	got := make([]byte, len(want))
+	_ = client.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := io.ReadFull(client, got); err != nil {
+		t.Fatalf("read %x (%d bytes) before the first request: %v", got[:n], n, err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %x, want %x", got, want)
+	}
+	// The request: a plain GET goes to the HTTP server.
+	out.Reset()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", "/"}, {":authority", "a"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
+	if _, err := client.Write(out.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.s != HTTP {
+		t.Fatalf("server %v, %v", r.s, r.err)
+	}
+	// The server's acknowledgement of the merged SETTINGS is removed; a
+	// later one goes through.
+	if _, err := r.c.Write(append(append([]byte{}, settingsAck...), settingsAck...)); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, len(settingsAck))
+	if _, err := io.ReadFull(client, ack); err != nil || !bytes.Equal(ack, settingsAck) {
+		t.Fatalf("after the request: %x, %v; want one acknowledgement", ack, err)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, _ := client.Read(ack); n != 0 {
+		t.Fatalf("a second acknowledgement reached the client: %x", ack[:n])
+	}
+}
