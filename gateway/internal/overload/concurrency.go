@@ -15,12 +15,10 @@ import (
 type Concurrency struct {
 	max      int64
 	inFlight atomic.Int64
-	// OnRefused, when set, counts refusals (metrics).
-	OnRefused func()
 }
 
-// NewConcurrency bounds calls in flight to max; max <= 0 returns nil, no
-// bound (a nil *Concurrency admits everything).
+// NewConcurrency bounds calls in flight to max; max <= 0 returns nil: no
+// bound, nothing for the fronts to ask.
 func NewConcurrency(max int) *Concurrency {
 	if max <= 0 {
 		return nil
@@ -31,30 +29,15 @@ func NewConcurrency(max int) *Concurrency {
 // Acquire takes a place for a call, or says why there is none. A taken
 // place is given back with Release.
 func (c *Concurrency) Acquire() error {
-	if c == nil {
-		return nil
-	}
 	if c.inFlight.Add(1) > c.max {
 		c.inFlight.Add(-1)
-		if c.OnRefused != nil {
-			c.OnRefused()
-		}
 		return fmt.Errorf("envgate is overloaded: %d calls in flight reach limits.maxConcurrentCalls; retry with backoff or use another replica", c.max)
 	}
 	return nil
 }
 
 // Release gives back a place Acquire took.
-func (c *Concurrency) Release() {
-	if c != nil {
-		c.inFlight.Add(-1)
-	}
-}
+func (c *Concurrency) Release() { c.inFlight.Add(-1) }
 
 // InFlight is how many places are taken.
-func (c *Concurrency) InFlight() int64 {
-	if c == nil {
-		return 0
-	}
-	return c.inFlight.Load()
-}
+func (c *Concurrency) InFlight() int64 { return c.inFlight.Load() }

@@ -97,12 +97,7 @@ type Limiter interface {
 }
 
 // SetLimiter makes every call take a place from l first (nil: no bound).
-func (p *Proxy) SetLimiter(l Limiter) {
-	if l == nil {
-		l = noLimit{}
-	}
-	p.limiter = l
-}
+func (p *Proxy) SetLimiter(l Limiter) { p.limiter = l }
 
 // Response headers envgate adds.
 const (
@@ -140,7 +135,7 @@ func (p *Proxy) SetExchanges(x Exchanges) { p.exchanges = x }
 // every call on accessLog (nil: no access log) and reports it to observer
 // (nil: none).
 func New(director grpcproxy.StreamDirector, accessLog *slog.Logger, envHeader string, observer Observer) *Proxy {
-	return &Proxy{director: director, log: accessLog, envHeader: envHeader, observer: observer, maxMessage: 4 << 20, limiter: noLimit{}}
+	return &Proxy{director: director, log: accessLog, envHeader: envHeader, observer: observer, maxMessage: 4 << 20}
 }
 
 // ServerCodec is the codec the gateway's grpc.Server must force, so that
@@ -202,7 +197,9 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 		c.flags = "OM"
 	} else {
 		err = p.forward(ctx, ss, method, c)
-		p.limiter.Release()
+		if p.limiter != nil {
+			p.limiter.Release()
+		}
 	}
 	d := time.Since(start)
 	if span != nil {
@@ -252,18 +249,16 @@ func (p *Proxy) admit() error {
 	return nil
 }
 
-// acquire takes a place from the limiter.
+// acquire takes a place from the limiter, if any.
 func (p *Proxy) acquire() error {
+	if p.limiter == nil {
+		return nil
+	}
 	if err := p.limiter.Acquire(); err != nil {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	}
 	return nil
 }
-
-type noLimit struct{}
-
-func (noLimit) Acquire() error { return nil }
-func (noLimit) Release()       {}
 
 // call is what one call leaves for the access log and metrics.
 type call struct {

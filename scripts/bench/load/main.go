@@ -346,38 +346,15 @@ func conns(ctx context.Context, o options) (string, error) {
 		return cc.Invoke(ctx, "/echo.EchoService/Call", req, new(echopb.EchoResponse))
 	}
 	rssBefore := rssKB(o.pid)
-	ccs := make([]*grpc.ClientConn, o.conns)
-	defer func() {
-		for _, cc := range ccs {
-			if cc != nil {
-				cc.Close()
-			}
-		}
-	}()
-	// Connect and make each connection's one call, 100 at a time.
-	sem := make(chan struct{}, 100)
-	var wg sync.WaitGroup
-	var failed atomic.Int64
-	var firstErr atomic.Value
-	for i := range ccs {
-		cc, err := dial(o, grpc.WithKeepaliveParams(keepalive.ClientParameters{
-			Time: 10 * time.Second, Timeout: 20 * time.Second, PermitWithoutStream: true}))
-		if err != nil {
-			return "", err
-		}
-		ccs[i] = cc
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			if err := call(cc); err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err)
-			}
-		})
+	ccs, err := dialN(o, o.conns, grpc.WithKeepaliveParams(keepalive.ClientParameters{
+		Time: 10 * time.Second, Timeout: 20 * time.Second, PermitWithoutStream: true}))
+	defer closeAll(ccs)
+	if err != nil {
+		return "", err
 	}
-	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		return "", fmt.Errorf("%d of %d first calls failed, the first: %v", n, o.conns, firstErr.Load())
+	// Each connection's one call, 100 at a time.
+	if _, n, err := callLoop(ccs, 100, o.conns, func(_ *grpc.ClientConn, i int64) error { return call(ccs[i]) }); n > 0 {
+		return "", fmt.Errorf("%d of %d first calls failed, the first: %w", n, o.conns, err)
 	}
 	// Idle, as a load balancer's spare connections are: keepalive pings
 	// only.
