@@ -35,6 +35,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2/hpack"
@@ -146,6 +147,11 @@ type Conn struct {
 	// already said for it; nil once there is nothing left to remove.
 	out  *writeFilter
 	wbuf []byte // what out passes, reused
+	// later counts, on the HTTP server's connections, the client's
+	// SETTINGS read after sniffing (nil elsewhere); scan is where the
+	// count is in the frames read.
+	later *laterSettings
+	scan  frameScan
 	// drain makes the first read take what the socket has beside what was
 	// sniffed: a server that finds a protocol error in the sniffed bytes
 	// closes the connection, and with the client's later bytes unread the
@@ -196,7 +202,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if c.ack.done {
-		return c.Conn.Read(p)
+		n, err := c.Conn.Read(p)
+		if c.later != nil && !c.later.off.Load() {
+			c.scan.count(p[:n], c.later)
+		}
+		return n, err
 	}
 	// Until the acknowledgement is found, reads go through the filter;
 	// what it passes is returned from pending.
@@ -204,11 +214,57 @@ func (c *Conn) Read(p []byte) (int, error) {
 	for len(c.pending) == 0 {
 		n, err := c.Conn.Read(buf)
 		c.pending = c.ack.filter(c.pending, buf[:n])
+		if c.later != nil && !c.later.off.Load() {
+			c.scan.count(c.pending, c.later)
+		}
 		if err != nil && len(c.pending) == 0 {
 			return 0, err
 		}
 	}
 	return c.Read(p)
+}
+
+// laterSettings lets the HTTP server's write filter tell its
+// acknowledgement of the SETTINGS the sniffer merged (and acknowledged
+// already: removed) from one for SETTINGS the client sent after sniffing
+// (passed). Go's HTTP/2 server writes one acknowledgement for SETTINGS
+// frames it reads before it can write one (serverConn.processSettings
+// sets needToSendSettingsAck, a bool), so when the client's next SETTINGS
+// is read before the merged frame's acknowledgement went out, the one
+// acknowledgement covers both, and it must reach the client (h2spec 6.9.2
+// waits for it).
+type laterSettings struct {
+	n   atomic.Int32 // SETTINGS read after sniffing, not yet matched by an acknowledgement that passed
+	off atomic.Bool  // the filter removes no more acknowledgements: counting stops
+}
+
+// frameScan counts SETTINGS frames (not acknowledgements) in a stream of
+// HTTP/2 frames read in arbitrary pieces.
+type frameScan struct {
+	hdr  [frameHeaderLen]byte
+	hn   int
+	skip int
+}
+
+func (s *frameScan) count(b []byte, later *laterSettings) {
+	for len(b) > 0 {
+		if s.skip > 0 {
+			n := min(s.skip, len(b))
+			b, s.skip = b[n:], s.skip-n
+			continue
+		}
+		n := copy(s.hdr[s.hn:], b)
+		s.hn += n
+		b = b[n:]
+		if s.hn < frameHeaderLen {
+			return
+		}
+		s.hn = 0
+		if s.hdr[3] == frameSettings && s.hdr[4]&flagAck == 0 {
+			later.n.Add(1)
+		}
+		s.skip = int(s.hdr[0])<<16 | int(s.hdr[1])<<8 | int(s.hdr[2])
+	}
 }
 
 // drainWait bounds the wait for more bytes on a connection that broke the
@@ -439,6 +495,10 @@ func (c *Conn) httpServer(r *recorder, acked bool) (*Conn, Server, error) {
 	}
 	c.pending, c.out = r.buf, r.out
 	c.ack.done = acked
+	if r.out.acks > 0 {
+		c.later = new(laterSettings)
+		r.out.later = c.later
+	}
 	return c, HTTP, nil
 }
 
@@ -579,6 +639,10 @@ type writeFilter struct {
 	window       uint32 // the WINDOW_UPDATE increment to remove (0: none)
 	held         []byte
 	skip         int
+	// later, on the HTTP server's path, counts the client's SETTINGS
+	// after sniffing: while any is unmatched, an acknowledgement may be
+	// theirs and passes.
+	later *laterSettings
 }
 
 func (f *writeFilter) done() bool { return f.acks == 0 && f.settingsDone && f.window == 0 }
@@ -630,8 +694,14 @@ func (f *writeFilter) filter(out, b []byte) []byte {
 				f.window = 0 // not what the sniffer granted: it goes through
 				out = append(out, f.held...)
 			}
+		case h[4]&flagAck != 0 && f.acks > 0 && f.later != nil && f.later.n.Load() > 0:
+			f.later.n.Add(-1) // it acknowledges later SETTINGS too
+			out = append(out, f.held...)
 		case h[4]&flagAck != 0 && f.acks > 0:
 			f.acks--
+			if f.acks == 0 && f.later != nil {
+				f.later.off.Store(true)
+			}
 		case h[4]&flagAck == 0 && !f.settingsDone:
 			f.settingsDone = true
 			if !sameSettings(payload, f.interim) {

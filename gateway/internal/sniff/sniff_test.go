@@ -266,6 +266,90 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 // the sniffer gives up waiting for the request (FirstRequest); the server
 // it goes to then has its acknowledgement of the merged SETTINGS removed,
 // and acknowledges what comes after.
+// Go's HTTP/2 server writes one acknowledgement for the SETTINGS frames
+// it reads before it could write one (net/http h2_bundle.go
+// serverConn.processSettings: needToSendSettingsAck is a bool). When the
+// client's SETTINGS after its request are read before the acknowledgement
+// of the merged SETTINGS went out, that one acknowledgement answers both,
+// and reaches the client (h2spec 6.9.2 failed through envgate for it,
+// waiting for an acknowledgement that was removed).
+func TestCoalescedAcknowledgementReachesTheClient(t *testing.T) {
+	server, client := tcpPair(t)
+	defer client.Close()
+	defer server.Close()
+	type result struct {
+		c   *Conn
+		s   Server
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, s, err := Classify(server, Options{Timeout: 10 * time.Second, FirstRequest: 10 * time.Second, Settings: interim})
+		done <- result{c, s, err}
+	}()
+	var out bytes.Buffer
+	out.WriteString(Preface)
+	fr := http2.NewFramer(&out, nil)
+	_ = fr.WriteSettings()
+	_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	if _, err := client.Write(out.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// The sniffer's SETTINGS, then an acknowledgement for each of ours.
+	want := append(settingsFrame(interim), append(append([]byte{}, settingsAck...), settingsAck...)...)
+	got := make([]byte, len(want))
+	_ = client.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := io.ReadFull(client, got); err != nil {
+		t.Fatalf("read %x (%d bytes) before the first request: %v", got[:n], n, err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %x, want %x", got, want)
+	}
+	// The request: a plain GET goes to the HTTP server.
+	out.Reset()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", "/"}, {":authority", "a"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
+	if _, err := client.Write(out.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.s != HTTP {
+		t.Fatalf("server %v, %v", r.s, r.err)
+	}
+	// The client's next SETTINGS; the server reads it with the rest
+	// before it writes its one acknowledgement.
+	out.Reset()
+	_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1})
+	if _, err := client.Write(out.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(r.c, make([]byte, len(Preface))); err != nil {
+		t.Fatal(err)
+	}
+	sf := http2.NewFramer(nil, r.c)
+	for settings := 0; settings < 2; {
+		f, err := sf.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+			settings++ // the merged frame, then the later one
+		}
+	}
+	if _, err := r.c.Write(settingsAck); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, len(settingsAck))
+	_ = client.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.ReadFull(client, ack); err != nil || !bytes.Equal(ack, settingsAck) {
+		t.Fatalf("the acknowledgement of the later SETTINGS: %x, %v", ack, err)
+	}
+}
+
 func TestSecondSettingsAcknowledgedBeforeTheFirstRequest(t *testing.T) {
 	server, client := tcpPair(t)
 	defer client.Close()
