@@ -99,8 +99,8 @@ func newHTTPServer(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler,
 			MaxReceiveBufferPerConnection: clientConnWindow,
 		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if sc, ok := c.(*sniff.Conn); ok && sc.TLS() != nil {
-				ctx = context.WithValue(ctx, tlsStateKey{}, sc.TLS())
+			if st := connTLS(c); st != nil {
+				ctx = context.WithValue(ctx, tlsStateKey{}, st)
 			}
 			return ctx
 		},
@@ -109,6 +109,15 @@ func newHTTPServer(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler,
 }
 
 type tlsStateKey struct{}
+
+// connTLS is the TLS state of a sniffed connection (the sniffer terminated
+// TLS), or of one the HTTP/1.1 fast path handed over; nil for plaintext.
+func connTLS(c net.Conn) *tls.ConnectionState {
+	if t, ok := c.(interface{ TLS() *tls.ConnectionState }); ok {
+		return t.TLS()
+	}
+	return nil
+}
 
 // frontHandler gives gRPC requests on the HTTP server's HTTP/2 connections
 // to the gRPC server, and everything else to the HTTP front.

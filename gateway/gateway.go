@@ -90,12 +90,13 @@ type gateway struct {
 	health  *health.Server   // grpc.health.v1 for the gateway itself
 	metrics *metrics.Metrics
 
-	listeners []*sniff.Mux     // each listener's connections, to the server of their protocol
-	conns     *edge.Limiter    // the client connections of every listener
-	servers   []*grpc.Server   // gRPC, per listener
-	https     []*http.Server   // HTTP/1.1 and REST over HTTP/2, per listener
-	front     *httpproxy.Proxy // the HTTP front, shared by the listeners
-	admin     *http.Server     // health: the load balancer's check
+	listeners []*sniff.Mux          // each listener's connections, to the server of their protocol
+	conns     *edge.Limiter         // the client connections of every listener
+	servers   []*grpc.Server        // gRPC, per listener
+	https     []*http.Server        // HTTP/1.1 and REST over HTTP/2, per listener
+	h1s       []*httpproxy.H1Server // the HTTP/1.1 fast path, per listener
+	front     *httpproxy.Proxy      // the HTTP front, shared by the listeners
+	admin     *http.Server          // health: the load balancer's check
 	adminLis  net.Listener
 	debug     *http.Server // metrics, routes, explain
 	debugLis  net.Listener
@@ -266,6 +267,13 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		g.listeners = append(g.listeners, mux)
 		g.servers = append(g.servers, srv)
 		g.https = append(g.https, newHTTPServer(cfg, srv, g.front, log))
+		g.h1s = append(g.h1s, g.front.NewH1Server(httpproxy.H1Options{
+			Handoff:        mux.Handoff,
+			IdleTimeout:    cfg.Limits.IdleTimeout,
+			HeaderTimeout:  sniffTimeout,
+			MaxHeaderBytes: cfg.Limits.MaxRequestHeadersBytes,
+			TLS:            connTLS,
+		}))
 	}
 	if g.admin, g.adminLis, err = listenAdmin(cfg.Admin.Address, admin.Health(g.ready)); err != nil {
 		g.closeListeners()
@@ -648,6 +656,12 @@ func (g *gateway) Run(ctx context.Context) error {
 				serveErr <- fmt.Errorf("serve HTTP %s: %w", mux.Addr(), err)
 			}
 		})
+		h1 := g.h1s[i]
+		serving.Go(func() {
+			if err := h1.Serve(mux.Listener(sniff.HTTP1)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("serve HTTP/1.1 %s: %w", mux.Addr(), err)
+			}
+		})
 	}
 
 	wg.Go(func() {
@@ -797,6 +811,9 @@ func (g *gateway) stop(grace time.Duration) {
 		for _, hs := range g.https {
 			wg.Go(func() { _ = hs.Shutdown(ctx) })
 		}
+		for _, h1 := range g.h1s {
+			wg.Go(func() { _ = h1.Shutdown(ctx) })
+		}
 		wg.Wait()
 		close(done)
 	}()
@@ -810,6 +827,9 @@ func (g *gateway) stop(grace time.Duration) {
 		}
 		for _, hs := range g.https {
 			_ = hs.Close()
+		}
+		for _, h1 := range g.h1s {
+			h1.Close()
 		}
 		<-done
 	}

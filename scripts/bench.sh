@@ -182,6 +182,8 @@ start_target() {
     direct-http) target_pid=""; target_port=$BACKEND_HTTP_PORT; return ;;
     envgate-http) render "$ROOT/scripts/bench/envgate-http.yaml.in" "$DIR/conf/envgate.yaml"
       $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-base-http) render "$ROOT/scripts/bench/envgate-http.yaml.in" "$DIR/conf/envgate.yaml"
+      $PIN "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx-http) render "$ROOT/scripts/bench/nginx-http.conf.in" "$DIR/nginx.conf"
       $PIN nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
     haproxy-http) render "$ROOT/scripts/bench/haproxy-http.cfg.in" "$DIR/haproxy.cfg"
@@ -439,7 +441,7 @@ fi
 if [ "$HTTP_ROWS" = 1 ]; then
   start_http_backend
   results="$DIR/results-http"
-  measure_http direct-http envgate-http nginx-http haproxy-http
+  measure_http direct-http envgate-http ${BASE_GATEWAY:+envgate-base-http }nginx-http haproxy-http
   echo
   echo "HTTP: GET / of the helloserver (Go net/http, HTTP/1.1 and h2c), env: env1; h1: $CONC HTTP/1.1 connections, h2: $CONNS h2c connections of $((CONC / CONNS)) streams"
   echo "rps, p50/p99 (from h2load's per-request log) and CPU per 10k requests of the same h2load run (cpu ghz: not measured, 0)"

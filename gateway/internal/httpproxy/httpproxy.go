@@ -165,6 +165,9 @@ type Proxy struct {
 	// policy: bounded by the policies the configuration names.
 	mu         sync.Mutex // guards transports
 	transports map[transportKey]*http.Transport
+
+	// pool holds the fast path's upstream HTTP/1.1 connections.
+	pool *h1Pool
 }
 
 type transportKey struct {
@@ -194,6 +197,7 @@ func New(routes Routes, ups Upstreams, o Options) *Proxy {
 		}
 	}
 	p := &Proxy{routes: routes, ups: ups, o: o, transports: map[transportKey]*http.Transport{}}
+	p.pool = newH1Pool(o.Dial, o.MaxIdleConnsPerHost, o.IdleConnTimeout)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
 		Transport:      (*retrier)(p),
@@ -250,25 +254,43 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if span != nil {
 			endSpan(span, rq, code)
 		}
-		d := time.Since(rq.start)
-		if p.o.Observer != nil {
-			p.o.Observer.RequestDone(rq.dec.Env, code, d, bytesIn.Load(), cw.n)
-		}
-		if p.o.AccessLog != nil {
-			p.logRequest(r, rq, code, bytesIn.Load(), cw.n)
-		}
-		if p.o.Exchanges != nil {
-			if rq.flags == "DC" {
-				code = 0 // Envoy records no status for a request whose client left
-			}
-			p.o.Exchanges.Exchange(istiometrics.Exchange{
-				Service: rq.dec.Destination.Host(), Code: code, GRPCStatus: -1, Flags: rq.responseFlags(),
-				Env: rq.dec.Env, Retries: rq.retries, Duration: d,
-				RequestBytes: bytesIn.Load(), ResponseBytes: cw.n,
-			})
-		}
+		ex := exchange{proto: r.Proto, method: r.Method, path: requestPath(r), authority: r.Host,
+			userAgent: r.UserAgent(), peer: r.RemoteAddr, values: r.Header.Values}
+		p.finish(r.Context(), rq, &ex, code, bytesIn.Load(), cw.n)
 	}()
 	p.serve(cw, r, rq)
+}
+
+// exchange is what the log says of a request, whichever path served it.
+type exchange struct {
+	proto, method, path, authority, userAgent, peer string
+	// values are the request's values of a field.
+	values func(name string) []string
+}
+
+// finish accounts for a served request: metrics, the access log line,
+// Istio's metrics. code 499 is a client that left before an answer.
+func (p *Proxy) finish(ctx context.Context, rq *request, ex *exchange, code int, in, out int64) {
+	if code == 0 {
+		code = 499
+	}
+	d := time.Since(rq.start)
+	if p.o.Observer != nil {
+		p.o.Observer.RequestDone(rq.dec.Env, code, d, in, out)
+	}
+	if p.o.AccessLog != nil {
+		p.logRequest(ctx, ex, rq, code, in, out)
+	}
+	if p.o.Exchanges != nil {
+		if rq.flags == "DC" {
+			code = 0 // Envoy records no status for a request whose client left
+		}
+		p.o.Exchanges.Exchange(istiometrics.Exchange{
+			Service: rq.dec.Destination.Host(), Code: code, GRPCStatus: -1, Flags: rq.responseFlags(),
+			Env: rq.dec.Env, Retries: rq.retries, Duration: d,
+			RequestBytes: in, ResponseBytes: out,
+		})
+	}
 }
 
 // Limiter bounds the requests in flight: Acquire takes a place or says why
@@ -527,6 +549,7 @@ func (p *Proxy) transport(ep Endpoint) *http.Transport {
 
 // Close closes the idle upstream connections.
 func (p *Proxy) Close() {
+	p.pool.close()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, t := range p.transports {
@@ -735,23 +758,29 @@ func (rq *request) responseFlags() string {
 // maxLogValue bounds what a log line repeats of a client's value.
 const maxLogValue = 64
 
-func (p *Proxy) logRequest(r *http.Request, rq *request, code int, in, out int64) {
+func (p *Proxy) logRequest(ctx context.Context, ex *exchange, rq *request, code int, in, out int64) {
 	flags := rq.responseFlags()
 	if flags == "" {
 		flags = "-" // as Envoy writes none
 	}
 	xff := rq.xff
 	if xff == "" {
-		xff = strings.Join(r.Header.Values("X-Forwarded-For"), ",")
+		xff = strings.Join(ex.values("X-Forwarded-For"), ",")
+	}
+	get := func(name string) string {
+		if v := ex.values(name); len(v) > 0 {
+			return v[0]
+		}
+		return ""
 	}
 	attrs := []slog.Attr{
-		slog.String("protocol", r.Proto),
-		slog.String("method", route.Truncate(r.Method, 16)),
-		slog.String("path", route.Truncate(requestPath(r), 4*maxLogValue)),
-		slog.String("authority", route.Truncate(r.Host, maxLogValue)),
-		slog.String("user_agent", route.Truncate(r.UserAgent(), 2*maxLogValue)),
+		slog.String("protocol", ex.proto),
+		slog.String("method", route.Truncate(ex.method, 16)),
+		slog.String("path", route.Truncate(ex.path, 4*maxLogValue)),
+		slog.String("authority", route.Truncate(ex.authority, maxLogValue)),
+		slog.String("user_agent", route.Truncate(ex.userAgent, 2*maxLogValue)),
 		slog.String("x_forwarded_for", route.Truncate(xff, 4*maxLogValue)),
-		slog.String("env", route.Truncate(strings.Join(r.Header.Values(p.o.EnvHeader), ","), maxLogValue)),
+		slog.String("env", route.Truncate(strings.Join(ex.values(p.o.EnvHeader), ","), maxLogValue)),
 		slog.String("destination_service", rq.dec.Destination.Host()),
 		slog.String("upstream", rq.ep.Addr),
 		slog.Int("status", code),
@@ -761,11 +790,11 @@ func (p *Proxy) logRequest(r *http.Request, rq *request, code int, in, out int64
 		slog.Int64("bytes_out", out),
 		slog.Int("retries", rq.retries),
 		slog.String("request_id", rq.id),
-		slog.String("trace_id", rq.traceIDOr(r.Header.Get)),
-		slog.String("peer", r.RemoteAddr),
+		slog.String("trace_id", rq.traceIDOr(get)),
+		slog.String("peer", ex.peer),
 	}
 	if rq.dec.Baseline != "" {
 		attrs = append(attrs, slog.String("baseline", rq.dec.Baseline))
 	}
-	p.o.AccessLog.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+	p.o.AccessLog.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
 }

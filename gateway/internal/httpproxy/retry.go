@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -23,31 +22,38 @@ import (
 // core/route/retry/retry.go ConvertPolicy, parseRetryOn; the gRPC
 // conditions on the response's grpc-status).
 func retryable(r route.Retries, resp *http.Response, err error, perTry bool) bool {
-	code := 0
+	code, grpc := 0, ""
 	if resp != nil {
-		code = resp.StatusCode
+		code, grpc = resp.StatusCode, grpcStatus(resp)
 	}
+	return retryableAnswer(r, code, grpc, err, perTry)
+}
+
+// retryableAnswer is retryable for a try that got status code (0: no
+// response) with grpc-status grpc ("" if none), or err.
+func retryableAnswer(r route.Retries, code int, grpc string, err error, perTry bool) bool {
+	hasResp := code != 0
 	for _, on := range r.RetryOn {
 		on = strings.TrimSpace(on)
 		switch on {
 		case "5xx":
-			if perTry || resp == nil && err != nil || code >= 500 {
+			if perTry || !hasResp && err != nil || code >= 500 {
 				return true
 			}
 		case "gateway-error":
-			if perTry || resp == nil && err != nil || code == 502 || code == 503 || code == 504 {
+			if perTry || !hasResp && err != nil || code == 502 || code == 503 || code == 504 {
 				return true
 			}
 		case "reset":
-			if resp == nil && err != nil && !perTry {
+			if !hasResp && err != nil && !perTry {
 				return true
 			}
 		case "connect-failure":
-			if resp == nil && isConnectFailure(err) {
+			if !hasResp && isConnectFailure(err) {
 				return true
 			}
 		case "refused-stream":
-			if resp == nil && err != nil && strings.Contains(err.Error(), "REFUSED_STREAM") {
+			if !hasResp && err != nil && strings.Contains(err.Error(), "REFUSED_STREAM") {
 				return true
 			}
 		case "retriable-4xx":
@@ -59,13 +65,13 @@ func retryable(r route.Retries, resp *http.Response, err error, perTry bool) boo
 				return true
 			}
 		case "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable":
-			if resp != nil && grpcStatus(resp) == grpcCondition[on] {
+			if hasResp && grpc == grpcCondition[on] {
 				return true
 			}
 		default:
 			// A status code alone implies retriable-status-codes (Istio
 			// adds it).
-			if n, err := strconv.Atoi(on); err == nil && n == code {
+			if n, ok := statusCode(on); ok && n == code {
 				return true
 			}
 		}
@@ -75,11 +81,27 @@ func retryable(r route.Retries, resp *http.Response, err error, perTry bool) boo
 
 func hasStatus(on []string, code int) bool {
 	for _, s := range on {
-		if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil && n == code {
+		if n, ok := statusCode(strings.TrimSpace(s)); ok && n == code {
 			return true
 		}
 	}
 	return false
+}
+
+// statusCode reads a three-digit status code; every request asks, so a
+// condition name costs no error value.
+func statusCode(s string) (int, bool) {
+	if len(s) != 3 {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < 3; i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	return n, true
 }
 
 // grpcCondition maps Envoy's gRPC retry conditions to grpc-status values.

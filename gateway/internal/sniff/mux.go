@@ -14,7 +14,7 @@ type Mux struct {
 	lis  net.Listener
 	opts Options
 	log  *slog.Logger
-	subs [2]*queue // by Server
+	subs [3]*queue // by Server
 
 	wg        sync.WaitGroup // the sniffing goroutines, waited for by Run
 	closeOnce sync.Once
@@ -31,6 +31,10 @@ func NewMux(lis net.Listener, opts Options, log *slog.Logger) *Mux {
 
 // Listener is what server s accepts from.
 func (m *Mux) Listener(s Server) net.Listener { return m.subs[s] }
+
+// Handoff gives c to the HTTP server (a connection the HTTP/1.1 fast path
+// does not serve); false when that server no longer accepts.
+func (m *Mux) Handoff(c net.Conn) bool { return m.subs[HTTP].put(c) }
 
 // Addr is the listening address.
 func (m *Mux) Addr() net.Addr { return m.lis.Addr() }

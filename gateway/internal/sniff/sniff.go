@@ -49,14 +49,21 @@ const (
 	// sent a frame no request starts with (PING, DATA, RST_STREAM...) or
 	// broke the protocol first, which gRPC's server answers as before.
 	GRPC Server = iota
-	// HTTP is the HTTP server: HTTP/1.x, HTTP/2 whose first request is not
-	// gRPC, and HTTP/2 that sent no request in time.
+	// HTTP is the HTTP server: HTTP/2 whose first request is not gRPC,
+	// HTTP/2 that sent no request in time, and the HTTP/1.x connections
+	// the HTTP/1.1 fast path hands over (Mux.Handoff).
 	HTTP
+	// HTTP1 is the HTTP/1.1 fast path: HTTP/1.x (plaintext that does not
+	// start with the HTTP/2 preface; TLS without ALPN h2).
+	HTTP1
 )
 
 func (s Server) String() string {
-	if s == GRPC {
+	switch s {
+	case GRPC:
 		return "grpc"
+	case HTTP1:
+		return "http1"
 	}
 	return "http"
 }
@@ -298,7 +305,7 @@ func Classify(nc net.Conn, o Options) (*Conn, Server, error) {
 		case "acme-tls/1":
 			return nil, 0, ErrACME
 		}
-		return c, HTTP, nil // http/1.1, or no ALPN: HTTP/1.1 (RFC 7301)
+		return c, HTTP1, nil // http/1.1, or no ALPN: HTTP/1.1 (RFC 7301)
 	}
 	// Plaintext: the preface, or HTTP/1.x from its first differing byte.
 	buf := make([]byte, len(Preface))
@@ -308,7 +315,7 @@ func Classify(nc net.Conn, o Options) (*Conn, Server, error) {
 		n += m
 		if !strings.HasPrefix(Preface, string(buf[:n])) {
 			c.pending = buf[:n]
-			return c, HTTP, nil
+			return c, HTTP1, nil
 		}
 		if err != nil {
 			if n > 0 && isTimeout(err) {

@@ -200,7 +200,7 @@ func TestClassifyRemovesTheAckForHTTP(t *testing.T) {
 func TestClassifyHTTP1(t *testing.T) {
 	start := []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	got, read, wrote := classify(t, start, Options{Timeout: time.Second})
-	if got != HTTP || !bytes.Equal(read, start) || len(wrote) != 0 {
+	if got != HTTP1 || !bytes.Equal(read, start) || len(wrote) != 0 {
 		t.Fatalf("server %v, read %q, wrote %x", got, read, wrote)
 	}
 }

@@ -1,0 +1,340 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// scriptedHTTPBackend answers every request head it reads with answer; closeAfter
+// closes the connection after each answer without saying so (as a server
+// whose keep-alive timeout just expired). It counts connections.
+type scriptedHTTPBackend struct {
+	addr  string
+	conns atomic.Int64
+}
+
+func startScriptedHTTPBackend(t testing.TB, answer string, closeAfter bool) *scriptedHTTPBackend {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &scriptedHTTPBackend{addr: lis.Addr().String()}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { lis.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			b.conns.Add(1)
+			wg.Go(func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(r)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					if _, err := io.WriteString(c, answer); err != nil || closeAfter {
+						return
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() { lis.Close() })
+	return b
+}
+
+// rawRequest writes req on c and reads one response.
+func rawRequest(t testing.TB, c net.Conn, r *bufio.Reader, req string) *http.Response {
+	t.Helper()
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("reading the answer to %q: %v", req, err)
+	}
+	return resp
+}
+
+func readBody(t testing.TB, resp *http.Response) string {
+	t.Helper()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return string(b)
+}
+
+// TestHTTP1FastPathAllocations: a keep-alive GET through the gateway
+// allocates a handful of objects, not the hundred of net/http's server,
+// ReverseProxy and Transport (103 on the path before it).
+// Client and backend are raw sockets so the count is the gateway's.
+func TestHTTP1FastPathAllocations(t *testing.T) {
+	// The backend reads a head and answers, allocating nothing.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { lis.Close(); wg.Wait() })
+	answer := []byte("HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello World!\n")
+	wg.Go(func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				n := 0
+				for {
+					m, err := c.Read(buf[n:])
+					if err != nil {
+						return
+					}
+					if n += m; bytes.HasSuffix(buf[:n], []byte("\r\n\r\n")) {
+						n = 0
+						if _, err := c.Write(answer); err != nil {
+							return
+						}
+					}
+				}
+			})
+		}
+	})
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {lis.Addr().String()}}), nil)
+	c, err := net.Dial("tcp", gw.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	req := []byte("GET / HTTP/1.1\r\nHost: gw\r\nEnv: env1\r\nUser-Agent: test\r\n\r\n")
+	buf := make([]byte, 4096)
+	get := func() {
+		if _, err := c.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		// The answer is small: read it whole without allocating.
+		n := 0
+		for !bytes.HasSuffix(buf[:n], []byte("Hello World!\n")) {
+			m, err := r.Read(buf[n:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += m
+		}
+		if !bytes.HasPrefix(buf, []byte("HTTP/1.1 200 ")) {
+			t.Fatalf("answer %q", buf[:n])
+		}
+	}
+	get()
+	allocs := testing.AllocsPerRun(500, get)
+	t.Logf("%.1f allocations per request", allocs)
+	if allocs > 12 {
+		t.Fatalf("%.1f allocations per request, want at most 12", allocs)
+	}
+}
+
+// TestHTTP1ConnectionHandedOverMidway: one client connection carries
+// requests the fast path serves, then one it hands to the full server (a
+// chunked upload), whose bytes and the pipelined request after it reach
+// that server intact.
+func TestHTTP1ConnectionHandedOverMidway(t *testing.T) {
+	web := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %q te=%v", r.Method, r.URL.Path, b, r.TransferEncoding)
+	}))
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {web}}), nil)
+	c, err := net.Dial("tcp", gw.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	// Two pipelined requests in one write, then a POST with a body.
+	if _, err := io.WriteString(c, "GET /one HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\nGET /two HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`GET /one ""`, `GET /two ""`} {
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readBody(t, resp); !strings.HasPrefix(got, want) {
+			t.Fatalf("answer %q, want %q", got, want)
+		}
+	}
+	resp := rawRequest(t, c, r, "POST /three HTTP/1.1\r\nHost: gw\r\nenv: env1\r\nContent-Length: 5\r\n\r\nhello")
+	if got := readBody(t, resp); !strings.HasPrefix(got, `POST /three "hello"`) {
+		t.Fatalf("answer %q", got)
+	}
+	// Chunked: handed over, with the request after it in the same write.
+	if _, err := io.WriteString(c, "POST /four HTTP/1.1\r\nHost: gw\r\nenv: env1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\nGET /five HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`POST /four "abcde" te=[chunked]`, `GET /five ""`} {
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readBody(t, resp); !strings.HasPrefix(got, want) {
+			t.Fatalf("answer %q, want %q", got, want)
+		}
+	}
+	// HTTP/1.0 is the full server's too.
+	c2, err := net.Dial("tcp", gw.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	resp = rawRequest(t, c2, bufio.NewReader(c2), "GET /six HTTP/1.0\r\nHost: gw\r\nenv: env1\r\n\r\n")
+	if got := readBody(t, resp); resp.StatusCode != 200 || !strings.HasPrefix(got, `GET /six`) {
+		t.Fatalf("HTTP/1.0: %d %q", resp.StatusCode, got)
+	}
+}
+
+// TestHTTP1UpstreamClosedIdleConnection: an upstream that closes a
+// keep-alive connection after each answer without saying so costs no
+// failed request: the fast path sends again on a new connection when a
+// reused one fails before any answer (as net/http's transport does).
+func TestHTTP1UpstreamClosedIdleConnection(t *testing.T) {
+	be := startScriptedHTTPBackend(t, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true)
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {be.addr}}), nil)
+	c, err := net.Dial("tcp", gw.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for i := range 20 {
+		resp := rawRequest(t, c, r, "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
+		if got := readBody(t, resp); resp.StatusCode != 200 || got != "ok" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, got)
+		}
+	}
+	if n := be.conns.Load(); n != 20 {
+		t.Fatalf("%d upstream connections for 20 requests, want 20", n)
+	}
+}
+
+// TestHTTP1ResponseFramingRelayed: each way an upstream frames a body
+// reaches the client framed right (RFC 9112 section 6.3): chunked with
+// trailers relayed chunk by chunk, a body delimited by the upstream's
+// close sent chunked, none for HEAD, 204 and 304; hop-by-hop fields and
+// the ones Connection names dropped.
+func TestHTTP1ResponseFramingRelayed(t *testing.T) {
+	web := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/chunked":
+			w.Header().Set("Trailer", "X-Sum")
+			w.Header().Set("Connection", "X-Hop")
+			w.Header().Set("X-Hop", "secret")
+			w.Header().Set("Keep-Alive", "timeout=5")
+			io.WriteString(w, "part1-")
+			w.(http.Flusher).Flush()
+			io.WriteString(w, "part2")
+			w.Header().Set("X-Sum", "42")
+		case "/204":
+			w.WriteHeader(http.StatusNoContent)
+		case "/304":
+			w.WriteHeader(http.StatusNotModified)
+		default:
+			w.Header().Set("Content-Length", "5")
+			io.WriteString(w, "sized")
+		}
+	}))
+	closeDelimited := startScriptedHTTPBackend(t, "HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nuntil the end", true)
+	cfg := testConfig(t, map[string][]string{"env1": {web}, "env2": {closeDelimited.addr}})
+	gw := startGateway(t, cfg, nil)
+	c, err := net.Dial("tcp", gw.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+
+	resp := rawRequest(t, c, r, "GET /chunked HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
+	if got := readBody(t, resp); got != "part1-part2" || len(resp.TransferEncoding) != 1 || resp.Trailer.Get("X-Sum") != "42" {
+		t.Fatalf("chunked: %q te %v trailer %v", got, resp.TransferEncoding, resp.Trailer)
+	}
+	if resp.Header.Get("X-Hop") != "" || resp.Header.Get("Keep-Alive") != "" || resp.Header.Get("Connection") != "" {
+		t.Fatalf("hop-by-hop fields forwarded: %v", resp.Header)
+	}
+	resp = rawRequest(t, c, r, "HEAD /sized HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
+	// http.ReadResponse without the request reads a body: read the
+	// next answer raw instead to see that none was sent.
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Length") != "5" {
+		t.Fatalf("HEAD: %d %v", resp.StatusCode, resp.Header)
+	}
+	resp.Body = http.NoBody
+	for _, path := range []string{"/204", "/304"} {
+		resp = rawRequest(t, c, r, "GET "+path+" HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
+		if got := readBody(t, resp); got != "" || resp.StatusCode != map[string]int{"/204": 204, "/304": 304}[path] {
+			t.Fatalf("%s: %d %q", path, resp.StatusCode, got)
+		}
+	}
+	resp = rawRequest(t, c, r, "GET /sized HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
+	if got := readBody(t, resp); got != "sized" || resp.ContentLength != 5 {
+		t.Fatalf("sized: %q %d", got, resp.ContentLength)
+	}
+	resp = rawRequest(t, c, r, "GET /eof HTTP/1.1\r\nHost: gw\r\nenv: env2\r\n\r\n")
+	if got := readBody(t, resp); got != "until the end" || len(resp.TransferEncoding) != 1 || resp.Header.Get("X-Kind") != "eof" {
+		t.Fatalf("close-delimited: %q te %v", got, resp.TransferEncoding)
+	}
+	// The connection still serves.
+	resp = rawRequest(t, c, r, "GET /sized HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
+	if got := readBody(t, resp); got != "sized" {
+		t.Fatalf("after: %q", got)
+	}
+}
+
+// TestHTTP1LargeHeads: a head longer than the connection's 4 KiB buffer is
+// served; one past limits.maxRequestHeadersBytes is answered 431.
+func TestHTTP1LargeHeads(t *testing.T) {
+	web := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "cookie %d", len(r.Header.Get("Cookie")))
+	}))
+	cfg := testConfig(t, map[string][]string{"env1": {web}})
+	cfg.Limits.MaxRequestHeadersBytes = 32 << 10
+	gw := startGateway(t, cfg, nil)
+	c, err := net.Dial("tcp", gw.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	resp := rawRequest(t, c, r, "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\nCookie: "+strings.Repeat("c", 10000)+"\r\n\r\n")
+	if got := readBody(t, resp); got != "cookie 10000" {
+		t.Fatalf("10 KB cookie: %d %q", resp.StatusCode, got)
+	}
+	resp = rawRequest(t, c, r, "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\nCookie: "+strings.Repeat("c", 40000)+"\r\n\r\n")
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("40 KB cookie: %d", resp.StatusCode)
+	}
+	// Closed after the answer: a read ends (EOF, or a reset for the
+	// unread rest of the head), it does not wait.
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var ne net.Error
+	if _, err := io.ReadAll(r); errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("the connection stayed open after 431")
+	}
+}

@@ -1,0 +1,1018 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/envgate/envgate/gateway/internal/forwarded"
+	"github.com/envgate/envgate/gateway/internal/h1"
+	"github.com/envgate/envgate/gateway/internal/route"
+)
+
+func lowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return strings.ToLower(s)
+		}
+	}
+	return s
+}
+
+// H1Server serves HTTP/1.1 client connections on the fast path: the
+// request head parsed in place (package h1), routed by the same
+// route.Decision as every other request, and relayed on a pooled upstream
+// HTTP/1.1 connection by the connection's own goroutine, with no
+// http.Request, header map or transport goroutines per request.
+//
+// It takes the requests that make up almost all HTTP/1.1 traffic (a
+// method, an origin-form target, a Host, an optional Content-Length, to an
+// HTTP/1.1 upstream) and hands the connection, with what it read of it
+// replayed first, to the full HTTP server (net/http, ReverseProxy) for
+// anything else: HTTP/1.0, chunked or expect-continue uploads, WebSocket
+// and other upgrades, redirect and directResponse routes, HTTP/2
+// upstreams, tracing. That server answers those exactly as before.
+type H1Server struct {
+	p *Proxy
+	o H1Options
+
+	mu    sync.Mutex // guards conns and lis
+	conns map[*h1Conn]struct{}
+	lis   net.Listener
+
+	shutdown atomic.Bool
+	wg       sync.WaitGroup // the connections' goroutines
+}
+
+// H1Options configure an H1Server.
+type H1Options struct {
+	// Handoff gives a connection the fast path does not serve to the full
+	// HTTP server; false when that server is gone (the connection is
+	// then closed).
+	Handoff func(net.Conn) bool
+	// IdleTimeout closes a connection with no request this long.
+	IdleTimeout time.Duration
+	// HeaderTimeout bounds the reading of a request head once it began.
+	HeaderTimeout time.Duration
+	// MaxHeaderBytes bounds a request head: a longer one is answered 431.
+	MaxHeaderBytes int
+	// TLS is a connection's TLS state, nil for plaintext.
+	TLS func(net.Conn) *tls.ConnectionState
+}
+
+// NewH1Server returns the fast path's server for p.
+func (p *Proxy) NewH1Server(o H1Options) *H1Server {
+	if o.MaxHeaderBytes <= 0 {
+		o.MaxHeaderBytes = 60 << 10
+	}
+	if o.TLS == nil {
+		o.TLS = func(net.Conn) *tls.ConnectionState { return nil }
+	}
+	return &H1Server{p: p, o: o, conns: map[*h1Conn]struct{}{}}
+}
+
+// Serve serves the connections l accepts until l is closed.
+func (s *H1Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	s.lis = l
+	s.mu.Unlock()
+	if s.shutdown.Load() {
+		// Shut down before it served: Shutdown may not have seen l.
+		_ = l.Close()
+		return http.ErrServerClosed
+	}
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.shutdown.Load() || errors.Is(err, net.ErrClosed) {
+				return http.ErrServerClosed
+			}
+			return err
+		}
+		s.wg.Go(func() { s.serveConn(nc) })
+	}
+}
+
+// Shutdown stops accepting, closes idle connections and lets each active
+// one finish its request (answered with "Connection: close"), until ctx
+// ends; then it closes what is left.
+func (s *H1Server) Shutdown(ctx context.Context) error {
+	s.shutdown.Store(true)
+	s.mu.Lock()
+	if s.lis != nil {
+		_ = s.lis.Close()
+	}
+	for c := range s.conns {
+		if c.state.CompareAndSwap(stateIdle, stateClosed) {
+			_ = c.nc.Close()
+		}
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close closes the listener and every connection at once.
+func (s *H1Server) Close() {
+	s.shutdown.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lis != nil {
+		_ = s.lis.Close()
+	}
+	for c := range s.conns {
+		c.state.Store(stateClosed)
+		_ = c.nc.Close()
+	}
+}
+
+// A connection's state, for Shutdown.
+const (
+	stateActive int32 = iota // reading or serving a request
+	stateIdle                // waiting for a request
+	stateClosed              // closed by Shutdown
+)
+
+// h1Conn is one client connection on the fast path.
+type h1Conn struct {
+	nc    net.Conn
+	src   watchedReader // what br reads: nc, after a byte the watch read
+	br    *bufio.Reader
+	state atomic.Int32
+	tls   *tls.ConnectionState
+	ip    string // the client's address without its port
+	peer  string
+
+	req     h1.Request
+	resp    h1.Response
+	headers map[string][]string // the routing view of req, reused
+	vals    []string            // backing of headers' values
+	scratch []byte              // a request head longer than br's buffer
+	rq      request
+	ex      exchange
+	// valuesFn is c.values, bound once.
+	valuesFn func(name string) []string
+
+	// watch notices a client that leaves while its request waits for
+	// the upstream (see watchClient).
+	watchDone  chan struct{}
+	gone       atomic.Bool
+	watching   bool        // a watch was set for this request
+	watchTimer *time.Timer // starts the watch
+	watchState atomic.Int32
+	watchUp    *upConn // the request's upstream connection, closed if the client leaves
+}
+
+// values are the request's values of the field name, any case.
+func (c *h1Conn) values(name string) []string {
+	if v, ok := c.headers[name]; ok {
+		return v
+	}
+	return c.headers[lowerASCII(name)]
+}
+
+// watchedReader is the connection as br reads it: the byte the client
+// watch read, if any, then the connection.
+type watchedReader struct {
+	nc      net.Conn
+	pending int // -1 for none, else the byte
+}
+
+func (r *watchedReader) Read(p []byte) (int, error) {
+	if r.pending >= 0 && len(p) > 0 {
+		p[0] = byte(r.pending)
+		r.pending = -1
+		return 1, nil
+	}
+	return r.nc.Read(p)
+}
+
+// clientBufSize is the client connection's read buffer: request heads
+// larger than it are gathered in a scratch buffer, up to MaxHeaderBytes.
+const clientBufSize = 4 << 10
+
+var clientWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+
+var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 0, maxReplayBytes); return &b }}
+
+func (s *H1Server) serveConn(nc net.Conn) {
+	c := &h1Conn{nc: nc, tls: s.o.TLS(nc), headers: map[string][]string{}, watchDone: make(chan struct{}, 1)}
+	c.src = watchedReader{nc: nc, pending: -1}
+	c.valuesFn = c.values
+	c.peer = nc.RemoteAddr().String()
+	c.ip = c.peer
+	if host, _, err := net.SplitHostPort(c.peer); err == nil {
+		c.ip = host
+	}
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+	if s.p.o.Tracer != nil || s.p.o.Propagator != nil {
+		// Spans are made by the full server's path.
+		s.handoff(c, nil)
+		return
+	}
+	c.br = bufio.NewReaderSize(&c.src, clientBufSize)
+	for {
+		c.state.Store(stateIdle)
+		if s.shutdown.Load() || c.state.Load() == stateClosed {
+			_ = nc.Close()
+			return
+		}
+		if s.o.IdleTimeout > 0 {
+			_ = nc.SetReadDeadline(time.Now().Add(s.o.IdleTimeout))
+		}
+		_, err := c.br.Peek(1)
+		if !c.state.CompareAndSwap(stateIdle, stateActive) {
+			return // closed by Shutdown
+		}
+		if err != nil {
+			_ = nc.Close()
+			return
+		}
+		if b, _ := c.br.Peek(c.br.Buffered()); s.o.HeaderTimeout > 0 {
+			if n, _ := h1.HeadEnd(b); n == 0 {
+				_ = nc.SetReadDeadline(time.Now().Add(s.o.HeaderTimeout))
+			}
+		}
+		head, copied, crlf, err := h1.ReadHead(c.br, s.o.MaxHeaderBytes, &c.scratch)
+		switch {
+		case errors.Is(err, h1.ErrHeadTooLarge):
+			s.localReplyClose(c, http.StatusRequestHeaderFieldsTooLarge, "envgate: the request head is longer than limits.maxRequestHeadersBytes")
+			return
+		case err != nil:
+			_ = nc.Close()
+			return
+		}
+		var pre []byte
+		if copied {
+			pre = head
+		}
+		if !crlf || !h1.ParseRequest(head, &c.req) {
+			s.handoff(c, pre)
+			return
+		}
+		discard := 0
+		if !copied {
+			discard = len(head)
+		}
+		switch s.p.serveFast(s, c, discard) {
+		case fastHandOff:
+			s.handoff(c, pre)
+			return
+		case fastClose:
+			_ = nc.Close()
+			return
+		}
+		if cap(c.scratch) > clientBufSize {
+			c.scratch = nil
+		}
+	}
+}
+
+// handoff gives c to the full HTTP server, what was read of it first: pre
+// (a head already taken from br), then br's buffer.
+func (s *H1Server) handoff(c *h1Conn, pre []byte) {
+	var pending []byte
+	pending = append(pending, pre...)
+	if c.br != nil {
+		b, _ := c.br.Peek(c.br.Buffered())
+		pending = append(pending, b...)
+	}
+	_ = c.nc.SetReadDeadline(time.Time{})
+	if !s.o.Handoff(&replayConn{Conn: c.nc, pending: pending}) {
+		_ = c.nc.Close()
+	}
+}
+
+// localReplyClose answers and closes a connection the fast path cannot
+// read a request from.
+func (s *H1Server) localReplyClose(c *h1Conn, code int, msg string) {
+	w := clientWriters.Get().(*bufio.Writer)
+	w.Reset(c.nc)
+	writeLocalReply(w, code, msg, true)
+	_ = w.Flush()
+	w.Reset(nil)
+	clientWriters.Put(w)
+	_ = c.nc.Close()
+}
+
+// replayConn is a connection whose first bytes were already read: they
+// are read again first.
+type replayConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// TLS is the TLS state of the connection under, if it says one.
+func (c *replayConn) TLS() *tls.ConnectionState {
+	if t, ok := c.Conn.(interface{ TLS() *tls.ConnectionState }); ok {
+		return t.TLS()
+	}
+	return nil
+}
+
+// NetConn is the connection under.
+func (c *replayConn) NetConn() net.Conn { return c.Conn }
+
+type fastResult int
+
+const (
+	fastKeep    fastResult = iota // serve the connection's next request
+	fastClose                     // close the connection
+	fastHandOff                   // give the connection to the full server
+)
+
+// serveFast serves c.req, or says to hand it off before anything of it is
+// consumed (the head is still in c.br, discard bytes of it).
+func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
+	req := &c.req
+	clear(c.headers)
+	c.vals = c.vals[:0]
+	for _, f := range req.Fields {
+		if v, ok := c.headers[f.Name]; ok {
+			c.headers[f.Name] = append(v, f.Value)
+			continue
+		}
+		c.vals = append(c.vals, f.Value)
+		n := len(c.vals)
+		c.headers[f.Name] = c.vals[n-1 : n : n]
+	}
+	rreq := route.Request{Headers: c.headers, Path: req.Target, Authority: req.Host, Method: req.Method}
+	dec, decErr := p.routes().Decide(&rreq, p.pick())
+	var ep Endpoint
+	var epErr error
+	if decErr == nil {
+		a := dec.Action()
+		if a.DirectResponse != nil || a.Redirect != nil {
+			return fastHandOff
+		}
+		ep, epErr = p.ups.Endpoint(dec.Destination)
+		if epErr != nil && dec.Fallback(p.o.Fallback) {
+			ep, epErr = p.ups.Endpoint(dec.Destination)
+		}
+		if epErr == nil && ep.Protocol != HTTP1 {
+			return fastHandOff
+		}
+	}
+	_, _ = c.br.Discard(discard)
+
+	rq := &c.rq
+	*rq = request{id: forwarded.RequestID(), start: time.Now(), dec: dec, ep: ep}
+	ex := &c.ex
+	*ex = exchange{proto: "HTTP/1.1", method: req.Method, path: req.Target, authority: req.Host,
+		userAgent: req.Get("user-agent"), peer: c.peer, values: c.valuesFn}
+	var code int
+	var in, out int64
+	if p.o.Observer != nil {
+		p.o.Observer.RequestStarted()
+	}
+	keep := !req.Close
+	w := clientWriters.Get().(*bufio.Writer)
+	w.Reset(c.nc)
+	defer func() {
+		w.Reset(nil)
+		clientWriters.Put(w)
+		p.finish(context.Background(), rq, ex, code, in, out)
+	}()
+
+	reply := func(status int, msg string) fastResult {
+		code = status
+		close := !keep || s.shutdown.Load()
+		out = int64(writeLocalReply(w, status, msg, close))
+		if w.Flush() != nil || close {
+			return fastClose
+		}
+		return fastKeep
+	}
+	if l := p.o.Limiter; l != nil {
+		if err := l.Acquire(); err != nil {
+			rq.flags = "OM"
+			keep = keep && req.ContentLength == 0
+			return reply(http.StatusServiceUnavailable, err.Error())
+		}
+		defer l.Release()
+	}
+	if decErr != nil {
+		keep = keep && req.ContentLength == 0 // the body is not read
+		var ref *route.Refusal
+		if errors.As(decErr, &ref) && ref.NoRoute {
+			rq.flags = "NR"
+			return reply(http.StatusNotFound, ref.Message)
+		}
+		rq.flags = "NC"
+		return reply(http.StatusServiceUnavailable, decErr.Error())
+	}
+	if epErr != nil {
+		keep = keep && req.ContentLength == 0
+		rq.flags = "UH"
+		return reply(http.StatusServiceUnavailable, "no healthy upstream: "+epErr.Error()+" ("+dec.Rule.Source+" to "+dec.Destination.String()+")")
+	}
+	a := dec.Action()
+	if a.Rewrite != nil && a.Rewrite.URI != "" {
+		rq.prefix = matchedPrefix(dec.Rule, &rreq)
+	}
+	if req.ContentLength > 0 {
+		// A body may take as long as the client needs, as with the
+		// full server.
+		_ = c.nc.SetReadDeadline(time.Time{})
+	}
+	var body []byte
+	rq.canRetry = a.Retries.Attempts > 0 && req.ContentLength <= maxReplayBytes
+	if rq.canRetry && req.ContentLength > 0 {
+		bp := bodyBuffers.Get().(*[]byte)
+		defer bodyBuffers.Put(bp)
+		body = (*bp)[:req.ContentLength]
+		n, err := io.ReadFull(c.br, body)
+		in = int64(n)
+		if err != nil {
+			keep = false
+			return reply(http.StatusBadRequest, "envgate: reading the request body: "+err.Error())
+		}
+		rq.body = body
+	}
+	var deadline time.Time
+	if a.Timeout > 0 {
+		deadline = rq.start.Add(a.Timeout)
+	}
+	rq.xff = c.ip
+	if prior := c.headers["x-forwarded-for"]; len(prior) > 0 {
+		rq.xff = forwarded.For(prior, c.ip)
+	}
+
+	retries := a.Retries
+	var u *upConn
+	var err error
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			if rq.ep, err = p.ups.Endpoint(rq.dec.Destination); err != nil {
+				break
+			}
+		}
+		var perTry bool
+		u, err, perTry = p.fastTry(c, rq, deadline, retries.PerTryTimeout, &in)
+		code = 0
+		grpc := ""
+		if u != nil {
+			code = c.resp.Status
+			grpc = grpcStatusOf(&c.resp)
+		}
+		if attempt >= retries.Attempts || !rq.canRetry || c.gone.Load() || deadlinePassed(deadline) || !retryableAnswer(retries, code, grpc, err, perTry) {
+			if attempt > 0 && attempt >= retries.Attempts && !c.gone.Load() && !deadlinePassed(deadline) && retryableAnswer(retries, code, grpc, err, perTry) {
+				rq.urx = true
+			}
+			if perTry {
+				err = errors.New("per-try timeout of " + retries.PerTryTimeout.String() + " expired")
+			}
+			break
+		}
+		if u != nil {
+			p.discardBody(u, &c.resp, req.Method)
+			u = nil
+		}
+		t := time.NewTimer(route.RetryBackoff(attempt))
+		<-t.C
+		rq.retries++
+	}
+	if u == nil {
+		code = 0
+		keep = keep && (req.ContentLength == 0 || rq.body != nil)
+		switch {
+		case c.gone.Load():
+			rq.flags = "DC"
+			return fastClose
+		case deadlinePassed(deadline) && err != nil:
+			rq.flags = "UT"
+			return reply(http.StatusGatewayTimeout, "upstream request timeout: the route's timeout of "+a.Timeout.String()+" expired ("+dec.Rule.Source+")")
+		case isConnectFailure(err):
+			rq.flags = "UF"
+			return reply(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure: "+errString(err)+" ("+rq.ep.Addr+")")
+		default:
+			rq.flags = "UR"
+			return reply(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: "+errString(err)+" ("+rq.ep.Addr+")")
+		}
+	}
+	closeAfter := !keep || s.shutdown.Load()
+	p.writeResponseHead(w, c, rq, closeAfter)
+	n, reusable, err := p.relayBody(w, c, u)
+	out = n
+	if err == nil {
+		err = w.Flush()
+	}
+	if !deadline.IsZero() && reusable {
+		_ = u.nc.SetDeadline(time.Time{})
+	}
+	if err != nil || !reusable {
+		_ = u.nc.Close()
+	} else {
+		p.pool.put(u)
+	}
+	if err != nil {
+		if errors.Is(err, errClientWrite) {
+			rq.flags = "DC"
+		}
+		return fastClose
+	}
+	if closeAfter {
+		return fastClose
+	}
+	return fastKeep
+}
+
+func deadlinePassed(d time.Time) bool { return !d.IsZero() && !time.Now().Before(d) }
+
+func errString(err error) string {
+	if err == nil {
+		return "no endpoint"
+	}
+	return err.Error()
+}
+
+// fastTry sends the request on a connection to rq.ep and reads the
+// response's head into c.resp. It returns the connection with the body
+// still to read, or why there is no response (perTry: the per-try timeout
+// expired). A reused connection that the upstream had closed is replaced
+// once, as net/http's transport retries a request nothing was sent of.
+func (p *Proxy) fastTry(c *h1Conn, rq *request, deadline time.Time, perTry time.Duration, in *int64) (*upConn, error, bool) {
+	tryDeadline := deadline
+	if perTry > 0 {
+		if d := time.Now().Add(perTry); tryDeadline.IsZero() || d.Before(tryDeadline) {
+			tryDeadline = d
+		}
+	}
+	ctx := context.Background()
+	if !tryDeadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, tryDeadline)
+		defer cancel()
+	}
+	u, err := p.pool.get(ctx, rq.ep)
+	for fresh := false; ; fresh = true {
+		if err != nil {
+			return nil, err, false
+		}
+		if !tryDeadline.IsZero() {
+			_ = u.nc.SetDeadline(tryDeadline)
+		}
+		sent, err := p.writeRequest(u, c, rq, in)
+		if err == nil {
+			err = p.readResponseHead(u, c)
+		}
+		if err == nil {
+			return u, nil, false
+		}
+		_ = u.nc.Close()
+		if c.gone.Load() {
+			return nil, err, false
+		}
+		if isTimeout(err) {
+			perTryExpired := perTry > 0 && !deadlinePassed(deadline)
+			return nil, err, perTryExpired
+		}
+		if fresh || !u.reused || !sent.replayable {
+			return nil, err, false
+		}
+		u, err = p.pool.open(ctx, rq.ep, u.key)
+		if p.o.OnDial != nil {
+			p.o.OnDial(err)
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+type sentState struct{ replayable bool }
+
+// writeRequest sends the request head (with Envoy's edge headers and the
+// route's rewrite and header operations) and its body.
+func (p *Proxy) writeRequest(u *upConn, c *h1Conn, rq *request, in *int64) (sentState, error) {
+	req := &c.req
+	a := rq.dec.Action()
+	ops := a.RequestHeaders
+	w := u.bw
+	target, host := req.Target, req.Host
+	if rw := a.Rewrite; rw != nil {
+		if rw.URI != "" {
+			if t := rewritePath(req.Target, rq.prefix, rw.URI); len(t) > 0 && t[0] == '/' {
+				target = t
+			}
+		}
+		if rw.Authority != "" {
+			host = rw.Authority
+		}
+	}
+	_, _ = w.WriteString(req.Method)
+	_ = w.WriteByte(' ')
+	_, _ = w.WriteString(target)
+	_, _ = w.WriteString(" HTTP/1.1\r\nhost: ")
+	_, _ = w.WriteString(host)
+	_, _ = w.WriteString("\r\n")
+	for _, f := range req.Fields {
+		if dropRequestField(f.Name) || !ops.Empty() && touches(ops, f.Name) {
+			continue
+		}
+		writeField(w, f.Name, f.Value)
+	}
+	proto := "http"
+	if c.tls != nil {
+		proto = "https"
+	}
+	for _, f := range [...]h1.Field{{Name: "x-forwarded-for", Value: rq.xff}, {Name: "x-envoy-external-address", Value: c.ip},
+		{Name: "x-forwarded-proto", Value: proto}, {Name: "x-request-id", Value: rq.id}} {
+		if ops.Empty() || !touches(ops, f.Name) {
+			writeField(w, f.Name, f.Value)
+		}
+	}
+	writeOps(w, ops)
+	if req.HasLength {
+		_, _ = w.WriteString("content-length: ")
+		_, _ = w.WriteString(strconv.FormatInt(req.ContentLength, 10))
+		_, _ = w.WriteString("\r\n")
+	}
+	_, _ = w.WriteString("\r\n")
+	switch {
+	case rq.body != nil:
+		_, _ = w.Write(rq.body)
+	case req.ContentLength > 0:
+		// Streamed: written once, not replayable.
+		n, err := io.CopyN(writerOnlyW{w}, c.br, req.ContentLength)
+		*in += n
+		if err != nil {
+			return sentState{}, &clientBodyError{err}
+		}
+		if err := w.Flush(); err != nil {
+			return sentState{}, err
+		}
+		return sentState{}, nil
+	}
+	return sentState{replayable: true}, w.Flush()
+}
+
+// clientBodyError is a request body the client did not finish sending.
+type clientBodyError struct{ err error }
+
+func (e *clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
+func (e *clientBodyError) Unwrap() error { return e.err }
+
+type writerOnlyW struct{ io.Writer }
+
+// readResponseHead reads the response head into c.resp, skipping 1xx
+// interim answers, while watching for the client leaving.
+func (p *Proxy) readResponseHead(u *upConn, c *h1Conn) error {
+	c.watchClient(u)
+	defer c.stopWatch()
+	var scratch []byte
+	for {
+		head, copied, crlf, err := h1.ReadHead(u.br, p.maxResponseHead(), &scratch)
+		if err != nil {
+			if errors.Is(err, h1.ErrHeadTooLarge) {
+				return errors.New("the response head is longer than limits.maxRequestHeadersBytes")
+			}
+			if err == io.EOF && u.br.Buffered() == 0 {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if !crlf {
+			return h1.ErrMalformed
+		}
+		if err := h1.ParseResponse(head, &c.resp); err != nil {
+			return err
+		}
+		if !copied {
+			_, _ = u.br.Discard(len(head))
+		}
+		switch s := c.resp.Status; {
+		case s == http.StatusSwitchingProtocols:
+			return errors.New("101 Switching Protocols to a request that asked for no upgrade")
+		case s < 200:
+			continue // interim (103 Early Hints): not forwarded
+		}
+		return nil
+	}
+}
+
+func (p *Proxy) maxResponseHead() int {
+	if p.o.MaxResponseHeaderBytes > 0 {
+		return p.o.MaxResponseHeaderBytes
+	}
+	return 60 << 10
+}
+
+// watchDelay is how long a request waits for its response before the
+// connection is watched for the client leaving: most answers come sooner,
+// and watching costs a goroutine.
+const watchDelay = 50 * time.Millisecond
+
+// watchClient notices, while the upstream has not answered, a client that
+// closes its connection (Envoy's downstream disconnect, DC): the upstream
+// connection is then closed, which ends the wait. It returns the function
+// that ends the watch. A byte the client sends meanwhile (a pipelined
+// request) is kept for the next read.
+//
+// The timer and the state are the connection's, reused by each request.
+func (c *h1Conn) watchClient(u *upConn) {
+	if c.br.Buffered() > 0 {
+		return // a pipelined request is already here
+	}
+	c.watchUp = u
+	c.watchState.Store(watchWaiting)
+	c.watching = true
+	if c.watchTimer == nil {
+		c.watchTimer = time.AfterFunc(watchDelay, c.watch)
+	} else {
+		c.watchTimer.Reset(watchDelay)
+	}
+}
+
+// The client watch's states.
+const (
+	watchWaiting int32 = iota // the timer is set
+	watchReading              // reading the client
+	watchOff                  // called off before it read
+)
+
+// watch reads the client while the upstream has not answered.
+func (c *h1Conn) watch() {
+	if !c.watchState.CompareAndSwap(watchWaiting, watchReading) {
+		return // called off, or a timer of an earlier request
+	}
+	var b [1]byte
+	n, err := c.nc.Read(b[:])
+	if n == 1 {
+		c.src.pending = int(b[0])
+	} else if err != nil && !isTimeout(err) {
+		c.gone.Store(true)
+		_ = c.watchUp.nc.Close()
+	}
+	c.watchDone <- struct{}{}
+}
+
+// stopWatch ends the client watch, waiting for its read if it began.
+func (c *h1Conn) stopWatch() {
+	if !c.watching {
+		return
+	}
+	c.watching = false
+	if c.watchState.CompareAndSwap(watchWaiting, watchOff) {
+		c.watchTimer.Stop()
+		return
+	}
+	_ = c.nc.SetReadDeadline(aLongTimeAgo)
+	<-c.watchDone
+	_ = c.nc.SetReadDeadline(time.Time{})
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// writeResponseHead writes the status line and fields of c.resp to the
+// client: hop-by-hop fields dropped (RFC 9110 section 7.6.1, as
+// ReverseProxy drops them), the route's response header operations, and
+// envgate's own fields; the body's framing is set for the client.
+func (p *Proxy) writeResponseHead(w *bufio.Writer, c *h1Conn, rq *request, closeAfter bool) {
+	r := &c.resp
+	ops := rq.dec.Action().ResponseHeaders
+	_, _ = w.WriteString("HTTP/1.1 ")
+	_, _ = w.WriteString(strconv.Itoa(r.Status))
+	_ = w.WriteByte(' ')
+	reason := r.Reason
+	if reason == "" {
+		reason = http.StatusText(r.Status)
+	}
+	_, _ = w.WriteString(reason)
+	_, _ = w.WriteString("\r\n")
+	for _, f := range r.Fields {
+		if dropResponseField(f.Name, r.Conn, r.Chunked) || !ops.Empty() && touches(ops, f.Name) {
+			continue
+		}
+		writeField(w, f.Name, f.Value)
+	}
+	writeOps(w, ops)
+	served := rq.dec.Env
+	if rq.dec.Baseline != "" {
+		served = rq.dec.Baseline
+		writeField(w, BaselineHeader, rq.dec.Baseline)
+	}
+	if p.o.DebugHeader {
+		writeField(w, UpstreamHeader, served+" "+rq.ep.Addr)
+	}
+	switch {
+	case r.ContentLength >= 0:
+		_, _ = w.WriteString("Content-Length: ")
+		_, _ = w.WriteString(strconv.FormatInt(r.ContentLength, 10))
+		_, _ = w.WriteString("\r\n")
+	case !noBody(c.req.Method, r.Status):
+		_, _ = w.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	if closeAfter {
+		_, _ = w.WriteString("Connection: close\r\n")
+	}
+	_, _ = w.WriteString("\r\n")
+}
+
+// noBody reports whether a response has no body whatever its fields say
+// (RFC 9112 section 6.3).
+func noBody(method string, status int) bool {
+	return method == http.MethodHead || status == http.StatusNoContent || status == http.StatusNotModified || status < 200
+}
+
+// errClientWrite marks a failure to write to the client (it left).
+var errClientWrite = errors.New("writing to the client")
+
+// relayBody copies the response body from u to w; reusable says u may
+// serve another request.
+func (p *Proxy) relayBody(w *bufio.Writer, c *h1Conn, u *upConn) (n int64, reusable bool, err error) {
+	r := &c.resp
+	bp := buffers.Get().(*[]byte)
+	defer buffers.Put(bp)
+	switch {
+	case noBody(c.req.Method, r.Status):
+		return 0, !r.Close, flushClient(w)
+	case r.ContentLength >= 0:
+		if int64(u.br.Buffered()) >= r.ContentLength {
+			// The whole body is buffered: one write with the head.
+			b, _ := u.br.Peek(int(r.ContentLength))
+			m, _ := w.Write(b)
+			_, _ = u.br.Discard(m)
+			return int64(m), !r.Close, flushClient(w)
+		}
+		n, err = io.CopyBuffer(&clientErrWriter{w: w}, io.LimitReader(u.br, r.ContentLength), *bp)
+		if err == nil && n < r.ContentLength {
+			err = io.ErrUnexpectedEOF
+		}
+		return n, !r.Close, err
+	case r.Chunked:
+		n, err = h1.CopyChunked(w, u.br, *bp)
+		if err != nil && w.Flush() != nil {
+			err = errClientWrite
+		}
+		return n, !r.Close, err
+	default:
+		// Delimited by the upstream closing: chunked to the client.
+		n, err = h1.WriteChunked(w, u.br, *bp)
+		return n, false, err
+	}
+}
+
+// clientErrWriter marks write errors as the client's.
+type clientErrWriter struct{ w *bufio.Writer }
+
+func (c *clientErrWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	if err != nil {
+		return n, errClientWrite
+	}
+	return n, nil
+}
+
+func flushClient(w *bufio.Writer) error {
+	if w.Flush() != nil {
+		return errClientWrite
+	}
+	return nil
+}
+
+// discardBody reads the small, sized body of a response not forwarded (a
+// retried try) so that its connection serves again; any other is closed.
+func (p *Proxy) discardBody(u *upConn, r *h1.Response, method string) {
+	switch {
+	case noBody(method, r.Status) && !r.Close:
+		p.pool.put(u)
+	case r.ContentLength >= 0 && r.ContentLength <= 4<<10 && !r.Close:
+		if _, err := io.CopyN(io.Discard, u.br, r.ContentLength); err == nil {
+			p.pool.put(u)
+			return
+		}
+		_ = u.nc.Close()
+	default:
+		_ = u.nc.Close()
+	}
+}
+
+// grpcStatusOf is a trailers-only gRPC answer's status ("" if none).
+func grpcStatusOf(r *h1.Response) string {
+	for _, f := range r.Fields {
+		if h1.EqualFold(f.Name, "grpc-status") {
+			return f.Value
+		}
+	}
+	return ""
+}
+
+// writeField writes one header field.
+func writeField(w *bufio.Writer, name, value string) {
+	_, _ = w.WriteString(name)
+	_, _ = w.WriteString(": ")
+	_, _ = w.WriteString(value)
+	_, _ = w.WriteString("\r\n")
+}
+
+// touches reports whether ops remove or replace the field name.
+func touches(ops route.HeaderOps, name string) bool {
+	for _, k := range ops.Remove {
+		if h1.EqualFold(k, name) {
+			return true
+		}
+	}
+	for k := range ops.Set {
+		if h1.EqualFold(k, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// writeOps writes the set and add operations' fields (the fields they
+// replace were skipped).
+func writeOps(w *bufio.Writer, ops route.HeaderOps) {
+	for k, v := range ops.Set {
+		writeField(w, k, v)
+	}
+	for k, v := range ops.Add {
+		writeField(w, k, v)
+	}
+}
+
+// dropRequestField: what the upstream does not get from the client's head
+// (host and content-length are written apart): hop-by-hop fields as
+// ReverseProxy removes them, the client's x-envoy-* (Envoy's
+// cleanInternalHeaders) and the fields the gateway sets.
+func dropRequestField(name string) bool {
+	switch name {
+	case "connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
+		"content-length", "x-forwarded-for", "x-forwarded-proto", "x-request-id":
+		return true
+	}
+	return len(name) >= 8 && name[:8] == "x-envoy-"
+}
+
+// dropResponseField: hop-by-hop fields, those the Connection field named,
+// and the framing the gateway writes itself.
+func dropResponseField(name string, conn []string, chunked bool) bool {
+	for _, h := range [...]string{"keep-alive", "proxy-connection", "proxy-authenticate", "te", "upgrade"} {
+		if h1.EqualFold(name, h) {
+			return true
+		}
+	}
+	if !chunked && h1.EqualFold(name, "trailer") {
+		return true
+	}
+	for _, h := range conn {
+		if h1.EqualFold(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// writeLocalReply writes one of the gateway's own answers; it returns the
+// body's length.
+func writeLocalReply(w *bufio.Writer, code int, msg string, closeAfter bool) int {
+	body := msg + "\n"
+	_, _ = w.WriteString("HTTP/1.1 ")
+	_, _ = w.WriteString(strconv.Itoa(code))
+	_ = w.WriteByte(' ')
+	_, _ = w.WriteString(http.StatusText(code))
+	_, _ = w.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ")
+	_, _ = w.WriteString(strconv.Itoa(len(body)))
+	if closeAfter {
+		_, _ = w.WriteString("\r\nConnection: close")
+	}
+	_, _ = w.WriteString("\r\n\r\n")
+	_, _ = w.WriteString(body)
+	return len(body)
+}

@@ -1,0 +1,177 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// upConn is one upstream HTTP/1.1 connection of the fast path, used by one
+// request at a time.
+type upConn struct {
+	nc     net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	key    poolKey
+	idleAt time.Time
+	reused bool // served a request before this one
+}
+
+type poolKey struct{ addr, tlsKey string }
+
+// upBufSize is each upstream connection's read and write buffer: a
+// typical response head and a small body in one read.
+const upBufSize = 4 << 10
+
+// h1Pool keeps idle upstream HTTP/1.1 connections per endpoint, as Envoy's
+// connection pool does, newest first; a connection idle past idleTimeout
+// is closed (by the sweep, or when found), so environments without
+// traffic hold none.
+type h1Pool struct {
+	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
+	maxIdle     int
+	idleTimeout time.Duration
+
+	mu     sync.Mutex // guards idle, sweep and closed; never held across I/O
+	idle   map[poolKey][]*upConn
+	sweep  *time.Timer // armed while any connection is idle
+	closed bool
+}
+
+func newH1Pool(dial func(context.Context, string, string) (net.Conn, error), maxIdle int, idleTimeout time.Duration) *h1Pool {
+	return &h1Pool{dial: dial, maxIdle: maxIdle, idleTimeout: idleTimeout, idle: map[poolKey][]*upConn{}}
+}
+
+// get returns an idle connection to ep, or a new one.
+func (p *h1Pool) get(ctx context.Context, ep Endpoint) (*upConn, error) {
+	k := poolKey{ep.Addr, ep.TLSKey}
+	now := time.Now()
+	var stale []*upConn
+	p.mu.Lock()
+	for cs := p.idle[k]; len(cs) > 0; cs = p.idle[k] {
+		c := cs[len(cs)-1]
+		p.idle[k] = cs[:len(cs)-1]
+		if now.Sub(c.idleAt) < p.idleTimeout {
+			p.mu.Unlock()
+			closeAll(stale)
+			c.reused = true
+			return c, nil
+		}
+		stale = append(stale, c)
+	}
+	if len(p.idle[k]) == 0 {
+		delete(p.idle, k)
+	}
+	p.mu.Unlock()
+	closeAll(stale)
+	return p.open(ctx, ep, k)
+}
+
+func (p *h1Pool) open(ctx context.Context, ep Endpoint, k poolKey) (*upConn, error) {
+	nc, err := p.dial(ctx, "tcp", ep.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if ep.TLS != nil {
+		cfg := ep.TLS.Clone()
+		cfg.NextProtos = []string{"http/1.1"}
+		if cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(ep.Addr)
+		}
+		tc := tls.Client(nc, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = nc.Close()
+			return nil, fmt.Errorf("tls handshake with %s: %w", ep.Addr, err)
+		}
+		nc = tc
+	}
+	return &upConn{nc: nc, br: bufio.NewReaderSize(nc, upBufSize), bw: bufio.NewWriterSize(nc, upBufSize), key: k}, nil
+}
+
+// put keeps c for the next request to its endpoint, or closes it.
+func (p *h1Pool) put(c *upConn) {
+	c.idleAt = time.Now()
+	p.mu.Lock()
+	if p.closed || len(p.idle[c.key]) >= p.maxIdle {
+		p.mu.Unlock()
+		_ = c.nc.Close()
+		return
+	}
+	p.idle[c.key] = append(p.idle[c.key], c)
+	if p.sweep == nil {
+		p.sweep = time.AfterFunc(p.idleTimeout, p.sweepIdle)
+	}
+	p.mu.Unlock()
+}
+
+// sweepIdle closes the connections idle past the timeout, and runs again
+// while any remain.
+func (p *h1Pool) sweepIdle() {
+	now := time.Now()
+	var stale []*upConn
+	p.mu.Lock()
+	p.sweep = nil
+	next := time.Duration(-1)
+	for k, cs := range p.idle {
+		kept := cs[:0]
+		for _, c := range cs {
+			if age := now.Sub(c.idleAt); age >= p.idleTimeout {
+				stale = append(stale, c)
+			} else {
+				kept = append(kept, c)
+				if left := p.idleTimeout - age; next < 0 || left < next {
+					next = left
+				}
+			}
+		}
+		clear(cs[len(kept):])
+		if len(kept) == 0 {
+			delete(p.idle, k)
+		} else {
+			p.idle[k] = kept
+		}
+	}
+	if next >= 0 && !p.closed {
+		p.sweep = time.AfterFunc(next, p.sweepIdle)
+	}
+	p.mu.Unlock()
+	closeAll(stale)
+}
+
+// close closes the idle connections; connections in use close when their
+// request ends.
+func (p *h1Pool) close() {
+	var all []*upConn
+	p.mu.Lock()
+	p.closed = true
+	if p.sweep != nil {
+		p.sweep.Stop()
+	}
+	for _, cs := range p.idle {
+		all = append(all, cs...)
+	}
+	p.idle = map[poolKey][]*upConn{}
+	p.mu.Unlock()
+	closeAll(all)
+}
+
+// idleCount is how many idle connections the pool holds.
+func (p *h1Pool) idleCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, cs := range p.idle {
+		n += len(cs)
+	}
+	return n
+}
+
+func closeAll(cs []*upConn) {
+	for _, c := range cs {
+		_ = c.nc.Close()
+	}
+}
