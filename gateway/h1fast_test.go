@@ -338,3 +338,32 @@ func TestHTTP1LargeHeads(t *testing.T) {
 		t.Fatal("the connection stayed open after 431")
 	}
 }
+
+// TestHTTP1IdleConnectionClosed: a keep-alive connection with no request
+// for limits.idleTimeout is closed, after requests as before them.
+func TestHTTP1IdleConnectionClosed(t *testing.T) {
+	be := startScriptedHTTPBackend(t, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false)
+	cfg := testConfig(t, map[string][]string{"env1": {be.addr}})
+	cfg.Limits.IdleTimeout = 300 * time.Millisecond
+	gw := startGateway(t, cfg, nil)
+	c, err := net.Dial("tcp", gw.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for range 3 {
+		resp := rawRequest(t, c, r, "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
+		if got := readBody(t, resp); got != "ok" {
+			t.Fatalf("answer %q", got)
+		}
+	}
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection: %v, want it closed (EOF)", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("closed after %v, want about 300ms", d)
+	}
+}

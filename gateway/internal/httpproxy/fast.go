@@ -178,6 +178,14 @@ type h1Conn struct {
 	watchTimer *time.Timer // starts the watch
 	watchState atomic.Int32
 	watchUp    *upConn // the request's upstream connection, closed if the client leaves
+	// readDeadline is the one set on nc (zero: none).
+	readDeadline time.Time
+}
+
+// setReadDeadline sets the connection's read deadline, and remembers it.
+func (c *h1Conn) setReadDeadline(t time.Time) {
+	c.readDeadline = t
+	_ = c.nc.SetReadDeadline(t)
 }
 
 // values are the request's values of the field name, any case.
@@ -242,7 +250,13 @@ func (s *H1Server) serveConn(nc net.Conn) {
 			return
 		}
 		if s.o.IdleTimeout > 0 {
-			_ = nc.SetReadDeadline(time.Now().Add(s.o.IdleTimeout))
+			// The idle deadline moves at most once a second: a
+			// deadline is a timer to reset, and a second is nothing
+			// to an idle timeout.
+			now := time.Now()
+			if d := c.readDeadline.Sub(now); d < s.o.IdleTimeout-min(s.o.IdleTimeout/10, time.Second) || d > s.o.IdleTimeout {
+				c.setReadDeadline(now.Add(s.o.IdleTimeout))
+			}
 		}
 		_, err := c.br.Peek(1)
 		if !c.state.CompareAndSwap(stateIdle, stateActive) {
@@ -254,7 +268,7 @@ func (s *H1Server) serveConn(nc net.Conn) {
 		}
 		if b, _ := c.br.Peek(c.br.Buffered()); s.o.HeaderTimeout > 0 {
 			if n, _ := h1.HeadEnd(b); n == 0 {
-				_ = nc.SetReadDeadline(time.Now().Add(s.o.HeaderTimeout))
+				c.setReadDeadline(time.Now().Add(s.o.HeaderTimeout))
 			}
 		}
 		head, copied, crlf, err := h1.ReadHead(c.br, s.o.MaxHeaderBytes, &c.scratch)
@@ -446,7 +460,7 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 	if req.ContentLength > 0 {
 		// A body may take as long as the client needs, as with the
 		// full server.
-		_ = c.nc.SetReadDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 	}
 	var body []byte
 	rq.canRetry = a.Retries.Attempts > 0 && req.ContentLength <= maxReplayBytes
@@ -794,7 +808,7 @@ func (c *h1Conn) stopWatch() {
 	}
 	_ = c.nc.SetReadDeadline(aLongTimeAgo)
 	<-c.watchDone
-	_ = c.nc.SetReadDeadline(time.Time{})
+	c.setReadDeadline(time.Time{})
 }
 
 var aLongTimeAgo = time.Unix(1, 0)

@@ -5,10 +5,12 @@
 // route, 503 "no healthy upstream", 504 "upstream request timeout", each
 // with a line saying why.
 //
-// Bodies stream both ways through fixed-size buffers
-// (net/http/httputil.ReverseProxy, which also drops the hop-by-hop headers
-// of RFC 9110 section 7.6.1 and carries protocol upgrades); a request body
-// is held whole only to be retried, and only up to maxReplayBytes.
+// HTTP/1.1 connections are served by H1Server, the fast path (fast.go),
+// which hands what it does not take to Proxy.ServeHTTP, the full path:
+// net/http/httputil.ReverseProxy, which also drops the hop-by-hop headers
+// of RFC 9110 section 7.6.1 and carries protocol upgrades. Both stream
+// bodies through fixed-size buffers; a request body is held whole only to
+// be retried, and only up to maxReplayBytes.
 package httpproxy
 
 import (

@@ -50,6 +50,14 @@ type Metrics struct {
 	// in the vectors hashes every label on every call. Bounded like the
 	// labels themselves (configured environments, maxMethods, codes).
 	series sync.Map // seriesKey -> *callSeries
+	// reqSeries is the same for HTTP requests: routed environments
+	// and status codes of three digits.
+	reqSeries sync.Map // reqKey -> *callSeries
+}
+
+type reqKey struct {
+	env  string
+	code int
 }
 
 type seriesKey struct {
@@ -145,13 +153,24 @@ func (m *Metrics) RequestStarted() { m.reqsInFlight.Inc() }
 // RequestDone records a finished HTTP request.
 func (m *Metrics) RequestDone(env string, code int, d time.Duration, bytesIn, bytesOut int64) {
 	m.reqsInFlight.Dec()
-	m.requests.WithLabelValues(env, strconv.Itoa(code)).Inc()
-	m.reqLatency.WithLabelValues(env).Observe(d.Seconds())
+	k := reqKey{env, code}
+	v, ok := m.reqSeries.Load(k)
+	if !ok {
+		v, _ = m.reqSeries.LoadOrStore(k, &callSeries{
+			calls:    m.requests.WithLabelValues(env, strconv.Itoa(code)),
+			latency:  m.reqLatency.WithLabelValues(env),
+			bytesIn:  m.reqBytes.WithLabelValues(env, "in"),
+			bytesOut: m.reqBytes.WithLabelValues(env, "out"),
+		})
+	}
+	s := v.(*callSeries)
+	s.calls.Inc()
+	s.latency.Observe(d.Seconds())
 	if bytesIn > 0 {
-		m.reqBytes.WithLabelValues(env, "in").Add(float64(bytesIn))
+		s.bytesIn.Add(float64(bytesIn))
 	}
 	if bytesOut > 0 {
-		m.reqBytes.WithLabelValues(env, "out").Add(float64(bytesOut))
+		s.bytesOut.Add(float64(bytesOut))
 	}
 }
 
