@@ -367,3 +367,66 @@ func TestHTTP1IdleConnectionClosed(t *testing.T) {
 		t.Fatalf("closed after %v, want about 300ms", d)
 	}
 }
+
+// TestHTTP1ShutdownFinishesRequests: at shutdown an idle keep-alive
+// connection is closed, and a request in flight gets its whole answer
+// (saying "Connection: close") before the gateway stops.
+func TestHTTP1ShutdownFinishesRequests(t *testing.T) {
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 1)
+	web := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "done "+r.URL.Path)
+	}))
+	cfg := testConfig(t, map[string][]string{"env1": {web}})
+	cfg.DrainDelay = 10 * time.Millisecond
+	cfg.ShutdownGrace = 20 * time.Second
+	gw := startGateway(t, cfg, nil)
+
+	idle, err := net.Dial("tcp", gw.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	ir := bufio.NewReader(idle)
+	if got := readBody(t, rawRequest(t, idle, ir, "GET /fast HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")); got != "done /fast" {
+		t.Fatalf("answer %q", got)
+	}
+
+	busy, err := net.Dial("tcp", gw.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	if _, err := io.WriteString(busy, "GET /slow HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	<-arrived
+	stopped := make(chan error, 1)
+	go func() { stopped <- gw.stop(t) }()
+
+	_ = idle.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := ir.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection at shutdown: %v, want closed", err)
+	}
+	select {
+	case err := <-stopped:
+		t.Fatalf("stopped with a request in flight: %v", err)
+	default:
+	}
+	close(release)
+	br := bufio.NewReader(busy)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readBody(t, resp); got != "done /slow" || !resp.Close {
+		t.Fatalf("request in flight: %q, close %v", got, resp.Close)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}
