@@ -415,16 +415,24 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 	keep := !req.Close
 	w := clientWriters.Get().(*bufio.Writer)
 	w.Reset(c.nc)
+	// The request is accounted for (log, metrics) before the last of its
+	// answer is sent, as the full server does when its handler returns:
+	// a client that has its answer finds it counted.
+	finished := false
 	defer func() {
 		w.Reset(nil)
 		clientWriters.Put(w)
-		p.finish(context.Background(), rq, ex, code, in, out)
+		if !finished {
+			p.finish(context.Background(), rq, ex, code, in, out)
+		}
 	}()
 
 	reply := func(status int, msg string) fastResult {
 		code = status
 		close := !keep || s.shutdown.Load()
 		out = int64(writeLocalReply(w, status, msg, close))
+		finished = true
+		p.finish(context.Background(), rq, ex, code, in, out)
 		if w.Flush() != nil || close {
 			return fastClose
 		}
@@ -541,9 +549,6 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 	p.writeResponseHead(w, c, rq, closeAfter)
 	n, reusable, err := p.relayBody(w, c, u)
 	out = n
-	if err == nil {
-		err = w.Flush()
-	}
 	if !deadline.IsZero() && reusable {
 		_ = u.nc.SetDeadline(time.Time{})
 	}
@@ -556,6 +561,11 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 		if errors.Is(err, errClientWrite) {
 			rq.flags = "DC"
 		}
+		return fastClose
+	}
+	finished = true
+	p.finish(context.Background(), rq, ex, code, in, out)
+	if w.Flush() != nil {
 		return fastClose
 	}
 	if closeAfter {
@@ -867,22 +877,22 @@ func noBody(method string, status int) bool {
 // errClientWrite marks a failure to write to the client (it left).
 var errClientWrite = errors.New("writing to the client")
 
-// relayBody copies the response body from u to w; reusable says u may
-// serve another request.
+// relayBody copies the response body from u to w, the last of it left in
+// w for the caller to flush; reusable says u may serve another request.
 func (p *Proxy) relayBody(w *bufio.Writer, c *h1Conn, u *upConn) (n int64, reusable bool, err error) {
 	r := &c.resp
 	bp := buffers.Get().(*[]byte)
 	defer buffers.Put(bp)
 	switch {
 	case noBody(c.req.Method, r.Status):
-		return 0, !r.Close, flushClient(w)
+		return 0, !r.Close, nil
 	case r.ContentLength >= 0:
 		if int64(u.br.Buffered()) >= r.ContentLength {
 			// The whole body is buffered: one write with the head.
 			b, _ := u.br.Peek(int(r.ContentLength))
 			m, _ := w.Write(b)
 			_, _ = u.br.Discard(m)
-			return int64(m), !r.Close, flushClient(w)
+			return int64(m), !r.Close, nil
 		}
 		n, err = io.CopyBuffer(&clientErrWriter{w: w}, io.LimitReader(u.br, r.ContentLength), *bp)
 		if err == nil && n < r.ContentLength {
@@ -911,13 +921,6 @@ func (c *clientErrWriter) Write(b []byte) (int, error) {
 		return n, errClientWrite
 	}
 	return n, nil
-}
-
-func flushClient(w *bufio.Writer) error {
-	if w.Flush() != nil {
-		return errClientWrite
-	}
-	return nil
 }
 
 // discardBody reads the small, sized body of a response not forwarded (a
