@@ -88,24 +88,32 @@ func TestHTTPEnvoyAnswersAndRetries(t *testing.T) {
 		{"default policy does not retry a 503", "istio pilot/pkg/networking/core/route/retry/retry.go DefaultPolicy (retriable-status-codes with none)",
 			route(""), &flakyBackend{fail: 1, status: 503}, 503, "failure 1", 1},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			p := startParityWith(t, tc.yaml, tc.backend.start)
-			req, _ := http.NewRequest("POST", "http://"+p.gw.Addrs()[0]+"/orders", strings.NewReader("order=42"))
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, _ := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			if resp.StatusCode != tc.wantStatus || !strings.HasPrefix(string(body), tc.wantBody) || tc.backend.n.Load() != tc.wantTries {
-				t.Fatalf("%d %q after %d tries, want %d %q after %d (%s)", resp.StatusCode, body, tc.backend.n.Load(), tc.wantStatus, tc.wantBody, tc.wantTries, tc.cite)
-			}
-			for range tc.wantTries {
-				if b := <-tc.backend.bodies; b != "order=42" {
-					t.Fatalf("a try carried %q, not the whole body", b)
+		// HTTP/1.1 takes the fast path, h2c the full server's; both
+		// answer alike.
+		for _, client := range []struct {
+			name string
+			c    func(*testing.T) *http.Client
+		}{{"HTTP/1.1", func(*testing.T) *http.Client { return http.DefaultClient }}, {"h2c", h2cClient}} {
+			t.Run(tc.name+" "+client.name, func(t *testing.T) {
+				be := &flakyBackend{fail: tc.backend.fail, status: tc.backend.status, delay: tc.backend.delay}
+				p := startParityWith(t, tc.yaml, be.start)
+				req, _ := http.NewRequest("POST", "http://"+p.gw.Addrs()[0]+"/orders", strings.NewReader("order=42"))
+				resp, err := client.c(t).Do(req)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-		})
+				body, _ := io.ReadAll(resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != tc.wantStatus || !strings.HasPrefix(string(body), tc.wantBody) || be.n.Load() != tc.wantTries {
+					t.Fatalf("%d %q after %d tries, want %d %q after %d (%s)", resp.StatusCode, body, be.n.Load(), tc.wantStatus, tc.wantBody, tc.wantTries, tc.cite)
+				}
+				for range tc.wantTries {
+					if b := <-be.bodies; b != "order=42" {
+						t.Fatalf("a try carried %q, not the whole body", b)
+					}
+				}
+			})
+		}
 	}
 
 	// No endpoint at all: 503 no healthy upstream (router.cc
@@ -136,4 +144,15 @@ func TestHTTPEnvoyAnswersAndRetries(t *testing.T) {
 			}
 		}
 	})
+}
+
+// h2cClient speaks HTTP/2 with prior knowledge (REST over h2c); its
+// connections close when the test ends, before a gateway started earlier
+// waits for them to.
+func h2cClient(t *testing.T) *http.Client {
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: p}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
 }

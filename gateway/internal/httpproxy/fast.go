@@ -493,39 +493,21 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 		rq.xff = forwarded.For(prior, c.ip)
 	}
 
-	retries := a.Retries
 	var u *upConn
-	var err error
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			if rq.ep, err = p.ups.Endpoint(rq.dec.Destination); err != nil {
-				break
-			}
-		}
+	err := p.retry(rq, deadline, c.gone.Load, func() tryResult {
+		var err error
 		var perTry bool
-		u, err, perTry = p.fastTry(c, rq, deadline, retries.PerTryTimeout, &in)
-		code = 0
-		grpc := ""
-		if u != nil {
-			code = c.resp.Status
-			grpc = grpcStatusOf(&c.resp)
+		u, err, perTry = p.fastTry(c, rq, deadline, a.Retries.PerTryTimeout, &in)
+		if u == nil {
+			return tryResult{err: err, perTry: perTry}
 		}
-		if attempt >= retries.Attempts || !rq.canRetry || c.gone.Load() || deadlinePassed(deadline) || !retryableAnswer(retries, code, grpc, err, perTry) {
-			if attempt > 0 && attempt >= retries.Attempts && !c.gone.Load() && !deadlinePassed(deadline) && retryableAnswer(retries, code, grpc, err, perTry) {
-				rq.urx = true
-			}
-			if perTry {
-				err = errors.New("per-try timeout of " + retries.PerTryTimeout.String() + " expired")
-			}
-			break
-		}
-		if u != nil {
-			p.discardBody(u, &c.resp, req.Method)
-			u = nil
-		}
-		t := time.NewTimer(route.RetryBackoff(attempt))
-		<-t.C
-		rq.retries++
+		return tryResult{code: c.resp.Status, grpc: grpcStatusOf(&c.resp)}
+	}, func() {
+		p.discardBody(u, &c.resp, req.Method)
+		u = nil
+	})
+	if u != nil {
+		code = c.resp.Status
 	}
 	if u == nil {
 		code = 0

@@ -353,6 +353,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, rq *request) {
 			return
 		}
 	}
+	if p.direct(r, ep) {
+		p.serveDirect(w, r, rq)
+		return
+	}
 	ctx := context.WithValue(r.Context(), requestKey{}, rq)
 	if a.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -566,46 +570,35 @@ type retrier Proxy
 func (t *retrier) RoundTrip(req *http.Request) (*http.Response, error) {
 	p := (*Proxy)(t)
 	rq := req.Context().Value(requestKey{}).(*request)
-	r := rq.dec.Action().Retries
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			ep, err := p.ups.Endpoint(rq.dec.Destination)
-			if err != nil {
-				return nil, err
-			}
-			rq.ep = ep
-			if rq.body != nil {
-				req.Body = io.NopCloser(bytes.NewReader(rq.body))
-			}
+	perTry := rq.dec.Action().Retries.PerTryTimeout
+	var resp *http.Response
+	first := true
+	err := p.retry(rq, time.Time{}, func() bool { return req.Context().Err() != nil }, func() tryResult {
+		if !first && rq.body != nil {
+			req.Body = io.NopCloser(bytes.NewReader(rq.body))
 		}
+		first = false
 		req.URL.Host = rq.ep.Addr
 		req.URL.Scheme = "http"
 		if rq.ep.TLS != nil {
 			req.URL.Scheme = "https"
 		}
-		resp, err, perTry := p.try(req, r.PerTryTimeout)
-		if attempt >= r.Attempts || !rq.canRetry || req.Context().Err() != nil || !retryable(r, resp, err, perTry) {
-			if attempt > 0 && attempt >= r.Attempts && req.Context().Err() == nil && retryable(r, resp, err, perTry) {
-				rq.urx = true // Envoy's URX: the retries are spent
-			}
-			if perTry {
-				return nil, fmt.Errorf("per-try timeout of %v expired", r.PerTryTimeout)
-			}
-			return resp, err
+		var err error
+		var expired bool
+		resp, err, expired = p.try(req, perTry)
+		if resp == nil {
+			return tryResult{err: err, perTry: expired}
 		}
-		if resp != nil {
-			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
-			resp.Body.Close()
-		}
-		timer := time.NewTimer(route.RetryBackoff(attempt))
-		select {
-		case <-timer.C:
-		case <-req.Context().Done():
-			timer.Stop()
-			return nil, req.Context().Err()
-		}
-		rq.retries++
+		return tryResult{code: resp.StatusCode, grpc: grpcStatus(resp)}
+	}, func() {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+		resp.Body.Close()
+		resp = nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return resp, nil
 }
 
 // try sends one attempt. A per-try timeout bounds the wait for the

@@ -2,15 +2,17 @@ package httpproxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/envgate/envgate/gateway/internal/route"
 )
 
-// retryable reports whether a failed try may be retried under the route's
+// retryableAnswer reports whether a try may be retried under the route's
 // retryOn, as Envoy decides for HTTP (source/common/router/
 // retry_state_impl.cc): a try with no response by wouldRetryFromReset
 // (5xx, gateway-error and reset take any reset or connection failure,
@@ -20,17 +22,8 @@ import (
 // retriable-4xx: 409; retriable-status-codes: the numbers in retryOn, as
 // Istio turns them into retriable_status_codes in pilot/pkg/networking/
 // core/route/retry/retry.go ConvertPolicy, parseRetryOn; the gRPC
-// conditions on the response's grpc-status).
-func retryable(r route.Retries, resp *http.Response, err error, perTry bool) bool {
-	code, grpc := 0, ""
-	if resp != nil {
-		code, grpc = resp.StatusCode, grpcStatus(resp)
-	}
-	return retryableAnswer(r, code, grpc, err, perTry)
-}
-
-// retryableAnswer is retryable for a try that got status code (0: no
-// response) with grpc-status grpc ("" if none), or err.
+// conditions on the response's grpc-status). code is the answer's status
+// (0: none), grpc its grpc-status ("" if none).
 func retryableAnswer(r route.Retries, code int, grpc string, err error, perTry bool) bool {
 	hasResp := code != 0
 	for _, on := range r.RetryOn {
@@ -86,6 +79,50 @@ func hasStatus(on []string, code int) bool {
 		}
 	}
 	return false
+}
+
+// tryResult is the outcome of one attempt: a response's status (0: none) and
+// grpc-status, or why there is none (perTry: the per-try timeout expired).
+type tryResult struct {
+	code   int
+	grpc   string
+	err    error
+	perTry bool
+}
+
+// retry runs attempt until one is not to be retried under the route's
+// policy (Envoy's retry state: attempts, retryOn, backoff; each retry on a
+// newly picked endpoint) and returns the last one's error, or nil with a
+// response. drop discards a response that is retried. gone reports a
+// client that left.
+func (p *Proxy) retry(rq *request, deadline time.Time, gone func() bool, attempt func() tryResult, drop func()) error {
+	r := rq.dec.Action().Retries
+	for n := 0; ; n++ {
+		if n > 0 {
+			ep, err := p.ups.Endpoint(rq.dec.Destination)
+			if err != nil {
+				return err
+			}
+			rq.ep = ep
+		}
+		t := attempt()
+		again := retryableAnswer(r, t.code, t.grpc, t.err, t.perTry)
+		if n >= r.Attempts || !rq.canRetry || gone() || deadlinePassed(deadline) || !again {
+			if n > 0 && n >= r.Attempts && again && !gone() && !deadlinePassed(deadline) {
+				rq.urx = true // Envoy's URX: the retries are spent
+			}
+			if t.perTry {
+				return fmt.Errorf("per-try timeout of %v expired", r.PerTryTimeout)
+			}
+			return t.err
+		}
+		if t.code != 0 {
+			drop()
+		}
+		timer := time.NewTimer(route.RetryBackoff(n))
+		<-timer.C
+		rq.retries++
+	}
 }
 
 // statusCode reads a three-digit status code; every request asks, so a
