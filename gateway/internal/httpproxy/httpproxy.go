@@ -6,11 +6,14 @@
 // with a line saying why.
 //
 // HTTP/1.1 connections are served by H1Server, the fast path (fast.go),
-// which hands what it does not take to Proxy.ServeHTTP, the full path:
-// net/http/httputil.ReverseProxy, which also drops the hop-by-hop headers
-// of RFC 9110 section 7.6.1 and carries protocol upgrades. Both stream
-// bodies through fixed-size buffers; a request body is held whole only to
-// be retried, and only up to maxReplayBytes.
+// which hands what it does not take to Proxy.ServeHTTP, the full path (Go's
+// HTTP server, REST over HTTP/2 too). Both send to HTTP/1.1 upstreams on
+// one pool of connections (h1pool.go; the full path through serveDirect,
+// upstream1.go); net/http/httputil.ReverseProxy remains for protocol
+// upgrades, Expect: 100-continue, HTTP/2 upstreams and tracing. Hop-by-hop
+// headers are dropped as RFC 9110 section 7.6.1 says; bodies stream
+// through fixed-size buffers, and a request body is held whole only to be
+// retried, and only up to maxReplayBytes.
 package httpproxy
 
 import (
