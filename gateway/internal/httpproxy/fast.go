@@ -19,6 +19,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/route"
 )
 
+// lowerASCII is s lower-cased, s itself when it is already.
 func lowerASCII(s string) string {
 	for i := 0; i < len(s); i++ {
 		if 'A' <= s[i] && s[i] <= 'Z' {
@@ -591,7 +592,7 @@ func (p *Proxy) fastTry(c *h1Conn, rq *request, deadline time.Time, perTry time.
 		if !tryDeadline.IsZero() {
 			_ = u.nc.SetDeadline(tryDeadline)
 		}
-		sent, err := p.writeRequest(u, c, rq, in)
+		replayable, err := p.writeRequest(u, c, rq, in)
 		if err == nil {
 			err = p.readResponseHead(u, c)
 		}
@@ -606,7 +607,7 @@ func (p *Proxy) fastTry(c *h1Conn, rq *request, deadline time.Time, perTry time.
 			perTryExpired := perTry > 0 && !deadlinePassed(deadline)
 			return nil, err, perTryExpired
 		}
-		if fresh || !u.reused || !sent.replayable {
+		if fresh || !u.reused || !replayable {
 			return nil, err, false
 		}
 		u, err = p.pool.open(ctx, rq.ep, u.key)
@@ -621,11 +622,9 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-type sentState struct{ replayable bool }
-
 // writeRequest sends the request head (with Envoy's edge headers and the
 // route's rewrite and header operations) and its body.
-func (p *Proxy) writeRequest(u *upConn, c *h1Conn, rq *request, in *int64) (sentState, error) {
+func (p *Proxy) writeRequest(u *upConn, c *h1Conn, rq *request, in *int64) (replayable bool, err error) {
 	req := &c.req
 	a := rq.dec.Action()
 	ops := a.RequestHeaders
@@ -678,14 +677,11 @@ func (p *Proxy) writeRequest(u *upConn, c *h1Conn, rq *request, in *int64) (sent
 		n, err := io.CopyN(writerOnlyW{w}, c.br, req.ContentLength)
 		*in += n
 		if err != nil {
-			return sentState{}, &clientBodyError{err}
+			return false, &clientBodyError{err}
 		}
-		if err := w.Flush(); err != nil {
-			return sentState{}, err
-		}
-		return sentState{}, nil
+		return false, w.Flush()
 	}
-	return sentState{replayable: true}, w.Flush()
+	return true, w.Flush()
 }
 
 // clientBodyError is a request body the client did not finish sending.
@@ -694,6 +690,8 @@ type clientBodyError struct{ err error }
 func (e *clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
 func (e *clientBodyError) Unwrap() error { return e.err }
 
+// writerOnlyW hides bufio.Writer's ReadFrom: a copy then goes through the
+// writer's buffer and the caller's, not a buffer ReadFrom allocates.
 type writerOnlyW struct{ io.Writer }
 
 // readResponseHead reads the response head into c.resp, skipping 1xx
