@@ -793,6 +793,9 @@ func (g *gateway) drain() {
 	for _, hs := range g.https {
 		hs.SetKeepAlivesEnabled(false)
 	}
+	for _, h1 := range g.h1s {
+		h1.SetKeepAlivesEnabled(false)
+	}
 }
 
 // stop drains every server at once and forces them closed after grace.

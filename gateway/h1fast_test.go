@@ -430,3 +430,44 @@ func TestHTTP1ShutdownFinishesRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHTTP1DrainAsksClientsToReconnect: from the start of the drain, as
+// Envoy's drain and net/http's SetKeepAlivesEnabled(false) do, a new
+// connection is still served, its answer saying "Connection: close", and
+// idle keep-alive connections are closed.
+func TestHTTP1DrainAsksClientsToReconnect(t *testing.T) {
+	web := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	cfg := testConfig(t, map[string][]string{"env1": {web}})
+	cfg.DrainDelay = 3 * time.Second
+	gw := startGateway(t, cfg, nil)
+	waitUntil(t, "ready", func() bool { return readyStatus(t, gw) == http.StatusOK })
+	idle, err := net.Dial("tcp", gw.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	ir := bufio.NewReader(idle)
+	if resp := rawRequest(t, idle, ir, "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n"); resp.Close || readBody(t, resp) != "ok" {
+		t.Fatal("before the drain: the connection was not kept")
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- gw.stop(t) }()
+	waitUntil(t, "readiness 503", func() bool { return readyStatus(t, gw) == http.StatusServiceUnavailable })
+
+	_ = idle.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := ir.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection while draining: %v, want closed", err)
+	}
+	c, err := net.Dial("tcp", gw.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	resp := rawRequest(t, c, bufio.NewReader(c), "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
+	if got := readBody(t, resp); got != "ok" || !resp.Close {
+		t.Fatalf("a new connection while draining: %q, close %v; want served with Connection: close", got, resp.Close)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}

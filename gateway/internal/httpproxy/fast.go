@@ -51,7 +51,26 @@ type H1Server struct {
 	lis   net.Listener
 
 	shutdown atomic.Bool
+	draining atomic.Bool    // keep-alives off: each answer closes its connection
 	wg       sync.WaitGroup // the connections' goroutines
+}
+
+// SetKeepAlivesEnabled(false) asks clients to reconnect elsewhere, as
+// net/http's method of the name does and Envoy's drain does: each answer
+// says "Connection: close" and closes its connection, and idle
+// connections are closed now.
+func (s *H1Server) SetKeepAlivesEnabled(v bool) {
+	s.draining.Store(!v)
+	if v {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.state.CompareAndSwap(stateIdle, stateClosed) {
+			_ = c.nc.Close()
+		}
+	}
 }
 
 // H1Options configure an H1Server.
@@ -244,9 +263,10 @@ func (s *H1Server) serveConn(nc net.Conn) {
 		return
 	}
 	c.br = bufio.NewReaderSize(&c.src, clientBufSize)
-	for {
+	for served := false; ; served = true {
 		c.state.Store(stateIdle)
-		if s.shutdown.Load() || c.state.Load() == stateClosed {
+		// Draining, a new connection still gets its request served.
+		if s.shutdown.Load() || s.draining.Load() && served || c.state.Load() == stateClosed {
 			_ = nc.Close()
 			return
 		}
@@ -430,7 +450,7 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 
 	reply := func(status int, msg string) fastResult {
 		code = status
-		close := !keep || s.shutdown.Load()
+		close := !keep || s.shutdown.Load() || s.draining.Load()
 		out = int64(writeLocalReply(w, status, msg, close))
 		finished = true
 		p.finish(context.Background(), rq, ex, code, in, out)
@@ -528,7 +548,7 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 			return reply(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: "+errString(err)+" ("+rq.ep.Addr+")")
 		}
 	}
-	closeAfter := !keep || s.shutdown.Load()
+	closeAfter := !keep || s.shutdown.Load() || s.draining.Load()
 	p.writeResponseHead(w, c, rq, closeAfter)
 	n, reusable, err := p.relayBody(w, c, u)
 	out = n
