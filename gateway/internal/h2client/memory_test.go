@@ -30,27 +30,7 @@ func TestQuietConnectionHoldsSmallWriteBuffers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	runtime.GC()
-	runtime.GC()
-	records := make([]runtime.MemProfileRecord, 1<<14)
-	n, ok := runtime.MemProfile(records, false)
-	if !ok {
-		t.Fatalf("memory profile has more than %d records", len(records))
-	}
-	var held int64
-	for _, r := range records[:n] {
-		frames := runtime.CallersFrames(r.Stack())
-		for {
-			f, more := frames.Next()
-			if strings.HasSuffix(f.Function, "h2client.(*writer).init") || strings.HasSuffix(f.Function, "h2client.(*conn).flushLoop") {
-				held += r.InUseBytes()
-				break
-			}
-			if !more {
-				break
-			}
-		}
-	}
+	held := liveBytesAllocatedIn(t, "h2client.(*writer).init", "h2client.(*conn).flushLoop")
 	per := held / clients
 	t.Logf("write buffers of %d quiet connections: %d B, %d B each", clients, held, per)
 	if per == 0 {
@@ -86,5 +66,71 @@ func TestConnectionRunsTwoGoroutines(t *testing.T) {
 	}
 	if n != 2*clients {
 		t.Fatalf("%d goroutines of %d connections, want 2 each:\n%s", n, clients, buf.String())
+	}
+}
+
+// liveBytesAllocatedIn is the heap in use allocated under any of the
+// functions named (suffixes of their full names), by the memory profile.
+func liveBytesAllocatedIn(t *testing.T, funcs ...string) int64 {
+	t.Helper()
+	runtime.GC()
+	runtime.GC()
+	records := make([]runtime.MemProfileRecord, 1<<14)
+	n, ok := runtime.MemProfile(records, false)
+	if !ok {
+		t.Fatalf("memory profile has more than %d records", len(records))
+	}
+	var held int64
+	for _, r := range records[:n] {
+		frames := runtime.CallersFrames(r.Stack())
+	stack:
+		for {
+			f, more := frames.Next()
+			for _, fn := range funcs {
+				if strings.HasSuffix(f.Function, fn) {
+					held += r.InUseBytes()
+					break stack
+				}
+			}
+			if !more {
+				break
+			}
+		}
+	}
+	return held
+}
+
+// A connection's read buffer is 4 KiB while its frames fit in it, and
+// grows to 32 KiB once a larger one comes: 3,000 upstream connections of
+// quiet environments held 32 KiB each before.
+func TestReadBufferGrowsOnlyForLargeFrames(t *testing.T) {
+	const clients = 20
+	s := startServer(t)
+	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+	runtime.MemProfileRate = 1
+	ctx := metadata.AppendToOutgoingContext(testCtx(t), "env", "env1")
+	var cs []echopb.EchoServiceClient
+	for range clients {
+		_, c := newClient(t, Options{}, s.addr)
+		if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	per := liveBytesAllocatedIn(t, "h2client.(*reader).init", "h2client.(*reader).grow") / clients
+	t.Logf("read buffer of a quiet connection: %d B", per)
+	if per == 0 || per > 8<<10 {
+		t.Fatalf("a quiet connection holds %d B of read buffer, want 4 KiB", per)
+	}
+	// A large answer on each: the buffers grow.
+	for _, c := range cs {
+		if _, err := c.Call(ctx, &echopb.EchoRequest{ResponseSize: 64 << 10}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	per = liveBytesAllocatedIn(t, "h2client.(*reader).init", "h2client.(*reader).grow") / clients
+	t.Logf("read buffer after a 64 KiB answer: %d B", per)
+	if per < 32<<10 {
+		t.Fatalf("after a 64 KiB answer a connection holds %d B of read buffer, want 32 KiB", per)
 	}
 }
