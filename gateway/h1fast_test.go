@@ -3,16 +3,21 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/envgate/envgate/gateway/internal/config"
 )
 
 // scriptedHTTPBackend answers every request head it reads with answer; closeAfter
@@ -469,5 +474,88 @@ func TestHTTP1DrainAsksClientsToReconnect(t *testing.T) {
 	}
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHTTPEdgeHeaders: whichever path serves a request (the HTTP/1.1 fast
+// path, plaintext or TLS; Go's server for h2c and h2, its own upstream
+// client), the upstream gets Envoy's edge headers
+// (source/common/http/conn_manager_utility.cc mutateRequestHeaders: the
+// client's address appended to x-forwarded-for, x-forwarded-proto of the
+// client's connection, x-envoy-external-address, a new x-request-id;
+// cleanInternalHeaders: the client's x-envoy-* removed) and no hop-by-hop
+// field (RFC 9110 section 7.6.1), and the answer carries the upstream's.
+func TestHTTPEdgeHeaders(t *testing.T) {
+	web := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Upstream", "yes")
+		for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Envoy-External-Address", "X-Request-Id", "X-Envoy-Force-Trace", "X-Secret", "Keep-Alive", "X-Kept"} {
+			fmt.Fprintf(w, "%s=%s\n", k, strings.Join(r.Header.Values(k), ","))
+		}
+	}))
+	cfg := testConfig(t, map[string][]string{"env1": {web}})
+	certFile, keyFile := writeCert(t)
+	cfg.Listeners = append(cfg.Listeners, config.Listener{Address: "127.0.0.1:0", TLS: &config.TLS{CertFile: certFile, KeyFile: keyFile, ReloadInterval: time.Hour}})
+	gw := startGateway(t, cfg, nil)
+	_, tlsPort, _ := net.SplitHostPort(gw.Addrs()[1])
+	pem, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	client := func(proto func(*http.Protocols)) *http.Client {
+		p := new(http.Protocols)
+		proto(p)
+		tr := &http.Transport{Protocols: p, TLSClientConfig: &tls.Config{RootCAs: roots}}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr}
+	}
+	for _, tc := range []struct {
+		name, url, proto string
+		c                *http.Client
+		hopByHop         bool // the client can send Connection-named fields (not over HTTP/2)
+	}{
+		{"HTTP/1.1", "http://" + gw.Addrs()[0] + "/", "http", client(func(p *http.Protocols) { p.SetHTTP1(true) }), true},
+		{"h2c", "http://" + gw.Addrs()[0] + "/", "http", client(func(p *http.Protocols) { p.SetUnencryptedHTTP2(true) }), false},
+		{"TLS HTTP/1.1", "https://localhost:" + tlsPort + "/", "https", client(func(p *http.Protocols) { p.SetHTTP1(true) }), true},
+		{"TLS h2", "https://localhost:" + tlsPort + "/", "https", client(func(p *http.Protocols) { p.SetHTTP2(true) }), false},
+	} {
+		for _, named := range []bool{false, true} {
+			if named && !tc.hopByHop {
+				continue
+			}
+			req, _ := http.NewRequest("GET", tc.url, nil)
+			req.Header.Set("env", "env1")
+			req.Header.Set("X-Forwarded-For", "203.0.113.7")
+			req.Header.Set("X-Request-Id", "client-chosen")
+			req.Header.Set("X-Envoy-Force-Trace", "true")
+			req.Header.Set("X-Kept", "1")
+			if named {
+				// Connection naming a field: the fast path hands such a
+				// request to the full server, which drops both.
+				req.Header.Set("Connection", "X-Secret")
+				req.Header.Set("X-Secret", "hop")
+				req.Header.Set("Keep-Alive", "timeout=5")
+			}
+			resp, err := tc.c.Do(req)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			got := readBody(t, resp)
+			for _, want := range []string{
+				"X-Forwarded-For=203.0.113.7, 127.0.0.1\n", "X-Forwarded-Proto=" + tc.proto + "\n",
+				"X-Envoy-External-Address=127.0.0.1\n", "X-Envoy-Force-Trace=\n", "X-Secret=\n", "Keep-Alive=\n", "X-Kept=1\n",
+			} {
+				if !strings.Contains(got, want) {
+					t.Errorf("%s (Connection-named %v): upstream saw\n%s\nwant %q", tc.name, named, got, want)
+				}
+			}
+			if strings.Contains(got, "client-chosen") || !strings.Contains(got, "X-Request-Id=") || strings.Contains(got, "X-Request-Id=\n") {
+				t.Errorf("%s: x-request-id not replaced: %s", tc.name, got)
+			}
+			if resp.Header.Get("X-Upstream") != "yes" {
+				t.Errorf("%s: the answer lost the upstream's fields: %v", tc.name, resp.Header)
+			}
+		}
 	}
 }
