@@ -527,27 +527,15 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 		p.discardBody(u, &c.resp, req.Method)
 		u = nil
 	})
-	if u != nil {
-		code = c.resp.Status
-	}
 	if u == nil {
-		code = 0
 		keep = keep && (req.ContentLength == 0 || rq.body != nil)
-		switch {
-		case c.gone.Load():
-			rq.flags = "DC"
-			return fastClose
-		case deadlinePassed(deadline) && err != nil:
-			rq.flags = "UT"
-			return reply(http.StatusGatewayTimeout, "upstream request timeout: the route's timeout of "+a.Timeout.String()+" expired ("+dec.Rule.Source+")")
-		case isConnectFailure(err):
-			rq.flags = "UF"
-			return reply(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure: "+errString(err)+" ("+rq.ep.Addr+")")
-		default:
-			rq.flags = "UR"
-			return reply(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: "+errString(err)+" ("+rq.ep.Addr+")")
+		status, msg := upstreamFailure(rq, err, deadlinePassed(deadline), c.gone.Load())
+		if status == 0 {
+			return fastClose // the client left
 		}
+		return reply(status, msg)
 	}
+	code = c.resp.Status
 	closeAfter := !keep || s.shutdown.Load() || s.draining.Load()
 	p.writeResponseHead(w, c, rq, closeAfter)
 	n, reusable, err := p.relayBody(w, c, u)
@@ -578,13 +566,6 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 }
 
 func deadlinePassed(d time.Time) bool { return !d.IsZero() && !time.Now().Before(d) }
-
-func errString(err error) string {
-	if err == nil {
-		return "no endpoint"
-	}
-	return err.Error()
-}
 
 // fastTry sends the request on a connection to rq.ep and reads the
 // response's head into c.resp. It returns the connection with the body

@@ -490,18 +490,29 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 // with the cause. A client that went away gets nothing (DC).
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	rq := r.Context().Value(requestKey{}).(*request)
+	timedOut := errors.Is(context.Cause(r.Context()), errRouteTimeout)
+	if code, msg := upstreamFailure(rq, err, timedOut, r.Context().Err() != nil); code != 0 {
+		localReply(w, code, msg)
+	}
+}
+
+// upstreamFailure is Envoy's answer to a request whose upstream gave no
+// response (see upstreamError), every path's: the status and text, with
+// rq's flag set; status 0 for a client that left, which gets nothing.
+func upstreamFailure(rq *request, err error, timedOut, gone bool) (int, string) {
 	switch {
-	case errors.Is(context.Cause(r.Context()), errRouteTimeout):
+	case timedOut:
 		rq.flags = "UT"
-		localReply(w, http.StatusGatewayTimeout, fmt.Sprintf("upstream request timeout: the route's timeout of %v expired (%s)", rq.dec.Action().Timeout, rq.dec.Rule.Source))
-	case r.Context().Err() != nil:
+		return http.StatusGatewayTimeout, fmt.Sprintf("upstream request timeout: the route's timeout of %v expired (%s)", rq.dec.Action().Timeout, rq.dec.Rule.Source)
+	case gone:
 		rq.flags = "DC"
+		return 0, ""
 	case isConnectFailure(err):
 		rq.flags = "UF"
-		localReply(w, http.StatusServiceUnavailable, fmt.Sprintf("upstream connect error or disconnect/reset before headers. reset reason: connection failure: %v (%s)", err, rq.ep.Addr))
+		return http.StatusServiceUnavailable, fmt.Sprintf("upstream connect error or disconnect/reset before headers. reset reason: connection failure: %v (%s)", err, rq.ep.Addr)
 	default:
 		rq.flags = "UR"
-		localReply(w, http.StatusServiceUnavailable, fmt.Sprintf("upstream connect error or disconnect/reset before headers. reset reason: %v (%s)", err, rq.ep.Addr))
+		return http.StatusServiceUnavailable, fmt.Sprintf("upstream connect error or disconnect/reset before headers. reset reason: %v (%s)", err, rq.ep.Addr)
 	}
 }
 

@@ -69,18 +69,8 @@ func (p *Proxy) serveDirect(w http.ResponseWriter, r *http.Request, rq *request)
 		}
 	})
 	if resp == nil {
-		switch {
-		case gone():
-			rq.flags = "DC"
-		case deadlinePassed(deadline):
-			rq.flags = "UT"
-			localReply(w, http.StatusGatewayTimeout, "upstream request timeout: the route's timeout of "+a.Timeout.String()+" expired ("+rq.dec.Rule.Source+")")
-		case isConnectFailure(err):
-			rq.flags = "UF"
-			localReply(w, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure: "+errString(err)+" ("+rq.ep.Addr+")")
-		default:
-			rq.flags = "UR"
-			localReply(w, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: "+errString(err)+" ("+rq.ep.Addr+")")
+		if code, msg := upstreamFailure(rq, err, deadlinePassed(deadline), gone()); code != 0 {
+			localReply(w, code, msg)
 		}
 		return
 	}
