@@ -64,6 +64,17 @@ func startScriptedHTTPBackend(t testing.TB, answer string, closeAfter bool) *scr
 	return b
 }
 
+// dialHTTP1 opens a TCP connection to addr for the test, with a reader.
+func dialHTTP1(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
+}
+
 // rawRequest writes req on c and reads one response.
 func rawRequest(t testing.TB, c net.Conn, r *bufio.Reader, req string) *http.Response {
 	t.Helper()
@@ -126,12 +137,7 @@ func TestHTTP1FastPathAllocations(t *testing.T) {
 		}
 	})
 	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {lis.Addr().String()}}), nil)
-	c, err := net.Dial("tcp", gw.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
+	c, r := dialHTTP1(t, gw.Addrs()[0])
 	req := []byte("GET / HTTP/1.1\r\nHost: gw\r\nEnv: env1\r\nUser-Agent: test\r\n\r\n")
 	buf := make([]byte, 4096)
 	get := func() {
@@ -169,12 +175,7 @@ func TestHTTP1ConnectionHandedOverMidway(t *testing.T) {
 		fmt.Fprintf(w, "%s %s %q te=%v", r.Method, r.URL.Path, b, r.TransferEncoding)
 	}))
 	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {web}}), nil)
-	c, err := net.Dial("tcp", gw.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
+	c, r := dialHTTP1(t, gw.Addrs()[0])
 	// Two pipelined requests in one write, then a POST with a body.
 	if _, err := io.WriteString(c, "GET /one HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\nGET /two HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n"); err != nil {
 		t.Fatal(err)
@@ -206,12 +207,8 @@ func TestHTTP1ConnectionHandedOverMidway(t *testing.T) {
 		}
 	}
 	// HTTP/1.0 is the full server's too.
-	c2, err := net.Dial("tcp", gw.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	resp = rawRequest(t, c2, bufio.NewReader(c2), "GET /six HTTP/1.0\r\nHost: gw\r\nenv: env1\r\n\r\n")
+	c2, r2 := dialHTTP1(t, gw.Addrs()[0])
+	resp = rawRequest(t, c2, r2, "GET /six HTTP/1.0\r\nHost: gw\r\nenv: env1\r\n\r\n")
 	if got := readBody(t, resp); resp.StatusCode != 200 || !strings.HasPrefix(got, `GET /six`) {
 		t.Fatalf("HTTP/1.0: %d %q", resp.StatusCode, got)
 	}
@@ -224,12 +221,7 @@ func TestHTTP1ConnectionHandedOverMidway(t *testing.T) {
 func TestHTTP1UpstreamClosedIdleConnection(t *testing.T) {
 	be := startScriptedHTTPBackend(t, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true)
 	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {be.addr}}), nil)
-	c, err := net.Dial("tcp", gw.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
+	c, r := dialHTTP1(t, gw.Addrs()[0])
 	for i := range 20 {
 		resp := rawRequest(t, c, r, "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
 		if got := readBody(t, resp); resp.StatusCode != 200 || got != "ok" {
@@ -270,12 +262,7 @@ func TestHTTP1ResponseFramingRelayed(t *testing.T) {
 	closeDelimited := startScriptedHTTPBackend(t, "HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nuntil the end", true)
 	cfg := testConfig(t, map[string][]string{"env1": {web}, "env2": {closeDelimited.addr}})
 	gw := startGateway(t, cfg, nil)
-	c, err := net.Dial("tcp", gw.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
+	c, r := dialHTTP1(t, gw.Addrs()[0])
 
 	resp := rawRequest(t, c, r, "GET /chunked HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
 	if got := readBody(t, resp); got != "part1-part2" || len(resp.TransferEncoding) != 1 || resp.Trailer.Get("X-Sum") != "42" {
@@ -321,12 +308,7 @@ func TestHTTP1LargeHeads(t *testing.T) {
 	cfg := testConfig(t, map[string][]string{"env1": {web}})
 	cfg.Limits.MaxRequestHeadersBytes = 32 << 10
 	gw := startGateway(t, cfg, nil)
-	c, err := net.Dial("tcp", gw.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
+	c, r := dialHTTP1(t, gw.Addrs()[0])
 	resp := rawRequest(t, c, r, "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\nCookie: "+strings.Repeat("c", 10000)+"\r\n\r\n")
 	if got := readBody(t, resp); got != "cookie 10000" {
 		t.Fatalf("10 KB cookie: %d %q", resp.StatusCode, got)
@@ -351,12 +333,7 @@ func TestHTTP1IdleConnectionClosed(t *testing.T) {
 	cfg := testConfig(t, map[string][]string{"env1": {be.addr}})
 	cfg.Limits.IdleTimeout = 300 * time.Millisecond
 	gw := startGateway(t, cfg, nil)
-	c, err := net.Dial("tcp", gw.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
+	c, r := dialHTTP1(t, gw.Addrs()[0])
 	for range 3 {
 		resp := rawRequest(t, c, r, "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
 		if got := readBody(t, resp); got != "ok" {
@@ -391,21 +368,12 @@ func TestHTTP1ShutdownFinishesRequests(t *testing.T) {
 	cfg.ShutdownGrace = 20 * time.Second
 	gw := startGateway(t, cfg, nil)
 
-	idle, err := net.Dial("tcp", gw.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	ir := bufio.NewReader(idle)
+	idle, ir := dialHTTP1(t, gw.Addrs()[0])
 	if got := readBody(t, rawRequest(t, idle, ir, "GET /fast HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")); got != "done /fast" {
 		t.Fatalf("answer %q", got)
 	}
 
-	busy, err := net.Dial("tcp", gw.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
+	busy, br := dialHTTP1(t, gw.Addrs()[0])
 	if _, err := io.WriteString(busy, "GET /slow HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +391,6 @@ func TestHTTP1ShutdownFinishesRequests(t *testing.T) {
 	default:
 	}
 	close(release)
-	br := bufio.NewReader(busy)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -446,12 +413,7 @@ func TestHTTP1DrainAsksClientsToReconnect(t *testing.T) {
 	cfg.DrainDelay = 3 * time.Second
 	gw := startGateway(t, cfg, nil)
 	waitUntil(t, "ready", func() bool { return readyStatus(t, gw) == http.StatusOK })
-	idle, err := net.Dial("tcp", gw.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	ir := bufio.NewReader(idle)
+	idle, ir := dialHTTP1(t, gw.Addrs()[0])
 	if resp := rawRequest(t, idle, ir, "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n"); resp.Close || readBody(t, resp) != "ok" {
 		t.Fatal("before the drain: the connection was not kept")
 	}
@@ -463,12 +425,8 @@ func TestHTTP1DrainAsksClientsToReconnect(t *testing.T) {
 	if _, err := ir.ReadByte(); err != io.EOF {
 		t.Fatalf("idle connection while draining: %v, want closed", err)
 	}
-	c, err := net.Dial("tcp", gw.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	resp := rawRequest(t, c, bufio.NewReader(c), "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
+	c, cr := dialHTTP1(t, gw.Addrs()[0])
+	resp := rawRequest(t, c, cr, "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
 	if got := readBody(t, resp); got != "ok" || !resp.Close {
 		t.Fatalf("a new connection while draining: %q, close %v; want served with Connection: close", got, resp.Close)
 	}

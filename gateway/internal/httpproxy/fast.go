@@ -568,54 +568,15 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 func deadlinePassed(d time.Time) bool { return !d.IsZero() && !time.Now().Before(d) }
 
 // fastTry sends the request on a connection to rq.ep and reads the
-// response's head into c.resp. It returns the connection with the body
-// still to read, or why there is no response (perTry: the per-try timeout
-// expired). A reused connection that the upstream had closed is replaced
-// once, as net/http's transport retries a request nothing was sent of.
+// response's head into c.resp (see tryOn).
 func (p *Proxy) fastTry(c *h1Conn, rq *request, deadline time.Time, perTry time.Duration, in *int64) (*upConn, error, bool) {
-	tryDeadline := deadline
-	if perTry > 0 {
-		if d := time.Now().Add(perTry); tryDeadline.IsZero() || d.Before(tryDeadline) {
-			tryDeadline = d
-		}
-	}
-	ctx := context.Background()
-	if !tryDeadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, tryDeadline)
-		defer cancel()
-	}
-	u, err := p.pool.get(ctx, rq.ep)
-	for fresh := false; ; fresh = true {
-		if err != nil {
-			return nil, err, false
-		}
-		if !tryDeadline.IsZero() {
-			_ = u.nc.SetDeadline(tryDeadline)
-		}
+	return p.tryOn(context.Background(), rq, deadline, perTry, c.gone.Load, func(u *upConn) (bool, error) {
 		replayable, err := p.writeRequest(u, c, rq, in)
 		if err == nil {
 			err = p.readResponseHead(u, c)
 		}
-		if err == nil {
-			return u, nil, false
-		}
-		_ = u.nc.Close()
-		if c.gone.Load() {
-			return nil, err, false
-		}
-		if isTimeout(err) {
-			perTryExpired := perTry > 0 && !deadlinePassed(deadline)
-			return nil, err, perTryExpired
-		}
-		if fresh || !u.reused || !replayable {
-			return nil, err, false
-		}
-		u, err = p.pool.open(ctx, rq.ep, u.key)
-		if p.o.OnDial != nil {
-			p.o.OnDial(err)
-		}
-	}
+		return replayable, err
+	})
 }
 
 func isTimeout(err error) bool {
@@ -630,23 +591,7 @@ func (p *Proxy) writeRequest(u *upConn, c *h1Conn, rq *request, in *int64) (repl
 	a := rq.dec.Action()
 	ops := a.RequestHeaders
 	w := u.bw
-	target, host := req.Target, req.Host
-	if rw := a.Rewrite; rw != nil {
-		if rw.URI != "" {
-			if t := rewritePath(req.Target, rq.prefix, rw.URI); len(t) > 0 && t[0] == '/' {
-				target = t
-			}
-		}
-		if rw.Authority != "" {
-			host = rw.Authority
-		}
-	}
-	_, _ = w.WriteString(req.Method)
-	_ = w.WriteByte(' ')
-	_, _ = w.WriteString(target)
-	_, _ = w.WriteString(" HTTP/1.1\r\nhost: ")
-	_, _ = w.WriteString(host)
-	_, _ = w.WriteString("\r\n")
+	writeRequestLine(w, rq, req.Method, req.Target, req.Host)
 	for _, f := range req.Fields {
 		if dropRequestField(f.Name) || !ops.Empty() && touches(ops, f.Name) {
 			continue
@@ -657,12 +602,7 @@ func (p *Proxy) writeRequest(u *upConn, c *h1Conn, rq *request, in *int64) (repl
 	if c.tls != nil {
 		proto = "https"
 	}
-	for _, f := range [...]h1.Field{{Name: "x-forwarded-for", Value: rq.xff}, {Name: "x-envoy-external-address", Value: c.ip},
-		{Name: "x-forwarded-proto", Value: proto}, {Name: "x-request-id", Value: rq.id}} {
-		if ops.Empty() || !touches(ops, f.Name) {
-			writeField(w, f.Name, f.Value)
-		}
-	}
+	writeEdgeFields(w, ops, rq, c.ip, proto)
 	writeOps(w, ops)
 	if req.HasLength {
 		_, _ = w.WriteString("content-length: ")
@@ -952,6 +892,40 @@ func touches(ops route.HeaderOps, name string) bool {
 		}
 	}
 	return false
+}
+
+// writeRequestLine writes the request line, with the route's rewrite of
+// the path (Envoy's prefix_rewrite) and authority, and the Host field.
+func writeRequestLine(w *bufio.Writer, rq *request, method, target, host string) {
+	if rw := rq.dec.Action().Rewrite; rw != nil {
+		if rw.URI != "" {
+			if t := rewritePath(target, rq.prefix, rw.URI); len(t) > 0 && t[0] == '/' {
+				target = t
+			}
+		}
+		if rw.Authority != "" {
+			host = rw.Authority
+		}
+	}
+	_, _ = w.WriteString(method)
+	_ = w.WriteByte(' ')
+	_, _ = w.WriteString(target)
+	_, _ = w.WriteString(" HTTP/1.1\r\nhost: ")
+	_, _ = w.WriteString(host)
+	_, _ = w.WriteString("\r\n")
+}
+
+// writeEdgeFields writes the fields the gateway sets at the edge, as
+// Envoy's connection manager does (conn_manager_utility.cc
+// mutateRequestHeaders), but those the route's operations remove or
+// replace.
+func writeEdgeFields(w *bufio.Writer, ops route.HeaderOps, rq *request, ip, proto string) {
+	for _, f := range [...]h1.Field{{Name: "x-forwarded-for", Value: rq.xff}, {Name: "x-envoy-external-address", Value: ip},
+		{Name: "x-forwarded-proto", Value: proto}, {Name: "x-request-id", Value: rq.id}} {
+		if ops.Empty() || !touches(ops, f.Name) {
+			writeField(w, f.Name, f.Value)
+		}
+	}
 }
 
 // writeOps writes the set and add operations' fields (the fields they

@@ -175,3 +175,50 @@ func closeAll(cs []*upConn) {
 		_ = c.nc.Close()
 	}
 }
+
+// tryOn makes one attempt on a connection to rq.ep: exchange sends the
+// request on u and reads the head of its answer (replayable: the request
+// can be sent again). A reused connection that fails before any answer is
+// replaced once when the request can be sent again, as net/http's
+// transport retries a request nothing was sent of. It returns the
+// connection with the body still to read, or why there is none (perTry:
+// the per-try timeout expired); gone reports a client that left.
+func (p *Proxy) tryOn(ctx context.Context, rq *request, deadline time.Time, perTry time.Duration, gone func() bool, exchange func(u *upConn) (replayable bool, err error)) (*upConn, error, bool) {
+	tryDeadline := deadline
+	if perTry > 0 {
+		if d := time.Now().Add(perTry); tryDeadline.IsZero() || d.Before(tryDeadline) {
+			tryDeadline = d
+		}
+	}
+	if !tryDeadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, tryDeadline)
+		defer cancel()
+	}
+	u, err := p.pool.get(ctx, rq.ep)
+	for fresh := false; ; fresh = true {
+		if err != nil {
+			return nil, err, false
+		}
+		if !tryDeadline.IsZero() {
+			_ = u.nc.SetDeadline(tryDeadline)
+		}
+		replayable, err := exchange(u)
+		if err == nil {
+			return u, nil, false
+		}
+		_ = u.nc.Close()
+		switch {
+		case gone():
+			return nil, err, false
+		case isTimeout(err):
+			return nil, err, perTry > 0 && !deadlinePassed(deadline)
+		case fresh || !u.reused || !replayable:
+			return nil, err, false
+		}
+		u, err = p.pool.open(ctx, rq.ep, u.key)
+		if p.o.OnDial != nil {
+			p.o.OnDial(err)
+		}
+	}
+}

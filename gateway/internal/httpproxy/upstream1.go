@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/envgate/envgate/gateway/internal/forwarded"
+	"github.com/envgate/envgate/gateway/internal/h1"
 )
 
 // direct reports whether the full path sends r to ep on the fast path's
@@ -88,55 +89,26 @@ func (p *Proxy) serveDirect(w http.ResponseWriter, r *http.Request, rq *request)
 }
 
 // directTry sends r on a connection to rq.ep and reads the response's
-// head. A reused connection that fails before any answer is replaced
-// once when the body can be sent again.
+// head (see tryOn).
 func (p *Proxy) directTry(r *http.Request, rq *request, deadline time.Time, perTry time.Duration, ip, proto string) (*upConn, *http.Response, error, bool) {
-	tryDeadline := deadline
-	if perTry > 0 {
-		if d := time.Now().Add(perTry); tryDeadline.IsZero() || d.Before(tryDeadline) {
-			tryDeadline = d
-		}
-	}
-	ctx := r.Context()
-	if !tryDeadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, tryDeadline)
-		defer cancel()
-	}
-	u, err := p.pool.get(ctx, rq.ep)
-	for fresh := false; ; fresh = true {
-		if err != nil {
-			return nil, nil, err, false
-		}
-		if !tryDeadline.IsZero() {
-			_ = u.nc.SetDeadline(tryDeadline)
-		}
+	var resp *http.Response
+	gone := func() bool { return r.Context().Err() != nil }
+	u, err, expired := p.tryOn(r.Context(), rq, deadline, perTry, gone, func(u *upConn) (bool, error) {
 		// The client leaving ends the wait.
 		stop := context.AfterFunc(r.Context(), func() { _ = u.nc.SetDeadline(aLongTimeAgo) })
 		replayable, err := p.writeDirect(u, r, rq, ip, proto)
-		var resp *http.Response
 		if err == nil {
 			resp, err = readDirectResponse(u.br, r)
 		}
-		stopped := stop()
-		if err == nil && stopped {
-			return u, resp, nil, false
+		if !stop() && err == nil {
+			err = context.Cause(r.Context())
 		}
-		_ = u.nc.Close()
-		if r.Context().Err() != nil {
-			return nil, nil, r.Context().Err(), false
-		}
-		if isTimeout(err) {
-			return nil, nil, err, perTry > 0 && !deadlinePassed(deadline)
-		}
-		if fresh || !u.reused || !replayable {
-			return nil, nil, err, false
-		}
-		u, err = p.pool.open(ctx, rq.ep, u.key)
-		if p.o.OnDial != nil {
-			p.o.OnDial(err)
-		}
+		return replayable, err
+	})
+	if u == nil {
+		return nil, nil, err, expired
 	}
+	return u, resp, nil, false
 }
 
 // readDirectResponse reads a response to r, skipping 1xx interim answers.
@@ -163,23 +135,7 @@ func (p *Proxy) writeDirect(u *upConn, r *http.Request, rq *request, ip, proto s
 	a := rq.dec.Action()
 	ops := a.RequestHeaders
 	w := u.bw
-	target, host := requestPath(r), r.Host
-	if rw := a.Rewrite; rw != nil {
-		if rw.URI != "" {
-			if t := rewritePath(target, rq.prefix, rw.URI); len(t) > 0 && t[0] == '/' {
-				target = t
-			}
-		}
-		if rw.Authority != "" {
-			host = rw.Authority
-		}
-	}
-	_, _ = w.WriteString(r.Method)
-	_ = w.WriteByte(' ')
-	_, _ = w.WriteString(target)
-	_, _ = w.WriteString(" HTTP/1.1\r\nHost: ")
-	_, _ = w.WriteString(host)
-	_, _ = w.WriteString("\r\n")
+	writeRequestLine(w, rq, r.Method, requestPath(r), r.Host)
 	conn := r.Header["Connection"]
 	for k, vs := range r.Header {
 		if dropDirectField(k, conn) || !ops.Empty() && touches(ops, k) {
@@ -189,12 +145,7 @@ func (p *Proxy) writeDirect(u *upConn, r *http.Request, rq *request, ip, proto s
 			writeField(w, k, v)
 		}
 	}
-	for _, f := range [...][2]string{{"X-Forwarded-For", rq.xff}, {"X-Envoy-External-Address", ip},
-		{"X-Forwarded-Proto", proto}, {"X-Request-Id", rq.id}} {
-		if ops.Empty() || !touches(ops, f[0]) {
-			writeField(w, f[0], f[1])
-		}
-	}
+	writeEdgeFields(w, ops, rq, ip, proto)
 	writeOps(w, ops)
 	bp := buffers.Get().(*[]byte)
 	defer buffers.Put(bp)
@@ -223,7 +174,7 @@ func (p *Proxy) writeDirect(u *upConn, r *http.Request, rq *request, ip, proto s
 	default:
 		// Unsized (HTTP/2 without content-length): chunked.
 		_, _ = w.WriteString("Transfer-Encoding: chunked\r\n\r\n")
-		if _, err := writeChunkedBody(w, r.Body, *bp); err != nil {
+		if _, err := h1.WriteChunked(w, r.Body, *bp); err != nil {
 			return false, err
 		}
 		return false, w.Flush()
@@ -234,31 +185,6 @@ func writeLength(w *bufio.Writer, n int64) {
 	_, _ = w.WriteString("Content-Length: ")
 	_, _ = w.WriteString(strconv.FormatInt(n, 10))
 	_, _ = w.WriteString("\r\n\r\n")
-}
-
-// writeChunkedBody sends the client's body as chunks, then the last one.
-func writeChunkedBody(w *bufio.Writer, body io.Reader, buf []byte) (int64, error) {
-	var n int64
-	for {
-		m, err := body.Read(buf)
-		if m > 0 {
-			n += int64(m)
-			_, _ = w.WriteString(strconv.FormatInt(int64(m), 16))
-			_, _ = w.WriteString("\r\n")
-			_, _ = w.Write(buf[:m])
-			_, _ = w.WriteString("\r\n")
-			if err := w.Flush(); err != nil {
-				return n, err
-			}
-		}
-		if err == io.EOF {
-			_, err = w.WriteString("0\r\n\r\n")
-			return n, err
-		}
-		if err != nil {
-			return n, &clientBodyError{err}
-		}
-	}
 }
 
 // dropDirectField: what the upstream does not get from the client's

@@ -261,11 +261,6 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	return server, client
 }
 
-// A client that sends a second SETTINGS and waits for its acknowledgement
-// before its first request (h2spec 6.9.2 does) gets it at once, not when
-// the sniffer gives up waiting for the request (FirstRequest); the server
-// it goes to then has its acknowledgement of the merged SETTINGS removed,
-// and acknowledges what comes after.
 // Go's HTTP/2 server writes one acknowledgement for the SETTINGS frames
 // it reads before it could write one (net/http h2_bundle.go
 // serverConn.processSettings: needToSendSettingsAck is a bool). When the
@@ -274,52 +269,7 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 // and reaches the client (h2spec 6.9.2 failed through envgate for it,
 // waiting for an acknowledgement that was removed).
 func TestCoalescedAcknowledgementReachesTheClient(t *testing.T) {
-	server, client := tcpPair(t)
-	defer client.Close()
-	defer server.Close()
-	type result struct {
-		c   *Conn
-		s   Server
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		c, s, err := Classify(server, Options{Timeout: 10 * time.Second, FirstRequest: 10 * time.Second, Settings: interim})
-		done <- result{c, s, err}
-	}()
-	var out bytes.Buffer
-	out.WriteString(Preface)
-	fr := http2.NewFramer(&out, nil)
-	_ = fr.WriteSettings()
-	_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-	if _, err := client.Write(out.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	// The sniffer's SETTINGS, then an acknowledgement for each of ours.
-	want := append(settingsFrame(interim), append(append([]byte{}, settingsAck...), settingsAck...)...)
-	got := make([]byte, len(want))
-	_ = client.SetReadDeadline(time.Now().Add(2 * time.Second))
-	if n, err := io.ReadFull(client, got); err != nil {
-		t.Fatalf("read %x (%d bytes) before the first request: %v", got[:n], n, err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("got %x, want %x", got, want)
-	}
-	// The request: a plain GET goes to the HTTP server.
-	out.Reset()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", "/"}, {":authority", "a"}} {
-		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
-	if _, err := client.Write(out.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	r := <-done
-	if r.err != nil || r.s != HTTP {
-		t.Fatalf("server %v, %v", r.s, r.err)
-	}
+	c, client, fr, out := secondSettingsThenRequest(t)
 	// The client's next SETTINGS; the server reads it with the rest
 	// before it writes its one acknowledgement.
 	out.Reset()
@@ -327,10 +277,10 @@ func TestCoalescedAcknowledgementReachesTheClient(t *testing.T) {
 	if _, err := client.Write(out.Bytes()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := io.ReadFull(r.c, make([]byte, len(Preface))); err != nil {
+	if _, err := io.ReadFull(c, make([]byte, len(Preface))); err != nil {
 		t.Fatal(err)
 	}
-	sf := http2.NewFramer(nil, r.c)
+	sf := http2.NewFramer(nil, c)
 	for settings := 0; settings < 2; {
 		f, err := sf.ReadFrame()
 		if err != nil {
@@ -340,7 +290,7 @@ func TestCoalescedAcknowledgementReachesTheClient(t *testing.T) {
 			settings++ // the merged frame, then the later one
 		}
 	}
-	if _, err := r.c.Write(settingsAck); err != nil {
+	if _, err := c.Write(settingsAck); err != nil {
 		t.Fatal(err)
 	}
 	ack := make([]byte, len(settingsAck))
@@ -350,10 +300,14 @@ func TestCoalescedAcknowledgementReachesTheClient(t *testing.T) {
 	}
 }
 
-func TestSecondSettingsAcknowledgedBeforeTheFirstRequest(t *testing.T) {
+// secondSettingsThenRequest has a client send two SETTINGS, check that
+// the sniffer acknowledges each before any request, then send a GET: it
+// returns the connection the HTTP server gets, the client's end, and the
+// client's framer writing into out.
+func secondSettingsThenRequest(t *testing.T) (*Conn, net.Conn, *http2.Framer, *bytes.Buffer) {
+	t.Helper()
 	server, client := tcpPair(t)
-	defer client.Close()
-	defer server.Close()
+	t.Cleanup(func() { client.Close(); server.Close() })
 	type result struct {
 		c   *Conn
 		s   Server
@@ -364,9 +318,9 @@ func TestSecondSettingsAcknowledgedBeforeTheFirstRequest(t *testing.T) {
 		c, s, err := Classify(server, Options{Timeout: 10 * time.Second, FirstRequest: 10 * time.Second, Settings: interim})
 		done <- result{c, s, err}
 	}()
-	var out bytes.Buffer
+	out := new(bytes.Buffer)
 	out.WriteString(Preface)
-	fr := http2.NewFramer(&out, nil)
+	fr := http2.NewFramer(out, nil)
 	_ = fr.WriteSettings()
 	_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
 	if _, err := client.Write(out.Bytes()); err != nil {
@@ -397,9 +351,19 @@ func TestSecondSettingsAcknowledgedBeforeTheFirstRequest(t *testing.T) {
 	if r.err != nil || r.s != HTTP {
 		t.Fatalf("server %v, %v", r.s, r.err)
 	}
+	return r.c, client, fr, out
+}
+
+// A client that sends a second SETTINGS and waits for its acknowledgement
+// before its first request (h2spec 6.9.2 does) gets it at once, not when
+// the sniffer gives up waiting for the request (FirstRequest); the server
+// it goes to then has its acknowledgement of the merged SETTINGS removed,
+// and acknowledges what comes after.
+func TestSecondSettingsAcknowledgedBeforeTheFirstRequest(t *testing.T) {
+	c, client, _, _ := secondSettingsThenRequest(t)
 	// The server's acknowledgement of the merged SETTINGS is removed; a
 	// later one goes through.
-	if _, err := r.c.Write(append(append([]byte{}, settingsAck...), settingsAck...)); err != nil {
+	if _, err := c.Write(append(append([]byte{}, settingsAck...), settingsAck...)); err != nil {
 		t.Fatal(err)
 	}
 	ack := make([]byte, len(settingsAck))
