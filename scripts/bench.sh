@@ -10,8 +10,9 @@
 # direct and to envgate, measured in this run (the machine is shared).
 # Then the HTTP rows (HTTP_ROWS=0 skips them): GET / of the second seed's
 # helloserver, directly and through envgate, nginx and HAProxy routing on the
-# env header, over HTTP/1.1 and h2c; h2load gives rps and, from its
-# per-request log, p50/p99.
+# env header, and through the least a Go relay on Go's netpoller can do
+# (scripts/bench/httpfloor), over HTTP/1.1 and h2c; h2load gives rps and,
+# from its per-request log, p50/p99.
 # Then the upstream TLS rows (UPSTREAM_TLS=0 skips them): the backend behind
 # TLS (a bench CA, the name verified), reached directly over TLS, through
 # envgate (upstream.tls SIMPLE) and through HAProxy (server ... ssl).
@@ -28,7 +29,8 @@
 #                    of them and on 10: RSS per idle connection, rate, p99.
 #   OVERLOAD_ROWS    envgate's sustained rate (closed loop, 50 in flight),
 #                    then twice that rate open loop for 10 s through envgate,
-#                    envgate with limits.maxConcurrentCalls, nginx, HAProxy:
+#                    envgate with limits.maxConcurrentCalls, nginx, HAProxy,
+#                    each limited to OVERLOAD_CPU (250) millicores of CPU:
 #                    calls refused, p50/p99/p99.9 of the others.
 #   ENV_ROWS         envgate with 2 and with ENV_COUNT (1,000) environments
 #                    of 3 endpoints each (scripts/bench/manyecho), calls
@@ -59,11 +61,12 @@ CONN_ACTIVE=${CONN_ACTIVE:-1000}
 ENV_ROWS=${ENV_ROWS:-1}
 OVERLOAD_ROWS=${OVERLOAD_ROWS:-1}
 ENV_COUNT=${ENV_COUNT:-1000}
+OVERLOAD_CPU=${OVERLOAD_CPU:-250} # millicores each target may use in the overload rows
 # Below Linux's ephemeral range (32768-60999): the client sockets of the
 # connection rows may still hold ports there.
 MANY_BASE=${MANY_BASE:-20000}
 LISTEN=""
-PIN="" LOAD_PIN="" # taskset prefixes of the target and of the load client
+PIN="" # a prefix to the target's command (the overload rows' CPU limit)
 PORT=${PORT:-19080}
 TICK=$(getconf CLK_TCK)
 pids=()
@@ -184,6 +187,7 @@ start_target() {
       $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-base-http) render "$ROOT/scripts/bench/envgate-http.yaml.in" "$DIR/conf/envgate.yaml"
       $PIN "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    gofloor-http) $PIN "$BIN/bench-httpfloor" -listen "127.0.0.1:$PORT" -backend "127.0.0.1:$BACKEND_HTTP_PORT" >"$DIR/httpfloor.log" 2>&1 & ;;
     nginx-http) render "$ROOT/scripts/bench/nginx-http.conf.in" "$DIR/nginx.conf"
       $PIN nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
     haproxy-http) render "$ROOT/scripts/bench/haproxy-http.cfg.in" "$DIR/haproxy.cfg"
@@ -339,7 +343,7 @@ table() {
 }
 
 # load ARGS...: scripts/bench/load against the current target.
-load() { timeout 600 $LOAD_PIN "$BIN/bench-load" -addr "127.0.0.1:$target_port" "$@"; }
+load() { timeout 600 "$BIN/bench-load" -addr "127.0.0.1:$target_port" "$@"; }
 
 # measure_streams TARGET...: server-streaming rows into $results-streams
 # and ping-pong rows into $results-pingpong (h2c; the backend is $backend).
@@ -404,14 +408,19 @@ measure_envs() {
 
 # measure_overload: envgate's sustained rate, then twice it through each
 # target; rows into $results-overload, the rate into $overload_rate.
-# The proxy runs on CPU 1, the client and the backend on CPU 0: on two
-# shared cores, twice the proxy's rate would otherwise overload the client
-# before the proxy, and measure the client.
+# Each target runs under a CPU limit of OVERLOAD_CPU millicores (a cgroup's
+# CFS quota, as a pod's CPU limit is; Go sizes GOMAXPROCS from it), while
+# the client and the backend keep both cores: on two shared cores, twice an
+# unlimited proxy's rate overloads the client before the proxy, and then
+# measures the client.
 measure_overload() {
-  taskset -p -c 0 "$backend" >/dev/null
-  PIN="taskset -c 1" LOAD_PIN="taskset -c 0"
+  local cg=/sys/fs/cgroup/cpu/envgate-bench-$$
+  mkdir "$cg"
+  echo 10000 >"$cg/cpu.cfs_period_us"
+  echo $((OVERLOAD_CPU * 10)) >"$cg/cpu.cfs_quota_us"
+  PIN="$ROOT/scripts/bench/incgroup $cg"
   start_target envgate
-  local sustained; sustained=$(load -mode envs -envs 1 -calls 30000 -conns 10 -inflight 50 | awk '{ print $1 }')
+  local sustained; sustained=$(load -mode envs -envs 1 -calls 20000 -conns 10 -inflight 50 | awk '{ print $1 }')
   stop_target
   overload_rate=$((sustained * 2))
   for target in "$@"; do
@@ -419,8 +428,8 @@ measure_overload() {
     echo "$target $(load -mode rate -rps "$overload_rate" -duration 10s -conns 10)" >>"$DIR/results-overload"
     stop_target
   done
-  PIN="" LOAD_PIN=""
-  taskset -p -c "0-$(($(nproc) - 1))" "$backend" >/dev/null
+  PIN=""
+  rmdir "$cg"
 }
 
 start_backend
@@ -441,7 +450,7 @@ fi
 if [ "$HTTP_ROWS" = 1 ]; then
   start_http_backend
   results="$DIR/results-http"
-  measure_http direct-http envgate-http ${BASE_GATEWAY:+envgate-base-http }nginx-http haproxy-http
+  measure_http direct-http envgate-http ${BASE_GATEWAY:+envgate-base-http }gofloor-http nginx-http haproxy-http
   echo
   echo "HTTP: GET / of the helloserver (Go net/http, HTTP/1.1 and h2c), env: env1; h1: $CONC HTTP/1.1 connections, h2: $CONNS h2c connections of $((CONC / CONNS)) streams"
   echo "rps, p50/p99 (from h2load's per-request log) and CPU per 10k requests of the same h2load run (cpu ghz: not measured, 0)"
@@ -523,9 +532,9 @@ if [ "$ENV_ROWS" = 1 ]; then
 fi
 
 if [ "$OVERLOAD_ROWS" = 1 ]; then
-  measure_overload envgate envgate-overload nginx haproxy
+  measure_overload envgate ${BASE_GATEWAY:+envgate-base }envgate-overload nginx haproxy
   echo
-  echo "overload: unary 100 B calls open loop at $overload_rate/s (twice envgate's closed-loop rate, 50 in flight, in this run) for 10 s over 10 h2c connections; the proxy on CPU 1, client and backend on CPU 0; latency from when each call was due; refused: RESOURCE_EXHAUSTED or UNAVAILABLE; dropped: due while the client had 20,000 in flight"
+  echo "overload: unary 100 B calls open loop at $overload_rate/s (twice envgate's closed-loop rate, 50 in flight, in this run) for 10 s over 10 h2c connections; each proxy limited to $OVERLOAD_CPU millicores of CPU (CFS quota per 10 ms), client and backend not; latency from when each call was due; refused: RESOURCE_EXHAUSTED or UNAVAILABLE; dropped: due while the client had 20,000 in flight"
   echo "envgate-overload is envgate with limits.maxConcurrentCalls: 128"
   awk '{ row[NR] = $0 }
     END {
