@@ -82,6 +82,7 @@ bench: build $(BIN)/ghz ## micro-benchmarks, then whole-system load against dire
 	$(GO) test -run XXX -bench . -benchmem ./gateway/...
 	$(GOBUILD) -o $(BIN)/bench-grpcproxy ./scripts/bench/grpcproxy
 	$(GOBUILD) -o $(BIN)/bench-floor ./scripts/bench/floor
+	$(GOBUILD) -o $(BIN)/bench-httpfloor ./scripts/bench/httpfloor
 	$(GOBUILD) -o $(BIN)/bench-load ./scripts/bench/load
 	$(GOBUILD) -o $(BIN)/bench-manyecho ./scripts/bench/manyecho
 	BIN=$(BIN) ./scripts/bench.sh
