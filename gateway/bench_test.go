@@ -48,9 +48,14 @@ func BenchmarkHTTP(b *testing.B) {
 	b.Cleanup(be.Close)
 	addr := strings.TrimPrefix(be.URL, "http://")
 	gw := startGateway(b, testConfig(b, map[string][]string{"env1": {addr}}), nil)
-	for _, target := range []struct{ name, addr string }{{"direct", addr}, {"envgate", gw.Addrs()[0]}} {
+	h2c := new(http.Protocols)
+	h2c.SetUnencryptedHTTP2(true)
+	for _, target := range []struct {
+		name, addr string
+		protos     *http.Protocols // nil: HTTP/1.1
+	}{{"direct", addr, nil}, {"envgate", gw.Addrs()[0], nil}, {"envgate-h2c", gw.Addrs()[0], h2c}} {
 		b.Run(target.name, func(b *testing.B) {
-			c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+			c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, Protocols: target.protos}}
 			b.Cleanup(c.CloseIdleConnections)
 			b.ReportAllocs()
 			b.SetParallelism(25)
