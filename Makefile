@@ -77,6 +77,8 @@ fuzz: ## each fuzz target for a while (FUZZTIME, default 30s)
 	$(GO) test -run XXX -fuzz FuzzRoute -fuzztime $${FUZZTIME:-30s} ./gateway/internal/route
 	$(GO) test -run XXX -fuzz FuzzVirtualHost -fuzztime $${FUZZTIME:-30s} ./gateway/internal/route
 	$(GO) test -run XXX -fuzz FuzzDirector -fuzztime $${FUZZTIME:-30s} ./gateway/internal/proxy
+	$(GO) test -run XXX -fuzz FuzzParseRequest -fuzztime $${FUZZTIME:-30s} ./gateway/internal/h1
+	$(GO) test -run XXX -fuzz FuzzHeadEnd -fuzztime $${FUZZTIME:-30s} ./gateway/internal/h1
 
 bench: build $(BIN)/ghz ## micro-benchmarks, then whole-system load against direct, envgate, the grpc-go floor, grpc-proxy, nginx, haproxy
 	$(GO) test -run XXX -bench . -benchmem ./gateway/...

@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"errors"
 	"strconv"
+	"strings"
 	"unsafe"
 )
 
@@ -54,27 +55,28 @@ func (r *Request) Get(name string) string {
 // line, and whether every line of it ends in CRLF; 0 when b holds no whole
 // head yet.
 func HeadEnd(b []byte) (n int, crlf bool) {
-	i := bytes.Index(b, []byte("\n\r\n"))
-	j := bytes.Index(b, []byte("\n\n"))
-	switch {
-	case i < 0 && j < 0:
-		return 0, false
-	case j >= 0 && (i < 0 || j < i):
-		return j + 2, false
-	}
-	n = i + 3
-	// Every LF must follow a CR.
-	for k := bytes.IndexByte(b[:n], '\n'); k >= 0; {
+	// One pass over the line ends: the head ends at the first LF that is
+	// followed by LF or CRLF.
+	crlf = true
+	for k := 0; ; {
+		i := bytes.IndexByte(b[k:], '\n')
+		if i < 0 {
+			return 0, false
+		}
+		k += i
 		if k == 0 || b[k-1] != '\r' {
-			return n, false
+			crlf = false
 		}
-		next := bytes.IndexByte(b[k+1:n], '\n')
-		if next < 0 {
-			break
+		switch {
+		case k+1 < len(b) && b[k+1] == '\n':
+			return k + 2, false
+		case k+2 < len(b) && b[k+1] == '\r' && b[k+2] == '\n':
+			return k + 3, crlf
+		case k+2 >= len(b) && (k+1 == len(b) || b[k+1] == '\r'):
+			return 0, false // the end may be in what has not come yet
 		}
-		k += 1 + next
+		k++
 	}
-	return n, true
 }
 
 // ParseRequest parses head (a whole head with CRLF line ends, as HeadEnd
@@ -286,23 +288,9 @@ func field(line string) (name, value string, ok bool) {
 	return line[:i], value, validValue(value)
 }
 
-func cut(s, sep string) (before, after string, found bool) {
-	for i := 0; i+len(sep) <= len(s); i++ {
-		if s[i] == sep[0] && s[i:i+len(sep)] == sep {
-			return s[:i], s[i+len(sep):], true
-		}
-	}
-	return s, "", false
-}
+func cut(s, sep string) (before, after string, found bool) { return strings.Cut(s, sep) }
 
-func indexByte(s string, c byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == c {
-			return i
-		}
-	}
-	return -1
-}
+func indexByte(s string, c byte) int { return strings.IndexByte(s, c) }
 
 func trimOWS(s string) string {
 	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {

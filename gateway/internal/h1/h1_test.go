@@ -259,3 +259,73 @@ func TestReadHeadGathersLargeHeads(t *testing.T) {
 		t.Fatalf("small head: %q copied %v err %v", got, copied, err)
 	}
 }
+
+// The heads of make bench's HTTP rows: h2load's GET and the helloserver's
+// answer (Go's net/http).
+var (
+	benchRequest  = []byte("GET / HTTP/1.1\r\nHost: 127.0.0.1:19080\r\nUser-Agent: h2load nghttp2/1.52.0\r\nAccept: */*\r\nEnv: env1\r\n\r\n")
+	benchResponse = []byte("HTTP/1.1 200 OK\r\nContent-Length: 40\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Wed, 02 Dec 2026 04:12:47 GMT\r\n\r\n")
+)
+
+func BenchmarkParseRequest(b *testing.B) {
+	var r Request
+	b.ReportAllocs()
+	for b.Loop() {
+		if !ParseRequest(benchRequest, &r) {
+			b.Fatal("refused")
+		}
+	}
+}
+
+func BenchmarkParseResponse(b *testing.B) {
+	var r Response
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := ParseResponse(benchResponse, &r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkHeadEnd(b *testing.B) {
+	for b.Loop() {
+		HeadEnd(benchRequest)
+	}
+}
+
+// headEndByIndex is HeadEnd as it was first written: two searches of the
+// whole buffer, then a check of every line end. HeadEnd now makes one pass
+// over the line ends and must agree with it on every input.
+func headEndByIndex(b []byte) (n int, crlf bool) {
+	i := bytes.Index(b, []byte("\n\r\n"))
+	j := bytes.Index(b, []byte("\n\n"))
+	switch {
+	case i < 0 && j < 0:
+		return 0, false
+	case j >= 0 && (i < 0 || j < i):
+		return j + 2, false
+	}
+	n = i + 3
+	for k := 0; k < n; k++ {
+		if b[k] == '\n' && (k == 0 || b[k-1] != '\r') {
+			return n, false
+		}
+	}
+	return n, true
+}
+
+func FuzzHeadEnd(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody", "GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\n\r", "\r\n\r\n", "\n\r\n", "\n\n",
+		"GET / HTTP/1.1\nHost: a\n\n", "GET / HTTP/1.1\r\nHost: a\n\r\n", "a\r\nb\n\nc\r\n\r\n", "\r\n\r",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n, crlf := HeadEnd(b)
+		wn, wcrlf := headEndByIndex(b)
+		if n != wn || n > 0 && crlf != wcrlf {
+			t.Fatalf("HeadEnd(%q) = %d, %v; want %d, %v", b, n, crlf, wn, wcrlf)
+		}
+	})
+}
