@@ -406,7 +406,31 @@ measure_envs() {
   kill "$many"; wait "$many" 2>/dev/null || true
 }
 
-# measure_overload: envgate's sustained rate, then twice it through each
+# cpu_cgroup: makes a cgroup limited to OVERLOAD_CPU millicores (a CFS
+# quota per 10 ms period) and prints its directory: cgroup v2 (cpu.max) or
+# the v1 cpu controller (cpu.cfs_*); fails, saying why, where neither can
+# be written (it needs root).
+cpu_cgroup() {
+  local quota=$((OVERLOAD_CPU * 10)) cg
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    cg=/sys/fs/cgroup/envgate-bench-$$
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+    if mkdir "$cg" 2>/dev/null; then
+      echo "$quota 10000" >"$cg/cpu.max" 2>/dev/null && { echo "$cg"; return 0; }
+      rmdir "$cg"
+    fi
+  elif [ -d /sys/fs/cgroup/cpu ]; then
+    cg=/sys/fs/cgroup/cpu/envgate-bench-$$
+    if mkdir "$cg" 2>/dev/null; then
+      { echo 10000 >"$cg/cpu.cfs_period_us" && echo "$quota" >"$cg/cpu.cfs_quota_us"; } 2>/dev/null && { echo "$cg"; return 0; }
+      rmdir "$cg"
+    fi
+  fi
+  echo "bench: the overload rows need a cgroup with a CPU limit, and none can be made here (run as root, or OVERLOAD_ROWS=0)" >&2
+  return 1
+}
+
+# measure_overload CGROUP TARGET...: envgate's sustained rate, then twice it through each
 # target; rows into $results-overload, the rate into $overload_rate.
 # Each target runs under a CPU limit of OVERLOAD_CPU millicores (a cgroup's
 # CFS quota, as a pod's CPU limit is; Go sizes GOMAXPROCS from it), while
@@ -414,10 +438,8 @@ measure_envs() {
 # unlimited proxy's rate overloads the client before the proxy, and then
 # measures the client.
 measure_overload() {
-  local cg=/sys/fs/cgroup/cpu/envgate-bench-$$
-  mkdir "$cg"
-  echo 10000 >"$cg/cpu.cfs_period_us"
-  echo $((OVERLOAD_CPU * 10)) >"$cg/cpu.cfs_quota_us"
+  local cg=$1
+  shift
   PIN="$ROOT/scripts/bench/incgroup $cg"
   start_target envgate
   local sustained; sustained=$(load -mode envs -envs 1 -calls 20000 -conns 10 -inflight 50 | awk '{ print $1 }')
@@ -531,8 +553,8 @@ if [ "$ENV_ROWS" = 1 ]; then
         printf "%-6s %8d %8.3f %8.3f %8.1f %6d %10d | %9d %12d | %-14s\n", f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], ratio(f[4], C[1]) } }' "$DIR/results-envs"
 fi
 
-if [ "$OVERLOAD_ROWS" = 1 ]; then
-  measure_overload envgate ${BASE_GATEWAY:+envgate-base }envgate-overload nginx haproxy
+if [ "$OVERLOAD_ROWS" = 1 ] && overload_cg=$(cpu_cgroup); then
+  measure_overload "$overload_cg" envgate ${BASE_GATEWAY:+envgate-base }envgate-overload nginx haproxy
   echo
   echo "overload: unary 100 B calls open loop at $overload_rate/s (twice envgate's closed-loop rate, 50 in flight, in this run) for 10 s over 10 h2c connections; each proxy limited to $OVERLOAD_CPU millicores of CPU (CFS quota per 10 ms), client and backend not; latency from when each call was due; refused: RESOURCE_EXHAUSTED or UNAVAILABLE; dropped: due while the client had 20,000 in flight"
   echo "envgate-overload is envgate with limits.maxConcurrentCalls: 128"
