@@ -23,9 +23,8 @@ import (
 	"github.com/envgate/envgate/gateway/internal/upstream"
 )
 
-// sniffTimeout bounds a new connection's TLS handshake and, on HTTP/2, the
-// wait for its first request: a connection that sends none by then goes to
-// gRPC's server (a gRPC channel's connection may wait for its first call).
+// sniffTimeout bounds a new connection's TLS handshake and its HTTP/2
+// connection preface.
 const sniffTimeout = 10 * time.Second
 
 // sniffOptions are how a listener's connections are told apart.
@@ -34,9 +33,13 @@ func sniffOptions(cfg *config.Config, l config.Listener, tlsConf *tls.Config) sn
 }
 
 // firstRequestWait is how long an HTTP/2 connection may take to send its
-// first request before it goes to gRPC's server: clients send it at once
-// (curl, browsers, gRPC channels with a call waiting), and an idle
-// connection is then served, pinged and closed when idle as before.
+// first request before it goes to the HTTP server, which serves whatever
+// comes later, gRPC included (through grpc.Server.ServeHTTP): clients
+// with a request waiting send it at once (curl, browsers, a gRPC channel
+// with a call), and an idle connection is then served, pinged and closed
+// when idle. A connection opened ahead of its calls (a load balancer's
+// spare connections, make bench's connection rows) thus serves its gRPC
+// calls on the slower path; docs/bench.md, "Run E", measures how much.
 const firstRequestWait = time.Second
 
 // headerTableSize is the HPACK table both servers decode with: HTTP/2's
