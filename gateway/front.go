@@ -29,18 +29,14 @@ const sniffTimeout = 10 * time.Second
 
 // sniffOptions are how a listener's connections are told apart.
 func sniffOptions(cfg *config.Config, l config.Listener, tlsConf *tls.Config) sniff.Options {
-	return sniff.Options{TLS: tlsConf, Timeout: sniffTimeout, FirstRequest: firstRequestWait, SharedHTTP2: l.SharedHTTP2, Settings: interimSettings(cfg.Limits), ConnWindow: clientConnWindow}
+	// An HTTP/2 connection may wait for its first request as long as it
+	// may idle: a load balancer opens connections ahead of its calls, and
+	// one sent to the HTTP server for want of a request would serve its
+	// gRPC calls there, through grpc.Server.ServeHTTP, at 2-3x the CPU per
+	// call (docs/bench.md, "Run E"). One that sends nothing for that long
+	// goes to the HTTP server, which closes it as idle.
+	return sniff.Options{TLS: tlsConf, Timeout: sniffTimeout, FirstRequest: cfg.Limits.IdleTimeout, SharedHTTP2: l.SharedHTTP2, Settings: interimSettings(cfg.Limits), ConnWindow: clientConnWindow}
 }
-
-// firstRequestWait is how long an HTTP/2 connection may take to send its
-// first request before it goes to the HTTP server, which serves whatever
-// comes later, gRPC included (through grpc.Server.ServeHTTP): clients
-// with a request waiting send it at once (curl, browsers, a gRPC channel
-// with a call), and an idle connection is then served, pinged and closed
-// when idle. A connection opened ahead of its calls (a load balancer's
-// spare connections, make bench's connection rows) thus serves its gRPC
-// calls on the slower path; docs/bench.md, "Run E", measures how much.
-const firstRequestWait = time.Second
 
 // headerTableSize is the HPACK table both servers decode with: HTTP/2's
 // default, said explicitly by both so their SETTINGS are the same.

@@ -8,6 +8,12 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/envgate/envgate/proto/echopb"
 )
 
 // The SETTINGS the sniffer sends before either server speaks are exactly
@@ -99,4 +105,40 @@ func defaultSetting(id http2.SettingID) uint32 {
 		return 16384
 	}
 	return 1<<32 - 1 // unlimited
+}
+
+// A gRPC channel's connection opened ahead of its first call (a load
+// balancer's spare connections; make bench's connection rows) is served by
+// gRPC's server however long it waits, as one that calls at once is. It
+// used to go to the HTTP server after a second without a request, which
+// serves gRPC through grpc.Server.ServeHTTP at 2-3x the CPU per call
+// (docs/bench.md, "Run E"). grpc.Server.ServeHTTP declares the trailers
+// it will send in a Trailer header and gRPC's own server does not: that
+// header says which one served.
+func TestIdleGRPCConnectionStaysOnGRPCServer(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}}), nil)
+	cc, err := grpc.NewClient(gw.Addrs()[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	ctx := testCtx(t)
+	cc.Connect()
+	for s := cc.GetState(); s != connectivity.Ready; s = cc.GetState() {
+		if !cc.WaitForStateChange(ctx, s) {
+			t.Fatal("the connection did not become ready")
+		}
+	}
+	// The stimulus: the connection idles past the second the sniffer
+	// used to wait, then makes its first call.
+	time.Sleep(1500 * time.Millisecond)
+	var md metadata.MD
+	_, err = echopb.NewEchoServiceClient(cc).Call(metadata.AppendToOutgoingContext(ctx, "env", "env1"), &echopb.EchoRequest{}, grpc.Header(&md))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr := md.Get("trailer"); len(tr) > 0 {
+		t.Fatalf("the answer declares its trailers %q, as grpc.Server.ServeHTTP does on Go's HTTP/2 server: gRPC's own server did not serve the call", tr)
+	}
 }

@@ -5,7 +5,11 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 )
+
+// aLongTimeAgo is a deadline that has passed.
+var aLongTimeAgo = time.Unix(1, 0)
 
 // Mux accepts a listener's connections, sniffs each on its own goroutine
 // (bounded in time by Options.Timeout, in number by the listener's
@@ -18,11 +22,18 @@ type Mux struct {
 
 	wg        sync.WaitGroup // the sniffing goroutines, waited for by Run
 	closeOnce sync.Once
+
+	// An HTTP/2 connection may wait for its first request as long as it
+	// may idle (Options.FirstRequest), so Close ends the waits: it gives
+	// every connection still being sniffed a deadline in the past.
+	mu       sync.Mutex // guards sniffing and closed
+	sniffing map[net.Conn]struct{}
+	closed   bool
 }
 
 // NewMux sniffs the connections lis accepts.
 func NewMux(lis net.Listener, opts Options, log *slog.Logger) *Mux {
-	m := &Mux{lis: lis, opts: opts, log: log}
+	m := &Mux{lis: lis, opts: opts, log: log, sniffing: map[net.Conn]struct{}{}}
 	for i := range m.subs {
 		m.subs[i] = &queue{addr: lis.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
 	}
@@ -59,7 +70,18 @@ func (m *Mux) Run() error {
 }
 
 func (m *Mux) serve(nc net.Conn) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	m.sniffing[nc] = struct{}{}
+	m.mu.Unlock()
 	c, s, err := Classify(nc, m.opts)
+	m.mu.Lock()
+	delete(m.sniffing, nc)
+	m.mu.Unlock()
 	if err != nil {
 		if !errors.Is(err, ErrACME) && m.log != nil {
 			m.log.Debug("connection closed before its protocol was known", "remote", nc.RemoteAddr().String(), "error", err)
@@ -72,11 +94,20 @@ func (m *Mux) serve(nc net.Conn) {
 	}
 }
 
-// Close stops accepting; connections already handed over stay with their
-// servers.
+// Close stops accepting and ends the waits of the connections being
+// sniffed (as if their time was up); connections already handed over stay
+// with their servers.
 func (m *Mux) Close() error {
 	var err error
-	m.closeOnce.Do(func() { err = m.lis.Close() })
+	m.closeOnce.Do(func() {
+		err = m.lis.Close()
+		m.mu.Lock()
+		m.closed = true
+		for nc := range m.sniffing {
+			_ = nc.SetDeadline(aLongTimeAgo)
+		}
+		m.mu.Unlock()
+	})
 	return err
 }
 

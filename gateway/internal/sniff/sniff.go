@@ -125,7 +125,10 @@ type Options struct {
 	Timeout time.Duration
 	// FirstRequest bounds the wait for an HTTP/2 connection's first
 	// request: one that sends none by then goes to the HTTP server, which
-	// serves whatever comes later, gRPC included.
+	// serves whatever comes later, gRPC included. Meanwhile the sniffer
+	// acknowledges the client's SETTINGS and takes its WINDOW_UPDATE and
+	// PRIORITY frames; any other frame decides at once (Mux.Close ends
+	// the wait).
 	FirstRequest time.Duration
 	// Settings are what the sniffer's SETTINGS frame says: the values
 	// both servers advertise in theirs, so that the client's first
@@ -329,6 +332,35 @@ func Classify(nc net.Conn, o Options) (*Conn, Server, error) {
 	return c.http2(o)
 }
 
+// validSettings reports whether every value of a SETTINGS payload is one
+// a server accepts (RFC 9113 section 6.5.2): a connection that sends
+// another is given at once to gRPC's server, which answers it.
+func validSettings(p []byte) bool {
+	for ; len(p) >= 6; p = p[6:] {
+		v := uint32(p[2])<<24 | uint32(p[3])<<16 | uint32(p[4])<<8 | uint32(p[5])
+		switch uint16(p[0])<<8 | uint16(p[1]) {
+		case 0x2: // SETTINGS_ENABLE_PUSH
+			if v > 1 {
+				return false
+			}
+		case 0x4: // SETTINGS_INITIAL_WINDOW_SIZE
+			if v > 1<<31-1 {
+				return false
+			}
+		case 0x5: // SETTINGS_MAX_FRAME_SIZE
+			if v < 1<<14 || v > 1<<24-1 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// streamID is the stream identifier in a frame header.
+func streamID(h []byte) uint32 {
+	return uint32(h[5]&0x7f)<<24 | uint32(h[6])<<16 | uint32(h[7])<<8 | uint32(h[8])
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
@@ -368,6 +400,7 @@ func (c *Conn) http2(o Options) (*Conn, Server, error) {
 	}
 	var (
 		dec      = hpack.NewDecoder(4096, nil)
+		window   = int64(initialWindow) // the servers' send window on the connection
 		grpc     bool
 		decided  bool
 		inHeader bool // a HEADERS frame without END_HEADERS came
@@ -400,8 +433,8 @@ func (c *Conn) http2(o Options) (*Conn, Server, error) {
 		}
 		switch typ {
 		case frameSettings:
-			if h[5]|h[6]|h[7]|h[8] != 0 || flags&flagAck != 0 && length != 0 || length%6 != 0 {
-				return c.grpc(r) // malformed (RFC 9113 section 6.5): the server says so
+			if h[5]|h[6]|h[7]|h[8] != 0 || flags&flagAck != 0 && length != 0 || length%6 != 0 || !validSettings(payload) {
+				return c.grpc(r) // malformed (RFC 9113 sections 6.5, 6.5.2): the server says so
 			}
 			if flags&flagAck != 0 && !acked {
 				acked = true
@@ -418,13 +451,40 @@ func (c *Conn) http2(o Options) (*Conn, Server, error) {
 				// otherwise come only once the sniffer gave up waiting
 				// for that request (Options.FirstRequest).
 				r.settings = append(r.settings, span{start, len(r.buf)})
+				if o.Timeout > 0 {
+					// The wait for the first request may outlast the
+					// deadline set for the handshake.
+					_ = c.Conn.SetWriteDeadline(time.Now().Add(o.Timeout))
+				}
 				if _, err := c.Conn.Write(settingsAck); err != nil {
 					return nil, 0, err
 				}
 				out.acks++
 			}
 			continue
-		case frameWindowUpdate, framePriority:
+		case frameWindowUpdate:
+			// The connection's window may grow while the client waits
+			// to send its first request. One the servers must answer
+			// with an error (a stream's before any stream, an increment
+			// of 0, a window past 2^31-1, a wrong length) goes to gRPC's
+			// server, which does.
+			if length != 4 || streamID(h) != 0 {
+				return c.grpc(r)
+			}
+			inc := uint32(payload[0]&0x7f)<<24 | uint32(payload[1])<<16 | uint32(payload[2])<<8 | uint32(payload[3])
+			if window += int64(inc); inc == 0 || window > 1<<31-1 {
+				return c.grpc(r)
+			}
+			continue
+		case framePriority:
+			// Priorities of streams to come (RFC 7540 clients send
+			// them); a malformed one goes to gRPC's server.
+			if length != 5 || streamID(h) == 0 {
+				return c.grpc(r)
+			}
+			if dep := uint32(payload[0]&0x7f)<<24 | uint32(payload[1])<<16 | uint32(payload[2])<<8 | uint32(payload[3]); dep == streamID(h) {
+				return c.grpc(r)
+			}
 			continue
 		case frameHeaders:
 			block, ok := headerBlock(payload, flags)

@@ -375,3 +375,89 @@ func TestSecondSettingsAcknowledgedBeforeTheFirstRequest(t *testing.T) {
 		t.Fatalf("a second acknowledgement reached the client: %x", ack[:n])
 	}
 }
+
+// A frame before the first request that a server must answer with an
+// error goes to gRPC's server at once, which answers it, instead of
+// waiting out Options.FirstRequest (h2spec sends such frames alone and
+// waits two seconds for the answer).
+func TestClassifyMalformedFlowFramesGoToGRPCAtOnce(t *testing.T) {
+	frame := func(typ byte, stream uint32, payload ...byte) []byte {
+		n := len(payload)
+		return append([]byte{byte(n >> 16), byte(n >> 8), byte(n), typ, 0, byte(stream >> 24), byte(stream >> 16), byte(stream >> 8), byte(stream)}, payload...)
+	}
+	for _, tc := range []struct {
+		name   string
+		frames [][]byte
+	}{
+		{"WINDOW_UPDATE of 0 on the connection", [][]byte{frame(frameWindowUpdate, 0, 0, 0, 0, 0)}},
+		{"WINDOW_UPDATE on a stream before any", [][]byte{frame(frameWindowUpdate, 1, 0, 0, 1, 0)}},
+		{"WINDOW_UPDATE of a wrong length", [][]byte{frame(frameWindowUpdate, 0, 0, 0, 1)}},
+		{"connection window past 2^31-1", [][]byte{frame(frameWindowUpdate, 0, 0x7f, 0xff, 0xff, 0xff)}},
+		{"PRIORITY on stream 0", [][]byte{frame(framePriority, 0, 0, 0, 0, 1, 16)}},
+		{"PRIORITY depending on itself", [][]byte{frame(framePriority, 3, 0, 0, 0, 3, 16)}},
+		{"PRIORITY of a wrong length", [][]byte{frame(framePriority, 3, 0, 0)}},
+		{"SETTINGS_ENABLE_PUSH of 2", [][]byte{frame(frameSettings, 0, 0, 2, 0, 0, 0, 2)}},
+		{"SETTINGS_INITIAL_WINDOW_SIZE past 2^31-1", [][]byte{frame(frameSettings, 0, 0, 4, 0x80, 0, 0, 0)}},
+		{"SETTINGS_MAX_FRAME_SIZE below 16384", [][]byte{frame(frameSettings, 0, 0, 5, 0, 0, 0x3f, 0xff)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			buf.WriteString(Preface)
+			_ = http2.NewFramer(&buf, nil).WriteSettings()
+			for _, f := range tc.frames {
+				buf.Write(f)
+			}
+			start := time.Now()
+			got, _, _ := classify(t, buf.Bytes(), Options{Timeout: 10 * time.Second, FirstRequest: 3 * time.Second, Settings: interim})
+			if got != GRPC || time.Since(start) > 2*time.Second {
+				t.Fatalf("server %v after %v, want gRPC's at once", got, time.Since(start))
+			}
+		})
+	}
+}
+
+// Options.FirstRequest may be long (the gateway waits as long as a
+// connection may idle); closing the Mux ends the waits of the connections
+// still being sniffed, so that Run returns.
+func TestMuxCloseEndsTheWaitForAFirstRequest(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewMux(lis, Options{Timeout: 10 * time.Second, FirstRequest: time.Hour, Settings: interim}, nil)
+	ran := make(chan error, 1)
+	go func() { ran <- m.Run() }()
+	client, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	var buf bytes.Buffer
+	buf.WriteString(Preface)
+	_ = http2.NewFramer(&buf, nil).WriteSettings()
+	if _, err := client.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// The sniffer's SETTINGS and acknowledgement: it is waiting now.
+	b := make([]byte, len(settingsFrame(interim))+len(settingsAck))
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(client, b); err != nil {
+		t.Fatal(err)
+	}
+	// The servers stop, then the Mux, as the gateway stops them.
+	for _, s := range []Server{GRPC, HTTP, HTTP1} {
+		_ = m.Listener(s).Close()
+	}
+	_ = m.Close()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run still waits for the first request of a connection after Close")
+	}
+	if _, err := client.Read(b); err == nil {
+		t.Fatal("the connection is still open")
+	}
+}
