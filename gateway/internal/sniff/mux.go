@@ -12,8 +12,9 @@ import (
 var aLongTimeAgo = time.Unix(1, 0)
 
 // Mux accepts a listener's connections, sniffs each on its own goroutine
-// (bounded in time by Options.Timeout, in number by the listener's
-// connection cap) and queues it on the listener of its server.
+// (bounded in time by Options.Timeout and Options.FirstRequest, and ended
+// by Close; in number by the listener's connection cap) and queues it on
+// the listener of its server.
 type Mux struct {
 	lis  net.Listener
 	opts Options
