@@ -2,6 +2,7 @@ package h2client
 
 import (
 	"bytes"
+	"context"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -20,16 +21,7 @@ import (
 // by stack.
 func TestQuietConnectionHoldsSmallWriteBuffers(t *testing.T) {
 	const clients = 20
-	s := startServer(t)
-	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
-	runtime.MemProfileRate = 1
-	ctx := metadata.AppendToOutgoingContext(testCtx(t), "env", "env1")
-	for range clients {
-		_, c := newClient(t, Options{}, s.addr)
-		if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	quietClients(t, clients)
 	held := liveBytesAllocatedIn(t, "h2client.(*writer).init", "h2client.(*conn).flushLoop")
 	per := held / clients
 	t.Logf("write buffers of %d quiet connections: %d B, %d B each", clients, held, per)
@@ -69,6 +61,27 @@ func TestConnectionRunsTwoGoroutines(t *testing.T) {
 	}
 }
 
+// quietClients records every allocation (MemProfileRate 1, until the test
+// ends) and opens n client connections, one call on each; it returns the
+// calls' context and the clients.
+func quietClients(t *testing.T, n int) (context.Context, []echopb.EchoServiceClient) {
+	t.Helper()
+	s := startServer(t)
+	rate := runtime.MemProfileRate
+	t.Cleanup(func() { runtime.MemProfileRate = rate })
+	runtime.MemProfileRate = 1
+	ctx := metadata.AppendToOutgoingContext(testCtx(t), "env", "env1")
+	var cs []echopb.EchoServiceClient
+	for range n {
+		_, c := newClient(t, Options{}, s.addr)
+		if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	return ctx, cs
+}
+
 // liveBytesAllocatedIn is the heap in use allocated under any of the
 // functions named (suffixes of their full names), by the memory profile.
 func liveBytesAllocatedIn(t *testing.T, funcs ...string) int64 {
@@ -105,18 +118,7 @@ func liveBytesAllocatedIn(t *testing.T, funcs ...string) int64 {
 // quiet environments held 32 KiB each before.
 func TestReadBufferGrowsOnlyForLargeFrames(t *testing.T) {
 	const clients = 20
-	s := startServer(t)
-	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
-	runtime.MemProfileRate = 1
-	ctx := metadata.AppendToOutgoingContext(testCtx(t), "env", "env1")
-	var cs []echopb.EchoServiceClient
-	for range clients {
-		_, c := newClient(t, Options{}, s.addr)
-		if _, err := c.Call(ctx, &echopb.EchoRequest{}); err != nil {
-			t.Fatal(err)
-		}
-		cs = append(cs, c)
-	}
+	ctx, cs := quietClients(t, clients)
 	per := liveBytesAllocatedIn(t, "h2client.(*reader).init", "h2client.(*reader).grow") / clients
 	t.Logf("read buffer of a quiet connection: %d B", per)
 	if per == 0 || per > 8<<10 {

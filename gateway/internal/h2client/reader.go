@@ -22,8 +22,7 @@ import (
 // into fields reused from block to block.
 type reader struct {
 	fr      *http2.Framer
-	br      *bufio.Reader
-	src     bufferedConn // what fr reads: br, which may be replaced
+	src     bufferedConn // what fr reads: a buffer grow may replace
 	nc      net.Conn
 	pending []*stream
 	recv    recvWindow    // the connection window this client grants
@@ -54,8 +53,7 @@ func (b *bufferedConn) Read(p []byte) (int, error) { return b.br.Read(p) }
 
 func (r *reader) init(nc net.Conn) {
 	r.nc = nc
-	r.br = bufio.NewReaderSize(nc, initialReadBuffer)
-	r.src.br = r.br
+	r.src.br = bufio.NewReaderSize(nc, initialReadBuffer)
 	r.fr = http2.NewFramer(nil, &r.src)
 	r.fr.SetMaxReadFrameSize(defaultFrame) // what SETTINGS left at its default allows
 	r.hdec = hpack.NewDecoder(4096, r.emitField)
@@ -66,9 +64,8 @@ func (r *reader) init(nc net.Conn) {
 // grow gives the connection the large read buffer once a frame larger
 // than the small one came and nothing is left in it; reader only.
 func (r *reader) grow(frame uint32) {
-	if frame > initialReadBuffer && r.br.Size() < largeReadBuffer && r.br.Buffered() == 0 {
-		r.br = bufio.NewReaderSize(r.nc, largeReadBuffer)
-		r.src.br = r.br
+	if br := r.src.br; frame > initialReadBuffer && br.Size() < largeReadBuffer && br.Buffered() == 0 {
+		r.src.br = bufio.NewReaderSize(r.nc, largeReadBuffer)
 	}
 }
 
@@ -85,8 +82,8 @@ func (r *reader) wakePending() {
 	if len(r.pending) == 0 {
 		return
 	}
-	if n := r.br.Buffered(); n >= 9 {
-		h, _ := r.br.Peek(9)
+	if n := r.src.br.Buffered(); n >= 9 {
+		h, _ := r.src.br.Peek(9)
 		if n >= 9+(int(h[0])<<16|int(h[1])<<8|int(h[2])) {
 			return
 		}

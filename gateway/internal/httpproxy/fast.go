@@ -55,6 +55,10 @@ type H1Server struct {
 	wg       sync.WaitGroup // the connections' goroutines
 }
 
+// closing reports whether each answer now closes its connection: the
+// server is shutting down or draining.
+func (s *H1Server) closing() bool { return s.shutdown.Load() || s.draining.Load() }
+
 // SetKeepAlivesEnabled(false) asks clients to reconnect elsewhere, as
 // net/http's method of the name does and Envoy's drain does: each answer
 // says "Connection: close" and closes its connection, and idle
@@ -450,7 +454,7 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 
 	reply := func(status int, msg string) fastResult {
 		code = status
-		close := !keep || s.shutdown.Load() || s.draining.Load()
+		close := !keep || s.closing()
 		out = int64(writeLocalReply(w, status, msg, close))
 		finished = true
 		p.finish(context.Background(), rq, ex, code, in, out)
@@ -536,7 +540,7 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 		return reply(status, msg)
 	}
 	code = c.resp.Status
-	closeAfter := !keep || s.shutdown.Load() || s.draining.Load()
+	closeAfter := !keep || s.closing()
 	p.writeResponseHead(w, c, rq, closeAfter)
 	n, reusable, err := p.relayBody(w, c, u)
 	out = n
