@@ -452,21 +452,28 @@ func (cl *Client) setConnsLocked(ep *endpoint, conns []*conn) {
 }
 
 // changedLocked republishes the endpoints that take calls (a connection
-// ready, not ejected) and wakes the waiting calls. When every endpoint
-// with a connection is ejected, all of them take calls, as Envoy routes
-// to every host once too few are healthy (its panic threshold).
+// ready, not ejected) and wakes the waiting calls. When no endpoint that
+// is not ejected is ready or still connecting, the ejected ones with a
+// connection take calls, as Envoy routes to every host once too few are
+// healthy (its panic threshold). One still connecting is a healthy host to
+// Envoy, which sends the call there and waits for the connection; here
+// the calls wait for it (open), not go to an ejected endpoint meanwhile.
 func (cl *Client) changedLocked() {
 	var ready, ejected []*endpoint
+	connecting := false
 	for _, ep := range cl.eps {
 		switch {
-		case len(ep.ready()) == 0:
 		case ep.ejection.active:
-			ejected = append(ejected, ep)
-		default:
+			if len(ep.ready()) > 0 {
+				ejected = append(ejected, ep)
+			}
+		case len(ep.ready()) > 0:
 			ready = append(ready, ep)
+		case ep.err == nil:
+			connecting = true
 		}
 	}
-	if len(ready) == 0 {
+	if len(ready) == 0 && !connecting {
 		ready = ejected
 	}
 	slices.SortFunc(ready, func(a, b *endpoint) int { return strings.Compare(a.addr, b.addr) })

@@ -604,6 +604,73 @@ func TestEjectionIsBounded(t *testing.T) {
 	}
 }
 
+// An ejected endpoint takes no calls while another is still connecting:
+// the calls wait for that connection, as Envoy sends them to a healthy host
+// and waits in its connection pool (Envoy: load_balancer_impl.cc
+// LoadBalancerBase::isHostSetInPanic counts hosts, connected or not, so one
+// ejected host of two is no panic). Before, the ready set counted only
+// connected endpoints, and an endpoint ejected before its peers connected
+// took every call until they did (seen in CI: a DestinationRule's ejected
+// endpoint took 8 calls instead of 3).
+func TestEjectedEndpointWaitsForOneStillConnecting(t *testing.T) {
+	var refused atomic.Int32
+	refuse := grpc.ChainUnaryInterceptor(func(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
+		refused.Add(1)
+		return nil, status.Error(codes.Unavailable, "shutting down")
+	})
+	bad, good := startServer(t, refuse), startServer(t)
+	release := make(chan struct{})
+	var d net.Dialer
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+		if addr == good.addr {
+			select { // good stays connecting until released
+			case <-release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	cl, c := newClient(t, Options{Dial: dial}, bad.addr, good.addr)
+	ctx := testCtx(t)
+	waitReady(t, cl, 1)
+	for range 5 {
+		if _, err := c.Call(ctx, &echopb.EchoRequest{}); status.Code(err) != codes.Unavailable {
+			t.Fatalf("call to the failing endpoint: %v", err)
+		}
+	}
+	if ej := cl.Ejected(); len(ej) != 1 || ej[0] != bad.addr {
+		t.Fatalf("ejected: %v, want %s", ej, bad.addr)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Call(ctx, &echopb.EchoRequest{})
+		done <- err
+	}()
+	// Either the call waits for the connecting endpoint, or (the defect) it
+	// went to the ejected one and ended.
+	var err error
+	waiting := false
+	for !waiting {
+		select {
+		case err = <-done:
+			t.Fatalf("the call ended before the healthy endpoint connected: %v (%d calls reached the ejected endpoint)", err, refused.Load())
+		default:
+			waiting = cl.waiting.Load() == 1
+		}
+		if !waiting {
+			time.Sleep(time.Millisecond) // polling the client's state, not synchronisation
+		}
+	}
+	close(release)
+	if err = <-done; err != nil {
+		t.Fatalf("the call after the healthy endpoint connected: %v", err)
+	}
+	if n := refused.Load(); n != 5 {
+		t.Fatalf("the ejected endpoint got %d calls, want the 5 that ejected it", n)
+	}
+}
+
 // A backend that comes back after an outage is used within about a second,
 // not after the rest of its grown back-off: a call that finds every
 // endpoint failing cuts one endpoint's back-off short, at most once a
