@@ -517,3 +517,78 @@ func TestHTTPEdgeHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamConnectionsKeptAtConcurrency: the upstream HTTP/1.1
+// connections a burst of concurrent requests opened are kept for the next
+// burst, as Envoy's connection pool keeps its connections until they idle
+// out, instead of closing all but 64 and dialling them again (before: 136
+// connections for two bursts of 100; with 100 requests in flight to one
+// pod, one in 15 requests paid a dial and the backend an accept).
+func TestUpstreamConnectionsKeptAtConcurrency(t *testing.T) {
+	const n = 100
+	var conns atomic.Int64
+	arrived := make(chan struct{}, n)
+	release := make(chan struct{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			arrived <- struct{}{}
+			<-release
+			_, _ = io.WriteString(w, "ok")
+		}),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				conns.Add(1)
+			}
+		},
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(lis) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {lis.Addr().String()}}), nil)
+
+	clients := make([]net.Conn, n)
+	readers := make([]*bufio.Reader, n)
+	for i := range clients {
+		clients[i], readers[i] = dialHTTP1(t, gw.Addrs()[0])
+	}
+	for round := range 2 {
+		var wg sync.WaitGroup
+		for i := range clients {
+			wg.Go(func() {
+				if _, err := io.WriteString(clients[i], "GET / HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n"); err != nil {
+					t.Error(err)
+					return
+				}
+				resp, err := http.ReadResponse(readers[i], nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				if resp.StatusCode != 200 || string(b) != "ok" {
+					t.Errorf("round %d: %d %q", round, resp.StatusCode, b)
+				}
+			})
+		}
+		// Every request in flight at once: n upstream connections.
+		timeout := time.After(20 * time.Second)
+		for range n {
+			select {
+			case <-arrived:
+			case <-timeout:
+				t.Fatalf("round %d: not all %d requests reached the backend at once", round, n)
+			}
+		}
+		for range n {
+			release <- struct{}{}
+		}
+		wg.Wait()
+	}
+	if got := conns.Load(); got != n {
+		t.Fatalf("%d upstream connections for two bursts of %d concurrent requests, want %d (the first burst's, kept)", got, n, n)
+	}
+}

@@ -144,7 +144,7 @@ type Options struct {
 	// IdleConnTimeout closes upstream connections idle this long.
 	IdleConnTimeout time.Duration
 	// MaxIdleConnsPerHost bounds the idle HTTP/1.1 connections kept per
-	// endpoint.
+	// endpoint; 0 means DefaultMaxIdleConnsPerHost.
 	MaxIdleConnsPerHost int
 }
 
@@ -153,6 +153,14 @@ const (
 	UpstreamHeader = "X-Envgate-Upstream"
 	BaselineHeader = "X-Envgate-Baseline"
 )
+
+// DefaultMaxIdleConnsPerHost keeps every upstream HTTP/1.1 connection a
+// burst opened, up to Envoy's default circuit breaker on connections per
+// cluster (max_connections, 1024), as Envoy's pool keeps its connections
+// until they idle out (IdleConnTimeout). Fewer would close, at every burst
+// past them, connections the next burst dials again. Each idle connection
+// holds its two 4 KiB buffers.
+const DefaultMaxIdleConnsPerHost = 1024
 
 // maxReplayBytes bounds the request body kept to send again on a retry,
 // as Envoy bounds its retry buffer; a larger or unsized body is not
@@ -186,7 +194,7 @@ func New(routes Routes, ups Upstreams, o Options) *Proxy {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	if o.MaxIdleConnsPerHost == 0 {
-		o.MaxIdleConnsPerHost = 64
+		o.MaxIdleConnsPerHost = DefaultMaxIdleConnsPerHost
 	}
 	if o.IdleConnTimeout == 0 {
 		o.IdleConnTimeout = time.Hour // Envoy's upstream idle_timeout
