@@ -1,0 +1,588 @@
+package h2front
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// start serves h with opts on a loopback listener and returns its address.
+func start(t testing.TB, h http.Handler, opts Options) (*Server, string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(h, opts)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Serve(lis) }()
+	t.Cleanup(func() {
+		lis.Close()
+		<-done
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+	})
+	return s, lis.Addr().String()
+}
+
+// h2cClient is x/net's HTTP/2 client speaking prior knowledge to addr.
+func h2cClient(t testing.TB) *http.Client {
+	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+// echo answers with what it read: the body, its hash, the request's
+// trailers, and trailers of its own.
+func echo(w http.ResponseWriter, r *http.Request) {
+	h := sha256.New()
+	n, err := io.Copy(h, r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), 500)
+		return
+	}
+	w.Header().Set("Trailer", "X-Sum")
+	w.Header().Set("X-Method", r.Method)
+	w.Header().Set("X-Request-Trailer", r.Trailer.Get("X-Client-Sum"))
+	fmt.Fprintf(w, "%s %s %d\n", r.Method, r.URL.RequestURI(), n)
+	w.Header().Set("X-Sum", fmt.Sprintf("%x", h.Sum(nil)))
+}
+
+// TestRequestsAndResponses: requests of each shape through a real HTTP/2
+// client: a GET answered whole (its length said, one HEADERS and one
+// DATA), a 4 MiB upload and a 4 MiB download (flow control both ways,
+// past both windows), trailers both ways, HEAD, a 204 and a 304 with no
+// body, informational 103, Expect: 100-continue.
+func TestRequestsAndResponses(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), 256<<10) // 4 MiB
+	mux := http.NewServeMux()
+	mux.HandleFunc("/echo", echo)
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(big) })
+	mux.HandleFunc("/nocontent", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) })
+	mux.HandleFunc("/hints", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</a.css>; rel=preload")
+		w.WriteHeader(103)
+		_, _ = io.WriteString(w, "after hints")
+	})
+	_, addr := start(t, mux, Options{StreamWindow: 256 << 10, ConnWindow: 1 << 20})
+	c := h2cClient(t)
+	base := "http://" + addr
+
+	resp, err := c.Get(base + "/echo?q=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "GET /echo?q=1 0\n" || resp.ProtoMajor != 2 {
+		t.Fatalf("GET: %d %q proto %d", resp.StatusCode, body, resp.ProtoMajor)
+	}
+	if resp.Trailer.Get("X-Sum") == "" {
+		t.Fatalf("GET: no trailer X-Sum: %v", resp.Trailer)
+	}
+
+	// Upload past both windows, with a trailer.
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("POST", base+"/echo", pr)
+	req.Trailer = http.Header{"X-Client-Sum": nil}
+	go func() {
+		_, _ = pw.Write(big)
+		req.Trailer.Set("X-Client-Sum", "abc")
+		pw.Close()
+	}()
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want := fmt.Sprintf("%x", sha256.Sum256(big))
+	if string(body) != fmt.Sprintf("POST /echo %d\n", len(big)) || resp.Trailer.Get("X-Sum") != want || resp.Header.Get("X-Request-Trailer") != "abc" {
+		t.Fatalf("POST: %q trailer %v header %v", body, resp.Trailer, resp.Header)
+	}
+
+	resp, err = c.Get(base + "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Equal(body, big) {
+		t.Fatalf("download: %d bytes, want %d", len(body), len(big))
+	}
+
+	resp, err = c.Head(base + "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("HEAD: %d", resp.StatusCode)
+	}
+
+	resp, err = c.Get(base + "/nocontent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 204 || len(body) != 0 {
+		t.Fatalf("204: %d %q", resp.StatusCode, body)
+	}
+
+	resp, err = c.Get(base + "/hints")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "after hints" {
+		t.Fatalf("after 103: %d %q", resp.StatusCode, body)
+	}
+
+	req, _ = http.NewRequest("PUT", base+"/echo", strings.NewReader("continued"))
+	req.Header.Set("Expect", "100-continue")
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "PUT /echo 9\n" {
+		t.Fatalf("100-continue: %q", body)
+	}
+}
+
+// rawConn is a client speaking frames: the preface and SETTINGS sent, the
+// server's SETTINGS read and acknowledged.
+type rawConn struct {
+	t   testing.TB
+	nc  net.Conn
+	fr  *http2.Framer
+	enc *hpack.Encoder
+	buf bytes.Buffer
+}
+
+func dialRaw(t testing.TB, addr string, settings ...http2.Setting) *rawConn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	_ = nc.SetDeadline(time.Now().Add(20 * time.Second))
+	rc := &rawConn{t: t, nc: nc, fr: http2.NewFramer(nc, nc)}
+	rc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	rc.enc = hpack.NewEncoder(&rc.buf)
+	if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.fr.WriteSettings(settings...); err != nil {
+		t.Fatal(err)
+	}
+	return rc
+}
+
+func (rc *rawConn) headers(id uint32, end bool, fields ...string) {
+	rc.t.Helper()
+	rc.buf.Reset()
+	for i := 0; i < len(fields); i += 2 {
+		_ = rc.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+	}
+	if err := rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: rc.buf.Bytes(), EndStream: end, EndHeaders: true}); err != nil {
+		rc.t.Fatal(err)
+	}
+}
+
+func (rc *rawConn) get(id uint32, path string) {
+	rc.headers(id, true, ":method", "GET", ":scheme", "http", ":path", path, ":authority", "test")
+}
+
+// until reads frames until match returns true, failing on the deadline.
+func (rc *rawConn) until(what string, match func(http2.Frame) bool) {
+	rc.t.Helper()
+	for {
+		f, err := rc.fr.ReadFrame()
+		if err != nil {
+			rc.t.Fatalf("waiting for %s: %v", what, err)
+		}
+		if match(f) {
+			return
+		}
+	}
+}
+
+// TestStreamLimitRefusesPastIt: with MaxConcurrentStreams streams whose
+// handlers run, the next is refused with REFUSED_STREAM (as net/http's
+// and grpc-go's servers refuse), and taken again once one ended.
+func TestStreamLimitRefusesPastIt(t *testing.T) {
+	release := make(chan struct{})
+	var running atomic.Int32
+	_, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		running.Add(1)
+		if r.URL.Path == "/hold" {
+			<-release
+		}
+		_, _ = io.WriteString(w, "ok")
+	}), Options{MaxConcurrentStreams: 3})
+	rc := dialRaw(t, addr)
+	for id := uint32(1); id <= 5; id += 2 {
+		rc.get(id, "/hold")
+	}
+	rc.get(7, "/")
+	rc.until("REFUSED_STREAM on stream 7", func(f http2.Frame) bool {
+		rst, ok := f.(*http2.RSTStreamFrame)
+		if ok && rst.StreamID != 7 {
+			t.Fatalf("stream %d reset", rst.StreamID)
+		}
+		return ok && rst.ErrCode == http2.ErrCodeRefusedStream
+	})
+	close(release)
+	ended := 0
+	rc.until("the three held streams' answers", func(f http2.Frame) bool {
+		if d, ok := f.(*http2.DataFrame); ok && d.StreamEnded() {
+			ended++
+		}
+		return ended == 3
+	})
+	rc.get(9, "/")
+	rc.until("stream 9 answered", func(f http2.Frame) bool {
+		d, ok := f.(*http2.DataFrame)
+		return ok && d.StreamID == 9 && d.StreamEnded()
+	})
+	if n := running.Load(); n != 4 {
+		t.Fatalf("%d handlers ran, want 4 (the refused stream's never)", n)
+	}
+}
+
+// TestSmallResponseIsOneWrite: a response written whole goes out as its
+// HEADERS and DATA in one write to the socket, with its length said
+// (net/http's server writes them in two).
+func TestSmallResponseIsOneWrite(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "Hello World!")
+	}), Options{})
+	writes := make(chan []byte, 100)
+	go func() {
+		nc, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		s.ServeConn(&recordingConn{Conn: nc, writes: writes})
+	}()
+	rc := dialRaw(t, lis.Addr().String())
+	var headers *http2.MetaHeadersFrame
+	rc.until("the server's SETTINGS", func(f http2.Frame) bool { sf, ok := f.(*http2.SettingsFrame); return ok && !sf.IsAck() })
+	_ = rc.fr.WriteSettingsAck()
+	// Drain what the server wrote so far (SETTINGS, WINDOW_UPDATE, ack).
+	for len(writes) > 0 {
+		<-writes
+	}
+	rc.get(1, "/")
+	rc.until("the response", func(f http2.Frame) bool {
+		if h, ok := f.(*http2.MetaHeadersFrame); ok {
+			headers = h
+		}
+		d, ok := f.(*http2.DataFrame)
+		return ok && d.StreamEnded()
+	})
+	var answer []byte
+	for len(writes) > 0 {
+		w := <-writes
+		if len(answer) == 0 || len(w) > len(answer) {
+			answer = w
+		}
+	}
+	if headers == nil || headers.PseudoValue("status") != "200" {
+		t.Fatalf("no 200 HEADERS: %v", headers)
+	}
+	var cl string
+	for _, f := range headers.RegularFields() {
+		if f.Name == "content-length" {
+			cl = f.Value
+		}
+	}
+	if cl != "12" {
+		t.Fatalf("content-length %q, want 12", cl)
+	}
+	// One write: HEADERS then DATA "Hello World!" with END_STREAM.
+	if !bytes.HasSuffix(answer, []byte("Hello World!")) || answer[3] != byte(http2.FrameHeaders) {
+		t.Fatalf("the response's largest write is %d bytes %q: HEADERS and DATA not in one write", len(answer), answer)
+	}
+}
+
+type recordingConn struct {
+	net.Conn
+	writes chan []byte
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	select {
+	case c.writes <- bytes.Clone(p):
+	default:
+	}
+	return c.Conn.Write(p)
+}
+
+// TestClientThatDoesNotReadHoldsBoundedMemory: a client that never reads
+// but grants huge windows gets at most MaxQueued queued; the handler's
+// writes wait, then fail once the write timeout ends the connection.
+func TestClientThatDoesNotReadHoldsBoundedMemory(t *testing.T) {
+	wrote := make(chan int64, 1)
+	_, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 32<<10)
+		var n int64
+		for n < 1<<30 {
+			if _, err := w.Write(chunk); err != nil {
+				break
+			}
+			n += int64(len(chunk))
+		}
+		wrote <- n
+	}), Options{MaxQueued: 64 << 10, WriteTimeout: 500 * time.Millisecond})
+	rc := dialRaw(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	_ = rc.fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	if tc, ok := rc.nc.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(4 << 10)
+	}
+	rc.get(1, "/")
+	select {
+	case n := <-wrote:
+		// What the handler got rid of: the socket buffers and the queue.
+		if n > 16<<20 {
+			t.Fatalf("the handler wrote %d MiB to a client that reads nothing", n>>20)
+		}
+		t.Logf("the handler wrote %d KiB before the connection ended", n>>10)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the handler's writes never failed")
+	}
+}
+
+// TestHeaderListTooLong: request headers past MaxHeaderListSize are
+// answered 431, and the connection serves on.
+func TestHeaderListTooLong(t *testing.T) {
+	_, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Options{MaxHeaderListSize: 1 << 10})
+	rc := dialRaw(t, addr)
+	fields := []string{":method", "GET", ":scheme", "http", ":path", "/", ":authority", "t"}
+	for i := range 10 { // each field under the limit (one past it is a COMPRESSION_ERROR, as in net/http), together past it
+		fields = append(fields, fmt.Sprintf("x-big-%d", i), strings.Repeat("a", 200))
+	}
+	rc.headers(1, true, fields...)
+	rc.until("431", func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 1 && h.PseudoValue("status") == "431"
+	})
+	rc.get(3, "/")
+	rc.until("200 on the same connection", func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 3 && h.PseudoValue("status") == "200"
+	})
+}
+
+// countingAddr is an address that counts stream ends, as edge.Addr does.
+type countingAddr struct {
+	net.Addr
+	ended, premature atomic.Int32
+}
+
+func (a *countingAddr) StreamEnded(premature bool) {
+	a.ended.Add(1)
+	if premature {
+		a.premature.Add(1)
+	}
+}
+
+type addrConn struct {
+	net.Conn
+	addr *countingAddr
+}
+
+func (c addrConn) RemoteAddr() net.Addr { return c.addr }
+
+// TestEarlyResetsCounted: streams the client resets as soon as it opened
+// them are reported premature to the connection's address (the edge
+// listener's Rapid Reset rule closes the connection on them); streams
+// answered are not.
+func TestEarlyResetsCounted(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	block := make(chan struct{})
+	defer close(block)
+	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			select {
+			case <-r.Context().Done():
+			case <-block:
+			}
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}), Options{})
+	ca := &countingAddr{}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		nc, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		ca.Addr = nc.RemoteAddr()
+		s.ServeConn(addrConn{nc, ca})
+	}()
+	rc := dialRaw(t, lis.Addr().String())
+	rc.get(1, "/")
+	rc.until("stream 1 answered", func(f http2.Frame) bool { d, ok := f.(*http2.DataFrame); return ok && d.StreamEnded() })
+	for id := uint32(3); id < 3+2*10; id += 2 {
+		rc.get(id, "/slow")
+		_ = rc.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+	}
+	rc.nc.Close()
+	<-served
+	if e, p := ca.ended.Load(), ca.premature.Load(); e != 11 || p != 10 {
+		t.Fatalf("%d streams ended, %d premature; want 11 and 10", e, p)
+	}
+}
+
+// TestShutdownFinishesStreams: Shutdown sends GOAWAY, lets the stream in
+// flight finish, and closes the connection after it.
+func TestShutdownFinishesStreams(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	s, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		<-release
+		_, _ = io.WriteString(w, "finished")
+	}), Options{})
+	rc := dialRaw(t, addr)
+	rc.get(1, "/")
+	<-arrived
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	rc.until("GOAWAY", func(f http2.Frame) bool { g, ok := f.(*http2.GoAwayFrame); return ok && g.LastStreamID == 1 })
+	close(release)
+	rc.until("stream 1 finished", func(f http2.Frame) bool {
+		d, ok := f.(*http2.DataFrame)
+		return ok && d.StreamEnded() && string(d.Data()) == "finished"
+	})
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if _, err := rc.fr.ReadFrame(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the last stream: %v, want the connection closed", err)
+	}
+}
+
+// repoBin is the repository's bin directory (make tools installs h2spec
+// there).
+func repoBin(t testing.TB) string {
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return filepath.Join(dir, "bin")
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test")
+		}
+		dir = parent
+	}
+}
+
+var h2specFailed = regexp.MustCompile(`(?m)^\s+× (\S+): (.*)$`)
+
+// h2specFailures runs h2spec against addr and lists the failed cases.
+func h2specFailures(t *testing.T, addr string) []string {
+	t.Helper()
+	h2spec := filepath.Join(repoBin(t), "h2spec")
+	if _, err := os.Stat(h2spec); err != nil {
+		t.Fatalf("h2spec is not built (make tools): %v", err)
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	out, _ := exec.Command(h2spec, "-h", host, "-p", port, "-o", "5").CombinedOutput()
+	if !bytes.Contains(out, []byte("tests,")) {
+		t.Fatalf("h2spec did not run:\n%s", out)
+	}
+	if i := bytes.LastIndex(out, []byte("tests,")); i >= 0 {
+		line := out[bytes.LastIndexByte(out[:i], '\n')+1:]
+		line, _, _ = bytes.Cut(line, []byte("\n"))
+		t.Logf("h2spec against %s: %s", addr, bytes.TrimSpace(line))
+	}
+	var failed []string
+	for _, m := range h2specFailed.FindAllStringSubmatch(string(out), -1) {
+		failed = append(failed, m[1]+" "+m[2])
+	}
+	return failed
+}
+
+// TestH2SpecNoWorseThanNetHTTP: h2spec's conformance cases against this
+// server and against net/http's HTTP/2 server (h2c, the same handler and
+// limits), in the same run: no case may fail here that passes there.
+func TestH2SpecNoWorseThanNetHTTP(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "hello\n")
+	})
+	_, ours := start(t, h, Options{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	ref := &http.Server{Handler: h, Protocols: p, HTTP2: &http.HTTP2Config{MaxConcurrentStreams: 100, MaxReadFrameSize: 16384}}
+	go func() { _ = ref.Serve(lis) }()
+	defer ref.Close()
+
+	var mine, theirs []string
+	var wg sync.WaitGroup
+	wg.Go(func() { mine = h2specFailures(t, ours) })
+	wg.Go(func() { theirs = h2specFailures(t, lis.Addr().String()) })
+	wg.Wait()
+	var worse []string
+	for _, f := range mine {
+		if !slices.Contains(theirs, f) {
+			worse = append(worse, f)
+		}
+	}
+	t.Logf("h2spec: %d cases fail here, %d against net/http", len(mine), len(theirs))
+	if len(worse) > 0 {
+		t.Fatalf("cases that fail here and pass against net/http:\n%s", strings.Join(worse, "\n"))
+	}
+}

@@ -1,0 +1,228 @@
+// Package h2front is envgate's own HTTP/2 server for client connections
+// (docs/h2front.md): one goroutine per connection reads frames and keeps
+// the stream states of RFC 9113, requests run on workers whose stacks have
+// already grown, and whoever has bytes to send writes them: the frames of
+// everyone writing at once go out in one system call, so a small response
+// is one write instead of net/http's two from two goroutines.
+//
+// Requests reach an http.Handler, so everything the gateway's HTTP front
+// does is unchanged. What it bounds, each as net/http's HTTP/2 server or
+// Envoy does: concurrent streams (REFUSED_STREAM past the limit, counting
+// a stream until its handler returns), the header list (431), a request
+// body per stream to its window and per connection to the connection
+// window, the bytes queued to a client that does not read, control frames
+// queued for such a client (ENHANCE_YOUR_CALM), streams the client resets
+// early (through the connection's StreamEnded, the edge listener's Rapid
+// Reset rule), idle connections, and silent ones (PING).
+//
+// Leaf package: frames, streams and flow control, no routing.
+package h2front
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Options configure a Server. Zero values take the defaults named.
+type Options struct {
+	// MaxConcurrentStreams is SETTINGS_MAX_CONCURRENT_STREAMS (100).
+	MaxConcurrentStreams uint32
+	// MaxHeaderListSize is SETTINGS_MAX_HEADER_LIST_SIZE: a longer
+	// request header list is answered 431 (16 KiB).
+	MaxHeaderListSize uint32
+	// HeaderTableSize is SETTINGS_HEADER_TABLE_SIZE, the HPACK table the
+	// server decodes with (4096).
+	HeaderTableSize uint32
+	// StreamWindow and ConnWindow are the receive windows: what a client
+	// may send on a stream, and on the connection, before the handlers
+	// read it (64 KiB and 1 MiB).
+	StreamWindow, ConnWindow int32
+	// IdleTimeout closes a connection without streams this long (none).
+	IdleTimeout time.Duration
+	// PingAfter sends a PING on a connection silent this long, and
+	// PingTimeout closes it when no answer comes in time (none; 15 s).
+	PingAfter, PingTimeout time.Duration
+	// WriteTimeout bounds one write to the socket (10 s): a client that
+	// stops reading loses the connection instead of holding its writers.
+	WriteTimeout time.Duration
+	// MaxQueued bounds the bytes queued to a client that does not read
+	// yet: responses wait past it, and control frames past twice it end
+	// the connection (256 KiB).
+	MaxQueued int
+	// Settings, when set, are the SETTINGS the server sends, exactly (the
+	// sniffer sent these already and drops a copy); nil sends the ones the
+	// options above say.
+	Settings []Setting
+	// Log receives a line per connection ended for a protocol error, at
+	// debug level, and handler panics.
+	Log *slog.Logger
+	// ConnContext, when set, gives each connection's base context (the
+	// TLS state, for one).
+	ConnContext func(ctx context.Context, c net.Conn) context.Context
+}
+
+// Setting is one SETTINGS parameter.
+type Setting struct {
+	ID  uint16
+	Val uint32
+}
+
+// Defaults.
+const (
+	defaultMaxStreams   = 100
+	defaultHeaderList   = 16 << 10
+	defaultTableSize    = 4096
+	defaultStreamWindow = 64 << 10
+	defaultConnWindow   = 1 << 20
+	defaultPingTimeout  = 15 * time.Second
+	defaultWriteTimeout = 10 * time.Second
+	defaultMaxQueued    = 256 << 10
+)
+
+// Server serves HTTP/2 connections with one handler.
+type Server struct {
+	opts    Options
+	handler http.Handler
+	workers workers
+
+	mu       sync.Mutex // guards conns and shutdown; never held with a conn's locks
+	conns    map[*conn]struct{}
+	shutdown bool
+	wg       sync.WaitGroup // the connections being served
+}
+
+// New returns a server of h with opts.
+func New(h http.Handler, opts Options) *Server {
+	if opts.MaxConcurrentStreams == 0 {
+		opts.MaxConcurrentStreams = defaultMaxStreams
+	}
+	if opts.MaxHeaderListSize == 0 {
+		opts.MaxHeaderListSize = defaultHeaderList
+	}
+	if opts.HeaderTableSize == 0 {
+		opts.HeaderTableSize = defaultTableSize
+	}
+	if opts.StreamWindow <= 0 {
+		opts.StreamWindow = defaultStreamWindow
+	}
+	if opts.ConnWindow < initialWindow {
+		opts.ConnWindow = max(defaultConnWindow, opts.ConnWindow)
+	}
+	if opts.PingTimeout <= 0 {
+		opts.PingTimeout = defaultPingTimeout
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = defaultWriteTimeout
+	}
+	if opts.MaxQueued <= 0 {
+		opts.MaxQueued = defaultMaxQueued
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{opts: opts, handler: h, conns: map[*conn]struct{}{}}
+}
+
+// Serve serves the connections l accepts until it fails (as when closed),
+// each on a goroutine of its own.
+func (s *Server) Serve(l net.Listener) error {
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		if s.shutdown {
+			s.mu.Unlock()
+			_ = nc.Close()
+			continue
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.ServeConn(nc)
+		}()
+	}
+}
+
+// ServeConn serves one connection until it ends; its first bytes are the
+// client's connection preface.
+func (s *Server) ServeConn(nc net.Conn) {
+	c := newConn(s, nc)
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	c.serve()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Shutdown tells every connection to take no new streams (GOAWAY) and
+// closes each once its streams ended, or all of them when ctx ends; then
+// waits for the connections' goroutines.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.goAway(ErrCodeNo, true)
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		s.workers.stopAll()
+		return nil
+	case <-ctx.Done():
+	}
+	s.Close()
+	<-done
+	s.workers.stopAll()
+	return ctx.Err()
+}
+
+// Close ends every connection at once.
+func (s *Server) Close() {
+	s.mu.Lock()
+	s.shutdown = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close(nil)
+	}
+}
+
+// tlsState is a connection's TLS state, when TLS was terminated before it
+// (the sniffer's connections say so) or it is a *tls.Conn.
+func tlsState(nc net.Conn) *tls.ConnectionState {
+	switch c := nc.(type) {
+	case interface{ TLS() *tls.ConnectionState }:
+		return c.TLS()
+	case *tls.Conn:
+		st := c.ConnectionState()
+		return &st
+	}
+	return nil
+}

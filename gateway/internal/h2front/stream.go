@@ -1,0 +1,768 @@
+package h2front
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// stream is one request and its response.
+type stream struct {
+	c      *conn
+	id     uint32
+	start  time.Time
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	body   pipe
+
+	// The reader's own: the request body's declared length (-1: none)
+	// and what arrived of it.
+	declared, received int64
+	// trailer is the request's Trailer map, filled before the body's
+	// end is seen (under body.mu).
+	trailer http.Header
+
+	remoteClosed atomic.Bool // the client ended its side (END_STREAM)
+	reset        atomic.Bool // either side reset the stream
+	peerReset    atomic.Bool // the client did
+	// Receive flow control: what the client may still send on the
+	// stream, and what the handler read that was not granted again yet.
+	recvAvail, unacked atomic.Int64
+
+	// Under c.w.mu.
+	sendWindow int64
+	endSent    bool
+}
+
+var (
+	errStreamReset = errors.New("http2: stream reset")
+	errClosedBody  = errors.New("http2: request body closed by the handler")
+)
+
+// resetByPeer ends the stream the client reset.
+func (st *stream) resetByPeer(code http2.ErrCode) {
+	st.peerReset.Store(true)
+	st.resetLocal(code)
+}
+
+// resetLocal ends the stream's request: its context, its body, and the
+// response writes waiting for a window.
+func (st *stream) resetLocal(http2.ErrCode) {
+	st.reset.Store(true)
+	st.cancel(errStreamReset)
+	st.body.closeWith(errStreamReset, nil)
+	st.c.w.mu.Lock()
+	st.c.w.cond.Broadcast()
+	st.c.w.mu.Unlock()
+}
+
+// pipe is a request body: the reader appends what arrives (no more than
+// the stream's window, which flow control enforces), the handler reads.
+type pipe struct {
+	mu   sync.Mutex
+	cond sync.Cond // on mu: data or the end arrived
+	buf  []byte
+	off  int
+	err  error // io.EOF at the end, or why it ended early
+}
+
+// write appends p, unless the body ended (false: nothing will read it).
+func (p *pipe) write(b []byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return false
+	}
+	if p.off > 0 && p.off == len(p.buf) {
+		p.buf, p.off = p.buf[:0], 0
+	}
+	p.buf = append(p.buf, b...)
+	p.cond.Signal()
+	return true
+}
+
+func (p *pipe) read(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.off == len(p.buf) && p.err == nil {
+		p.cond.Wait()
+	}
+	if p.off < len(p.buf) {
+		n := copy(b, p.buf[p.off:])
+		p.off += n
+		if p.off == len(p.buf) && p.err != nil {
+			p.buf, p.off = nil, 0
+		}
+		return n, nil
+	}
+	p.buf, p.off = nil, 0
+	return 0, p.err
+}
+
+// closeWith ends the body with err once, running before (trailers)
+// first; an error other than EOF drops what was not read and returns its
+// size, for the connection's window.
+func (p *pipe) closeWith(err error, before func()) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return 0
+	}
+	if before != nil {
+		before()
+	}
+	p.err = err
+	dropped := 0
+	if err != io.EOF {
+		dropped = len(p.buf) - p.off
+		p.buf, p.off = nil, 0
+	}
+	p.cond.Broadcast()
+	return dropped
+}
+
+// onHeaders opens a stream, or takes a stream's trailers.
+func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if id%2 == 0 {
+		return connError{errProtocol, "HEADERS on an even stream"}
+	}
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		c.streamError(id, errProtocol)
+		return nil
+	}
+	st, state := c.lookup(id)
+	switch state {
+	case stateKnown:
+		return c.onTrailers(st, f)
+	case stateClosed:
+		return connError{errStreamClosed, "HEADERS on a closed stream"}
+	}
+	c.maxClientID.Store(id)
+	c.smu.Lock()
+	if c.goingAway || c.closed {
+		c.smu.Unlock()
+		return nil // past the GOAWAY's last stream: not processed
+	}
+	if c.active >= int(c.s.opts.MaxConcurrentStreams) {
+		c.smu.Unlock()
+		c.w.mu.Lock()
+		_ = c.fr.WriteRSTStream(id, errRefusedStream)
+		return c.queuedLocked()
+	}
+	c.active++
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+	st = &stream{c: c, id: id, start: time.Now(), declared: -1}
+	st.body.cond.L = &st.body.mu
+	st.recvAvail.Store(int64(c.s.opts.StreamWindow))
+	st.ctx, st.cancel = context.WithCancelCause(c.ctx)
+	c.w.mu.Lock()
+	st.sendWindow = c.w.initialWindow
+	c.w.mu.Unlock()
+	c.streams[id] = st
+	c.smu.Unlock()
+
+	req, code := c.newRequest(st, f)
+	if code != ErrCodeNo {
+		c.streamError(id, code)
+		c.streamDone(st)
+		return nil
+	}
+	if f.StreamEnded() {
+		st.remoteClosed.Store(true)
+		st.body.closeWith(io.EOF, nil)
+	}
+	h := c.s.handler
+	if f.Truncated {
+		h = http.HandlerFunc(headerListTooLong)
+	}
+	c.handlers.Add(1)
+	c.s.workers.run(func() {
+		defer c.handlers.Done()
+		st.serve(h, req)
+	})
+	return nil
+}
+
+// headerListTooLong answers a request whose headers pass
+// MaxHeaderListSize, as net/http does.
+func headerListTooLong(w http.ResponseWriter, _ *http.Request) {
+	w.WriteHeader(http.StatusRequestHeaderFieldsTooLarge)
+	_, _ = io.WriteString(w, "<h1>HTTP Error 431</h1><p>Request Header Field(s) Too Large</p>")
+}
+
+// onTrailers takes the trailers ending a request body.
+func (c *conn) onTrailers(st *stream, f *http2.MetaHeadersFrame) error {
+	if st.remoteClosed.Load() || st.reset.Load() {
+		c.streamError(st.id, errStreamClosed)
+		return nil
+	}
+	if !f.StreamEnded() {
+		c.streamError(st.id, errProtocol)
+		return nil
+	}
+	if len(f.PseudoFields()) > 0 || st.declared >= 0 && st.received != st.declared {
+		c.streamError(st.id, errProtocol)
+		return nil
+	}
+	st.remoteClosed.Store(true)
+	st.body.closeWith(io.EOF, func() {
+		if st.trailer == nil {
+			return
+		}
+		for _, hf := range f.RegularFields() {
+			k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+			st.trailer[k] = append(st.trailer[k], hf.Value)
+		}
+	})
+	return nil
+}
+
+// newRequest makes the handler's request of a stream's headers, or says
+// which stream error they are (RFC 9113 section 8.3).
+func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request, http2.ErrCode) {
+	method, path := f.PseudoValue("method"), f.PseudoValue("path")
+	scheme, authority := f.PseudoValue("scheme"), f.PseudoValue("authority")
+	var u *url.URL
+	uri := path
+	if method == "CONNECT" {
+		if scheme != "" || path != "" || authority == "" {
+			return nil, errProtocol
+		}
+		u, uri = &url.URL{Host: authority}, authority
+	} else {
+		if method == "" || path == "" || scheme == "" {
+			return nil, errProtocol
+		}
+		switch {
+		case path == "*" && method == "OPTIONS":
+			u = &url.URL{Path: "*"}
+		case path[0] != '/':
+			return nil, errProtocol
+		default:
+			var err error
+			if u, err = url.ParseRequestURI(path); err != nil {
+				return nil, errProtocol
+			}
+		}
+	}
+	regular := f.RegularFields()
+	h := make(http.Header, len(regular))
+	var cookies []string
+	for _, hf := range regular {
+		switch hf.Name {
+		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+			return nil, errProtocol // connection-specific (RFC 9113 section 8.2.2)
+		case "te":
+			if hf.Value != "trailers" {
+				return nil, errProtocol
+			}
+		case "cookie":
+			// Crumbs are joined for HTTP/1.1 semantics (section 8.2.3).
+			cookies = append(cookies, hf.Value)
+			continue
+		}
+		k := canonical(hf.Name)
+		h[k] = append(h[k], hf.Value)
+	}
+	if len(cookies) > 0 {
+		h["Cookie"] = []string{strings.Join(cookies, "; ")}
+	}
+	if authority == "" {
+		authority = h.Get("Host")
+	}
+	if cl := h["Content-Length"]; len(cl) > 0 {
+		n, err := strconv.ParseInt(cl[0], 10, 64)
+		if err != nil || n < 0 || len(cl) > 1 && !allSame(cl) {
+			return nil, errProtocol
+		}
+		st.declared = n
+	}
+	if f.StreamEnded() && st.declared > 0 {
+		return nil, errProtocol
+	}
+	r := &http.Request{
+		Method:     method,
+		URL:        u,
+		Proto:      "HTTP/2.0",
+		ProtoMajor: 2,
+		Header:     h,
+		Host:       authority,
+		RemoteAddr: c.nc.RemoteAddr().String(),
+		RequestURI: uri,
+		TLS:        tlsState(c.nc),
+	}
+	if f.StreamEnded() {
+		r.Body, r.ContentLength = http.NoBody, 0
+	} else {
+		r.Body, r.ContentLength = &requestBody{st: st, expect: strings.EqualFold(h.Get("Expect"), "100-continue")}, st.declared
+		for _, v := range h["Trailer"] {
+			for _, k := range strings.Split(v, ",") {
+				k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k))
+				if k != "" && httpguts.ValidTrailerHeader(k) {
+					if r.Trailer == nil {
+						r.Trailer = http.Header{}
+					}
+					r.Trailer[k] = nil
+				}
+			}
+		}
+		st.trailer = r.Trailer
+	}
+	return r.WithContext(st.ctx), ErrCodeNo
+}
+
+func allSame(vv []string) bool {
+	for _, v := range vv[1:] {
+		if v != vv[0] {
+			return false
+		}
+	}
+	return true
+}
+
+// serve runs the handler and ends the stream.
+func (st *stream) serve(h http.Handler, r *http.Request) {
+	rw := &responseWriter{st: st, req: r, header: http.Header{}, head: r.Method == "HEAD"}
+	defer st.c.streamDone(st)
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				st.c.s.opts.Log.Error("http2 handler panicked", "peer", r.RemoteAddr, "path", r.URL.Path, "panic", p)
+			}
+			st.c.streamError(st.id, errInternal)
+		}
+	}()
+	if rb, ok := r.Body.(*requestBody); ok {
+		rb.rw = rw
+	}
+	h.ServeHTTP(rw, r)
+	rw.finish()
+}
+
+// streamDone forgets a stream whose handler returned: a request body the
+// client is still sending is cut short with RST_STREAM(NO_ERROR) once
+// the response is complete (RFC 9113 section 8.1), and what was left
+// unread goes back to the connection's window.
+func (c *conn) streamDone(st *stream) {
+	if !st.remoteClosed.Load() && !st.reset.Load() {
+		st.reset.Store(true)
+		c.w.mu.Lock()
+		_ = c.fr.WriteRSTStream(st.id, ErrCodeNo)
+		c.w.flushLocked()
+	}
+	c.credit(nil, int64(st.body.closeWith(errClosedBody, nil)))
+	st.cancel(context.Canceled)
+	c.smu.Lock()
+	delete(c.streams, st.id)
+	c.active--
+	idle, goingAway := c.active == 0, c.goingAway
+	c.smu.Unlock()
+	if c.counter != nil {
+		c.counter.StreamEnded(st.peerReset.Load() && time.Since(st.start) < prematureReset)
+	}
+	if idle {
+		if goingAway {
+			c.close(nil)
+			return
+		}
+		c.armIdle()
+	}
+}
+
+// requestBody is what a handler reads the request body from; what it
+// reads goes back to the client's windows.
+type requestBody struct {
+	st     *stream
+	rw     *responseWriter
+	expect bool // Expect: 100-continue, answered at the first read
+	closed bool
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	if b.expect {
+		b.expect = false
+		if b.rw != nil {
+			b.rw.sendContinue()
+		}
+	}
+	n, err := b.st.body.read(p)
+	if n > 0 {
+		b.st.c.credit(b.st, int64(n))
+	}
+	return n, err
+}
+
+func (b *requestBody) Close() error {
+	if !b.closed {
+		b.closed = true
+		b.st.c.credit(nil, int64(b.st.body.closeWith(errClosedBody, nil)))
+	}
+	return nil
+}
+
+// canonical is the header key of an HTTP/2 field name (lower case on
+// the wire), without allocating for the common ones.
+func canonical(name string) string {
+	if k, ok := commonCanonical[name]; ok {
+		return k
+	}
+	return textproto.CanonicalMIMEHeaderKey(name)
+}
+
+// lower is the field name of a header key.
+func lower(k string) string {
+	if n, ok := commonLower[k]; ok {
+		return n
+	}
+	return strings.ToLower(k)
+}
+
+var commonCanonical, commonLower = func() (map[string]string, map[string]string) {
+	names := []string{"accept", "accept-charset", "accept-encoding", "accept-language", "accept-ranges", "age",
+		"access-control-allow-origin", "allow", "authorization", "cache-control", "content-disposition",
+		"content-encoding", "content-language", "content-length", "content-location", "content-range",
+		"content-type", "cookie", "date", "env", "etag", "expect", "expires", "from", "host", "if-match",
+		"if-modified-since", "if-none-match", "if-unmodified-since", "last-modified", "link", "location",
+		"max-forwards", "origin", "proxy-authenticate", "proxy-authorization", "range", "referer", "refresh",
+		"retry-after", "server", "set-cookie", "strict-transport-security", "trailer", "user-agent", "vary",
+		"via", "www-authenticate", "x-forwarded-for", "x-forwarded-proto", "x-request-id",
+		"x-envgate-upstream", "x-envgate-baseline", "grpc-status", "grpc-message", "grpc-timeout",
+		"grpc-encoding", "grpc-accept-encoding", "te", "x-envoy-upstream-service-time", "traceparent", "tracestate"}
+	c, l := make(map[string]string, len(names)), make(map[string]string, len(names))
+	for _, n := range names {
+		k := textproto.CanonicalMIMEHeaderKey(n)
+		c[n], l[k] = k, n
+	}
+	return c, l
+}()
+
+// responseWriter is a stream's http.ResponseWriter. The body is kept
+// until bufSize or a flush, so a response the handler writes whole goes
+// out as HEADERS and DATA in one write, with its length said.
+type responseWriter struct {
+	st          *stream
+	req         *http.Request
+	header      http.Header
+	status      int
+	wroteHeader bool // the handler said its status
+	sentHeader  bool // the HEADERS frame went out
+	head        bool
+	buf         []byte
+}
+
+const bufSize = 4 << 10
+
+var _ interface {
+	http.ResponseWriter
+	http.Flusher
+} = (*responseWriter)(nil)
+
+func (rw *responseWriter) Header() http.Header { return rw.header }
+
+func (rw *responseWriter) WriteHeader(code int) {
+	if rw.wroteHeader {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic("invalid WriteHeader code " + strconv.Itoa(code))
+	}
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		// Informational: sent now, the final status still to come.
+		rw.st.c.writeHeaders(rw.st, code, rw.header, false, nil, false)
+		return
+	}
+	rw.status, rw.wroteHeader = code, true
+}
+
+func (rw *responseWriter) sendContinue() {
+	if !rw.sentHeader && !rw.wroteHeader {
+		rw.st.c.writeHeaders(rw.st, http.StatusContinue, nil, false, nil, false)
+	}
+}
+
+func (rw *responseWriter) Write(p []byte) (int, error) {
+	if !rw.wroteHeader {
+		rw.WriteHeader(http.StatusOK)
+	}
+	if !bodyAllowed(rw.status) {
+		return 0, http.ErrBodyNotAllowed
+	}
+	if rw.head {
+		return len(p), nil
+	}
+	if rw.st.reset.Load() {
+		return 0, errStreamReset
+	}
+	if !rw.sentHeader && len(rw.buf) == 0 && len(p) > 0 {
+		if _, ok := rw.header["Content-Type"]; !ok {
+			rw.header.Set("Content-Type", http.DetectContentType(p))
+		}
+	}
+	if len(rw.buf)+len(p) <= bufSize {
+		rw.buf = append(rw.buf, p...)
+		return len(p), nil
+	}
+	if err := rw.flush(); err != nil {
+		return 0, err
+	}
+	if len(p) <= bufSize {
+		rw.buf = append(rw.buf, p...)
+		return len(p), nil
+	}
+	if err := rw.st.c.writeData(rw.st, p, false); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (rw *responseWriter) WriteString(s string) (int, error) {
+	return rw.Write([]byte(s))
+}
+
+// Flush sends the headers and what the body has so far.
+func (rw *responseWriter) Flush() { _ = rw.FlushError() }
+
+// FlushError is Flush, reporting a stream or connection that ended
+// (http.ResponseController).
+func (rw *responseWriter) FlushError() error {
+	if !rw.wroteHeader {
+		rw.WriteHeader(http.StatusOK)
+	}
+	return rw.flush()
+}
+
+// EnableFullDuplex is a no-op: an HTTP/2 handler may always read the
+// request while it writes the response (http.ResponseController).
+func (rw *responseWriter) EnableFullDuplex() error { return nil }
+
+func (rw *responseWriter) flush() error {
+	c := rw.st.c
+	if !rw.sentHeader {
+		rw.sentHeader = true
+		if err := c.writeHeaders(rw.st, rw.status, rw.header, false, rw.buf, false); err != nil {
+			return err
+		}
+		rw.buf = rw.buf[:0]
+		return nil
+	}
+	if len(rw.buf) == 0 {
+		return nil
+	}
+	err := c.writeData(rw.st, rw.buf, false)
+	rw.buf = rw.buf[:0]
+	return err
+}
+
+// finish ends the response once the handler returned: its length when it
+// was written whole, then END_STREAM on the last DATA or on the trailers.
+func (rw *responseWriter) finish() {
+	if rw.st.reset.Load() {
+		return
+	}
+	if !rw.wroteHeader {
+		rw.WriteHeader(http.StatusOK)
+	}
+	trailers := rw.trailers()
+	c := rw.st.c
+	if !rw.sentHeader {
+		rw.sentHeader = true
+		_, hasLen := rw.header["Content-Length"]
+		if len(trailers) == 0 && !hasLen && bodyAllowed(rw.status) && (len(rw.buf) > 0 || !rw.head) {
+			rw.header["Content-Length"] = []string{strconv.Itoa(len(rw.buf))}
+		}
+		_ = c.writeHeaders(rw.st, rw.status, rw.header, len(trailers) == 0, rw.buf, false)
+	} else {
+		_ = c.writeData(rw.st, rw.buf, len(trailers) == 0)
+	}
+	rw.buf = nil
+	if len(trailers) > 0 {
+		_ = c.writeHeaders(rw.st, 0, trailers, true, nil, true)
+	}
+}
+
+// trailers are the declared trailers (Trailer) set after the headers, and
+// those set with http.TrailerPrefix.
+func (rw *responseWriter) trailers() http.Header {
+	var t http.Header
+	for _, v := range rw.header["Trailer"] {
+		for _, k := range strings.Split(v, ",") {
+			k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k))
+			if vv := rw.header[k]; len(vv) > 0 && httpguts.ValidTrailerHeader(k) {
+				if t == nil {
+					t = http.Header{}
+				}
+				t[k] = vv
+			}
+		}
+	}
+	for k, vv := range rw.header {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok && len(vv) > 0 {
+			if t == nil {
+				t = http.Header{}
+			}
+			t[textproto.CanonicalMIMEHeaderKey(name)] = vv
+		}
+	}
+	return t
+}
+
+func bodyAllowed(status int) bool {
+	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
+}
+
+// writeHeaders sends a HEADERS frame (split in CONTINUATION frames past
+// the client's frame size) of status and h, or of trailers, then body if
+// any, in one write when the windows allow. end ends the stream on the
+// last frame.
+func (c *conn) writeHeaders(st *stream, status int, h http.Header, end bool, body []byte, trailers bool) error {
+	w := &c.w
+	w.mu.Lock()
+	if w.err != nil || st.reset.Load() || st.endSent {
+		w.mu.Unlock()
+		return errStreamReset
+	}
+	w.hbuf.b = w.hbuf.b[:0]
+	if !trailers {
+		w.enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(status)})
+	}
+	hasDate := false
+	for k, vv := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			continue
+		}
+		switch k {
+		case "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade":
+			continue // connection-specific: not in HTTP/2
+		case "Date":
+			hasDate = true
+		}
+		name := lower(k)
+		for _, v := range vv {
+			if httpguts.ValidHeaderFieldValue(v) {
+				w.enc.WriteField(hpack.HeaderField{Name: name, Value: v})
+			}
+		}
+	}
+	if !trailers && !hasDate && status >= 200 {
+		w.enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
+	}
+	block := w.hbuf.b
+	headersEnd := end && len(body) == 0
+	first := block[:min(len(block), w.maxFrame)]
+	rest := block[len(first):]
+	_ = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: st.id, BlockFragment: first, EndStream: headersEnd, EndHeaders: len(rest) == 0})
+	for len(rest) > 0 {
+		n := min(len(rest), w.maxFrame)
+		_ = c.fr.WriteContinuation(st.id, n == len(rest), rest[:n])
+		rest = rest[n:]
+	}
+	if headersEnd {
+		st.endSent = true
+	}
+	if len(body) == 0 {
+		w.flushLocked()
+		return nil
+	}
+	return c.writeDataLocked(st, body, end)
+}
+
+// writeData sends p on st as flow control allows, waiting for the
+// client's windows and for its queue to drain; end ends the stream.
+func (c *conn) writeData(st *stream, p []byte, end bool) error {
+	if len(p) == 0 && !end {
+		return nil
+	}
+	c.w.mu.Lock()
+	return c.writeDataLocked(st, p, end)
+}
+
+// writeDataLocked is writeData with c.w.mu held; it returns with it
+// unlocked.
+func (c *conn) writeDataLocked(st *stream, p []byte, end bool) error {
+	w := &c.w
+	for {
+		if w.err != nil || st.reset.Load() || st.endSent {
+			w.mu.Unlock()
+			return errStreamReset
+		}
+		if len(p) == 0 {
+			// END_STREAM alone.
+			w.dataHeader(st.id, 0, true)
+			st.endSent = true
+			w.flushLocked()
+			return nil
+		}
+		n := int(min(int64(len(p)), int64(w.maxFrame), st.sendWindow, w.connWindow))
+		if n <= 0 || len(w.buf) >= c.s.opts.MaxQueued {
+			// No window, or the client is not reading: send what is
+			// queued and wait.
+			if !w.writing && len(w.buf) > 0 {
+				w.flushLocked()
+				w.mu.Lock()
+				continue
+			}
+			w.cond.Wait()
+			continue
+		}
+		last := n == len(p) && end
+		w.dataHeader(st.id, n, last)
+		w.buf = append(w.buf, p[:n]...)
+		st.sendWindow -= int64(n)
+		w.connWindow -= int64(n)
+		p = p[n:]
+		if len(p) == 0 {
+			if last {
+				st.endSent = true
+			}
+			w.flushLocked()
+			return nil
+		}
+	}
+}
+
+// statusText is a status code's :status value.
+func statusText(code int) string {
+	switch code {
+	case 200:
+		return "200"
+	case 404:
+		return "404"
+	}
+	return strconv.Itoa(code)
+}
+
+// httpDate is the Date field, formatted once a second.
+func httpDate() string {
+	now := time.Now().Unix()
+	if d := cachedDate.Load(); d != nil && d.unix == now {
+		return d.text
+	}
+	d := &dateText{now, time.Unix(now, 0).UTC().Format(http.TimeFormat)}
+	cachedDate.Store(d)
+	return d.text
+}
+
+type dateText struct {
+	unix int64
+	text string
+}
+
+var cachedDate atomic.Pointer[dateText]
