@@ -123,7 +123,9 @@ type connError struct {
 	why  string
 }
 
-func (e connError) Error() string { return fmt.Sprintf("http2: connection error %v: %s", e.code, e.why) }
+func (e connError) Error() string {
+	return fmt.Sprintf("http2: connection error %v: %s", e.code, e.why)
+}
 
 func (c *conn) run() error {
 	_ = c.nc.SetReadDeadline(time.Now().Add(prefaceWait))
