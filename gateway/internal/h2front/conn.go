@@ -78,6 +78,32 @@ type conn struct {
 
 	pingSent  atomic.Bool
 	keepalive *time.Timer
+
+	noticeSent bool // the drain's GOAWAY notice went out; under w.mu
+
+	// resetByUs are the last streams the server reset with frames of
+	// theirs perhaps still on the way, which are discarded (RFC 9113
+	// section 5.1, "closed"); under smu.
+	resetByUs    [64]uint32
+	resetByUsPos int
+}
+
+// noteResetLocked remembers that the server reset stream id; smu held.
+func (c *conn) noteResetLocked(id uint32) {
+	c.resetByUs[c.resetByUsPos%len(c.resetByUs)] = id
+	c.resetByUsPos++
+}
+
+// wasResetByUs reports whether the server reset stream id lately.
+func (c *conn) wasResetByUs(id uint32) bool {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	for _, r := range c.resetByUs {
+		if r == id {
+			return true
+		}
+	}
+	return false
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -138,9 +164,14 @@ func (c *conn) run() error {
 	}
 	_ = c.nc.SetReadDeadline(time.Time{})
 	c.writeSettings()
+	if c.s.isDraining() {
+		c.drainNotice()
+	}
 	c.armIdle()
 	if d := c.s.opts.PingAfter; d > 0 {
+		c.smu.Lock() // checkAlive reads it under smu
 		c.keepalive = time.AfterFunc(d, c.checkAlive)
+		c.smu.Unlock()
 	}
 	for {
 		f, err := c.fr.ReadFrame()
@@ -384,8 +415,12 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		return connError{errProtocol, "DATA on an idle stream"}
 	case st == nil || st.remoteClosed.Load() || st.reset.Load():
 		// Closed, half-closed (remote) or reset: nothing reads it, and
-		// its window goes back to the connection at once.
+		// its window goes back to the connection at once. What comes
+		// after a reset of ours is discarded (RFC 9113 section 5.1).
 		c.credit(nil, n)
+		if st != nil && st.reset.Load() && !st.peerReset.Load() || st == nil && c.wasResetByUs(id) {
+			return nil
+		}
 		c.streamError(id, errStreamClosed)
 		return nil
 	}
@@ -404,8 +439,8 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		c.streamError(id, errProtocol)
 		return nil
 	}
-	if len(data) > 0 {
-		st.body.write(data)
+	if len(data) > 0 && !st.body.write(data) {
+		c.credit(nil, int64(len(data))) // the handler closed the body
 	}
 	if f.StreamEnded() {
 		st.remoteClosed.Store(true)
@@ -454,6 +489,9 @@ func (c *conn) streamError(id uint32, code http2.ErrCode) {
 	if st, _ := c.lookup(id); st != nil {
 		st.resetLocal(code)
 	}
+	c.smu.Lock()
+	c.noteResetLocked(id)
+	c.smu.Unlock()
 	c.w.mu.Lock()
 	_ = c.fr.WriteRSTStream(id, code)
 	c.w.flushLocked()
@@ -474,8 +512,19 @@ func (c *conn) goAway(code http2.ErrCode, graceful bool) {
 		c.w.flushLocked()
 	}
 	if graceful && idle {
+		c.w.waitWritten()
 		c.close(nil)
 	}
+}
+
+// drainNotice asks the client to open no more streams, once.
+func (c *conn) drainNotice() {
+	c.w.mu.Lock()
+	if !c.noticeSent {
+		c.noticeSent = true
+		_ = c.fr.WriteGoAway(1<<31-1, ErrCodeNo, nil)
+	}
+	c.w.flushLocked()
 }
 
 // close ends the connection: the socket, the handlers' contexts and

@@ -506,6 +506,75 @@ func TestShutdownFinishesStreams(t *testing.T) {
 	}
 }
 
+// TestAnswerBeforeTheBodyKeepsTheConnection: a handler that answers
+// without reading the request body ends the stream with
+// RST_STREAM(NO_ERROR) (RFC 9113 section 8.1); the body and trailers the
+// client had already sent are discarded (section 5.1, "closed"), and the
+// connection serves on with its window intact. Before, the late trailers
+// were a connection error (STREAM_CLOSED) ending every stream.
+func TestAnswerBeforeTheBodyKeepsTheConnection(t *testing.T) {
+	_, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "POST" {
+			http.Error(w, "too big", http.StatusRequestEntityTooLarge)
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "ok")
+	}), Options{ConnWindow: 1 << 20})
+	rc := dialRaw(t, addr)
+	rc.headers(1, false, ":method", "POST", ":scheme", "http", ":path", "/upload", ":authority", "t")
+	rc.until("413 with RST_STREAM(NO_ERROR)", func(f http2.Frame) bool {
+		rst, ok := f.(*http2.RSTStreamFrame)
+		return ok && rst.StreamID == 1 && rst.ErrCode == http2.ErrCodeNo
+	})
+	// What the client had on its way: a body the size of the stream's
+	// window, and trailers.
+	chunk := make([]byte, 16384)
+	for range 4 {
+		if err := rc.fr.WriteData(1, false, chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.headers(1, true, "x-trailer", "late")
+	// Then enough on new streams to need the connection window back.
+	for id := uint32(3); id < 3+2*80; id += 2 {
+		rc.headers(id, false, ":method", "PUT", ":scheme", "http", ":path", "/", ":authority", "t")
+		if err := rc.fr.WriteData(id, true, chunk); err != nil {
+			t.Fatal(err)
+		}
+		rc.until(fmt.Sprintf("stream %d answered", id), func(f http2.Frame) bool {
+			if g, ok := f.(*http2.GoAwayFrame); ok {
+				t.Fatalf("connection ended: GOAWAY %v", g.ErrCode)
+			}
+			d, ok := f.(*http2.DataFrame)
+			return ok && d.StreamID == id && d.StreamEnded()
+		})
+	}
+}
+
+// TestDrainNoticeThenShutdown: Drain sends the GOAWAY notice (last stream
+// 2^31-1) and streams opened after it are still served; Shutdown's GOAWAY
+// then names the last stream.
+func TestDrainNoticeThenShutdown(t *testing.T) {
+	s, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Options{})
+	rc := dialRaw(t, addr)
+	rc.get(1, "/")
+	rc.until("stream 1 answered", func(f http2.Frame) bool { d, ok := f.(*http2.DataFrame); return ok && d.StreamEnded() })
+	s.Drain()
+	rc.until("the notice", func(f http2.Frame) bool { g, ok := f.(*http2.GoAwayFrame); return ok && g.LastStreamID == 1<<31-1 })
+	rc.get(3, "/") // already on its way when the notice came
+	rc.until("stream 3 answered", func(f http2.Frame) bool {
+		d, ok := f.(*http2.DataFrame)
+		return ok && d.StreamID == 3 && d.StreamEnded()
+	})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+	}()
+	rc.until("the last GOAWAY", func(f http2.Frame) bool { g, ok := f.(*http2.GoAwayFrame); return ok && g.LastStreamID == 3 })
+}
+
 // repoBin is the repository's bin directory (make tools installs h2spec
 // there).
 func repoBin(t testing.TB) string {

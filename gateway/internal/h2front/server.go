@@ -21,6 +21,7 @@ package h2front
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -90,10 +91,12 @@ type Server struct {
 	handler http.Handler
 	workers workers
 
-	mu       sync.Mutex // guards conns and shutdown; never held with a conn's locks
-	conns    map[*conn]struct{}
-	shutdown bool
-	wg       sync.WaitGroup // the connections being served
+	mu        sync.Mutex // guards listeners, conns, draining and shutdown; never held with a conn's locks
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	draining  bool
+	shutdown  bool
+	wg        sync.WaitGroup // the connections being served
 }
 
 // New returns a server of h with opts.
@@ -125,15 +128,33 @@ func New(h http.Handler, opts Options) *Server {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{opts: opts, handler: h, conns: map[*conn]struct{}{}}
+	return &Server{opts: opts, handler: h, listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}}
 }
 
-// Serve serves the connections l accepts until it fails (as when closed),
-// each on a goroutine of its own.
+// ErrServerClosed is what Serve returns after Shutdown or Close.
+var ErrServerClosed = errors.New("h2front: server closed")
+
+// Serve serves the connections l accepts, each on a goroutine of its own,
+// until Shutdown or Close (which close l) or until l fails.
 func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		_ = l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
 	for {
 		nc, err := l.Accept()
 		if err != nil {
+			s.mu.Lock()
+			delete(s.listeners, l)
+			closed := s.shutdown
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
 			return err
 		}
 		s.mu.Lock()
@@ -169,12 +190,37 @@ func (s *Server) ServeConn(nc net.Conn) {
 	s.mu.Unlock()
 }
 
+// Drain asks every client to open no more streams on its connection, as
+// Envoy's drain does: a GOAWAY whose last stream is 2^31-1 (RFC 9113
+// section 6.8's notice), so streams in flight and those already on their
+// way are still served; Shutdown later names the last one. A connection
+// opened from now on gets the notice after its SETTINGS.
+func (s *Server) Drain() {
+	s.mu.Lock()
+	s.draining = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.drainNotice()
+	}
+}
+
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
 // Shutdown tells every connection to take no new streams (GOAWAY) and
 // closes each once its streams ended, or all of them when ctx ends; then
 // waits for the connections' goroutines.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.shutdown = true
+	s.closeListenersLocked()
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
@@ -204,6 +250,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() {
 	s.mu.Lock()
 	s.shutdown = true
+	s.closeListenersLocked()
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
@@ -211,6 +258,12 @@ func (s *Server) Close() {
 	s.mu.Unlock()
 	for _, c := range conns {
 		c.close(nil)
+	}
+}
+
+func (s *Server) closeListenersLocked() {
+	for l := range s.listeners {
+		_ = l.Close()
 	}
 }
 

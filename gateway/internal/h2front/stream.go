@@ -148,6 +148,9 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	case stateKnown:
 		return c.onTrailers(st, f)
 	case stateClosed:
+		if c.wasResetByUs(id) {
+			return nil // trailers sent before our RST_STREAM arrived
+		}
 		return connError{errStreamClosed, "HEADERS on a closed stream"}
 	}
 	c.maxClientID.Store(id)
@@ -361,6 +364,9 @@ func (st *stream) serve(h http.Handler, r *http.Request) {
 func (c *conn) streamDone(st *stream) {
 	if !st.remoteClosed.Load() && !st.reset.Load() {
 		st.reset.Store(true)
+		c.smu.Lock()
+		c.noteResetLocked(st.id)
+		c.smu.Unlock()
 		c.w.mu.Lock()
 		_ = c.fr.WriteRSTStream(st.id, ErrCodeNo)
 		c.w.flushLocked()
@@ -377,6 +383,7 @@ func (c *conn) streamDone(st *stream) {
 	}
 	if idle {
 		if goingAway {
+			c.w.waitWritten()
 			c.close(nil)
 			return
 		}

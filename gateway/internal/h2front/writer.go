@@ -14,19 +14,17 @@ import (
 // then takes them along: frames appended while a write is in progress go
 // out together in the next one. The socket write happens outside mu, so
 // the reader can always queue its control frames; what is queued is
-// bounded (Options.MaxQueued).
+// bounded (Options.MaxQueued). An idle connection holds no write buffer:
+// they come from a pool for each burst of writes and go back after it.
 type writer struct {
 	nc      net.Conn
 	timeout time.Duration
 
-	mu   sync.Mutex // guards everything below, the framer's write side, and the send windows of conn and streams
-	cond sync.Cond  // on mu: queue drained, window granted, stream or connection ended
-	buf  []byte     // frames queued
-	// spare is the buffer being written by the writing goroutine, or
-	// the one it gave back; the two are swapped so neither is reallocated.
-	spare   []byte
-	writing bool
-	err     error // the connection failed or ended: nothing more is written
+	mu      sync.Mutex // guards everything below, the framer's write side, and the send windows of conn and streams
+	cond    sync.Cond  // on mu: queue drained, window granted, stream or connection ended
+	buf     []byte     // frames queued
+	writing bool       // a goroutine is writing to the socket
+	err     error      // the connection failed or ended: nothing more is written
 	enc     *hpack.Encoder
 	hbuf    headerBuf
 	fr      *http2.Framer // writes append to buf (appendTo)
@@ -45,7 +43,13 @@ func (h *headerBuf) Write(p []byte) (int, error) { h.b = append(h.b, p...); retu
 // appendTo is the framer's io.Writer: it queues the frame.
 type appendTo struct{ w *writer }
 
-func (a appendTo) Write(p []byte) (int, error) { a.w.buf = append(a.w.buf, p...); return len(p), nil }
+func (a appendTo) Write(p []byte) (int, error) {
+	if a.w.buf == nil {
+		a.w.buf = getBuf()
+	}
+	a.w.buf = append(a.w.buf, p...)
+	return len(p), nil
+}
 
 // flushLocked writes what is queued, unless a write is in progress (that
 // goroutine takes it along), and returns with mu unlocked.
@@ -57,18 +61,16 @@ func (w *writer) flushLocked() {
 	w.writing = true
 	for len(w.buf) > 0 && w.err == nil {
 		out := w.buf
-		w.buf, w.spare = w.spare[:0], nil
+		w.buf = nil
 		w.mu.Unlock()
 		if w.timeout > 0 {
 			_ = w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
 		}
 		_, err := w.nc.Write(out)
+		putBuf(out)
 		w.mu.Lock()
 		if err != nil && w.err == nil {
 			w.err = err
-		}
-		if cap(out) <= maxSpare {
-			w.spare = out[:0]
 		}
 		w.cond.Broadcast() // the queue drained
 	}
@@ -80,12 +82,45 @@ func (w *writer) flushLocked() {
 	}
 }
 
-// maxSpare is the largest buffer kept between writes: a burst larger than
-// it is written and let go.
-const maxSpare = 64 << 10
+// waitWritten returns once everything queued was written (or the
+// connection failed): a connection closed after its last response must
+// not cut that response short.
+func (w *writer) waitWritten() {
+	w.mu.Lock()
+	for (w.writing || len(w.buf) > 0) && w.err == nil {
+		if !w.writing {
+			w.flushLocked()
+			w.mu.Lock()
+			continue
+		}
+		w.cond.Wait()
+	}
+	w.mu.Unlock()
+}
+
+// Write buffers: pooled, and a buffer grown past maxPooled by a burst is
+// let go rather than kept.
+const (
+	bufStart  = 4 << 10
+	maxPooled = 64 << 10
+)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, bufStart); return &b }}
+
+func getBuf() []byte { return (*bufPool.Get().(*[]byte))[:0] }
+
+func putBuf(b []byte) {
+	if cap(b) <= maxPooled {
+		b = b[:0]
+		bufPool.Put(&b)
+	}
+}
 
 // dataHeader appends a DATA frame's header: the payload follows.
 func (w *writer) dataHeader(id uint32, n int, end bool) {
+	if w.buf == nil {
+		w.buf = getBuf()
+	}
 	var flags byte
 	if end {
 		flags = byte(http2.FlagDataEndStream)
