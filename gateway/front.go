@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/gateway/internal/h2front"
 	"github.com/envgate/envgate/gateway/internal/httpproxy"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/sniff"
@@ -105,6 +106,31 @@ func newHTTPServer(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler,
 		},
 		ErrorLog: log.New(slogWriter{logger}, "", 0),
 	}
+}
+
+// newHTTP2Server is a listener's server for the HTTP/2 connections whose
+// first request is not gRPC (docs/h2front.md): envgate's own, with gRPC's
+// limits and the sniffer's SETTINGS, gRPC requests on its connections
+// handed to the listener's gRPC server as net/http's server hands them.
+func newHTTP2Server(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler, logger *slog.Logger) *h2front.Server {
+	l := cfg.Limits
+	var settings []h2front.Setting
+	for _, s := range interimSettings(l) {
+		settings = append(settings, h2front.Setting{ID: s.ID, Val: s.Val})
+	}
+	return h2front.New(frontHandler(grpcSrv, front), h2front.Options{
+		MaxConcurrentStreams: l.MaxConcurrentStreams,
+		MaxHeaderListSize:    uint32(l.MaxRequestHeadersBytes),
+		HeaderTableSize:      headerTableSize,
+		StreamWindow:         clientStreamWindow,
+		ConnWindow:           clientConnWindow,
+		IdleTimeout:          l.IdleTimeout,
+		// Silent connections are pinged as gRPC's server pings them.
+		PingAfter:   l.KeepaliveTime,
+		PingTimeout: l.KeepaliveTimeout,
+		Settings:    settings,
+		Log:         logger,
+	})
 }
 
 type tlsStateKey struct{}

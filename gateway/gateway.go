@@ -39,6 +39,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/discovery"
 	"github.com/envgate/envgate/gateway/internal/edge"
 	"github.com/envgate/envgate/gateway/internal/h2client"
+	"github.com/envgate/envgate/gateway/internal/h2front"
 	"github.com/envgate/envgate/gateway/internal/httpproxy"
 	"github.com/envgate/envgate/gateway/internal/istiometrics"
 	"github.com/envgate/envgate/gateway/internal/metrics"
@@ -95,6 +96,7 @@ type gateway struct {
 	servers   []*grpc.Server        // gRPC, per listener
 	https     []*http.Server        // HTTP/1.1 and REST over HTTP/2, per listener
 	h1s       []*httpproxy.H1Server // the HTTP/1.1 fast path, per listener
+	h2s       []*h2front.Server     // HTTP/2 connections whose first request is not gRPC, per listener
 	front     *httpproxy.Proxy      // the HTTP front, shared by the listeners
 	admin     *http.Server          // health: the load balancer's check
 	adminLis  net.Listener
@@ -267,6 +269,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		g.listeners = append(g.listeners, mux)
 		g.servers = append(g.servers, srv)
 		g.https = append(g.https, newHTTPServer(cfg, srv, g.front, log))
+		g.h2s = append(g.h2s, newHTTP2Server(cfg, srv, g.front, log))
 		g.h1s = append(g.h1s, g.front.NewH1Server(httpproxy.H1Options{
 			Handoff:        mux.Handoff,
 			IdleTimeout:    cfg.Limits.IdleTimeout,
@@ -656,6 +659,12 @@ func (g *gateway) Run(ctx context.Context) error {
 				serveErr <- fmt.Errorf("serve HTTP %s: %w", mux.Addr(), err)
 			}
 		})
+		h2 := g.h2s[i]
+		serving.Go(func() {
+			if err := h2.Serve(mux.Listener(sniff.HTTP2)); err != nil && !errors.Is(err, h2front.ErrServerClosed) {
+				serveErr <- fmt.Errorf("serve HTTP/2 %s: %w", mux.Addr(), err)
+			}
+		})
 		h1 := g.h1s[i]
 		serving.Go(func() {
 			if err := h1.Serve(mux.Listener(sniff.HTTP1)); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -796,6 +805,9 @@ func (g *gateway) drain() {
 	for _, h1 := range g.h1s {
 		h1.SetKeepAlivesEnabled(false)
 	}
+	for _, h2 := range g.h2s {
+		h2.Drain()
+	}
 }
 
 // stop drains every server at once and forces them closed after grace.
@@ -817,6 +829,9 @@ func (g *gateway) stop(grace time.Duration) {
 		for _, h1 := range g.h1s {
 			wg.Go(func() { _ = h1.Shutdown(ctx) })
 		}
+		for _, h2 := range g.h2s {
+			wg.Go(func() { _ = h2.Shutdown(ctx) })
+		}
 		wg.Wait()
 		close(done)
 	}()
@@ -833,6 +848,9 @@ func (g *gateway) stop(grace time.Duration) {
 		}
 		for _, h1 := range g.h1s {
 			h1.Close()
+		}
+		for _, h2 := range g.h2s {
+			h2.Close()
 		}
 		<-done
 	}

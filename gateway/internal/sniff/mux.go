@@ -19,7 +19,7 @@ type Mux struct {
 	lis  net.Listener
 	opts Options
 	log  *slog.Logger
-	subs [3]*queue // by Server
+	subs [4]*queue // by Server
 
 	wg        sync.WaitGroup // the sniffing goroutines, waited for by Run
 	closeOnce sync.Once

@@ -49,13 +49,15 @@ const (
 	// sent a frame no request starts with (PING, DATA, RST_STREAM...) or
 	// broke the protocol first, which gRPC's server answers as before.
 	GRPC Server = iota
-	// HTTP is the HTTP server: HTTP/2 whose first request is not gRPC,
-	// HTTP/2 that sent no request in time, and the HTTP/1.x connections
-	// the HTTP/1.1 fast path hands over (Mux.Handoff).
+	// HTTP is net/http's server: the HTTP/1.x connections the HTTP/1.1
+	// fast path hands over (Mux.Handoff).
 	HTTP
 	// HTTP1 is the HTTP/1.1 fast path: HTTP/1.x (plaintext that does not
 	// start with the HTTP/2 preface; TLS without ALPN h2).
 	HTTP1
+	// HTTP2 is the HTTP server for HTTP/2: HTTP/2 whose first request is
+	// not gRPC, and HTTP/2 that sent no request in time.
+	HTTP2
 )
 
 func (s Server) String() string {
@@ -64,6 +66,8 @@ func (s Server) String() string {
 		return "grpc"
 	case HTTP1:
 		return "http1"
+	case HTTP2:
+		return "http2"
 	}
 	return "http"
 }
@@ -370,7 +374,7 @@ func isTimeout(err error) bool {
 // content-type.
 func (c *Conn) http2(o Options) (*Conn, Server, error) {
 	if o.SharedHTTP2 {
-		return c, HTTP, nil
+		return c, HTTP2, nil
 	}
 	preface := settingsFrame(o.Settings)
 	var windowDelta uint32
@@ -566,7 +570,7 @@ func (c *Conn) httpServer(r *recorder, acked bool) (*Conn, Server, error) {
 		c.later = new(laterSettings)
 		r.out.later = c.later
 	}
-	return c, HTTP, nil
+	return c, HTTP2, nil
 }
 
 // IsGRPC reports whether a content-type is gRPC's (gRPC over HTTP/2:

@@ -85,9 +85,9 @@ func TestClassify(t *testing.T) {
 	}{
 		{"grpc", "application/grpc", GRPC},
 		{"grpc+proto", "application/grpc+proto", GRPC},
-		{"grpc-web is not gRPC over HTTP/2", "application/grpc-web", HTTP},
-		{"json", "application/json", HTTP},
-		{"no content-type", "", HTTP},
+		{"grpc-web is not gRPC over HTTP/2", "application/grpc-web", HTTP2},
+		{"json", "application/json", HTTP2},
+		{"no content-type", "", HTTP2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := clientStart(t, tc.contentType, false)
@@ -186,7 +186,7 @@ func readExactly(c net.Conn, want []byte) error {
 func TestClassifyRemovesTheAckForHTTP(t *testing.T) {
 	start := clientStart(t, "application/json", true)
 	got, read, _ := classify(t, start, Options{Timeout: time.Second})
-	if got != HTTP {
+	if got != HTTP2 {
 		t.Fatalf("server %v", got)
 	}
 	if bytes.Contains(read, settingsAck) {
@@ -213,7 +213,7 @@ func TestClassifyIdleHTTP2GoesToHTTP(t *testing.T) {
 	buf.WriteString(Preface)
 	_ = http2.NewFramer(&buf, nil).WriteSettings()
 	got, read, _ := classify(t, buf.Bytes(), Options{Timeout: 5 * time.Second, FirstRequest: 100 * time.Millisecond})
-	if got != HTTP || !bytes.Equal(read, buf.Bytes()) {
+	if got != HTTP2 || !bytes.Equal(read, buf.Bytes()) {
 		t.Fatalf("server %v, read %x", got, read)
 	}
 }
@@ -348,7 +348,7 @@ func secondSettingsThenRequest(t *testing.T) (*Conn, net.Conn, *http2.Framer, *b
 		t.Fatal(err)
 	}
 	r := <-done
-	if r.err != nil || r.s != HTTP {
+	if r.err != nil || r.s != HTTP2 {
 		t.Fatalf("server %v, %v", r.s, r.err)
 	}
 	return r.c, client, fr, out
@@ -445,7 +445,7 @@ func TestMuxCloseEndsTheWaitForAFirstRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The servers stop, then the Mux, as the gateway stops them.
-	for _, s := range []Server{GRPC, HTTP, HTTP1} {
+	for _, s := range []Server{GRPC, HTTP, HTTP1, HTTP2} {
 		_ = m.Listener(s).Close()
 	}
 	_ = m.Close()
