@@ -98,6 +98,20 @@ func newHTTPServer(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler,
 			MaxReceiveBufferPerStream:     clientStreamWindow,
 			MaxReceiveBufferPerConnection: clientConnWindow,
 		},
+		// What a connection carried is not memory it holds: it was
+		// consumed when the connection idles between requests, and an
+		// upgraded one relays what it reads (edge.Addr, for the overload
+		// manager).
+		ConnState: func(c net.Conn, s http.ConnState) {
+			a, ok := c.RemoteAddr().(heldTracker)
+			switch {
+			case !ok:
+			case s == http.StateIdle:
+				a.Consumed(0)
+			case s == http.StateHijacked:
+				a.Passthrough()
+			}
+		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if st := connTLS(c); st != nil {
 				ctx = context.WithValue(ctx, tlsStateKey{}, st)
@@ -131,6 +145,13 @@ func newHTTP2Server(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler
 		Settings:    settings,
 		Log:         logger,
 	})
+}
+
+// heldTracker is what the edge listener's connection address takes
+// (edge.Addr) about what the connection holds.
+type heldTracker interface {
+	Consumed(pending int)
+	Passthrough()
 }
 
 type tlsStateKey struct{}

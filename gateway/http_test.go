@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -319,6 +320,22 @@ func TestWebSocketThroughGateway(t *testing.T) {
 			t.Fatalf("echo %q, want %q", got, msg)
 		}
 	}
+	// 4 MiB more through the upgraded connection: relayed as it is read,
+	// none of it held (the overload manager must not pick the connection
+	// for what went through it).
+	big, got := bytes.Repeat([]byte("w"), 256<<10), make([]byte, 256<<10)
+	for range 16 {
+		if _, err := ws.Write(big); err != nil {
+			t.Fatal(err)
+		}
+		// The echo comes back in the frames the server's copy made.
+		if _, err := io.ReadFull(ws, got); err != nil || !bytes.Equal(got, big) {
+			t.Fatalf("echo of %d bytes: %v", len(big), err)
+		}
+	}
+	if held, peer, ok := gw.conns.CloseLargest(1 << 20); ok {
+		t.Fatalf("the WebSocket connection from %s counts as holding %d KiB after relaying 4 MiB", peer, held>>10)
+	}
 	if conns.Load() != 1 {
 		t.Fatalf("backend saw %d WebSocket connections, want 1", conns.Load())
 	}
@@ -369,5 +386,67 @@ func TestLoadgenThroughGateway(t *testing.T) {
 	}
 	if total < rps*secs-4 || rate < 0.95*rps || rate > 1.05*rps {
 		t.Fatalf("%d requests at %.1f requests/s, asked %d/s for %d s", total, rate, rps, secs)
+	}
+}
+
+// TestLongLivedHTTPConnectionsHoldNothing (and TestWebSocketThroughGateway
+// for an upgraded connection): what an HTTP connection carried
+// and the gateway relayed is not memory it holds, so the overload manager,
+// which closes the connection holding the most, does not pick a
+// long-lived HTTP/1.1 or HTTP/2 connection (a load balancer's, carrying
+// many clients) for the bytes that went through it. Before, every byte an
+// HTTP connection ever sent counted as held: after 16 MiB of uploads each
+// of these two was a 16 MiB holder, first in line to be closed.
+func TestLongLivedHTTPConnectionsHoldNothing(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "%d", n)
+	})}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { srv.Close() })
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {lis.Addr().String()}}), nil)
+	addr := gw.Addrs()[0]
+	body := make([]byte, 1<<20)
+	const uploads = 16
+
+	// HTTP/2 (h2c, REST): envgate's HTTP/2 front.
+	c := &http.Client{Transport: h2cTransport()}
+	for range uploads {
+		req, _ := http.NewRequest("PUT", "http://"+addr+"/upload", bytes.NewReader(body))
+		req.Header.Set("env", "env1")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 || string(got) != fmt.Sprint(len(body)) {
+			t.Fatalf("h2c upload: %d HTTP/%d %q", resp.StatusCode, resp.ProtoMajor, got)
+		}
+	}
+	// HTTP/1.1 keep-alive: the fast path.
+	nc, br := dialHTTP1(t, addr)
+	for range uploads {
+		if _, err := fmt.Fprintf(nc, "PUT /upload HTTP/1.1\r\nHost: gw\r\nenv: env1\r\nContent-Length: %d\r\n\r\n", len(body)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := nc.Write(body); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readBody(t, resp); resp.StatusCode != 200 || got != fmt.Sprint(len(body)) {
+			t.Fatalf("HTTP/1.1 upload: %d %q", resp.StatusCode, got)
+		}
+	}
+	// Both connections are open and idle: neither holds 1 MiB.
+	if held, peer, ok := gw.conns.CloseLargest(1 << 20); ok {
+		t.Fatalf("the connection from %s counts as holding %d KiB after relaying %d MiB", peer, held>>10, uploads)
 	}
 }

@@ -167,6 +167,9 @@ type Conn struct {
 	// given to it to send that were not written yet (outbound, never
 	// below 0: writes also carry framing).
 	read, received, outbound, calls atomic.Int64
+	// passthrough: what is read is relayed as it comes (an upgraded
+	// connection), so none of it counts as held.
+	passthrough atomic.Bool
 }
 
 // Read counts what the client sent.
@@ -255,6 +258,9 @@ const callOverhead = 1024
 // high; the overhead allowed per call keeps that from growing with the
 // connection's age.
 func (c *Conn) held() int64 {
+	if c.passthrough.Load() {
+		return c.outbound.Load()
+	}
 	received := c.received.Load()
 	in := c.read.Load() - received - received/256 - callOverhead*(c.calls.Load()+1)
 	return max(in, 0) + c.outbound.Load()
@@ -359,6 +365,23 @@ func (a *Addr) CallStarted() { a.c.calls.Add(1) }
 
 // Received counts n message bytes a call took from the connection.
 func (a *Addr) Received(n int) { a.c.received.Add(int64(n)) }
+
+// Consumed says that every byte read from the connection so far was taken
+// by the requests but pending (read ahead into the server's buffer): a
+// server that knows where its requests end (the HTTP/1.1 servers, between
+// requests) says so, so that what a long-lived connection carried is
+// never counted as held.
+func (a *Addr) Consumed(pending int) {
+	c := a.c
+	r := c.read.Load() - int64(pending)
+	// held takes off received/256 for TLS framing; this is exact.
+	c.received.Store(r - r/257)
+}
+
+// Passthrough says that from now on the connection's bytes are relayed as
+// they are read (an upgraded connection: WebSocket), so none counts as
+// held.
+func (a *Addr) Passthrough() { a.c.passthrough.Store(true) }
 
 // Reserve waits, before a call takes its next response message from the
 // upstream, until the connection holds less than the outbound cap, and

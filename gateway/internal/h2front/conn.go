@@ -27,8 +27,9 @@ const (
 )
 
 const (
-	preface       = http2.ClientPreface
-	initialWindow = 65535
+	preface        = http2.ClientPreface
+	initialWindow  = 65535
+	frameHeaderLen = 9
 	prefaceWait   = 10 * time.Second
 	// readBufSize is the connection's read buffer: a request's HEADERS
 	// frame and a small body in one read.
@@ -43,6 +44,14 @@ const (
 // for its Rapid Reset rule.
 type streamCounter interface{ StreamEnded(premature bool) }
 
+// byteCounter takes what the server consumed of what the connection read
+// (edge.Addr): everything but the request bodies no handler read yet, so
+// the overload manager knows what the connection holds.
+type byteCounter interface {
+	CallStarted()
+	Received(n int)
+}
+
 // conn is one client connection.
 type conn struct {
 	s       *Server
@@ -52,6 +61,7 @@ type conn struct {
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
 	counter streamCounter
+	bytes   byteCounter
 	w       writer
 	// handlers are the connection's requests running; serve waits for them.
 	handlers sync.WaitGroup
@@ -114,6 +124,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.ctx, c.cancel = context.WithCancelCause(base)
 	c.counter, _ = nc.RemoteAddr().(streamCounter)
+	c.bytes, _ = nc.RemoteAddr().(byteCounter)
 	c.w = writer{nc: nc, timeout: s.opts.WriteTimeout, connWindow: initialWindow, initialWindow: initialWindow, maxFrame: 16384}
 	c.w.cond.L = &c.w.mu
 	c.br = bufio.NewReaderSize(nc, readBufSize)
@@ -192,6 +203,15 @@ func (c *conn) run() error {
 			return err
 		}
 		c.frames.Add(1)
+		if c.bytes != nil {
+			// The frame is consumed, but for a DATA frame's data: it is
+			// held until a handler reads it or it is dropped.
+			n := frameHeaderLen + int(f.Header().Length)
+			if d, ok := f.(*http2.DataFrame); ok {
+				n -= len(d.Data())
+			}
+			c.bytes.Received(n)
+		}
 		if !c.settingsSeen {
 			// The preface's second part is a SETTINGS frame.
 			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
@@ -418,6 +438,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		// its window goes back to the connection at once. What comes
 		// after a reset of ours is discarded (RFC 9113 section 5.1).
 		c.credit(nil, n)
+		c.consumed(len(f.Data()))
 		if st != nil && st.reset.Load() && !st.peerReset.Load() || st == nil && c.wasResetByUs(id) {
 			return nil
 		}
@@ -426,6 +447,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	}
 	if st.recvAvail.Add(-n) < 0 {
 		c.credit(nil, n)
+		c.consumed(len(f.Data()))
 		c.streamError(id, errFlowControl)
 		return nil
 	}
@@ -436,17 +458,27 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	st.received += int64(len(data))
 	if st.declared >= 0 && (st.received > st.declared || f.StreamEnded() && st.received != st.declared) {
 		c.credit(nil, int64(len(data)))
+		c.consumed(len(data))
 		c.streamError(id, errProtocol)
 		return nil
 	}
 	if len(data) > 0 && !st.body.write(data) {
 		c.credit(nil, int64(len(data))) // the handler closed the body
+		c.consumed(len(data))
 	}
 	if f.StreamEnded() {
 		st.remoteClosed.Store(true)
 		st.body.closeWith(io.EOF, nil)
 	}
 	return nil
+}
+
+// consumed reports n bytes of request bodies taken by a handler or
+// dropped (byteCounter).
+func (c *conn) consumed(n int) {
+	if c.bytes != nil && n > 0 {
+		c.bytes.Received(n)
+	}
 }
 
 // credit gives n bytes read by a handler (or dropped) back to the client:

@@ -62,7 +62,10 @@ func (st *stream) resetByPeer(code http2.ErrCode) {
 func (st *stream) resetLocal(http2.ErrCode) {
 	st.reset.Store(true)
 	st.cancel(errStreamReset)
-	st.body.closeWith(errStreamReset, nil)
+	// What the handler will not read goes back to the connection.
+	dropped := st.body.closeWith(errStreamReset, nil)
+	st.c.credit(nil, int64(dropped))
+	st.c.consumed(dropped)
 	st.c.w.mu.Lock()
 	st.c.w.cond.Broadcast()
 	st.c.w.mu.Unlock()
@@ -166,6 +169,9 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return c.queuedLocked()
 	}
 	c.active++
+	if c.bytes != nil {
+		c.bytes.CallStarted()
+	}
 	if c.idle != nil {
 		c.idle.Stop()
 	}
@@ -371,7 +377,9 @@ func (c *conn) streamDone(st *stream) {
 		_ = c.fr.WriteRSTStream(st.id, ErrCodeNo)
 		c.w.flushLocked()
 	}
-	c.credit(nil, int64(st.body.closeWith(errClosedBody, nil)))
+	dropped := st.body.closeWith(errClosedBody, nil)
+	c.credit(nil, int64(dropped))
+	c.consumed(dropped)
 	st.cancel(context.Canceled)
 	c.smu.Lock()
 	delete(c.streams, st.id)
@@ -413,6 +421,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	n, err := b.st.body.read(p)
 	if n > 0 {
 		b.st.c.credit(b.st, int64(n))
+		b.st.c.consumed(n)
 	}
 	return n, err
 }
@@ -420,7 +429,9 @@ func (b *requestBody) Read(p []byte) (int, error) {
 func (b *requestBody) Close() error {
 	if !b.closed {
 		b.closed = true
-		b.st.c.credit(nil, int64(b.st.body.closeWith(errClosedBody, nil)))
+		dropped := b.st.body.closeWith(errClosedBody, nil)
+		b.st.c.credit(nil, int64(dropped))
+		b.st.c.consumed(dropped)
 	}
 	return nil
 }

@@ -204,7 +204,16 @@ type h1Conn struct {
 	watchUp    *upConn // the request's upstream connection, closed if the client leaves
 	// readDeadline is the one set on nc (zero: none).
 	readDeadline time.Time
+	// consumer, when the listener tracks what its connections hold, is
+	// told after each request that everything read was consumed.
+	consumer consumer
 }
+
+// consumer is what the edge listener's connection address takes
+// (edge.Addr): that every byte read so far was consumed but pending, so
+// the overload manager does not count a long-lived connection's history
+// as memory it holds.
+type consumer interface{ Consumed(pending int) }
 
 // setReadDeadline sets the connection's read deadline, and remembers it.
 func (c *h1Conn) setReadDeadline(t time.Time) {
@@ -249,6 +258,7 @@ func (s *H1Server) serveConn(nc net.Conn) {
 	c.src = watchedReader{nc: nc, pending: -1}
 	c.valuesFn = c.values
 	c.peer = nc.RemoteAddr().String()
+	c.consumer, _ = nc.RemoteAddr().(consumer)
 	c.ip = c.peer
 	if host, _, err := net.SplitHostPort(c.peer); err == nil {
 		c.ip = host
@@ -327,6 +337,9 @@ func (s *H1Server) serveConn(nc net.Conn) {
 		}
 		if cap(c.scratch) > clientBufSize {
 			c.scratch = nil
+		}
+		if c.consumer != nil {
+			c.consumer.Consumed(c.br.Buffered())
 		}
 	}
 }
