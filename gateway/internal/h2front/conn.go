@@ -30,7 +30,7 @@ const (
 	preface        = http2.ClientPreface
 	initialWindow  = 65535
 	frameHeaderLen = 9
-	prefaceWait   = 10 * time.Second
+	prefaceWait    = 10 * time.Second
 	// readBufSize is the connection's read buffer: a request's HEADERS
 	// frame and a small body in one read.
 	readBufSize = 4 << 10
