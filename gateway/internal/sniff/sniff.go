@@ -6,11 +6,11 @@
 // connections by their first bytes: the HTTP/2 connection preface (RFC
 // 9113 section 3.4, prior knowledge) or anything else, which the HTTP/1.1
 // server answers. An HTTP/2 connection goes to gRPC's server when its first
-// request is gRPC (content-type application/grpc...), to the HTTP server
-// otherwise: gRPC's own server is the fastest way to serve gRPC, but it
-// answers every other request 415, so a connection that starts with REST is
-// given to the HTTP server, which serves gRPC too (slower, through
-// grpc.Server.ServeHTTP).
+// request is gRPC (content-type application/grpc...), to the HTTP/2 server
+// of the HTTP front otherwise: gRPC's own server is the fastest way to
+// serve gRPC, but it answers every other request 415, so a connection that
+// starts with REST is given to the HTTP front's server, which serves gRPC
+// too (slower, through grpc.Server.ServeHTTP).
 //
 // Deciding on the first request means reading it before either server has
 // spoken, and clients wait for the server's side of the handshake before
