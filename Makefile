@@ -79,6 +79,7 @@ fuzz: ## each fuzz target for a while (FUZZTIME, default 30s)
 	$(GO) test -run XXX -fuzz FuzzDirector -fuzztime $${FUZZTIME:-30s} ./gateway/internal/proxy
 	$(GO) test -run XXX -fuzz FuzzParseRequest -fuzztime $${FUZZTIME:-30s} ./gateway/internal/h1
 	$(GO) test -run XXX -fuzz FuzzHeadEnd -fuzztime $${FUZZTIME:-30s} ./gateway/internal/h1
+	$(GO) test -run XXX -fuzz FuzzServeConn -fuzztime $${FUZZTIME:-30s} ./gateway/internal/h2front
 
 bench: build $(BIN)/ghz ## micro-benchmarks, then whole-system load against direct, envgate, the grpc-go floor, grpc-proxy, nginx, haproxy
 	$(GO) test -run XXX -bench . -benchmem ./gateway/...
