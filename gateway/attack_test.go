@@ -154,6 +154,48 @@ func TestLongHeaderValuesAreRefusedBriefly(t *testing.T) {
 // connection instead), and ordinary calls go on being served meanwhile.
 // Before, no connection was ever closed and ordinary traffic fell to 5
 // calls a second.
+// The same Rapid Reset rule holds on a connection whose first request is
+// REST, served by envgate's own HTTP/2 server (h2front reports each
+// stream's end to the edge listener); net/http's server, which served such
+// connections before, had only its own bound on running handlers.
+func TestRapidResetClosesARESTConnection(t *testing.T) {
+	b := startBackend(t, "env1")
+	p, addr := gatewayProcess(t, map[string]string{"env1": b.addr}, "")
+	c := dialRaw(t, addr)
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", "/api/v1/items"}, {":authority", "gw"}, {"env", "env1"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	block := buf.Bytes()
+	// Streams past the 100 whose handlers still run are refused, and a
+	// refused stream is not one the client reset: how many of the first
+	// 2000 count depends on the machine's speed, so the attacker keeps
+	// going until the connection is closed (at most 20,000).
+	sent := 0
+	for id := uint32(1); sent < 20000; id += 2 {
+		ok := c.write(func(fr *http2.Framer) error {
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}); err != nil {
+				return err
+			}
+			return fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		})
+		if !ok {
+			break
+		}
+		sent++
+	}
+	if !c.closedWithin(10 * time.Second) {
+		t.Fatalf("REST connection still open after %d streams reset at once", sent)
+	}
+	summary := p.waitLine(t, `"msg":"connection closed".*"streams_reset_early":(\d+),"closed_for_resets":true`)
+	t.Logf("closed after %d resets sent; summary: %s resets", sent, summary[1])
+	// The resets are in that summary, not a request line each.
+	if n := strings.Count(p.output(), `"status":499`); n > 0 {
+		t.Fatalf("%d request lines logged for streams reset early", n)
+	}
+}
+
 func TestRapidResetClosesTheConnection(t *testing.T) {
 	b := startBackend(t, "env1")
 	p, addr := gatewayProcess(t, map[string]string{"env1": b.addr}, "")

@@ -154,6 +154,10 @@ const (
 	BaselineHeader = "X-Envgate-Baseline"
 )
 
+// prematureReset is how young a request the client abandons counts as
+// reset early: Envoy's premature_reset_min_stream_lifetime_seconds.
+const prematureReset = time.Second
+
 // DefaultMaxIdleConnsPerHost keeps every upstream HTTP/1.1 connection a
 // burst opened, up to Envoy's default circuit breaker on connections per
 // cluster (max_connections, 1024), as Envoy's pool keeps its connections
@@ -291,7 +295,12 @@ func (p *Proxy) finish(ctx context.Context, rq *request, ex *exchange, code int,
 	if p.o.Observer != nil {
 		p.o.Observer.RequestDone(rq.dec.Env, code, d, in, out)
 	}
-	if p.o.AccessLog != nil {
+	// An HTTP/2 stream the client reset early is counted against its
+	// connection and told in the connection's summary line (the edge
+	// listener's Rapid Reset rule), as the gRPC front does, so a reset
+	// flood cannot flood the log.
+	premature := ex.proto == "HTTP/2.0" && rq.flags == "DC" && d < prematureReset
+	if p.o.AccessLog != nil && !premature {
 		p.logRequest(ctx, ex, rq, code, in, out)
 	}
 	if p.o.Exchanges != nil {
