@@ -386,6 +386,70 @@ func TestClientThatDoesNotReadHoldsBoundedMemory(t *testing.T) {
 	}
 }
 
+// TestSlowClientKeepsItsDownload: a client reading slowly but steadily
+// gets a download that takes many times the write timeout, since the
+// timeout is for a write that makes no progress (net/http's
+// WriteByteTimeout); before, a write of everything queued (up to
+// MaxQueued) had to finish within it.
+func TestSlowClientKeepsItsDownload(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	const size = 512 << 10
+	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write(make([]byte, size))
+	}), Options{WriteTimeout: 300 * time.Millisecond, MaxQueued: 256 << 10})
+	go func() {
+		nc, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		_ = nc.(*net.TCPConn).SetWriteBuffer(8 << 10)
+		s.ServeConn(nc)
+	}()
+	rc := dialRaw(t, lis.Addr().String(), http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	_ = rc.nc.(*net.TCPConn).SetReadBuffer(8 << 10)
+	// The client reads 256 KiB a second: the download takes 2 s, over
+	// six write timeouts.
+	rc.fr = http2.NewFramer(rc.nc, &pacedReader{r: rc.nc, perSecond: 256 << 10, start: time.Now()})
+	rc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	_ = rc.fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	rc.get(1, "/")
+	got := 0
+	rc.until("the end of the download", func(f http2.Frame) bool {
+		if g, ok := f.(*http2.GoAwayFrame); ok {
+			t.Fatalf("GOAWAY %v after %d bytes", g.ErrCode, got)
+		}
+		if d, ok := f.(*http2.DataFrame); ok {
+			got += len(d.Data())
+			return d.StreamEnded()
+		}
+		return false
+	})
+	if got != size {
+		t.Fatalf("downloaded %d bytes, want %d", got, size)
+	}
+}
+
+// pacedReader reads no faster than perSecond bytes a second.
+type pacedReader struct {
+	r         io.Reader
+	perSecond int
+	start     time.Time
+	n         int
+}
+
+func (p *pacedReader) Read(b []byte) (int, error) {
+	b = b[:min(len(b), 4<<10)]
+	due := p.start.Add(time.Duration(p.n) * time.Second / time.Duration(p.perSecond))
+	time.Sleep(time.Until(due)) // the client's pace, not synchronisation
+	n, err := p.r.Read(b)
+	p.n += n
+	return n, err
+}
+
 // TestHeaderListTooLong: request headers past MaxHeaderListSize are
 // answered 431, and the connection serves on.
 func TestHeaderListTooLong(t *testing.T) {

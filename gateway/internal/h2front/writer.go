@@ -1,6 +1,7 @@
 package h2front
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -63,10 +64,7 @@ func (w *writer) flushLocked() {
 		out := w.buf
 		w.buf = nil
 		w.mu.Unlock()
-		if w.timeout > 0 {
-			_ = w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
-		}
-		_, err := w.nc.Write(out)
+		err := w.write(out)
 		putBuf(out)
 		w.mu.Lock()
 		if err != nil && w.err == nil {
@@ -81,6 +79,32 @@ func (w *writer) flushLocked() {
 		_ = w.nc.Close() // the reader then ends the connection
 	}
 }
+
+// write writes p to the socket, failing only when no byte could be
+// written for the write timeout: a slow client (a phone downloading at a
+// few KiB a second) keeps its connection, one that stopped reading loses
+// it (net/http's HTTP/2 server's WriteByteTimeout). p goes in chunks, each
+// with a fresh deadline, since a TLS connection cannot go on after a write
+// that timed out.
+func (w *writer) write(p []byte) error {
+	for len(p) > 0 {
+		chunk := p[:min(len(p), writeChunk)]
+		if w.timeout > 0 {
+			_ = w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
+		}
+		n, err := w.nc.Write(chunk)
+		p = p[n:]
+		var ne net.Error
+		if err != nil && !(n > 0 && errors.As(err, &ne) && ne.Timeout()) {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeChunk is the most one write may take before its deadline is
+// renewed.
+const writeChunk = 16 << 10
 
 // waitWritten returns once everything queued was written (or the
 // connection failed): a connection closed after its last response must
