@@ -450,6 +450,44 @@ func (p *pacedReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// TestSilentConnectionsArePinged: a connection silent for PingAfter gets
+// a PING; one that answers stays, one that does not is closed after
+// PingTimeout, as gRPC's server treats its keepalive pings.
+func TestSilentConnectionsArePinged(t *testing.T) {
+	_, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }),
+		Options{PingAfter: 100 * time.Millisecond, PingTimeout: 200 * time.Millisecond})
+	answering := dialRaw(t, addr)
+	for range 3 {
+		var data [8]byte
+		answering.until("a PING", func(f http2.Frame) bool {
+			p, ok := f.(*http2.PingFrame)
+			if ok && !p.IsAck() {
+				data = p.Data
+				return true
+			}
+			return false
+		})
+		if err := answering.fr.WritePing(true, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answering.get(1, "/")
+	answering.until("the answer after three pings", func(f http2.Frame) bool { d, ok := f.(*http2.DataFrame); return ok && d.StreamEnded() })
+
+	silent := dialRaw(t, addr)
+	start := time.Now()
+	silent.until("a PING", func(f http2.Frame) bool { p, ok := f.(*http2.PingFrame); return ok && !p.IsAck() })
+	for {
+		if _, err := silent.fr.ReadFrame(); err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("the unanswered connection: %v, want it closed", err)
+			}
+			break
+		}
+	}
+	t.Logf("closed %v after it went silent", time.Since(start).Round(time.Millisecond))
+}
+
 // TestHeaderListTooLong: request headers past MaxHeaderListSize are
 // answered 431, and the connection serves on.
 func TestHeaderListTooLong(t *testing.T) {
