@@ -212,6 +212,8 @@ start_target() {
       $PIN "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-shared) render "$ROOT/scripts/bench/envgate-shared.yaml.in" "$DIR/conf/envgate.yaml"
       $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-base-shared) render "$ROOT/scripts/bench/envgate-shared.yaml.in" "$DIR/conf/envgate.yaml"
+      $PIN "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx) render "$ROOT/scripts/bench/nginx.conf.in" "$DIR/nginx.conf"
       $PIN nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
     grpcgo-floor) "$BIN/bench-floor" -listen "127.0.0.1:$PORT" -backend "127.0.0.1:$BACKEND_PORT" >"$DIR/floor.log" 2>&1 & ;;
@@ -459,7 +461,7 @@ results="$DIR/results"
 measured_backend=$backend
 # BASE_GATEWAY=path/to/gateway adds its row (envgate-base): a change
 # measured against the gateway before it, in the same run.
-GRPC_TARGETS=${GRPC_TARGETS:-"direct envgate ${BASE_GATEWAY:+envgate-base }envgate-shared grpcgo-floor grpc-proxy nginx haproxy"}
+GRPC_TARGETS=${GRPC_TARGETS:-"direct envgate ${BASE_GATEWAY:+envgate-base }envgate-shared ${BASE_GATEWAY:+envgate-base-shared }grpcgo-floor grpc-proxy nginx haproxy"}
 # GRPC_TARGETS=" " skips this table.
 if [ -n "${GRPC_TARGETS// /}" ]; then
   measure $GRPC_TARGETS

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,14 +83,20 @@ type pipe struct {
 }
 
 // write appends p, unless the body ended (false: nothing will read it).
+// The buffer comes from the pool at the first bytes, and what was read is
+// moved out of the way before the buffer would grow.
 func (p *pipe) write(b []byte) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.err != nil {
 		return false
 	}
-	if p.off > 0 && p.off == len(p.buf) {
-		p.buf, p.off = p.buf[:0], 0
+	if p.buf == nil {
+		p.buf = getBuf()
+	}
+	if p.off > 0 && (p.off == len(p.buf) || len(p.buf)+len(b) > cap(p.buf)) {
+		n := copy(p.buf, p.buf[p.off:])
+		p.buf, p.off = p.buf[:n], 0
 	}
 	p.buf = append(p.buf, b...)
 	p.cond.Signal()
@@ -106,12 +113,20 @@ func (p *pipe) read(b []byte) (int, error) {
 		n := copy(b, p.buf[p.off:])
 		p.off += n
 		if p.off == len(p.buf) && p.err != nil {
-			p.buf, p.off = nil, 0
+			p.release()
 		}
 		return n, nil
 	}
-	p.buf, p.off = nil, 0
+	p.release()
 	return 0, p.err
+}
+
+// release gives the buffer back to the pool; mu held.
+func (p *pipe) release() {
+	if p.buf != nil {
+		putBuf(p.buf)
+	}
+	p.buf, p.off = nil, 0
 }
 
 // closeWith ends the body with err once, running before (trailers)
@@ -130,7 +145,7 @@ func (p *pipe) closeWith(err error, before func()) int {
 	dropped := 0
 	if err != io.EOF {
 		dropped = len(p.buf) - p.off
-		p.buf, p.off = nil, 0
+		p.release()
 	}
 	p.cond.Broadcast()
 	return dropped
@@ -729,6 +744,13 @@ func (c *conn) writeDataLocked(st *stream, p []byte, end bool) error {
 			return nil
 		}
 		n := int(min(int64(len(p)), int64(w.maxFrame), st.sendWindow, w.connWindow))
+		if n > 0 {
+			// Room for the rest of p at once, not by doubling per frame.
+			if w.buf == nil {
+				w.buf = getBuf()
+			}
+			w.buf = slices.Grow(w.buf, len(p)+len(p)/int(w.maxFrame+1)*frameHeaderLen+frameHeaderLen)
+		}
 		if n <= 0 || len(w.buf) >= c.s.opts.MaxQueued {
 			// No window, or the client is not reading: send what is
 			// queued and wait.

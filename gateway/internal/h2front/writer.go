@@ -122,11 +122,13 @@ func (w *writer) waitWritten() {
 	w.mu.Unlock()
 }
 
-// Write buffers: pooled, and a buffer grown past maxPooled by a burst is
-// let go rather than kept.
+// Buffers, for writes and request bodies: pooled, so a connection or
+// stream holds one only while it has bytes in it, and a message of tens of
+// KiB does not grow a new one by doubling each time; one grown past
+// maxPooled is let go rather than kept.
 const (
 	bufStart  = 4 << 10
-	maxPooled = 64 << 10
+	maxPooled = 256 << 10
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, bufStart); return &b }}
