@@ -119,6 +119,44 @@ func TestRequestHeadersAreBounded(t *testing.T) {
 			t.Fatalf("%d of %d amplified header blocks reset, and the connection still open", n, streams)
 		}
 	})
+	t.Run("HPACK amplification on a REST connection", func(t *testing.T) {
+		// The same on a connection whose first request is REST, served
+		// by envgate's HTTP/2 server: each stream is answered 431 (or
+		// reset), the list never decoded past the limit.
+		const streams = 20
+		c := dialRaw(t, addr)
+		var buf bytes.Buffer
+		enc := hpack.NewEncoder(&buf)
+		amp := hpack.HeaderField{Name: "x-amp", Value: strings.Repeat("a", 4000)}
+		for i := range streams {
+			buf.Reset()
+			for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", "/"}, {":authority", "gw"}, {"env", "env1"}} {
+				_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1], Sensitive: true})
+			}
+			for range 6000 {
+				_ = enc.WriteField(amp)
+			}
+			if !c.sendHeaders(uint32(1+2*i), buf.Bytes(), true) {
+				break
+			}
+		}
+		refused := func() int { // under c.mu (waitUntil calls it so)
+			n := 0
+			for i := range streams {
+				id := uint32(1 + 2*i)
+				if _, reset := c.resets[id]; reset || c.httpStatus[id] == "431" {
+					n++
+				}
+			}
+			return n
+		}
+		if !c.waitUntil(20*time.Second, func() bool { return refused() == streams }) {
+			c.mu.Lock()
+			n := refused()
+			c.mu.Unlock()
+			t.Fatalf("%d of %d amplified header blocks answered 431 or reset, and the connection still open", n, streams)
+		}
+	})
 	control(t, addr, "env1")
 	if peak := peakRSSMiB(t, p); peak > 64 {
 		t.Fatalf("peak RSS %.0f MiB after header attacks, want under 64", peak)

@@ -26,6 +26,7 @@ type rawConn struct {
 	goawayDebug string
 	resets      map[uint32]http2.ErrCode
 	statuses    map[uint32]string // grpc-status of the streams that ended with one
+	httpStatus  map[uint32]string // :status of each stream's response headers
 	pingAcks    int
 
 	event chan struct{} // signalled after each frame read
@@ -38,7 +39,7 @@ func dialRaw(t *testing.T, addr string) *rawConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &rawConn{nc: nc, fr: http2.NewFramer(nc, nc), resets: map[uint32]http2.ErrCode{}, statuses: map[uint32]string{},
+	c := &rawConn{nc: nc, fr: http2.NewFramer(nc, nc), resets: map[uint32]http2.ErrCode{}, statuses: map[uint32]string{}, httpStatus: map[uint32]string{},
 		event: make(chan struct{}, 1), done: make(chan struct{})}
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	t.Cleanup(func() { nc.Close(); <-c.done })
@@ -79,6 +80,11 @@ func (c *rawConn) read() {
 			c.resets[f.StreamID] = f.ErrCode
 			c.mu.Unlock()
 		case *http2.MetaHeadersFrame:
+			if st := f.PseudoValue("status"); st != "" {
+				c.mu.Lock()
+				c.httpStatus[f.StreamID] = st
+				c.mu.Unlock()
+			}
 			for _, hf := range f.RegularFields() {
 				if hf.Name == "grpc-status" {
 					c.mu.Lock()
