@@ -387,7 +387,7 @@ func TestClientThatDoesNotReadHoldsBoundedMemory(t *testing.T) {
 }
 
 // TestSlowClientKeepsItsDownload: a client reading slowly but steadily
-// gets a download that takes many times the write timeout, since the
+// gets a download that takes several times the write timeout, since the
 // timeout is for a write that makes no progress (net/http's
 // WriteByteTimeout); before, a write of everything queued (up to
 // MaxQueued) had to finish within it.
@@ -400,7 +400,7 @@ func TestSlowClientKeepsItsDownload(t *testing.T) {
 	const size = 512 << 10
 	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(make([]byte, size))
-	}), Options{WriteTimeout: 300 * time.Millisecond, MaxQueued: 256 << 10})
+	}), Options{WriteTimeout: time.Second, MaxQueued: 256 << 10})
 	go func() {
 		nc, err := lis.Accept()
 		if err != nil {
@@ -411,9 +411,10 @@ func TestSlowClientKeepsItsDownload(t *testing.T) {
 	}()
 	rc := dialRaw(t, lis.Addr().String(), http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
 	_ = rc.nc.(*net.TCPConn).SetReadBuffer(8 << 10)
-	// The client reads 256 KiB a second: the download takes 2 s, over
-	// six write timeouts.
-	rc.fr = http2.NewFramer(rc.nc, &pacedReader{r: rc.nc, perSecond: 256 << 10, start: time.Now()})
+	// The client reads 128 KiB a second: the download takes 4 s, four
+	// write timeouts, and the 256 KiB queued at once would take two; a
+	// 16 KiB chunk takes an eighth of one (room for a loaded machine).
+	rc.fr = http2.NewFramer(rc.nc, &pacedReader{r: rc.nc, perSecond: 128 << 10, start: time.Now()})
 	rc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	_ = rc.fr.WriteWindowUpdate(0, 1<<31-1-65535)
 	rc.get(1, "/")
