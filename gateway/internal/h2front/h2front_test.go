@@ -655,6 +655,35 @@ func TestAnswerBeforeTheBodyKeepsTheConnection(t *testing.T) {
 	}
 }
 
+// TestHeadersOnAClosedStreamWhileItsHandlerReturns: HEADERS on a stream
+// both sides ended is a connection error STREAM_CLOSED (RFC 9113 section
+// 5.1), also in the moment between the response's END_STREAM and the
+// stream leaving the server's map; before, that moment answered with a
+// stream error, which failed h2spec's "5.1 closed: Sends a HEADERS frame"
+// once in make test.
+func TestHeadersOnAClosedStreamWhileItsHandlerReturns(t *testing.T) {
+	finished, release := make(chan struct{}), make(chan struct{})
+	testHookStreamFinished = func() {
+		close(finished)
+		<-release
+	}
+	defer func() { testHookStreamFinished = nil }()
+	_, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Options{})
+	rc := dialRaw(t, addr)
+	rc.get(1, "/")
+	rc.until("stream 1 answered", func(f http2.Frame) bool { d, ok := f.(*http2.DataFrame); return ok && d.StreamID == 1 && d.StreamEnded() })
+	<-finished // the stream is ended both ways and still in the map
+	defer close(release)
+	rc.get(1, "/")
+	rc.until("GOAWAY STREAM_CLOSED", func(f http2.Frame) bool {
+		if rst, ok := f.(*http2.RSTStreamFrame); ok {
+			t.Fatalf("RST_STREAM %v, want GOAWAY STREAM_CLOSED", rst.ErrCode)
+		}
+		g, ok := f.(*http2.GoAwayFrame)
+		return ok && g.ErrCode == http2.ErrCodeStreamClosed
+	})
+}
+
 // TestDrainNoticeThenShutdown: Drain sends the GOAWAY notice (last stream
 // 2^31-1) and streams opened after it are still served; Shutdown's GOAWAY
 // then names the last stream.

@@ -231,6 +231,17 @@ func headerListTooLong(w http.ResponseWriter, _ *http.Request) {
 
 // onTrailers takes the trailers ending a request body.
 func (c *conn) onTrailers(st *stream, f *http2.MetaHeadersFrame) error {
+	if st.remoteClosed.Load() && !st.reset.Load() {
+		c.w.mu.Lock()
+		closed := st.endSent
+		c.w.mu.Unlock()
+		if closed {
+			// Both sides ended the stream: it is closed even while its
+			// handler is still returning (RFC 9113 section 5.1, as when
+			// it is gone from the map).
+			return connError{errStreamClosed, "HEADERS on a closed stream"}
+		}
+	}
 	if st.remoteClosed.Load() || st.reset.Load() {
 		c.streamError(st.id, errStreamClosed)
 		return nil
@@ -376,7 +387,14 @@ func (st *stream) serve(h http.Handler, r *http.Request) {
 	}
 	h.ServeHTTP(rw, r)
 	rw.finish()
+	if testHookStreamFinished != nil {
+		testHookStreamFinished()
+	}
 }
+
+// testHookStreamFinished, set by a test, runs between a response's end and
+// the stream leaving the connection's map.
+var testHookStreamFinished func()
 
 // streamDone forgets a stream whose handler returned: a request body the
 // client is still sending is cut short with RST_STREAM(NO_ERROR) once
