@@ -663,12 +663,19 @@ func TestAnswerBeforeTheBodyKeepsTheConnection(t *testing.T) {
 // once in make test.
 func TestHeadersOnAClosedStreamWhileItsHandlerReturns(t *testing.T) {
 	finished, release := make(chan struct{}), make(chan struct{})
-	testHookStreamFinished = func() {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Options{})
+	s.testHookStreamFinished = func() {
 		close(finished)
 		<-release
 	}
-	defer func() { testHookStreamFinished = nil }()
-	_, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Options{})
+	served := make(chan struct{})
+	go func() { defer close(served); _ = s.Serve(lis) }()
+	defer func() { s.Close(); <-served }()
+	addr := lis.Addr().String()
 	rc := dialRaw(t, addr)
 	rc.get(1, "/")
 	rc.until("stream 1 answered", func(f http2.Frame) bool {

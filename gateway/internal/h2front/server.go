@@ -97,6 +97,10 @@ type Server struct {
 	draining  bool
 	shutdown  bool
 	wg        sync.WaitGroup // the connections being served
+
+	// testHookStreamFinished, set by a test before serving, runs between
+	// a response's end and the stream leaving the connection's map.
+	testHookStreamFinished func()
 }
 
 // New returns a server of h with opts.

@@ -387,14 +387,10 @@ func (st *stream) serve(h http.Handler, r *http.Request) {
 	}
 	h.ServeHTTP(rw, r)
 	rw.finish()
-	if testHookStreamFinished != nil {
-		testHookStreamFinished()
+	if h := st.c.s.testHookStreamFinished; h != nil {
+		h()
 	}
 }
-
-// testHookStreamFinished, set by a test, runs between a response's end and
-// the stream leaving the connection's map.
-var testHookStreamFinished func()
 
 // streamDone forgets a stream whose handler returned: a request body the
 // client is still sending is cut short with RST_STREAM(NO_ERROR) once
