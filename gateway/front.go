@@ -54,9 +54,9 @@ const http2HeaderListOverhead = 320
 // (grpc-go internal/transport/http2_server.go newHTTP2Server):
 // MAX_FRAME_SIZE 16384, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE,
 // MAX_HEADER_LIST_SIZE, HEADER_TABLE_SIZE (grpc.HeaderTableSize, at its
-// default); Go's HTTP/2 server's (net/http h2_bundle.go serverConn.serve)
-// are the same five once its limits are set to match (newHTTPServer).
-// Both then grant the same connection window (ConnWindow).
+// default); envgate's HTTP/2 server (h2front) is given exactly these
+// (newHTTP2Server). Both then grant the same connection window
+// (ConnWindow).
 // TestInterimSettingsAgree checks all of it.
 func interimSettings(l config.Limits) []sniff.Setting {
 	return []sniff.Setting{
