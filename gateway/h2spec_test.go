@@ -1,69 +1,22 @@
 package main
 
 import (
-	"context"
-	"encoding/xml"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
+
+	"github.com/envgate/envgate/internal/h2spectest"
 )
 
-// h2specFailures runs h2spec (the HTTP/2 conformance suite, bin/h2spec)
-// against an h2c address and returns the cases that failed, "section |
-// case". It may run on any goroutine: it reports problems as an error.
-func h2specFailures(h2spec, dir, addr string, timeout int, sections ...string) ([]string, error) {
-	_, port, _ := strings.Cut(addr, ":")
-	report := filepath.Join(dir, fmt.Sprintf("%s-%d.xml", port, time.Now().UnixNano()))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	// h2spec exits non-zero when a case fails; the report says which.
-	args := append(sections, "-h", "127.0.0.1", "-p", port, "-o", fmt.Sprint(timeout), "-j", report)
-	_ = exec.CommandContext(ctx, h2spec, args...).Run()
-	b, err := os.ReadFile(report)
-	if err != nil {
-		return nil, fmt.Errorf("h2spec against %s wrote no report: %w", addr, err)
-	}
-	var r struct {
-		Suites []struct {
-			Cases []struct {
-				Package string    `xml:"package,attr"`
-				Name    string    `xml:"classname,attr"`
-				Failure *struct{} `xml:"failure"`
-				Error   *struct{} `xml:"error"`
-			} `xml:"testcase"`
-		} `xml:"testsuite"`
-	}
-	if err := xml.Unmarshal(b, &r); err != nil {
-		return nil, err
-	}
-	var failed []string
-	total := 0
-	for _, s := range r.Suites {
-		for _, c := range s.Cases {
-			total++
-			if c.Failure != nil || c.Error != nil {
-				failed = append(failed, c.Package+" | "+c.Name)
-			}
-		}
-	}
-	if total < 100 && len(sections) == 0 {
-		return nil, fmt.Errorf("h2spec ran %d cases against %s, want the whole suite", total, addr)
-	}
-	slices.Sort(failed)
-	return failed, nil
-}
+// h2specFailures runs h2spec against an h2c address (h2spectest.Failures).
+var h2specFailures = h2spectest.Failures
 
 // envgate's HTTP/2 conformance is its servers': each connection is served
 // by gRPC's server (its first request is gRPC, or it breaks the protocol

@@ -28,6 +28,7 @@ import (
 
 	"github.com/envgate/envgate/echo/echoserver"
 	"github.com/envgate/envgate/gateway/internal/config"
+	"github.com/envgate/envgate/internal/h2spectest"
 	"github.com/envgate/envgate/proto/echopb"
 )
 
@@ -267,26 +268,7 @@ func writeCert(t testing.TB) (certFile, keyFile string) {
 }
 
 // repoBin is the directory the Makefile installs pinned tools into.
-func repoBin(t testing.TB) string {
-	t.Helper()
-	if d := os.Getenv("ENVGATE_BIN"); d != "" {
-		return d
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "bin")
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-}
+func repoBin(t testing.TB) string { return h2spectest.Bin(t) }
 
 // tool returns the path of a pinned tool; a missing tool fails the test (run
 // `make test`, which installs them) rather than skipping it.

@@ -156,6 +156,25 @@ func requestFields(enc *hpack.Encoder, env string, extra ...hpack.HeaderField) {
 	}
 }
 
+// openAndReset opens streams with block and resets each at once, up to n
+// or until the gateway closes the connection; it returns how many.
+func (c *rawConn) openAndReset(block []byte, n int) int {
+	sent := 0
+	for id := uint32(1); sent < n; id += 2 {
+		ok := c.write(func(fr *http2.Framer) error {
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}); err != nil {
+				return err
+			}
+			return fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		})
+		if !ok {
+			break
+		}
+		sent++
+	}
+	return sent
+}
+
 // headerBlock is HPACK for a gRPC request to env.
 func headerBlock(env string) []byte {
 	var buf bytes.Buffer

@@ -222,15 +222,7 @@ func (s *Server) isDraining() bool {
 // closes each once its streams ended, or all of them when ctx ends; then
 // waits for the connections' goroutines.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.shutdown = true
-	s.closeListenersLocked()
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range s.stop() {
 		c.goAway(ErrCodeNo, true)
 	}
 	done := make(chan struct{})
@@ -252,23 +244,25 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Close ends every connection at once.
 func (s *Server) Close() {
-	s.mu.Lock()
-	s.shutdown = true
-	s.closeListenersLocked()
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range s.stop() {
 		c.close(nil)
 	}
 }
 
-func (s *Server) closeListenersLocked() {
+// stop takes no more connections, closes the listeners, and returns the
+// connections open now.
+func (s *Server) stop() []*conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.shutdown = true
 	for l := range s.listeners {
 		_ = l.Close()
 	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
 }
 
 // tlsState is a connection's TLS state, when TLS was terminated before it
