@@ -73,6 +73,26 @@ func control(t *testing.T, addr, env string) {
 	}
 }
 
+// sendAmplified sends streams header blocks of request's fields followed by
+// 6000 one-byte references to a 4000-byte dynamic-table entry each: 10 KiB
+// on the wire, 24 MB decoded. request's fields are never indexed, so the
+// entry stays in the table from stream to stream.
+func sendAmplified(c *rawConn, streams int, request func(*hpack.Encoder)) {
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	amp := hpack.HeaderField{Name: "x-amp", Value: strings.Repeat("a", 4000)}
+	for i := range streams {
+		buf.Reset()
+		request(enc)
+		for range 6000 {
+			_ = enc.WriteField(amp)
+		}
+		if !c.sendHeaders(uint32(1+2*i), buf.Bytes(), true) {
+			return
+		}
+	}
+}
+
 // A request header list is bounded (60 KiB, Envoy's max_request_headers_kb)
 // whatever its shape: one huge value, or a few KiB of HPACK that reference
 // one dynamic-table entry thousands of times. Before the bound, one 16 MB
@@ -92,25 +112,10 @@ func TestRequestHeadersAreBounded(t *testing.T) {
 		}
 	})
 	t.Run("HPACK amplification", func(t *testing.T) {
-		// One 4000-byte value into the dynamic table, then 6000 one-byte
-		// references to it per stream: 10 KiB on the wire, 24 MB decoded,
-		// in each of 20 streams. The request's own fields are never
-		// indexed, so the entry stays in the table from stream to stream.
+		// 20 streams of 24 MB decoded each (sendAmplified).
 		const streams = 20
 		c := dialRaw(t, addr)
-		var buf bytes.Buffer
-		enc := hpack.NewEncoder(&buf)
-		amp := hpack.HeaderField{Name: "x-amp", Value: strings.Repeat("a", 4000)}
-		for i := range streams {
-			buf.Reset()
-			requestFields(enc, "env1")
-			for range 6000 {
-				_ = enc.WriteField(amp)
-			}
-			if !c.sendHeaders(uint32(1+2*i), buf.Bytes(), true) {
-				break
-			}
-		}
+		sendAmplified(c, streams, func(enc *hpack.Encoder) { requestFields(enc, "env1") })
 		// Each stream is refused: reset, or the connection closed.
 		if !c.waitUntil(20*time.Second, func() bool { return len(c.resets) == streams }) {
 			c.mu.Lock()
@@ -125,21 +130,11 @@ func TestRequestHeadersAreBounded(t *testing.T) {
 		// reset), the list never decoded past the limit.
 		const streams = 20
 		c := dialRaw(t, addr)
-		var buf bytes.Buffer
-		enc := hpack.NewEncoder(&buf)
-		amp := hpack.HeaderField{Name: "x-amp", Value: strings.Repeat("a", 4000)}
-		for i := range streams {
-			buf.Reset()
+		sendAmplified(c, streams, func(enc *hpack.Encoder) {
 			for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", "/"}, {":authority", "gw"}, {"env", "env1"}} {
 				_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1], Sensitive: true})
 			}
-			for range 6000 {
-				_ = enc.WriteField(amp)
-			}
-			if !c.sendHeaders(uint32(1+2*i), buf.Bytes(), true) {
-				break
-			}
-		}
+		})
 		refused := func() int { // under c.mu (waitUntil calls it so)
 			n := 0
 			for i := range streams {

@@ -68,36 +68,19 @@ func interimSettings(l config.Limits) []sniff.Setting {
 	}
 }
 
-// newHTTPServer is a listener's HTTP server: HTTP/1.1 and HTTP/2 (prior
-// knowledge on plaintext; after ALPN h2 on TLS, the sniffer having
-// terminated TLS), with gRPC requests on its HTTP/2 connections handed to
-// the listener's gRPC server. Its HTTP/2 limits are the gRPC server's.
+// newHTTPServer is a listener's net/http server: it serves the HTTP/1.x
+// connections the HTTP/1.1 fast path hands over (HTTP/2 goes to
+// newHTTP2Server's server or gRPC's).
 func newHTTPServer(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler, logger *slog.Logger) *http.Server {
 	l := cfg.Limits
-	p := new(http.Protocols)
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
 	return &http.Server{
 		Handler:           frontHandler(grpcSrv, front),
-		Protocols:         p,
 		ReadHeaderTimeout: sniffTimeout,
 		IdleTimeout:       l.IdleTimeout,
 		// Go's HTTP/2 server adds 320 bytes of per-field overhead to
 		// this for SETTINGS_MAX_HEADER_LIST_SIZE, which then says what
 		// gRPC's server says.
 		MaxHeaderBytes: max(l.MaxRequestHeadersBytes-http2HeaderListOverhead, 1),
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams: int(l.MaxConcurrentStreams),
-			// As gRPC's server: a client that read the sniffer's
-			// SETTINGS may rely on the limit (h2spec 4.2 does).
-			MaxReadFrameSize:          16384,
-			MaxDecoderHeaderTableSize: headerTableSize,
-			// Silent connections are pinged as gRPC's server pings them.
-			SendPingTimeout:               l.KeepaliveTime,
-			PingTimeout:                   l.KeepaliveTimeout,
-			MaxReceiveBufferPerStream:     clientStreamWindow,
-			MaxReceiveBufferPerConnection: clientConnWindow,
-		},
 		// What a connection carried is not memory it holds: it was
 		// consumed when the connection idles between requests, and an
 		// upgraded one relays what it reads (edge.Addr, for the overload

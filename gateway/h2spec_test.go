@@ -81,6 +81,20 @@ func startGoH2C(t *testing.T) string {
 	srv := newHTTPServer(cfg, grpc.NewServer(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("hello from net/http\n"))
 	}), slog.New(slog.DiscardHandler))
+	// The gateway's HTTP/2 limits, as its servers advertise them.
+	l := cfg.Limits
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	srv.HTTP2 = &http.HTTP2Config{
+		MaxConcurrentStreams: int(l.MaxConcurrentStreams),
+		// A client that read the SETTINGS may rely on the limit
+		// (h2spec 4.2 does).
+		MaxReadFrameSize:              16384,
+		MaxDecoderHeaderTableSize:     headerTableSize,
+		MaxReceiveBufferPerStream:     clientStreamWindow,
+		MaxReceiveBufferPerConnection: clientConnWindow,
+	}
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return lis.Addr().String()

@@ -118,11 +118,7 @@ func (c *conn) wasResetByUs(id uint32) bool {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	c := &conn{s: s, nc: nc, streams: map[uint32]*stream{}}
-	base := context.Background()
-	if s.opts.ConnContext != nil {
-		base = s.opts.ConnContext(base, nc)
-	}
-	c.ctx, c.cancel = context.WithCancelCause(base)
+	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	c.counter, _ = nc.RemoteAddr().(streamCounter)
 	c.bytes, _ = nc.RemoteAddr().(byteCounter)
 	c.w = writer{nc: nc, timeout: s.opts.WriteTimeout, connWindow: initialWindow, initialWindow: initialWindow, maxFrame: 16384}
@@ -133,7 +129,6 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.fr.MaxHeaderListSize = s.opts.MaxHeaderListSize
 	c.fr.SetMaxReadFrameSize(16384)
 	c.fr.SetReuseFrames()
-	c.w.fr = c.fr
 	c.w.enc = hpack.NewEncoder(&c.w.hbuf)
 	c.recvAvail.Store(int64(s.opts.ConnWindow))
 	return c
@@ -396,7 +391,7 @@ func (c *conn) onReset(f *http2.RSTStreamFrame) error {
 		return connError{errProtocol, "RST_STREAM on an idle stream"}
 	}
 	if st != nil {
-		st.resetByPeer(f.ErrCode)
+		st.resetByPeer()
 	}
 	return nil
 }
@@ -519,7 +514,7 @@ func (c *conn) credit(st *stream, n int64) {
 // streamError resets stream id with code, and ends its handler's request.
 func (c *conn) streamError(id uint32, code http2.ErrCode) {
 	if st, _ := c.lookup(id); st != nil {
-		st.resetLocal(code)
+		st.resetLocal()
 	}
 	c.smu.Lock()
 	c.noteResetLocked(id)

@@ -45,6 +45,29 @@ func start(t testing.TB, h http.Handler, opts Options) (*Server, string) {
 	return s, lis.Addr().String()
 }
 
+// serveOne serves s on the first connection to a loopback listener, after
+// wrap (the test's view of the socket); served is closed once ServeConn
+// returned, and the test waits for it at its end.
+func serveOne(t testing.TB, s *Server, wrap func(net.Conn) net.Conn) (addr string, served <-chan struct{}) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		nc, err := lis.Accept()
+		lis.Close()
+		if err != nil {
+			return
+		}
+		s.ServeConn(wrap(nc))
+	}()
+	t.Cleanup(func() { lis.Close(); s.Close(); <-done })
+	return lis.Addr().String(), done
+}
+
 // h2cClient is x/net's HTTP/2 client speaking prior knowledge to addr.
 func h2cClient(t testing.TB) *http.Client {
 	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
@@ -282,23 +305,12 @@ func TestStreamLimitRefusesPastIt(t *testing.T) {
 // HEADERS and DATA in one write to the socket, with its length said
 // (net/http's server writes them in two).
 func TestSmallResponseIsOneWrite(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
 	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "Hello World!")
 	}), Options{})
 	writes := make(chan []byte, 100)
-	go func() {
-		nc, err := lis.Accept()
-		if err != nil {
-			return
-		}
-		s.ServeConn(&recordingConn{Conn: nc, writes: writes})
-	}()
-	rc := dialRaw(t, lis.Addr().String())
+	addr, _ := serveOne(t, s, func(nc net.Conn) net.Conn { return &recordingConn{Conn: nc, writes: writes} })
+	rc := dialRaw(t, addr)
 	var headers *http2.MetaHeadersFrame
 	rc.until("the server's SETTINGS", func(f http2.Frame) bool { sf, ok := f.(*http2.SettingsFrame); return ok && !sf.IsAck() })
 	_ = rc.fr.WriteSettingsAck()
@@ -392,24 +404,15 @@ func TestClientThatDoesNotReadHoldsBoundedMemory(t *testing.T) {
 // WriteByteTimeout); before, a write of everything queued (up to
 // MaxQueued) had to finish within it.
 func TestSlowClientKeepsItsDownload(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
 	const size = 512 << 10
 	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(make([]byte, size))
 	}), Options{WriteTimeout: time.Second, MaxQueued: 256 << 10})
-	go func() {
-		nc, err := lis.Accept()
-		if err != nil {
-			return
-		}
+	addr, _ := serveOne(t, s, func(nc net.Conn) net.Conn {
 		_ = nc.(*net.TCPConn).SetWriteBuffer(8 << 10)
-		s.ServeConn(nc)
-	}()
-	rc := dialRaw(t, lis.Addr().String(), http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+		return nc
+	})
+	rc := dialRaw(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
 	_ = rc.nc.(*net.TCPConn).SetReadBuffer(8 << 10)
 	// The client reads 128 KiB a second: the download takes 4 s, four
 	// write timeouts, and the 256 KiB queued at once would take two; a
@@ -535,11 +538,6 @@ func (c addrConn) RemoteAddr() net.Addr { return c.addr }
 // listener's Rapid Reset rule closes the connection on them); streams
 // answered are not.
 func TestEarlyResetsCounted(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
 	block := make(chan struct{})
 	defer close(block)
 	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -553,17 +551,11 @@ func TestEarlyResetsCounted(t *testing.T) {
 		_, _ = io.WriteString(w, "ok")
 	}), Options{})
 	ca := &countingAddr{}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		nc, err := lis.Accept()
-		if err != nil {
-			return
-		}
+	addr, served := serveOne(t, s, func(nc net.Conn) net.Conn {
 		ca.Addr = nc.RemoteAddr()
-		s.ServeConn(addrConn{nc, ca})
-	}()
-	rc := dialRaw(t, lis.Addr().String())
+		return addrConn{nc, ca}
+	})
+	rc := dialRaw(t, addr)
 	rc.get(1, "/")
 	rc.until("stream 1 answered", func(f http2.Frame) bool { d, ok := f.(*http2.DataFrame); return ok && d.StreamEnded() })
 	for id := uint32(3); id < 3+2*10; id += 2 {
@@ -663,19 +655,12 @@ func TestAnswerBeforeTheBodyKeepsTheConnection(t *testing.T) {
 // once in make test.
 func TestHeadersOnAClosedStreamWhileItsHandlerReturns(t *testing.T) {
 	finished, release := make(chan struct{}), make(chan struct{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Options{})
 	s.testHookStreamFinished = func() {
 		close(finished)
 		<-release
 	}
-	served := make(chan struct{})
-	go func() { defer close(served); _ = s.Serve(lis) }()
-	defer func() { s.Close(); <-served }()
-	addr := lis.Addr().String()
+	addr, _ := serveOne(t, s, func(nc net.Conn) net.Conn { return nc })
 	rc := dialRaw(t, addr)
 	rc.get(1, "/")
 	rc.until("stream 1 answered", func(f http2.Frame) bool {

@@ -62,9 +62,6 @@ type Options struct {
 	// Log receives a line per connection ended for a protocol error, at
 	// debug level, and handler panics.
 	Log *slog.Logger
-	// ConnContext, when set, gives each connection's base context (the
-	// TLS state, for one).
-	ConnContext func(ctx context.Context, c net.Conn) context.Context
 }
 
 // Setting is one SETTINGS parameter.

@@ -53,14 +53,14 @@ var (
 )
 
 // resetByPeer ends the stream the client reset.
-func (st *stream) resetByPeer(code http2.ErrCode) {
+func (st *stream) resetByPeer() {
 	st.peerReset.Store(true)
-	st.resetLocal(code)
+	st.resetLocal()
 }
 
 // resetLocal ends the stream's request: its context, its body, and the
 // response writes waiting for a window.
-func (st *stream) resetLocal(http2.ErrCode) {
+func (st *stream) resetLocal() {
 	st.reset.Store(true)
 	st.cancel(errStreamReset)
 	// What the handler will not read goes back to the connection.

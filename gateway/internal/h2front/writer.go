@@ -21,14 +21,13 @@ type writer struct {
 	nc      net.Conn
 	timeout time.Duration
 
-	mu      sync.Mutex // guards everything below, the framer's write side, and the send windows of conn and streams
+	mu      sync.Mutex // guards everything below, the writes of the connection's framer, and the send windows of conn and streams
 	cond    sync.Cond  // on mu: queue drained, window granted, stream or connection ended
 	buf     []byte     // frames queued
 	writing bool       // a goroutine is writing to the socket
 	err     error      // the connection failed or ended: nothing more is written
 	enc     *hpack.Encoder
 	hbuf    headerBuf
-	fr      *http2.Framer // writes append to buf (appendTo)
 
 	// Send flow control and the peer's limits, from its SETTINGS.
 	connWindow    int64
