@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -296,6 +298,107 @@ func TestHTTP1ResponseFramingRelayed(t *testing.T) {
 	resp = rawRequest(t, c, r, "GET /sized HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
 	if got := readBody(t, resp); got != "sized" {
 		t.Fatalf("after: %q", got)
+	}
+}
+
+// TestHTTP2ResponseFramingRelayed: the same answers to an HTTP/2 client,
+// on the path that relays REST over HTTP/2 to an HTTP/1.1 upstream: a
+// chunked body de-chunked into DATA frames, its trailers (declared or
+// not, as Envoy forwards them) as HTTP/2 trailers, a close-delimited body
+// whole, none for HEAD, 204 and 304, hop-by-hop fields dropped. An
+// upstream head past limits.maxRequestHeadersBytes or one that is not
+// HTTP is a 503 as Envoy answers it, not relayed and not held (the head
+// was read with http.ReadResponse, without a bound, and undeclared
+// trailers were lost).
+func TestHTTP2ResponseFramingRelayed(t *testing.T) {
+	web := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/chunked":
+			w.Header().Set("Trailer", "X-Sum")
+			w.Header().Set("Connection", "X-Hop")
+			w.Header().Set("X-Hop", "secret")
+			w.Header().Set("Keep-Alive", "timeout=5")
+			io.WriteString(w, "part1-")
+			w.(http.Flusher).Flush()
+			io.WriteString(w, "part2")
+			w.Header().Set("X-Sum", "42")
+			w.Header().Set(http.TrailerPrefix+"X-Late", "7")
+		case "/204":
+			w.WriteHeader(http.StatusNoContent)
+		case "/304":
+			w.WriteHeader(http.StatusNotModified)
+		default:
+			w.Header().Set("Content-Length", "5")
+			io.WriteString(w, "sized")
+		}
+	}))
+	var webConns atomic.Int64
+	web.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			webConns.Add(1)
+		}
+	}
+	web.Start()
+	t.Cleanup(web.Close)
+	closeDelimited := startScriptedHTTPBackend(t, "HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nuntil the end", true)
+	huge := startScriptedHTTPBackend(t, "HTTP/1.1 200 OK\r\nX-Big: "+strings.Repeat("b", 200<<10)+"\r\nContent-Length: 2\r\n\r\nok", false)
+	garbage := startScriptedHTTPBackend(t, "SSH-2.0-OpenSSH_9.2\r\n\r\n", true)
+	cfg := testConfig(t, map[string][]string{"env1": {web.Listener.Addr().String()}, "env2": {closeDelimited.addr}, "env3": {huge.addr}, "env4": {garbage.addr}})
+	gw := startGateway(t, cfg, nil)
+	c := h2cClient(t)
+	do := func(method, env, path string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "http://"+gw.Addrs()[0]+path, nil)
+		req.Header.Set("env", env)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		body := readBody(t, resp)
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("%s %s: answered over %s", method, path, resp.Proto)
+		}
+		return resp, body
+	}
+
+	resp, got := do("GET", "env1", "/chunked")
+	if got != "part1-part2" || resp.Trailer.Get("X-Sum") != "42" || resp.Trailer.Get("X-Late") != "7" {
+		t.Fatalf("chunked: %q trailer %v", got, resp.Trailer)
+	}
+	if resp.Header.Get("X-Hop") != "" || resp.Header.Get("Keep-Alive") != "" || resp.Header.Get("Connection") != "" {
+		t.Fatalf("hop-by-hop fields forwarded: %v", resp.Header)
+	}
+	if resp, got = do("HEAD", "env1", "/sized"); resp.StatusCode != 200 || got != "" || resp.Header.Get("Content-Length") != "5" {
+		t.Fatalf("HEAD: %d %q %v", resp.StatusCode, got, resp.Header)
+	}
+	for _, path := range []string{"/204", "/304"} {
+		if resp, got = do("GET", "env1", path); got != "" || resp.StatusCode != map[string]int{"/204": 204, "/304": 304}[path] {
+			t.Fatalf("%s: %d %q", path, resp.StatusCode, got)
+		}
+	}
+	if resp, got = do("GET", "env1", "/sized"); got != "sized" || resp.ContentLength != 5 {
+		t.Fatalf("sized: %q %d", got, resp.ContentLength)
+	}
+	if resp, got = do("GET", "env2", "/eof"); got != "until the end" || resp.Header.Get("X-Kind") != "eof" {
+		t.Fatalf("close-delimited: %q %v", got, resp.Header)
+	}
+	// Envoy's answer to an upstream that breaks the protocol before its
+	// headers (router.cc, Filter::onUpstreamReset): 503, "reset before
+	// headers" and the reason.
+	if resp, got = do("GET", "env3", "/"); resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Big") != "" ||
+		!strings.Contains(got, "reset before headers. reset reason: the response head is longer than limits.maxRequestHeadersBytes") {
+		t.Fatalf("a 200 KiB upstream head: %d %q", resp.StatusCode, got)
+	}
+	if resp, got = do("GET", "env4", "/"); resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(got, "reset before headers") {
+		t.Fatalf("an answer that is not HTTP: %d %q", resp.StatusCode, got)
+	}
+	// Every answer but the close-delimited one left its upstream
+	// connection to serve again: one connection carried all of env1's.
+	for range 5 {
+		do("GET", "env1", "/sized")
+	}
+	if n := webConns.Load(); n != 1 {
+		t.Fatalf("%d upstream connections for env1's sequential requests, want 1", n)
 	}
 }
 
@@ -590,5 +693,80 @@ func TestUpstreamConnectionsKeptAtConcurrency(t *testing.T) {
 	}
 	if got := conns.Load(); got != n {
 		t.Fatalf("%d upstream connections for two bursts of %d concurrent requests, want %d (the first burst's, kept)", got, n, n)
+	}
+}
+
+// TestHTTP2ClientLeavingCutsItsUpstream: an HTTP/2 client that resets its
+// stream while the HTTP/1.1 upstream has not answered ends the wait: the
+// upstream connection is closed (Envoy's DC), not left to the pool, and
+// the next request is served on a new one.
+func TestHTTP2ClientLeavingCutsItsUpstream(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reached, closed := make(chan struct{}, 1), make(chan struct{}, 1)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { lis.Close(); wg.Wait() })
+	wg.Go(func() {
+		for n := 0; ; n++ {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				if _, err := http.ReadRequest(r); err != nil {
+					return
+				}
+				if n == 0 {
+					// Never answer; report the gateway closing.
+					reached <- struct{}{}
+					_, _ = io.Copy(io.Discard, r)
+					closed <- struct{}{}
+					return
+				}
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			})
+		}
+	})
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {lis.Addr().String()}}), nil)
+	c := h2cClient(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+gw.Addrs()[0]+"/", nil)
+	req.Header.Set("env", "env1")
+	done := make(chan error, 1)
+	go func() {
+		resp, err := c.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	// Leave once the request is at the upstream (before, it would test
+	// something else).
+	select {
+	case <-reached:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request did not reach the upstream")
+	}
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("the cancelled request succeeded")
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream connection of the request whose client left is still open")
+	}
+	req, _ = http.NewRequest("GET", "http://"+gw.Addrs()[0]+"/", nil)
+	req.Header.Set("env", "env1")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readBody(t, resp); resp.StatusCode != 200 || got != "ok" {
+		t.Fatalf("after: %d %q", resp.StatusCode, got)
 	}
 }

@@ -180,3 +180,86 @@ func truncate(s string, n int) string {
 	}
 	return s
 }
+
+// ChunkedReader reads the data of a chunked body from a buffered reader
+// (chunk extensions dropped), then its trailer section into Trailers: an
+// upstream's chunked answer relayed to a client that does not speak
+// HTTP/1.1 chunking (HTTP/2). The framing is checked as it is read, with
+// CopyChunked's bounds on chunk lines and trailers.
+type ChunkedReader struct {
+	r    *bufio.Reader
+	left uint64 // data left in the current chunk
+	// inChunk: a chunk's data was started, and its CRLF is still to come.
+	inChunk bool
+	err     error
+	// Trailers are the trailer fields, set once Read returned io.EOF.
+	Trailers []Field
+}
+
+// NewChunkedReader reads a chunked body from r.
+func NewChunkedReader(r *bufio.Reader) *ChunkedReader { return &ChunkedReader{r: r} }
+
+func (c *ChunkedReader) Read(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	if c.left == 0 {
+		if c.err = c.next(); c.err != nil {
+			return 0, c.err
+		}
+	}
+	if uint64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= uint64(n)
+	if err == io.EOF || n == 0 && err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// next reads up to the next chunk's data, or the body's end (io.EOF).
+func (c *ChunkedReader) next() error {
+	if c.inChunk {
+		if crlf, err := readLine(c.r, 2); err != nil || crlf != "" {
+			return errors.New("chunk data not followed by CRLF")
+		}
+		c.inChunk = false
+	}
+	line, err := readLine(c.r, maxChunkLine)
+	if err != nil {
+		return err
+	}
+	if i := indexByte(line, ';'); i >= 0 {
+		line = line[:i]
+	}
+	line = trimOWS(line)
+	size, err := strconv.ParseUint(line, 16, 63)
+	if err != nil || line == "" {
+		return fmt.Errorf("bad chunk size %q", truncate(line, 32))
+	}
+	if size > 0 {
+		c.left, c.inChunk = size, true
+		return nil
+	}
+	total := 0
+	for {
+		line, err := readLine(c.r, maxChunkLine)
+		if err != nil {
+			return err
+		}
+		if line == "" {
+			return io.EOF
+		}
+		total += len(line)
+		name, value, ok := field(line)
+		if !ok || total > maxTrailers || len(c.Trailers) == MaxFields {
+			return errors.New("bad trailer section")
+		}
+		c.Trailers = append(c.Trailers, Field{name, value})
+	}
+}

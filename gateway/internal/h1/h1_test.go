@@ -6,9 +6,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 func parse(t *testing.T, head string) (*Request, bool) {
@@ -328,4 +330,43 @@ func FuzzHeadEnd(f *testing.F) {
 			t.Fatalf("HeadEnd(%q) = %d, %v; want %d, %v", b, n, crlf, wn, wcrlf)
 		}
 	})
+}
+
+// TestChunkedReaderDechunks: the data of each chunk and then the trailer
+// fields, nothing past the body; bad framing is an error, never data.
+func TestChunkedReaderDechunks(t *testing.T) {
+	in := "5;ext=1\r\nhello\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nGrpc-Status: 0\r\nX-Sum: 31\r\n\r\nNEXT"
+	r := bufio.NewReader(strings.NewReader(in))
+	cr := NewChunkedReader(r)
+	b, err := io.ReadAll(iotest.OneByteReader(cr))
+	if err != nil || string(b) != "helloabcdefghijklmnopqrstuvwxyz" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	if want := []Field{{"Grpc-Status", "0"}, {"X-Sum", "31"}}; !slices.Equal(cr.Trailers, want) {
+		t.Fatalf("trailers %v, want %v", cr.Trailers, want)
+	}
+	if rest, _ := io.ReadAll(r); string(rest) != "NEXT" {
+		t.Fatalf("read past the body: left %q", rest)
+	}
+	for _, bad := range []string{
+		"x\r\n", "5\r\nhel", "5\r\nhelloXY", "\r\n", "-1\r\n", "fffffffffffffffff\r\n", "5\nhello\r\n0\r\n\r\n",
+		"0\r\nbad trailer\r\n\r\n", "0\r\nX: 1\r\n", strings.Repeat("0", 5000) + "\r\n",
+		"0\r\n" + strings.Repeat("X: 1\r\n", MaxFields+1) + "\r\n",
+	} {
+		if _, err := io.ReadAll(NewChunkedReader(bufio.NewReader(strings.NewReader(bad)))); err == nil {
+			t.Errorf("%q read without error", bad)
+		}
+	}
+	// What net/http's chunked writer sends reads back whole.
+	var src bytes.Buffer
+	cw := httputil.NewChunkedWriter(&src)
+	want := bytes.Repeat([]byte("0123456789"), 10000)
+	for b := want; len(b) > 0; b = b[min(len(b), 777):] {
+		cw.Write(b[:min(len(b), 777)])
+	}
+	cw.Close()
+	src.WriteString("\r\n")
+	if got, err := io.ReadAll(NewChunkedReader(bufio.NewReader(&src))); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read back %d bytes, %v", len(got), err)
+	}
 }

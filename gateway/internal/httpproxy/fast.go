@@ -657,14 +657,21 @@ type writerOnlyW struct{ io.Writer }
 func (p *Proxy) readResponseHead(u *upConn, c *h1Conn) error {
 	c.watchClient(u)
 	defer c.stopWatch()
+	return readAnswerHead(u.br, p.maxResponseHead(), &c.resp)
+}
+
+// readAnswerHead reads an upstream's response head into resp, skipping 1xx
+// interim answers (103 Early Hints is not forwarded); a head longer than
+// limit is an error, as is 101 to a request that asked for no upgrade.
+func readAnswerHead(br *bufio.Reader, limit int, resp *h1.Response) error {
 	var scratch []byte
 	for {
-		head, copied, crlf, err := h1.ReadHead(u.br, p.maxResponseHead(), &scratch)
+		head, copied, crlf, err := h1.ReadHead(br, limit, &scratch)
 		if err != nil {
 			if errors.Is(err, h1.ErrHeadTooLarge) {
 				return errors.New("the response head is longer than limits.maxRequestHeadersBytes")
 			}
-			if err == io.EOF && u.br.Buffered() == 0 {
+			if err == io.EOF && br.Buffered() == 0 {
 				return io.ErrUnexpectedEOF
 			}
 			return err
@@ -672,17 +679,17 @@ func (p *Proxy) readResponseHead(u *upConn, c *h1Conn) error {
 		if !crlf {
 			return h1.ErrMalformed
 		}
-		if err := h1.ParseResponse(head, &c.resp); err != nil {
+		if err := h1.ParseResponse(head, resp); err != nil {
 			return err
 		}
 		if !copied {
-			_, _ = u.br.Discard(len(head))
+			_, _ = br.Discard(len(head))
 		}
-		switch s := c.resp.Status; {
+		switch s := resp.Status; {
 		case s == http.StatusSwitchingProtocols:
 			return errors.New("101 Switching Protocols to a request that asked for no upgrade")
 		case s < 200:
-			continue // interim (103 Early Hints): not forwarded
+			continue
 		}
 		return nil
 	}

@@ -272,7 +272,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			endSpan(span, rq, code)
 		}
 		ex := exchange{proto: r.Proto, method: r.Method, path: requestPath(r), authority: r.Host,
-			userAgent: r.UserAgent(), peer: r.RemoteAddr, values: r.Header.Values}
+			peer: r.RemoteAddr, values: r.Header.Values}
+		if p.o.AccessLog != nil {
+			ex.userAgent = r.UserAgent() // only the log line says it
+		}
 		p.finish(r.Context(), rq, &ex, code, bytesIn.Load(), cw.n)
 	}()
 	p.serve(cw, r, rq)

@@ -3,12 +3,13 @@ package httpproxy
 import (
 	"bufio"
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/envgate/envgate/gateway/internal/forwarded"
@@ -47,38 +48,38 @@ func (p *Proxy) serveDirect(w http.ResponseWriter, r *http.Request, rq *request)
 	if r.TLS != nil {
 		proto = "https"
 	}
+	// The client leaving ends the wait for the answer and its relay: one
+	// watch for the whole request, whichever connection it is on.
+	var cut cutter
+	defer context.AfterFunc(r.Context(), cut.cut)()
 	gone := func() bool { return r.Context().Err() != nil }
+	ans := answers.Get().(*answer)
+	defer ans.release()
 	var u *upConn
-	var resp *http.Response
 	err := p.retry(rq, deadline, gone, func() tryResult {
 		var err error
 		var perTry bool
-		u, resp, err, perTry = p.directTry(r, rq, deadline, a.Retries.PerTryTimeout, ip, proto)
-		if resp == nil {
+		u, err, perTry = p.directTry(r, rq, deadline, a.Retries.PerTryTimeout, ip, proto, &cut, ans)
+		if u == nil {
 			return tryResult{err: err, perTry: perTry}
 		}
-		return tryResult{code: resp.StatusCode, grpc: resp.Header.Get("Grpc-Status")}
+		return tryResult{code: ans.head.Status, grpc: grpcStatusOf(&ans.head)}
 	}, func() {
-		// A small answer is read to its end so the connection serves
-		// again; a larger one costs the connection.
-		n, err := io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10+1))
-		resp.Body.Close()
-		if err == nil && n <= 4<<10 && !resp.Close {
-			p.pool.put(u)
+		if cut.release() {
+			p.discardBody(u, &ans.head, r.Method)
 		} else {
 			_ = u.nc.Close()
 		}
+		u = nil
 	})
-	if resp == nil {
+	if u == nil {
 		if code, msg := upstreamFailure(rq, err, deadlinePassed(deadline), gone()); code != 0 {
 			localReply(w, code, msg)
 		}
 		return
 	}
-	// The client leaving ends the relay of the body too.
-	stop := context.AfterFunc(r.Context(), func() { _ = u.nc.Close() })
-	reusable := p.relayDirect(w, rq, resp)
-	if !stop() || !reusable {
+	reusable := p.relayDirect(w, r, rq, u, ans)
+	if !cut.release() || !reusable {
 		_ = u.nc.Close()
 		return
 	}
@@ -89,43 +90,78 @@ func (p *Proxy) serveDirect(w http.ResponseWriter, r *http.Request, rq *request)
 }
 
 // directTry sends r on a connection to rq.ep and reads the response's
-// head (see tryOn).
-func (p *Proxy) directTry(r *http.Request, rq *request, deadline time.Time, perTry time.Duration, ip, proto string) (*upConn, *http.Response, error, bool) {
-	var resp *http.Response
-	gone := func() bool { return r.Context().Err() != nil }
-	u, err, expired := p.tryOn(r.Context(), rq, deadline, perTry, gone, func(u *upConn) (bool, error) {
-		// The client leaving ends the wait.
-		stop := context.AfterFunc(r.Context(), func() { _ = u.nc.SetDeadline(aLongTimeAgo) })
+// head into ans (see tryOn); cut is the connection the client leaving
+// cuts.
+func (p *Proxy) directTry(r *http.Request, rq *request, deadline time.Time, perTry time.Duration, ip, proto string, cut *cutter, ans *answer) (*upConn, error, bool) {
+	u, err, expired := p.tryOn(r.Context(), rq, deadline, perTry, func() bool { return r.Context().Err() != nil }, func(u *upConn) (bool, error) {
+		if !cut.use(u) {
+			return false, context.Cause(r.Context())
+		}
 		replayable, err := p.writeDirect(u, r, rq, ip, proto)
 		if err == nil {
-			resp, err = readDirectResponse(u.br, r)
+			err = readAnswerHead(u.br, p.maxResponseHead(), &ans.head)
 		}
-		if !stop() && err == nil {
+		if err != nil && r.Context().Err() != nil {
 			err = context.Cause(r.Context())
 		}
 		return replayable, err
 	})
 	if u == nil {
-		return nil, nil, err, expired
+		return nil, err, expired
 	}
-	return u, resp, nil, false
+	return u, nil, false
 }
 
-// readDirectResponse reads a response to r, skipping 1xx interim answers.
-func readDirectResponse(br *bufio.Reader, r *http.Request) (*http.Response, error) {
-	for {
-		resp, err := http.ReadResponse(br, r)
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case resp.StatusCode == http.StatusSwitchingProtocols:
-			return nil, errors.New("101 Switching Protocols to a request that asked for no upgrade")
-		case resp.StatusCode < 200:
-			continue
-		}
-		return resp, nil
+// cutter cuts the upstream connection a request uses when its client
+// leaves: a deadline long past ends the wait for the answer and its relay,
+// and the connection is not reused.
+type cutter struct {
+	mu sync.Mutex // guards u and gone; SetDeadline under it does no I/O
+	u  *upConn
+	// gone: the client left (cut ran).
+	gone bool
+}
+
+// cut is the request context's AfterFunc.
+func (c *cutter) cut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gone = true
+	if c.u != nil {
+		_ = c.u.nc.SetDeadline(aLongTimeAgo)
 	}
+}
+
+// use makes u the connection to cut; false: the client left already.
+func (c *cutter) use(u *upConn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.u = u
+	return !c.gone
+}
+
+// release stops watching the connection in use, before it goes back to
+// the pool or is closed; false: it was cut (or may be), and must be
+// closed.
+func (c *cutter) release() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.u = nil
+	return !c.gone
+}
+
+// answer is an upstream's response head on the direct path, pooled with
+// its fields.
+type answer struct {
+	head h1.Response
+}
+
+var answers = sync.Pool{New: func() any { return new(answer) }}
+
+func (a *answer) release() {
+	clear(a.head.Fields) // the strings of the last head
+	a.head.Fields = a.head.Fields[:0]
+	answers.Put(a)
 }
 
 // writeDirect writes r's head, with Envoy's edge headers, the route's
@@ -213,25 +249,32 @@ func named(k string, conn []string) bool {
 	return false
 }
 
-// relayDirect answers w with resp: its fields without the hop-by-hop ones,
-// the route's response header operations and envgate's fields, the body
-// (flushed as it comes when unsized), then its trailers. It reports whether
-// the upstream connection may serve again.
-func (p *Proxy) relayDirect(w http.ResponseWriter, rq *request, resp *http.Response) bool {
+// relayDirect answers w with the upstream's answer on u: its fields
+// without the hop-by-hop ones, the route's response header operations and
+// envgate's fields, the body as its head frames it (flushed as it comes
+// when unsized), then its trailers. It reports whether u may serve again.
+func (p *Proxy) relayDirect(w http.ResponseWriter, r *http.Request, rq *request, u *upConn, ans *answer) bool {
+	resp := &ans.head
 	h := w.Header()
-	conn := resp.Header["Connection"]
-	for k, vv := range resp.Header {
-		switch k {
-		case "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+	var declared []string // the trailer names the upstream announced
+	for _, f := range resp.Fields {
+		if dropResponseField(f.Name, resp.Conn, false) {
 			continue
 		}
-		if named(k, conn) {
+		k := http.CanonicalHeaderKey(f.Name)
+		if k == "Trailer" {
+			for _, t := range strings.Split(f.Value, ",") {
+				if t = http.CanonicalHeaderKey(strings.TrimSpace(t)); t != "" {
+					declared = append(declared, t)
+					h["Trailer"] = append(h["Trailer"], t)
+				}
+			}
 			continue
 		}
-		h[k] = vv
+		h[k] = append(h[k], f.Value)
 	}
-	for k := range resp.Trailer {
-		h.Add("Trailer", k)
+	if resp.ContentLength >= 0 {
+		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
 	}
 	applyHeaderOps(h, rq.dec.Action().ResponseHeaders)
 	served := rq.dec.Env
@@ -242,22 +285,34 @@ func (p *Proxy) relayDirect(w http.ResponseWriter, rq *request, resp *http.Respo
 	if p.o.DebugHeader {
 		h.Set(UpstreamHeader, served+" "+rq.ep.Addr)
 	}
-	w.WriteHeader(resp.StatusCode)
+	w.WriteHeader(resp.Status)
+	if noBody(r.Method, resp.Status) {
+		return !resp.Close
+	}
 	bp := buffers.Get().(*[]byte)
 	defer buffers.Put(bp)
-	var dst io.Writer = w
-	if resp.ContentLength < 0 {
-		dst = flushWriter{w}
-	}
-	_, err := io.CopyBuffer(dst, resp.Body, *bp)
-	resp.Body.Close()
-	if err != nil {
+	switch {
+	case resp.ContentLength >= 0:
+		n, err := io.CopyBuffer(w, io.LimitReader(u.br, resp.ContentLength), *bp)
+		return err == nil && n == resp.ContentLength && !resp.Close
+	case resp.Chunked:
+		cr := h1.NewChunkedReader(u.br)
+		if _, err := io.CopyBuffer(flushWriter{w}, cr, *bp); err != nil {
+			return false
+		}
+		for _, f := range cr.Trailers {
+			k := http.CanonicalHeaderKey(f.Name)
+			if !slices.Contains(declared, k) {
+				k = http.TrailerPrefix + k
+			}
+			h[k] = append(h[k], f.Value)
+		}
+		return !resp.Close
+	default:
+		// Delimited by the upstream closing the connection.
+		_, _ = io.CopyBuffer(flushWriter{w}, u.br, *bp)
 		return false
 	}
-	for k, vv := range resp.Trailer {
-		h[k] = vv
-	}
-	return !resp.Close
 }
 
 // flushWriter sends each write at once: an unsized body may be a stream.
