@@ -297,6 +297,9 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 	}
 	regular := f.RegularFields()
 	h := make(http.Header, len(regular))
+	// The values share one backing array: one allocation for the list,
+	// not one per field.
+	vals := make([]string, 0, len(regular))
 	var cookies []string
 	for _, hf := range regular {
 		switch hf.Name {
@@ -312,7 +315,13 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 			continue
 		}
 		k := canonical(hf.Name)
-		h[k] = append(h[k], hf.Value)
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, hf.Value)
+			continue
+		}
+		vals = append(vals, hf.Value)
+		n := len(vals)
+		h[k] = vals[n-1 : n : n]
 	}
 	if len(cookies) > 0 {
 		h["Cookie"] = []string{strings.Join(cookies, "; ")}

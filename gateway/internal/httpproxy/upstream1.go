@@ -257,6 +257,18 @@ func (p *Proxy) relayDirect(w http.ResponseWriter, r *http.Request, rq *request,
 	resp := &ans.head
 	h := w.Header()
 	var declared []string // the trailer names the upstream announced
+	// The fields' values share one backing array: one allocation for the
+	// head, not one per field.
+	vals := make([]string, 0, len(resp.Fields)+1)
+	add := func(k, v string) {
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, v)
+			return
+		}
+		vals = append(vals, v)
+		n := len(vals)
+		h[k] = vals[n-1 : n : n]
+	}
 	for _, f := range resp.Fields {
 		if dropResponseField(f.Name, resp.Conn, false) {
 			continue
@@ -271,10 +283,10 @@ func (p *Proxy) relayDirect(w http.ResponseWriter, r *http.Request, rq *request,
 			}
 			continue
 		}
-		h[k] = append(h[k], f.Value)
+		add(k, f.Value)
 	}
 	if resp.ContentLength >= 0 {
-		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+		add("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
 	applyHeaderOps(h, rq.dec.Action().ResponseHeaders)
 	served := rq.dec.Env
@@ -288,6 +300,13 @@ func (p *Proxy) relayDirect(w http.ResponseWriter, r *http.Request, rq *request,
 	w.WriteHeader(resp.Status)
 	if noBody(r.Method, resp.Status) {
 		return !resp.Close
+	}
+	if n := resp.ContentLength; n >= 0 && int64(u.br.Buffered()) >= n {
+		// The whole body is here (most answers): one write.
+		b, _ := u.br.Peek(int(n))
+		m, err := w.Write(b)
+		_, _ = u.br.Discard(m)
+		return err == nil && !resp.Close
 	}
 	bp := buffers.Get().(*[]byte)
 	defer buffers.Put(bp)
