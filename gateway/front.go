@@ -109,7 +109,7 @@ func newHTTPServer(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler,
 // first request is not gRPC (docs/h2front.md): envgate's own, with gRPC's
 // limits and the sniffer's SETTINGS, gRPC requests on its connections
 // handed to the listener's gRPC server as net/http's server hands them.
-func newHTTP2Server(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler, logger *slog.Logger) *h2front.Server {
+func newHTTP2Server(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler, relay func(*h2front.Request) bool, logger *slog.Logger) *h2front.Server {
 	l := cfg.Limits
 	var settings []h2front.Setting
 	for _, s := range interimSettings(l) {
@@ -126,7 +126,9 @@ func newHTTP2Server(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler
 		PingAfter:   l.KeepaliveTime,
 		PingTimeout: l.KeepaliveTimeout,
 		Settings:    settings,
-		Log:         logger,
+		// Bodiless REST requests skip the http.Handler adapter.
+		Relay: relay,
+		Log:   logger,
 	})
 }
 

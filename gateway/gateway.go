@@ -269,7 +269,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		g.listeners = append(g.listeners, mux)
 		g.servers = append(g.servers, srv)
 		g.https = append(g.https, newHTTPServer(cfg, srv, g.front, log))
-		g.h2s = append(g.h2s, newHTTP2Server(cfg, srv, g.front, log))
+		g.h2s = append(g.h2s, newHTTP2Server(cfg, srv, g.front, g.front.Relay, log))
 		g.h1s = append(g.h1s, g.front.NewH1Server(httpproxy.H1Options{
 			Handoff:        mux.Handoff,
 			IdleTimeout:    cfg.Limits.IdleTimeout,

@@ -62,6 +62,7 @@ type conn struct {
 	cancel  context.CancelCauseFunc
 	counter streamCounter
 	bytes   byteCounter
+	peer    string // the client's address, made once
 	w       writer
 	// handlers are the connection's requests running; serve waits for them.
 	handlers sync.WaitGroup
@@ -119,6 +120,7 @@ func (c *conn) wasResetByUs(id uint32) bool {
 func newConn(s *Server, nc net.Conn) *conn {
 	c := &conn{s: s, nc: nc, streams: map[uint32]*stream{}}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
+	c.peer = nc.RemoteAddr().String()
 	c.counter, _ = nc.RemoteAddr().(streamCounter)
 	c.bytes, _ = nc.RemoteAddr().(byteCounter)
 	c.w = writer{nc: nc, timeout: s.opts.WriteTimeout, connWindow: initialWindow, initialWindow: initialWindow, maxFrame: 16384}
@@ -588,7 +590,7 @@ func (c *conn) close(err error) {
 	}
 	_ = c.nc.Close()
 	if err != errConnClosed && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-		c.s.opts.Log.Debug("http2 connection ended", "peer", c.nc.RemoteAddr().String(), "error", err.Error())
+		c.s.opts.Log.Debug("http2 connection ended", "peer", c.peer, "error", err.Error())
 	}
 }
 

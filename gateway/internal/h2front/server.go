@@ -59,6 +59,10 @@ type Options struct {
 	// sniffer sent these already and drops a copy); nil sends the ones the
 	// options above say.
 	Settings []Setting
+	// Relay, when set, is offered each request without a body before
+	// the handler: it serves it and returns true, or returns false
+	// having sent nothing, and the handler gets it.
+	Relay func(*Request) bool
 	// Log receives a line per connection ended for a protocol error, at
 	// debug level, and handler panics.
 	Log *slog.Logger

@@ -45,6 +45,9 @@ type stream struct {
 	// Under c.w.mu.
 	sendWindow int64
 	endSent    bool
+
+	// req is the request offered to Options.Relay, if it was.
+	req Request
 }
 
 var (
@@ -200,6 +203,19 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	c.streams[id] = st
 	c.smu.Unlock()
 
+	if relay := c.s.opts.Relay; relay != nil {
+		st.req.st = st
+		if relayable(f, &st.req) {
+			st.remoteClosed.Store(true)
+			st.body.closeWith(io.EOF, nil)
+			c.handlers.Add(1)
+			c.s.workers.run(func() {
+				defer c.handlers.Done()
+				st.relay(relay, f)
+			})
+			return nil
+		}
+	}
 	req, code := c.newRequest(st, f)
 	if code != ErrCodeNo {
 		c.streamError(id, code)
@@ -346,7 +362,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 		ProtoMajor: 2,
 		Header:     h,
 		Host:       authority,
-		RemoteAddr: c.nc.RemoteAddr().String(),
+		RemoteAddr: c.peer,
 		RequestURI: uri,
 		TLS:        tlsState(c.nc),
 	}
@@ -689,17 +705,12 @@ func bodyAllowed(status int) bool {
 // any, in one write when the windows allow. end ends the stream on the
 // last frame.
 func (c *conn) writeHeaders(st *stream, status int, h http.Header, end bool, body []byte, trailers bool) error {
-	w := &c.w
-	w.mu.Lock()
-	if w.err != nil || st.reset.Load() || st.endSent {
-		w.mu.Unlock()
-		return errStreamReset
-	}
-	w.hbuf.b = w.hbuf.b[:0]
-	if !trailers {
-		w.enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(status)})
-	}
-	hasDate := false
+	return c.writeBlock(st, status, func(enc *hpack.Encoder) bool { return encodeHeader(enc, h) }, end, body, trailers)
+}
+
+// encodeHeader encodes h's fields but the trailers set by prefix and the
+// connection-specific ones; it reports whether one was a date.
+func encodeHeader(enc *hpack.Encoder, h http.Header) (hasDate bool) {
 	for k, vv := range h {
 		if strings.HasPrefix(k, http.TrailerPrefix) {
 			continue
@@ -713,10 +724,29 @@ func (c *conn) writeHeaders(st *stream, status int, h http.Header, end bool, bod
 		name := lower(k)
 		for _, v := range vv {
 			if httpguts.ValidHeaderFieldValue(v) {
-				w.enc.WriteField(hpack.HeaderField{Name: name, Value: v})
+				enc.WriteField(hpack.HeaderField{Name: name, Value: v})
 			}
 		}
 	}
+	return hasDate
+}
+
+// writeBlock sends a HEADERS frame (split in CONTINUATION frames past the
+// client's frame size) of status and what encode encodes, or of
+// trailers, then body if any, in one write when the windows allow. end
+// ends the stream on the last frame.
+func (c *conn) writeBlock(st *stream, status int, encode func(*hpack.Encoder) (hasDate bool), end bool, body []byte, trailers bool) error {
+	w := &c.w
+	w.mu.Lock()
+	if w.err != nil || st.reset.Load() || st.endSent {
+		w.mu.Unlock()
+		return errStreamReset
+	}
+	w.hbuf.b = w.hbuf.b[:0]
+	if !trailers {
+		w.enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(status)})
+	}
+	hasDate := encode(w.enc)
 	if !trailers && !hasDate && status >= 200 {
 		w.enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
 	}
