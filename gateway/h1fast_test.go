@@ -329,32 +329,38 @@ func TestHTTP1UpstreamClosedIdleConnection(t *testing.T) {
 	}
 }
 
+// framingAnswers is the upstream of the framing tests: a chunked body with
+// a declared and an undeclared trailer and hop-by-hop fields, 204, 304,
+// and a sized body.
+func framingAnswers(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/chunked":
+		w.Header().Set("Trailer", "X-Sum")
+		w.Header().Set("Connection", "X-Hop")
+		w.Header().Set("X-Hop", "secret")
+		w.Header().Set("Keep-Alive", "timeout=5")
+		io.WriteString(w, "part1-")
+		w.(http.Flusher).Flush()
+		io.WriteString(w, "part2")
+		w.Header().Set("X-Sum", "42")
+		w.Header().Set(http.TrailerPrefix+"X-Late", "7")
+	case "/204":
+		w.WriteHeader(http.StatusNoContent)
+	case "/304":
+		w.WriteHeader(http.StatusNotModified)
+	default:
+		w.Header().Set("Content-Length", "5")
+		io.WriteString(w, "sized")
+	}
+}
+
 // TestHTTP1ResponseFramingRelayed: each way an upstream frames a body
 // reaches the client framed right (RFC 9112 section 6.3): chunked with
 // trailers relayed chunk by chunk, a body delimited by the upstream's
 // close sent chunked, none for HEAD, 204 and 304; hop-by-hop fields and
 // the ones Connection names dropped.
 func TestHTTP1ResponseFramingRelayed(t *testing.T) {
-	web := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/chunked":
-			w.Header().Set("Trailer", "X-Sum")
-			w.Header().Set("Connection", "X-Hop")
-			w.Header().Set("X-Hop", "secret")
-			w.Header().Set("Keep-Alive", "timeout=5")
-			io.WriteString(w, "part1-")
-			w.(http.Flusher).Flush()
-			io.WriteString(w, "part2")
-			w.Header().Set("X-Sum", "42")
-		case "/204":
-			w.WriteHeader(http.StatusNoContent)
-		case "/304":
-			w.WriteHeader(http.StatusNotModified)
-		default:
-			w.Header().Set("Content-Length", "5")
-			io.WriteString(w, "sized")
-		}
-	}))
+	web := serveHTTP(t, http.HandlerFunc(framingAnswers))
 	closeDelimited := startScriptedHTTPBackend(t, "HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nuntil the end", true)
 	cfg := testConfig(t, map[string][]string{"env1": {web}, "env2": {closeDelimited.addr}})
 	gw := startGateway(t, cfg, nil)
@@ -405,27 +411,7 @@ func TestHTTP1ResponseFramingRelayed(t *testing.T) {
 // was read with http.ReadResponse, without a bound, and undeclared
 // trailers were lost).
 func TestHTTP2ResponseFramingRelayed(t *testing.T) {
-	web := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/chunked":
-			w.Header().Set("Trailer", "X-Sum")
-			w.Header().Set("Connection", "X-Hop")
-			w.Header().Set("X-Hop", "secret")
-			w.Header().Set("Keep-Alive", "timeout=5")
-			io.WriteString(w, "part1-")
-			w.(http.Flusher).Flush()
-			io.WriteString(w, "part2")
-			w.Header().Set("X-Sum", "42")
-			w.Header().Set(http.TrailerPrefix+"X-Late", "7")
-		case "/204":
-			w.WriteHeader(http.StatusNoContent)
-		case "/304":
-			w.WriteHeader(http.StatusNotModified)
-		default:
-			w.Header().Set("Content-Length", "5")
-			io.WriteString(w, "sized")
-		}
-	}))
+	web := httptest.NewUnstartedServer(http.HandlerFunc(framingAnswers))
 	var webConns atomic.Int64
 	web.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateNew {

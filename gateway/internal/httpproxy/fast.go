@@ -413,30 +413,12 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 	clear(c.headers)
 	c.vals = c.vals[:0]
 	for _, f := range req.Fields {
-		if v, ok := c.headers[f.Name]; ok {
-			c.headers[f.Name] = append(v, f.Value)
-			continue
-		}
-		c.vals = append(c.vals, f.Value)
-		n := len(c.vals)
-		c.headers[f.Name] = c.vals[n-1 : n : n]
+		c.vals = addField(c.headers, c.vals, f.Name, f.Value)
 	}
 	rreq := route.Request{Headers: c.headers, Path: req.Target, Authority: req.Host, Method: req.Method}
-	dec, decErr := p.routes().Decide(&rreq, p.pick())
-	var ep Endpoint
-	var epErr error
-	if decErr == nil {
-		a := dec.Action()
-		if a.DirectResponse != nil || a.Redirect != nil {
-			return fastHandOff
-		}
-		ep, epErr = p.ups.Endpoint(dec.Destination)
-		if epErr != nil && dec.Fallback(p.o.Fallback) {
-			ep, epErr = p.ups.Endpoint(dec.Destination)
-		}
-		if epErr == nil && ep.Protocol != HTTP1 {
-			return fastHandOff
-		}
+	dec, decErr, ep, epErr, full := p.decideSimple(&rreq)
+	if full {
+		return fastHandOff
 	}
 	_, _ = c.br.Discard(discard)
 
@@ -484,20 +466,10 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 		}
 		defer l.Release()
 	}
-	if decErr != nil {
+	if status, flags, msg := refusal(dec, decErr, epErr); status != 0 {
 		keep = keep && req.ContentLength == 0 // the body is not read
-		var ref *route.Refusal
-		if errors.As(decErr, &ref) && ref.NoRoute {
-			rq.flags = "NR"
-			return reply(http.StatusNotFound, ref.Message)
-		}
-		rq.flags = "NC"
-		return reply(http.StatusServiceUnavailable, decErr.Error())
-	}
-	if epErr != nil {
-		keep = keep && req.ContentLength == 0
-		rq.flags = "UH"
-		return reply(http.StatusServiceUnavailable, "no healthy upstream: "+epErr.Error()+" ("+dec.Rule.Source+" to "+dec.Destination.String()+")")
+		rq.flags = flags
+		return reply(status, msg)
 	}
 	a := dec.Action()
 	if a.Rewrite != nil && a.Rewrite.URI != "" {
@@ -580,6 +552,80 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 		return fastClose
 	}
 	return fastKeep
+}
+
+// addField adds a field to a routing view of a head (lower-case names),
+// the values sharing vals' backing array; it returns vals.
+func addField(headers map[string][]string, vals []string, name, value string) []string {
+	if v, ok := headers[name]; ok {
+		headers[name] = append(v, value)
+		return vals
+	}
+	vals = append(vals, value)
+	n := len(vals)
+	headers[name] = vals[n-1 : n : n]
+	return vals
+}
+
+// decideSimple routes a request for the HTTP/1.1 fast path or the HTTP/2
+// relay: the decision and its endpoint, each with its error, or full for
+// what only the full path serves (direct responses, redirects, HTTP/2
+// upstreams).
+func (p *Proxy) decideSimple(rreq *route.Request) (dec route.Decision, decErr error, ep Endpoint, epErr error, full bool) {
+	dec, decErr = p.routes().Decide(rreq, p.pick())
+	if decErr != nil {
+		return dec, decErr, ep, nil, false
+	}
+	a := dec.Action()
+	if a.DirectResponse != nil || a.Redirect != nil {
+		return dec, nil, ep, nil, true
+	}
+	ep, epErr = p.ups.Endpoint(dec.Destination)
+	if epErr != nil && dec.Fallback(p.o.Fallback) {
+		ep, epErr = p.ups.Endpoint(dec.Destination)
+	}
+	return dec, nil, ep, epErr, epErr == nil && ep.Protocol != HTTP1
+}
+
+// refusal is the answer to a request that has no route or no endpoint,
+// as Envoy answers it (404 NR, 503 NC, 503 UH "no healthy upstream"), or
+// status 0 when it has both.
+func refusal(dec route.Decision, decErr, epErr error) (status int, flags, msg string) {
+	var ref *route.Refusal
+	switch {
+	case errors.As(decErr, &ref) && ref.NoRoute:
+		return http.StatusNotFound, "NR", ref.Message
+	case decErr != nil:
+		return http.StatusServiceUnavailable, "NC", decErr.Error()
+	case epErr != nil:
+		return http.StatusServiceUnavailable, "UH", "no healthy upstream: " + epErr.Error() + " (" + dec.Rule.Source + " to " + dec.Destination.String() + ")"
+	}
+	return 0, "", ""
+}
+
+// retryAnswer runs try as the route's retry policy says (p.retry): try
+// returns the connection whose answer head is in ans, or the failure. A
+// retried answer's small body is read so its connection serves again,
+// unless cut (the client left).
+func (p *Proxy) retryAnswer(rq *request, deadline time.Time, gone func() bool, cut *cutter, ans *answer, method string, try func() (*upConn, error, bool)) (*upConn, error) {
+	var u *upConn
+	err := p.retry(rq, deadline, gone, func() tryResult {
+		var err error
+		var perTry bool
+		u, err, perTry = try()
+		if u == nil {
+			return tryResult{err: err, perTry: perTry}
+		}
+		return tryResult{code: ans.head.Status, grpc: grpcStatusOf(&ans.head)}
+	}, func() {
+		if cut.release() {
+			p.discardBody(u, &ans.head, method)
+		} else {
+			_ = u.nc.Close()
+		}
+		u = nil
+	})
+	return u, err
 }
 
 func deadlinePassed(d time.Time) bool { return !d.IsZero() && !time.Now().Before(d) }

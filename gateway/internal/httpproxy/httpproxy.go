@@ -336,15 +336,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, rq *request) {
 	}
 	req := route.Request{Headers: lowerHeaders(r.Header), Path: requestPath(r), Authority: r.Host, Method: r.Method}
 	dec, err := p.routes().Decide(&req, p.pick())
-	if err != nil {
-		var ref *route.Refusal
-		if errors.As(err, &ref) && ref.NoRoute {
-			rq.flags = "NR"
-			localReply(w, http.StatusNotFound, ref.Message)
-			return
-		}
-		rq.flags = "NC"
-		localReply(w, http.StatusServiceUnavailable, err.Error())
+	if status, flags, msg := refusal(dec, err, nil); status != 0 {
+		rq.flags = flags
+		localReply(w, status, msg)
 		return
 	}
 	rq.dec = dec
@@ -364,9 +358,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, rq *request) {
 	if err != nil && dec.Fallback(p.o.Fallback) {
 		ep, err = p.ups.Endpoint(dec.Destination)
 	}
-	if err != nil {
-		rq.flags = "UH"
-		localReply(w, http.StatusServiceUnavailable, fmt.Sprintf("no healthy upstream: %v (%s to %s)", err, dec.Rule.Source, dec.Destination))
+	if status, flags, msg := refusal(dec, nil, err); status != 0 {
+		rq.flags = flags
+		localReply(w, status, msg)
 		return
 	}
 	rq.ep = ep

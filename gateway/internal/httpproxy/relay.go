@@ -2,7 +2,6 @@ package httpproxy
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -66,30 +65,12 @@ func (p *Proxy) Relay(r *h2front.Request) bool {
 		if f.Name == "content-type" && sniff.IsGRPC(f.Value) {
 			return false // the gRPC server's
 		}
-		if v, ok := s.headers[f.Name]; ok {
-			s.headers[f.Name] = append(v, f.Value)
-			continue
-		}
-		s.vals = append(s.vals, f.Value)
-		n := len(s.vals)
-		s.headers[f.Name] = s.vals[n-1 : n : n]
+		s.vals = addField(s.headers, s.vals, f.Name, f.Value)
 	}
 	rreq := route.Request{Headers: s.headers, Path: r.Path, Authority: r.Authority, Method: r.Method}
-	dec, decErr := p.routes().Decide(&rreq, p.pick())
-	var ep Endpoint
-	var epErr error
-	if decErr == nil {
-		a := dec.Action()
-		if a.DirectResponse != nil || a.Redirect != nil || !a.ResponseHeaders.Empty() {
-			return false
-		}
-		ep, epErr = p.ups.Endpoint(dec.Destination)
-		if epErr != nil && dec.Fallback(p.o.Fallback) {
-			ep, epErr = p.ups.Endpoint(dec.Destination)
-		}
-		if epErr == nil && ep.Protocol != HTTP1 {
-			return false
-		}
+	dec, decErr, ep, epErr, full := p.decideSimple(&rreq)
+	if full || decErr == nil && !dec.Action().ResponseHeaders.Empty() {
+		return false
 	}
 
 	rq := &request{id: forwarded.RequestID(), start: time.Now(), dec: dec, ep: ep}
@@ -129,18 +110,9 @@ func (p *Proxy) Relay(r *h2front.Request) bool {
 		}
 		defer l.Release()
 	}
-	if decErr != nil {
-		var ref *route.Refusal
-		if errors.As(decErr, &ref) && ref.NoRoute {
-			rq.flags = "NR"
-			return reply(http.StatusNotFound, ref.Message)
-		}
-		rq.flags = "NC"
-		return reply(http.StatusServiceUnavailable, decErr.Error())
-	}
-	if epErr != nil {
-		rq.flags = "UH"
-		return reply(http.StatusServiceUnavailable, "no healthy upstream: "+epErr.Error()+" ("+dec.Rule.Source+" to "+dec.Destination.String()+")")
+	if status, flags, msg := refusal(dec, decErr, epErr); status != 0 {
+		rq.flags = flags
+		return reply(status, msg)
 	}
 	a := dec.Action()
 	if a.Rewrite != nil && a.Rewrite.URI != "" {
@@ -169,11 +141,8 @@ func (p *Proxy) Relay(r *h2front.Request) bool {
 	defer context.AfterFunc(ctx, cut.cut)()
 	gone := func() bool { return ctx.Err() != nil }
 	ans := &s.ans
-	var u *upConn
-	err := p.retry(rq, deadline, gone, func() tryResult {
-		var err error
-		var perTry bool
-		u, err, perTry = p.tryOn(ctx, rq, deadline, a.Retries.PerTryTimeout, gone, func(u *upConn) (bool, error) {
+	u, err := p.retryAnswer(rq, deadline, gone, &cut, ans, r.Method, func() (*upConn, error, bool) {
+		return p.tryOn(ctx, rq, deadline, a.Retries.PerTryTimeout, gone, func(u *upConn) (bool, error) {
 			if !cut.use(u) {
 				return false, context.Cause(ctx)
 			}
@@ -187,17 +156,6 @@ func (p *Proxy) Relay(r *h2front.Request) bool {
 			}
 			return true, err
 		})
-		if u == nil {
-			return tryResult{err: err, perTry: perTry}
-		}
-		return tryResult{code: ans.head.Status, grpc: grpcStatusOf(&ans.head)}
-	}, func() {
-		if cut.release() {
-			p.discardBody(u, &ans.head, r.Method)
-		} else {
-			_ = u.nc.Close()
-		}
-		u = nil
 	})
 	if u == nil {
 		status, msg := upstreamFailure(rq, err, deadlinePassed(deadline), gone())

@@ -55,22 +55,8 @@ func (p *Proxy) serveDirect(w http.ResponseWriter, r *http.Request, rq *request)
 	gone := func() bool { return r.Context().Err() != nil }
 	ans := answers.Get().(*answer)
 	defer ans.release()
-	var u *upConn
-	err := p.retry(rq, deadline, gone, func() tryResult {
-		var err error
-		var perTry bool
-		u, err, perTry = p.directTry(r, rq, deadline, a.Retries.PerTryTimeout, ip, proto, &cut, ans)
-		if u == nil {
-			return tryResult{err: err, perTry: perTry}
-		}
-		return tryResult{code: ans.head.Status, grpc: grpcStatusOf(&ans.head)}
-	}, func() {
-		if cut.release() {
-			p.discardBody(u, &ans.head, r.Method)
-		} else {
-			_ = u.nc.Close()
-		}
-		u = nil
+	u, err := p.retryAnswer(rq, deadline, gone, &cut, ans, r.Method, func() (*upConn, error, bool) {
+		return p.directTry(r, rq, deadline, a.Retries.PerTryTimeout, ip, proto, &cut, ans)
 	})
 	if u == nil {
 		if code, msg := upstreamFailure(rq, err, deadlinePassed(deadline), gone()); code != 0 {
