@@ -2,7 +2,6 @@ package h2front
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -58,8 +57,6 @@ type conn struct {
 	nc      net.Conn
 	br      *bufio.Reader // the framer reads from it
 	fr      *http2.Framer
-	ctx     context.Context
-	cancel  context.CancelCauseFunc
 	counter streamCounter
 	bytes   byteCounter
 	peer    string // the client's address, made once
@@ -119,7 +116,6 @@ func (c *conn) wasResetByUs(id uint32) bool {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	c := &conn{s: s, nc: nc, streams: map[uint32]*stream{}}
-	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	c.peer = nc.RemoteAddr().String()
 	c.counter, _ = nc.RemoteAddr().(streamCounter)
 	c.bytes, _ = nc.RemoteAddr().(byteCounter)
@@ -573,8 +569,8 @@ func (c *conn) close(err error) {
 	if err == nil {
 		err = errConnClosed
 	}
-	c.cancel(err)
 	for _, st := range streams {
+		st.ctx.cancel()
 		st.body.closeWith(errConnClosed, nil)
 	}
 	c.w.mu.Lock()

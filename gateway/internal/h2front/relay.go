@@ -31,7 +31,14 @@ func (r *Request) RemoteAddr() string { return r.st.c.peer }
 func (r *Request) TLS() *tls.ConnectionState { return tlsState(r.st.c.nc) }
 
 // Context ends when the client resets the stream or the connection ends.
-func (r *Request) Context() context.Context { return r.st.ctx }
+func (r *Request) Context() context.Context { return &r.st.ctx }
+
+// OnGone runs f (quick, not blocking, and taking no lock of the stream's)
+// when the client resets the stream or the connection ends, until called
+// with nil, after which f is neither running nor to run; false: that
+// happened already, and f will not run. It costs no allocation, where
+// context.AfterFunc costs four.
+func (r *Request) OnGone(f func()) bool { return r.st.ctx.OnGone(f) }
 
 // WriteHead sends the response's status and fields (any case: they are
 // sent in lower case; connection-specific ones and invalid values are

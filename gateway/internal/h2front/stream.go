@@ -1,7 +1,6 @@
 package h2front
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -21,12 +20,11 @@ import (
 
 // stream is one request and its response.
 type stream struct {
-	c      *conn
-	id     uint32
-	start  time.Time
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	body   pipe
+	c     *conn
+	id    uint32
+	start time.Time
+	ctx   streamCtx
+	body  pipe
 
 	// The reader's own: the request body's declared length (-1: none)
 	// and what arrived of it.
@@ -65,7 +63,7 @@ func (st *stream) resetByPeer() {
 // response writes waiting for a window.
 func (st *stream) resetLocal() {
 	st.reset.Store(true)
-	st.cancel(errStreamReset)
+	st.ctx.cancel()
 	// What the handler will not read goes back to the connection.
 	dropped := st.body.closeWith(errStreamReset, nil)
 	st.c.credit(nil, int64(dropped))
@@ -196,7 +194,6 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	st = &stream{c: c, id: id, start: time.Now(), declared: -1}
 	st.body.cond.L = &st.body.mu
 	st.recvAvail.Store(int64(c.s.opts.StreamWindow))
-	st.ctx, st.cancel = context.WithCancelCause(c.ctx)
 	c.w.mu.Lock()
 	st.sendWindow = c.w.initialWindow
 	c.w.mu.Unlock()
@@ -383,7 +380,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) (*http.Request,
 		}
 		st.trailer = r.Trailer
 	}
-	return r.WithContext(st.ctx), ErrCodeNo
+	return r.WithContext(&st.ctx), ErrCodeNo
 }
 
 func allSame(vv []string) bool {
@@ -434,7 +431,7 @@ func (c *conn) streamDone(st *stream) {
 	dropped := st.body.closeWith(errClosedBody, nil)
 	c.credit(nil, int64(dropped))
 	c.consumed(dropped)
-	st.cancel(context.Canceled)
+	st.ctx.cancel()
 	c.smu.Lock()
 	delete(c.streams, st.id)
 	c.active--

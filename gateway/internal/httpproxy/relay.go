@@ -26,13 +26,15 @@ type relayState struct {
 	vals    []string
 	out     []hpack.HeaderField
 	ans     answer
-	// valuesFn is values, bound once.
+	cut     cutter
+	// valuesFn and cutFn are values and cut.cut, bound once.
 	valuesFn func(name string) []string
+	cutFn    func()
 }
 
 var relayStates = sync.Pool{New: func() any {
 	s := &relayState{headers: map[string][]string{}}
-	s.valuesFn = s.values
+	s.valuesFn, s.cutFn = s.values, s.cut.cut
 	return s
 }}
 
@@ -137,14 +139,20 @@ func (p *Proxy) Relay(r *h2front.Request) bool {
 	}
 
 	ctx := r.Context()
-	var cut cutter
-	defer context.AfterFunc(ctx, cut.cut)()
+	// The client leaving cuts the upstream connection in use; the hook
+	// is off before s goes back to its pool.
+	cut := &s.cut
+	cut.u, cut.gone = nil, false // before the hook can run
+	if !r.OnGone(s.cutFn) {
+		cut.gone = true
+	}
+	defer r.OnGone(nil)
 	gone := func() bool { return ctx.Err() != nil }
 	ans := &s.ans
-	u, err := p.retryAnswer(rq, deadline, gone, &cut, ans, r.Method, func() (*upConn, error, bool) {
+	u, err := p.retryAnswer(rq, deadline, gone, cut, ans, r.Method, func() (*upConn, error, bool) {
 		return p.tryOn(ctx, rq, deadline, a.Retries.PerTryTimeout, gone, func(u *upConn) (bool, error) {
 			if !cut.use(u) {
-				return false, context.Cause(ctx)
+				return false, context.Canceled
 			}
 			p.writeRelayed(u, r, rq, ip, proto)
 			err := u.bw.Flush()
@@ -152,7 +160,7 @@ func (p *Proxy) Relay(r *h2front.Request) bool {
 				err = readAnswerHead(u.br, p.maxResponseHead(), &ans.head)
 			}
 			if err != nil && ctx.Err() != nil {
-				err = context.Cause(ctx)
+				err = ctx.Err()
 			}
 			return true, err
 		})

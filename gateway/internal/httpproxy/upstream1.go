@@ -49,9 +49,17 @@ func (p *Proxy) serveDirect(w http.ResponseWriter, r *http.Request, rq *request)
 		proto = "https"
 	}
 	// The client leaving ends the wait for the answer and its relay: one
-	// watch for the whole request, whichever connection it is on.
+	// watch for the whole request, whichever connection it is on; on
+	// envgate's HTTP/2 server, its stream's own hook.
 	var cut cutter
-	defer context.AfterFunc(r.Context(), cut.cut)()
+	if h, ok := r.Context().(goneHook); ok {
+		if !h.OnGone(cut.cut) {
+			cut.gone = true
+		}
+		defer h.OnGone(nil)
+	} else {
+		defer context.AfterFunc(r.Context(), cut.cut)()
+	}
 	gone := func() bool { return r.Context().Err() != nil }
 	ans := answers.Get().(*answer)
 	defer ans.release()
@@ -96,6 +104,14 @@ func (p *Proxy) directTry(r *http.Request, rq *request, deadline time.Time, perT
 		return nil, err, expired
 	}
 	return u, nil, false
+}
+
+// goneHook is a request context that runs one function when the client
+// leaves (h2front's stream context), cheaper than context.AfterFunc.
+type goneHook interface {
+	// OnGone sets the function (nil: none; after that, it neither runs
+	// nor is running); false: the client left already.
+	OnGone(f func()) bool
 }
 
 // cutter cuts the upstream connection a request uses when its client

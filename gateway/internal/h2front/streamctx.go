@@ -1,0 +1,121 @@
+package h2front
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// streamCtx is a stream's context: done when the client resets the
+// stream, the connection ends, or the stream is over. It lives in the
+// stream, so a request costs no context allocation and no registration in
+// a connection-wide context, whose lock every stream of the connection
+// would take twice (context.WithCancelCause and its cancel: 5% of the CPU
+// of a relayed REST request). It carries no values; context.Cause of it
+// is its Err.
+type streamCtx struct {
+	// mu guards the fields below; no other lock of the package is held
+	// while it is taken. The relay's hook runs under it (and may take
+	// locks of its own), so that once setGone(nil) returns the hook is
+	// neither running nor to run.
+	mu     sync.Mutex
+	done   chan struct{}
+	err    error
+	afters map[*afterFunc]struct{}
+	// gone is the relay's hook (Request.OnGone), run at the end.
+	gone func()
+}
+
+// afterFunc is one AfterFunc registration.
+type afterFunc struct{ f func() }
+
+// closedChan is the Done of a context ended before anyone asked.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+var _ context.Context = (*streamCtx)(nil)
+
+func (c *streamCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+
+func (c *streamCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		if c.err != nil {
+			return closedChan
+		}
+		c.done = make(chan struct{})
+	}
+	return c.done
+}
+
+func (c *streamCtx) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *streamCtx) Value(any) any { return nil }
+
+// AfterFunc runs f in its own goroutine once the context ends, unless
+// stop is called first (context.AfterFunc, and contexts derived from this
+// one, use it instead of a goroutine each).
+func (c *streamCtx) AfterFunc(f func()) (stop func() bool) {
+	a := &afterFunc{f: f}
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		go f()
+		return func() bool { return false }
+	}
+	if c.afters == nil {
+		c.afters = map[*afterFunc]struct{}{}
+	}
+	c.afters[a] = struct{}{}
+	c.mu.Unlock()
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, ok := c.afters[a]
+		delete(c.afters, a)
+		return ok
+	}
+}
+
+// OnGone sets the hook run at the end (nil: none, and a hook set before
+// is neither running nor to run when it returns); false if the context
+// ended already, when it is not set. One user at a time: the relay, or
+// the handler's upstream exchange (httpproxy's serveDirect). It costs no
+// allocation, where context.AfterFunc costs five.
+func (c *streamCtx) OnGone(f func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil && f != nil {
+		return false
+	}
+	c.gone = f
+	return true
+}
+
+// cancel ends the context once: Done closes, the AfterFuncs start, the
+// relay's hook runs.
+func (c *streamCtx) cancel() {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = context.Canceled
+	if c.done != nil {
+		close(c.done)
+	}
+	if c.gone != nil {
+		c.gone()
+		c.gone = nil
+	}
+	afters := c.afters
+	c.afters = nil
+	c.mu.Unlock()
+	for a := range afters {
+		go a.f()
+	}
+}
