@@ -36,8 +36,7 @@ func (r *Request) Context() context.Context { return &r.st.ctx }
 // OnGone runs f (quick, not blocking, and taking no lock of the stream's)
 // when the client resets the stream or the connection ends, until called
 // with nil, after which f is neither running nor to run; false: that
-// happened already, and f will not run. It costs no allocation, where
-// context.AfterFunc costs four.
+// happened already, and f will not run (streamCtx.OnGone).
 func (r *Request) OnGone(f func()) bool { return r.st.ctx.OnGone(f) }
 
 // WriteHead sends the response's status and fields (any case: they are

@@ -85,7 +85,7 @@ func (c *streamCtx) AfterFunc(f func()) (stop func() bool) {
 // is neither running nor to run when it returns); false if the context
 // ended already, when it is not set. One user at a time: the relay, or
 // the handler's upstream exchange (httpproxy's serveDirect). It costs no
-// allocation, where context.AfterFunc costs five.
+// allocation, where context.AfterFunc costs several.
 func (c *streamCtx) OnGone(f func()) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()

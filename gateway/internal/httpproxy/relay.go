@@ -272,7 +272,8 @@ func (p *Proxy) relayAnswer(r *h2front.Request, rq *request, u *upConn, s *relay
 	if n := resp.ContentLength; n >= 0 && int64(u.br.Buffered()) >= n && n <= int64(len(buf)) {
 		// The whole body is here (most answers): HEADERS and DATA in
 		// one write, from a copy, as u may serve another request.
-		m := copy(buf, peek(u, int(n)))
+		b, _ := u.br.Peek(int(n))
+		m := copy(buf, b)
 		_, _ = u.br.Discard(m)
 		end(n, !resp.Close)
 		_ = r.WriteHead(resp.Status, s.out, buf[:m], true)
@@ -326,10 +327,4 @@ func (p *Proxy) relayAnswer(r *h2front.Request, rq *request, u *upConn, s *relay
 		end(n, !resp.Close && (resp.ContentLength >= 0 || resp.Chunked))
 		_ = r.WriteData(nil, true)
 	}
-}
-
-// peek is the next n buffered bytes of u.
-func peek(u *upConn, n int) []byte {
-	b, _ := u.br.Peek(n)
-	return b
 }
