@@ -24,7 +24,7 @@ import (
 // timeout, "flaky" retries.
 func accessLogRoutes() string {
 	var b strings.Builder
-	for _, env := range []string{"ok", "empty", "down", "slow", "flaky"} {
+	for _, env := range []string{"ok", "empty", "down", "slow", "flaky", "broken"} {
 		extra := ""
 		switch env {
 		case "slow":
@@ -61,7 +61,8 @@ func logLine(t *testing.T, logs *lockedBuffer, traceID string) map[string]any {
 // each way one fails (envoy source/common/stream_info/utility.cc
 // ResponseFlagUtils, the flags' short names; router.cc sets UT in
 // Filter::onUpstreamTimeout, UF/UR in Filter::onUpstreamReset, URX when
-// the retry state refuses another try, NR in Filter::decodeHeaders with
+// the retry state refuses another try, UPE (and 502) for an upstream
+// that breaks the protocol, NR in Filter::decodeHeaders with
 // no route, UH when the cluster has no healthy host; DC in the connection
 // manager when the client resets).
 func TestAccessLogFieldsAndResponseFlags(t *testing.T) {
@@ -92,6 +93,7 @@ func TestAccessLogFieldsAndResponseFlags(t *testing.T) {
 		"down": {down}, "hellosvc.down": {down},
 		"slow": {b.addr}, "hellosvc.slow": {webAddr},
 		"flaky": {flaky.addr}, "hellosvc.flaky": {webAddr},
+		"broken": {b.addr}, "hellosvc.broken": {startScriptedHTTPBackend(t, "SSH-2.0-OpenSSH_9.2\r\n\r\n", true).addr},
 	}, func(c *config.Config) {
 		on := true
 		c.AccessLog = &on
@@ -174,6 +176,9 @@ func TestAccessLogFieldsAndResponseFlags(t *testing.T) {
 		{"connection refused", "down", "/", 0, 503, "UF,URX", map[string]any{"retries": 2.0}},
 		{"route timeout", "slow", "/slow", 0, 504, "UT", nil},
 		{"retries spent", "flaky", "/fail", 0, 503, "URX", map[string]any{"retries": 2.0}},
+		// An answer that is not HTTP: Envoy's UPE and 502 (router.cc
+		// Filter::onUpstreamReset, streamResetReasonToResponseFlag).
+		{"protocol error", "broken", "/", 0, 502, "UPE", nil},
 		// Longer than a premature reset for HTTP/2 (its line would be in
 		// the connection's summary instead).
 		{"client gone", "ok", "/slow", 1500 * time.Millisecond, 499, "DC", nil},

@@ -361,9 +361,19 @@ func framingAnswers(w http.ResponseWriter, r *http.Request) {
 func TestHTTP1ResponseFramingRelayed(t *testing.T) {
 	web := serveHTTP(t, http.HandlerFunc(framingAnswers))
 	closeDelimited := startScriptedHTTPBackend(t, "HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nuntil the end", true)
-	cfg := testConfig(t, map[string][]string{"env1": {web}, "env2": {closeDelimited.addr}})
+	huge := startScriptedHTTPBackend(t, "HTTP/1.1 200 OK\r\nX-Big: "+strings.Repeat("b", 200<<10)+"\r\nContent-Length: 2\r\n\r\nok", false)
+	garbage := startScriptedHTTPBackend(t, "SSH-2.0-OpenSSH_9.2\r\n\r\n", true)
+	cfg := testConfig(t, map[string][]string{"env1": {web}, "env2": {closeDelimited.addr}, "env3": {huge.addr}, "env4": {garbage.addr}})
 	gw := startGateway(t, cfg, nil)
 	c, r := dialHTTP1(t, gw.Addrs()[0])
+	// An upstream that breaks HTTP/1.1 before its head ends: Envoy's 502
+	// for a protocol error (router.cc Filter::onUpstreamReset).
+	for _, env := range []string{"env3", "env4"} {
+		resp := rawRequest(t, c, r, "GET / HTTP/1.1\r\nHost: gw\r\nenv: "+env+"\r\n\r\n")
+		if got := readBody(t, resp); resp.StatusCode != http.StatusBadGateway || !strings.Contains(got, "reset before headers. reset reason: protocol error") {
+			t.Fatalf("%s: %d %q", env, resp.StatusCode, got)
+		}
+	}
 
 	resp := rawRequest(t, c, r, "GET /chunked HTTP/1.1\r\nHost: gw\r\nenv: env1\r\n\r\n")
 	if got := readBody(t, resp); got != "part1-part2" || len(resp.TransferEncoding) != 1 || resp.Trailer.Get("X-Sum") != "42" {
@@ -406,8 +416,8 @@ func TestHTTP1ResponseFramingRelayed(t *testing.T) {
 // not, as Envoy forwards them) as HTTP/2 trailers, a close-delimited body
 // whole, none for HEAD, 204 and 304, hop-by-hop fields dropped. An
 // upstream head past limits.maxRequestHeadersBytes or one that is not
-// HTTP is a 503 as Envoy answers it, not relayed and not held (the head
-// was read with http.ReadResponse, without a bound, and undeclared
+// HTTP is Envoy's 502 for a protocol error, not relayed and not held (the
+// head was read with http.ReadResponse, without a bound, and undeclared
 // trailers were lost).
 func TestHTTP2ResponseFramingRelayed(t *testing.T) {
 	web := httptest.NewUnstartedServer(http.HandlerFunc(framingAnswers))
@@ -462,13 +472,13 @@ func TestHTTP2ResponseFramingRelayed(t *testing.T) {
 		t.Fatalf("close-delimited: %q %v", got, resp.Header)
 	}
 	// Envoy's answer to an upstream that breaks the protocol before its
-	// headers (router.cc, Filter::onUpstreamReset): 503, "reset before
-	// headers" and the reason.
-	if resp, got = do("GET", "env3", "/"); resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Big") != "" ||
-		!strings.Contains(got, "reset before headers. reset reason: the response head is longer than limits.maxRequestHeadersBytes") {
+	// headers (router.cc Filter::onUpstreamReset: ProtocolError is 502,
+	// the others 503), "reset before headers" and the reason.
+	if resp, got = do("GET", "env3", "/"); resp.StatusCode != http.StatusBadGateway || resp.Header.Get("X-Big") != "" ||
+		!strings.Contains(got, "reset before headers. reset reason: protocol error: the response head is longer than limits.maxRequestHeadersBytes") {
 		t.Fatalf("a 200 KiB upstream head: %d %q", resp.StatusCode, got)
 	}
-	if resp, got = do("GET", "env4", "/"); resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(got, "reset before headers") {
+	if resp, got = do("GET", "env4", "/"); resp.StatusCode != http.StatusBadGateway || !strings.Contains(got, "reset before headers. reset reason: protocol error") {
 		t.Fatalf("an answer that is not HTTP: %d %q", resp.StatusCode, got)
 	}
 	// Every answer but the close-delimited one left its upstream

@@ -51,13 +51,25 @@ func TestH2SpecNoWorseThanItsServers(t *testing.T) {
 		}
 		// h2spec waits 2 s for an answer, and make test runs packages
 		// side by side: a case that timed out is run again, alone and
-		// with 10 s, before it counts.
+		// with 10 s, up to three times, before it counts. Some cases also
+		// race the server's answer: 8.1's second HEADERS without
+		// END_STREAM expects PROTOCOL_ERROR, but a server that answered
+		// the request first (404: h2spec sends no env) and reset the rest
+		// of it with NO_ERROR must ignore it (RFC 9113 sections 8.1 and
+		// 5.1, "closed"), and envgate's answer is fast enough to win
+		// under the race detector's load now and then.
 		section, _, _ := strings.Cut(f, " | ")
-		again, err := h2specFailures(h2spec, dir, addr, 10, section)
-		if err != nil {
-			t.Fatal(err)
+		failed := true
+		for range 3 {
+			again, err := h2specFailures(h2spec, dir, addr, 10, section)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if failed = slices.Contains(again, f); !failed {
+				break
+			}
 		}
-		if slices.Contains(again, f) {
+		if failed {
 			worse = append(worse, f)
 		} else {
 			t.Logf("%s: failed once, passed alone", f)

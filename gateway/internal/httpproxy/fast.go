@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -706,16 +707,23 @@ func (p *Proxy) readResponseHead(u *upConn, c *h1Conn) error {
 	return readAnswerHead(u.br, p.maxResponseHead(), &c.resp)
 }
 
+// errProtocol marks an upstream answer that breaks HTTP/1.1 before its
+// head ends: Envoy's codec resets the stream with ProtocolError, and its
+// router answers 502 with the flag UPE (router.cc Filter::onUpstreamReset,
+// streamResetReasonToResponseFlag), not the 503 of other resets.
+var errProtocol = errors.New("protocol error")
+
 // readAnswerHead reads an upstream's response head into resp, skipping 1xx
 // interim answers (103 Early Hints is not forwarded); a head longer than
-// limit is an error, as is 101 to a request that asked for no upgrade.
+// limit, one that is not HTTP/1.1 and 101 to a request that asked for no
+// upgrade are protocol errors.
 func readAnswerHead(br *bufio.Reader, limit int, resp *h1.Response) error {
 	var scratch []byte
 	for {
 		head, copied, crlf, err := h1.ReadHead(br, limit, &scratch)
 		if err != nil {
 			if errors.Is(err, h1.ErrHeadTooLarge) {
-				return errors.New("the response head is longer than limits.maxRequestHeadersBytes")
+				return fmt.Errorf("%w: the response head is longer than limits.maxRequestHeadersBytes", errProtocol)
 			}
 			if err == io.EOF && br.Buffered() == 0 {
 				return io.ErrUnexpectedEOF
@@ -723,17 +731,17 @@ func readAnswerHead(br *bufio.Reader, limit int, resp *h1.Response) error {
 			return err
 		}
 		if !crlf {
-			return h1.ErrMalformed
+			return fmt.Errorf("%w: %w", errProtocol, h1.ErrMalformed)
 		}
 		if err := h1.ParseResponse(head, resp); err != nil {
-			return err
+			return fmt.Errorf("%w: %w", errProtocol, err)
 		}
 		if !copied {
 			_, _ = br.Discard(len(head))
 		}
 		switch s := resp.Status; {
 		case s == http.StatusSwitchingProtocols:
-			return errors.New("101 Switching Protocols to a request that asked for no upgrade")
+			return fmt.Errorf("%w: 101 Switching Protocols to a request that asked for no upgrade", errProtocol)
 		case s < 200:
 			continue
 		}

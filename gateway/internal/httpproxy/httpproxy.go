@@ -524,6 +524,9 @@ func upstreamFailure(rq *request, err error, timedOut, gone bool) (int, string) 
 	case isConnectFailure(err):
 		rq.flags = "UF"
 		return http.StatusServiceUnavailable, fmt.Sprintf("upstream connect error or disconnect/reset before headers. reset reason: connection failure: %v (%s)", err, rq.ep.Addr)
+	case errors.Is(err, errProtocol):
+		rq.flags = "UPE"
+		return http.StatusBadGateway, fmt.Sprintf("upstream connect error or disconnect/reset before headers. reset reason: %v (%s)", err, rq.ep.Addr)
 	default:
 		rq.flags = "UR"
 		return http.StatusServiceUnavailable, fmt.Sprintf("upstream connect error or disconnect/reset before headers. reset reason: %v (%s)", err, rq.ep.Addr)
