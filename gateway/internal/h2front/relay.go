@@ -30,14 +30,10 @@ func (r *Request) RemoteAddr() string { return r.st.c.peer }
 // TLS is the connection's TLS state, nil for plaintext.
 func (r *Request) TLS() *tls.ConnectionState { return tlsState(r.st.c.nc) }
 
-// Context ends when the client resets the stream or the connection ends.
+// Context ends when the client resets the stream or the connection ends;
+// its OnGone method (streamCtx.OnGone) runs one function then without an
+// allocation.
 func (r *Request) Context() context.Context { return &r.st.ctx }
-
-// OnGone runs f (quick, not blocking, and taking no lock of the stream's)
-// when the client resets the stream or the connection ends, until called
-// with nil, after which f is neither running nor to run; false: that
-// happened already, and f will not run (streamCtx.OnGone).
-func (r *Request) OnGone(f func()) bool { return r.st.ctx.OnGone(f) }
 
 // WriteHead sends the response's status and fields (any case: they are
 // sent in lower case; connection-specific ones and invalid values are

@@ -142,11 +142,7 @@ func (p *Proxy) Relay(r *h2front.Request) bool {
 	// The client leaving cuts the upstream connection in use; the hook
 	// is off before s goes back to its pool.
 	cut := &s.cut
-	cut.u, cut.gone = nil, false // before the hook can run
-	if !r.OnGone(s.cutFn) {
-		cut.gone = true
-	}
-	defer r.OnGone(nil)
+	defer cut.watch(ctx, s.cutFn).end()
 	gone := func() bool { return ctx.Err() != nil }
 	ans := &s.ans
 	u, err := p.retryAnswer(rq, deadline, gone, cut, ans, r.Method, func() (*upConn, error, bool) {

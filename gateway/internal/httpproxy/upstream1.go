@@ -49,17 +49,9 @@ func (p *Proxy) serveDirect(w http.ResponseWriter, r *http.Request, rq *request)
 		proto = "https"
 	}
 	// The client leaving ends the wait for the answer and its relay: one
-	// watch for the whole request, whichever connection it is on; on
-	// envgate's HTTP/2 server, its stream's own hook.
+	// watch for the whole request, whichever connection it is on.
 	var cut cutter
-	if h, ok := r.Context().(goneHook); ok {
-		if !h.OnGone(cut.cut) {
-			cut.gone = true
-		}
-		defer h.OnGone(nil)
-	} else {
-		defer context.AfterFunc(r.Context(), cut.cut)()
-	}
+	defer cut.watch(r.Context(), cut.cut).end()
 	gone := func() bool { return r.Context().Err() != nil }
 	ans := answers.Get().(*answer)
 	defer ans.release()
@@ -124,7 +116,35 @@ type cutter struct {
 	gone bool
 }
 
-// cut is the request context's AfterFunc.
+// watching is a cutter's watch of a request context, ended by end.
+type watching struct {
+	hook goneHook    // the context's own hook, if it has one
+	stop func() bool // else context.AfterFunc's
+}
+
+func (w watching) end() {
+	if w.hook != nil {
+		w.hook.OnGone(nil)
+		return
+	}
+	w.stop()
+}
+
+// watch starts the cutter afresh and has cut (c.cut, bound by the caller
+// once) run when ctx ends: through the context's own hook on envgate's
+// HTTP/2 server (no allocation), else context.AfterFunc.
+func (c *cutter) watch(ctx context.Context, cut func()) watching {
+	c.u, c.gone = nil, false // before cut can run
+	if h, ok := ctx.(goneHook); ok {
+		if !h.OnGone(cut) {
+			c.gone = true
+		}
+		return watching{hook: h}
+	}
+	return watching{stop: context.AfterFunc(ctx, cut)}
+}
+
+// cut is run when the request's client leaves.
 func (c *cutter) cut() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
