@@ -66,6 +66,8 @@ type conn struct {
 
 	// The reader's own.
 	settingsSeen bool
+	lastPingAt   time.Time // the client's last PING (pingPolicy)
+	pingStrikes  int
 
 	// Keepalive: frames read, and the count when the timer last looked.
 	frames, lastSeen atomic.Uint64
@@ -148,9 +150,41 @@ func (c *conn) serve() {
 }
 
 // connError ends the connection with GOAWAY(code).
+// maxPingStrikes is how many PINGs too close together a client may
+// send before GOAWAY (grpc-go internal/transport/http2_server.go).
+const maxPingStrikes = 2
+
+// pingPolicy enforces Options.MinPingInterval as gRPC's server enforces
+// its keepalive policy (http2_server.go handlePing, with
+// PermitWithoutStream): a PING sooner than the interval after the last
+// one is a strike unless the server sent headers or data in between, and
+// past maxPingStrikes the connection ends with GOAWAY ENHANCE_YOUR_CALM
+// "too_many_pings", on which gRPC clients double their interval.
+func (c *conn) pingPolicy() error {
+	min := c.s.opts.MinPingInterval
+	if min <= 0 {
+		return nil
+	}
+	now := time.Now()
+	last := c.lastPingAt
+	c.lastPingAt = now
+	if c.w.sentSince.Swap(false) {
+		c.pingStrikes = 0
+		return nil
+	}
+	if last.Add(min).After(now) {
+		c.pingStrikes++
+	}
+	if c.pingStrikes > maxPingStrikes {
+		return connError{code: errCalm, why: "too many pings", debug: []byte("too_many_pings")}
+	}
+	return nil
+}
+
 type connError struct {
-	code http2.ErrCode
-	why  string
+	code  http2.ErrCode
+	why   string
+	debug []byte // the GOAWAY's debug data
 }
 
 func (e connError) Error() string {
@@ -209,14 +243,14 @@ func (c *conn) run() error {
 			// The preface's second part is a SETTINGS frame.
 			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
 				c.goAway(errProtocol, false)
-				return connError{errProtocol, "first frame not SETTINGS"}
+				return connError{code: errProtocol, why: "first frame not SETTINGS"}
 			}
 			c.settingsSeen = true
 		}
 		if err := c.process(f); err != nil {
 			var ce connError
 			if errors.As(err, &ce) {
-				c.goAway(ce.code, false)
+				c.goAwayDebug(ce.code, false, ce.debug)
 			}
 			return err
 		}
@@ -238,6 +272,9 @@ func (c *conn) process(f http2.Frame) error {
 			c.pingSent.Store(false)
 			return nil
 		}
+		if err := c.pingPolicy(); err != nil {
+			return err
+		}
 		return c.queueControl(func() error { return c.fr.WritePing(true, f.Data) })
 	case *http2.RSTStreamFrame:
 		return c.onReset(f)
@@ -250,9 +287,9 @@ func (c *conn) process(f http2.Frame) error {
 		// The client takes no more streams; ours finish.
 		return nil
 	case *http2.PushPromiseFrame:
-		return connError{errProtocol, "PUSH_PROMISE from a client"}
+		return connError{code: errProtocol, why: "PUSH_PROMISE from a client"}
 	case *http2.ContinuationFrame:
-		return connError{errProtocol, "CONTINUATION out of a header block"}
+		return connError{code: errProtocol, why: "CONTINUATION out of a header block"}
 	}
 	return nil // unknown frame types are ignored (RFC 9113 section 5.5)
 }
@@ -291,9 +328,9 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 		if err := s.Valid(); err != nil {
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
-				return connError{http2.ErrCode(ce), "invalid setting " + s.String()}
+				return connError{code: http2.ErrCode(ce), why: "invalid setting " + s.String()}
 			}
-			return connError{errProtocol, err.Error()}
+			return connError{code: errProtocol, why: err.Error()}
 		}
 		return nil
 	})
@@ -310,7 +347,7 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 			for _, st := range c.streams {
 				st.sendWindow += delta
 				if st.sendWindow > 1<<31-1 {
-					return connError{errFlowControl, "INITIAL_WINDOW_SIZE grows a stream's window past 2^31-1"}
+					return connError{code: errFlowControl, why: "INITIAL_WINDOW_SIZE grows a stream's window past 2^31-1"}
 				}
 			}
 		case http2.SettingMaxFrameSize:
@@ -344,7 +381,7 @@ func (c *conn) queueControl(write func() error) error {
 func (c *conn) queuedLocked() error {
 	if len(c.w.buf) > 2*c.s.opts.MaxQueued {
 		c.w.mu.Unlock()
-		return connError{errCalm, "control frames queued to a client that does not read them"}
+		return connError{code: errCalm, why: "control frames queued to a client that does not read them"}
 	}
 	c.w.flushLocked()
 	return nil
@@ -356,7 +393,7 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	if f.StreamID == 0 {
 		if c.w.connWindow+inc > 1<<31-1 {
 			c.w.mu.Unlock()
-			return connError{errFlowControl, "connection window past 2^31-1"}
+			return connError{code: errFlowControl, why: "connection window past 2^31-1"}
 		}
 		c.w.connWindow += inc
 		c.w.cond.Broadcast()
@@ -366,7 +403,7 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	c.w.mu.Unlock()
 	st, state := c.lookup(f.StreamID)
 	if state == stateIdle {
-		return connError{errProtocol, "WINDOW_UPDATE on an idle stream"}
+		return connError{code: errProtocol, why: "WINDOW_UPDATE on an idle stream"}
 	}
 	if st == nil {
 		return nil // closed: allowed for a while after (RFC 9113 section 6.9)
@@ -386,7 +423,7 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 func (c *conn) onReset(f *http2.RSTStreamFrame) error {
 	st, state := c.lookup(f.StreamID)
 	if state == stateIdle {
-		return connError{errProtocol, "RST_STREAM on an idle stream"}
+		return connError{code: errProtocol, why: "RST_STREAM on an idle stream"}
 	}
 	if st != nil {
 		st.resetByPeer()
@@ -420,12 +457,12 @@ func (c *conn) lookup(id uint32) (*stream, streamState) {
 func (c *conn) onData(f *http2.DataFrame) error {
 	id, n := f.StreamID, int64(f.Length)
 	if c.recvAvail.Add(-n) < 0 {
-		return connError{errFlowControl, "DATA past the connection's window"}
+		return connError{code: errFlowControl, why: "DATA past the connection's window"}
 	}
 	st, state := c.lookup(id)
 	switch {
 	case state == stateIdle:
-		return connError{errProtocol, "DATA on an idle stream"}
+		return connError{code: errProtocol, why: "DATA on an idle stream"}
 	case st == nil || st.remoteClosed.Load() || st.reset.Load():
 		// Closed, half-closed (remote) or reset: nothing reads it, and
 		// its window goes back to the connection at once. What comes
@@ -526,6 +563,11 @@ func (c *conn) streamError(id uint32, code http2.ErrCode) {
 // ones; graceful leaves the connection to close when its last stream
 // ends, else the caller closes it.
 func (c *conn) goAway(code http2.ErrCode, graceful bool) {
+	c.goAwayDebug(code, graceful, nil)
+}
+
+// goAwayDebug is goAway with debug data for the client.
+func (c *conn) goAwayDebug(code http2.ErrCode, graceful bool, debug []byte) {
 	c.smu.Lock()
 	already := c.goingAway
 	c.goingAway = true
@@ -533,7 +575,7 @@ func (c *conn) goAway(code http2.ErrCode, graceful bool) {
 	c.smu.Unlock()
 	if !already {
 		c.w.mu.Lock()
-		_ = c.fr.WriteGoAway(c.maxClientID.Load(), code, nil)
+		_ = c.fr.WriteGoAway(c.maxClientID.Load(), code, debug)
 		c.w.flushLocked()
 	}
 	if graceful && idle {

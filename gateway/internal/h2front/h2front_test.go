@@ -762,3 +762,179 @@ func TestH2SpecNoWorseThanNetHTTP(t *testing.T) {
 		t.Fatalf("cases that fail here and pass against net/http:\n%s", strings.Join(worse, "\n"))
 	}
 }
+
+// TestPingsTooCloseTogetherGetGoAway: with MinPingInterval, a client that
+// pings faster than it on a connection that sends it nothing gets GOAWAY
+// ENHANCE_YOUR_CALM "too_many_pings" after two strikes, as from gRPC's
+// server (grpc-go http2_server.go handlePing); pings between which the
+// server answered a request are not strikes.
+func TestPingsTooCloseTogetherGetGoAway(t *testing.T) {
+	_, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }),
+		Options{MinPingInterval: time.Hour})
+	ping := func(rc *rawConn, i byte) (goaway *http2.GoAwayFrame) {
+		t.Helper()
+		if err := rc.fr.WritePing(false, [8]byte{i}); err != nil {
+			t.Fatal(err)
+		}
+		rc.until("the PING's answer", func(f http2.Frame) bool {
+			if g, ok := f.(*http2.GoAwayFrame); ok {
+				goaway = g
+				return true
+			}
+			p, ok := f.(*http2.PingFrame)
+			return ok && p.IsAck() && p.Data[0] == i
+		})
+		return goaway
+	}
+
+	answered := dialRaw(t, addr)
+	for i := range byte(6) {
+		if g := ping(answered, i); g != nil {
+			t.Fatalf("ping %d with an answer before it: GOAWAY %v", i, g.ErrCode)
+		}
+		id := uint32(2*i + 1)
+		answered.get(id, "/")
+		answered.until("the answer", func(f http2.Frame) bool {
+			d, ok := f.(*http2.DataFrame)
+			return ok && d.StreamID == id && d.StreamEnded()
+		})
+	}
+
+	abusive := dialRaw(t, addr)
+	for i := range byte(4) {
+		g := ping(abusive, i)
+		if i < 3 {
+			if g != nil {
+				t.Fatalf("ping %d: GOAWAY %v before three strikes", i, g.ErrCode)
+			}
+			continue
+		}
+		if g == nil || g.ErrCode != http2.ErrCodeEnhanceYourCalm || string(g.DebugData()) != "too_many_pings" {
+			t.Fatalf("ping %d (third strike): %+v, want GOAWAY ENHANCE_YOUR_CALM too_many_pings", i, g)
+		}
+	}
+}
+
+// TestRefusedStreamsBodyIsDiscarded: what a client sends on a stream
+// refused past MaxConcurrentStreams before our RST_STREAM reaches it is
+// discarded, not answered with a second reset (STREAM_CLOSED) that would
+// replace REFUSED_STREAM, which says nothing of the stream was processed.
+func TestRefusedStreamsBodyIsDiscarded(t *testing.T) {
+	release := make(chan struct{})
+	_, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+	}), Options{MaxConcurrentStreams: 1})
+	t.Cleanup(func() { close(release) }) // before the server's shutdown waits for it
+	rc := dialRaw(t, addr)
+	post := func(id uint32) {
+		rc.headers(id, false, ":method", "POST", ":scheme", "http", ":path", "/", ":authority", "test")
+		if err := rc.fr.WriteData(id, true, []byte("body")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	post(1)
+	post(3)
+	rc.get(5, "/") // a frame after stream 3's, to know all of its were read
+	resets := map[uint32]http2.ErrCode{}
+	rc.until("both later streams refused", func(f http2.Frame) bool {
+		if rst, ok := f.(*http2.RSTStreamFrame); ok {
+			if prev, seen := resets[rst.StreamID]; seen {
+				t.Fatalf("stream %d reset twice: %v, then %v", rst.StreamID, prev, rst.ErrCode)
+			}
+			resets[rst.StreamID] = rst.ErrCode
+		}
+		return len(resets) == 2
+	})
+	if resets[3] != http2.ErrCodeRefusedStream || resets[5] != http2.ErrCodeRefusedStream {
+		t.Fatalf("resets %v, want REFUSED_STREAM on 3 and 5", resets)
+	}
+	// One more round trip: a late second reset of stream 3 would come
+	// before the PING's answer.
+	if err := rc.fr.WritePing(false, [8]byte{9}); err != nil {
+		t.Fatal(err)
+	}
+	rc.until("the PING's answer", func(f http2.Frame) bool {
+		if rst, ok := f.(*http2.RSTStreamFrame); ok {
+			t.Fatalf("stream %d reset again: %v", rst.StreamID, rst.ErrCode)
+		}
+		p, ok := f.(*http2.PingFrame)
+		return ok && p.IsAck()
+	})
+}
+
+// TestGRPCRequestsOfferedWithTheirBody: a gRPC request goes to
+// Options.GRPC with its fields and its body to read, whatever a grpc-go
+// client sends as metadata (te, keep-alive) and with a content-length;
+// one with a Connection field, or not gRPC, goes to the handler.
+func TestGRPCRequestsOfferedWithTheirBody(t *testing.T) {
+	type offered struct {
+		path, authority, body string
+		te                    bool
+	}
+	got := make(chan offered, 4)
+	_, addr := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("x-by", "handler")
+		w.WriteHeader(200)
+	}), Options{GRPC: func(r *Request) bool {
+		b, err := io.ReadAll(r)
+		if err != nil {
+			t.Errorf("reading the body: %v", err)
+		}
+		o := offered{path: r.Path, authority: r.Authority, body: string(b)}
+		for _, f := range r.Fields {
+			o.te = o.te || f.Name == "te"
+		}
+		got <- o
+		_ = r.WriteHead(200, []hpack.HeaderField{{Name: "x-by", Value: "grpc"}}, nil, true)
+		return true
+	}})
+	rc := dialRaw(t, addr)
+	by := func(id uint32) string {
+		var v string
+		rc.until("the answer", func(f http2.Frame) bool {
+			h, ok := f.(*http2.MetaHeadersFrame)
+			if ok && h.StreamID == id {
+				for _, hf := range h.RegularFields() {
+					if hf.Name == "x-by" {
+						v = hf.Value
+					}
+				}
+			}
+			return ok && h.StreamID == id
+		})
+		return v
+	}
+	for i, c := range []struct {
+		fields []string
+		want   string
+	}{
+		{[]string{"content-type", "application/grpc", "te", "trailers", "keep-alive", "5"}, "grpc"},
+		{[]string{"content-type", "application/grpc+json", "content-length", "9"}, "grpc"},
+		{[]string{"content-type", "application/grpc", "connection", "close"}, ""}, // malformed: reset
+		{[]string{"content-type", "application/json"}, "handler"},
+	} {
+		id := uint32(2*i + 1)
+		rc.headers(id, false, append([]string{":method", "POST", ":scheme", "http", ":path", "/pkg.S/M", ":authority", "a.test"}, c.fields...)...)
+		if err := rc.fr.WriteData(id, false, []byte("part1")); err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.fr.WriteData(id, true, []byte("part")); err != nil {
+			t.Fatal(err)
+		}
+		if c.want == "" {
+			rc.until("the malformed request reset", func(f http2.Frame) bool {
+				rst, ok := f.(*http2.RSTStreamFrame)
+				return ok && rst.StreamID == id && rst.ErrCode == http2.ErrCodeProtocol
+			})
+			continue
+		}
+		if v := by(id); v != c.want {
+			t.Errorf("request %d answered by %q, want %q", i, v, c.want)
+		}
+		if c.want == "grpc" {
+			if o := <-got; o.path != "/pkg.S/M" || o.authority != "a.test" || o.body != "part1part" || o.te != (i == 0) {
+				t.Errorf("request %d offered as %+v", i, o)
+			}
+		}
+	}
+}

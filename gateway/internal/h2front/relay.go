@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
@@ -11,11 +12,12 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// Request is a request without a body (END_STREAM on its HEADERS), as
-// decoded, offered to Options.Relay before the http.Handler adapter: a
-// relay answers it from its fields without an http.Request, its header
-// map and the ResponseWriter's, which cost REST over HTTP/2 about a tenth
-// of its CPU (docs/h2front.md).
+// Request is a request as decoded, offered to Options.Relay (one without
+// a body: END_STREAM on its HEADERS) or Options.GRPC (a gRPC call, its
+// body read with Read) before the http.Handler adapter: they answer it
+// from its fields without an http.Request, its header map and the
+// ResponseWriter's, which cost REST over HTTP/2 about a tenth of its CPU
+// (docs/h2front.md).
 type Request struct {
 	st                              *stream
 	Method, Scheme, Authority, Path string
@@ -34,6 +36,30 @@ func (r *Request) TLS() *tls.ConnectionState { return tlsState(r.st.c.nc) }
 // its OnGone method (streamCtx.OnGone) runs one function then without an
 // allocation.
 func (r *Request) Context() context.Context { return &r.st.ctx }
+
+// Read reads the request body; what it reads goes back to the client's
+// windows. It returns io.EOF at the body's end, and an error when the
+// stream was reset or its handler returned.
+func (r *Request) Read(p []byte) (int, error) {
+	st := r.st
+	n, err := st.body.read(p)
+	if n > 0 {
+		st.c.credit(st, int64(n))
+		st.c.consumed(n)
+	}
+	return n, err
+}
+
+// Hold has the stream's next write queued but not sent: it leaves with
+// the connection's next write, of this stream or another. The caller must
+// write again at once (it has what follows in hand: a message, the
+// trailers), so that a response in several parts costs one system call.
+// Whatever is held when the relay returns is sent then.
+func (r *Request) Hold() {
+	r.st.c.w.mu.Lock()
+	r.st.holdNext = true
+	r.st.c.w.mu.Unlock()
+}
 
 // WriteHead sends the response's status and fields (any case: they are
 // sent in lower case; connection-specific ones and invalid values are
@@ -120,6 +146,60 @@ func relayable(f *http2.MetaHeadersFrame, r *Request) bool {
 	return true
 }
 
+// grpcRequest makes the Request of a gRPC call's HEADERS when it is
+// plainly well formed: POST, a gRPC content type, an origin-form path, no
+// Connection field, a content-length (h2load sends one) that is one
+// number and, on a request that ended, zero; the body is then held to it.
+// Anything else takes newRequest's path. As gRPC's server (its
+// operateHeaders, after gRFC A41), it takes the other connection-specific
+// fields and any te as metadata: the proxy drops them on the way up, and
+// clients that send them (grpc-go passes them through as metadata) are
+// served as on gRPC's own server.
+func grpcRequest(f *http2.MetaHeadersFrame, r *Request) bool {
+	if f.Truncated {
+		return false
+	}
+	for _, hf := range f.PseudoFields() {
+		switch hf.Name {
+		case ":method":
+			r.Method = hf.Value
+		case ":scheme":
+			r.Scheme = hf.Value
+		case ":authority":
+			r.Authority = hf.Value
+		case ":path":
+			r.Path = hf.Value
+		default:
+			return false
+		}
+	}
+	if r.Method != "POST" || r.Scheme == "" || !plainPath(r.Path) {
+		return false
+	}
+	r.Fields = f.RegularFields()
+	isGRPC := false
+	for _, hf := range r.Fields {
+		switch hf.Name {
+		case "connection":
+			return false
+		case "content-length":
+			n, err := strconv.ParseUint(hf.Value, 10, 63)
+			if err != nil || r.st.declared >= 0 && r.st.declared != int64(n) || f.StreamEnded() && n != 0 {
+				return false
+			}
+			r.st.declared = int64(n)
+		case "content-type":
+			v := hf.Value
+			isGRPC = strings.HasPrefix(v, "application/grpc") && (len(v) == len("application/grpc") || v[len("application/grpc")] == '+' || v[len("application/grpc")] == ';')
+		case "host":
+			if r.Authority == "" {
+				r.Authority = hf.Value
+			}
+		}
+	}
+	return isGRPC
+}
+
 // plainPath: an origin-form target of visible ASCII whose escapes are
 // well formed, which url.ParseRequestURI takes (newRequest's check).
 func plainPath(p string) bool {
@@ -172,10 +252,11 @@ func (st *stream) relay(relay func(*Request) bool, f *http2.MetaHeadersFrame) {
 	}
 	// A relay that could not end its response (its upstream failed
 	// midway) leaves the stream to be reset: the client must not take
-	// a cut body for a whole one.
+	// a cut body for a whole one. What it held (Hold) goes now.
 	c.w.mu.Lock()
 	ended := st.endSent || st.reset.Load()
-	c.w.mu.Unlock()
+	st.holdNext = false
+	c.w.flushLocked()
 	if !ended {
 		c.streamError(st.id, errInternal)
 	}

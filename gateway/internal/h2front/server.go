@@ -48,6 +48,11 @@ type Options struct {
 	// PingAfter sends a PING on a connection silent this long, and
 	// PingTimeout closes it when no answer comes in time (none; 15 s).
 	PingAfter, PingTimeout time.Duration
+	// MinPingInterval is the least time between a client's PINGs on a
+	// connection that sends nothing back: past two strikes the client
+	// gets GOAWAY ENHANCE_YOUR_CALM "too_many_pings", as from gRPC's
+	// server with its keepalive EnforcementPolicy (none: any rate).
+	MinPingInterval time.Duration
 	// WriteTimeout bounds one write to the socket (10 s): a client that
 	// stops reading loses the connection instead of holding its writers.
 	WriteTimeout time.Duration
@@ -63,6 +68,11 @@ type Options struct {
 	// the handler: it serves it and returns true, or returns false
 	// having sent nothing, and the handler gets it.
 	Relay func(*Request) bool
+	// GRPC, when set, is offered each well-formed gRPC request (POST,
+	// content-type application/grpc...) with its body before the
+	// handler, as Relay is: it serves it and returns true, or returns
+	// false having read and sent nothing, and the handler gets it.
+	GRPC func(*Request) bool
 	// Log receives a line per connection ended for a protocol error, at
 	// debug level, and handler panics.
 	Log *slog.Logger

@@ -43,6 +43,7 @@ type stream struct {
 	// Under c.w.mu.
 	sendWindow int64
 	endSent    bool
+	holdNext   bool // the next write is queued, not flushed (Request.Hold)
 
 	// req is the request offered to Options.Relay, if it was.
 	req Request
@@ -156,7 +157,7 @@ func (p *pipe) closeWith(err error, before func()) int {
 func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	id := f.StreamID
 	if id%2 == 0 {
-		return connError{errProtocol, "HEADERS on an even stream"}
+		return connError{code: errProtocol, why: "HEADERS on an even stream"}
 	}
 	if f.HasPriority() && f.Priority.StreamDep == id {
 		c.streamError(id, errProtocol)
@@ -170,7 +171,7 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		if c.wasResetByUs(id) {
 			return nil // trailers sent before our RST_STREAM arrived
 		}
-		return connError{errStreamClosed, "HEADERS on a closed stream"}
+		return connError{code: errStreamClosed, why: "HEADERS on a closed stream"}
 	}
 	c.maxClientID.Store(id)
 	c.smu.Lock()
@@ -179,6 +180,11 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return nil // past the GOAWAY's last stream: not processed
 	}
 	if c.active >= int(c.s.opts.MaxConcurrentStreams) {
+		// What the client sends on it before our RST_STREAM arrives
+		// is discarded, not a stream error that would hide the
+		// REFUSED_STREAM (nothing of it was processed, RFC 9113
+		// section 8.7).
+		c.noteResetLocked(id)
 		c.smu.Unlock()
 		c.w.mu.Lock()
 		_ = c.fr.WriteRSTStream(id, errRefusedStream)
@@ -200,6 +206,22 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	c.streams[id] = st
 	c.smu.Unlock()
 
+	if g := c.s.opts.GRPC; g != nil {
+		st.req.st = st
+		if grpcRequest(f, &st.req) {
+			if f.StreamEnded() {
+				st.remoteClosed.Store(true)
+				st.body.closeWith(io.EOF, nil)
+			}
+			c.handlers.Add(1)
+			c.s.workers.run(func() {
+				defer c.handlers.Done()
+				st.relay(g, f)
+			})
+			return nil
+		}
+		st.req, st.declared = Request{}, -1
+	}
 	if relay := c.s.opts.Relay; relay != nil {
 		st.req.st = st
 		if relayable(f, &st.req) {
@@ -252,7 +274,7 @@ func (c *conn) onTrailers(st *stream, f *http2.MetaHeadersFrame) error {
 			// Both sides ended the stream: it is closed even while its
 			// handler is still returning (RFC 9113 section 5.1, as when
 			// it is gone from the map).
-			return connError{errStreamClosed, "HEADERS on a closed stream"}
+			return connError{code: errStreamClosed, why: "HEADERS on a closed stream"}
 		}
 	}
 	if st.remoteClosed.Load() || st.reset.Load() {
@@ -747,6 +769,7 @@ func (c *conn) writeBlock(st *stream, status int, encode func(*hpack.Encoder) (h
 	if !trailers && !hasDate && status >= 200 {
 		w.enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
 	}
+	w.sentSince.Store(true)
 	block := w.hbuf.b
 	headersEnd := end && len(body) == 0
 	first := block[:min(len(block), w.maxFrame)]
@@ -761,7 +784,7 @@ func (c *conn) writeBlock(st *stream, status int, encode func(*hpack.Encoder) (h
 		st.endSent = true
 	}
 	if len(body) == 0 {
-		w.flushLocked()
+		c.flushUnlessHeld(st)
 		return nil
 	}
 	return c.writeDataLocked(st, body, end)
@@ -790,7 +813,7 @@ func (c *conn) writeDataLocked(st *stream, p []byte, end bool) error {
 			// END_STREAM alone.
 			w.dataHeader(st.id, 0, true)
 			st.endSent = true
-			w.flushLocked()
+			c.flushUnlessHeld(st)
 			return nil
 		}
 		n := int(min(int64(len(p)), int64(w.maxFrame), st.sendWindow, w.connWindow))
@@ -813,6 +836,7 @@ func (c *conn) writeDataLocked(st *stream, p []byte, end bool) error {
 			continue
 		}
 		last := n == len(p) && end
+		w.sentSince.Store(true)
 		w.dataHeader(st.id, n, last)
 		w.buf = append(w.buf, p[:n]...)
 		st.sendWindow -= int64(n)
@@ -822,10 +846,22 @@ func (c *conn) writeDataLocked(st *stream, p []byte, end bool) error {
 			if last {
 				st.endSent = true
 			}
-			w.flushLocked()
+			c.flushUnlessHeld(st)
 			return nil
 		}
 	}
+}
+
+// flushUnlessHeld ends a write of st: the queue is written unless the
+// write was to be held (Request.Hold). c.w.mu held; it returns with it
+// unlocked.
+func (c *conn) flushUnlessHeld(st *stream) {
+	if st.holdNext {
+		st.holdNext = false
+		c.w.mu.Unlock()
+		return
+	}
+	c.w.flushLocked()
 }
 
 // statusText is a status code's :status value.

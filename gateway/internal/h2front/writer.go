@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -28,6 +29,11 @@ type writer struct {
 	err     error      // the connection failed or ended: nothing more is written
 	enc     *hpack.Encoder
 	hbuf    headerBuf
+
+	// sentSince is set when HEADERS or DATA go out, and taken by the
+	// reader at the client's next PING (pingPolicy): a client pinging a
+	// connection that answers is not abusing it.
+	sentSince atomic.Bool
 
 	// Send flow control and the peer's limits, from its SETTINGS.
 	connWindow    int64
