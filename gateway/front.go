@@ -109,7 +109,7 @@ func newHTTPServer(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler,
 // first request is not gRPC (docs/h2front.md): envgate's own, with gRPC's
 // limits and the sniffer's SETTINGS, gRPC requests on its connections
 // handed to the listener's gRPC server as net/http's server hands them.
-func newHTTP2Server(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler, relay func(*h2front.Request) bool, logger *slog.Logger) *h2front.Server {
+func newHTTP2Server(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler, relay, grpcCalls func(*h2front.Request) bool, logger *slog.Logger) *h2front.Server {
 	l := cfg.Limits
 	var settings []h2front.Setting
 	for _, s := range interimSettings(l) {
@@ -125,10 +125,16 @@ func newHTTP2Server(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler
 		// Silent connections are pinged as gRPC's server pings them.
 		PingAfter:   l.KeepaliveTime,
 		PingTimeout: l.KeepaliveTimeout,
-		Settings:    settings,
+		// Pings too close together are refused as gRPC's server
+		// refuses them (its EnforcementPolicy, newServer).
+		MinPingInterval: l.KeepaliveMinTime,
+		Settings:        settings,
 		// Bodiless REST requests skip the http.Handler adapter.
 		Relay: relay,
-		Log:   logger,
+		// gRPC calls skip it too, and grpc.Server.ServeHTTP
+		// (grpcfront); compressed ones go there.
+		GRPC: grpcCalls,
+		Log:  logger,
 	})
 }
 

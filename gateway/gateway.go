@@ -38,6 +38,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/destinationrule"
 	"github.com/envgate/envgate/gateway/internal/discovery"
 	"github.com/envgate/envgate/gateway/internal/edge"
+	"github.com/envgate/envgate/gateway/internal/grpcfront"
 	"github.com/envgate/envgate/gateway/internal/h2client"
 	"github.com/envgate/envgate/gateway/internal/h2front"
 	"github.com/envgate/envgate/gateway/internal/httpproxy"
@@ -249,6 +250,12 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		MaxResponseHeaderBytes: cfg.Limits.MaxRequestHeadersBytes,
 		IdleConnTimeout:        u.IdleTimeout,
 	})
+	// gRPC calls on envgate's HTTP/2 server reach the same handler as on
+	// gRPC's, with its codec and limits.
+	calls := grpcfront.New(grpcfront.Options{
+		Handler: handler, Codec: proxy.ServerCodec(),
+		MaxRecvMessage: cfg.Limits.MaxMessageBytes, MaxSendMessage: cfg.Limits.MaxMessageBytes,
+	})
 	for _, l := range cfg.Listeners {
 		var tlsConf *tls.Config
 		if l.TLS != nil {
@@ -269,7 +276,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		g.listeners = append(g.listeners, mux)
 		g.servers = append(g.servers, srv)
 		g.https = append(g.https, newHTTPServer(cfg, srv, g.front, log))
-		g.h2s = append(g.h2s, newHTTP2Server(cfg, srv, g.front, g.front.Relay, log))
+		g.h2s = append(g.h2s, newHTTP2Server(cfg, srv, g.front, g.front.Relay, calls.Serve, log))
 		g.h1s = append(g.h1s, g.front.NewH1Server(httpproxy.H1Options{
 			Handoff:        mux.Handoff,
 			IdleTimeout:    cfg.Limits.IdleTimeout,

@@ -138,6 +138,13 @@ func unvalidatedConfig(envs map[string][]string) *config.Config {
 		Discovery: config.Discovery{Static: envs},
 		AccessLog: &off,
 	}
+	// ENVGATE_TEST_SHARED_HTTP2=1 runs the tests with every HTTP/2
+	// connection on envgate's own HTTP/2 server (sharedHTTP2, as the GKE
+	// overlay's listeners), gRPC calls through grpcfront instead of
+	// gRPC's server.
+	if os.Getenv("ENVGATE_TEST_SHARED_HTTP2") != "" {
+		c.Listeners[0].SharedHTTP2 = true
+	}
 	c.Defaults()
 	c.DrainDelay = time.Millisecond // tests that drain set their own
 	return c

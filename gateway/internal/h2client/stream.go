@@ -256,6 +256,15 @@ func (s *stream) Trailer() metadata.MD {
 	return s.trailer
 }
 
+// Ready reports whether RecvMsg would return without waiting: a whole
+// message is in, or the call's end. A proxy holds back what it sends the
+// client meanwhile, so that it leaves with what follows in one write.
+func (s *stream) Ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.finished || len(s.q.msgs) > 0 && s.q.msgs[0].complete
+}
+
 // RecvMsg receives the next message: io.EOF after the last one of a call
 // that succeeded, the call's status error otherwise.
 func (s *stream) RecvMsg(m any) error {

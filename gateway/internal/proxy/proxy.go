@@ -294,6 +294,38 @@ type upstreamStream interface {
 	RecvCompress() string
 }
 
+// holdIfReady has the server stream hold its next send when the upstream
+// already has what follows (a message, or the end), so that both go to
+// the client in one write: a unary answer's headers, message and trailers
+// in one system call instead of three. Only streams that can (grpcfront's)
+// and upstreams that tell (h2client's) do; gRPC's own server batches
+// through its writer goroutine instead.
+func holdIfReady(ss grpc.ServerStream, cs grpc.ClientStream) {
+	h, ok := ss.(holder)
+	if !ok {
+		return
+	}
+	if r, ok := cs.(readier); ok && r.Ready() {
+		h.Hold()
+	}
+}
+
+// holder is a server stream that can hold its next send for the one after
+// it (grpcfront's).
+type holder interface{ Hold() }
+
+// readier is an upstream stream that tells whether its next message or
+// end is already in (h2client's).
+type readier interface{ Ready() bool }
+
+// sendCompressor is a server stream (grpcfront's) that sends the frames
+// marked compressed as they are, in the encoding set by name; gRPC's own
+// takes grpc.SetSendCompressor, and such frames behind the pass-through
+// marker (compress.go).
+type sendCompressor interface {
+	PassCompressed(name string) error
+}
+
 // transportStream is the part of gRPC's server transport stream that tells
 // how the request was encoded; it is not in gRPC's public interfaces, so the
 // proxy asks for it and forwards compression only when it is there.
@@ -637,6 +669,7 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 	// The encoding the server sends messages in: by default the request's
 	// (gzip is the only one registered), else what the upstream used.
 	sendComp, upComp := "", ""
+	wire := false // the server stream sends compressed frames by their flag
 	if c.reqComp == "gzip" {
 		sendComp = "gzip"
 	}
@@ -663,11 +696,16 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 				if name == "" {
 					name = "identity"
 				}
-				if grpc.SetSendCompressor(ss.Context(), name) == nil {
+				if sc, ok := grpc.ServerTransportStreamFromContext(ss.Context()).(sendCompressor); ok {
+					if sc.PassCompressed(name) == nil {
+						sendComp, wire = upComp, true
+					}
+				} else if grpc.SetSendCompressor(ss.Context(), name) == nil {
 					sendComp = upComp
 				}
 			}
 		}
+		holdIfReady(ss, cs)
 		if err := ss.SendHeader(hdr); err != nil {
 			return err
 		}
@@ -691,13 +729,14 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 		n := int64(f.data.Len())
 		if f.compressed {
 			if sendComp == upComp {
-				f.mark = true // passes through compressed
+				f.mark = !wire // passes through compressed
 			} else if err = p.inflate(&f, upComp); err != nil {
 				p.unreserve(&f, c, 0)
 				return err
 			}
 		}
 		p.unreserve(&f, c, f.data.Len()+5)
+		holdIfReady(ss, cs)
 		if err = ss.SendMsg(&f); err != nil {
 			f.free()
 			return err
