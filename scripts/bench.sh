@@ -20,7 +20,9 @@
 # set to 0:
 #   CLIENT_TLS_ROWS  the client speaks TLS to every proxy (one certificate,
 #                    ECDSA P-256 then RSA 2048), h2c behind; direct-tls is
-#                    the client speaking TLS to the backend itself.
+#                    the client speaking TLS to the backend itself;
+#                    envgate-shared-ctls is the GKE overlay's listener
+#                    (sharedHTTP2). CLIENT_TLS_TARGETS picks the rows.
 #   STREAM_ROWS      server-streaming MB/s and CPU per GB (1 KiB and 64 KiB
 #                    messages), bidi ping-pong p50/p99 on 100 streams
 #                    (scripts/bench/load).
@@ -201,6 +203,10 @@ start_target() {
     envgate-ctls) render "$ROOT/scripts/bench/envgate-ctls.yaml.in" "$DIR/conf/envgate.yaml"
       $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-base-ctls) render "$ROOT/scripts/bench/envgate-ctls.yaml.in" "$DIR/conf/envgate.yaml"
+      $PIN "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-shared-ctls) render "$ROOT/scripts/bench/envgate-shared-ctls.yaml.in" "$DIR/conf/envgate.yaml"
+      $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-base-shared-ctls) render "$ROOT/scripts/bench/envgate-shared-ctls.yaml.in" "$DIR/conf/envgate.yaml"
       $PIN "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     nginx-ctls) render "$ROOT/scripts/bench/nginx-ctls.conf.in" "$DIR/nginx.conf"
       $PIN nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" >"$DIR/nginx.log" 2>&1 & ;;
@@ -499,7 +505,7 @@ if [ "$CLIENT_TLS_ROWS" = 1 ]; then
     bench_certs "$key"
     start_tls_backend
     : >"$results"
-    measure direct-tls envgate-ctls ${BASE_GATEWAY:+envgate-base-ctls }nginx-ctls haproxy-ctls
+    measure ${CLIENT_TLS_TARGETS:-direct-tls envgate-ctls ${BASE_GATEWAY:+envgate-base-ctls }envgate-shared-ctls ${BASE_GATEWAY:+envgate-base-shared-ctls }nginx-ctls haproxy-ctls}
     echo
     echo "client TLS ($key): the client speaks TLS 1.3 to each proxy (one certificate, $( [ "$key" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256" )), h2c to the backend; direct-tls speaks TLS to the backend itself. Columns as in the first table."
     table direct-tls envgate-ctls

@@ -178,8 +178,9 @@ type serverStream struct {
 	// The handler's goroutine's.
 	header, trailer metadata.MD
 	headerSent      bool
-	sendComp        string // the response's grpc-encoding, "" for none
-	out             []byte // a message on its way out, reused
+	sendComp        string   // the response's grpc-encoding, "" for none
+	sendPfx         [5]byte  // the prefix of the message on its way out
+	parts           [][]byte // its prefix and buffers, reused
 
 	// RecvMsg's.
 	prefix [5]byte
@@ -280,21 +281,22 @@ func (ss *serverStream) SendMsg(m any) error {
 		}
 		flag = 1
 	}
-	out := append(ss.out[:0], flag, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	// The prefix and the message's buffers go as they are: the writer
+	// copies them into its frames once.
+	ss.sendPfx = [5]byte{flag, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+	parts := append(ss.parts[:0], ss.sendPfx[:])
 	for _, b := range data {
-		out = append(out, b.ReadOnlyData()...)
+		parts = append(parts, b.ReadOnlyData())
 	}
-	data.Free()
-	ss.out = out
 	if !ss.headerSent {
 		ss.headerSent = true
-		err = ss.r.WriteHead(200, ss.headerFields(), out, false)
+		err = ss.r.WriteHeadParts(200, ss.headerFields(), parts, false)
 	} else {
-		err = ss.r.WriteData(out, false)
+		err = ss.r.WriteDataParts(parts, false)
 	}
-	if cap(out) > maxKept {
-		ss.out = nil
-	}
+	clear(parts)
+	ss.parts = parts[:0]
+	data.Free()
 	if err != nil {
 		return ss.writeFailed()
 	}
@@ -303,9 +305,6 @@ func (ss *serverStream) SendMsg(m any) error {
 
 // recvChunk is the most of a request message read into one buffer.
 const recvChunk = 32 << 10
-
-// maxKept is the largest message buffer a stream keeps between messages.
-const maxKept = 64 << 10
 
 // writeFailed is the error of a write the stream no longer takes: it was
 // reset, or the connection ended.

@@ -123,6 +123,9 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.bytes, _ = nc.RemoteAddr().(byteCounter)
 	c.w = writer{nc: nc, timeout: s.opts.WriteTimeout, connWindow: initialWindow, initialWindow: initialWindow, maxFrame: 16384}
 	c.w.cond.L = &c.w.mu
+	if tlsState(nc) != nil {
+		c.w.chunk = writeChunk
+	}
 	c.br = bufio.NewReaderSize(nc, readBufSize)
 	c.fr = http2.NewFramer(appendTo{&c.w}, c.br)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(s.opts.HeaderTableSize, nil)

@@ -66,11 +66,22 @@ func (r *Request) Hold() {
 // dropped, a date is added if there is none), then body if any; end ends
 // the stream.
 func (r *Request) WriteHead(status int, fields []hpack.HeaderField, body []byte, end bool) error {
+	return r.st.c.writeBlock(r.st, status, func(enc *hpack.Encoder) bool { return encodeFields(enc, fields) }, end, one(body), false)
+}
+
+// WriteHeadParts is WriteHead with a body in parts (which it consumes),
+// sent in frames that span them, without putting them together first.
+func (r *Request) WriteHeadParts(status int, fields []hpack.HeaderField, body [][]byte, end bool) error {
 	return r.st.c.writeBlock(r.st, status, func(enc *hpack.Encoder) bool { return encodeFields(enc, fields) }, end, body, false)
 }
 
 // WriteData sends p; end ends the stream.
 func (r *Request) WriteData(p []byte, end bool) error { return r.st.c.writeData(r.st, p, end) }
+
+// WriteDataParts is WriteData of parts (which it consumes).
+func (r *Request) WriteDataParts(parts [][]byte, end bool) error {
+	return r.st.c.writeDataParts(r.st, parts, end)
+}
 
 // WriteTrailers sends trailer fields and ends the stream.
 func (r *Request) WriteTrailers(fields []hpack.HeaderField) error {

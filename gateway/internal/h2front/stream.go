@@ -724,7 +724,7 @@ func bodyAllowed(status int) bool {
 // any, in one write when the windows allow. end ends the stream on the
 // last frame.
 func (c *conn) writeHeaders(st *stream, status int, h http.Header, end bool, body []byte, trailers bool) error {
-	return c.writeBlock(st, status, func(enc *hpack.Encoder) bool { return encodeHeader(enc, h) }, end, body, trailers)
+	return c.writeBlock(st, status, func(enc *hpack.Encoder) bool { return encodeHeader(enc, h) }, end, one(body), trailers)
 }
 
 // encodeHeader encodes h's fields but the trailers set by prefix and the
@@ -752,9 +752,9 @@ func encodeHeader(enc *hpack.Encoder, h http.Header) (hasDate bool) {
 
 // writeBlock sends a HEADERS frame (split in CONTINUATION frames past the
 // client's frame size) of status and what encode encodes, or of
-// trailers, then body if any, in one write when the windows allow. end
-// ends the stream on the last frame.
-func (c *conn) writeBlock(st *stream, status int, encode func(*hpack.Encoder) (hasDate bool), end bool, body []byte, trailers bool) error {
+// trailers, then the body's parts if any, in one write when the windows
+// allow. end ends the stream on the last frame.
+func (c *conn) writeBlock(st *stream, status int, encode func(*hpack.Encoder) (hasDate bool), end bool, body [][]byte, trailers bool) error {
 	w := &c.w
 	w.mu.Lock()
 	if w.err != nil || st.reset.Load() || st.endSent {
@@ -771,7 +771,8 @@ func (c *conn) writeBlock(st *stream, status int, encode func(*hpack.Encoder) (h
 	}
 	w.sentSince.Store(true)
 	block := w.hbuf.b
-	headersEnd := end && len(body) == 0
+	size := partsLen(body)
+	headersEnd := end && size == 0
 	first := block[:min(len(block), w.maxFrame)]
 	rest := block[len(first):]
 	_ = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: st.id, BlockFragment: first, EndStream: headersEnd, EndHeaders: len(rest) == 0})
@@ -783,46 +784,70 @@ func (c *conn) writeBlock(st *stream, status int, encode func(*hpack.Encoder) (h
 	if headersEnd {
 		st.endSent = true
 	}
-	if len(body) == 0 {
+	if size == 0 {
 		c.flushUnlessHeld(st)
 		return nil
 	}
-	return c.writeDataLocked(st, body, end)
+	return c.writeDataLocked(st, body, size, end)
+}
+
+// one is p as the parts of a body.
+func one(p []byte) [][]byte {
+	if len(p) == 0 {
+		return nil
+	}
+	return [][]byte{p}
+}
+
+func partsLen(parts [][]byte) int {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	return n
 }
 
 // writeData sends p on st as flow control allows, waiting for the
 // client's windows and for its queue to drain; end ends the stream.
 func (c *conn) writeData(st *stream, p []byte, end bool) error {
-	if len(p) == 0 && !end {
+	return c.writeDataParts(st, one(p), end)
+}
+
+// writeDataParts is writeData of a body in parts, which frames span: a
+// gRPC message's prefix and its buffers go without being put together
+// first.
+func (c *conn) writeDataParts(st *stream, parts [][]byte, end bool) error {
+	size := partsLen(parts)
+	if size == 0 && !end {
 		return nil
 	}
 	c.w.mu.Lock()
-	return c.writeDataLocked(st, p, end)
+	return c.writeDataLocked(st, parts, size, end)
 }
 
-// writeDataLocked is writeData with c.w.mu held; it returns with it
-// unlocked.
-func (c *conn) writeDataLocked(st *stream, p []byte, end bool) error {
+// writeDataLocked writes size bytes of parts (which it consumes) with c.w.mu
+// held; it returns with it unlocked.
+func (c *conn) writeDataLocked(st *stream, parts [][]byte, size int, end bool) error {
 	w := &c.w
 	for {
 		if w.err != nil || st.reset.Load() || st.endSent {
 			w.mu.Unlock()
 			return errStreamReset
 		}
-		if len(p) == 0 {
+		if size == 0 {
 			// END_STREAM alone.
 			w.dataHeader(st.id, 0, true)
 			st.endSent = true
 			c.flushUnlessHeld(st)
 			return nil
 		}
-		n := int(min(int64(len(p)), int64(w.maxFrame), st.sendWindow, w.connWindow))
+		n := int(min(int64(size), int64(w.maxFrame), st.sendWindow, w.connWindow))
 		if n > 0 {
-			// Room for the rest of p at once, not by doubling per frame.
+			// Room for the rest at once, not by doubling per frame.
 			if w.buf == nil {
 				w.buf = getBuf()
 			}
-			w.buf = slices.Grow(w.buf, len(p)+len(p)/int(w.maxFrame+1)*frameHeaderLen+frameHeaderLen)
+			w.buf = slices.Grow(w.buf, size+size/int(w.maxFrame+1)*frameHeaderLen+frameHeaderLen)
 		}
 		if n <= 0 || len(w.buf) >= c.s.opts.MaxQueued {
 			// No window, or the client is not reading: send what is
@@ -835,14 +860,21 @@ func (c *conn) writeDataLocked(st *stream, p []byte, end bool) error {
 			w.cond.Wait()
 			continue
 		}
-		last := n == len(p) && end
+		last := n == size && end
 		w.sentSince.Store(true)
 		w.dataHeader(st.id, n, last)
-		w.buf = append(w.buf, p[:n]...)
+		for k := n; k > 0; {
+			m := min(k, len(parts[0]))
+			w.buf = append(w.buf, parts[0][:m]...)
+			if parts[0] = parts[0][m:]; len(parts[0]) == 0 {
+				parts = parts[1:]
+			}
+			k -= m
+		}
 		st.sendWindow -= int64(n)
 		w.connWindow -= int64(n)
-		p = p[n:]
-		if len(p) == 0 {
+		size -= n
+		if size == 0 {
 			if last {
 				st.endSent = true
 			}

@@ -21,6 +21,13 @@ import (
 type writer struct {
 	nc      net.Conn
 	timeout time.Duration
+	// chunk, on TLS, is the most one write may take before its deadline
+	// is renewed (writeChunk): a TLS connection cannot go on after a
+	// write that timed out, so each must finish in time even for a slow
+	// client. A TCP write that timed out having written some of its
+	// bytes goes on with a fresh deadline, so plaintext writes take the
+	// whole queue in one system call (0).
+	chunk int
 
 	mu      sync.Mutex // guards everything below, the writes of the connection's framer, and the send windows of conn and streams
 	cond    sync.Cond  // on mu: queue drained, window granted, stream or connection ended
@@ -88,12 +95,14 @@ func (w *writer) flushLocked() {
 // write writes p to the socket, failing only when no byte could be
 // written for the write timeout: a slow client (a phone downloading at a
 // few KiB a second) keeps its connection, one that stopped reading loses
-// it (net/http's HTTP/2 server's WriteByteTimeout). p goes in chunks, each
-// with a fresh deadline, since a TLS connection cannot go on after a write
-// that timed out.
+// it (net/http's HTTP/2 server's WriteByteTimeout). On TLS p goes in
+// chunks, each with a fresh deadline (writer.chunk).
 func (w *writer) write(p []byte) error {
 	for len(p) > 0 {
-		chunk := p[:min(len(p), writeChunk)]
+		chunk := p
+		if w.chunk > 0 {
+			chunk = p[:min(len(p), w.chunk)]
+		}
 		if w.timeout > 0 {
 			_ = w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
 		}
@@ -107,8 +116,8 @@ func (w *writer) write(p []byte) error {
 	return nil
 }
 
-// writeChunk is the most one write may take before its deadline is
-// renewed.
+// writeChunk is the most one write to a TLS connection may take before
+// its deadline is renewed.
 const writeChunk = 16 << 10
 
 // waitWritten returns once everything queued was written (or the
