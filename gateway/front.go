@@ -33,9 +33,10 @@ func sniffOptions(cfg *config.Config, l config.Listener, tlsConf *tls.Config) sn
 	// An HTTP/2 connection may wait for its first request as long as it
 	// may idle: a load balancer opens connections ahead of its calls, and
 	// one sent to the HTTP server for want of a request would serve its
-	// gRPC calls there, through grpc.Server.ServeHTTP, at 2-3x the CPU per
-	// call (docs/bench.md, "Run E"). One that sends nothing for that long
-	// goes to the HTTP server, which closes it as idle.
+	// gRPC calls there, through grpcfront, at a few percent more CPU per
+	// call than on gRPC's own server (docs/bench.md, "Run S"). One that
+	// sends nothing for that long goes to the HTTP server, which closes
+	// it as idle.
 	return sniff.Options{TLS: tlsConf, Timeout: sniffTimeout, FirstRequest: cfg.Limits.IdleTimeout, SharedHTTP2: l.SharedHTTP2, Settings: interimSettings(cfg.Limits), ConnWindow: clientConnWindow}
 }
 
@@ -106,9 +107,11 @@ func newHTTPServer(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler,
 }
 
 // newHTTP2Server is a listener's server for the HTTP/2 connections whose
-// first request is not gRPC (docs/h2front.md): envgate's own, with gRPC's
-// limits and the sniffer's SETTINGS, gRPC requests on its connections
-// handed to the listener's gRPC server as net/http's server hands them.
+// first request is not gRPC, or all of them with sharedHTTP2
+// (docs/h2front.md): envgate's own, with gRPC's limits and the sniffer's
+// SETTINGS; gRPC calls on its connections go to grpcCalls (grpcfront),
+// and those it declines (compressed ones) to the listener's gRPC server
+// as net/http's server hands them over.
 func newHTTP2Server(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler, relay, grpcCalls func(*h2front.Request) bool, logger *slog.Logger) *h2front.Server {
 	l := cfg.Limits
 	var settings []h2front.Setting

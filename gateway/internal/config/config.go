@@ -95,11 +95,12 @@ type IstioMetrics struct {
 type Listener struct {
 	Address string `yaml:"address"`
 	TLS     *TLS   `yaml:"tls"`
-	// SharedHTTP2 serves every HTTP/2 connection with the HTTP server,
-	// which hands gRPC requests to gRPC's server through ServeHTTP: REST
-	// and gRPC may then share any connection (a load balancer that mixes
-	// them), at a cost per gRPC call. Off, a connection's first request
-	// decides, and a connection that starts with gRPC is gRPC's alone.
+	// SharedHTTP2 serves every HTTP/2 connection with envgate's own
+	// HTTP/2 server, which hands gRPC calls to the same handler
+	// (grpcfront): REST and gRPC may then share any connection (a load
+	// balancer that mixes them). Off, a connection's first request
+	// decides, and a connection that starts with gRPC is gRPC's server's
+	// alone, which answers REST on it with 415.
 	SharedHTTP2 bool `yaml:"sharedHTTP2"`
 }
 

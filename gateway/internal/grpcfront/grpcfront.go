@@ -133,7 +133,7 @@ func (s *Server) Serve(r *h2front.Request) bool {
 			return true
 		}
 	}
-	ctx = peer.NewContext(ctx, peerOf(r))
+	ctx = peer.NewContext(ctx, r.ConnValue(func() any { return peerOf(r) }).(*peer.Peer))
 	ctx = metadata.NewIncomingContext(ctx, md)
 	ss.ts.ss = ss
 	ss.ctx = grpc.NewContextWithServerTransportStream(ctx, &ss.ts)
@@ -142,9 +142,10 @@ func (s *Server) Serve(r *h2front.Request) bool {
 	return true
 }
 
-// peerOf is the call's peer. Its address is the client's as a string, not
-// the connection's own (edge.Addr), whose accounting h2front keeps for the
-// stream: the handler would count each call twice.
+// peerOf is the calls' peer, made once per connection. Its address is the
+// client's as a string, not the connection's own (edge.Addr), whose
+// accounting h2front keeps for the stream: the handler would count each
+// call twice.
 func peerOf(r *h2front.Request) *peer.Peer {
 	p := &peer.Peer{Addr: strAddr(r.RemoteAddr())}
 	if st := r.TLS(); st != nil {

@@ -89,6 +89,8 @@ type conn struct {
 	pingSent  atomic.Bool
 	keepalive *time.Timer
 
+	local atomic.Value // Request.ConnValue's
+
 	noticeSent bool // the drain's GOAWAY notice went out; under w.mu
 
 	// resetByUs are the last streams the server reset with frames of

@@ -37,6 +37,18 @@ func (r *Request) TLS() *tls.ConnectionState { return tlsState(r.st.c.nc) }
 // allocation.
 func (r *Request) Context() context.Context { return &r.st.ctx }
 
+// ConnValue is a value made by mk once for the request's connection and
+// shared by all of its requests (a relay's view of the client: its
+// address, its TLS state), so that it is not made again per request.
+func (r *Request) ConnValue(mk func() any) any {
+	c := r.st.c
+	if v := c.local.Load(); v != nil {
+		return v
+	}
+	c.local.CompareAndSwap(nil, mk())
+	return c.local.Load()
+}
+
 // Read reads the request body; what it reads goes back to the client's
 // windows. It returns io.EOF at the body's end, and an error when the
 // stream was reset or its handler returned.

@@ -10,7 +10,7 @@
 // of the HTTP front otherwise: gRPC's own server is the fastest way to
 // serve gRPC, but it answers every other request 415, so a connection that
 // starts with REST is given to the HTTP front's server, which serves gRPC
-// too (slower, through grpc.Server.ServeHTTP).
+// too (grpcfront).
 //
 // Deciding on the first request means reading it before either server has
 // spoken, and clients wait for the server's side of the handshake before
@@ -144,7 +144,7 @@ type Options struct {
 	ConnWindow uint32
 	// SharedHTTP2 sends every HTTP/2 connection to the HTTP server, so
 	// that REST may follow gRPC on any connection (a load balancer that
-	// mixes both on its connections), at the cost of gRPC's speed.
+	// mixes both on its connections).
 	SharedHTTP2 bool
 }
 
