@@ -40,7 +40,11 @@ func gatewayProcess(t *testing.T, envs map[string]string, extra string) (p *proc
 func gatewayProcessEnv(t *testing.T, env []string, envs map[string]string, extra string) (p *process, h2c string) {
 	t.Helper()
 	var b strings.Builder
-	b.WriteString("listeners: [{address: 127.0.0.1:0}]\nadmin: {address: 127.0.0.1:0, debugAddress: 127.0.0.1:0}\ndrainDelay: 10ms\ndiscovery:\n  static:\n")
+	listener := "{address: 127.0.0.1:0}"
+	if os.Getenv("ENVGATE_TEST_SHARED_HTTP2") != "" { // as unvalidatedConfig
+		listener = "{address: 127.0.0.1:0, sharedHTTP2: true}"
+	}
+	fmt.Fprintf(&b, "listeners: [%s]\nadmin: {address: 127.0.0.1:0, debugAddress: 127.0.0.1:0}\ndrainDelay: 10ms\ndiscovery:\n  static:\n", listener)
 	for env, addr := range envs {
 		fmt.Fprintf(&b, "    %s: [%s]\n", env, addr)
 	}

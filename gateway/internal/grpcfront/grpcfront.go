@@ -22,6 +22,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2/hpack"
@@ -136,6 +137,7 @@ func (s *Server) Serve(r *h2front.Request) bool {
 	ctx = peer.NewContext(ctx, r.ConnValue(func() any { return peerOf(r) }).(*peer.Peer))
 	ctx = metadata.NewIncomingContext(ctx, md)
 	ss.ts.ss = ss
+	ss.body.r = r
 	ss.ctx = grpc.NewContextWithServerTransportStream(ctx, &ss.ts)
 	err := s.opts.Handler(nil, ss)
 	ss.finish(err)
@@ -143,15 +145,51 @@ func (s *Server) Serve(r *h2front.Request) bool {
 }
 
 // peerOf is the calls' peer, made once per connection. Its address is the
-// client's as a string, not the connection's own (edge.Addr), whose
-// accounting h2front keeps for the stream: the handler would count each
-// call twice.
+// client's; on a connection the edge listener accounts (edge.Addr) it
+// passes on only the reservations of response bytes (outboundAddr).
 func peerOf(r *h2front.Request) *peer.Peer {
-	p := &peer.Peer{Addr: strAddr(r.RemoteAddr())}
+	var addr net.Addr = strAddr(r.RemoteAddr())
+	if a, ok := r.Addr().(outbound); ok {
+		addr = outboundAddr{Addr: r.Addr(), acct: a}
+	}
+	p := &peer.Peer{Addr: addr}
 	if st := r.TLS(); st != nil {
 		p.AuthInfo = credentials.TLSInfo{State: *st, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
 	}
 	return p
+}
+
+// outbound is what the edge listener's address (edge.Addr) keeps of the
+// response bytes a connection holds and the client has not taken.
+type outbound interface {
+	Reserve(ctx context.Context, n int) error
+	Adjust(delta int)
+}
+
+// outboundAddr is the peer address on a connection the edge listener
+// accounts: the handler reserves room in the connection's outbound cap
+// before it takes a large response message from its upstream (Reserve,
+// Adjust), so a client that does not read holds back its upstream instead
+// of filling the gateway, as on gRPC's server. The stream and byte counts
+// are h2front's, kept for every request of the connection: here they are
+// no-ops, or each call would count twice.
+type outboundAddr struct {
+	net.Addr
+	acct outbound
+}
+
+func (a outboundAddr) CallStarted()                             {}
+func (a outboundAddr) StreamEnded(bool)                         {}
+func (a outboundAddr) Received(int)                             {}
+func (a outboundAddr) Adjust(delta int)                         { a.acct.Adjust(delta) }
+func (a outboundAddr) Reserve(ctx context.Context, n int) error { return a.acct.Reserve(ctx, n) }
+
+// Unwrap is the client's own address (the proxy's x-forwarded-for).
+func (a outboundAddr) Unwrap() net.Addr {
+	if u, ok := a.Addr.(interface{ Unwrap() net.Addr }); ok {
+		return u.Unwrap()
+	}
+	return a.Addr
 }
 
 // strAddr is an address known by its string (grpc-go's ServeHTTP peer).
@@ -185,6 +223,7 @@ type serverStream struct {
 
 	// RecvMsg's.
 	prefix [5]byte
+	body   heldReader
 
 	ts transportStream
 }
@@ -316,8 +355,40 @@ func (ss *serverStream) writeFailed() error {
 	return status.Error(codes.Unavailable, "transport: the stream is done")
 }
 
+// heldReader reads a request's body as held (h2front ReadHeld): the
+// message RecvMsg returned counts as the client connection's until the
+// handler asks for the next one or the call ends, as gRPC's server counts
+// a message until the proxy has forwarded it, so that requests stuck
+// behind a slow upstream are the connection's for the overload manager.
+type heldReader struct {
+	r    *h2front.Request
+	held atomic.Int64 // what RecvMsg last returned, not yet reported
+	read int64        // what the message being read took so far
+}
+
+func (h *heldReader) Read(p []byte) (int, error) {
+	n, err := h.r.ReadHeld(p)
+	h.read += int64(n)
+	return n, err
+}
+
+// release reports the message held before as consumed.
+func (h *heldReader) release() {
+	if n := h.held.Swap(0); n > 0 {
+		h.r.Consumed(int(n))
+	}
+}
+
 func (ss *serverStream) RecvMsg(m any) error {
-	if _, err := io.ReadFull(ss.r, ss.prefix[:]); err != nil {
+	b := &ss.body
+	b.release()
+	b.read = 0
+	defer func() {
+		// What this message took is held until the next RecvMsg, or
+		// until the call ends (finish).
+		b.held.Add(b.read)
+	}()
+	if _, err := io.ReadFull(b, ss.prefix[:]); err != nil {
 		if err == io.EOF {
 			return io.EOF
 		}
@@ -340,7 +411,7 @@ func (ss *serverStream) RecvMsg(m any) error {
 	pool := mem.DefaultBufferPool()
 	for left := n; left > 0; {
 		buf := pool.Get(min(left, recvChunk))
-		if _, err := io.ReadFull(ss.r, *buf); err != nil {
+		if _, err := io.ReadFull(b, *buf); err != nil {
 			pool.Put(buf)
 			data.Free()
 			return ss.readFailed(err)
@@ -372,6 +443,7 @@ func (ss *serverStream) readFailed(err error) error {
 // finish sends the handler's status (grpc-go's processStreamingRPC): in
 // trailers, or in a trailers-only response when nothing was sent.
 func (ss *serverStream) finish(appErr error) {
+	ss.body.release()
 	st := statusOK
 	if appErr != nil {
 		var ok bool

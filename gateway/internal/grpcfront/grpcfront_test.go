@@ -511,3 +511,133 @@ func startH2(t *testing.T, handler grpc.StreamHandler, maxMessage int) (*h2front
 	t.Cleanup(func() { srv.Close(); <-done })
 	return srv, lis.Addr().String()
 }
+
+// accountingAddr is a connection address that keeps accounts as the edge
+// listener's does (edge.Addr): the bytes consumed, and reservations.
+type accountingAddr struct {
+	net.Addr
+	received, reserved atomic.Int64
+}
+
+func (a *accountingAddr) CallStarted()   {}
+func (a *accountingAddr) Received(n int) { a.received.Add(int64(n)) }
+func (a *accountingAddr) Reserve(_ context.Context, n int) error {
+	a.reserved.Add(int64(n))
+	return nil
+}
+func (a *accountingAddr) Adjust(d int) { a.reserved.Add(int64(d)) }
+
+type accountedConn struct {
+	net.Conn
+	addr *accountingAddr
+}
+
+func (c accountedConn) RemoteAddr() net.Addr { return c.addr }
+
+type accountedListener struct {
+	net.Listener
+	addr chan *accountingAddr
+}
+
+func (l accountedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	a := &accountingAddr{Addr: c.RemoteAddr()}
+	l.addr <- a
+	return accountedConn{c, a}, nil
+}
+
+// A request message counts as the connection's until the handler asks for
+// the next one (the proxy, once it forwarded it) or the call ends, as on
+// gRPC's server: requests stuck behind a slow upstream are the
+// connection's for the overload manager. The handler sees the edge
+// address's reservations for responses, but not its call and byte counts,
+// which h2front keeps.
+func TestReadMessagesAreHeldUntilTheNext(t *testing.T) {
+	steps := make(chan string)
+	proceed := make(chan struct{})
+	var handlerAcct atomic.Bool
+	calls := grpcfront.New(grpcfront.Options{Codec: raw{}, Handler: func(_ any, ss grpc.ServerStream) error {
+		p, _ := peer.FromContext(ss.Context())
+		_, ok := p.Addr.(interface {
+			Reserve(context.Context, int) error
+		})
+		handlerAcct.Store(ok)
+		for i := 0; ; i++ {
+			var in []byte
+			if err := ss.RecvMsg(&in); err != nil {
+				steps <- "end"
+				<-proceed
+				return nil
+			}
+			steps <- fmt.Sprint("message ", i)
+			<-proceed
+		}
+	}})
+	srv := h2front.New(http.NotFoundHandler(), h2front.Options{GRPC: calls.Serve})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := make(chan *accountingAddr, 1)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(accountedListener{lis, addrs}) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(raw{})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	cs, err := cc.NewStream(ctxT(t), desc, "/pkg.Svc/Up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 100 << 10
+	msg := make([]byte, size)
+	if err := cs.SendMsg(&msg); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-steps; s != "message 0" {
+		t.Fatal(s)
+	}
+	a := <-addrs
+	// The frames' headers and the HEADERS block are consumed; the
+	// message, in the handler's hands, is not.
+	if got := a.received.Load(); got >= size {
+		t.Fatalf("%d bytes reported consumed while the handler holds the %d-byte message", got, size)
+	}
+	if err := cs.SendMsg(&msg); err != nil {
+		t.Fatal(err)
+	}
+	proceed <- struct{}{}
+	if s := <-steps; s != "message 1" {
+		t.Fatal(s)
+	}
+	if got := a.received.Load(); got < size+5 || got >= 2*size {
+		t.Fatalf("%d bytes reported consumed once the handler asked for the second message, want the first's %d and not the second's", got, size+5)
+	}
+	if err := cs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	proceed <- struct{}{}
+	if s := <-steps; s != "end" {
+		t.Fatal(s)
+	}
+	proceed <- struct{}{}
+	if _, err := cs.Header(); err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	if err := cs.RecvMsg(&out); err != io.EOF {
+		t.Fatalf("end of the call: %v", err)
+	}
+	if got := a.received.Load(); got < 2*(size+5) {
+		t.Fatalf("%d bytes reported consumed after the call, want both messages' %d", got, 2*(size+5))
+	}
+	if !handlerAcct.Load() {
+		t.Error("the handler's peer address does not take reservations")
+	}
+}

@@ -3,6 +3,7 @@ package h2front
 import (
 	"context"
 	"crypto/tls"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -29,6 +30,10 @@ type Request struct {
 // RemoteAddr is the client's address.
 func (r *Request) RemoteAddr() string { return r.st.c.peer }
 
+// Addr is the connection's remote address as it is (the edge listener's
+// edge.Addr, which keeps the connection's accounts).
+func (r *Request) Addr() net.Addr { return r.st.c.nc.RemoteAddr() }
+
 // TLS is the connection's TLS state, nil for plaintext.
 func (r *Request) TLS() *tls.ConnectionState { return tlsState(r.st.c.nc) }
 
@@ -53,14 +58,27 @@ func (r *Request) ConnValue(mk func() any) any {
 // windows. It returns io.EOF at the body's end, and an error when the
 // stream was reset or its handler returned.
 func (r *Request) Read(p []byte) (int, error) {
+	n, err := r.ReadHeld(p)
+	r.Consumed(n)
+	return n, err
+}
+
+// ReadHeld is Read for a relay that still holds what it read (a gRPC
+// message on its way to a slow upstream): the bytes go back to the
+// client's windows, but count as the connection's (for the overload
+// manager, through the edge listener's address) until the relay says they
+// left with Consumed.
+func (r *Request) ReadHeld(p []byte) (int, error) {
 	st := r.st
 	n, err := st.body.read(p)
 	if n > 0 {
 		st.c.credit(st, int64(n))
-		st.c.consumed(n)
 	}
 	return n, err
 }
+
+// Consumed reports n bytes read with ReadHeld as no longer held.
+func (r *Request) Consumed(n int) { r.st.c.consumed(n) }
 
 // Hold has the stream's next write queued but not sent: it leaves with
 // the connection's next write, of this stream or another. The caller must
