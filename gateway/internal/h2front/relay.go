@@ -156,19 +156,8 @@ func relayable(f *http2.MetaHeadersFrame, r *Request) bool {
 	if !f.StreamEnded() || f.Truncated {
 		return false
 	}
-	for _, hf := range f.PseudoFields() {
-		switch hf.Name {
-		case ":method":
-			r.Method = hf.Value
-		case ":scheme":
-			r.Scheme = hf.Value
-		case ":authority":
-			r.Authority = hf.Value
-		case ":path":
-			r.Path = hf.Value
-		default:
-			return false
-		}
+	if !pseudo(f, r) {
+		return false
 	}
 	if r.Method == "" || r.Method == "CONNECT" || r.Scheme == "" || !plainPath(r.Path) {
 		return false
@@ -200,19 +189,8 @@ func grpcRequest(f *http2.MetaHeadersFrame, r *Request) bool {
 	if f.Truncated {
 		return false
 	}
-	for _, hf := range f.PseudoFields() {
-		switch hf.Name {
-		case ":method":
-			r.Method = hf.Value
-		case ":scheme":
-			r.Scheme = hf.Value
-		case ":authority":
-			r.Authority = hf.Value
-		case ":path":
-			r.Path = hf.Value
-		default:
-			return false
-		}
+	if !pseudo(f, r) {
+		return false
 	}
 	if r.Method != "POST" || r.Scheme == "" || !plainPath(r.Path) {
 		return false
@@ -239,6 +217,26 @@ func grpcRequest(f *http2.MetaHeadersFrame, r *Request) bool {
 		}
 	}
 	return isGRPC
+}
+
+// pseudo takes a request's pseudo-header fields into r; false for one it
+// does not know.
+func pseudo(f *http2.MetaHeadersFrame, r *Request) bool {
+	for _, hf := range f.PseudoFields() {
+		switch hf.Name {
+		case ":method":
+			r.Method = hf.Value
+		case ":scheme":
+			r.Scheme = hf.Value
+		case ":authority":
+			r.Authority = hf.Value
+		case ":path":
+			r.Path = hf.Value
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // plainPath: an origin-form target of visible ASCII whose escapes are

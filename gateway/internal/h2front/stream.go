@@ -209,15 +209,7 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if g := c.s.opts.GRPC; g != nil {
 		st.req.st = st
 		if grpcRequest(f, &st.req) {
-			if f.StreamEnded() {
-				st.remoteClosed.Store(true)
-				st.body.closeWith(io.EOF, nil)
-			}
-			c.handlers.Add(1)
-			c.s.workers.run(func() {
-				defer c.handlers.Done()
-				st.relay(g, f)
-			})
+			c.offer(st, f, g)
 			return nil
 		}
 		st.req, st.declared = Request{}, -1
@@ -225,13 +217,7 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if relay := c.s.opts.Relay; relay != nil {
 		st.req.st = st
 		if relayable(f, &st.req) {
-			st.remoteClosed.Store(true)
-			st.body.closeWith(io.EOF, nil)
-			c.handlers.Add(1)
-			c.s.workers.run(func() {
-				defer c.handlers.Done()
-				st.relay(relay, f)
-			})
+			c.offer(st, f, relay)
 			return nil
 		}
 	}
@@ -255,6 +241,20 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		st.serve(h, req)
 	})
 	return nil
+}
+
+// offer runs relay on st's request on a worker (the handler if it
+// declines).
+func (c *conn) offer(st *stream, f *http2.MetaHeadersFrame, relay func(*Request) bool) {
+	if f.StreamEnded() {
+		st.remoteClosed.Store(true)
+		st.body.closeWith(io.EOF, nil)
+	}
+	c.handlers.Add(1)
+	c.s.workers.run(func() {
+		defer c.handlers.Done()
+		st.relay(relay, f)
+	})
 }
 
 // headerListTooLong answers a request whose headers pass
