@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/envgate/envgate/gateway/internal/grpcwire"
 	"github.com/envgate/envgate/gateway/internal/h2front"
 )
 
@@ -88,7 +89,7 @@ func (s *Server) Serve(r *h2front.Request) bool {
 		case "grpc-timeout":
 			var err error
 			timeoutSet = true
-			if timeout, err = decodeTimeout(hf.Value); err != nil {
+			if timeout, err = grpcwire.DecodeTimeout(hf.Value); err != nil {
 				headerErr = status.Newf(codes.Internal, "malformed grpc-timeout: %v", err)
 			}
 		case "host":
@@ -97,13 +98,13 @@ func (s *Server) Serve(r *h2front.Request) bool {
 			// Reserved: not metadata (grpc-go isReservedHeader).
 		default:
 			v := hf.Value
-			if strings.HasSuffix(hf.Name, "-bin") {
-				b, err := decodeBin(v)
+			if grpcwire.IsBin(hf.Name) {
+				b, err := grpcwire.DecodeBin(v)
 				if err != nil {
 					headerErr = status.Newf(codes.Internal, "malformed binary metadata %q in header %q: %v", v, hf.Name, err)
 					continue
 				}
-				v = string(b)
+				v = b
 			}
 			md[hf.Name] = append(md[hf.Name], v)
 		}
@@ -171,8 +172,9 @@ type outbound interface {
 // before it takes a large response message from its upstream (Reserve,
 // Adjust), so a client that does not read holds back its upstream instead
 // of filling the gateway, as on gRPC's server. The stream and byte counts
-// are h2front's, kept for every request of the connection: here they are
-// no-ops, or each call would count twice.
+// are h2front's, kept for every request of the connection (request
+// messages reported by heldReader once the handler is done with them):
+// here they are no-ops, or each call would count twice.
 type outboundAddr struct {
 	net.Addr
 	acct outbound
@@ -451,22 +453,28 @@ func (ss *serverStream) finish(appErr error) {
 			st = status.FromContextError(appErr)
 		}
 	}
-	fields := statusFields(nil, st)
-	fields = appendMD(fields, ss.trailer)
-	if !ss.headerSent {
-		ss.headerSent = true
-		if len(ss.header) > 0 {
-			if ss.r.WriteHead(200, ss.headerFields(), nil, false) != nil {
-				return
-			}
-		} else {
-			// Trailers-only.
-			head := append([]hpack.HeaderField{{Name: "content-type", Value: ss.contentType}}, fields...)
-			_ = ss.r.WriteHead(200, head, nil, true)
-			return
-		}
+	// Nothing sent and no headers set: a trailers-only answer, its one
+	// HEADERS frame with the content type.
+	trailersOnly := !ss.headerSent && len(ss.header) == 0
+	if !ss.headerSent && !trailersOnly && ss.r.WriteHead(200, ss.headerFields(), nil, false) != nil {
+		return
+	}
+	ss.headerSent = true
+	var fields []hpack.HeaderField
+	if trailersOnly {
+		fields = ss.contentTypeField()
+	}
+	fields = appendMD(statusFields(fields, st), ss.trailer)
+	if trailersOnly {
+		_ = ss.r.WriteHead(200, fields, nil, true)
+		return
 	}
 	_ = ss.r.WriteTrailers(fields)
+}
+
+// contentTypeField starts the fields of an answer's first HEADERS frame.
+func (ss *serverStream) contentTypeField() []hpack.HeaderField {
+	return []hpack.HeaderField{{Name: "content-type", Value: ss.contentType}}
 }
 
 var statusOK = status.New(codes.OK, "")
@@ -474,13 +482,12 @@ var statusOK = status.New(codes.OK, "")
 // abort answers a call refused before its handler (grpc-go's
 // writeEarlyAbort): the HTTP status, and the gRPC status.
 func (ss *serverStream) abort(httpStatus int, st *status.Status) {
-	fields := statusFields([]hpack.HeaderField{{Name: "content-type", Value: ss.contentType}}, st)
-	_ = ss.r.WriteHead(httpStatus, fields, nil, true)
+	_ = ss.r.WriteHead(httpStatus, statusFields(ss.contentTypeField(), st), nil, true)
 }
 
 // headerFields are the response headers: content type, then metadata.
 func (ss *serverStream) headerFields() []hpack.HeaderField {
-	fields := []hpack.HeaderField{{Name: "content-type", Value: ss.contentType}}
+	fields := ss.contentTypeField()
 	if ss.sendComp != "" {
 		fields = append(fields, hpack.HeaderField{Name: "grpc-encoding", Value: ss.sendComp})
 	}
@@ -491,11 +498,11 @@ func (ss *serverStream) headerFields() []hpack.HeaderField {
 func statusFields(fields []hpack.HeaderField, st *status.Status) []hpack.HeaderField {
 	fields = append(fields, hpack.HeaderField{Name: "grpc-status", Value: codeText(st.Code())})
 	if msg := st.Message(); msg != "" {
-		fields = append(fields, hpack.HeaderField{Name: "grpc-message", Value: encodeMessage(msg)})
+		fields = append(fields, hpack.HeaderField{Name: "grpc-message", Value: grpcwire.EncodeMessage(msg)})
 	}
 	if p := st.Proto(); p != nil && len(p.Details) > 0 {
 		if b, err := proto.Marshal(p); err == nil {
-			fields = append(fields, hpack.HeaderField{Name: "grpc-status-details-bin", Value: encodeBin(b)})
+			fields = append(fields, hpack.HeaderField{Name: "grpc-status-details-bin", Value: grpcwire.EncodeBin(string(b))})
 		}
 	}
 	return fields
@@ -509,8 +516,8 @@ func appendMD(fields []hpack.HeaderField, md metadata.MD) []hpack.HeaderField {
 			continue
 		}
 		for _, v := range vv {
-			if strings.HasSuffix(k, "-bin") {
-				v = encodeBin([]byte(v))
+			if grpcwire.IsBin(k) {
+				v = grpcwire.EncodeBin(v)
 			}
 			fields = append(fields, hpack.HeaderField{Name: k, Value: v})
 		}

@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/envgate/envgate/gateway/internal/grpcwire"
 )
 
 // errStreamDone means the stream ended before a write; the caller learns
@@ -103,19 +105,19 @@ func (s *stream) encodeHeaders(enc *hpack.Encoder, buf *bytes.Buffer) {
 	if dl, ok := s.ctx.Deadline(); ok {
 		// New with every call: kept out of the dynamic table, where it
 		// would only push out the fields that repeat.
-		_ = enc.WriteField(hpack.HeaderField{Name: "grpc-timeout", Value: encodeTimeout(time.Until(dl)), Sensitive: true})
+		_ = enc.WriteField(hpack.HeaderField{Name: "grpc-timeout", Value: grpcwire.EncodeTimeout(time.Until(dl)), Sensitive: true})
 	}
 	for k, vs := range s.md {
 		if reserved(k) {
 			continue
 		}
-		bin := isBin(k)
+		bin := grpcwire.IsBin(k)
 		// A request ID is new with every call: kept out of the dynamic
 		// table like grpc-timeout.
 		never := k == "x-request-id"
 		for _, v := range vs {
 			if bin {
-				v = encodeBin(v)
+				v = grpcwire.EncodeBin(v)
 			}
 			if never {
 				_ = enc.WriteField(hpack.HeaderField{Name: k, Value: v, Sensitive: true})
@@ -446,7 +448,7 @@ func (s *stream) onHeaders(fields []hpack.HeaderField, end, truncated bool) {
 		case "grpc-status":
 			grpcStatus = hf.Value
 		case "grpc-message":
-			grpcMessage = decodeMessage(hf.Value)
+			grpcMessage = grpcwire.DecodeMessage(hf.Value)
 		case "grpc-encoding":
 			comp = hf.Value
 		default:
@@ -454,9 +456,9 @@ func (s *stream) onHeaders(fields []hpack.HeaderField, end, truncated bool) {
 				continue
 			}
 			v := hf.Value
-			if isBin(hf.Name) {
+			if grpcwire.IsBin(hf.Name) {
 				var err error
-				if v, err = decodeBin(v); err != nil {
+				if v, err = grpcwire.DecodeBin(v); err != nil {
 					s.fail(status.Newf(codes.Internal, "transport: malformed %s: %v", hf.Name, err), http2.ErrCodeProtocol)
 					return
 				}

@@ -1,12 +1,8 @@
 package h2client
 
 import (
-	"encoding/base64"
 	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
-	"time"
 
 	"golang.org/x/net/http2"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
@@ -38,60 +34,6 @@ func responseMetadata(k string) bool {
 		return true
 	}
 	return !reserved(k) || k == "grpc-status-details-bin"
-}
-
-func isBin(k string) bool { return strings.HasSuffix(k, "-bin") }
-
-func encodeBin(v string) string { return base64.RawStdEncoding.EncodeToString([]byte(v)) }
-
-func decodeBin(v string) (string, error) {
-	var b []byte
-	var err error
-	if len(v)%4 == 0 {
-		b, err = base64.StdEncoding.DecodeString(v)
-	} else {
-		b, err = base64.RawStdEncoding.DecodeString(v)
-	}
-	return string(b), err
-}
-
-// encodeTimeout writes d as a grpc-timeout value: at most eight digits and
-// the finest unit that fits.
-func encodeTimeout(d time.Duration) string {
-	if d <= 0 {
-		return "0n"
-	}
-	const max = 100_000_000
-	for _, u := range []struct {
-		unit byte
-		d    time.Duration
-	}{{'n', time.Nanosecond}, {'u', time.Microsecond}, {'m', time.Millisecond}, {'S', time.Second}, {'M', time.Minute}} {
-		// Round up so the upstream never gets more time than is left.
-		if v := (d + u.d - 1) / u.d; v < max {
-			return strconv.FormatInt(int64(v), 10) + string(u.unit)
-		}
-	}
-	return strconv.FormatInt(int64((d+time.Hour-1)/time.Hour), 10) + "H"
-}
-
-// decodeMessage undoes the percent-encoding of grpc-message.
-func decodeMessage(msg string) string {
-	if !strings.Contains(msg, "%") {
-		return msg
-	}
-	var sb strings.Builder
-	for i := 0; i < len(msg); i++ {
-		c := msg[i]
-		if c == '%' && i+2 < len(msg) {
-			if v, err := strconv.ParseUint(msg[i+1:i+3], 16, 8); err == nil {
-				sb.WriteByte(byte(v))
-				i += 2
-				continue
-			}
-		}
-		sb.WriteByte(c)
-	}
-	return sb.String()
 }
 
 // finalStatus builds the call's status from its trailers, with the details

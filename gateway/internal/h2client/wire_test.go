@@ -3,7 +3,6 @@ package h2client
 import (
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/net/http2/hpack"
 )
@@ -30,16 +29,5 @@ func TestFixedHeaderBytes(t *testing.T) {
 	// The first dynamic entry (index 62) must not exist.
 	if _, err := dec.Write([]byte{0x80 | 62}); err == nil {
 		t.Error("prepared fields added to the dynamic table")
-	}
-}
-
-func TestEncodeTimeout(t *testing.T) {
-	for d, want := range map[time.Duration]string{
-		0: "0n", 50 * time.Nanosecond: "50n", 1500 * time.Millisecond: "1500000u",
-		3 * time.Hour: "10800000m", 400 * 24 * time.Hour: "34560000S", 4000 * 24 * time.Hour: "5760000M",
-	} {
-		if got := encodeTimeout(d); got != want {
-			t.Errorf("%v: %s, want %s", d, got, want)
-		}
 	}
 }
