@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/envgate/envgate/gateway/internal/bufpool"
 	"github.com/envgate/envgate/gateway/internal/grpcwire"
 	"github.com/envgate/envgate/gateway/internal/h2front"
 )
@@ -345,6 +346,26 @@ func (ss *serverStream) SendMsg(m any) error {
 	return nil
 }
 
+// SendWire sends bytes of the response's messages as they are on the
+// wire, prefixes included, in one write (after the headers, when they
+// have not gone); they may end inside a message: a proxy forwarding what
+// its upstream sent as it came. The caller holds the messages to the
+// stream's limits and forwards a compressed flag only on a stream with an
+// encoding (PassCompressed), as SendMsg would.
+func (ss *serverStream) SendWire(parts [][]byte) error {
+	var err error
+	if !ss.headerSent {
+		ss.headerSent = true
+		err = ss.r.WriteHeadParts(200, ss.headerFields(), parts, false)
+	} else {
+		err = ss.r.WriteDataParts(parts, false)
+	}
+	if err != nil {
+		return ss.writeFailed()
+	}
+	return nil
+}
+
 // recvChunk is the most of a request message read into one buffer.
 const recvChunk = 32 << 10
 
@@ -410,7 +431,9 @@ func (ss *serverStream) RecvMsg(m any) error {
 	// does not make the gateway hold its size (a client could declare
 	// 4 MiB on each of its streams and send nothing more).
 	var data mem.BufferSlice
-	pool := mem.DefaultBufferPool()
+	// Each buffer is filled by the read or given back: it need not be
+	// cleared (bufpool).
+	pool := bufpool.Default
 	for left := n; left > 0; {
 		buf := pool.Get(min(left, recvChunk))
 		if _, err := io.ReadFull(b, *buf); err != nil {

@@ -2,6 +2,7 @@ package h2client
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/envgate/envgate/echo/echoserver"
 	"github.com/envgate/envgate/proto/echopb"
@@ -720,5 +722,133 @@ func TestBackendBackAfterAnOutageIsUsedPromptly(t *testing.T) {
 		t.Fatalf("first call served %v after the backend came back, want within about a second", d)
 	} else {
 		t.Logf("served again %v after the backend came back", d)
+	}
+}
+
+// forwarding is the upstream stream as a proxy that forwards bytes sees it.
+type forwarding interface {
+	Forward()
+	RecvForwarded(*Forwarded) error
+	Ready() bool
+}
+
+// forwardedCall opens a ServerStream call of count messages of size bytes
+// each, switches it to forwarding (after its first message is queued,
+// when queuedFirst) and returns every byte handed over, what RecvForwarded
+// counted, and the error that ended it.
+func forwardedCall(t *testing.T, cl *Client, count, size int, queuedFirst bool) (wire []byte, msgs, payload int, err error) {
+	t.Helper()
+	ctx := testCtx(t)
+	cs, err := cl.NewStream(ctx, &echopb.EchoService_ServiceDesc.Streams[0], echopb.EchoService_ServerStream_FullMethodName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.SendMsg(&echopb.EchoRequest{Count: int32(count), ResponseSize: int32(size)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.Header(); err != nil {
+		t.Fatal(err)
+	}
+	fw := cs.(forwarding)
+	if queuedFirst {
+		// Messages the stream split before the switch become bytes again.
+		deadline := time.Now().Add(10 * time.Second)
+		for !fw.Ready() {
+			if time.Now().After(deadline) {
+				t.Fatal("no message in 10 s")
+			}
+			time.Sleep(time.Millisecond) // polling Ready, not synchronisation
+		}
+	}
+	fw.Forward()
+	var in Forwarded
+	for {
+		if err = fw.RecvForwarded(&in); err != nil {
+			return wire, msgs, payload, err
+		}
+		for _, b := range in.Data {
+			wire = append(wire, b...)
+		}
+		msgs += in.Messages
+		payload += in.Payload
+		in.Free()
+	}
+}
+
+func TestForwardHandsOverTheWireBytes(t *testing.T) {
+	s := startServer(t)
+	cl, _ := newClient(t, Options{}, s.addr)
+	for _, queued := range []bool{false, true} {
+		// 300 messages of 1 KiB: more than a stream's window, so the
+		// window must come back as bytes are handed over.
+		wire, msgs, payload, err := forwardedCall(t, cl, 300, 1024, queued)
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("queued first %v: ended with %v, want io.EOF", queued, err)
+		}
+		// What was handed over parses as the server's messages, whole.
+		n, body := 0, 0
+		for rest := wire; len(rest) > 0; n++ {
+			if len(rest) < 5 || rest[0] != 0 {
+				t.Fatalf("queued first %v: message %d: bad prefix % x", queued, n, rest[:min(5, len(rest))])
+			}
+			size := int(binary.BigEndian.Uint32(rest[1:5]))
+			var resp echopb.EchoResponse
+			if err := proto.Unmarshal(rest[5:5+size], &resp); err != nil || len(resp.GetPayload()) != 1024 {
+				t.Fatalf("queued first %v: message %d: %v, payload %d bytes", queued, n, err, len(resp.GetPayload()))
+			}
+			body += size
+			rest = rest[5+size:]
+		}
+		if n != 300 || msgs != 300 || payload != body {
+			t.Fatalf("queued first %v: %d messages parsed, %d counted; payload %d counted, %d parsed", queued, n, msgs, payload, body)
+		}
+	}
+}
+
+func TestForwardHoldsMessagesToTheLimit(t *testing.T) {
+	s := startServer(t)
+	cl, _ := newClient(t, Options{MaxRecvMsgSize: 4000}, s.addr)
+	ctx := testCtx(t)
+	cs, err := cl.NewStream(ctx, &echopb.EchoService_ServiceDesc.Streams[2], echopb.EchoService_BidiStream_FullMethodName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := cs.(forwarding)
+	// The first answer, within the limit, comes before the switch; the
+	// second, over it, after: the call fails RESOURCE_EXHAUSTED, and
+	// nothing of the second, not even its prefix, is handed over.
+	if err := cs.SendMsg(&echopb.EchoRequest{ResponseSize: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.Header(); err != nil {
+		t.Fatal(err)
+	}
+	fw.Forward()
+	var in Forwarded
+	if err := fw.RecvForwarded(&in); err != nil || in.Messages != 1 {
+		t.Fatalf("first answer: %v, %d messages", err, in.Messages)
+	}
+	in.Free()
+	if err := cs.SendMsg(&echopb.EchoRequest{ResponseSize: 8000}); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		if err = fw.RecvForwarded(&in); err != nil {
+			break
+		}
+		for _, b := range in.Data {
+			n += len(b)
+		}
+		in.Free()
+	}
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "larger than max") {
+		t.Fatalf("over the limit: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if n > 0 {
+		t.Fatalf("%d bytes of a message over the limit were handed over", n)
 	}
 }

@@ -23,7 +23,7 @@ import (
 type reader struct {
 	fr      *http2.Framer
 	src     bufferedConn // what fr reads: a buffer grow may replace
-	nc      net.Conn
+	nc      fillCounter
 	pending []*stream
 	recv    recvWindow    // the connection window this client grants
 	frames  atomic.Uint64 // frames read, for the keepalive
@@ -38,13 +38,35 @@ type reader struct {
 }
 
 // A connection's read buffer starts small and grows once a frame larger
-// than it comes: 3,000 upstream connections of environments that carry
-// small calls held 96 MB in 32 KiB buffers, while one that carries large
-// messages reads two 16 KiB frames a system call, as before.
+// than it comes, or once reads keep filling it: 3,000 upstream
+// connections of environments that carry small calls held 96 MB in 32 KiB
+// buffers, while one that carries large messages reads two 16 KiB frames
+// a system call, as before, and one that streams small messages (a frame
+// each, from gRPC's servers) reads eight times as many a system call as
+// it did in the small buffer.
 const (
 	initialReadBuffer = 4 << 10
 	largeReadBuffer   = 32 << 10
+	busyFills         = 4 // reads in a row that filled the small buffer
 )
+
+// fillCounter is the connection as the read buffer sees it: it counts the
+// reads in a row that filled what they were given, which means more was
+// waiting.
+type fillCounter struct {
+	net.Conn
+	full int
+}
+
+func (f *fillCounter) Read(p []byte) (int, error) {
+	n, err := f.Conn.Read(p)
+	if n == len(p) {
+		f.full++
+	} else {
+		f.full = 0
+	}
+	return n, err
+}
 
 // bufferedConn is the framer's source: the reader's current buffer.
 type bufferedConn struct{ br *bufio.Reader }
@@ -52,8 +74,8 @@ type bufferedConn struct{ br *bufio.Reader }
 func (b *bufferedConn) Read(p []byte) (int, error) { return b.br.Read(p) }
 
 func (r *reader) init(nc net.Conn) {
-	r.nc = nc
-	r.src.br = bufio.NewReaderSize(nc, initialReadBuffer)
+	r.nc.Conn = nc
+	r.src.br = bufio.NewReaderSize(&r.nc, initialReadBuffer)
 	r.fr = http2.NewFramer(nil, &r.src)
 	r.fr.SetMaxReadFrameSize(defaultFrame) // what SETTINGS left at its default allows
 	r.hdec = hpack.NewDecoder(4096, r.emitField)
@@ -62,10 +84,15 @@ func (r *reader) init(nc net.Conn) {
 }
 
 // grow gives the connection the large read buffer once a frame larger
-// than the small one came and nothing is left in it; reader only.
+// than the small one came, or reads keep filling it, and nothing is left
+// in it; reader only.
 func (r *reader) grow(frame uint32) {
-	if br := r.src.br; frame > initialReadBuffer && br.Size() < largeReadBuffer && br.Buffered() == 0 {
-		r.src.br = bufio.NewReaderSize(r.nc, largeReadBuffer)
+	br := r.src.br
+	if br.Size() >= largeReadBuffer || br.Buffered() != 0 {
+		return
+	}
+	if frame > initialReadBuffer || r.nc.full >= busyFills {
+		r.src.br = bufio.NewReaderSize(&r.nc, largeReadBuffer)
 	}
 }
 

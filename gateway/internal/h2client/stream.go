@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/envgate/envgate/gateway/internal/bufpool"
 	"github.com/envgate/envgate/gateway/internal/grpcwire"
 )
 
@@ -29,7 +30,9 @@ import (
 // why from RecvMsg, as with gRPC's own client streams.
 var errStreamDone = errors.New("stream done")
 
-var pool = mem.DefaultBufferPool()
+// pool holds received messages: each buffer is filled by the copy out of
+// its frame at once, so it need not be cleared (bufpool).
+var pool mem.BufferPool = bufpool.Default
 
 // stream is one call on a connection. It implements grpc.ClientStream.
 type stream struct {
@@ -264,7 +267,7 @@ func (s *stream) Trailer() metadata.MD {
 func (s *stream) Ready() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.finished || len(s.q.msgs) > 0 && s.q.msgs[0].complete
+	return s.finished || len(s.q.msgs) > 0 && s.q.msgs[0].complete || len(s.q.raw) > 0
 }
 
 // RecvMsg receives the next message: io.EOF after the last one of a call
@@ -281,16 +284,7 @@ func (s *stream) RecvMsg(m any) error {
 			return s.decode(msg.flag, msg.data, m)
 		}
 		if s.finished {
-			st, partial, kind := s.final, s.q.partial(), s.kind
-			s.q.free()
-			s.mu.Unlock()
-			if st.Code() != codes.OK {
-				return withFailure(st, kind)
-			}
-			if partial {
-				return status.Error(codes.Internal, "envgate: the upstream ended the call inside a message")
-			}
-			return io.EOF
+			return s.endLocked()
 		}
 		if missing := s.q.missing(); missing > s.recv.left {
 			// A message larger than the window: let all of it in, once
@@ -308,6 +302,80 @@ func (s *stream) RecvMsg(m any) error {
 			s.mu.Unlock()
 			s.c.windowUpdate(s.id, grant)
 			continue
+		}
+		s.mu.Unlock()
+		<-s.wake
+	}
+}
+
+// endLocked is what a reader gets once it took everything of a finished
+// call: io.EOF after a call that succeeded, its status otherwise. s.mu
+// held; it returns with it unlocked.
+func (s *stream) endLocked() error {
+	st, partial, kind := s.final, s.q.partial(), s.kind
+	s.q.free()
+	s.mu.Unlock()
+	if st.Code() != codes.OK {
+		return withFailure(st, kind)
+	}
+	if partial {
+		return status.Error(codes.Internal, "envgate: the upstream ended the call inside a message")
+	}
+	return io.EOF
+}
+
+// Forward switches the response to forwarding, for a proxy that sends
+// the client what the upstream sent as it came: RecvForwarded hands over
+// the bytes of each DATA frame in one buffer, where RecvMsg copies each
+// message into its own and hands them over one at a time (a 1 KiB
+// stream's messages arrive a dozen to a frame). Message boundaries are
+// still tracked, to count messages and hold them to the size limit. The
+// caller calls it once, after the headers, and no RecvMsg after it.
+func (s *stream) Forward() {
+	s.mu.Lock()
+	s.q.startForward()
+	s.mu.Unlock()
+}
+
+// Forwarded is what RecvForwarded hands over.
+type Forwarded struct {
+	Data       [][]byte // the bytes as they came, prefixes and all; they may end inside a message
+	Messages   int      // the messages that ended in Data
+	Payload    int      // Data's bytes that are messages' (not their prefixes')
+	Compressed bool     // a message that began in Data has its compressed flag
+	bufs       []*[]byte
+}
+
+// Free gives Data's buffers back; Data is not to be used after.
+func (f *Forwarded) Free() {
+	for i, b := range f.bufs {
+		pool.Put(b)
+		f.bufs[i] = nil
+	}
+	f.bufs = f.bufs[:0]
+	clear(f.Data)
+	f.Data = f.Data[:0]
+}
+
+// RecvForwarded waits for response bytes after Forward and hands over all
+// that are in, into f (whose slices it reuses; f must have been freed);
+// the stream's window bounds them. At the call's end it returns RecvMsg's
+// error: io.EOF, or the call's status (an upstream that stopped inside a
+// message is an error, as for RecvMsg).
+func (s *stream) RecvForwarded(f *Forwarded) error {
+	for {
+		s.mu.Lock()
+		if len(s.q.raw) > 0 {
+			n := s.q.takeRaw(f)
+			grant := s.consumedLocked(int64(n))
+			s.mu.Unlock()
+			if grant > 0 {
+				s.c.windowUpdate(s.id, grant)
+			}
+			return nil
+		}
+		if s.finished {
+			return s.endLocked()
 		}
 		s.mu.Unlock()
 		<-s.wake
@@ -602,7 +670,22 @@ type msgQueue struct {
 	msgs   []rmsg // the last may be incomplete
 	pfx    [5]byte
 	pfxLen int
+
+	// Forwarding (stream.Forward): the bytes as they came, frames
+	// sharing buffers of rawChunk bytes, with the messages' boundaries
+	// tracked.
+	forward bool
+	raw     []*[]byte
+	left    int  // bytes of the message in progress still to come
+	ended   int  // messages that ended in raw
+	payload int  // raw's bytes that are messages'
+	flags   byte // the flags of the messages that began in raw
 }
+
+// rawChunk is the size of the buffers forwarded bytes are copied into: a
+// stream's small frames (gRPC's servers send a frame per message) share
+// one, where a buffer each was half of a 1 KiB stream's cost.
+const rawChunk = 16 << 10
 
 type rmsg struct {
 	flag     byte
@@ -610,6 +693,103 @@ type rmsg struct {
 	data     mem.BufferSlice
 	complete bool
 	reserved bool // its Reserver was told
+}
+
+// startForward switches the queue to forwarding: what it holds becomes
+// bytes again, prefixes and all.
+func (q *msgQueue) startForward() {
+	if q.forward {
+		return
+	}
+	q.forward = true
+	for _, m := range q.msgs {
+		q.appendRaw([]byte{m.flag, byte(m.size >> 24), byte(m.size >> 16), byte(m.size >> 8), byte(m.size)})
+		for _, b := range m.data {
+			q.appendRaw(b.ReadOnlyData())
+		}
+		q.payload += m.data.Len()
+		q.flags |= m.flag
+		if m.complete {
+			q.ended++
+		} else {
+			q.left = m.size - m.data.Len()
+		}
+		m.data.Free()
+	}
+	q.msgs = nil
+	if q.pfxLen > 0 {
+		q.appendRaw(q.pfx[:q.pfxLen])
+	}
+}
+
+// appendRaw copies p behind what raw holds, into its last buffer while
+// there is room.
+func (q *msgQueue) appendRaw(p []byte) {
+	for len(p) > 0 {
+		if n := len(q.raw); n == 0 || len(*q.raw[n-1]) == cap(*q.raw[n-1]) {
+			b := pool.Get(max(len(p), rawChunk))
+			*b = (*b)[:0]
+			q.raw = append(q.raw, b)
+		}
+		last := q.raw[len(q.raw)-1]
+		k := min(len(p), cap(*last)-len(*last))
+		*last = append(*last, p[:k]...)
+		p = p[k:]
+	}
+}
+
+// writeRaw takes a DATA frame's payload when forwarding. A message over
+// limit is an error, and nothing of it from this frame on is forwarded.
+func (q *msgQueue) writeRaw(frame []byte, limit int) *status.Status {
+	data := frame
+	for len(data) > 0 {
+		if q.left > 0 {
+			k := min(q.left, len(data))
+			q.left -= k
+			q.payload += k
+			data = data[k:]
+			if q.left == 0 {
+				q.ended++
+			}
+			continue
+		}
+		start := len(frame) - len(data) - q.pfxLen // where the prefix began in this frame
+		k := copy(q.pfx[q.pfxLen:], data)
+		q.pfxLen += k
+		data = data[k:]
+		if q.pfxLen < 5 {
+			break
+		}
+		q.pfxLen = 0
+		size := int64(binary.BigEndian.Uint32(q.pfx[1:]))
+		if size > int64(limit) {
+			q.appendRaw(frame[:max(start, 0)])
+			return status.Newf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", size, limit)
+		}
+		q.flags |= q.pfx[0]
+		if size == 0 {
+			q.ended++
+		} else {
+			q.left = int(size)
+		}
+	}
+	q.appendRaw(frame)
+	return nil
+}
+
+// takeRaw hands what forwarding queued over to f and returns its length.
+func (q *msgQueue) takeRaw(f *Forwarded) int {
+	n := 0
+	for _, b := range q.raw {
+		f.Data = append(f.Data, *b)
+		n += len(*b)
+	}
+	f.bufs = append(f.bufs, q.raw...)
+	f.Messages, f.Payload, f.Compressed = q.ended, q.payload, q.flags&1 != 0
+	clear(q.raw)
+	q.raw = q.raw[:0]
+	q.ended, q.payload, q.flags = 0, 0, 0
+	return n
 }
 
 // unreserved returns the size of the first message, once its prefix is
@@ -624,6 +804,9 @@ func (q *msgQueue) unreserved() (int, bool) {
 
 // write takes a DATA frame's payload; a message over max is an error.
 func (q *msgQueue) write(data []byte, max int) *status.Status {
+	if q.forward {
+		return q.writeRaw(data, max)
+	}
 	for len(data) > 0 {
 		last := len(q.msgs) - 1
 		if last < 0 || q.msgs[last].complete {
@@ -671,11 +854,15 @@ func (q *msgQueue) missing() int64 {
 	return int64(q.msgs[0].size - q.msgs[0].data.Len())
 }
 
-func (q *msgQueue) partial() bool { return q.pfxLen > 0 || len(q.msgs) > 0 }
+func (q *msgQueue) partial() bool { return q.pfxLen > 0 || len(q.msgs) > 0 || q.left > 0 }
 
 func (q *msgQueue) free() {
 	for _, m := range q.msgs {
 		m.data.Free()
 	}
 	q.msgs = nil
+	for _, b := range q.raw {
+		pool.Put(b)
+	}
+	q.raw = nil
 }

@@ -72,18 +72,31 @@ func (w *writer) flushLocked() {
 		return
 	}
 	w.writing = true
+	// The buffer just written takes the next queue while the burst goes
+	// on: a pooled one would grow again from bufStart by doubling, which
+	// was a tenth of a 1 KiB stream's CPU.
+	var spare []byte
 	for len(w.buf) > 0 && w.err == nil {
 		out := w.buf
-		w.buf = nil
+		w.buf = spare
 		w.mu.Unlock()
 		err := w.write(out)
-		putBuf(out)
 		w.mu.Lock()
+		spare = out[:0]
+		if len(w.buf) == 0 && w.buf != nil {
+			// Nothing was queued meanwhile: keep the larger one.
+			if cap(w.buf) > cap(spare) {
+				spare, w.buf = w.buf, spare
+			}
+			putBuf(w.buf)
+			w.buf = nil
+		}
 		if err != nil && w.err == nil {
 			w.err = err
 		}
 		w.cond.Broadcast() // the queue drained
 	}
+	putBuf(spare)
 	w.writing = false
 	failed := w.err
 	w.mu.Unlock()
@@ -139,10 +152,14 @@ func (w *writer) waitWritten() {
 // Buffers, for writes and request bodies: pooled, so a connection or
 // stream holds one only while it has bytes in it, and a message of tens of
 // KiB does not grow a new one by doubling each time; one grown past
-// maxPooled is let go rather than kept.
+// maxPooled is let go rather than kept. maxPooled is above what a queue at
+// its bound grows to (MaxQueued's default, a frame more, and growslice's
+// rounding): below it, a client reading slower than its streams arrive
+// had its full queue's buffer dropped and grown again from bufStart on
+// every write, copying it each time.
 const (
 	bufStart  = 4 << 10
-	maxPooled = 256 << 10
+	maxPooled = 1 << 20
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, bufStart); return &b }}
@@ -150,7 +167,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, bufStart); return
 func getBuf() []byte { return (*bufPool.Get().(*[]byte))[:0] }
 
 func putBuf(b []byte) {
-	if cap(b) <= maxPooled {
+	if cap(b) > 0 && cap(b) <= maxPooled {
 		b = b[:0]
 		bufPool.Put(&b)
 	}

@@ -721,28 +721,37 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 	// gRPC's per-stream write quota for smaller messages) rather than
 	// filling the gateway.
 	f.acct, f.ctx = c.acct, ss.Context()
-	for {
-		if err = cs.RecvMsg(&f); err != nil {
-			p.unreserve(&f, c, 0)
-			break
+	ws, sendsWire := ss.(wireSender)
+	fw, forwards := cs.(forwarder)
+	if sendsWire && forwards && sendComp == upComp {
+		var sendErr error
+		if err, sendErr = p.relayWire(fw, ws, ss, cs, &f, c, sendComp != ""); sendErr != nil {
+			return sendErr
 		}
-		n := int64(f.data.Len())
-		if f.compressed {
-			if sendComp == upComp {
-				f.mark = !wire // passes through compressed
-			} else if err = p.inflate(&f, upComp); err != nil {
+	} else {
+		for {
+			if err = cs.RecvMsg(&f); err != nil {
 				p.unreserve(&f, c, 0)
+				break
+			}
+			n := int64(f.data.Len())
+			if f.compressed {
+				if sendComp == upComp {
+					f.mark = !wire // passes through compressed
+				} else if err = p.inflate(&f, upComp); err != nil {
+					p.unreserve(&f, c, 0)
+					return err
+				}
+			}
+			p.unreserve(&f, c, f.data.Len()+5)
+			holdIfReady(ss, cs)
+			if err = ss.SendMsg(&f); err != nil {
+				f.free()
 				return err
 			}
+			c.bytesOut += n
+			c.msgsOut++
 		}
-		p.unreserve(&f, c, f.data.Len()+5)
-		holdIfReady(ss, cs)
-		if err = ss.SendMsg(&f); err != nil {
-			f.free()
-			return err
-		}
-		c.bytesOut += n
-		c.msgsOut++
 	}
 	tr := cs.Trailer()
 	if !c.headersSent {
@@ -766,6 +775,54 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 		return nil
 	}
 	return err
+}
+
+// forwarder is an upstream stream (h2client's) that hands over the
+// response's bytes as they came (Forward).
+type forwarder interface {
+	Forward()
+	RecvForwarded(*h2client.Forwarded) error
+}
+
+// wireSender is a server stream (grpcfront's) that sends bytes of the
+// response's messages as they are on the wire.
+type wireSender interface {
+	SendWire(parts [][]byte) error
+}
+
+// relayWire forwards the upstream's response bytes as they came to a
+// server stream that takes them so: all that are in at once, in one write,
+// where the message loop copies, hands over and writes each message on
+// its own (a 1 KiB stream's messages arrive a dozen to a frame). The
+// response's encoding is the upstream's (encoded: there is one), so
+// nothing is inflated. It returns what ended the upstream's response
+// (io.EOF at its end), or the send's error.
+func (p *Proxy) relayWire(fw forwarder, ws wireSender, ss grpc.ServerStream, cs grpc.ClientStream, f *frame, c *call, encoded bool) (recvErr, sendErr error) {
+	var in h2client.Forwarded
+	fw.Forward()
+	for {
+		if err := fw.RecvForwarded(&in); err != nil {
+			return err, nil
+		}
+		if in.Compressed && !encoded {
+			in.Free()
+			return nil, status.Error(codes.Internal, "envgate: the upstream sent a compressed message on a call with no encoding")
+		}
+		size := 0
+		for _, b := range in.Data {
+			size += len(b)
+		}
+		p.unreserve(f, c, size)
+		holdIfReady(ss, cs)
+		sendErr = ws.SendWire(in.Data)
+		msgs, payload := in.Messages, in.Payload
+		in.Free()
+		if sendErr != nil {
+			return nil, sendErr
+		}
+		c.bytesOut += int64(payload)
+		c.msgsOut += int64(msgs)
+	}
 }
 
 // inflate decompresses a response message for a client that does not
