@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -88,6 +89,16 @@ func TestInteropThroughSharedHTTP2(t *testing.T) {
 	runInteropCases(t, startGateway(t, cfg, nil), cert)
 }
 
+// cancelRaced is how cancel_after_begin fails when the client lost its own
+// race: grpc-go's DoCancelAfterBegin (interop/test_utils.go) cancels the
+// call's context and then calls CloseAndRecv at once, and when the
+// goroutine that acts on the cancellation is scheduled after that, the
+// half-close goes out, the server answers OK and the answer is read
+// before the cancellation is noticed. The faster the path, the more often
+// (about one run in six through envgate); no proxy can make the client
+// see CANCELLED then. Any other failure of the case fails the test.
+var cancelRaced = []byte("got error code 0, want 1")
+
 // runInteropCases runs every interop case through both of gw's listeners.
 func runInteropCases(t *testing.T, gw *runningGateway, cert string) {
 	client := tool(t, "interop-client")
@@ -110,6 +121,10 @@ func runInteropCases(t *testing.T, gw *runningGateway, cert string) {
 					"-test_case", tc, "-additional_metadata", "env:interop",
 				}, listener.extra...)
 				out, err := exec.CommandContext(ctx, client, args...).CombinedOutput()
+				for try := 1; err != nil && tc == "cancel_after_begin" && try < 3 && bytes.Contains(out, cancelRaced); try++ {
+					t.Logf("cancel_after_begin over %s: the client's own race (try %d), again:\n%s", listener.name, try, out)
+					out, err = exec.CommandContext(ctx, client, args...).CombinedOutput()
+				}
 				if err != nil {
 					t.Fatalf("%s over %s: %v\n%s", tc, listener.name, err, out)
 				}

@@ -25,7 +25,9 @@
 #                    (sharedHTTP2). CLIENT_TLS_TARGETS picks the rows.
 #   STREAM_ROWS      server-streaming MB/s and CPU per GB (1 KiB and 64 KiB
 #                    messages), bidi ping-pong p50/p99 on 100 streams
-#                    (scripts/bench/load).
+#                    (scripts/bench/load); envgate-shared is the GKE
+#                    overlay's listener (sharedHTTP2), whose streams are
+#                    forwarded as bytes. STREAM_TARGETS picks the rows.
 #   CONN_ROWS        CONN_COUNT (10,000) TLS connections, one call each, idle
 #                    with keepalive pings, then calls on CONN_ACTIVE (1,000)
 #                    of them and on 10: RSS per idle connection, rate, p99.
@@ -513,23 +515,23 @@ if [ "$CLIENT_TLS_ROWS" = 1 ]; then
 fi
 
 if [ "$STREAM_ROWS" = 1 ]; then
-  measure_streams direct envgate nginx haproxy
+  measure_streams ${STREAM_TARGETS:-direct envgate ${BASE_GATEWAY:+envgate-base }envgate-shared ${BASE_GATEWAY:+envgate-base-shared }nginx haproxy}
   echo
   echo "server streaming: 10 concurrent ServerStream calls on one h2c connection, responses of MSG bytes (1 KiB: 256 MB in all, 64 KiB: 1 GB); CPU: seconds per GB received"
   awk '{ key = $1 SUBSEP $2; M[key] = $3; C[key] = $4; row[NR] = $0 }
     function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
     END {
-      printf "%-6s %-10s %9s %12s %12s %7s | %-10s | %-16s\n", "msg", "target", "MB/s", "proxy cpu/GB", "backnd cpu/GB", "RSS MB", "vs direct", "vs haproxy cpu/GB"
+      printf "%-6s %-19s %9s %12s %12s %7s | %-10s | %-16s\n", "msg", "target", "MB/s", "proxy cpu/GB", "backnd cpu/GB", "RSS MB", "vs direct", "vs haproxy cpu/GB"
       for (i = 1; i <= NR; i++) { split(row[i], f, " ")
-        printf "%-6s %-10s %9.1f %12.3f %12.3f %7d | %-10s | %-16s\n", f[1], f[2], f[3], f[4], f[5], f[6], ratio(f[3], M[f[1] SUBSEP "direct"]), ratio(f[4], C[f[1] SUBSEP "haproxy"]) } }' "$DIR/results-streams"
+        printf "%-6s %-19s %9.1f %12.3f %12.3f %7d | %-10s | %-16s\n", f[1], f[2], f[3], f[4], f[5], f[6], ratio(f[3], M[f[1] SUBSEP "direct"]), ratio(f[4], C[f[1] SUBSEP "haproxy"]) } }' "$DIR/results-streams"
   echo
   echo "bidi ping-pong: 100 concurrent BidiStreams on one h2c connection, 1 KiB each way, one message in flight per stream; proxy CPU seconds per 10k round trips"
   awk '{ P[$1] = $3; C[$1] = $5; row[NR] = $0 }
     function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
     END {
-      printf "%-10s %8s %8s %10s %10s | %-12s | %-10s\n", "target", "p50 ms", "p99 ms", "rtt/s", "proxy cpu", "vs direct p99", "vs haproxy cpu"
+      printf "%-19s %8s %8s %10s %10s | %-12s | %-10s\n", "target", "p50 ms", "p99 ms", "rtt/s", "proxy cpu", "vs direct p99", "vs haproxy cpu"
       for (i = 1; i <= NR; i++) { split(row[i], f, " ")
-        printf "%-10s %8.3f %8.3f %10d %10.3f | %-13s | %-10s\n", f[1], f[2], f[3], f[4], f[5], ratio(f[3], P["direct"]), ratio(f[5], C["haproxy"]) } }' "$DIR/results-pingpong"
+        printf "%-19s %8.3f %8.3f %10d %10.3f | %-13s | %-10s\n", f[1], f[2], f[3], f[4], f[5], ratio(f[3], P["direct"]), ratio(f[5], C["haproxy"]) } }' "$DIR/results-pingpong"
 fi
 
 if [ "$CONN_ROWS" = 1 ]; then

@@ -852,3 +852,38 @@ func TestForwardHoldsMessagesToTheLimit(t *testing.T) {
 		t.Fatalf("%d bytes of a message over the limit were handed over", n)
 	}
 }
+
+// TestReadBufferGrowsForStreamsOfSmallFrames: a connection that carries
+// small calls keeps the small read buffer; one that streams small
+// messages (a frame each) gets the large one once reads keep filling it.
+func TestReadBufferGrowsForStreamsOfSmallFrames(t *testing.T) {
+	s := startServer(t)
+	cl, c := newClient(t, Options{}, s.addr)
+	ctx := testCtx(t)
+	for range 50 {
+		if _, err := c.Call(ctx, &echopb.EchoRequest{ResponseSize: 100}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn := (*(*cl.ready.Load())[0].conns.Load())[0]
+	// Read after the calls returned: the reader replaces the buffer only
+	// on a DATA frame, before it wakes the call that frame is for.
+	if size := conn.src.br.Size(); size != initialReadBuffer {
+		t.Fatalf("after small calls the read buffer is %d bytes, want %d", size, initialReadBuffer)
+	}
+	ss, err := c.ServerStream(ctx, &echopb.EchoRequest{Count: 2000, ResponseSize: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := ss.Recv(); err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	if size := conn.src.br.Size(); size != largeReadBuffer {
+		t.Fatalf("after a stream of 2,000 1 KiB messages the read buffer is %d bytes, want %d", size, largeReadBuffer)
+	}
+}

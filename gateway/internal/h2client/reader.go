@@ -38,21 +38,22 @@ type reader struct {
 }
 
 // A connection's read buffer starts small and grows once a frame larger
-// than it comes, or once reads keep filling it: 3,000 upstream
+// than it comes, or once reads filled it busyFills times: 3,000 upstream
 // connections of environments that carry small calls held 96 MB in 32 KiB
 // buffers, while one that carries large messages reads two 16 KiB frames
 // a system call, as before, and one that streams small messages (a frame
-// each, from gRPC's servers) reads eight times as many a system call as
-// it did in the small buffer.
+// each, from gRPC's servers) reads eight times as much a system call as
+// in the small buffer. It grows when nothing is left in the small one,
+// which for small frames is at the end of a burst.
 const (
 	initialReadBuffer = 4 << 10
 	largeReadBuffer   = 32 << 10
-	busyFills         = 4 // reads in a row that filled the small buffer
+	busyFills         = 8
 )
 
 // fillCounter is the connection as the read buffer sees it: it counts the
-// reads in a row that filled what they were given, which means more was
-// waiting.
+// reads that filled what they were given (more was waiting), up to
+// busyFills.
 type fillCounter struct {
 	net.Conn
 	full int
@@ -60,10 +61,8 @@ type fillCounter struct {
 
 func (f *fillCounter) Read(p []byte) (int, error) {
 	n, err := f.Conn.Read(p)
-	if n == len(p) {
+	if n == len(p) && f.full < busyFills {
 		f.full++
-	} else {
-		f.full = 0
 	}
 	return n, err
 }
@@ -84,8 +83,8 @@ func (r *reader) init(nc net.Conn) {
 }
 
 // grow gives the connection the large read buffer once a frame larger
-// than the small one came, or reads keep filling it, and nothing is left
-// in it; reader only.
+// than the small one came, or reads filled it busyFills times, and
+// nothing is left in it; reader only.
 func (r *reader) grow(frame uint32) {
 	br := r.src.br
 	if br.Size() >= largeReadBuffer || br.Buffered() != 0 {

@@ -343,16 +343,16 @@ type Forwarded struct {
 	Messages   int      // the messages that ended in Data
 	Payload    int      // Data's bytes that are messages' (not their prefixes')
 	Compressed bool     // a message that began in Data has its compressed flag
-	bufs       []*[]byte
+	segs       []rawSeg
 }
 
 // Free gives Data's buffers back; Data is not to be used after.
 func (f *Forwarded) Free() {
-	for i, b := range f.bufs {
-		pool.Put(b)
-		f.bufs[i] = nil
+	for i := range f.segs {
+		f.segs[i].free()
+		f.segs[i] = rawSeg{}
 	}
-	f.bufs = f.bufs[:0]
+	f.segs = f.segs[:0]
 	clear(f.Data)
 	f.Data = f.Data[:0]
 }
@@ -675,7 +675,7 @@ type msgQueue struct {
 	// sharing buffers of rawChunk bytes, with the messages' boundaries
 	// tracked.
 	forward bool
-	raw     []*[]byte
+	raw     []rawSeg
 	left    int  // bytes of the message in progress still to come
 	ended   int  // messages that ended in raw
 	payload int  // raw's bytes that are messages'
@@ -686,6 +686,29 @@ type msgQueue struct {
 // stream's small frames (gRPC's servers send a frame per message) share
 // one, where a buffer each was half of a 1 KiB stream's cost.
 const rawChunk = 16 << 10
+
+// rawSeg is a piece of the forwarded bytes: a buffer frames are copied
+// into (chunk), or a message's buffer that was in before the switch,
+// handed on as it is.
+type rawSeg struct {
+	chunk *[]byte
+	buf   mem.Buffer
+}
+
+func (r rawSeg) bytes() []byte {
+	if r.chunk != nil {
+		return *r.chunk
+	}
+	return r.buf.ReadOnlyData()
+}
+
+func (r rawSeg) free() {
+	if r.chunk != nil {
+		pool.Put(r.chunk)
+	} else if r.buf != nil {
+		r.buf.Free()
+	}
+}
 
 type rmsg struct {
 	flag     byte
@@ -703,9 +726,11 @@ func (q *msgQueue) startForward() {
 	}
 	q.forward = true
 	for _, m := range q.msgs {
-		q.appendRaw([]byte{m.flag, byte(m.size >> 24), byte(m.size >> 16), byte(m.size >> 8), byte(m.size)})
+		pfx := pool.Get(5) // a small buffer: the message's own follow
+		copy(*pfx, []byte{m.flag, byte(m.size >> 24), byte(m.size >> 16), byte(m.size >> 8), byte(m.size)})
+		q.raw = append(q.raw, rawSeg{chunk: pfx})
 		for _, b := range m.data {
-			q.appendRaw(b.ReadOnlyData())
+			q.raw = append(q.raw, rawSeg{buf: b}) // handed on, not copied
 		}
 		q.payload += m.data.Len()
 		q.flags |= m.flag
@@ -714,7 +739,6 @@ func (q *msgQueue) startForward() {
 		} else {
 			q.left = m.size - m.data.Len()
 		}
-		m.data.Free()
 	}
 	q.msgs = nil
 	if q.pfxLen > 0 {
@@ -726,12 +750,12 @@ func (q *msgQueue) startForward() {
 // there is room.
 func (q *msgQueue) appendRaw(p []byte) {
 	for len(p) > 0 {
-		if n := len(q.raw); n == 0 || len(*q.raw[n-1]) == cap(*q.raw[n-1]) {
+		if n := len(q.raw); n == 0 || q.raw[n-1].chunk == nil || len(*q.raw[n-1].chunk) == cap(*q.raw[n-1].chunk) {
 			b := pool.Get(max(len(p), rawChunk))
 			*b = (*b)[:0]
-			q.raw = append(q.raw, b)
+			q.raw = append(q.raw, rawSeg{chunk: b})
 		}
-		last := q.raw[len(q.raw)-1]
+		last := q.raw[len(q.raw)-1].chunk
 		k := min(len(p), cap(*last)-len(*last))
 		*last = append(*last, p[:k]...)
 		p = p[k:]
@@ -780,11 +804,12 @@ func (q *msgQueue) writeRaw(frame []byte, limit int) *status.Status {
 // takeRaw hands what forwarding queued over to f and returns its length.
 func (q *msgQueue) takeRaw(f *Forwarded) int {
 	n := 0
-	for _, b := range q.raw {
-		f.Data = append(f.Data, *b)
-		n += len(*b)
+	for _, r := range q.raw {
+		b := r.bytes()
+		f.Data = append(f.Data, b)
+		n += len(b)
 	}
-	f.bufs = append(f.bufs, q.raw...)
+	f.segs = append(f.segs, q.raw...)
 	f.Messages, f.Payload, f.Compressed = q.ended, q.payload, q.flags&1 != 0
 	clear(q.raw)
 	q.raw = q.raw[:0]
@@ -861,8 +886,8 @@ func (q *msgQueue) free() {
 		m.data.Free()
 	}
 	q.msgs = nil
-	for _, b := range q.raw {
-		pool.Put(b)
+	for _, r := range q.raw {
+		r.free()
 	}
 	q.raw = nil
 }
