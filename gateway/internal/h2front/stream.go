@@ -845,7 +845,7 @@ func (c *conn) writeDataLocked(st *stream, parts [][]byte, size int, end bool) e
 		if n > 0 {
 			// Room for the rest at once, not by doubling per frame.
 			if w.buf == nil {
-				w.buf = getBuf()
+				w.buf = getWriteBuf()
 			}
 			w.buf = slices.Grow(w.buf, size+size/int(w.maxFrame+1)*frameHeaderLen+frameHeaderLen)
 		}

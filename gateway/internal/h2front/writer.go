@@ -58,7 +58,7 @@ type appendTo struct{ w *writer }
 
 func (a appendTo) Write(p []byte) (int, error) {
 	if a.w.buf == nil {
-		a.w.buf = getBuf()
+		a.w.buf = getWriteBuf()
 	}
 	a.w.buf = append(a.w.buf, p...)
 	return len(p), nil
@@ -88,7 +88,7 @@ func (w *writer) flushLocked() {
 			if cap(w.buf) > cap(spare) {
 				spare, w.buf = w.buf, spare
 			}
-			putBuf(w.buf)
+			putWriteBuf(w.buf)
 			w.buf = nil
 		}
 		if err != nil && w.err == nil {
@@ -96,7 +96,7 @@ func (w *writer) flushLocked() {
 		}
 		w.cond.Broadcast() // the queue drained
 	}
-	putBuf(spare)
+	putWriteBuf(spare)
 	w.writing = false
 	failed := w.err
 	w.mu.Unlock()
@@ -151,32 +151,46 @@ func (w *writer) waitWritten() {
 
 // Buffers, for writes and request bodies: pooled, so a connection or
 // stream holds one only while it has bytes in it, and a message of tens of
-// KiB does not grow a new one by doubling each time; one grown past
-// maxPooled is let go rather than kept. maxPooled is above what a queue at
-// its bound grows to (MaxQueued's default, a frame more, and growslice's
-// rounding): below it, a client reading slower than its streams arrive
-// had its full queue's buffer dropped and grown again from bufStart on
-// every write, copying it each time.
+// KiB does not grow a new one by doubling each time; one grown past its
+// pool's bound is let go rather than kept. A write buffer is kept up to
+// maxPooledWrite, above what a queue at its bound grows to (MaxQueued's
+// default, a frame more, and growslice's rounding): below it, a client
+// reading slower than its streams arrive had its full queue's buffer
+// dropped and grown again from bufStart on every write, copying it each
+// time. A request body's buffer is kept up to maxPooled only: bodies
+// stuck behind a stalled upstream fill many at once, and keeping those
+// took the overload test past its container limit.
 const (
-	bufStart  = 4 << 10
-	maxPooled = 1 << 20
+	bufStart       = 4 << 10
+	maxPooled      = 256 << 10
+	maxPooledWrite = 1 << 20
 )
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, bufStart); return &b }}
+var (
+	bufPool      = sync.Pool{New: func() any { b := make([]byte, 0, bufStart); return &b }}
+	writeBufPool = sync.Pool{New: func() any { b := make([]byte, 0, bufStart); return &b }}
+)
 
-func getBuf() []byte { return (*bufPool.Get().(*[]byte))[:0] }
+// getBuf and putBuf are for request bodies, getWriteBuf and putWriteBuf
+// for the connection's writes.
+func getBuf() []byte      { return (*bufPool.Get().(*[]byte))[:0] }
+func getWriteBuf() []byte { return (*writeBufPool.Get().(*[]byte))[:0] }
 
-func putBuf(b []byte) {
-	if cap(b) > 0 && cap(b) <= maxPooled {
+func putBuf(b []byte) { putIn(&bufPool, b, maxPooled) }
+
+func putWriteBuf(b []byte) { putIn(&writeBufPool, b, maxPooledWrite) }
+
+func putIn(p *sync.Pool, b []byte, max int) {
+	if cap(b) > 0 && cap(b) <= max {
 		b = b[:0]
-		bufPool.Put(&b)
+		p.Put(&b)
 	}
 }
 
 // dataHeader appends a DATA frame's header: the payload follows.
 func (w *writer) dataHeader(id uint32, n int, end bool) {
 	if w.buf == nil {
-		w.buf = getBuf()
+		w.buf = getWriteBuf()
 	}
 	var flags byte
 	if end {
