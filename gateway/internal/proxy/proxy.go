@@ -714,44 +714,24 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 	}
 	var err error
 	var f frame
-	// A response message larger than the upstream stream's window is let
-	// in only once the client's connection holds less than its outbound
-	// cap; every message counts there until it is written. A client that
-	// does not read holds back its upstream (through flow control, and
-	// gRPC's per-stream write quota for smaller messages) rather than
-	// filling the gateway.
+	// Response bytes count against the client connection's outbound cap
+	// until written. Message by message, one larger than the upstream
+	// stream's window is let in only once the connection holds less than
+	// the cap; forwarded as bytes, a message goes on in pieces of the
+	// window. Either way a client that does not read holds back its
+	// upstream (through flow control, and gRPC's per-stream write quota
+	// for smaller messages) rather than filling the gateway.
 	f.acct, f.ctx = c.acct, ss.Context()
+	var sendErr error
 	ws, sendsWire := ss.(wireSender)
 	fw, forwards := cs.(forwarder)
 	if sendsWire && forwards && sendComp == upComp {
-		var sendErr error
-		if err, sendErr = p.relayWire(fw, ws, ss, cs, &f, c, sendComp != ""); sendErr != nil {
-			return sendErr
-		}
+		err, sendErr = p.relayWire(fw, ws, ss, cs, &f, c, sendComp != "")
 	} else {
-		for {
-			if err = cs.RecvMsg(&f); err != nil {
-				p.unreserve(&f, c, 0)
-				break
-			}
-			n := int64(f.data.Len())
-			if f.compressed {
-				if sendComp == upComp {
-					f.mark = !wire // passes through compressed
-				} else if err = p.inflate(&f, upComp); err != nil {
-					p.unreserve(&f, c, 0)
-					return err
-				}
-			}
-			p.unreserve(&f, c, f.data.Len()+5)
-			holdIfReady(ss, cs)
-			if err = ss.SendMsg(&f); err != nil {
-				f.free()
-				return err
-			}
-			c.bytesOut += n
-			c.msgsOut++
-		}
+		err, sendErr = p.relayMessages(cs, ss, &f, c, sendComp, upComp, wire)
+	}
+	if sendErr != nil {
+		return sendErr
 	}
 	tr := cs.Trailer()
 	if !c.headersSent {
@@ -777,6 +757,38 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 	return err
 }
 
+// relayMessages forwards the upstream's response messages one at a time:
+// compressed ones as they came when the client gets the upstream's
+// encoding (sendComp == upComp; wire: the server stream sends them by
+// their flag, else behind the pass-through marker), inflated otherwise.
+// It returns what ended the upstream's response (io.EOF at its end), or
+// the error that ended the sending.
+func (p *Proxy) relayMessages(cs grpc.ClientStream, ss grpc.ServerStream, f *frame, c *call, sendComp, upComp string, wire bool) (recvErr, sendErr error) {
+	for {
+		if err := cs.RecvMsg(f); err != nil {
+			p.unreserve(f, c, 0)
+			return err, nil
+		}
+		n := int64(f.data.Len())
+		if f.compressed {
+			if sendComp == upComp {
+				f.mark = !wire // passes through compressed
+			} else if err := p.inflate(f, upComp); err != nil {
+				p.unreserve(f, c, 0)
+				return nil, err
+			}
+		}
+		p.unreserve(f, c, f.data.Len()+5)
+		holdIfReady(ss, cs)
+		if err := ss.SendMsg(f); err != nil {
+			f.free()
+			return nil, err
+		}
+		c.bytesOut += n
+		c.msgsOut++
+	}
+}
+
 // forwarder is an upstream stream (h2client's) that hands over the
 // response's bytes as they came (Forward).
 type forwarder interface {
@@ -792,8 +804,8 @@ type wireSender interface {
 
 // relayWire forwards the upstream's response bytes as they came to a
 // server stream that takes them so: all that are in at once, in one write,
-// where the message loop copies, hands over and writes each message on
-// its own (a 1 KiB stream's messages arrive a dozen to a frame). The
+// where relayMessages copies, hands over and writes each message on its
+// own (a 1 KiB stream's messages arrive a dozen at a time). The
 // response's encoding is the upstream's (encoded: there is one), so
 // nothing is inflated. It returns what ended the upstream's response
 // (io.EOF at its end), or the send's error.
