@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/acme/autocert"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -71,7 +72,16 @@ func TestACMECertificateFromPebble(t *testing.T) {
 		t.Fatal(err)
 	}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
-	resp, err := hc.Get("https://127.0.0.1:" + mgmtPort + "/roots/0")
+	// Pebble's log line for its management interface can come before
+	// that listener accepts (a make test run was refused right after it),
+	// so the first requests may be refused: they are retried for 10 s.
+	var resp *http.Response
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if resp, err = hc.Get("https://127.0.0.1:" + mgmtPort + "/roots/0"); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // polling the port, not synchronisation
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -326,11 +326,12 @@ func (s *stream) endLocked() error {
 
 // Forward switches the response to forwarding, for a proxy that sends
 // the client what the upstream sent as it came: RecvForwarded hands over
-// the bytes of each DATA frame in one buffer, where RecvMsg copies each
-// message into its own and hands them over one at a time (a 1 KiB
-// stream's messages arrive a dozen to a frame). Message boundaries are
-// still tracked, to count messages and hold them to the size limit. The
-// caller calls it once, after the headers, and no RecvMsg after it.
+// all the bytes that are in, the frames' payloads copied into shared
+// buffers, where RecvMsg copies each message into its own and hands them
+// over one at a time (gRPC's servers send a frame per message, and a
+// 1 KiB stream's arrive a dozen at a time). Message boundaries are still
+// tracked, to count messages and hold them to the size limit. The caller
+// calls it once, after the headers, and no RecvMsg after it.
 func (s *stream) Forward() {
 	s.mu.Lock()
 	s.q.startForward()

@@ -726,7 +726,7 @@ func (p *Proxy) pumpToClient(cs grpc.ClientStream, us upstreamStream, ss grpc.Se
 	ws, sendsWire := ss.(wireSender)
 	fw, forwards := cs.(forwarder)
 	if sendsWire && forwards && sendComp == upComp {
-		err, sendErr = p.relayWire(fw, ws, ss, cs, &f, c, sendComp != "")
+		err, sendErr = p.relayWire(fw, ws, ss, cs, c, sendComp != "")
 	} else {
 		err, sendErr = p.relayMessages(cs, ss, &f, c, sendComp, upComp, wire)
 	}
@@ -809,7 +809,7 @@ type wireSender interface {
 // response's encoding is the upstream's (encoded: there is one), so
 // nothing is inflated. It returns what ended the upstream's response
 // (io.EOF at its end), or the send's error.
-func (p *Proxy) relayWire(fw forwarder, ws wireSender, ss grpc.ServerStream, cs grpc.ClientStream, f *frame, c *call, encoded bool) (recvErr, sendErr error) {
+func (p *Proxy) relayWire(fw forwarder, ws wireSender, ss grpc.ServerStream, cs grpc.ClientStream, c *call, encoded bool) (recvErr, sendErr error) {
 	var in h2client.Forwarded
 	fw.Forward()
 	for {
@@ -824,7 +824,9 @@ func (p *Proxy) relayWire(fw forwarder, ws wireSender, ss grpc.ServerStream, cs 
 		for _, b := range in.Data {
 			size += len(b)
 		}
-		p.unreserve(f, c, size)
+		if c.acct != nil {
+			c.acct.Adjust(size) // the connection's until written; nothing was reserved
+		}
 		holdIfReady(ss, cs)
 		sendErr = ws.SendWire(in.Data)
 		msgs, payload := in.Messages, in.Payload
