@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -349,6 +350,50 @@ func TestSmallResponseIsOneWrite(t *testing.T) {
 	if !bytes.HasSuffix(answer, []byte("Hello World!")) || answer[3] != byte(http2.FrameHeaders) {
 		t.Fatalf("the response's largest write is %d bytes %q: HEADERS and DATA not in one write", len(answer), answer)
 	}
+}
+
+// TestConcurrentAnswersShareWrites: answers that are ready together go
+// out in a few writes, not one system call each: the writer yields once
+// before a small write so the other streams add theirs, as gRPC's
+// loopyWriter does. With one P the answering goroutines run one after
+// another; without the yield each wrote its answer alone (50 writes).
+func TestConcurrentAnswersShareWrites(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	const n = 50
+	var arrived atomic.Int32
+	all := make(chan struct{})
+	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if arrived.Add(1) == n {
+			close(all)
+		}
+		<-all
+		_, _ = io.WriteString(w, "Hello World!")
+	}), Options{})
+	writes := make(chan []byte, 1000)
+	addr, _ := serveOne(t, s, func(nc net.Conn) net.Conn { return &recordingConn{Conn: nc, writes: writes} })
+	rc := dialRaw(t, addr)
+	rc.until("the server's SETTINGS", func(f http2.Frame) bool { sf, ok := f.(*http2.SettingsFrame); return ok && !sf.IsAck() })
+	_ = rc.fr.WriteSettingsAck()
+	for i := range n {
+		rc.get(uint32(2*i+1), "/")
+	}
+	ended := 0
+	rc.until("every answer", func(f http2.Frame) bool {
+		if d, ok := f.(*http2.DataFrame); ok && d.StreamEnded() {
+			ended++
+		}
+		return ended == n
+	})
+	answers := 0
+	for len(writes) > 0 {
+		if bytes.Contains(<-writes, []byte("Hello World!")) {
+			answers++
+		}
+	}
+	if answers > n/5 {
+		t.Fatalf("%d answers went out in %d writes, want at most %d", n, answers, n/5)
+	}
+	t.Logf("%d answers in %d writes", n, answers)
 }
 
 type recordingConn struct {

@@ -3,6 +3,7 @@ package h2front
 import (
 	"errors"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,6 +73,15 @@ func (w *writer) flushLocked() {
 		return
 	}
 	w.writing = true
+	if len(w.buf) < minBatch {
+		// Yield once so the streams that are ready to run add their
+		// frames to this write, as gRPC's own writer does (loopyWriter,
+		// controlbuf.go): a unary answer is a few hundred bytes, and
+		// without it each went out in a system call of its own.
+		w.mu.Unlock()
+		runtime.Gosched()
+		w.mu.Lock()
+	}
 	// The buffer just written takes the next queue while the burst goes
 	// on: a pooled one would grow again from bufStart by doubling, which
 	// was a tenth of a 1 KiB stream's CPU.
@@ -128,6 +138,10 @@ func (w *writer) write(p []byte) error {
 	}
 	return nil
 }
+
+// minBatch is the queue under which a writer yields before its write,
+// gRPC's minBatchSize.
+const minBatch = 1000
 
 // writeChunk is the most one write to a TLS connection may take before
 // its deadline is renewed.
