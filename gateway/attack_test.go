@@ -41,8 +41,8 @@ func gatewayProcessEnv(t *testing.T, env []string, envs map[string]string, extra
 	t.Helper()
 	var b strings.Builder
 	listener := "{address: 127.0.0.1:0}"
-	if os.Getenv("ENVGATE_TEST_SHARED_HTTP2") != "" { // as unvalidatedConfig
-		listener = "{address: 127.0.0.1:0, sharedHTTP2: true}"
+	if s := testSharedHTTP2(); s != nil { // as unvalidatedConfig
+		listener = fmt.Sprintf("{address: 127.0.0.1:0, sharedHTTP2: %t}", *s)
 	}
 	fmt.Fprintf(&b, "listeners: [%s]\nadmin: {address: 127.0.0.1:0, debugAddress: 127.0.0.1:0}\ndrainDelay: 10ms\ndiscovery:\n  static:\n", listener)
 	for env, addr := range envs {

@@ -30,14 +30,15 @@ const sniffTimeout = 10 * time.Second
 
 // sniffOptions are how a listener's connections are told apart.
 func sniffOptions(cfg *config.Config, l config.Listener, tlsConf *tls.Config) sniff.Options {
-	// An HTTP/2 connection may wait for its first request as long as it
-	// may idle: a load balancer opens connections ahead of its calls, and
-	// one sent to the HTTP server for want of a request would serve its
-	// gRPC calls there, through grpcfront, at a few percent more CPU per
-	// call than on gRPC's own server (docs/bench.md, "Run S"). One that
-	// sends nothing for that long goes to the HTTP server, which closes
-	// it as idle.
-	return sniff.Options{TLS: tlsConf, Timeout: sniffTimeout, FirstRequest: cfg.Limits.IdleTimeout, SharedHTTP2: l.SharedHTTP2, Settings: interimSettings(cfg.Limits), ConnWindow: clientConnWindow}
+	// By default every HTTP/2 connection goes to envgate's own HTTP/2
+	// server (Listener.Shared). With sharedHTTP2 off, an HTTP/2
+	// connection may wait for its first request as long as it may idle:
+	// a load balancer opens connections ahead of its calls, and one sent
+	// to the HTTP server for want of a request would serve its gRPC
+	// calls there, through grpcfront, instead of on gRPC's server. One
+	// that sends nothing for that long goes to the HTTP server, which
+	// closes it as idle.
+	return sniff.Options{TLS: tlsConf, Timeout: sniffTimeout, FirstRequest: cfg.Limits.IdleTimeout, SharedHTTP2: l.Shared(), Settings: interimSettings(cfg.Limits), ConnWindow: clientConnWindow}
 }
 
 // headerTableSize is the HPACK table both servers decode with: HTTP/2's
@@ -106,8 +107,8 @@ func newHTTPServer(cfg *config.Config, grpcSrv *grpc.Server, front http.Handler,
 	}
 }
 
-// newHTTP2Server is a listener's server for the HTTP/2 connections whose
-// first request is not gRPC, or all of them with sharedHTTP2
+// newHTTP2Server is a listener's server for every HTTP/2 connection, or
+// with sharedHTTP2 off for those whose first request is not gRPC
 // (docs/h2front.md): envgate's own, with gRPC's limits and the sniffer's
 // SETTINGS; gRPC calls on its connections go to grpcCalls (grpcfront),
 // and those it declines (compressed ones) to the listener's gRPC server

@@ -19,11 +19,11 @@ import (
 var h2specFailures = h2spectest.Failures
 
 // envgate's HTTP/2 conformance is its servers': each connection is served
-// by gRPC's server (its first request is gRPC, or it breaks the protocol
-// before any) or by Go's HTTP/2 server (anything else; h2spec's requests
-// are plain GETs), so h2spec finds no case that fails through envgate and
-// passes against both a grpc-go server and a Go net/http h2c server with
-// the same limits. A case that fails through envgate and against one of
+// by envgate's own HTTP/2 server (h2front), or with sharedHTTP2 off by
+// gRPC's server when its first request is gRPC or it breaks the protocol
+// before any (h2spec's requests are plain GETs), so h2spec finds no case
+// that fails through envgate and passes against both a grpc-go server
+// and a Go net/http h2c server with the same limits. A case that fails through envgate and against one of
 // them is logged. (grpc-go's own failures are mostly h2spec's GET getting a
 // gRPC answer, not the HTTP one h2spec waits for.)
 func TestH2SpecNoWorseThanItsServers(t *testing.T) {

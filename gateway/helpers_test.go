@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -127,6 +128,16 @@ func testConfig(t testing.TB, envs map[string][]string) *config.Config {
 	return c
 }
 
+// testSharedHTTP2 is the listeners' sharedHTTP2 for this run of the
+// tests: nil (the default, on) unless ENVGATE_TEST_SHARED_HTTP2 says.
+func testSharedHTTP2() *bool {
+	v, err := strconv.ParseBool(os.Getenv("ENVGATE_TEST_SHARED_HTTP2"))
+	if err != nil {
+		return nil
+	}
+	return &v
+}
+
 // unvalidatedConfig is testConfig before Validate, for a test that adds
 // what Validate needs first (VirtualService files for services other than
 // routing.service).
@@ -138,13 +149,10 @@ func unvalidatedConfig(envs map[string][]string) *config.Config {
 		Discovery: config.Discovery{Static: envs},
 		AccessLog: &off,
 	}
-	// ENVGATE_TEST_SHARED_HTTP2=1 runs the tests with every HTTP/2
-	// connection on envgate's own HTTP/2 server (sharedHTTP2, as the GKE
-	// overlay's listeners), gRPC calls through grpcfront instead of
-	// gRPC's server.
-	if os.Getenv("ENVGATE_TEST_SHARED_HTTP2") != "" {
-		c.Listeners[0].SharedHTTP2 = true
-	}
+	// ENVGATE_TEST_SHARED_HTTP2=false runs the tests with the listener's
+	// sharedHTTP2 off: a connection whose first request is gRPC goes to
+	// gRPC's own server instead of envgate's HTTP/2 server and grpcfront.
+	c.Listeners[0].SharedHTTP2 = testSharedHTTP2()
 	c.Defaults()
 	c.DrainDelay = time.Millisecond // tests that drain set their own
 	return c

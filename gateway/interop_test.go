@@ -70,16 +70,15 @@ func TestInteropThroughGateway(t *testing.T) {
 	}
 }
 
-// With sharedHTTP2 (the GKE overlay's listeners), every call is served by
-// envgate's own HTTP/2 server and reaches the proxy through grpcfront
-// instead of gRPC's server: the same cases must pass there, over h2c and
-// TLS.
-func TestInteropThroughSharedHTTP2(t *testing.T) {
+// With sharedHTTP2 off, a connection whose first call is gRPC is served
+// by gRPC's own server instead of envgate's HTTP/2 server and grpcfront:
+// the same cases must pass there, over h2c and TLS.
+func TestInteropThroughGRPCServer(t *testing.T) {
 	server := startProcess(t, []string{"GRPC_GO_LOG_SEVERITY_LEVEL=info"}, tool(t, "interop-server"), "-port", "0")
 	port := server.waitLine(t, `interop server listening on .*:(\d+)`)[1]
 	cert, key := writeCert(t)
 	cfg := testConfig(t, map[string][]string{"interop": {"127.0.0.1:" + port}})
-	cfg.Listeners[0].SharedHTTP2 = true
+	cfg.Listeners[0].SharedHTTP2 = new(false)
 	cfg.Listeners = append(cfg.Listeners, cfg.Listeners[0])
 	cfg.Listeners[1].TLS = &config.TLS{CertFile: cert, KeyFile: key}
 	cfg.Defaults()

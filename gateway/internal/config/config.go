@@ -95,14 +95,18 @@ type IstioMetrics struct {
 type Listener struct {
 	Address string `yaml:"address"`
 	TLS     *TLS   `yaml:"tls"`
-	// SharedHTTP2 serves every HTTP/2 connection with envgate's own
-	// HTTP/2 server, which hands gRPC calls to the same handler
-	// (grpcfront): REST and gRPC may then share any connection (a load
-	// balancer that mixes them). Off, a connection's first request
-	// decides, and a connection that starts with gRPC is gRPC's server's
-	// alone, which answers REST on it with 415.
-	SharedHTTP2 bool `yaml:"sharedHTTP2"`
+	// SharedHTTP2 (default true) serves every HTTP/2 connection with
+	// envgate's own HTTP/2 server, which hands gRPC calls to the same
+	// handler (grpcfront): REST and gRPC may share any connection (a
+	// load balancer that mixes them). false gives a connection whose
+	// first request is gRPC to gRPC's own server, which answers REST on
+	// it with 415; it is kept for comparison (docs/bench.md, "Run U").
+	SharedHTTP2 *bool `yaml:"sharedHTTP2"`
 }
+
+// Shared says whether every HTTP/2 connection goes to envgate's own
+// HTTP/2 server (SharedHTTP2, true unless set false).
+func (l Listener) Shared() bool { return l.SharedHTTP2 == nil || *l.SharedHTTP2 }
 
 // TLS names PEM certificate and key files (for example the edge2mesh
 // kubernetes.io/tls Secret mounted as a volume), read again every

@@ -29,6 +29,32 @@ discovery:
 	}
 }
 
+// Every HTTP/2 connection is envgate's own server's unless a listener
+// says sharedHTTP2: false.
+func TestSharedHTTP2IsTheDefault(t *testing.T) {
+	c, err := Parse([]byte(`
+listeners:
+  - address: 127.0.0.1:8080
+  - address: 127.0.0.1:8081
+    sharedHTTP2: false
+  - address: 127.0.0.1:8082
+    sharedHTTP2: true
+discovery:
+  static:
+    env1: [127.0.0.1:50051]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []bool
+	for _, l := range c.Listeners {
+		got = append(got, l.Shared())
+	}
+	if len(got) != 3 || !got[0] || got[1] || !got[2] {
+		t.Fatalf("shared %v, want [true false true]", got)
+	}
+}
+
 func TestParseRejects(t *testing.T) {
 	for name, tc := range map[string]struct{ yaml, want string }{
 		// Issue 14, point 6: mistakes said in the file's terms.

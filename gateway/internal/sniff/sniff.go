@@ -144,7 +144,8 @@ type Options struct {
 	ConnWindow uint32
 	// SharedHTTP2 sends every HTTP/2 connection to the HTTP server, so
 	// that REST may follow gRPC on any connection (a load balancer that
-	// mixes both on its connections).
+	// mixes both on its connections): the gateway's default. Off, the
+	// first request's content-type decides.
 	SharedHTTP2 bool
 }
 
