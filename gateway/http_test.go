@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -142,6 +143,63 @@ func TestGRPCAndRESTOnOnePort(t *testing.T) {
 	_ = resp.Body.Close()
 	if resp.Trailer.Get("Grpc-Status") != "0" || !strings.Contains(string(body), "env1") {
 		t.Fatalf("gRPC after REST on one connection: status %q message %q, body %q", resp.Trailer.Get("Grpc-Status"), resp.Trailer.Get("Grpc-Message"), body)
+	}
+}
+
+// REST after gRPC on one HTTP/2 connection, as a load balancer that
+// mixes them sends it: by default every HTTP/2 connection is envgate's own
+// server's and the REST request is routed; with sharedHTTP2 off the
+// connection is gRPC's server's from its first call, which answers REST
+// with 415.
+func TestRESTAfterGRPCOnOneConnection(t *testing.T) {
+	be := startBackend(t, "env1")
+	mixed := startMixedBackend(t, "env1", be)
+	for _, tc := range []struct {
+		name   string
+		shared *bool
+		status int
+	}{
+		{"default", nil, http.StatusOK},
+		{"sharedHTTP2 false", new(false), http.StatusUnsupportedMediaType},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t, map[string][]string{"env1": {mixed}})
+			cfg.Listeners[0].SharedHTTP2 = tc.shared
+			addr := startGateway(t, cfg, nil).Addrs()[0]
+			c := &http.Client{Transport: h2cTransport()}
+			req, _ := http.NewRequest("POST", "http://"+addr+"/echo.EchoService/Call", strings.NewReader("\x00\x00\x00\x00\x04\x0a\x02hi"))
+			req.Header.Set("Content-Type", "application/grpc")
+			req.Header.Set("TE", "trailers")
+			req.Header.Set("env", "env1")
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			if resp.Trailer.Get("Grpc-Status") != "0" {
+				t.Fatalf("gRPC first: status %q", resp.Trailer.Get("Grpc-Status"))
+			}
+			var reused bool
+			ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }})
+			req, _ = http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/api/v1/hello", nil)
+			req.Header.Set("env", "env1")
+			resp, err = c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if !reused {
+				t.Fatal("the REST request went on a new connection")
+			}
+			if resp.StatusCode != tc.status {
+				t.Fatalf("REST after gRPC: %d %q, want %d", resp.StatusCode, body, tc.status)
+			}
+			if tc.status == http.StatusOK && string(body) != "REST env1 /api/v1/hello" {
+				t.Fatalf("REST after gRPC answered %q", body)
+			}
+		})
 	}
 }
 
