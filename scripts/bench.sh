@@ -21,13 +21,15 @@
 #   CLIENT_TLS_ROWS  the client speaks TLS to every proxy (one certificate,
 #                    ECDSA P-256 then RSA 2048), h2c behind; direct-tls is
 #                    the client speaking TLS to the backend itself;
-#                    envgate-shared-ctls is the GKE overlay's listener
-#                    (sharedHTTP2). CLIENT_TLS_TARGETS picks the rows.
+#                    envgate-grpcserver-ctls has sharedHTTP2 off (gRPC's
+#                    own server; the default listener's before run U),
+#                    envgate-shared-ctls says sharedHTTP2 (for a base
+#                    before run U). CLIENT_TLS_TARGETS picks the rows.
 #   STREAM_ROWS      server-streaming MB/s and CPU per GB (1 KiB and 64 KiB
 #                    messages), bidi ping-pong p50/p99 on 100 streams
-#                    (scripts/bench/load); envgate-shared is the GKE
-#                    overlay's listener (sharedHTTP2), whose streams are
-#                    forwarded as bytes. STREAM_TARGETS picks the rows.
+#                    (scripts/bench/load); envgate-grpcserver has
+#                    sharedHTTP2 off (gRPC's own server, which hands over
+#                    messages, not bytes). STREAM_TARGETS picks the rows.
 #   CONN_ROWS        CONN_COUNT (10,000) TLS connections, one call each, idle
 #                    with keepalive pings, then calls on CONN_ACTIVE (1,000)
 #                    of them and on 10: RSS per idle connection, rate, p99.
@@ -206,6 +208,8 @@ start_target() {
       $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-base-ctls) render "$ROOT/scripts/bench/envgate-ctls.yaml.in" "$DIR/conf/envgate.yaml"
       $PIN "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-grpcserver-ctls) render "$ROOT/scripts/bench/envgate-grpcserver-ctls.yaml.in" "$DIR/conf/envgate.yaml"
+      $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-shared-ctls) render "$ROOT/scripts/bench/envgate-shared-ctls.yaml.in" "$DIR/conf/envgate.yaml"
       $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-base-shared-ctls) render "$ROOT/scripts/bench/envgate-shared-ctls.yaml.in" "$DIR/conf/envgate.yaml"
@@ -218,6 +222,8 @@ start_target() {
       $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-base) render "$ROOT/scripts/bench/envgate.yaml.in" "$DIR/conf/envgate.yaml"
       $PIN "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-grpcserver) render "$ROOT/scripts/bench/envgate-grpcserver.yaml.in" "$DIR/conf/envgate.yaml"
+      $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-shared) render "$ROOT/scripts/bench/envgate-shared.yaml.in" "$DIR/conf/envgate.yaml"
       $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     envgate-base-shared) render "$ROOT/scripts/bench/envgate-shared.yaml.in" "$DIR/conf/envgate.yaml"
@@ -469,7 +475,7 @@ results="$DIR/results"
 measured_backend=$backend
 # BASE_GATEWAY=path/to/gateway adds its row (envgate-base): a change
 # measured against the gateway before it, in the same run.
-GRPC_TARGETS=${GRPC_TARGETS:-"direct envgate ${BASE_GATEWAY:+envgate-base }envgate-shared ${BASE_GATEWAY:+envgate-base-shared }grpcgo-floor grpc-proxy nginx haproxy"}
+GRPC_TARGETS=${GRPC_TARGETS:-"direct envgate ${BASE_GATEWAY:+envgate-base }envgate-grpcserver grpcgo-floor grpc-proxy nginx haproxy"}
 # GRPC_TARGETS=" " skips this table.
 if [ -n "${GRPC_TARGETS// /}" ]; then
   measure $GRPC_TARGETS
@@ -507,7 +513,7 @@ if [ "$CLIENT_TLS_ROWS" = 1 ]; then
     bench_certs "$key"
     start_tls_backend
     : >"$results"
-    measure ${CLIENT_TLS_TARGETS:-direct-tls envgate-ctls ${BASE_GATEWAY:+envgate-base-ctls }envgate-shared-ctls ${BASE_GATEWAY:+envgate-base-shared-ctls }nginx-ctls haproxy-ctls}
+    measure ${CLIENT_TLS_TARGETS:-direct-tls envgate-ctls ${BASE_GATEWAY:+envgate-base-ctls }envgate-grpcserver-ctls nginx-ctls haproxy-ctls}
     echo
     echo "client TLS ($key): the client speaks TLS 1.3 to each proxy (one certificate, $( [ "$key" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256" )), h2c to the backend; direct-tls speaks TLS to the backend itself. Columns as in the first table."
     table direct-tls envgate-ctls
@@ -515,7 +521,7 @@ if [ "$CLIENT_TLS_ROWS" = 1 ]; then
 fi
 
 if [ "$STREAM_ROWS" = 1 ]; then
-  measure_streams ${STREAM_TARGETS:-direct envgate ${BASE_GATEWAY:+envgate-base }envgate-shared ${BASE_GATEWAY:+envgate-base-shared }nginx haproxy}
+  measure_streams ${STREAM_TARGETS:-direct envgate ${BASE_GATEWAY:+envgate-base }envgate-grpcserver nginx haproxy}
   echo
   echo "server streaming: 10 concurrent ServerStream calls on one h2c connection, responses of MSG bytes (1 KiB: 256 MB in all, 64 KiB: 1 GB); CPU: seconds per GB received"
   awk '{ key = $1 SUBSEP $2; M[key] = $3; C[key] = $4; row[NR] = $0 }
