@@ -131,16 +131,7 @@ func TestGRPCAndRESTOnOnePort(t *testing.T) {
 			t.Fatalf("no env: %d, want 404", resp.StatusCode)
 		}
 	}
-	req, _ := http.NewRequest("POST", "http://"+addr+"/echo.EchoService/Call", strings.NewReader("\x00\x00\x00\x00\x04\x0a\x02hi"))
-	req.Header.Set("Content-Type", "application/grpc")
-	req.Header.Set("TE", "trailers")
-	req.Header.Set("env", "env1")
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	_ = resp.Body.Close()
+	resp, body := grpcOverHTTP(t, c, addr, "env1")
 	if resp.Trailer.Get("Grpc-Status") != "0" || !strings.Contains(string(body), "env1") {
 		t.Fatalf("gRPC after REST on one connection: status %q message %q, body %q", resp.Trailer.Get("Grpc-Status"), resp.Trailer.Get("Grpc-Message"), body)
 	}
@@ -167,24 +158,15 @@ func TestRESTAfterGRPCOnOneConnection(t *testing.T) {
 			cfg.Listeners[0].SharedHTTP2 = tc.shared
 			addr := startGateway(t, cfg, nil).Addrs()[0]
 			c := &http.Client{Transport: h2cTransport()}
-			req, _ := http.NewRequest("POST", "http://"+addr+"/echo.EchoService/Call", strings.NewReader("\x00\x00\x00\x00\x04\x0a\x02hi"))
-			req.Header.Set("Content-Type", "application/grpc")
-			req.Header.Set("TE", "trailers")
-			req.Header.Set("env", "env1")
-			resp, err := c.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			_ = resp.Body.Close()
+			resp, _ := grpcOverHTTP(t, c, addr, "env1")
 			if resp.Trailer.Get("Grpc-Status") != "0" {
 				t.Fatalf("gRPC first: status %q", resp.Trailer.Get("Grpc-Status"))
 			}
 			var reused bool
 			ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }})
-			req, _ = http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/api/v1/hello", nil)
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/api/v1/hello", nil)
 			req.Header.Set("env", "env1")
-			resp, err = c.Do(req)
+			resp, err := c.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -201,6 +183,23 @@ func TestRESTAfterGRPCOnOneConnection(t *testing.T) {
 			}
 		})
 	}
+}
+
+// grpcOverHTTP makes an echo Call ("hi") for env as an HTTP/2 POST with
+// c, returning the answer with its trailers read and its body.
+func grpcOverHTTP(t *testing.T, c *http.Client, addr, env string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/echo.EchoService/Call", strings.NewReader("\x00\x00\x00\x00\x04\x0a\x02hi"))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("TE", "trailers")
+	req.Header.Set("env", env)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	return resp, body
 }
 
 func h2cTransport() *http.Transport {
