@@ -4,7 +4,8 @@
 // connection that resets too many (HTTP/2 Rapid Reset, CVE-2023-44487), as
 // Envoy's connection manager does. It also tells how many bytes each
 // connection holds in the gateway, so the overload manager can close the
-// one that holds the most.
+// one that holds the most, and pauses reading from those that hold much
+// while the manager asks (PauseReads).
 package edge
 
 import (
@@ -69,6 +70,35 @@ type Limiter struct {
 	// connections (the overload manager's Kick); unread counts toward it.
 	onRead atomic.Pointer[func()]
 	unread atomic.Int64
+
+	// paused is open while the overload manager has reads paused
+	// (PauseReads): a connection holding PauseMin or more waits on it
+	// before it reads, and it is closed when reads resume. nil: not
+	// paused. pausedReads counts the reads waiting.
+	paused      atomic.Pointer[chan struct{}]
+	pausedReads atomic.Int32
+}
+
+// PauseMin is what a connection must hold for its reads to be paused: one
+// whose calls complete holds next to nothing.
+const PauseMin = 1 << 20
+
+// PauseReads stops (on) or resumes reading from the connections that hold
+// PauseMin or more, as Envoy disables reading from a connection whose
+// buffers passed their high watermark: while memory nears its limit, what
+// the clients keep sending stays in their socket buffers and, through
+// TCP's and HTTP/2's flow control, in the clients, instead of arriving
+// faster than the overload manager can close connections. Connections
+// holding less (calls that complete) are read as ever.
+func (l *Limiter) PauseReads(on bool) {
+	if on {
+		ch := make(chan struct{})
+		l.paused.CompareAndSwap(nil, &ch)
+		return
+	}
+	if ch := l.paused.Swap(nil); ch != nil {
+		close(*ch)
+	}
 }
 
 // readKick is how many bytes the connections read between two calls of the
@@ -120,7 +150,7 @@ func (ln *listener) Accept() (net.Conn, error) {
 			ln.refuse(nc)
 			continue
 		}
-		c := &Conn{Conn: nc, l: ln.l, opened: time.Now()}
+		c := &Conn{Conn: nc, l: ln.l, opened: time.Now(), done: make(chan struct{})}
 		c.addr = &Addr{Addr: nc.RemoteAddr(), c: c}
 		ln.l.mu.Lock()
 		ln.l.conns[c] = struct{}{}
@@ -160,7 +190,8 @@ type Conn struct {
 	streams   int        // streams ended
 	premature int        // of which the client reset early
 	closed    bool
-	resetShut bool // closed for early resets
+	resetShut bool          // closed for early resets
+	done      chan struct{} // closed with closed: ends a paused read
 
 	// Bytes through the connection, for held: read on the socket, what
 	// calls took out of it (received), and the response bytes reserved or
@@ -172,8 +203,18 @@ type Conn struct {
 	passthrough atomic.Bool
 }
 
-// Read counts what the client sent.
+// Read counts what the client sent. While reads are paused (PauseReads)
+// a connection holding PauseMin or more waits until they resume or the
+// connection closes.
 func (c *Conn) Read(b []byte) (int, error) {
+	if ch := c.l.paused.Load(); ch != nil && c.held() >= PauseMin {
+		c.l.pausedReads.Add(1)
+		select {
+		case <-*ch:
+		case <-c.done:
+		}
+		c.l.pausedReads.Add(-1)
+	}
 	n, err := c.Conn.Read(b)
 	c.read.Add(int64(n))
 	if c.l.unread.Add(int64(n)) >= readKick {
@@ -297,6 +338,7 @@ func (c *Conn) Close() error {
 		return nil
 	}
 	c.closed = true
+	close(c.done)
 	premature, streams, shut := c.premature, c.streams, c.resetShut
 	c.mu.Unlock()
 	c.l.mu.Lock()

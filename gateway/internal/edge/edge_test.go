@@ -85,3 +85,54 @@ func TestCloseLargest(t *testing.T) {
 		t.Fatal("the largest is still open")
 	}
 }
+
+// While reads are paused, a connection holding PauseMin or more is not
+// read from until they resume or it closes; one holding less is read as
+// ever.
+func TestPausedReadsWaitOnlyForConnectionsHoldingMuch(t *testing.T) {
+	l := NewLimiter(Options{})
+	small, smallClient := pair(t, l)
+	big, bigClient := pair(t, l)
+	closing, closingClient := pair(t, l)
+	big.RemoteAddr().(*Addr).Adjust(2 << 20)
+	closing.RemoteAddr().(*Addr).Adjust(2 << 20)
+	l.PauseReads(true)
+
+	if _, err := smallClient.Write([]byte("s")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := small.Read(make([]byte, 1)); n != 1 || err != nil {
+		t.Fatalf("small connection's read: %d, %v", n, err)
+	}
+
+	read := func(c *Conn) <-chan error {
+		done := make(chan error, 1)
+		go func() { _, err := c.Read(make([]byte, 1)); done <- err }()
+		return done
+	}
+	for _, cl := range []net.Conn{bigClient, closingClient} {
+		if _, err := cl.Write([]byte("b")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bigRead, closingRead := read(big), read(closing)
+	for deadline := time.Now().Add(5 * time.Second); l.pausedReads.Load() < 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reads paused, want both connections holding 2 MiB", l.pausedReads.Load())
+		}
+		time.Sleep(time.Millisecond) // polling the count, not synchronisation
+	}
+	select {
+	case err := <-bigRead:
+		t.Fatalf("a connection holding 2 MiB was read while paused (%v)", err)
+	default:
+	}
+	closing.Close()
+	if err := <-closingRead; err == nil {
+		t.Fatal("a paused read on a closed connection returned no error")
+	}
+	l.PauseReads(false)
+	if err := <-bigRead; err != nil {
+		t.Fatalf("read after resuming: %v", err)
+	}
+}

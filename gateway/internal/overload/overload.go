@@ -29,6 +29,10 @@ type Holders interface {
 	// CloseLargest closes the connection holding the most buffered bytes,
 	// if one holds at least min, and reports it.
 	CloseLargest(min int64) (held int64, peer string, ok bool)
+	// PauseReads stops (on) or resumes reading from the connections that
+	// hold much: while calls are refused, what their clients keep
+	// sending waits in the clients.
+	PauseReads(on bool)
 }
 
 // Options configure a Manager.
@@ -118,6 +122,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	defer m.pauseReads(false)
 	for {
 		select {
 		case <-ctx.Done():
@@ -146,9 +151,11 @@ func (m *Manager) check() {
 	case r >= RefuseAt && !m.refusing.Load():
 		m.refusing.Store(true)
 		m.refusingSince = time.Now()
-		m.opts.Log.Warn("overloaded: refusing new calls", "memory_mib", use>>20, "limit_mib", m.opts.Limit>>20)
+		m.pauseReads(true)
+		m.opts.Log.Warn("overloaded: refusing new calls and pausing reads of the connections holding the most", "memory_mib", use>>20, "limit_mib", m.opts.Limit>>20)
 	case r < ResumeAt && m.refusing.Load():
 		m.refusing.Store(false)
+		m.pauseReads(false)
 		m.opts.Log.Info("no longer overloaded: taking new calls", "memory_mib", use>>20, "limit_mib", m.opts.Limit>>20)
 	}
 	stuck := m.refusing.Load() && time.Since(m.refusingSince) >= ShedAfter
@@ -177,6 +184,12 @@ func (m *Manager) check() {
 	// collected now, the next reading shows it gone rather than shedding
 	// more.
 	runtime.GC()
+}
+
+func (m *Manager) pauseReads(on bool) {
+	if m.holders != nil {
+		m.holders.PauseReads(on)
+	}
 }
 
 // maxShedPerReading bounds the connections closed on one reading.
