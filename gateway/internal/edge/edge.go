@@ -71,31 +71,30 @@ type Limiter struct {
 	onRead atomic.Pointer[func()]
 	unread atomic.Int64
 
-	// paused is open while the overload manager has reads paused
-	// (PauseReads): a connection holding PauseMin or more waits on it
-	// before it reads, and it is closed when reads resume. nil: not
-	// paused. pausedReads counts the reads waiting.
+	// paused is open while reads are paused (PauseReads): a connection
+	// holding pauseMin or more waits on it before it reads, and it is
+	// closed when reads resume. nil: not paused. pausedReads counts the
+	// reads waiting.
 	paused      atomic.Pointer[chan struct{}]
+	pauseMin    atomic.Int64
 	pausedReads atomic.Int32
 }
 
-// PauseMin is what a connection must hold for its reads to be paused: one
-// whose calls complete holds next to nothing.
-const PauseMin = 1 << 20
+// PauseReads stops reading from the connections that hold min bytes or
+// more until ResumeReads, as Envoy disables reading from a connection
+// whose buffers passed their high watermark: while memory nears its
+// limit, what those clients keep sending stays in their socket buffers
+// and, through TCP's and HTTP/2's flow control, in the clients, instead
+// of arriving faster than the overload manager can close connections.
+// Connections holding less (calls that complete) are read as ever.
+func (l *Limiter) PauseReads(min int64) {
+	l.pauseMin.Store(min)
+	ch := make(chan struct{})
+	l.paused.CompareAndSwap(nil, &ch)
+}
 
-// PauseReads stops (on) or resumes reading from the connections that hold
-// PauseMin or more, as Envoy disables reading from a connection whose
-// buffers passed their high watermark: while memory nears its limit, what
-// the clients keep sending stays in their socket buffers and, through
-// TCP's and HTTP/2's flow control, in the clients, instead of arriving
-// faster than the overload manager can close connections. Connections
-// holding less (calls that complete) are read as ever.
-func (l *Limiter) PauseReads(on bool) {
-	if on {
-		ch := make(chan struct{})
-		l.paused.CompareAndSwap(nil, &ch)
-		return
-	}
+// ResumeReads ends PauseReads: the reads waiting go on.
+func (l *Limiter) ResumeReads() {
 	if ch := l.paused.Swap(nil); ch != nil {
 		close(*ch)
 	}
@@ -204,10 +203,10 @@ type Conn struct {
 }
 
 // Read counts what the client sent. While reads are paused (PauseReads)
-// a connection holding PauseMin or more waits until they resume or the
-// connection closes.
+// a connection holding the pause's minimum or more waits until they
+// resume or the connection closes.
 func (c *Conn) Read(b []byte) (int, error) {
-	if ch := c.l.paused.Load(); ch != nil && c.held() >= PauseMin {
+	if ch := c.l.paused.Load(); ch != nil && c.held() >= c.l.pauseMin.Load() {
 		c.l.pausedReads.Add(1)
 		select {
 		case <-*ch:

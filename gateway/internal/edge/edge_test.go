@@ -86,7 +86,7 @@ func TestCloseLargest(t *testing.T) {
 	}
 }
 
-// While reads are paused, a connection holding PauseMin or more is not
+// While reads are paused, a connection holding the minimum or more is not
 // read from until they resume or it closes; one holding less is read as
 // ever.
 func TestPausedReadsWaitOnlyForConnectionsHoldingMuch(t *testing.T) {
@@ -96,7 +96,7 @@ func TestPausedReadsWaitOnlyForConnectionsHoldingMuch(t *testing.T) {
 	closing, closingClient := pair(t, l)
 	big.RemoteAddr().(*Addr).Adjust(2 << 20)
 	closing.RemoteAddr().(*Addr).Adjust(2 << 20)
-	l.PauseReads(true)
+	l.PauseReads(1 << 20)
 
 	if _, err := smallClient.Write([]byte("s")); err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func TestPausedReadsWaitOnlyForConnectionsHoldingMuch(t *testing.T) {
 	if err := <-closingRead; err == nil {
 		t.Fatal("a paused read on a closed connection returned no error")
 	}
-	l.PauseReads(false)
+	l.ResumeReads()
 	if err := <-bigRead; err != nil {
 		t.Fatalf("read after resuming: %v", err)
 	}

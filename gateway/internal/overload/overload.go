@@ -29,10 +29,11 @@ type Holders interface {
 	// CloseLargest closes the connection holding the most buffered bytes,
 	// if one holds at least min, and reports it.
 	CloseLargest(min int64) (held int64, peer string, ok bool)
-	// PauseReads stops (on) or resumes reading from the connections that
-	// hold much: while calls are refused, what their clients keep
-	// sending waits in the clients.
-	PauseReads(on bool)
+	// PauseReads stops reading from the connections holding at least min
+	// bytes until ResumeReads: while calls are refused, what their
+	// clients keep sending waits in the clients.
+	PauseReads(min int64)
+	ResumeReads()
 }
 
 // Options configure a Manager.
@@ -50,8 +51,9 @@ type Options struct {
 // from RefuseAt until memory falls under ResumeAt; the largest holders
 // are closed from ShedAt, or once refusing has lasted ShedAfter (refusing
 // alone frees nothing connections already hold, and every client is
-// refused meanwhile). A connection holding under shedMin is not closed:
-// memory is not any one connection's doing. Memory is read every interval.
+// refused meanwhile). A connection holding under shedMin is not closed,
+// nor its reads paused while refusing: memory is not any one connection's
+// doing. Memory is read every interval.
 const (
 	RefuseAt  = 0.85
 	ResumeAt  = 0.75
@@ -122,7 +124,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	defer m.pauseReads(false)
+	defer m.resumeReads()
 	for {
 		select {
 		case <-ctx.Done():
@@ -151,11 +153,13 @@ func (m *Manager) check() {
 	case r >= RefuseAt && !m.refusing.Load():
 		m.refusing.Store(true)
 		m.refusingSince = time.Now()
-		m.pauseReads(true)
-		m.opts.Log.Warn("overloaded: refusing new calls and pausing reads of the connections holding the most", "memory_mib", use>>20, "limit_mib", m.opts.Limit>>20)
+		if m.holders != nil {
+			m.holders.PauseReads(shedMin)
+		}
+		m.opts.Log.Warn("overloaded: refusing new calls, not reading from connections holding 1 MiB or more", "memory_mib", use>>20, "limit_mib", m.opts.Limit>>20)
 	case r < ResumeAt && m.refusing.Load():
 		m.refusing.Store(false)
-		m.pauseReads(false)
+		m.resumeReads()
 		m.opts.Log.Info("no longer overloaded: taking new calls", "memory_mib", use>>20, "limit_mib", m.opts.Limit>>20)
 	}
 	stuck := m.refusing.Load() && time.Since(m.refusingSince) >= ShedAfter
@@ -186,9 +190,9 @@ func (m *Manager) check() {
 	runtime.GC()
 }
 
-func (m *Manager) pauseReads(on bool) {
+func (m *Manager) resumeReads() {
 	if m.holders != nil {
-		m.holders.PauseReads(on)
+		m.holders.ResumeReads()
 	}
 }
 
