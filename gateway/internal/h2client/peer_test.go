@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -385,4 +386,73 @@ func TestFrozenEndpointIsEjected(t *testing.T) {
 		t.Fatalf("ejected: %v, want [%s]", ej, frozen)
 	}
 	t.Logf("%d of 100 calls failed", failed)
+}
+
+// Forwarding a stream of small DATA frames allocates nothing per frame:
+// the reader reuses its DataFrame (x/net/http2's Framer.SetReuseFrames, as
+// h2front's reader does) and the frames are copied into shared chunks.
+// Before, each frame allocated a DataFrame: half of what the reader's
+// allocations cost a 1 KiB server stream (CPU profile under make bench's
+// stream load).
+func TestForwardedFramesDoNotAllocate(t *testing.T) {
+	const frames, size = 2000, 100 // 200 KB: within the stream's window
+	var data bytes.Buffer
+	fw := http2.NewFramer(&data, nil)
+	msg := make([]byte, size)
+	binary.BigEndian.PutUint32(msg[1:], size-5)
+	for range frames {
+		_ = fw.WriteData(1, false, msg)
+	}
+	send := make(chan struct{})
+	addr, _ := scriptedUpstream(t, func(p *rawPeer) {
+		p.readUntilClosed(func(f http2.Frame) {
+			h, ok := f.(*http2.MetaHeadersFrame)
+			if !ok {
+				return
+			}
+			var hb bytes.Buffer
+			enc := hpack.NewEncoder(&hb)
+			_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+			_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+			_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
+			select {
+			case <-send:
+			case <-p.stop:
+				return
+			}
+			_, _ = p.nc.Write(data.Bytes()) // stream 1: the client's first
+		})
+	})
+	cl := New("upstream", Options{})
+	t.Cleanup(func() { cl.Close() })
+	cl.Update([]string{addr})
+	cs, err := cl.NewStream(testCtx(t), &grpc.StreamDesc{ServerStreams: true}, "/s.S/M", grpc.ForceCodecV2(bytesCodec{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.Header(); err != nil {
+		t.Fatal(err)
+	}
+	f := cs.(forwarding)
+	f.Forward()
+	var in Forwarded
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	close(send)
+	for got := 0; got < frames; {
+		if err := f.RecvForwarded(&in); err != nil {
+			t.Fatalf("after %d messages: %v", got, err)
+		}
+		got += in.Messages
+		in.Free()
+	}
+	runtime.ReadMemStats(&after)
+	n := after.Mallocs - before.Mallocs
+	t.Logf("forwarding %d frames: %d allocations", frames, n)
+	if n > frames/10 {
+		t.Fatalf("forwarding %d frames made %d allocations, want fewer than %d", frames, n, frames/10)
+	}
 }

@@ -76,6 +76,10 @@ func (r *reader) init(nc net.Conn) {
 	r.nc.Conn = nc
 	r.src.br = bufio.NewReaderSize(&r.nc, initialReadBuffer)
 	r.fr = http2.NewFramer(nil, &r.src)
+	// A DATA frame is handled before the next is read (its bytes are
+	// copied), so one DataFrame serves them all: an allocation a frame was
+	// half of what a small-message stream's reader allocated.
+	r.fr.SetReuseFrames()
 	r.fr.SetMaxReadFrameSize(defaultFrame) // what SETTINGS left at its default allows
 	r.hdec = hpack.NewDecoder(4096, r.emitField)
 	r.hdec.SetMaxStringLength(maxHeaderList)
