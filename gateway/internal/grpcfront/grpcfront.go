@@ -125,16 +125,25 @@ func (s *Server) Serve(r *h2front.Request) bool {
 	}
 	md[":authority"] = []string{r.Authority}
 
-	ctx := r.Context()
+	// The call's context is rooted in a cancelCtx: a context derived from
+	// it (the proxy's upstream call) registers with it. Derived from the
+	// stream's own context under the values below, each would start a
+	// goroutine to watch it (context.propagateCancel finds neither a
+	// cancelCtx nor an AfterFunc on a value context).
+	var (
+		ctx    context.Context
+		cancel context.CancelFunc
+	)
 	if timeoutSet {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-		if ctx.Err() != nil {
-			// grpc-go aborts a call whose deadline passed already.
-			ss.abort(200, status.New(codes.DeadlineExceeded, context.DeadlineExceeded.Error()))
-			return true
-		}
+		ctx, cancel = context.WithTimeout(r.Context(), timeout)
+	} else {
+		ctx, cancel = context.WithCancel(r.Context())
+	}
+	defer cancel()
+	if timeoutSet && ctx.Err() != nil {
+		// grpc-go aborts a call whose deadline passed already.
+		ss.abort(200, status.New(codes.DeadlineExceeded, context.DeadlineExceeded.Error()))
+		return true
 	}
 	ctx = peer.NewContext(ctx, r.ConnValue(func() any { return peerOf(r) }).(*peer.Peer))
 	ctx = metadata.NewIncomingContext(ctx, md)
@@ -401,6 +410,11 @@ func (h *heldReader) release() {
 		h.r.Consumed(int(n))
 	}
 }
+
+// RequestBuffered is how many bytes of the request are in and not yet
+// received, and whether the client half-closed after them: RecvMsg then
+// returns what they hold, and io.EOF, without waiting.
+func (ss *serverStream) RequestBuffered() (int, bool) { return ss.r.Buffered() }
 
 func (ss *serverStream) RecvMsg(m any) error {
 	b := &ss.body

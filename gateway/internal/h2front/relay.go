@@ -63,6 +63,11 @@ func (r *Request) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Buffered is how many bytes of the request body are in and not yet read,
+// and whether the client ended the body after them: reading them all, and
+// then the end, does not wait for the client.
+func (r *Request) Buffered() (n int, ended bool) { return r.st.body.buffered() }
+
 // ReadHeld is Read for a relay that still holds what it read (a gRPC
 // message on its way to a slow upstream): the bytes go back to the
 // client's windows, but count as the connection's (for the overload

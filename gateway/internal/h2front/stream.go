@@ -123,6 +123,14 @@ func (p *pipe) read(b []byte) (int, error) {
 	return 0, p.err
 }
 
+// buffered is how many bytes wait to be read, and whether the body ended
+// after them (reading them and then the end does not wait).
+func (p *pipe) buffered() (int, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.buf) - p.off, p.err == io.EOF
+}
+
 // release gives the buffer back to the pool; mu held.
 func (p *pipe) release() {
 	if p.buf != nil {

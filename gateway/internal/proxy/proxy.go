@@ -570,13 +570,17 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 	}
 	if n == 0 {
 		// Client to upstream runs beside; upstream to client runs here,
-		// and its end is the end of the call.
+		// and its end is the end of the call. A request that is all in
+		// already, and small, is sent first instead: nothing of it waits
+		// for the client, and what it sends fits the window every HTTP/2
+		// stream starts with, so nothing waits for the upstream either
+		// (most unary calls; a goroutine each was 3% of the gateway's CPU).
 		u.pumping = true
 		keep := u.rp
 		if u.retries.Attempts == 0 {
 			keep = nil
 		}
-		go func() {
+		pump := func() {
 			err := pumpToUpstream(u.ss, cs, u.c, keep)
 			if err != nil {
 				// The client's side broke (it went away, or sent a message
@@ -584,8 +588,13 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 				// wait for the rest of a request that never comes.
 				u.cancel()
 			}
-			u.upErr <- err
-		}()
+			u.upErr <- err // buffered: read after the attempt
+		}
+		if requestIn(u.ss) {
+			pump()
+		} else {
+			go pump()
+		}
 	} else if err := u.rp.sendAll(cs); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
@@ -598,6 +607,28 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 	}
 	return err
 }
+
+// inlineRequest is the most a request sent before its answer is read
+// (requestIn) may hold: well within HTTP/2's initial stream window
+// (65,535 bytes, RFC 9113 section 6.9.2), which an upstream's SETTINGS
+// can lower but gRPC's servers do not.
+const inlineRequest = 16 << 10
+
+// requestIn reports whether the client sent the whole request, half-close
+// included, and it is small (inlineRequest): a server stream that can tell
+// (grpcfront's) says so.
+func requestIn(ss grpc.ServerStream) bool {
+	b, ok := ss.(bufferedRequest)
+	if !ok {
+		return false
+	}
+	n, ended := b.RequestBuffered()
+	return ended && n <= inlineRequest
+}
+
+// bufferedRequest is a server stream that tells what of the request is in
+// (grpcfront's).
+type bufferedRequest interface{ RequestBuffered() (int, bool) }
 
 // perTryTimeoutError is an attempt that ran out of its per-try timeout:
 // UNAVAILABLE to the client (Envoy answers 504), errPerTryTimeout to the
