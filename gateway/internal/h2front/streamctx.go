@@ -2,6 +2,7 @@ package h2front
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 )
@@ -21,7 +22,7 @@ type streamCtx struct {
 	mu     sync.Mutex
 	done   chan struct{}
 	err    error
-	afters map[*afterFunc]struct{}
+	afters []*afterFunc // a call registers one or two: a slice, not a map
 	// gone is the relay's hook (Request.OnGone), run at the end.
 	gone func()
 }
@@ -67,17 +68,17 @@ func (c *streamCtx) AfterFunc(f func()) (stop func() bool) {
 		go f()
 		return func() bool { return false }
 	}
-	if c.afters == nil {
-		c.afters = map[*afterFunc]struct{}{}
-	}
-	c.afters[a] = struct{}{}
+	c.afters = append(c.afters, a)
 	c.mu.Unlock()
 	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		_, ok := c.afters[a]
-		delete(c.afters, a)
-		return ok
+		i := slices.Index(c.afters, a)
+		if i < 0 {
+			return false
+		}
+		c.afters = slices.Delete(c.afters, i, i+1)
+		return true
 	}
 }
 
@@ -115,7 +116,7 @@ func (c *streamCtx) cancel() {
 	afters := c.afters
 	c.afters = nil
 	c.mu.Unlock()
-	for a := range afters {
+	for _, a := range afters {
 		go a.f()
 	}
 }

@@ -9,8 +9,8 @@ import (
 // have grown to what a request needs: a new goroutine per request grows
 // its stack on every request (runtime.copystack, 7% of the gateway's CPU
 // behind net/http's HTTP/2 server). With no worker waiting, a request
-// starts a goroutine, which then stays as a worker until it has waited
-// idleWorker for work.
+// starts a goroutine, which then stays as a worker until it has had no
+// work for idleWorker (loop).
 type workers struct {
 	once sync.Once
 	work chan func() // unbuffered: a send succeeds only to a waiting worker
@@ -41,16 +41,25 @@ func (w *workers) run(f func()) {
 	})
 }
 
+// loop runs requests until the worker has had none for a whole
+// idleWorker (it then waited between one and two of them): the timer is
+// set again when it fires, not after each request, where resetting it
+// was a timer heap update per request.
 func (w *workers) loop() {
 	t := time.NewTimer(idleWorker)
 	defer t.Stop()
+	worked := false // since the timer was set
 	for {
 		select {
 		case f := <-w.work:
 			f()
-			t.Reset(idleWorker)
+			worked = true
 		case <-t.C:
-			return
+			if !worked {
+				return
+			}
+			worked = false
+			t.Reset(idleWorker)
 		case <-w.stop:
 			return
 		}
