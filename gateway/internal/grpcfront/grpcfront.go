@@ -65,6 +65,8 @@ func New(opts Options) *Server { return &Server{opts: opts} }
 func (s *Server) Serve(r *h2front.Request) bool {
 	ss := &serverStream{r: r, srv: s, method: r.Path}
 	md := make(metadata.MD, len(r.Fields)+1)
+	// The values share one array: a slice each was an allocation each.
+	vals := make([]string, 0, len(r.Fields)+1)
 	var (
 		timeout    time.Duration
 		timeoutSet bool
@@ -76,9 +78,9 @@ func (s *Server) Serve(r *h2front.Request) bool {
 		switch hf.Name {
 		case "content-type":
 			contentSub = subtype(hf.Value)
-			md[hf.Name] = append(md[hf.Name], hf.Value)
+			vals = addMD(md, vals, hf.Name, hf.Value)
 		case "grpc-accept-encoding":
-			md[hf.Name] = append(md[hf.Name], hf.Value)
+			vals = addMD(md, vals, hf.Name, hf.Value)
 			if ss.accepts != "" {
 				ss.accepts += ","
 			}
@@ -107,7 +109,7 @@ func (s *Server) Serve(r *h2front.Request) bool {
 				}
 				v = b
 			}
-			md[hf.Name] = append(md[hf.Name], v)
+			vals = addMD(md, vals, hf.Name, v)
 		}
 	}
 	ss.contentType = contentType(contentSub)
@@ -123,23 +125,35 @@ func (s *Server) Serve(r *h2front.Request) bool {
 		ss.abort(400, headerErr)
 		return true
 	}
-	md[":authority"] = []string{r.Authority}
+	addMD(md, vals, ":authority", r.Authority)
+	ss.md = md
 
-	// The call's context is rooted in a cancelCtx: a context derived from
-	// it (the proxy's upstream call) registers with it. Derived from the
-	// stream's own context under the values below, each would start a
-	// goroutine to watch it (context.propagateCancel finds neither a
-	// cancelCtx nor an AfterFunc on a value context).
+	// The call's context is a cancelCtx of its own, canceled by the
+	// stream's end (its OnGone hook): a context derived from it (the
+	// proxy's upstream call) registers with it. Derived from the stream's
+	// context under the values below, each would start a goroutine to
+	// watch it (context.propagateCancel finds neither a cancelCtx nor an
+	// AfterFunc on a value context), and a cancelCtx derived from the
+	// stream's context costs an AfterFunc registration there.
 	var (
 		ctx    context.Context
 		cancel context.CancelFunc
 	)
 	if timeoutSet {
-		ctx, cancel = context.WithTimeout(r.Context(), timeout)
+		ctx, cancel = context.WithTimeout(context.Background(), timeout)
 	} else {
-		ctx, cancel = context.WithCancel(r.Context())
+		ctx, cancel = context.WithCancel(context.Background())
 	}
-	defer cancel()
+	gone, _ := r.Context().(interface{ OnGone(func()) bool })
+	if gone != nil && !gone.OnGone(cancel) {
+		cancel() // the stream is over already
+	}
+	defer func() {
+		if gone != nil {
+			gone.OnGone(nil)
+		}
+		cancel()
+	}()
 	if timeoutSet && ctx.Err() != nil {
 		// grpc-go aborts a call whose deadline passed already.
 		ss.abort(200, status.New(codes.DeadlineExceeded, context.DeadlineExceeded.Error()))
@@ -153,6 +167,20 @@ func (s *Server) Serve(r *h2front.Request) bool {
 	err := s.opts.Handler(nil, ss)
 	ss.finish(err)
 	return true
+}
+
+// addMD adds a value to md, in vals' array for a name's first value
+// (capped there, so that a second one is appended to a copy); it returns
+// vals.
+func addMD(md metadata.MD, vals []string, name, value string) []string {
+	if v, ok := md[name]; ok {
+		md[name] = append(v, value)
+		return vals
+	}
+	vals = append(vals, value)
+	n := len(vals)
+	md[name] = vals[n-1 : n : n]
+	return vals
 }
 
 // peerOf is the calls' peer, made once per connection. Its address is the
@@ -233,6 +261,10 @@ type serverStream struct {
 	sendPfx         [5]byte  // the prefix of the message on its way out
 	parts           [][]byte // its prefix and buffers, reused
 
+	// md is the request's metadata as the call's context has it; not to
+	// be changed (IncomingMetadata).
+	md metadata.MD
+
 	// RecvMsg's.
 	prefix [5]byte
 	body   heldReader
@@ -261,6 +293,11 @@ func (t *transportStream) Method() string                  { return t.ss.method 
 func (t *transportStream) SetHeader(md metadata.MD) error  { return t.ss.SetHeader(md) }
 func (t *transportStream) SendHeader(md metadata.MD) error { return t.ss.SendHeader(md) }
 func (t *transportStream) SetTrailer(md metadata.MD) error { t.ss.SetTrailer(md); return nil }
+
+// IncomingMetadata is the request's metadata, as
+// metadata.FromIncomingContext returns it but not copied: the caller must
+// not change it (the proxy makes the upstream's metadata of it).
+func (t *transportStream) IncomingMetadata() metadata.MD { return t.ss.md }
 
 // PassCompressed sends the response in the encoding name, which the
 // client must accept ("identity": none), before the headers go: messages

@@ -48,7 +48,7 @@ var hopByHop = []string{
 // then says so in its response headers.
 func NewDirector(routes Routes, ups Upstreams, pick func() float64, fallback func(route.Destination) (route.Destination, bool)) grpcproxy.StreamDirector {
 	return func(ctx context.Context, method string) (context.Context, grpc.ClientConnInterface, error) {
-		md, _ := metadata.FromIncomingContext(ctx) // a copy: it becomes the outgoing metadata
+		md, owned := requestMetadata(ctx)
 		table := routes()
 		req := route.Request{Headers: md, Path: method, Method: "POST"}
 		if a := md[":authority"]; len(a) > 0 {
@@ -69,11 +69,29 @@ func NewDirector(routes Routes, ups Upstreams, pick func() float64, fallback fun
 			return nil, nil, &decidedError{err: status.Errorf(codes.Unavailable, "%v (%s to %s)", err, dec.Rule.Source, dec.Destination), dec: dec, flag: "UH"}
 		}
 		r := &Routed{ClientConnInterface: conn, Decision: dec, RequestID: forwarded.RequestID()}
-		r.MD = outgoing(ctx, md, r.RequestID)
+		r.MD = outgoing(ctx, md, owned, r.RequestID)
 		applyHeaderOps(r.MD, dec.Action().RequestHeaders)
 		return metadata.NewOutgoingContext(ctx, r.MD), r, nil
 	}
 }
+
+// requestMetadata is the request's metadata: the server stream's own when it
+// gives it (grpcfront's: not to be changed, owned false), else
+// metadata.FromIncomingContext's copy (owned). A copy was a map and a
+// slice for each field on every call.
+func requestMetadata(ctx context.Context) (md metadata.MD, owned bool) {
+	if r, ok := grpc.ServerTransportStreamFromContext(ctx).(rawMetadata); ok {
+		if md := r.IncomingMetadata(); md != nil {
+			return md, false
+		}
+	}
+	md, _ = metadata.FromIncomingContext(ctx)
+	return md, true
+}
+
+// rawMetadata is a server transport stream that hands over the request's
+// metadata without copying it (grpcfront's).
+type rawMetadata interface{ IncomingMetadata() metadata.MD }
 
 // Routed is the connection the director returns (grpc-proxy's contract
 // returns one): the chosen upstream, with the routing decision and what
@@ -174,7 +192,17 @@ func applyHeaderOps(md metadata.MD, ops route.HeaderOps) {
 // x-forwarded-for and in x-envoy-external-address; and with the call's own
 // x-request-id in place of the client's (Istio leaves
 // preserve_external_request_id off).
-func outgoing(ctx context.Context, md metadata.MD, requestID string) metadata.MD {
+//
+// md is changed when owned; otherwise the result is a new map that
+// shares md's values (capped, so nothing is appended to them in place).
+func outgoing(ctx context.Context, md metadata.MD, owned bool, requestID string) metadata.MD {
+	if !owned {
+		in := md
+		md = make(metadata.MD, len(in)+4)
+		for k, v := range in {
+			md[k] = v[:len(v):len(v)]
+		}
+	}
 	for k := range md {
 		if strings.HasPrefix(k, ":") || strings.HasPrefix(k, "x-envoy-") {
 			delete(md, k)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -60,7 +61,26 @@ func incoming(md metadata.MD) context.Context {
 	return peer.NewContext(ctx, &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5555}})
 }
 
+// rawStream is a server transport stream that hands over the request's
+// metadata uncopied, as grpcfront's does.
+type rawStream struct {
+	grpc.ServerTransportStream
+	md metadata.MD
+}
+
+func (r rawStream) IncomingMetadata() metadata.MD { return r.md }
+
+// The upstream's metadata is the client's less the pseudo-headers and
+// hop-by-hop fields, with Envoy's edge fields: from metadata the director
+// may change (gRPC's server's, copied) and from metadata it must leave as
+// it is (grpcfront's, shared with the call's context).
 func TestDirectorOutgoingMetadata(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raw=%v", raw), func(t *testing.T) { testDirectorOutgoingMetadata(t, raw) })
+	}
+}
+
+func testDirectorOutgoingMetadata(t *testing.T, raw bool) {
 	dir := testDirector(t, true)
 	in := metadata.MD{
 		"env":              {"env2"},
@@ -74,9 +94,17 @@ func TestDirectorOutgoingMetadata(t *testing.T) {
 		"proxy-connection": {"x"},
 		"content-length":   {"12"},
 	}
-	ctx, conn, err := dir(incoming(in), "/pkg.Svc/Method")
+	ctx := incoming(in)
+	before := in.Copy()
+	if raw {
+		ctx = grpc.NewContextWithServerTransportStream(ctx, rawStream{md: in})
+	}
+	ctx, conn, err := dir(ctx, "/pkg.Svc/Method")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(in, before) {
+		t.Errorf("the request's metadata changed: %v, was %v", in, before)
 	}
 	if d := conn.(*Routed).ClientConnInterface.(destConn).dest; d.Namespace != "env2" || d.Service != "app-service" {
 		t.Fatalf("routed to %v", d)
