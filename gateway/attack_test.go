@@ -452,6 +452,18 @@ func (p *process) waitOutput(t *testing.T, substr string, d time.Duration) {
 	}
 }
 
+// outputWithin reports whether substr is in the gateway's output within d.
+func outputWithin(p *process, substr string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !strings.Contains(p.output(), substr) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond) // polling the output, not synchronisation
+	}
+	return true
+}
+
 // neverReadingClients opens conns connections that each ask for streams
 // 1 MiB responses and never read (an HTTP/2 window of 0), and returns
 // them open.
@@ -524,13 +536,26 @@ func checkPeakUnder222MiB(t *testing.T, p *process) {
 // ordinary calls are served throughout or again at once. Before, each
 // response stayed queued whole after the call was logged OK: 600 such
 // calls would hold 600 MiB.
+//
+// The never-reading connections (100 calls each) come one at a time
+// until the gateway refuses new calls: how many it takes depends on what
+// a stuck call holds besides its window. Six at once were enough while
+// each call had three goroutines; with one, six stayed under the refusal
+// mark and seven at once overshot the limit on gRPC's server (234 MiB).
 func TestClientsThatNeverReadAreShed(t *testing.T) {
 	b := startBackend(t, "env1")
 	p, addr := gatewayProcessEnv(t, []string{"GOMEMLIMIT=200MiB"}, map[string]string{"env1": b.addr}, "")
 	control(t, addr, "env1")
-	neverReadingClients(t, addr, 6, 100)
+	conns := 0
+	for ; !outputWithin(p, "overloaded: refusing new calls", 2*time.Second); conns++ {
+		if conns == 12 {
+			t.Fatalf("%d never-reading connections of 100 calls, and no call refused", conns)
+		}
+		neverReadingClients(t, addr, 1, 100)
+		checkPeakUnder222MiB(t, p)
+	}
+	t.Logf("calls refused after %d never-reading connections", conns)
 	waitShedUnder222MiB(t, p)
-	p.waitOutput(t, "overloaded: refusing new calls", time.Second)
 	waitControl(t, addr, "env1", 20*time.Second)
 	checkPeakUnder222MiB(t, p)
 	t.Logf("peak RSS %.1f MiB", peakRSSMiB(t, p))
