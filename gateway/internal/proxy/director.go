@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 
 	grpcproxy "github.com/mwitkow/grpc-proxy/proxy"
@@ -73,6 +74,12 @@ func NewDirector(routes Routes, ups Upstreams, pick func() float64, fallback fun
 		applyHeaderOps(r.MD, dec.Action().RequestHeaders)
 		return metadata.NewOutgoingContext(ctx, r.MD), r, nil
 	}
+}
+
+// upstreamField reports whether a client's field goes upstream: not a
+// pseudo-header, an x-envoy-* field or a hop-by-hop one.
+func upstreamField(k string) bool {
+	return !strings.HasPrefix(k, ":") && !strings.HasPrefix(k, "x-envoy-") && !slices.Contains(hopByHop, k)
 }
 
 // requestMetadata is the request's metadata: the server stream's own when it
@@ -196,22 +203,22 @@ func applyHeaderOps(md metadata.MD, ops route.HeaderOps) {
 // md is changed when owned; otherwise the result is a new map that
 // shares md's values (capped, so nothing is appended to them in place).
 func outgoing(ctx context.Context, md metadata.MD, owned bool, requestID string) metadata.MD {
-	if !owned {
+	if owned {
+		for k := range md {
+			if !upstreamField(k) {
+				delete(md, k)
+			}
+		}
+	} else {
 		in := md
 		md = make(metadata.MD, len(in)+4)
 		for k, v := range in {
-			md[k] = v[:len(v):len(v)]
-		}
-	}
-	for k := range md {
-		if strings.HasPrefix(k, ":") || strings.HasPrefix(k, "x-envoy-") {
-			delete(md, k)
+			if upstreamField(k) {
+				md[k] = v[:len(v):len(v)]
+			}
 		}
 	}
 	md["x-request-id"] = []string{requestID}
-	for _, k := range hopByHop {
-		delete(md, k)
-	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		addr := p.Addr
 		if u, ok := addr.(interface{ Unwrap() net.Addr }); ok {
