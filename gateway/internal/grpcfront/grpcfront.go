@@ -37,6 +37,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/envgate/envgate/gateway/internal/bufpool"
+	"github.com/envgate/envgate/gateway/internal/fieldmap"
 	"github.com/envgate/envgate/gateway/internal/grpcwire"
 	"github.com/envgate/envgate/gateway/internal/h2front"
 )
@@ -78,9 +79,9 @@ func (s *Server) Serve(r *h2front.Request) bool {
 		switch hf.Name {
 		case "content-type":
 			contentSub = subtype(hf.Value)
-			vals = addMD(md, vals, hf.Name, hf.Value)
+			vals = fieldmap.Add(md, vals, hf.Name, hf.Value)
 		case "grpc-accept-encoding":
-			vals = addMD(md, vals, hf.Name, hf.Value)
+			vals = fieldmap.Add(md, vals, hf.Name, hf.Value)
 			if ss.accepts != "" {
 				ss.accepts += ","
 			}
@@ -109,7 +110,7 @@ func (s *Server) Serve(r *h2front.Request) bool {
 				}
 				v = b
 			}
-			vals = addMD(md, vals, hf.Name, v)
+			vals = fieldmap.Add(md, vals, hf.Name, v)
 		}
 	}
 	ss.contentType = contentType(contentSub)
@@ -125,7 +126,7 @@ func (s *Server) Serve(r *h2front.Request) bool {
 		ss.abort(400, headerErr)
 		return true
 	}
-	addMD(md, vals, ":authority", r.Authority)
+	fieldmap.Add(md, vals, ":authority", r.Authority)
 	ss.md = md
 
 	// The call's context is a cancelCtx of its own, canceled by the
@@ -167,20 +168,6 @@ func (s *Server) Serve(r *h2front.Request) bool {
 	err := s.opts.Handler(nil, ss)
 	ss.finish(err)
 	return true
-}
-
-// addMD adds a value to md, in vals' array for a name's first value
-// (capped there, so that a second one is appended to a copy); it returns
-// vals.
-func addMD(md metadata.MD, vals []string, name, value string) []string {
-	if v, ok := md[name]; ok {
-		md[name] = append(v, value)
-		return vals
-	}
-	vals = append(vals, value)
-	n := len(vals)
-	md[name] = vals[n-1 : n : n]
-	return vals
 }
 
 // peerOf is the calls' peer, made once per connection. Its address is the

@@ -424,21 +424,7 @@ func TestForwardedFramesDoNotAllocate(t *testing.T) {
 			_, _ = p.nc.Write(data.Bytes()) // stream 1: the client's first
 		})
 	})
-	cl := New("upstream", Options{})
-	t.Cleanup(func() { cl.Close() })
-	cl.Update([]string{addr})
-	cs, err := cl.NewStream(testCtx(t), &grpc.StreamDesc{ServerStreams: true}, "/s.S/M", grpc.ForceCodecV2(bytesCodec{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cs.CloseSend(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cs.Header(); err != nil {
-		t.Fatal(err)
-	}
-	f := cs.(forwarding)
-	f.Forward()
+	f := forwardedStream(t, addr)
 	var in Forwarded
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -625,21 +611,7 @@ func BenchmarkForwardFrames(b *testing.B) {
 					}
 				}
 			})
-			cl := New("upstream", Options{})
-			b.Cleanup(func() { cl.Close() })
-			cl.Update([]string{addr})
-			cs, err := cl.NewStream(b.Context(), &grpc.StreamDesc{ServerStreams: true}, "/s.S/M", grpc.ForceCodecV2(bytesCodec{}))
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := cs.CloseSend(); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := cs.Header(); err != nil {
-				b.Fatal(err)
-			}
-			f := cs.(forwarding)
-			f.Forward()
+			f := forwardedStream(b, addr)
 			var in Forwarded
 			b.SetBytes(int64(len(msg)))
 			b.ReportAllocs()
@@ -653,4 +625,27 @@ func BenchmarkForwardFrames(b *testing.B) {
 			}
 		})
 	}
+}
+
+// forwardedStream opens a server-streaming call to the upstream at addr,
+// half-closed, waits for its response headers and switches it to
+// forwarding.
+func forwardedStream(t testing.TB, addr string) forwarding {
+	t.Helper()
+	cl := New("upstream", Options{})
+	t.Cleanup(func() { cl.Close() })
+	cl.Update([]string{addr})
+	cs, err := cl.NewStream(t.Context(), &grpc.StreamDesc{ServerStreams: true}, "/s.S/M", grpc.ForceCodecV2(bytesCodec{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.Header(); err != nil {
+		t.Fatal(err)
+	}
+	f := cs.(forwarding)
+	f.Forward()
+	return f
 }

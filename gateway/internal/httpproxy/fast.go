@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/envgate/envgate/gateway/internal/fieldmap"
 	"github.com/envgate/envgate/gateway/internal/forwarded"
 	"github.com/envgate/envgate/gateway/internal/h1"
 	"github.com/envgate/envgate/gateway/internal/route"
@@ -414,7 +415,7 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 	clear(c.headers)
 	c.vals = c.vals[:0]
 	for _, f := range req.Fields {
-		c.vals = addField(c.headers, c.vals, f.Name, f.Value)
+		c.vals = fieldmap.Add(c.headers, c.vals, f.Name, f.Value)
 	}
 	rreq := route.Request{Headers: c.headers, Path: req.Target, Authority: req.Host, Method: req.Method}
 	dec, decErr, ep, epErr, full := p.decideSimple(&rreq)
@@ -553,19 +554,6 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 		return fastClose
 	}
 	return fastKeep
-}
-
-// addField adds a field to a routing view of a head (lower-case names),
-// the values sharing vals' backing array; it returns vals.
-func addField(headers map[string][]string, vals []string, name, value string) []string {
-	if v, ok := headers[name]; ok {
-		headers[name] = append(v, value)
-		return vals
-	}
-	vals = append(vals, value)
-	n := len(vals)
-	headers[name] = vals[n-1 : n : n]
-	return vals
 }
 
 // decideSimple routes a request for the HTTP/1.1 fast path or the HTTP/2

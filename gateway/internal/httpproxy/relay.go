@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/envgate/envgate/gateway/internal/fieldmap"
 	"github.com/envgate/envgate/gateway/internal/forwarded"
 	"github.com/envgate/envgate/gateway/internal/h1"
 	"github.com/envgate/envgate/gateway/internal/h2front"
@@ -67,7 +68,7 @@ func (p *Proxy) Relay(r *h2front.Request) bool {
 		if f.Name == "content-type" && sniff.IsGRPC(f.Value) {
 			return false // the gRPC server's
 		}
-		s.vals = addField(s.headers, s.vals, f.Name, f.Value)
+		s.vals = fieldmap.Add(s.headers, s.vals, f.Name, f.Value)
 	}
 	rreq := route.Request{Headers: s.headers, Path: r.Path, Authority: r.Authority, Method: r.Method}
 	dec, decErr, ep, epErr, full := p.decideSimple(&rreq)
