@@ -84,6 +84,15 @@ func scriptedUpstream(t testing.TB, script func(*rawPeer), settings ...http2.Set
 	return lis.Addr().String(), accepts
 }
 
+// grpcHeaders sends stream id's response headers: 200, a gRPC content type.
+func (p *rawPeer) grpcHeaders(id uint32) {
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+	_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+	_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true})
+}
+
 // respond answers stream id with one message and status OK.
 func (p *rawPeer) respond(id uint32, msg []byte) {
 	var hb bytes.Buffer
@@ -411,11 +420,7 @@ func TestForwardedFramesDoNotAllocate(t *testing.T) {
 			if !ok {
 				return
 			}
-			var hb bytes.Buffer
-			enc := hpack.NewEncoder(&hb)
-			_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-			_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
-			_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
+			p.grpcHeaders(h.StreamID)
 			select {
 			case <-send:
 			case <-p.stop:
@@ -529,18 +534,15 @@ func TestDataForAStreamNotYetOpen(t *testing.T) {
 			if !ok {
 				return
 			}
-			var hb bytes.Buffer
-			enc := hpack.NewEncoder(&hb)
-			_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-			_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
-			_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
+			p.grpcHeaders(h.StreamID)
 			_ = p.fr.WriteData(h.StreamID, false, msg)
 			if h.StreamID == 1 {
 				// The next call's stream, before it opens: read before
 				// this call's trailers, so before the next call starts.
 				_ = p.fr.WriteData(3, false, msg)
 			}
-			hb.Reset()
+			var hb bytes.Buffer
+			enc := hpack.NewEncoder(&hb)
 			_ = enc.WriteField(hpack.HeaderField{Name: "grpc-status", Value: "0"})
 			_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
 		})
