@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/envgate/envgate/gateway/internal/forwarded"
 	"io"
 	"log/slog"
 	"net"
@@ -559,6 +560,30 @@ func TestEdgeHeaders(t *testing.T) {
 			}
 			time.Sleep(5 * time.Millisecond) // polling the log, not synchronisation
 		}
+	}
+}
+
+// A client behind a proxy of its own sends x-forwarded-for: the gateway
+// appends the client's address to it, and x-envoy-external-address is that
+// address alone, as Envoy's connection manager sets it
+// (conn_manager_utility.cc mutateRequestHeaders: setEnvoyExternalAddress
+// of final_remote_address, the connection's peer with no trusted hops),
+// as the HTTP paths always did. On e3ee401 the gRPC path set both fields
+// to the joined list: x-envoy-external-address "203.0.113.7,127.0.0.1".
+func TestEdgeHeadersWithClientForwardedFor(t *testing.T) {
+	b := startBackend(t, "env1")
+	gw := startGateway(t, testConfig(t, map[string][]string{"env1": {b.addr}}), nil)
+	md := metadata.Pairs("env", "env1", "x-forwarded-for", "203.0.113.7")
+	resp, err := echoClient(t, gw.Addrs()[0]).Call(metadata.NewOutgoingContext(testCtx(t), md), &echopb.EchoRequest{IncludeDetails: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := resp.GetRequestMetadata()
+	if xff := string(got["x-forwarded-for"]); xff != forwarded.For([]string{"203.0.113.7"}, "127.0.0.1") {
+		t.Errorf("x-forwarded-for %q, want the client's entry and 127.0.0.1", xff)
+	}
+	if a := string(got["x-envoy-external-address"]); a != "127.0.0.1" {
+		t.Errorf("x-envoy-external-address %q, want the client's address alone", a)
 	}
 }
 

@@ -176,7 +176,9 @@ func (s *Server) Serve(r *h2front.Request) bool {
 func peerOf(r *h2front.Request) *peer.Peer {
 	var addr net.Addr = strAddr(r.RemoteAddr())
 	if a, ok := r.Addr().(outbound); ok {
-		addr = outboundAddr{Addr: r.Addr(), acct: a}
+		oa := outboundAddr{Addr: r.Addr(), acct: a}
+		oa.ip = clientIP(oa.Unwrap())
+		addr = oa
 	}
 	p := &peer.Peer{Addr: addr}
 	if st := r.TLS(); st != nil {
@@ -203,6 +205,23 @@ type outbound interface {
 type outboundAddr struct {
 	net.Addr
 	acct outbound
+	ip   string // the client's, without its port
+}
+
+// ClientIP is the client's address without its port, which the proxy
+// sets in x-forwarded-for: made once per connection, not per call.
+func (a outboundAddr) ClientIP() string { return a.ip }
+
+// clientIP is addr's host.
+func clientIP(addr net.Addr) string {
+	if a, ok := addr.(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	host, _, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	return host
 }
 
 func (a outboundAddr) CallStarted()                             {}

@@ -218,31 +218,46 @@ func outgoing(ctx context.Context, md metadata.MD, owned bool, requestID string)
 			}
 		}
 	}
-	md["x-request-id"] = []string{requestID}
+	// The four fields set here share one array.
+	vals := new([4]string)
+	vals[0] = requestID
+	md["x-request-id"] = vals[0:1:1]
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		addr := p.Addr
-		if u, ok := addr.(interface{ Unwrap() net.Addr }); ok {
-			addr = u.Unwrap()
-		}
-		var ip string
-		if a, ok := addr.(*net.TCPAddr); ok {
-			ip = a.IP.String()
-		} else {
-			ip = addr.String()
-			if host, _, err := net.SplitHostPort(ip); err == nil {
-				ip = host
-			}
-		}
+		// x-envoy-external-address is the client's address alone, as
+		// Envoy sets it (setEnvoyExternalAddress of the connection's
+		// peer); x-forwarded-for appends it to what the client sent.
+		ip := clientIP(p.Addr)
+		vals[1], vals[2] = ip, ip
 		if prior := md["x-forwarded-for"]; len(prior) > 0 {
-			ip = forwarded.For(prior, ip)
+			vals[2] = forwarded.For(prior, ip)
 		}
-		md["x-envoy-external-address"] = []string{ip}
-		md["x-forwarded-for"] = []string{ip}
-		proto := "http"
+		md["x-envoy-external-address"] = vals[1:2:2]
+		md["x-forwarded-for"] = vals[2:3:3]
+		vals[3] = "http"
 		if p.AuthInfo != nil && p.AuthInfo.AuthType() == "tls" {
-			proto = "https"
+			vals[3] = "https"
 		}
-		md["x-forwarded-proto"] = []string{proto}
+		md["x-forwarded-proto"] = vals[3:4:4]
 	}
 	return md
+}
+
+// clientIP is the client's address without its port: as the peer's
+// address tells it (ClientIP, made once per connection by grpcfront), or
+// from the address under it.
+func clientIP(addr net.Addr) string {
+	if a, ok := addr.(interface{ ClientIP() string }); ok {
+		return a.ClientIP()
+	}
+	if u, ok := addr.(interface{ Unwrap() net.Addr }); ok {
+		addr = u.Unwrap()
+	}
+	if a, ok := addr.(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	ip := addr.String()
+	if host, _, err := net.SplitHostPort(ip); err == nil {
+		ip = host
+	}
+	return ip
 }
