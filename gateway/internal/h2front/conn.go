@@ -57,6 +57,7 @@ type conn struct {
 	nc      net.Conn
 	br      *bufio.Reader // the framer reads from it
 	fr      *http2.Framer
+	hb      headerBlock // decodes the header blocks fr reads
 	counter streamCounter
 	bytes   byteCounter
 	peer    string // the client's address, made once
@@ -130,8 +131,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.br = bufio.NewReaderSize(nc, readBufSize)
 	c.fr = http2.NewFramer(appendTo{&c.w}, c.br)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(s.opts.HeaderTableSize, nil)
-	c.fr.MaxHeaderListSize = s.opts.MaxHeaderListSize
+	c.hb.init(s.opts.HeaderTableSize, s.opts.MaxHeaderListSize)
 	c.fr.SetMaxReadFrameSize(16384)
 	c.fr.SetReuseFrames()
 	c.w.enc = hpack.NewEncoder(&c.w.hbuf)
@@ -217,7 +217,7 @@ func (c *conn) run() error {
 		c.smu.Unlock()
 	}
 	for {
-		f, err := c.fr.ReadFrame()
+		f, err := c.readFrame()
 		if err != nil {
 			var se http2.StreamError
 			var ce http2.ConnectionError
@@ -234,16 +234,6 @@ func (c *conn) run() error {
 			}
 			return err
 		}
-		c.frames.Add(1)
-		if c.bytes != nil {
-			// The frame is consumed, but for a DATA frame's data: it is
-			// held until a handler reads it or it is dropped.
-			n := frameHeaderLen + int(f.Header().Length)
-			if d, ok := f.(*http2.DataFrame); ok {
-				n -= len(d.Data())
-			}
-			c.bytes.Received(n)
-		}
 		if !c.settingsSeen {
 			// The preface's second part is a SETTINGS frame.
 			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
@@ -259,6 +249,34 @@ func (c *conn) run() error {
 			}
 			return err
 		}
+	}
+}
+
+// readFrame reads the next frame, a header block whole: a HEADERS frame
+// and its CONTINUATION frames come as one *http2.MetaHeadersFrame.
+func (c *conn) readFrame() (http2.Frame, error) {
+	f, err := c.fr.ReadFrame()
+	if err != nil {
+		return nil, err
+	}
+	c.counted(f)
+	if hf, ok := f.(*http2.HeadersFrame); ok {
+		return c.readHeaderBlock(hf)
+	}
+	return f, nil
+}
+
+// counted accounts a frame read: for the keepalive, and as consumed
+// for the overload manager, but for a DATA frame's data, which is held
+// until a handler reads it or it is dropped.
+func (c *conn) counted(f http2.Frame) {
+	c.frames.Add(1)
+	if c.bytes != nil {
+		n := frameHeaderLen + int(f.Header().Length)
+		if d, ok := f.(*http2.DataFrame); ok {
+			n -= len(d.Data())
+		}
+		c.bytes.Received(n)
 	}
 }
 
