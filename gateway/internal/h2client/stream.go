@@ -345,6 +345,12 @@ type Forwarded struct {
 	Payload    int      // Data's bytes that are messages' (not their prefixes')
 	Compressed bool     // a message that began in Data has its compressed flag
 	segs       []rawSeg
+
+	// First backing of Data and segs: a unary answer's bytes are one or
+	// two buffers, and growing both slices from nothing was two
+	// allocations per call.
+	dataBuf [4][]byte
+	segBuf  [4]rawSeg
 }
 
 // Free gives Data's buffers back; Data is not to be used after.
@@ -804,6 +810,9 @@ func (q *msgQueue) writeRaw(frame []byte, limit int) *status.Status {
 
 // takeRaw hands what forwarding queued over to f and returns its length.
 func (q *msgQueue) takeRaw(f *Forwarded) int {
+	if f.Data == nil {
+		f.Data, f.segs = f.dataBuf[:0], f.segBuf[:0]
+	}
 	n := 0
 	for _, r := range q.raw {
 		b := r.bytes()

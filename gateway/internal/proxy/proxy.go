@@ -368,7 +368,8 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	defer cancel()
 
 	u := &upstreamCall{ss: ss, conn: conn, method: method, c: c, upCtx: upCtx, cancel: cancel,
-		rp: &replay{}, upErr: make(chan error, 1)}
+		upErr: make(chan error, 1)}
+	u.rp = &u.rpv
 	opts := u.optBuf[:0]
 	subtype := ""
 	if ts, ok := grpc.ServerTransportStreamFromContext(ctx).(transportStream); ok {
@@ -542,6 +543,7 @@ type upstreamCall struct {
 	cancel  context.CancelFunc // ends every attempt
 	retries route.Retries
 	rp      *replay
+	rpv     replay // what rp points to: one allocation with the call
 	// upErr receives the client-to-upstream pump's result; pumping is true
 	// until it has been received.
 	upErr   chan error
