@@ -8,9 +8,24 @@ package forwarded
 import (
 	"encoding/hex"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"strings"
 )
+
+// ClientIP is a client's address without its port, as x-forwarded-for and
+// x-envoy-external-address carry it: a TCP address's IP, or the host of
+// any other address's string (the string itself if it has no port).
+func ClientIP(addr net.Addr) string {
+	if a, ok := addr.(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	s := addr.String()
+	if host, _, err := net.SplitHostPort(s); err == nil {
+		return host
+	}
+	return s
+}
 
 // RequestID is a random UUID version 4, the form Envoy's default request
 // ID extension writes into x-request-id (source/extensions/request_id/uuid).

@@ -38,6 +38,7 @@ import (
 
 	"github.com/envgate/envgate/gateway/internal/bufpool"
 	"github.com/envgate/envgate/gateway/internal/fieldmap"
+	"github.com/envgate/envgate/gateway/internal/forwarded"
 	"github.com/envgate/envgate/gateway/internal/grpcwire"
 	"github.com/envgate/envgate/gateway/internal/h2front"
 )
@@ -177,7 +178,7 @@ func peerOf(r *h2front.Request) *peer.Peer {
 	var addr net.Addr = strAddr(r.RemoteAddr())
 	if a, ok := r.Addr().(outbound); ok {
 		oa := outboundAddr{Addr: r.Addr(), acct: a}
-		oa.ip = clientIP(oa.Unwrap())
+		oa.ip = forwarded.ClientIP(oa.Unwrap())
 		addr = oa
 	}
 	p := &peer.Peer{Addr: addr}
@@ -211,18 +212,6 @@ type outboundAddr struct {
 // ClientIP is the client's address without its port, which the proxy
 // sets in x-forwarded-for: made once per connection, not per call.
 func (a outboundAddr) ClientIP() string { return a.ip }
-
-// clientIP is addr's host.
-func clientIP(addr net.Addr) string {
-	if a, ok := addr.(*net.TCPAddr); ok {
-		return a.IP.String()
-	}
-	host, _, err := net.SplitHostPort(addr.String())
-	if err != nil {
-		return addr.String()
-	}
-	return host
-}
 
 func (a outboundAddr) CallStarted()                             {}
 func (a outboundAddr) StreamEnded(bool)                         {}

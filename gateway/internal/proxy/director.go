@@ -252,12 +252,5 @@ func clientIP(addr net.Addr) string {
 	if u, ok := addr.(interface{ Unwrap() net.Addr }); ok {
 		addr = u.Unwrap()
 	}
-	if a, ok := addr.(*net.TCPAddr); ok {
-		return a.IP.String()
-	}
-	ip := addr.String()
-	if host, _, err := net.SplitHostPort(ip); err == nil {
-		ip = host
-	}
-	return ip
+	return forwarded.ClientIP(addr)
 }
