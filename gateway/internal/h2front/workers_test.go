@@ -55,11 +55,14 @@ func TestWorkersALightLoadKeepsOneWorker(t *testing.T) {
 	if got := w.live.Load(); got != 4 {
 		t.Fatalf("%d workers after a burst of 4 requests, want 4", got)
 	}
-	// One request at a time, every 10 ms, for 5 idle timeouts.
+	// One request at a time, every 10 ms (pacing the load, not waiting
+	// for anything), for 5 idle timeouts; each after the worker that ran
+	// the one before is waiting again.
 	done := make(chan struct{}, 1)
 	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); {
 		w.run(func() { done <- struct{}{} })
 		<-done
+		waitFor(t, "every worker waiting", func() bool { return idleCount(w) == int(w.live.Load()) })
 		time.Sleep(10 * time.Millisecond)
 	}
 	if got := w.live.Load(); got != 1 {
