@@ -369,7 +369,6 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 
 	u := &upstreamCall{ss: ss, conn: conn, method: method, c: c, upCtx: upCtx, cancel: cancel,
 		upErr: make(chan error, 1)}
-	u.rp = &u.rpv
 	opts := u.optBuf[:0]
 	subtype := ""
 	if ts, ok := grpc.ServerTransportStreamFromContext(ctx).(transportStream); ok {
@@ -542,8 +541,7 @@ type upstreamCall struct {
 	upCtx   context.Context
 	cancel  context.CancelFunc // ends every attempt
 	retries route.Retries
-	rp      *replay
-	rpv     replay // what rp points to: one allocation with the call
+	rp      replay // part of the call's allocation
 	// upErr receives the client-to-upstream pump's result; pumping is true
 	// until it has been received.
 	upErr   chan error
@@ -578,7 +576,7 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 		// stream starts with, so nothing waits for the upstream either
 		// (most unary calls; a goroutine each was 3% of the gateway's CPU).
 		u.pumping = true
-		keep := u.rp
+		keep := &u.rp
 		if u.retries.Attempts == 0 {
 			keep = nil
 		}
@@ -603,7 +601,7 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 	// io.EOF from a send means the upstream already ended the stream (it
 	// refused it, say): its status comes from the receive side below, as
 	// on the first attempt.
-	err = p.pumpToClient(cs, us, u.ss, u.c, u.rp)
+	err = p.pumpToClient(cs, us, u.ss, u.c, &u.rp)
 	if err != nil && context.Cause(actx) == errPerTryTimeout {
 		return perTryTimedOut(u.retries.PerTryTimeout)
 	}
