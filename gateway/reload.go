@@ -9,10 +9,9 @@ import (
 	"slices"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
-
 	"github.com/envgate/envgate/gateway/internal/config"
 	"github.com/envgate/envgate/gateway/internal/destinationrule"
+	"github.com/envgate/envgate/gateway/internal/dirwatch"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/virtualservice"
 )
@@ -54,7 +53,9 @@ func (g *gateway) watch(ctx context.Context, path string, hup <-chan os.Signal, 
 			}
 		}
 	}
-	w, err := fsnotify.NewWatcher()
+	// dirwatch, not fsnotify: a directory's every write (a log beside the
+	// file) would wake this loop.
+	w, err := dirwatch.New()
 	if err != nil {
 		return fmt.Errorf("config watch: %w", err)
 	}
@@ -82,7 +83,7 @@ func (g *gateway) watch(ctx context.Context, path string, hup <-chan os.Signal, 
 			if !ok {
 				return nil
 			}
-			if names[filepath.Base(ev.Name)] {
+			if ev.Name == "" || names[filepath.Base(ev.Name)] { // "": events were lost
 				debounce.Reset(reloadDebounce)
 			}
 		case err, ok := <-w.Errors:
