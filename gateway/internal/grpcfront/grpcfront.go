@@ -161,11 +161,9 @@ func (s *Server) Serve(r *h2front.Request) bool {
 		ss.abort(200, status.New(codes.DeadlineExceeded, context.DeadlineExceeded.Error()))
 		return true
 	}
-	ctx = peer.NewContext(ctx, r.ConnValue(func() any { return peerOf(r) }).(*peer.Peer))
-	ctx = metadata.NewIncomingContext(ctx, md)
 	ss.ts.ss = ss
 	ss.body.r = r
-	ss.ctx = grpc.NewContextWithServerTransportStream(ctx, &ss.ts)
+	ss.ctx = ss.call.with(ctx, r.ConnValue(func() any { return peerOf(r) }).(*peer.Peer), md, &ss.ts)
 	err := s.opts.Handler(nil, ss)
 	ss.finish(err)
 	return true
@@ -264,7 +262,8 @@ type serverStream struct {
 	prefix [5]byte
 	body   heldReader
 
-	ts transportStream
+	ts   transportStream
+	call callContext
 }
 
 // transportStream is the stream as grpc.ServerTransportStream, in the

@@ -660,7 +660,7 @@ func (cl *Client) NewStream(ctx context.Context, _ *grpc.StreamDesc, method stri
 		ctx: ctx, method: method, authority: cl.authority,
 		maxRecv: cl.opts.MaxRecvMsgSize, maxSend: cl.opts.MaxSendMsgSize,
 		recv:  recvWindow{left: streamWindow},
-		hdrCh: make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{}, 1),
+		hdrCh: make(chan struct{}), wake: make(chan struct{}, 1),
 	}
 	subtype := ""
 	var peerOut *peer.Peer

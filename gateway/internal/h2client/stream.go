@@ -67,7 +67,7 @@ type stream struct {
 	kind      Failure       // how the call failed at the transport, with final
 	reported  bool          // the call's outcome went to the endpoint's health
 	local     bool          // ended by its context
-	done      chan struct{} // closed on finish
+	done      chan struct{} // closed on finish; made when first waited for (doneCh)
 	wake      chan struct{} // signals the reader of new data
 }
 
@@ -476,6 +476,27 @@ func (s *stream) onData(data []byte, n int64, end bool) {
 	s.c.wakeLater(s)
 }
 
+// doneCh is closed once the stream finishes. It is made when first asked
+// for: a writer waits on it only when a window or the connection's buffer
+// is full, and most streams end with nobody having waited.
+func (s *stream) doneCh() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done == nil {
+		if s.finished {
+			return closedChan
+		}
+		s.done = make(chan struct{})
+	}
+	return s.done
+}
+
+var closedChan = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
+
 // notify wakes whoever waits on the stream: Header's waiter once the
 // headers or the end are known, RecvMsg's for anything new.
 func (s *stream) notify() {
@@ -638,7 +659,9 @@ func (s *stream) finish(st *status.Status, trailer metadata.MD, remoteDone bool)
 	s.finished = true
 	s.final = st
 	s.trailer = trailer
-	close(s.done)
+	if s.done != nil {
+		close(s.done)
+	}
 	stop := s.stopWatch
 	report, local := !s.reported, s.local
 	s.reported = true

@@ -200,7 +200,7 @@ func (c *conn) waitDrainedLocked(s *stream) bool {
 		ended := false
 		select {
 		case <-ch:
-		case <-s.done:
+		case <-s.doneCh():
 			ended = true
 		case <-c.done:
 			ended = true
@@ -227,7 +227,7 @@ func (c *conn) writeData(s *stream, bufs [][]byte, total int) error {
 			c.mu.Unlock()
 			select {
 			case <-ch:
-			case <-s.done:
+			case <-s.doneCh():
 				return errStreamDone
 			}
 			continue

@@ -336,11 +336,11 @@ type transportStream interface {
 
 func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string, c *call) (err error) {
 	outCtx, conn, err := p.director(ctx, method)
-	var de *decidedError
-	if errors.As(err, &de) {
-		c.env, c.flags, c.baseline, c.dest = de.dec.Env, de.flag, de.dec.Baseline, de.dec.Destination.Host()
-	}
 	if err != nil {
+		var de *decidedError
+		if errors.As(err, &de) {
+			c.env, c.flags, c.baseline, c.dest = de.dec.Env, de.flag, de.dec.Baseline, de.dec.Destination.Host()
+		}
 		return err
 	}
 	// The decision comes with the connection (Routed): a director that
@@ -367,8 +367,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	}
 	defer cancel()
 
-	u := &upstreamCall{ss: ss, conn: conn, method: method, c: c, upCtx: upCtx, cancel: cancel,
-		upErr: make(chan error, 1)}
+	u := &upstreamCall{ss: ss, conn: conn, method: method, c: c, upCtx: upCtx, cancel: cancel}
 	opts := u.optBuf[:0]
 	subtype := ""
 	if ts, ok := grpc.ServerTransportStreamFromContext(ctx).(transportStream); ok {
@@ -440,13 +439,15 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 		}
 		// If the client's side failed first (it went away or sent garbage),
 		// that is the call's error rather than the upstream's reaction.
-		select {
-		case e := <-u.upErr:
-			u.pumping = false
-			if e != nil {
-				return e
+		if u.pumping {
+			select {
+			case <-u.pumpDone:
+				u.pumping = false
+				if u.pumpErr != nil {
+					return u.pumpErr
+				}
+			default:
 			}
-		default:
 		}
 		// A retry needs nothing sent to the client yet, the whole request
 		// kept, and a condition the route retries on.
@@ -461,11 +462,11 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 			// failure back for long.
 			t := time.NewTimer(halfCloseWait)
 			select {
-			case e := <-u.upErr:
+			case <-u.pumpDone:
 				t.Stop()
 				u.pumping = false
-				if e != nil {
-					return e
+				if u.pumpErr != nil {
+					return u.pumpErr
 				}
 			case <-t.C:
 				return err
@@ -542,10 +543,13 @@ type upstreamCall struct {
 	cancel  context.CancelFunc // ends every attempt
 	retries route.Retries
 	rp      replay // part of the call's allocation
-	// upErr receives the client-to-upstream pump's result; pumping is true
-	// until it has been received.
-	upErr   chan error
-	pumping bool
+	// The client-to-upstream pump's result, pumpErr, is there once
+	// pumpDone is closed; pumping is true until it has been taken. A pump
+	// run before the answer is read (requestIn) has it at once:
+	// pumpDone is then closedChan, and no channel is made.
+	pumpDone <-chan struct{}
+	pumpErr  error
+	pumping  bool
 	// connectFailed is true when the latest attempt could open no stream,
 	// for the response flags.
 	connectFailed bool
@@ -588,12 +592,18 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 				// wait for the rest of a request that never comes.
 				u.cancel()
 			}
-			u.upErr <- err // buffered: read after the attempt
+			u.pumpErr = err // read once pumpDone is closed
 		}
 		if requestIn(u.ss) {
 			pump()
+			u.pumpDone = closedChan
 		} else {
-			go pump()
+			done := make(chan struct{})
+			u.pumpDone = done
+			go func() {
+				defer close(done)
+				pump()
+			}()
 		}
 	} else if err := u.rp.sendAll(cs); err != nil && !errors.Is(err, io.EOF) {
 		return err
@@ -607,6 +617,14 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 	}
 	return err
 }
+
+// closedChan is a pump's pumpDone when it ran to its end before the
+// answer was read.
+var closedChan = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
 
 // inlineRequest is the most a request sent before its answer is read
 // (requestIn) may hold: well within HTTP/2's initial stream window
