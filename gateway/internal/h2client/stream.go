@@ -24,6 +24,7 @@ import (
 
 	"github.com/envgate/envgate/gateway/internal/bufpool"
 	"github.com/envgate/envgate/gateway/internal/grpcwire"
+	"github.com/envgate/envgate/gateway/internal/hpackmemo"
 )
 
 // errStreamDone means the stream ended before a write; the caller learns
@@ -88,8 +89,8 @@ func (s *stream) RecvCompress() string {
 // The fields that never change are written as prepared bytes (static
 // table entries, literals never indexed), which leaves the dynamic table
 // alone and skips the encoder's table search for them.
-func (s *stream) encodeHeaders(enc *hpack.Encoder, buf *bytes.Buffer) {
-	w := func(k, v string) { _ = enc.WriteField(hpack.HeaderField{Name: k, Value: v}) }
+func (s *stream) encodeHeaders(enc *hpackmemo.Encoder, buf *bytes.Buffer) {
+	w := func(k, v string) { enc.WriteField(hpack.HeaderField{Name: k, Value: v}) }
 	// First from the encoder: it may have to start the block with a
 	// table size update.
 	w(":path", s.method)
@@ -108,7 +109,7 @@ func (s *stream) encodeHeaders(enc *hpack.Encoder, buf *bytes.Buffer) {
 	if dl, ok := s.ctx.Deadline(); ok {
 		// New with every call: kept out of the dynamic table, where it
 		// would only push out the fields that repeat.
-		_ = enc.WriteField(hpack.HeaderField{Name: "grpc-timeout", Value: grpcwire.EncodeTimeout(time.Until(dl)), Sensitive: true})
+		enc.WriteField(hpack.HeaderField{Name: "grpc-timeout", Value: grpcwire.EncodeTimeout(time.Until(dl)), Sensitive: true})
 	}
 	for k, vs := range s.md {
 		if reserved(k) {
@@ -123,7 +124,7 @@ func (s *stream) encodeHeaders(enc *hpack.Encoder, buf *bytes.Buffer) {
 				v = grpcwire.EncodeBin(v)
 			}
 			if never {
-				_ = enc.WriteField(hpack.HeaderField{Name: k, Value: v, Sensitive: true})
+				enc.WriteField(hpack.HeaderField{Name: k, Value: v, Sensitive: true})
 				continue
 			}
 			w(k, v)

@@ -10,7 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
+
+	"github.com/envgate/envgate/gateway/internal/hpackmemo"
 )
 
 // writer is the outgoing half of a connection: frames are written into bw
@@ -23,7 +24,7 @@ type writer struct {
 	wmu          sync.Mutex
 	bw           *bytes.Buffer // frames written, not yet taken by the flusher
 	drained      chan struct{} // made by writers over highWater, closed by the flusher
-	henc         *hpack.Encoder
+	henc         *hpackmemo.Encoder
 	hbuf         bytes.Buffer
 	fh           [9]byte
 	flushPending bool          // the flusher has been told
@@ -48,7 +49,7 @@ func (w *writer) init(writeTimeout time.Duration) {
 	w.bw = bytes.NewBuffer(make([]byte, 0, initialWriteBuffer))
 	w.spare = bytes.NewBuffer(make([]byte, 0, initialWriteBuffer))
 	w.flushCh = make(chan struct{}, 1)
-	w.henc = hpack.NewEncoder(&w.hbuf)
+	w.henc = hpackmemo.New(&w.hbuf)
 	w.maxFrame.Store(defaultFrame)
 }
 

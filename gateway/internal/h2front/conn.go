@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
+
+	"github.com/envgate/envgate/gateway/internal/hpackmemo"
 )
 
 // Error codes (RFC 9113 section 7).
@@ -134,7 +135,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.hb.init(s.opts.HeaderTableSize, s.opts.MaxHeaderListSize)
 	c.fr.SetMaxReadFrameSize(16384)
 	c.fr.SetReuseFrames()
-	c.w.enc = hpack.NewEncoder(&c.w.hbuf)
+	c.w.enc = hpackmemo.New(&c.w.hbuf)
 	c.recvAvail.Store(int64(s.opts.ConnWindow))
 	return c
 }

@@ -11,6 +11,8 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/envgate/envgate/gateway/internal/hpackmemo"
 )
 
 // Request is a request as decoded, offered to Options.Relay (one without
@@ -101,13 +103,13 @@ func (r *Request) Hold() {
 // dropped, a date is added if there is none), then body if any; end ends
 // the stream.
 func (r *Request) WriteHead(status int, fields []hpack.HeaderField, body []byte, end bool) error {
-	return r.st.c.writeBlock(r.st, status, func(enc *hpack.Encoder) bool { return encodeFields(enc, fields) }, end, one(body), false)
+	return r.st.c.writeBlock(r.st, status, func(enc *hpackmemo.Encoder) bool { return encodeFields(enc, fields) }, end, one(body), false)
 }
 
 // WriteHeadParts is WriteHead with a body in parts (which it consumes),
 // sent in frames that span them, without putting them together first.
 func (r *Request) WriteHeadParts(status int, fields []hpack.HeaderField, body [][]byte, end bool) error {
-	return r.st.c.writeBlock(r.st, status, func(enc *hpack.Encoder) bool { return encodeFields(enc, fields) }, end, body, false)
+	return r.st.c.writeBlock(r.st, status, func(enc *hpackmemo.Encoder) bool { return encodeFields(enc, fields) }, end, body, false)
 }
 
 // WriteData sends p; end ends the stream.
@@ -120,12 +122,12 @@ func (r *Request) WriteDataParts(parts [][]byte, end bool) error {
 
 // WriteTrailers sends trailer fields and ends the stream.
 func (r *Request) WriteTrailers(fields []hpack.HeaderField) error {
-	return r.st.c.writeBlock(r.st, 0, func(enc *hpack.Encoder) bool { return encodeFields(enc, fields) }, true, nil, true)
+	return r.st.c.writeBlock(r.st, 0, func(enc *hpackmemo.Encoder) bool { return encodeFields(enc, fields) }, true, nil, true)
 }
 
 // encodeFields encodes fields as writeHeaders encodes a header map; it
 // reports whether one was a date.
-func encodeFields(enc *hpack.Encoder, fields []hpack.HeaderField) (hasDate bool) {
+func encodeFields(enc *hpackmemo.Encoder, fields []hpack.HeaderField) (hasDate bool) {
 	for _, f := range fields {
 		name := f.Name
 		if !isLower(name) {

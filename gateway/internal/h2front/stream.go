@@ -16,6 +16,8 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/envgate/envgate/gateway/internal/hpackmemo"
 )
 
 // stream is one request and its response.
@@ -732,12 +734,12 @@ func bodyAllowed(status int) bool {
 // any, in one write when the windows allow. end ends the stream on the
 // last frame.
 func (c *conn) writeHeaders(st *stream, status int, h http.Header, end bool, body []byte, trailers bool) error {
-	return c.writeBlock(st, status, func(enc *hpack.Encoder) bool { return encodeHeader(enc, h) }, end, one(body), trailers)
+	return c.writeBlock(st, status, func(enc *hpackmemo.Encoder) bool { return encodeHeader(enc, h) }, end, one(body), trailers)
 }
 
 // encodeHeader encodes h's fields but the trailers set by prefix and the
 // connection-specific ones; it reports whether one was a date.
-func encodeHeader(enc *hpack.Encoder, h http.Header) (hasDate bool) {
+func encodeHeader(enc *hpackmemo.Encoder, h http.Header) (hasDate bool) {
 	for k, vv := range h {
 		if strings.HasPrefix(k, http.TrailerPrefix) {
 			continue
@@ -762,7 +764,7 @@ func encodeHeader(enc *hpack.Encoder, h http.Header) (hasDate bool) {
 // client's frame size) of status and what encode encodes, or of
 // trailers, then the body's parts if any, in one write when the windows
 // allow. end ends the stream on the last frame.
-func (c *conn) writeBlock(st *stream, status int, encode func(*hpack.Encoder) (hasDate bool), end bool, body [][]byte, trailers bool) error {
+func (c *conn) writeBlock(st *stream, status int, encode func(*hpackmemo.Encoder) (hasDate bool), end bool, body [][]byte, trailers bool) error {
 	w := &c.w
 	w.mu.Lock()
 	if w.err != nil || st.reset.Load() || st.endSent {

@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
+
+	"github.com/envgate/envgate/gateway/internal/hpackmemo"
 )
 
 // writer queues a connection's frames and writes them. Whoever appends
@@ -35,7 +36,7 @@ type writer struct {
 	buf     []byte     // frames queued
 	writing bool       // a goroutine is writing to the socket
 	err     error      // the connection failed or ended: nothing more is written
-	enc     *hpack.Encoder
+	enc     *hpackmemo.Encoder
 	hbuf    headerBuf
 
 	// sentSince is set when HEADERS or DATA go out, and taken by the
@@ -53,6 +54,8 @@ type writer struct {
 type headerBuf struct{ b []byte }
 
 func (h *headerBuf) Write(p []byte) (int, error) { h.b = append(h.b, p...); return len(p), nil }
+func (h *headerBuf) Len() int                    { return len(h.b) }
+func (h *headerBuf) Bytes() []byte               { return h.b }
 
 // appendTo is the framer's io.Writer: it queues the frame.
 type appendTo struct{ w *writer }
