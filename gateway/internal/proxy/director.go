@@ -77,9 +77,13 @@ func NewDirector(routes Routes, ups Upstreams, pick func() float64, fallback fun
 }
 
 // upstreamField reports whether a client's field goes upstream: not a
-// pseudo-header, an x-envoy-* field or a hop-by-hop one.
+// pseudo-header, an x-envoy-* field or a hop-by-hop one. Nor content-type:
+// the upstream request's is the call's own, which the client transports
+// (h2client's, grpc-go's) set from the call and never take from metadata;
+// one field fewer keeps the upstream's map of a plain call within the
+// size (8) Go's maps hold in one group, 2 allocations rather than 4.
 func upstreamField(k string) bool {
-	return !strings.HasPrefix(k, ":") && !strings.HasPrefix(k, "x-envoy-") && !slices.Contains(hopByHop, k)
+	return !strings.HasPrefix(k, ":") && !strings.HasPrefix(k, "x-envoy-") && k != "content-type" && !slices.Contains(hopByHop, k)
 }
 
 // requestMetadata is the request's metadata: the server stream's own when it
@@ -211,7 +215,13 @@ func outgoing(ctx context.Context, md metadata.MD, owned bool, requestID string)
 		}
 	} else {
 		in := md
-		md = make(metadata.MD, len(in)+4)
+		n := 4 // the fields set below
+		for k := range in {
+			if upstreamField(k) {
+				n++
+			}
+		}
+		md = make(metadata.MD, n)
 		for k, v := range in {
 			if upstreamField(k) {
 				md[k] = v[:len(v):len(v)]
