@@ -49,7 +49,7 @@ func (w *writer) init(writeTimeout time.Duration) {
 	w.bw = bytes.NewBuffer(make([]byte, 0, initialWriteBuffer))
 	w.spare = bytes.NewBuffer(make([]byte, 0, initialWriteBuffer))
 	w.flushCh = make(chan struct{}, 1)
-	w.henc = hpackmemo.New(&w.hbuf)
+	w.henc = hpackmemo.New(&w.hbuf, 32) // a request's 8 or so fields; upstream connections are few
 	w.maxFrame.Store(defaultFrame)
 }
 

@@ -135,7 +135,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.hb.init(s.opts.HeaderTableSize, s.opts.MaxHeaderListSize)
 	c.fr.SetMaxReadFrameSize(16384)
 	c.fr.SetReuseFrames()
-	c.w.enc = hpackmemo.New(&c.w.hbuf)
+	c.w.enc = hpackmemo.New(&c.w.hbuf, frontMemo)
 	c.recvAvail.Store(int64(s.opts.ConnWindow))
 	return c
 }

@@ -32,10 +32,6 @@ type Buffer interface {
 	Bytes() []byte
 }
 
-// slots is the memo's size: a gRPC call's request block has some 8 fields
-// encoded this way, a response's 3 to 5.
-const slots = 32
-
 // maxField bounds the name and value bytes an entry keeps (copied): the
 // memo holds at most slots x maxField bytes of a connection's fields,
 // whatever the peers send.
@@ -48,8 +44,9 @@ type Encoder struct {
 	buf Buffer
 	// gen counts the dynamic table's changes; an entry is valid in the
 	// generation it was made in. 64 bits: it never wraps.
-	gen  uint64
-	memo *[slots]entry // made at the first field remembered
+	gen   uint64
+	slots int
+	memo  []entry // made at the first field remembered
 }
 
 type entry struct {
@@ -59,9 +56,17 @@ type entry struct {
 	b           [3]byte // an index up to 2^14 + 126 fits (RFC 7541 5.1)
 }
 
-// New returns an encoder writing to buf.
-func New(buf Buffer) *Encoder {
-	return &Encoder{enc: hpack.NewEncoder(buf), buf: buf, gen: 1}
+// New returns an encoder writing to buf that remembers up to slots fields
+// (a slot each, by a hash of the field: two fields sharing one take turns
+// being encoded anew). A gRPC call's request block has some 8 fields
+// encoded this way, a response's 3 to 5; each slot is 48 bytes, once the
+// connection's first field is remembered.
+func New(buf Buffer, slots int) *Encoder {
+	return &Encoder{enc: hpack.NewEncoder(buf), buf: buf, gen: 1, slots: max(slots, 1)}
+}
+
+func (e *Encoder) slot(f hpack.HeaderField) *entry {
+	return &e.memo[(maphash.String(seed, f.Name)+uint64(len(f.Value)))%uint64(e.slots)]
 }
 
 var seed = maphash.MakeSeed()
@@ -74,7 +79,7 @@ func (e *Encoder) WriteField(f hpack.HeaderField) {
 	}
 	var slot *entry
 	if e.memo != nil {
-		slot = &e.memo[(maphash.String(seed, f.Name)+uint64(len(f.Value)))%slots]
+		slot = e.slot(f)
 		if slot.gen == e.gen && slot.name == f.Name && slot.value == f.Value {
 			_, _ = e.buf.Write(slot.b[:slot.n])
 			return
@@ -92,8 +97,8 @@ func (e *Encoder) WriteField(f hpack.HeaderField) {
 			return
 		}
 		if e.memo == nil {
-			e.memo = new([slots]entry)
-			slot = &e.memo[(maphash.String(seed, f.Name)+uint64(len(f.Value)))%slots]
+			e.memo = make([]entry, e.slots)
+			slot = e.slot(f)
 		}
 		if slot.gen == e.gen {
 			// Another field's, still valid: it stays, so two fields
