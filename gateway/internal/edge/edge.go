@@ -208,11 +208,18 @@ type Conn struct {
 func (c *Conn) Read(b []byte) (int, error) {
 	if ch := c.l.paused.Load(); ch != nil && c.held() >= c.l.pauseMin.Load() {
 		c.l.pausedReads.Add(1)
+		closed := false
 		select {
 		case <-*ch:
 		case <-c.done:
+			// Close ends the pause before it closes the socket: reading
+			// now could still take bytes of a closed connection.
+			closed = true
 		}
 		c.l.pausedReads.Add(-1)
+		if closed {
+			return 0, net.ErrClosed
+		}
 	}
 	n, err := c.Conn.Read(b)
 	c.read.Add(int64(n))
