@@ -172,6 +172,9 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 			BaseEjectionTime:         od.BaseEjectionTime,
 			MaxEjectionPercent:       od.MaxEjectionPercent,
 		},
+		// Responses count toward the overload manager's readings as
+		// requests do (g.conns is set below, before any call).
+		OnRead: func(n int) { g.conns.CountRead(n) },
 	})
 	if u.IdleTimeout > 0 {
 		g.pool.CloseIdle(u.IdleTimeout)

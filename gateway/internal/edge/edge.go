@@ -105,8 +105,20 @@ func (l *Limiter) ResumeReads() {
 const readKick = 4 << 20
 
 // OnRead sets fn to be called after every 4 MiB the connections read, so a
-// memory watcher sees a burst of requests as it arrives.
+// memory watcher sees a burst of requests as it arrives; reads counted with
+// CountRead (the upstreams', whose responses fill memory as fast) count
+// toward it too.
 func (l *Limiter) OnRead(fn func()) { l.onRead.Store(&fn) }
+
+// CountRead counts n bytes read toward the read hook (OnRead).
+func (l *Limiter) CountRead(n int) {
+	if n > 0 && l.unread.Add(int64(n)) >= readKick {
+		l.unread.Store(0)
+		if fn := l.onRead.Load(); fn != nil {
+			(*fn)()
+		}
+	}
+}
 
 // NewLimiter returns the shared state of listeners with opts.
 func NewLimiter(opts Options) *Limiter {
@@ -223,12 +235,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 	}
 	n, err := c.Conn.Read(b)
 	c.read.Add(int64(n))
-	if c.l.unread.Add(int64(n)) >= readKick {
-		c.l.unread.Store(0)
-		if fn := c.l.onRead.Load(); fn != nil {
-			(*fn)()
-		}
-	}
+	c.l.CountRead(n)
 	return n, err
 }
 

@@ -167,3 +167,21 @@ func TestPausedReadOnAClosedConnectionFails(t *testing.T) {
 		}
 	}
 }
+
+// Bytes counted from outside the connections (the upstreams' reads) call
+// the read hook as the connections' own do: once per 4 MiB.
+func TestCountedReadsCallTheReadHook(t *testing.T) {
+	l := NewLimiter(Options{})
+	calls := 0
+	l.OnRead(func() { calls++ })
+	for range 3 {
+		l.CountRead(1 << 20)
+	}
+	if calls != 0 {
+		t.Fatalf("hook called %d times after 3 MiB", calls)
+	}
+	l.CountRead(1 << 20)
+	if calls != 1 {
+		t.Fatalf("hook called %d times after 4 MiB, want 1", calls)
+	}
+}

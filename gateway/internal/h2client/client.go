@@ -110,6 +110,11 @@ type Options struct {
 	// OnDial, when set, is told of every TCP connection attempt's result
 	// (for the metrics).
 	OnDial func(error)
+	// OnRead, when set, is told the bytes of every read from an upstream,
+	// by the connection's reader: the gateway's overload manager takes a
+	// reading after every few MiB, so a burst of responses is seen while
+	// it arrives, as a burst of requests is (edge.Limiter.OnRead).
+	OnRead func(n int)
 	Log    *slog.Logger
 }
 
@@ -378,7 +383,7 @@ func (cl *Client) wantConnLocked(ep *endpoint) {
 func (cl *Client) connect(ep *endpoint) (*conn, error) {
 	ctx, cancel := context.WithTimeout(ep.ctx, cl.opts.ConnectTimeout)
 	c, err := dial(ctx, ep.addr, cl.opts.Dial, connOptions{
-		writeTimeout: cl.opts.WriteTimeout, tls: cl.opts.TLS, maxRequests: cl.opts.MaxRequestsPerConnection,
+		writeTimeout: cl.opts.WriteTimeout, tls: cl.opts.TLS, maxRequests: cl.opts.MaxRequestsPerConnection, onRead: cl.opts.OnRead,
 		keepalive: cl.opts.KeepaliveTime, keepaliveTimeout: cl.opts.KeepaliveTimeout,
 	})
 	cancel()

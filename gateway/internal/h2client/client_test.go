@@ -887,3 +887,19 @@ func TestReadBufferGrowsForStreamsOfSmallFrames(t *testing.T) {
 		t.Fatalf("after a stream of 2,000 1 KiB messages the read buffer is %d bytes, want %d", size, largeReadBuffer)
 	}
 }
+
+// OnRead is told every byte read from the upstream: a 3 MiB answer is at
+// least 3 MiB of reads (frames and headers besides), counted before the
+// call returns it.
+func TestOnReadCountsWhatTheUpstreamSent(t *testing.T) {
+	s := startServer(t)
+	var read atomic.Int64
+	_, c := newClient(t, Options{MaxRecvMsgSize: 8 << 20, OnRead: func(n int) { read.Add(int64(n)) }}, s.addr)
+	resp, err := c.Call(testCtx(t), &echopb.EchoRequest{ResponseSize: 3 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := read.Load(); n < int64(len(resp.GetPayload())) {
+		t.Fatalf("OnRead counted %d bytes for a %d-byte answer", n, len(resp.GetPayload()))
+	}
+}

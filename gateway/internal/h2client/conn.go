@@ -121,7 +121,7 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 		maxRequests: o.maxRequests,
 	}
 	c.writer.init(o.writeTimeout)
-	c.reader.init(nc)
+	c.reader.init(nc, o.onRead)
 
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
@@ -162,6 +162,7 @@ type connOptions struct {
 	maxRequests                 int
 	writeTimeout                time.Duration
 	keepalive, keepaliveTimeout time.Duration
+	onRead                      func(int)
 }
 
 // start runs the connection's reader and flusher, owned by wg, and its

@@ -65,13 +65,17 @@ const (
 // busyFills.
 type fillCounter struct {
 	net.Conn
-	full int
+	full   int
+	onRead func(int) // Options.OnRead
 }
 
 func (f *fillCounter) Read(p []byte) (int, error) {
 	n, err := f.Conn.Read(p)
 	if n == len(p) && f.full < busyFills {
 		f.full++
+	}
+	if f.onRead != nil && n > 0 {
+		f.onRead(n)
 	}
 	return n, err
 }
@@ -81,8 +85,8 @@ type bufferedConn struct{ br *bufio.Reader }
 
 func (b *bufferedConn) Read(p []byte) (int, error) { return b.br.Read(p) }
 
-func (r *reader) init(nc net.Conn) {
-	r.nc.Conn = nc
+func (r *reader) init(nc net.Conn, onRead func(int)) {
+	r.nc.Conn, r.nc.onRead = nc, onRead
 	r.src.br = bufio.NewReaderSize(&r.nc, initialReadBuffer)
 	r.fr = http2.NewFramer(nil, &r.src)
 	// A DATA frame is handled before the next is read (its bytes are
