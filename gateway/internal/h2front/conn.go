@@ -76,9 +76,13 @@ type conn struct {
 
 	maxClientID atomic.Uint32 // highest stream the client opened
 
-	smu       sync.Mutex // guards streams, active, goingAway and closed; taken before w.mu, never the other way
-	streams   map[uint32]*stream
-	active    int // streams open or with a handler running
+	smu     sync.Mutex // guards streams, active, goingAway and closed; taken before w.mu, never the other way
+	streams map[uint32]*stream
+	active  int // streams open or with a handler running
+	// ending counts the streams in active that both sides ended, whose
+	// handlers are returning: they do not count toward
+	// MaxConcurrentStreams (noteEnded). Written under w.mu or smu.
+	ending    atomic.Int32
 	goingAway bool
 	closed    bool
 	idle      *time.Timer // armed while no stream is active (IdleTimeout)

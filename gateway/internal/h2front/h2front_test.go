@@ -724,6 +724,42 @@ func TestHeadersOnAClosedStreamWhileItsHandlerReturns(t *testing.T) {
 	})
 }
 
+// TestAnsweredStreamsLeaveTheStreamLimit: a stream both sides ended is
+// closed and no longer counts toward SETTINGS_MAX_CONCURRENT_STREAMS (RFC
+// 9113 section 5.1.2), also in the moment between the response's
+// END_STREAM and its handler's return: a client that keeps exactly the
+// limit in flight opens the next stream as soon as an answer ends. Before,
+// the stream counted until its handler returned, and such a stream was
+// refused (make bench: REFUSED_STREAM on connections of 100 in flight).
+func TestAnsweredStreamsLeaveTheStreamLimit(t *testing.T) {
+	finished, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Options{MaxConcurrentStreams: 1})
+	s.testHookStreamFinished = func() {
+		once.Do(func() { // the first stream's handler, held returning
+			close(finished)
+			<-release
+		})
+	}
+	addr, _ := serveOne(t, s, func(nc net.Conn) net.Conn { return nc })
+	rc := dialRaw(t, addr)
+	rc.get(1, "/")
+	rc.until("stream 1 answered", func(f http2.Frame) bool {
+		d, ok := f.(*http2.DataFrame)
+		return ok && d.StreamID == 1 && d.StreamEnded()
+	})
+	<-finished // ended both ways, its handler not yet returned
+	defer close(release)
+	rc.get(3, "/")
+	rc.until("stream 3 answered", func(f http2.Frame) bool {
+		if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.StreamID == 3 {
+			t.Fatalf("stream 3: RST_STREAM %v while stream 1's handler returned; the limit is 1 open stream", rst.ErrCode)
+		}
+		d, ok := f.(*http2.DataFrame)
+		return ok && d.StreamID == 3 && d.StreamEnded()
+	})
+}
+
 // TestDrainNoticeThenShutdown: Drain sends the GOAWAY notice (last stream
 // 2^31-1) and streams opened after it are still served; Shutdown's GOAWAY
 // then names the last stream.
