@@ -520,12 +520,17 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		c.streamError(id, errProtocol)
 		return nil
 	}
+	if f.StreamEnded() {
+		// Before the data is handed over: a handler that answers on it
+		// then finds the stream half-closed, and its END_STREAM closes
+		// the stream (noteEnded).
+		st.remoteClosed.Store(true)
+	}
 	if len(data) > 0 && !st.body.write(data) {
 		c.credit(nil, int64(len(data))) // the handler closed the body
 		c.consumed(len(data))
 	}
 	if f.StreamEnded() {
-		st.remoteClosed.Store(true)
 		st.body.closeWith(io.EOF, nil)
 	}
 	return nil
