@@ -699,21 +699,7 @@ func TestAnswerBeforeTheBodyKeepsTheConnection(t *testing.T) {
 // stream error, which failed h2spec's "5.1 closed: Sends a HEADERS frame"
 // once in make test.
 func TestHeadersOnAClosedStreamWhileItsHandlerReturns(t *testing.T) {
-	finished, release := make(chan struct{}), make(chan struct{})
-	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Options{})
-	s.testHookStreamFinished = func() {
-		close(finished)
-		<-release
-	}
-	addr, _ := serveOne(t, s, func(nc net.Conn) net.Conn { return nc })
-	rc := dialRaw(t, addr)
-	rc.get(1, "/")
-	rc.until("stream 1 answered", func(f http2.Frame) bool {
-		d, ok := f.(*http2.DataFrame)
-		return ok && d.StreamID == 1 && d.StreamEnded()
-	})
-	<-finished // the stream is ended both ways and still in the map
-	defer close(release)
+	rc := firstAnswerHeldReturning(t, Options{})
 	rc.get(1, "/")
 	rc.until("GOAWAY STREAM_CLOSED", func(f http2.Frame) bool {
 		if rst, ok := f.(*http2.RSTStreamFrame); ok {
@@ -724,6 +710,33 @@ func TestHeadersOnAClosedStreamWhileItsHandlerReturns(t *testing.T) {
 	})
 }
 
+// firstAnswerHeldReturning serves "ok" with opts on a raw connection, has
+// stream 1 answered, and returns once its handler is held between the
+// answer's END_STREAM and its return (the stream still in the server's
+// map and counted), which lasts until the test ends.
+func firstAnswerHeldReturning(t *testing.T, opts Options) *rawConn {
+	t.Helper()
+	finished, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), opts)
+	s.testHookStreamFinished = func() {
+		once.Do(func() { // stream 1's handler only
+			close(finished)
+			<-release
+		})
+	}
+	addr, _ := serveOne(t, s, func(nc net.Conn) net.Conn { return nc })
+	t.Cleanup(func() { close(release) }) // before serveOne's cleanup, which waits for the handler
+	rc := dialRaw(t, addr)
+	rc.get(1, "/")
+	rc.until("stream 1 answered", func(f http2.Frame) bool {
+		d, ok := f.(*http2.DataFrame)
+		return ok && d.StreamID == 1 && d.StreamEnded()
+	})
+	<-finished
+	return rc
+}
+
 // TestAnsweredStreamsLeaveTheStreamLimit: a stream both sides ended is
 // closed and no longer counts toward SETTINGS_MAX_CONCURRENT_STREAMS (RFC
 // 9113 section 5.1.2), also in the moment between the response's
@@ -732,24 +745,7 @@ func TestHeadersOnAClosedStreamWhileItsHandlerReturns(t *testing.T) {
 // the stream counted until its handler returned, and such a stream was
 // refused (make bench: REFUSED_STREAM on connections of 100 in flight).
 func TestAnsweredStreamsLeaveTheStreamLimit(t *testing.T) {
-	finished, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	s := New(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Options{MaxConcurrentStreams: 1})
-	s.testHookStreamFinished = func() {
-		once.Do(func() { // the first stream's handler, held returning
-			close(finished)
-			<-release
-		})
-	}
-	addr, _ := serveOne(t, s, func(nc net.Conn) net.Conn { return nc })
-	rc := dialRaw(t, addr)
-	rc.get(1, "/")
-	rc.until("stream 1 answered", func(f http2.Frame) bool {
-		d, ok := f.(*http2.DataFrame)
-		return ok && d.StreamID == 1 && d.StreamEnded()
-	})
-	<-finished // ended both ways, its handler not yet returned
-	defer close(release)
+	rc := firstAnswerHeldReturning(t, Options{MaxConcurrentStreams: 1})
 	rc.get(3, "/")
 	rc.until("stream 3 answered", func(f http2.Frame) bool {
 		if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.StreamID == 3 {
