@@ -20,6 +20,7 @@ package hpackmemo
 
 import (
 	"hash/maphash"
+	"strings"
 
 	"golang.org/x/net/http2/hpack"
 )
@@ -105,22 +106,14 @@ func (e *Encoder) WriteField(f hpack.HeaderField) {
 			// sharing a slot cost no copies turn about.
 			return
 		}
-		*slot = entry{name: clone(f.Name), value: clone(f.Value), gen: e.gen, n: uint8(len(out))}
+		// Copies: an entry must not keep a peer's header block alive.
+		*slot = entry{name: strings.Clone(f.Name), value: strings.Clone(f.Value), gen: e.gen, n: uint8(len(out))}
 		copy(slot.b[:], out)
 	case b&0xc0 == 0x40, b&0xe0 == 0x20:
 		// Added to the table (6.2.1), or a table size update (6.3) went
 		// first: indexes have moved.
 		e.gen++
 	}
-}
-
-// clone copies s unless it is a constant's (empty): an entry must not
-// keep a peer's header block alive.
-func clone(s string) string {
-	if s == "" {
-		return ""
-	}
-	return string([]byte(s))
 }
 
 func (e *Encoder) write(f hpack.HeaderField) {
