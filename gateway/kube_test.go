@@ -169,7 +169,7 @@ func kubeGatewayConfig(t testing.TB, kubeconfig string, modify ...func(*config.C
 	off := false
 	cfg := &config.Config{
 		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
-		Admin:     config.Admin{Address: "127.0.0.1:0"},
+		Admin:     config.Admin{Address: "127.0.0.1:0", DebugAddress: "127.0.0.1:0"},
 		Discovery: config.Discovery{Kubernetes: &config.Kubernetes{Kubeconfig: kubeconfig}},
 		AccessLog: &off,
 	}
