@@ -654,6 +654,10 @@ func (cl *Client) AcquireRetry() (release func(), ok bool) {
 	return func() { cl.retries.Add(-1) }, true
 }
 
+// StreamsAbort says that the streams NewStream returns can be ended by
+// their caller (Abort) without their context being canceled.
+func (cl *Client) StreamsAbort() bool { return true }
+
 // NewStream starts a call on a picked endpoint. It understands the call
 // options a proxy passes: ForceCodecV2, UseCompressor, CallAuthority,
 // CallContentSubtype and the message size limits.

@@ -260,6 +260,63 @@ func TestDeadlineAndCancelReachTheServer(t *testing.T) {
 	}
 }
 
+// Abort ends a stream as canceling its context would, with the context
+// left alone: the caller that waits gets CANCELED and the server sees the
+// call canceled (RST_STREAM CANCEL). A stream that ended is left as it is.
+func TestAbortEndsTheStreamNotItsContext(t *testing.T) {
+	s := startServer(t)
+	cl, _ := newClient(t, Options{}, s.addr)
+	ctx := testCtx(t)
+
+	cs, err := cl.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/echo.EchoService/ServerStream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.SendMsg(&echopb.EchoRequest{SleepMs: 10_000}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	cs.(interface{ Abort() }).Abort()
+	if err := cs.RecvMsg(new(echopb.EchoResponse)); status.Code(err) != codes.Canceled {
+		t.Fatalf("after Abort: %v, want CANCELED", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Abort canceled the stream's context")
+	}
+	select {
+	case sctx := <-s.seen:
+		if !errors.Is(sctx.Err(), context.Canceled) {
+			t.Fatalf("server context: %v", sctx.Err())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server never saw the call end")
+	}
+
+	// A stream that ended keeps its status.
+	cs, err = cl.NewStream(ctx, &grpc.StreamDesc{}, "/echo.EchoService/Call")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.SendMsg(&echopb.EchoRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.RecvMsg(new(echopb.EchoResponse)); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.RecvMsg(new(echopb.EchoResponse)); err != io.EOF {
+		t.Fatalf("end of the call: %v", err)
+	}
+	cs.(interface{ Abort() }).Abort()
+	if err := cs.RecvMsg(new(echopb.EchoResponse)); err != io.EOF {
+		t.Fatalf("after Abort of an ended call: %v, want io.EOF", err)
+	}
+}
+
 func TestLargeMessagesBothWays(t *testing.T) {
 	s := startServer(t, grpc.MaxRecvMsgSize(32<<20), grpc.MaxSendMsgSize(32<<20))
 	_, c := newClient(t, Options{MaxRecvMsgSize: 16 << 20}, s.addr)

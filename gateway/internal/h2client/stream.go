@@ -694,6 +694,22 @@ func (s *stream) cancel() {
 	s.fail(status.FromContextError(s.ctx.Err()), http2.ErrCodeCancel)
 }
 
+// Abort ends the stream as a cancellation of its context would, its
+// context left as it is: RST_STREAM(CANCEL) if it is still open, and
+// CANCELED for whoever waits on it. A caller that ends its streams itself
+// (the proxy) needs no cancelable context of its own per call. Nothing
+// happens to a stream that ended already.
+func (s *stream) Abort() {
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return
+	}
+	s.local = true
+	s.mu.Unlock()
+	s.fail(status.FromContextError(context.Canceled), http2.ErrCodeCancel)
+}
+
 // msgQueue holds the messages received and not yet read, split at their
 // length prefixes as they arrive, so a message that came in one frame is
 // one pooled buffer.
