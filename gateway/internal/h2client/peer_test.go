@@ -449,11 +449,12 @@ func TestForwardedFramesDoNotAllocate(t *testing.T) {
 	}
 }
 
-// DATA frames whole in the read buffer are taken from it without the
-// framer; the ones whose errors the framer reports, and padded ones, are
+// DATA frames, and HEADERS frames that are a whole header block, whole in
+// the read buffer are taken from it without the framer; the ones whose
+// errors the framer reports, padded ones and HEADERS with a priority are
 // still the framer's. Each case ends as it did when every frame went
 // through the framer.
-func TestDataFramesTheReaderTakesFromItsBuffer(t *testing.T) {
+func TestFramesTheReaderTakesFromItsBuffer(t *testing.T) {
 	msg := make([]byte, 5+3)
 	binary.BigEndian.PutUint32(msg[1:], 3)
 	copy(msg[5:], "abc")
@@ -499,6 +500,33 @@ func TestDataFramesTheReaderTakesFromItsBuffer(t *testing.T) {
 			_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: headers(), EndHeaders: true})
 			_ = p.fr.WriteRawFrame(http2.FrameData, 0, id, make([]byte, defaultFrame+1))
 		}, codes.Unavailable, "frame too large"},
+		{"headers padded and with a priority", func(p *rawPeer, id uint32) {
+			_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: headers(), EndHeaders: true, PadLength: 7,
+				Priority: http2.PriorityParam{Weight: 15}})
+			_ = p.fr.WriteData(id, false, msg)
+			_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: trailers(), EndHeaders: true, EndStream: true, PadLength: 3})
+		}, codes.OK, "abc"},
+		{"trailers in a HEADERS and a CONTINUATION", func(p *rawPeer, id uint32) {
+			_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: headers(), EndHeaders: true})
+			_ = p.fr.WriteData(id, false, msg)
+			tr := trailers()
+			_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: tr[:1], EndStream: true})
+			_ = p.fr.WriteContinuation(id, true, tr[1:])
+		}, codes.OK, "abc"},
+		{"headers on stream 0", func(p *rawPeer, id uint32) {
+			_ = p.fr.WriteRawFrame(http2.FrameHeaders, http2.FlagHeadersEndHeaders, 0, headers())
+		}, codes.Unavailable, "PROTOCOL_ERROR"},
+		{"headers over the frame size", func(p *rawPeer, id uint32) {
+			_ = p.fr.WriteRawFrame(http2.FrameHeaders, http2.FlagHeadersEndHeaders, id, make([]byte, defaultFrame+1))
+		}, codes.Unavailable, "frame too large"},
+		{"headers HPACK cannot decode", func(p *rawPeer, id uint32) {
+			// An indexed field past the static and (empty) dynamic table.
+			_ = p.fr.WriteRawFrame(http2.FrameHeaders, http2.FlagHeadersEndHeaders, id, []byte{0xff, 0x7f})
+		}, codes.Unavailable, "HPACK"},
+		{"a CONTINUATION with no header block open", func(p *rawPeer, id uint32) {
+			_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: headers(), EndHeaders: true})
+			_ = p.fr.WriteContinuation(id, true, trailers())
+		}, codes.Unavailable, "CONTINUATION"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr, _ := scriptedUpstream(t, func(p *rawPeer) {
