@@ -332,11 +332,21 @@ func (ss *serverStream) SetHeader(md metadata.MD) error {
 }
 
 func (ss *serverStream) SendHeader(md metadata.MD) error {
-	if err := ss.SetHeader(md); err != nil {
-		return err
+	if ss.headerSent {
+		return errHeaderSent
+	}
+	if ss.header == nil {
+		// Nothing set before (the proxy's case): md is written now and
+		// not read again, so it is not copied (metadata.Join's copy
+		// was allocations every call).
+		ss.header = md
+	} else {
+		ss.header = metadata.Join(ss.header, md)
 	}
 	ss.headerSent = true
-	if err := ss.r.WriteHead(200, ss.headerFields(), nil, false); err != nil {
+	err := ss.r.WriteHead(200, ss.headerFields(), nil, false)
+	ss.header = nil // not the caller's map past the call
+	if err != nil {
 		return ss.writeFailed()
 	}
 	return nil

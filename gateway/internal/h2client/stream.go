@@ -723,10 +723,11 @@ type msgQueue struct {
 	// tracked.
 	forward bool
 	raw     []rawSeg
-	left    int  // bytes of the message in progress still to come
-	ended   int  // messages that ended in raw
-	payload int  // raw's bytes that are messages'
-	flags   byte // the flags of the messages that began in raw
+	rawBuf  [4]rawSeg // raw's first backing: a unary answer's prefix and buffers, which took two allocations to grow into
+	left    int       // bytes of the message in progress still to come
+	ended   int       // messages that ended in raw
+	payload int       // raw's bytes that are messages'
+	flags   byte      // the flags of the messages that began in raw
 }
 
 // rawChunk is the size of the buffers forwarded bytes are copied into: a
@@ -772,6 +773,7 @@ func (q *msgQueue) startForward() {
 		return
 	}
 	q.forward = true
+	q.raw = q.rawBuf[:0]
 	for _, m := range q.msgs {
 		pfx := pool.Get(5) // a small buffer: the message's own follow
 		copy(*pfx, []byte{m.flag, byte(m.size >> 24), byte(m.size >> 16), byte(m.size >> 8), byte(m.size)})
@@ -939,5 +941,6 @@ func (q *msgQueue) free() {
 	for _, r := range q.raw {
 		r.free()
 	}
+	clear(q.raw) // rawBuf keeps no buffer given back
 	q.raw = nil
 }

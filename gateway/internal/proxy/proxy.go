@@ -382,7 +382,13 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	}
 	opts = append(opts, p.codecFor(subtype))
 	authority := ""
-	if a := metadata.ValueFromIncomingContext(ctx, ":authority"); len(a) == 1 {
+	var a []string
+	if r, ok := grpc.ServerTransportStreamFromContext(ctx).(rawMetadata); ok && r.IncomingMetadata() != nil {
+		a = r.IncomingMetadata()[":authority"] // grpcfront's own: no copy (ValueFromIncomingContext's was an allocation a call)
+	} else {
+		a = metadata.ValueFromIncomingContext(ctx, ":authority")
+	}
+	if len(a) == 1 {
 		authority = a[0]
 	}
 	c.authority = authority
