@@ -368,7 +368,8 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	// Without a context of its own (h2client's streams: the common case)
 	// the call's streams are ended by abort; a cancelable context per
 	// call, registered with the call's and watched by each stream, was
-	// 4 allocations and some 4% of the gateway's CPU.
+	// 4 allocations and 2-3% of the gateway's CPU per call (alternating
+	// runs, docs/bench.md run Y).
 	upCtx := u.upCtx
 	defer u.abort()
 	opts := u.optBuf[:0]
