@@ -554,15 +554,14 @@ type upstreamCall struct {
 	c      *call
 	upCtx  context.Context
 	cancel context.CancelFunc // ends every attempt, when upCtx is the call's own (else nil: abort ends them)
-	// abortMu guards the abort state: the pump (a goroutine of its own
-	// for a request still coming) aborts while attempts start. Not held
-	// across a stream's Abort.
-	abortMu   sync.Mutex
-	isAborted bool
-	abortCh   chan struct{} // made for a retry's back-off, closed by abort
-	current   aborter       // the latest attempt's stream, when upCtx is not the call's own
-	retries   route.Retries
-	rp        replay // part of the call's allocation
+	// abortMu guards abortCh and current: the pump (a goroutine of its
+	// own for a request still coming) aborts while attempts start. Not
+	// held across a stream's Abort.
+	abortMu sync.Mutex
+	abortCh chan struct{} // closedChan once aborted; made before that only for a retry's back-off
+	current aborter       // the latest attempt's stream, when upCtx is not the call's own
+	retries route.Retries
+	rp      replay // part of the call's allocation
 	// The client-to-upstream pump's result, pumpErr, is there once
 	// pumpDone is closed; pumping is true until it has been taken. A pump
 	// run before the answer is read (requestIn) has it at once:
@@ -651,7 +650,6 @@ type abortingConn interface{ StreamsAbort() bool }
 // that would follow.
 func (u *upstreamCall) abort() {
 	u.abortMu.Lock()
-	u.isAborted = true
 	s := u.current
 	if u.abortCh != nil && u.abortCh != closedChan {
 		close(u.abortCh)
@@ -668,7 +666,7 @@ func (u *upstreamCall) abort() {
 func (u *upstreamCall) aborted() bool {
 	u.abortMu.Lock()
 	defer u.abortMu.Unlock()
-	return u.isAborted
+	return u.abortCh == closedChan
 }
 
 // abortedChan is closed once the call is aborted.
@@ -687,7 +685,7 @@ func (u *upstreamCall) track(cs grpc.ClientStream) {
 	a, _ := cs.(aborter)
 	u.abortMu.Lock()
 	u.current = a
-	done := u.isAborted
+	done := u.abortCh == closedChan
 	u.abortMu.Unlock()
 	if done && a != nil {
 		a.Abort()
