@@ -263,27 +263,22 @@ func (c *conn) bufferedData() (bool, error) {
 	if id == 0 || length > defaultFrame || br.Buffered() < frameHeaderLen+length {
 		return false, nil
 	}
-	switch http2.FrameType(h[3]) {
-	case http2.FrameData:
-		if flags.Has(http2.FlagDataPadded) {
-			return false, nil
-		}
-		f, _ := br.Peek(frameHeaderLen + length)
-		_, _ = br.Discard(len(f)) // f stays valid: nothing is read into the buffer before it is used
-		c.frames.Add(1)
-		c.grow(uint32(length))
-		return true, c.onData(id, f[frameHeaderLen:], int64(length), flags.Has(http2.FlagDataEndStream))
-	case http2.FrameHeaders:
-		if flags&(http2.FlagHeadersPadded|http2.FlagHeadersPriority) != 0 || !flags.Has(http2.FlagHeadersEndHeaders) {
-			return false, nil
-		}
-		f, _ := br.Peek(frameHeaderLen + length)
-		_, _ = br.Discard(len(f)) // as for DATA; the decoder copies what it keeps
-		c.frames.Add(1)
+	typ := http2.FrameType(h[3])
+	switch {
+	case typ == http2.FrameData && !flags.Has(http2.FlagDataPadded):
+	case typ == http2.FrameHeaders && flags&(http2.FlagHeadersPadded|http2.FlagHeadersPriority) == 0 && flags.Has(http2.FlagHeadersEndHeaders):
+	default:
+		return false, nil
+	}
+	f, _ := br.Peek(frameHeaderLen + length)
+	_, _ = br.Discard(len(f)) // f stays valid: nothing is read into the buffer before it is used (the HPACK decoder copies what it keeps)
+	c.frames.Add(1)
+	if typ == http2.FrameHeaders {
 		c.hstream, c.hend = id, flags.Has(http2.FlagHeadersEndStream)
 		return true, c.decodeHeaders(f[frameHeaderLen:])
 	}
-	return false, nil
+	c.grow(uint32(length))
+	return true, c.onData(id, f[frameHeaderLen:], int64(length), flags.Has(http2.FlagDataEndStream))
 }
 
 // frameHeaderLen is the length of an HTTP/2 frame header.

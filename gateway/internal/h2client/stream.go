@@ -687,19 +687,17 @@ func (s *stream) finish(st *status.Status, trailer metadata.MD, remoteDone bool)
 }
 
 // cancel ends the stream because its context ended.
-func (s *stream) cancel() {
-	s.mu.Lock()
-	s.local = true
-	s.mu.Unlock()
-	s.fail(status.FromContextError(s.ctx.Err()), http2.ErrCodeCancel)
-}
+func (s *stream) cancel() { s.endLocally(status.FromContextError(s.ctx.Err())) }
 
 // Abort ends the stream as a cancellation of its context would, its
 // context left as it is: RST_STREAM(CANCEL) if it is still open, and
 // CANCELED for whoever waits on it. A caller that ends its streams itself
-// (the proxy) needs no cancelable context of its own per call. Nothing
-// happens to a stream that ended already.
-func (s *stream) Abort() {
+// (the proxy) needs no cancelable context of its own per call.
+func (s *stream) Abort() { s.endLocally(status.FromContextError(context.Canceled)) }
+
+// endLocally ends the stream on the caller's side with st, resetting it
+// with CANCEL; a stream that ended already is left as it is.
+func (s *stream) endLocally(st *status.Status) {
 	s.mu.Lock()
 	if s.finished {
 		s.mu.Unlock()
@@ -707,7 +705,7 @@ func (s *stream) Abort() {
 	}
 	s.local = true
 	s.mu.Unlock()
-	s.fail(status.FromContextError(context.Canceled), http2.ErrCodeCancel)
+	s.fail(st, http2.ErrCodeCancel)
 }
 
 // msgQueue holds the messages received and not yet read, split at their
