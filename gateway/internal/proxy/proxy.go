@@ -448,16 +448,11 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 			return status.Errorf(codes.Unavailable, "upstream request timeout: the route's timeout of %v expired", c.action.Timeout)
 		}
 		// If the client's side failed first (it went away or sent garbage),
-		// that is the call's error rather than the upstream's reaction.
-		if u.pumping {
-			select {
-			case <-u.pumpDone:
-				u.pumping = false
-				if u.pumpErr != nil {
-					return u.pumpErr
-				}
-			default:
-			}
+		// that is the call's error rather than the upstream's reaction to
+		// the abort that followed it. The pump records it before aborting,
+		// so an attempt ended by that abort always finds it here.
+		if e := u.clientErr(); e != nil {
+			return e
 		}
 		// A retry needs nothing sent to the client yet, the whole request
 		// kept, and a condition the route retries on.
@@ -554,14 +549,15 @@ type upstreamCall struct {
 	c      *call
 	upCtx  context.Context
 	cancel context.CancelFunc // ends every attempt, when upCtx is the call's own (else nil: abort ends them)
-	// abortMu guards abortCh and current: the pump (a goroutine of its
-	// own for a request still coming) aborts while attempts start. Not
-	// held across a stream's Abort.
-	abortMu sync.Mutex
-	abortCh chan struct{} // closedChan once aborted; made before that only for a retry's back-off
-	current aborter       // the latest attempt's stream, when upCtx is not the call's own
-	retries route.Retries
-	rp      replay // part of the call's allocation
+	// abortMu guards abortCh, abortErr and current: the pump (a goroutine
+	// of its own for a request still coming) aborts while attempts start.
+	// Not held across a stream's Abort.
+	abortMu  sync.Mutex
+	abortCh  chan struct{} // closedChan once aborted; made before that only for a retry's back-off
+	abortErr error         // the client side's failure that aborted the call, set with abortCh
+	current  aborter       // the latest attempt's stream, when upCtx is not the call's own
+	retries  route.Retries
+	rp       replay // part of the call's allocation
 	// The client-to-upstream pump's result, pumpErr, is there once
 	// pumpDone is closed; pumping is true until it has been taken. A pump
 	// run before the answer is read (requestIn) has it at once:
@@ -612,7 +608,7 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 				// The client's side broke (it went away, or sent a message
 				// over the limit): end the upstream call too, or it would
 				// wait for the rest of a request that never comes.
-				u.abort()
+				u.abortFor(err)
 			}
 			u.pumpErr = err // read once pumpDone is closed
 		}
@@ -648,8 +644,15 @@ type abortingConn interface{ StreamsAbort() bool }
 
 // abort ends the call's upstream side: the attempt in flight, and any
 // that would follow.
-func (u *upstreamCall) abort() {
+func (u *upstreamCall) abort() { u.abortFor(nil) }
+
+// abortFor is abort for the client side's failure err, which the call's
+// attempts then report instead of what the abort made of them.
+func (u *upstreamCall) abortFor(err error) {
 	u.abortMu.Lock()
+	if u.abortErr == nil {
+		u.abortErr = err
+	}
 	s := u.current
 	if u.abortCh != nil && u.abortCh != closedChan {
 		close(u.abortCh)
@@ -661,6 +664,13 @@ func (u *upstreamCall) abort() {
 	} else if s != nil {
 		s.Abort()
 	}
+}
+
+// clientErr is the client side's failure that aborted the call, if one did.
+func (u *upstreamCall) clientErr() error {
+	u.abortMu.Lock()
+	defer u.abortMu.Unlock()
+	return u.abortErr
 }
 
 func (u *upstreamCall) aborted() bool {
