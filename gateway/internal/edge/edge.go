@@ -243,16 +243,29 @@ func (c *Conn) Read(b []byte) (int, error) {
 // the connection to drain.
 func (c *Conn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
+	c.wrote(int64(n))
+	return n, err
+}
+
+// WriteBuffers is Write of several buffers, in one system call (writev)
+// on a TCP connection; it consumes v.
+func (c *Conn) WriteBuffers(v *net.Buffers) (int64, error) {
+	n, err := v.WriteTo(c.Conn)
+	c.wrote(n)
+	return n, err
+}
+
+// wrote counts n bytes that reached the client.
+func (c *Conn) wrote(n int64) {
 	for {
 		o := c.outbound.Load()
-		if o == 0 || c.outbound.CompareAndSwap(o, max(o-int64(n), 0)) {
+		if o == 0 || c.outbound.CompareAndSwap(o, max(o-n, 0)) {
 			break
 		}
 	}
 	if c.l.waiting.Load() > 0 {
 		c.l.wake()
 	}
-	return n, err
 }
 
 func (l *Limiter) wake() {

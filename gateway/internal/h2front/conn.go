@@ -134,6 +134,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	if tlsState(nc) != nil {
 		c.w.chunk = writeChunk
 	}
+	c.w.vec = vectorOf(nc)
 	c.br = bufio.NewReaderSize(nc, readBufSize)
 	c.fr = http2.NewFramer(appendTo{&c.w}, c.br)
 	c.hb.init(s.opts.HeaderTableSize, s.opts.MaxHeaderListSize)

@@ -1,6 +1,7 @@
 package h2front
 
 import (
+	"encoding/binary"
 	"errors"
 	"io"
 	"net/http"
@@ -873,6 +874,14 @@ func (c *conn) writeDataLocked(st *stream, parts [][]byte, size int, end bool) e
 			return nil
 		}
 		n := int(min(int64(size), int64(w.maxFrame), st.sendWindow, w.connWindow))
+		if avail := int(min(int64(size), st.sendWindow, w.connWindow)); avail >= directMin && w.vec != nil && !w.writing {
+			parts, size = c.writeDirect(st, parts, size, avail, end)
+			if size == 0 && w.err == nil {
+				c.flushUnlessHeld(st) // what others queued meanwhile
+				return nil
+			}
+			continue
+		}
 		if n > 0 {
 			// Room for the rest at once, not by doubling per frame.
 			if w.buf == nil {
@@ -914,6 +923,78 @@ func (c *conn) writeDataLocked(st *stream, parts [][]byte, size int, end bool) e
 			return nil
 		}
 	}
+}
+
+// directMin is the least payload a DATA write sends from the caller's
+// buffers (writeDirect) rather than copied into the queue: below it the
+// copy costs less than the longer vector.
+const directMin = 16 << 10
+
+// writeDirect sends avail bytes of parts (size in all), as DATA frames of
+// st, from parts themselves: what is queued, then each frame's header and
+// its payload, in one vectored write done here, so that the caller may
+// reuse parts once it returns. c.w.mu is held, and this goroutine becomes
+// the connection's writer for the write (nothing else is writing); it
+// returns with mu held, the rest of parts and its size.
+func (c *conn) writeDirect(st *stream, parts [][]byte, size, avail int, end bool) ([][]byte, int) {
+	w := &c.w
+	last := avail == size && end
+	frames := (avail + w.maxFrame - 1) / w.maxFrame
+	w.hdrs = slices.Grow(w.hdrs[:0], frames*frameHeaderLen)[:frames*frameHeaderLen]
+	vec := w.bufs[:0]
+	queued := w.buf
+	if len(queued) > 0 {
+		vec = append(vec, queued)
+	}
+	for i, rest := 0, avail; rest > 0; i++ {
+		n := min(rest, w.maxFrame)
+		var flags byte
+		if last && n == rest {
+			flags = byte(http2.FlagDataEndStream)
+		}
+		h := w.hdrs[i*frameHeaderLen : (i+1)*frameHeaderLen]
+		h[0], h[1], h[2], h[3], h[4] = byte(n>>16), byte(n>>8), byte(n), byte(http2.FrameData), flags
+		binary.BigEndian.PutUint32(h[5:], st.id)
+		vec = append(vec, h)
+		for k := n; k > 0; {
+			m := min(k, len(parts[0]))
+			vec = append(vec, parts[0][:m])
+			if parts[0] = parts[0][m:]; len(parts[0]) == 0 {
+				parts = parts[1:]
+			}
+			k -= m
+		}
+		rest -= n
+	}
+	st.sendWindow -= int64(avail)
+	w.connWindow -= int64(avail)
+	size -= avail
+	w.sentSince.Store(true)
+	if last {
+		st.endSent = true
+		c.noteEnded(st)
+	}
+	st.holdNext = false // nothing of this write can wait: parts are the caller's
+	w.buf = nil
+	w.writing = true
+	w.mu.Unlock()
+	out := vec // the write consumes its vector
+	err := w.writeVec(&out)
+	w.mu.Lock()
+	clear(vec) // hold none of the caller's buffers
+	w.bufs = vec[:0]
+	if queued != nil {
+		putWriteBuf(queued)
+	}
+	w.writing = false
+	w.cond.Broadcast() // written: what waited for the queue to drain goes on
+	if err != nil && w.err == nil {
+		w.err = err
+		w.mu.Unlock()
+		_ = w.nc.Close() // the reader then ends the connection
+		w.mu.Lock()
+	}
+	return parts, size
 }
 
 // flushUnlessHeld ends a write of st: the queue is written unless the

@@ -194,6 +194,25 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// WriteBuffers is Write of several buffers, in one system call when the
+// connection under can (edge's over TCP, or TCP itself); it consumes v.
+func (c *Conn) WriteBuffers(v *net.Buffers) (int64, error) {
+	if c.out != nil {
+		return v.WriteTo(writeOnly{c}) // one at a time, through the filter
+	}
+	if vw, ok := c.Conn.(interface {
+		WriteBuffers(*net.Buffers) (int64, error)
+	}); ok {
+		return vw.WriteBuffers(v)
+	}
+	return v.WriteTo(c.Conn)
+}
+
+// writeOnly hides every method of a connection but Write.
+type writeOnly struct{ w io.Writer }
+
+func (w writeOnly) Write(p []byte) (int, error) { return w.w.Write(p) }
+
 // TLS is the connection's TLS state, nil for plaintext.
 func (c *Conn) TLS() *tls.ConnectionState { return c.state }
 
