@@ -580,13 +580,16 @@ func (p *Proxy) decideSimple(rreq *route.Request) (dec route.Decision, decErr er
 // as Envoy answers it (404 NR, 503 NC, 503 UH "no healthy upstream"), or
 // status 0 when it has both.
 func refusal(dec route.Decision, decErr, epErr error) (status int, flags, msg string) {
-	var ref *route.Refusal
-	switch {
-	case errors.As(decErr, &ref) && ref.NoRoute:
-		return http.StatusNotFound, "NR", ref.Message
-	case decErr != nil:
+	if decErr != nil {
+		// Only here: errors.As's target escapes, an allocation per
+		// request on the path that has a route.
+		var ref *route.Refusal
+		if errors.As(decErr, &ref) && ref.NoRoute {
+			return http.StatusNotFound, "NR", ref.Message
+		}
 		return http.StatusServiceUnavailable, "NC", decErr.Error()
-	case epErr != nil:
+	}
+	if epErr != nil {
 		return http.StatusServiceUnavailable, "UH", "no healthy upstream: " + epErr.Error() + " (" + dec.Rule.Source + " to " + dec.Destination.String() + ")"
 	}
 	return 0, "", ""

@@ -14,7 +14,9 @@ package route
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -59,12 +61,37 @@ func (d Destination) Host() string {
 	if d.NoService != "" || d.Service == "" {
 		return ""
 	}
-	return d.Service + "." + d.Namespace + ".svc.cluster.local"
+	return namesOf(d.Service, d.Namespace).host
 }
 
 // Key is how discovery names the destination's service; discovery maps the
 // port to one of its endpoint sets.
-func (d Destination) Key() string { return d.Service + "." + d.Namespace }
+func (d Destination) Key() string { return namesOf(d.Service, d.Namespace).key }
+
+// destNames are a service's Key and Host, made once.
+type destNames struct{ service, namespace, key, host string }
+
+// nameCache keeps the names of recent destinations, a slot per hash of
+// service and namespace: every call asks its destination's names, and
+// making them was two allocations a call. A gateway routes to a few
+// services per environment; past the slots' count a colliding pair
+// replaces the other's names, which are made again when next asked. Its
+// size is fixed, whatever namespaces clients' headers name.
+var (
+	nameCache [1024]atomic.Pointer[destNames]
+	nameSeed  = maphash.MakeSeed()
+)
+
+func namesOf(service, namespace string) *destNames {
+	i := (maphash.String(nameSeed, service)*31 + maphash.String(nameSeed, namespace)) % uint64(len(nameCache))
+	if n := nameCache[i].Load(); n != nil && n.service == service && n.namespace == namespace {
+		return n
+	}
+	key := service + "." + namespace
+	n := &destNames{service: service, namespace: namespace, key: key, host: key + ".svc.cluster.local"}
+	nameCache[i].Store(n)
+	return n
+}
 
 // Request is what rules look at. Headers holds lower-case names.
 type Request struct {

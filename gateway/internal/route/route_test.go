@@ -1,6 +1,7 @@
 package route
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -150,5 +151,24 @@ func BenchmarkRoute(b *testing.B) {
 				tbl.Route(tc.req)
 			}
 		})
+	}
+}
+
+// A destination's names are its service's, whichever destinations were
+// asked before (more than the cache's slots, so pairs collide), and asking
+// again makes nothing: a call's destination used to cost two allocations.
+func TestDestinationNames(t *testing.T) {
+	for i := range 3 * len(nameCache) {
+		d := Destination{Service: "app-service", Namespace: fmt.Sprintf("env%d", i)}
+		if k, h := d.Key(), d.Host(); k != "app-service."+d.Namespace || h != "app-service."+d.Namespace+".svc.cluster.local" {
+			t.Fatalf("%+v: key %q host %q", d, k, h)
+		}
+	}
+	d := Destination{Service: "app-service", Namespace: "env1"}
+	if n := testing.AllocsPerRun(100, func() { _, _ = d.Key(), d.Host() }); n != 0 {
+		t.Fatalf("%.1f allocations for a destination's names asked again, want 0", n)
+	}
+	if h := (Destination{NoService: "nowhere"}).Host(); h != "" {
+		t.Fatalf("no service: host %q", h)
 	}
 }
