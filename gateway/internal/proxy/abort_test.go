@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -11,7 +10,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -79,26 +77,12 @@ func (s *slowAbortStream) RecvMsg(any) error {
 func TestClientFailureNotTheAbortIsTheCallsError(t *testing.T) {
 	up := &slowAbortConn{aborted: make(chan struct{}), release: make(chan struct{})}
 	defer close(up.release)
-	px := New(func(ctx context.Context, _ string) (context.Context, grpc.ClientConnInterface, error) {
-		md, _ := metadata.FromIncomingContext(ctx)
-		return metadata.NewOutgoingContext(ctx, md.Copy()), &Routed{ClientConnInterface: up, Decision: route.Decision{Rule: &route.Rule{}, Env: "env1"}}, nil
-	}, nil, "env", nil)
+	px := routedTo(up, &route.Rule{})
 	// The gateway's own front: grpc-go's server writes a failed receive's
 	// status itself, before the handler returns, and would hide the defect.
 	calls := grpcfront.New(grpcfront.Options{Handler: px.Handler, Codec: ServerCodec(), MaxRecvMessage: 1024, MaxSendMessage: 1024})
 	srv := h2front.New(http.NotFoundHandler(), h2front.Options{GRPC: calls.Serve})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(lis) }()
-	defer func() { srv.Close(); <-done }()
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := dialServed(t, srv.Serve, srv.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	// A stream not half-closed: its pump runs beside the attempt, as for

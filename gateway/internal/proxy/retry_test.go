@@ -108,25 +108,37 @@ func TestRetryBudget(t *testing.T) {
 // unavailable, to up, and returns its error.
 func callThrough(t *testing.T, up grpc.ClientConnInterface) error {
 	t.Helper()
-	rule := &route.Rule{Action: route.Action{Retries: route.Retries{Attempts: 2, RetryOn: []string{"unavailable"}}}}
-	px := New(func(ctx context.Context, _ string) (context.Context, grpc.ClientConnInterface, error) {
+	px := routedTo(up, &route.Rule{Action: route.Action{Retries: route.Retries{Attempts: 2, RetryOn: []string{"unavailable"}}}})
+	srv := grpc.NewServer(grpc.UnknownServiceHandler(px.Handler), grpc.ForceServerCodecV2(ServerCodec()))
+	cc := dialServed(t, srv.Serve, srv.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return cc.Invoke(ctx, "/echo.EchoService/Call", &emptypb.Empty{}, &emptypb.Empty{})
+}
+
+// routedTo is a proxy that sends every call to up by rule.
+func routedTo(up grpc.ClientConnInterface, rule *route.Rule) *Proxy {
+	return New(func(ctx context.Context, _ string) (context.Context, grpc.ClientConnInterface, error) {
 		md, _ := metadata.FromIncomingContext(ctx)
 		return metadata.NewOutgoingContext(ctx, md.Copy()), &Routed{ClientConnInterface: up, Decision: route.Decision{Rule: rule, Env: "env1"}}, nil
 	}, nil, "env", nil)
-	srv := grpc.NewServer(grpc.UnknownServiceHandler(px.Handler), grpc.ForceServerCodecV2(ServerCodec()))
+}
+
+// dialServed serves a loopback listener with serve until the test ends
+// (stop ends it), and returns a client connection to it.
+func dialServed(t *testing.T, serve func(net.Listener) error, stop func()) *grpc.ClientConn {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(lis) }()
-	defer func() { srv.Stop(); <-done }()
+	go func() { defer close(done); _ = serve(lis) }()
+	t.Cleanup(func() { stop(); <-done })
 	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return cc.Invoke(ctx, "/echo.EchoService/Call", &emptypb.Empty{}, &emptypb.Empty{})
+	t.Cleanup(func() { cc.Close() })
+	return cc
 }
