@@ -873,8 +873,8 @@ func (c *conn) writeDataLocked(st *stream, parts [][]byte, size int, end bool) e
 			c.flushUnlessHeld(st)
 			return nil
 		}
-		n := int(min(int64(size), int64(w.maxFrame), st.sendWindow, w.connWindow))
-		if avail := int(min(int64(size), st.sendWindow, w.connWindow)); avail >= directMin && w.vec != nil && !w.writing {
+		avail := int(min(int64(size), st.sendWindow, w.connWindow))
+		if avail >= directMin && w.vec != nil && !w.writing {
 			parts, size = c.writeDirect(st, parts, size, avail, end)
 			if size == 0 && w.err == nil {
 				c.flushUnlessHeld(st) // what others queued meanwhile
@@ -882,6 +882,7 @@ func (c *conn) writeDataLocked(st *stream, parts [][]byte, size int, end bool) e
 			}
 			continue
 		}
+		n := min(avail, w.maxFrame)
 		if n > 0 {
 			// Room for the rest at once, not by doubling per frame.
 			if w.buf == nil {
