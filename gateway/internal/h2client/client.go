@@ -654,9 +654,9 @@ func (cl *Client) AcquireRetry() (release func(), ok bool) {
 	return func() { cl.retries.Add(-1) }, true
 }
 
-// StreamsAbort says that the streams NewStream returns can be ended by
-// their caller (Abort) without their context being canceled.
-func (cl *Client) StreamsAbort() bool { return true }
+// StreamsAbort marks a Client as one whose streams can be ended by their
+// caller (Abort) without their context being canceled.
+func (cl *Client) StreamsAbort() {}
 
 // NewStream starts a call on a picked endpoint. It understands the call
 // options a proxy passes: ForceCodecV2, UseCompressor, CallAuthority,

@@ -32,7 +32,7 @@ type slowAbortConn struct {
 	release chan struct{}
 }
 
-func (c *slowAbortConn) StreamsAbort() bool { return true }
+func (c *slowAbortConn) StreamsAbort() {}
 
 func (c *slowAbortConn) Invoke(context.Context, string, any, any, ...grpc.CallOption) error {
 	panic("the proxy streams")

@@ -359,10 +359,11 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	// stopped first, or when the route's timeout expires.
 	started := time.Now()
 	u := &upstreamCall{ss: ss, conn: conn, method: method, c: c, upCtx: outCtx}
-	switch a, _ := conn.(abortingConn); {
+	_, aborting := conn.(abortingConn)
+	switch {
 	case c.action != nil && c.action.Timeout > 0:
 		u.upCtx, u.cancel = context.WithTimeoutCause(outCtx, c.action.Timeout, errRouteTimeout)
-	case a == nil || !a.StreamsAbort():
+	case !aborting:
 		u.upCtx, u.cancel = context.WithCancel(outCtx)
 	}
 	// Without a context of its own (h2client's streams: the common case)
@@ -470,8 +471,8 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 			case <-u.pumpDone:
 				t.Stop()
 				u.pumping = false
-				if u.pumpErr != nil {
-					return u.pumpErr
+				if e := u.clientErr(); e != nil {
+					return e
 				}
 			case <-t.C:
 				return err
@@ -558,12 +559,11 @@ type upstreamCall struct {
 	current  aborter       // the latest attempt's stream, when upCtx is not the call's own
 	retries  route.Retries
 	rp       replay // part of the call's allocation
-	// The client-to-upstream pump's result, pumpErr, is there once
-	// pumpDone is closed; pumping is true until it has been taken. A pump
-	// run before the answer is read (requestIn) has it at once:
-	// pumpDone is then closedChan, and no channel is made.
+	// pumpDone is closed once the client-to-upstream pump has ended
+	// (its failure is then clientErr's); pumping is true until that was
+	// waited for. A pump run before the answer is read (requestIn) has
+	// ended at once: pumpDone is then closedChan, and no channel is made.
 	pumpDone <-chan struct{}
-	pumpErr  error
 	pumping  bool
 	// connectFailed is true when the latest attempt could open no stream,
 	// for the response flags.
@@ -603,14 +603,12 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 			keep = nil
 		}
 		pump := func() {
-			err := pumpToUpstream(u.ss, cs, u.c, keep)
-			if err != nil {
+			if err := pumpToUpstream(u.ss, cs, u.c, keep); err != nil {
 				// The client's side broke (it went away, or sent a message
 				// over the limit): end the upstream call too, or it would
 				// wait for the rest of a request that never comes.
 				u.abortFor(err)
 			}
-			u.pumpErr = err // read once pumpDone is closed
 		}
 		if requestIn(u.ss) {
 			pump()
@@ -639,8 +637,9 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 // aborter is an upstream stream its caller can end (h2client's).
 type aborter interface{ Abort() }
 
-// abortingConn is an upstream connection whose streams are aborters.
-type abortingConn interface{ StreamsAbort() bool }
+// abortingConn is an upstream connection whose streams are aborters
+// (the method marks it).
+type abortingConn interface{ StreamsAbort() }
 
 // abort ends the call's upstream side: the attempt in flight, and any
 // that would follow.
