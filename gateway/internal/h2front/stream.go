@@ -905,12 +905,10 @@ func (c *conn) writeDataLocked(st *stream, parts [][]byte, size int, end bool) e
 		w.sentSince.Store(true)
 		w.dataHeader(st.id, n, last)
 		for k := n; k > 0; {
-			m := min(k, len(parts[0]))
-			w.buf = append(w.buf, parts[0][:m]...)
-			if parts[0] = parts[0][m:]; len(parts[0]) == 0 {
-				parts = parts[1:]
-			}
-			k -= m
+			var p []byte
+			p, parts = cutPart(parts, k)
+			w.buf = append(w.buf, p...)
+			k -= len(p)
 		}
 		st.sendWindow -= int64(n)
 		w.connWindow -= int64(n)
@@ -958,12 +956,10 @@ func (c *conn) writeDirect(st *stream, parts [][]byte, size, avail int, end bool
 		binary.BigEndian.PutUint32(h[5:], st.id)
 		vec = append(vec, h)
 		for k := n; k > 0; {
-			m := min(k, len(parts[0]))
-			vec = append(vec, parts[0][:m])
-			if parts[0] = parts[0][m:]; len(parts[0]) == 0 {
-				parts = parts[1:]
-			}
-			k -= m
+			var p []byte
+			p, parts = cutPart(parts, k)
+			vec = append(vec, p)
+			k -= len(p)
 		}
 		rest -= n
 	}
@@ -996,6 +992,17 @@ func (c *conn) writeDirect(st *stream, parts [][]byte, size, avail int, end bool
 		w.mu.Lock()
 	}
 	return parts, size
+}
+
+// cutPart takes up to k bytes from the front of parts: the piece, and
+// what is left of parts.
+func cutPart(parts [][]byte, k int) ([]byte, [][]byte) {
+	m := min(k, len(parts[0]))
+	p := parts[0][:m]
+	if parts[0] = parts[0][m:]; len(parts[0]) == 0 {
+		parts = parts[1:]
+	}
+	return p, parts
 }
 
 // flushUnlessHeld ends a write of st: the queue is written unless the

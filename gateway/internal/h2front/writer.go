@@ -165,28 +165,36 @@ func (w *writer) write(p []byte) error {
 		if w.chunk > 0 {
 			chunk = p[:min(len(p), w.chunk)]
 		}
-		if w.timeout > 0 {
-			_ = w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
-		}
+		w.armDeadline()
 		n, err := w.nc.Write(chunk)
 		p = p[n:]
-		var ne net.Error
-		if err != nil && !(n > 0 && errors.As(err, &ne) && ne.Timeout()) {
+		if stalled(int64(n), err) {
 			return err
 		}
 	}
 	return nil
 }
 
+// armDeadline gives the next socket write the write timeout.
+func (w *writer) armDeadline() {
+	if w.timeout > 0 {
+		_ = w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
+	}
+}
+
+// stalled reports whether a write that took n bytes and returned err
+// failed: a timeout after some bytes went is a slow client, and the write
+// goes on with a fresh deadline.
+func stalled(n int64, err error) bool {
+	var ne net.Error
+	return err != nil && !(n > 0 && errors.As(err, &ne) && ne.Timeout())
+}
+
 // writeVec is write of a vector (w.vec), which it consumes.
 func (w *writer) writeVec(v *net.Buffers) error {
 	for len(*v) > 0 {
-		if w.timeout > 0 {
-			_ = w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
-		}
-		n, err := w.vec(v)
-		var ne net.Error
-		if err != nil && !(n > 0 && errors.As(err, &ne) && ne.Timeout()) {
+		w.armDeadline()
+		if n, err := w.vec(v); stalled(n, err) {
 			return err
 		}
 	}
