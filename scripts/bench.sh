@@ -13,6 +13,8 @@
 # env header, and through the least a Go relay on Go's netpoller can do
 # (scripts/bench/httpfloor), over HTTP/1.1 and h2c; h2load gives rps and,
 # from its per-request log, p50/p99.
+# Every unary row also gets p50/p99 of calls sent open loop at a fixed rate
+# each target sustains (LATENCY_RPS; scripts/bench/load -mode rate).
 # Then the upstream TLS rows (UPSTREAM_TLS=0 skips them): the backend behind
 # TLS (a bench CA, the name verified), reached directly over TLS, through
 # envgate (upstream.tls SIMPLE) and through HAProxy (server ... ssl).
@@ -66,6 +68,12 @@ CONN_COUNT=${CONN_COUNT:-10000}
 CONN_ACTIVE=${CONN_ACTIVE:-1000}
 ENV_ROWS=${ENV_ROWS:-1}
 OVERLOAD_ROWS=${OVERLOAD_ROWS:-1}
+# Every unary row also sends LATENCY_DURATION of calls open loop at a
+# fixed rate per message size (size:calls-per-second; empty skips it),
+# below what each target sustains here, for the latency the hop adds
+# rather than the queueing of a saturated machine.
+LATENCY_RPS=${LATENCY_RPS-"100:4000 65536:600"}
+LATENCY_DURATION=${LATENCY_DURATION:-5s}
 ENV_COUNT=${ENV_COUNT:-1000}
 OVERLOAD_CPU=${OVERLOAD_CPU:-250} # millicores each target may use in the overload rows
 # Below Linux's ephemeral range (32768-60999): the client sockets of the
@@ -331,13 +339,37 @@ measure() {
       rps=$(h2load_rps "$target_port" "$DIR/req.bin" "$n_h2")
       b1=$(cpu_ticks "$mb"); p1=0; [ -n "$target_pid" ] && p1=$(cpu_ticks "$target_pid")
       rss=0; [ -n "$target_pid" ] && rss=$(peak_rss_kb "$target_pid")
+      read -r rp50 rp99 rfailed rout < <(rate_latency "$size")
+      if [ "$rfailed" != 0 ]; then
+        echo "bench: $target, $size B at a fixed rate: $rfailed calls failed or were dropped (total ok refused other dropped p50 p99 p99.9 rate: $rout)" >&2
+        case $target in direct*|envgate*) exit 1 ;; esac
+      fi
       awk -v s="$size" -v t="$target" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
           -v pc=$((p1 - p0)) -v bc=$((b1 - b0)) -v n="$n_h2" -v tick="$TICK" -v rss="$rss" -v failed="$failed" \
-          -v gc=$((g1 - g0)) -v ng="$n_ghz" \
-          'BEGIN { printf "%s %s %.0f %.3f %.3f %.3f %.3f %.1f %d %.3f\n", s, t, rps, p50, p99, pc / tick / n * 10000, bc / tick / n * 10000, rss / 1024, failed, gc / tick / ng * 10000 }' >>"$results"
+          -v gc=$((g1 - g0)) -v ng="$n_ghz" -v rp50="$rp50" -v rp99="$rp99" \
+          'BEGIN { printf "%s %s %.0f %.3f %.3f %.3f %.3f %.1f %d %.3f %.3f %.3f\n", s, t, rps, p50, p99, pc / tick / n * 10000, bc / tick / n * 10000, rss / 1024, failed, gc / tick / ng * 10000, rp50, rp99 }' >>"$results"
       stop_target
     done
   done
+}
+
+# rate_latency SIZE: "p50_ms p99_ms failed output" of calls sent open
+# loop at the fixed rate LATENCY_RPS gives SIZE (scripts/bench/load -mode
+# rate: each call's latency counts from when it was due, so a proxy that
+# falls behind is not excused by sending later), "0 0 0 -" without one.
+# At saturation (the ghz columns), p99 measures how the proxy, the client
+# and the backend share two cores; at a rate every target sustains, it
+# measures what the hop adds.
+rate_latency() {
+  local rate="" kv
+  for kv in $LATENCY_RPS; do [ "${kv%%:*}" = "$1" ] && rate=${kv#*:}; done
+  [ -n "$rate" ] || { echo "0 0 0 -"; return 0; }
+  local tls=(); [ "${CLIENT_TLS:-0}" = 1 ] && tls=(-ca "$DIR/ca.pem" -name echo.bench)
+  local out; out=$(load -mode rate -rps "$rate" -duration "$LATENCY_DURATION" -conns "$CONNS" -msg "$1" "${tls[@]}") || out="0 -1 0 0 0 0 0 0 0"
+  # total ok refused other dropped p50 p99 p99.9 rate
+  local total ok p50 p99
+  read -r total ok _ _ _ p50 p99 _ _ <<<"$out"
+  echo "$p50 $p99 $((total - ok)) ${out// /,}"
 }
 
 # table DIRECT ENVGATE: the rows of $results, with ratios to the rows of
@@ -345,15 +377,20 @@ measure() {
 table() {
   awk -v direct="$1" -v envgate="$2" '
     { size[NR] = $1; tgt[NR] = $2; rps[NR] = $3; p50[NR] = $4; p99[NR] = $5; pcpu[NR] = $6; bcpu[NR] = $7; rss[NR] = $8; fail[NR] = $9; gcpu[NR] = $10
-      key = $1 SUBSEP $2; R[key] = $3; P99[key] = $5; C[key] = $6 }
+      rp50[NR] = $11; rp99[NR] = $12; if ($12 > 0) rated = 1
+      key = $1 SUBSEP $2; R[key] = $3; P99[key] = $5; C[key] = $6; RP99[key] = $12 }
     function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
     END {
-      printf "%-6s %-12s %9s %8s %8s %10s %8s %10s %8s %6s | %-22s | %-22s\n", "size", "target", "rps", "p50 ms", "p99 ms", "proxy cpu", "cpu ghz", "backnd cpu", "RSS MB", "failed", "vs " direct " rps/p99", "vs " envgate " rps/p99/cpu"
+      printf "%-6s %-12s %9s %8s %8s %10s %8s %10s %8s %6s | %-22s | %-22s", "size", "target", "rps", "p50 ms", "p99 ms", "proxy cpu", "cpu ghz", "backnd cpu", "RSS MB", "failed", "vs " direct " rps/p99", "vs " envgate " rps/p99/cpu"
+      if (rated) printf " | %8s %8s %-9s", "rate p50", "rate p99", "vs " direct " p99"
+      printf "\n"
       for (i = 1; i <= NR; i++) {
         d = size[i] SUBSEP direct; e = size[i] SUBSEP envgate
-        printf "%-6s %-12s %9d %8.3f %8.3f %10.3f %8.3f %10.3f %8.1f %6d | %-22s | %-22s\n", size[i], tgt[i], rps[i], p50[i], p99[i], pcpu[i], gcpu[i], bcpu[i], rss[i], fail[i],
+        printf "%-6s %-12s %9d %8.3f %8.3f %10.3f %8.3f %10.3f %8.1f %6d | %-22s | %-22s", size[i], tgt[i], rps[i], p50[i], p99[i], pcpu[i], gcpu[i], bcpu[i], rss[i], fail[i],
           ratio(rps[i], R[d]) " / " ratio(p99[i], P99[d]),
           ratio(rps[i], R[e]) " / " ratio(p99[i], P99[e]) " / " ratio(pcpu[i], C[e])
+        if (rated) printf " | %8.3f %8.3f %-9s", rp50[i], rp99[i], ratio(rp99[i], RP99[d])
+        printf "\n"
       }
     }' "$results"
 }
@@ -463,7 +500,7 @@ measure_overload() {
   overload_rate=$((sustained * 2))
   for target in "$@"; do
     start_target "$target"
-    echo "$target $(load -mode rate -rps "$overload_rate" -duration 10s -conns 10)" >>"$DIR/results-overload"
+    echo "$target $(load -mode rate -rps "$overload_rate" -duration 10s -conns 10 -msg 100)" >>"$DIR/results-overload"
     stop_target
   done
   PIN=""

@@ -499,7 +499,7 @@ func rate(ctx context.Context, o options) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	req := &echopb.EchoRequest{ResponseSize: 100, Payload: make([]byte, 100)}
+	req := &echopb.EchoRequest{ResponseSize: int32(o.msg), Payload: make([]byte, o.msg)}
 	// Warm up every connection.
 	for _, cc := range ccs {
 		if err := cc.Invoke(ctx, "/echo.EchoService/Call", req, new(echopb.EchoResponse)); err != nil {
