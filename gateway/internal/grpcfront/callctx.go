@@ -36,6 +36,17 @@ func (c *callContext) with(parent context.Context, p *peer.Peer, md metadata.MD,
 	return c
 }
 
+// AfterFunc is context.AfterFunc(c, f), asked of the context under c's
+// values when it has the method (the stream's): contexts derived from c,
+// and context.AfterFunc, find it on c (context.propagateCancel), where a
+// value context would hide it.
+func (c *callContext) AfterFunc(f func()) (stop func() bool) {
+	if a, ok := c.Context.(interface{ AfterFunc(func()) func() bool }); ok {
+		return a.AfterFunc(f)
+	}
+	return context.AfterFunc(c.Context, f)
+}
+
 func (c *callContext) Value(key any) any {
 	// Interface comparisons: a key of another type is unequal without its
 	// value being compared, so no key can make them panic.

@@ -130,32 +130,40 @@ func (s *Server) Serve(r *h2front.Request) bool {
 	fieldmap.Add(md, vals, ":authority", r.Authority)
 	ss.md = md
 
-	// The call's context is a cancelCtx of its own, canceled by the
-	// stream's end (its OnGone hook): a context derived from it (the
-	// proxy's upstream call) registers with it. Derived from the stream's
-	// context under the values below, each would start a goroutine to
-	// watch it (context.propagateCancel finds neither a cancelCtx nor an
-	// AfterFunc on a value context), and a cancelCtx derived from the
-	// stream's context costs an AfterFunc registration there.
-	var (
-		ctx    context.Context
-		cancel context.CancelFunc
-	)
-	if timeoutSet {
-		ctx, cancel = context.WithTimeout(context.Background(), timeout)
-	} else {
-		ctx, cancel = context.WithCancel(context.Background())
-	}
-	gone, _ := r.Context().(interface{ OnGone(func()) bool })
-	if gone != nil && !gone.OnGone(cancel) {
-		cancel() // the stream is over already
-	}
-	defer func() {
-		if gone != nil {
-			gone.OnGone(nil)
+	// The call's context is the stream's own (h2front's), with the
+	// deadline grpc-timeout sets, under the call's values (callContext):
+	// it ends when the stream does or the deadline passes, and what
+	// derives from it or watches it (the upstream call's contexts and
+	// stream) registers with it through callContext's AfterFunc, where a
+	// cancelCtx per call, a map of its children and their registrations
+	// were 4 allocations a call. Without callContext (grpc-go's keys
+	// unknown) the values are value contexts, through which
+	// context.propagateCancel finds neither a cancelCtx nor an AfterFunc
+	// and starts a goroutine for each context derived: the call then has
+	// a cancelCtx of its own, canceled at the stream's end (OnGone).
+	ctx := r.Context()
+	if ctxKeys.ok {
+		if timeoutSet {
+			r.SetTimeout(timeout)
 		}
-		cancel()
-	}()
+	} else {
+		var cancel context.CancelFunc
+		if timeoutSet {
+			ctx, cancel = context.WithTimeout(context.Background(), timeout)
+		} else {
+			ctx, cancel = context.WithCancel(context.Background())
+		}
+		gone, _ := r.Context().(interface{ OnGone(func()) bool })
+		if gone != nil && !gone.OnGone(cancel) {
+			cancel() // the stream is over already
+		}
+		defer func() {
+			if gone != nil {
+				gone.OnGone(nil)
+			}
+			cancel()
+		}()
+	}
 	if timeoutSet && ctx.Err() != nil {
 		// grpc-go aborts a call whose deadline passed already.
 		ss.abort(200, status.New(codes.DeadlineExceeded, context.DeadlineExceeded.Error()))

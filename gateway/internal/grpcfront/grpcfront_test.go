@@ -280,8 +280,13 @@ func TestStatusReachesTheClient(t *testing.T) {
 
 // grpc-timeout becomes the handler's deadline, and a call past it ends
 // DEADLINE_EXCEEDED.
+// The call's context is its stream's (h2front's), with the client's
+// grpc-timeout as its deadline: a context derived from it ends with
+// DeadlineExceeded, and it has an AfterFunc of its own (callContext), for
+// what derives from it to register with.
 func TestTimeoutIsTheHandlersDeadline(t *testing.T) {
 	deadline := make(chan time.Duration, 1)
+	derivedErr := make(chan error, 1)
 	cc := serve(t, func(_ any, ss grpc.ServerStream) error {
 		d, ok := ss.Context().Deadline()
 		if !ok {
@@ -289,6 +294,13 @@ func TestTimeoutIsTheHandlersDeadline(t *testing.T) {
 		} else {
 			deadline <- time.Until(d)
 		}
+		if _, ok := ss.Context().(interface{ AfterFunc(func()) func() bool }); !ok {
+			t.Error("the call's context has no AfterFunc of its own")
+		}
+		derived, cancel := context.WithCancel(ss.Context())
+		defer cancel()
+		<-derived.Done()
+		derivedErr <- derived.Err()
 		<-ss.Context().Done()
 		return ss.Context().Err()
 	}, nil, 0)
@@ -300,6 +312,9 @@ func TestTimeoutIsTheHandlersDeadline(t *testing.T) {
 	}
 	if d := <-deadline; d <= 0 || d > 300*time.Millisecond {
 		t.Errorf("handler's deadline in %v, want within the client's 300ms", d)
+	}
+	if err := <-derivedErr; err != context.DeadlineExceeded {
+		t.Errorf("derived context: %v, want DeadlineExceeded", err)
 	}
 }
 

@@ -253,6 +253,48 @@ func TestDeadlineAndCancelReachTheServer(t *testing.T) {
 	s.waitCanceled(t)
 }
 
+// registering is a cancelable context with an AfterFunc method of its
+// own, as h2front's stream contexts have: it counts the registrations.
+type registering struct {
+	context.Context
+	asked atomic.Int32
+}
+
+func (r *registering) AfterFunc(f func()) func() bool {
+	r.asked.Add(1)
+	return context.AfterFunc(r.Context, f)
+}
+
+// A call's context that has an AfterFunc method of its own is watched
+// through it (watch), not through context.AfterFunc, which would register
+// a context of its own with the cancelCtx under it: canceling it still
+// ends the call, and the server sees the cancel; a call that ends takes
+// its registration back.
+func TestStreamWatchesItsContextThroughItsAfterFunc(t *testing.T) {
+	s := startServer(t)
+	cl, _ := newClient(t, Options{}, s.addr)
+	inner, cancel := context.WithCancel(testCtx(t))
+	ctx := &registering{Context: inner}
+	cs, err := cl.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/echo.EchoService/ServerStream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.SendMsg(&echopb.EchoRequest{SleepMs: 10_000}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if n := ctx.asked.Load(); n != 1 {
+		t.Fatalf("the context's AfterFunc was asked %d times, want 1", n)
+	}
+	cancel()
+	if err := cs.RecvMsg(new(echopb.EchoResponse)); status.Code(err) != codes.Canceled {
+		t.Fatalf("after the cancel: %v, want CANCELED", err)
+	}
+	s.waitCanceled(t)
+}
+
 // waitCanceled waits for the server's next call to end canceled.
 func (s *server) waitCanceled(t *testing.T) {
 	t.Helper()

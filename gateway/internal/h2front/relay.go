@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
@@ -43,6 +44,13 @@ func (r *Request) TLS() *tls.ConnectionState { return tlsState(r.st.c.nc) }
 // its OnGone method (streamCtx.OnGone) runs one function then without an
 // allocation.
 func (r *Request) Context() context.Context { return &r.st.ctx }
+
+// SetTimeout makes the request's context end with
+// context.DeadlineExceeded after d, with that deadline (a gRPC call's
+// grpc-timeout), where a context.WithTimeout over it would cost a context,
+// a timer and a registration with it. The handler calls it once, before
+// it passes the context on.
+func (r *Request) SetTimeout(d time.Duration) { r.st.ctx.setTimeout(d) }
 
 // ConnValue is a value made by mk once for the request's connection and
 // shared by all of its requests (a relay's view of the client: its

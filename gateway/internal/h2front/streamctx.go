@@ -8,7 +8,8 @@ import (
 )
 
 // streamCtx is a stream's context: done when the client resets the
-// stream, the connection ends, or the stream is over. It lives in the
+// stream, the connection ends, the stream is over, or the deadline its
+// handler set passes (setTimeout: a gRPC call's grpc-timeout). It lives in the
 // stream, so a request costs no context allocation and no registration in
 // a connection-wide context, whose lock every stream of the connection
 // would take twice (context.WithCancelCause and its cancel: 5% of the CPU
@@ -25,6 +26,10 @@ type streamCtx struct {
 	afters []*afterFunc // a call registers one or two: a slice, not a map
 	// gone is the relay's hook (Request.OnGone), run at the end.
 	gone func()
+	// deadline, when set, ends the context with DeadlineExceeded through
+	// timer; an end before it stops the timer.
+	deadline time.Time
+	timer    *time.Timer
 }
 
 // afterFunc is one AfterFunc registration.
@@ -35,7 +40,30 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 
 var _ context.Context = (*streamCtx)(nil)
 
-func (c *streamCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *streamCtx) Deadline() (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.deadline, !c.deadline.IsZero()
+}
+
+// setTimeout ends the context with context.DeadlineExceeded once d has
+// passed (at once if d is not positive, as context.WithTimeout does). It
+// is set once, by the handler, before the context is passed on.
+func (c *streamCtx) setTimeout(d time.Duration) {
+	if d <= 0 {
+		c.end(context.DeadlineExceeded)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil || !c.deadline.IsZero() {
+		return
+	}
+	c.deadline = time.Now().Add(d)
+	c.timer = time.AfterFunc(d, c.expire)
+}
+
+func (c *streamCtx) expire() { c.end(context.DeadlineExceeded) }
 
 func (c *streamCtx) Done() <-chan struct{} {
 	c.mu.Lock()
@@ -97,15 +125,21 @@ func (c *streamCtx) OnGone(f func()) bool {
 	return true
 }
 
-// cancel ends the context once: Done closes, the AfterFuncs start, the
-// relay's hook runs.
-func (c *streamCtx) cancel() {
+// cancel ends the context: the stream is over or gone.
+func (c *streamCtx) cancel() { c.end(context.Canceled) }
+
+// end ends the context once with err: Done closes, the AfterFuncs start,
+// the relay's hook runs.
+func (c *streamCtx) end(err error) {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
 		return
 	}
-	c.err = context.Canceled
+	c.err = err
+	if c.timer != nil {
+		c.timer.Stop()
+	}
 	if c.done != nil {
 		close(c.done)
 	}

@@ -61,3 +61,53 @@ func TestStreamContextEndsLikeACancelCtx(t *testing.T) {
 	back.OnGone(nil)
 	back.cancel()
 }
+
+// TestStreamContextDeadline: a deadline set on a stream's context (a gRPC
+// call's grpc-timeout) behaves as context.WithTimeout's: Deadline reports
+// it, the context ends with DeadlineExceeded when it passes (and what
+// derives from it or waits on it with it), one not positive ends it at
+// once, and an end before it keeps its Canceled, the timer stopped.
+func TestStreamContextDeadline(t *testing.T) {
+	var c streamCtx
+	if _, ok := c.Deadline(); ok {
+		t.Fatal("a deadline before one was set")
+	}
+	start := time.Now()
+	c.setTimeout(50 * time.Millisecond)
+	d, ok := c.Deadline()
+	if !ok || d.Before(start.Add(50*time.Millisecond)) || d.After(time.Now().Add(50*time.Millisecond)) {
+		t.Fatalf("Deadline %v %v, want 50ms after %v", d, ok, start)
+	}
+	derived, cancel := context.WithCancel(&c)
+	defer cancel()
+	ran := make(chan struct{})
+	context.AfterFunc(&c, func() { close(ran) })
+	select {
+	case <-derived.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the deadline did not end the context")
+	}
+	if time.Now().Before(d) {
+		t.Fatalf("ended %v before its deadline", time.Until(d))
+	}
+	if c.Err() != context.DeadlineExceeded || derived.Err() != context.DeadlineExceeded {
+		t.Fatalf("Err %v, derived %v: want DeadlineExceeded", c.Err(), derived.Err())
+	}
+	<-ran
+
+	var now streamCtx
+	now.setTimeout(0)
+	if now.Err() != context.DeadlineExceeded {
+		t.Fatalf("a timeout of 0: %v", now.Err())
+	}
+
+	var early streamCtx
+	early.setTimeout(time.Hour)
+	early.cancel()
+	if early.Err() != context.Canceled {
+		t.Fatalf("ended before its deadline: %v", early.Err())
+	}
+	if early.timer.Stop() {
+		t.Fatal("the deadline's timer still ran after the end")
+	}
+}

@@ -183,6 +183,7 @@ func (p *Proxy) Handler(_ any, ss grpc.ServerStream) error {
 	var span trace.Span
 	if p.tracer != nil {
 		ctx, span = p.startSpan(ctx, method)
+		ctx = withAfterFunc(ctx, ss.Context())
 		c.traceID = span.SpanContext().TraceID().String()
 	}
 	var err error
@@ -358,8 +359,15 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, method string
 	// The upstream call ends as soon as this handler returns, whichever side
 	// stopped first, or when the route's timeout expires.
 	started := time.Now()
-	u := &upstreamCall{ss: ss, conn: conn, method: method, c: c, upCtx: outCtx}
 	_, aborting := conn.(abortingConn)
+	if aborting && c.md != nil {
+		// h2client takes the metadata from the call option below, so its
+		// calls need not be made from the director's outgoing context.
+		outCtx = ctx
+	} else {
+		outCtx = withAfterFunc(outCtx, ctx)
+	}
+	u := &upstreamCall{ss: ss, conn: conn, method: method, c: c, upCtx: outCtx}
 	switch {
 	case c.action != nil && c.action.Timeout > 0:
 		u.upCtx, u.cancel = context.WithTimeoutCause(outCtx, c.action.Timeout, errRouteTimeout)
@@ -632,6 +640,36 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 		return perTryTimedOut(u.retries.PerTryTimeout)
 	}
 	return err
+}
+
+// afterFuncer is a context that runs a function once it ends, as
+// context.AfterFunc does, at less cost: grpcfront's call context over the
+// stream's (h2front's), for a call without a deadline.
+type afterFuncer interface {
+	AfterFunc(func()) (stop func() bool)
+}
+
+// valuesOver is a context that adds values to a call's context (a span,
+// the director's outgoing metadata) with the call's AfterFunc on it.
+type valuesOver struct {
+	context.Context
+	call afterFuncer
+}
+
+func (v *valuesOver) AfterFunc(f func()) (stop func() bool) { return v.call.AfterFunc(f) }
+
+// withAfterFunc is ctx, made from the call's context call by adding
+// values, with call's AfterFunc: a value context hides the method, and
+// what is derived from ctx (the upstream call's timeouts) or watches it
+// (the upstream stream) would find neither it nor a cancelCtx under a call
+// that has none, and context.propagateCancel would start a goroutine for
+// each. Done and Err are ctx's, which are call's.
+func withAfterFunc(ctx, call context.Context) context.Context {
+	a, ok := call.(afterFuncer)
+	if !ok || ctx == call {
+		return ctx
+	}
+	return &valuesOver{Context: ctx, call: a}
 }
 
 // aborter is an upstream stream its caller can end (h2client's).
