@@ -20,10 +20,16 @@ type streamCtx struct {
 	// while it is taken. The relay's hook runs under it (and may take
 	// locks of its own), so that once setGone(nil) returns the hook is
 	// neither running nor to run.
-	mu     sync.Mutex
-	done   chan struct{}
-	err    error
-	afters []*afterFunc // a call registers one or two: a slice, not a map
+	mu   sync.Mutex
+	done chan struct{}
+	err  error
+	// afters are the AfterFunc registrations: a call makes one or two
+	// (its upstream stream's watch, a timeout of the route's), so they
+	// start in afterBuf, and each is known by its number, which its stop
+	// function holds: one allocation a registration, that function.
+	afters   []afterFunc
+	afterBuf [2]afterFunc
+	lastID   uint64
 	// gone is the relay's hook (Request.OnGone), run at the end.
 	gone func()
 	// deadline, when set, ends the context with DeadlineExceeded through
@@ -33,7 +39,10 @@ type streamCtx struct {
 }
 
 // afterFunc is one AfterFunc registration.
-type afterFunc struct{ f func() }
+type afterFunc struct {
+	id uint64
+	f  func()
+}
 
 // closedChan is the Done of a context ended before anyone asked.
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -89,19 +98,23 @@ func (c *streamCtx) Value(any) any { return nil }
 // stop is called first (context.AfterFunc, and contexts derived from this
 // one, use it instead of a goroutine each).
 func (c *streamCtx) AfterFunc(f func()) (stop func() bool) {
-	a := &afterFunc{f: f}
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
 		go f()
 		return func() bool { return false }
 	}
-	c.afters = append(c.afters, a)
+	if c.afters == nil {
+		c.afters = c.afterBuf[:0]
+	}
+	c.lastID++
+	id := c.lastID
+	c.afters = append(c.afters, afterFunc{id: id, f: f})
 	c.mu.Unlock()
 	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		i := slices.Index(c.afters, a)
+		i := slices.IndexFunc(c.afters, func(a afterFunc) bool { return a.id == id })
 		if i < 0 {
 			return false
 		}

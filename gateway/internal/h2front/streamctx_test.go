@@ -111,3 +111,20 @@ func TestStreamContextDeadline(t *testing.T) {
 		t.Fatal("the deadline's timer still ran after the end")
 	}
 }
+
+// A registration and its stop cost one allocation (the stop function),
+// not a registration object and the list's growth as well: a call makes
+// one or two.
+func TestStreamContextAfterFuncAllocatesItsStopOnly(t *testing.T) {
+	var c streamCtx
+	allocs := testing.AllocsPerRun(100, func() {
+		stop1 := c.AfterFunc(func() {})
+		stop2 := c.AfterFunc(func() {})
+		if !stop2() || !stop1() {
+			t.Fatal("stop did not stop")
+		}
+	})
+	if allocs > 2 {
+		t.Fatalf("%v allocations for two registrations, want 2", allocs)
+	}
+}
