@@ -268,8 +268,7 @@ func (r *registering) AfterFunc(f func()) func() bool {
 // A call's context that has an AfterFunc method of its own is watched
 // through it (watch), not through context.AfterFunc, which would register
 // a context of its own with the cancelCtx under it: canceling it still
-// ends the call, and the server sees the cancel; a call that ends takes
-// its registration back.
+// ends the call, and the server sees the cancel.
 func TestStreamWatchesItsContextThroughItsAfterFunc(t *testing.T) {
 	s := startServer(t)
 	cl, _ := newClient(t, Options{}, s.addr)
