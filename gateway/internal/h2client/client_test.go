@@ -274,6 +274,21 @@ func TestStreamWatchesItsContextThroughItsAfterFunc(t *testing.T) {
 	cl, _ := newClient(t, Options{}, s.addr)
 	inner, cancel := context.WithCancel(testCtx(t))
 	ctx := &registering{Context: inner}
+	cs := sleepingStream(t, cl, ctx)
+	if n := ctx.asked.Load(); n != 1 {
+		t.Fatalf("the context's AfterFunc was asked %d times, want 1", n)
+	}
+	cancel()
+	if err := cs.RecvMsg(new(echopb.EchoResponse)); status.Code(err) != codes.Canceled {
+		t.Fatalf("after the cancel: %v, want CANCELED", err)
+	}
+	s.waitCanceled(t)
+}
+
+// sleepingStream opens a server stream whose answer the server holds back
+// for 10 s: a call in flight for a test to end.
+func sleepingStream(t *testing.T, cl *Client, ctx context.Context) grpc.ClientStream {
+	t.Helper()
 	cs, err := cl.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/echo.EchoService/ServerStream")
 	if err != nil {
 		t.Fatal(err)
@@ -284,14 +299,7 @@ func TestStreamWatchesItsContextThroughItsAfterFunc(t *testing.T) {
 	if err := cs.CloseSend(); err != nil {
 		t.Fatal(err)
 	}
-	if n := ctx.asked.Load(); n != 1 {
-		t.Fatalf("the context's AfterFunc was asked %d times, want 1", n)
-	}
-	cancel()
-	if err := cs.RecvMsg(new(echopb.EchoResponse)); status.Code(err) != codes.Canceled {
-		t.Fatalf("after the cancel: %v, want CANCELED", err)
-	}
-	s.waitCanceled(t)
+	return cs
 }
 
 // waitCanceled waits for the server's next call to end canceled.
@@ -315,16 +323,7 @@ func TestAbortEndsTheStreamNotItsContext(t *testing.T) {
 	cl, _ := newClient(t, Options{}, s.addr)
 	ctx := testCtx(t)
 
-	cs, err := cl.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/echo.EchoService/ServerStream")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cs.SendMsg(&echopb.EchoRequest{SleepMs: 10_000}); err != nil {
-		t.Fatal(err)
-	}
-	if err := cs.CloseSend(); err != nil {
-		t.Fatal(err)
-	}
+	cs := sleepingStream(t, cl, ctx)
 	cs.(interface{ Abort() }).Abort()
 	if err := cs.RecvMsg(new(echopb.EchoResponse)); status.Code(err) != codes.Canceled {
 		t.Fatalf("after Abort: %v, want CANCELED", err)
@@ -335,7 +334,7 @@ func TestAbortEndsTheStreamNotItsContext(t *testing.T) {
 	s.waitCanceled(t)
 
 	// A stream that ended keeps its status.
-	cs, err = cl.NewStream(ctx, &grpc.StreamDesc{}, "/echo.EchoService/Call")
+	cs, err := cl.NewStream(ctx, &grpc.StreamDesc{}, "/echo.EchoService/Call")
 	if err != nil {
 		t.Fatal(err)
 	}
