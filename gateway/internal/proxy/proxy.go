@@ -643,8 +643,8 @@ func (p *Proxy) attempt(u *upstreamCall, n int) error {
 }
 
 // afterFuncer is a context that runs a function once it ends, as
-// context.AfterFunc does, at less cost: grpcfront's call context over the
-// stream's (h2front's), for a call without a deadline.
+// context.AfterFunc does, at less cost: grpcfront's call context over its
+// stream's (h2front's).
 type afterFuncer interface {
 	AfterFunc(func()) (stop func() bool)
 }
