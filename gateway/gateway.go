@@ -47,6 +47,7 @@ import (
 	"github.com/envgate/envgate/gateway/internal/overload"
 	"github.com/envgate/envgate/gateway/internal/policy"
 	"github.com/envgate/envgate/gateway/internal/proxy"
+	"github.com/envgate/envgate/gateway/internal/rawio"
 	"github.com/envgate/envgate/gateway/internal/route"
 	"github.com/envgate/envgate/gateway/internal/routing"
 	"github.com/envgate/envgate/gateway/internal/sniff"
@@ -119,6 +120,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		// Discovery follows the namespaces the rules send to.
 		envs = namespacesOf(table)
 	}
+	dial = rawDial(dial)
 	g := &gateway{cfg: cfg, log: log, store: discovery.NewStore(), routing: routing.New(table, vs, log), envs: envs}
 	g.cur.Store(cfg)
 	if v := cfg.Routing.VirtualServices; v != nil && !v.Kubernetes {
@@ -274,6 +276,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 			g.closeListeners()
 			return nil, fmt.Errorf("listen: %w", err)
 		}
+		lis = rawio.Listener(lis)
 		mux := sniff.NewMux(g.conns.Listen(lis, l.TLS == nil), sniffOptions(cfg, l, tlsConf), log)
 		srv := newServer(cfg, sniffedCreds{}, handler, l.TLS != nil)
 		g.listeners = append(g.listeners, mux)
@@ -303,6 +306,27 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 		return nil, fmt.Errorf("debug listen: %w", err)
 	}
 	return g, nil
+}
+
+// upstreamDialer is the dialer of upstream connections when tests give
+// none: connecting takes at most Envoy's default connect_timeout.
+var upstreamDialer = net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+
+// rawDial is dial (upstreamDialer when nil) with its connections read and
+// written by raw system calls (package rawio), as the listeners' are.
+func rawDial(dial func(context.Context, string) (net.Conn, error)) func(context.Context, string) (net.Conn, error) {
+	if dial == nil {
+		dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			return upstreamDialer.DialContext(ctx, "tcp", addr)
+		}
+	}
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		c, err := dial(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		return rawio.Wrap(c), nil
+	}
 }
 
 // listenAdmin binds an admin-side listener serving h, with bounds on what

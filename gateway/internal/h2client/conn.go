@@ -99,8 +99,8 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 	if err != nil {
 		return nil, err
 	}
-	if tc, ok := nc.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
+	if tc, ok := nc.(interface{ SetNoDelay(bool) error }); ok {
+		_ = tc.SetNoDelay(true) // a *net.TCPConn, or one under rawio
 	}
 	if o.tls != nil {
 		if nc, err = handshakeTLS(ctx, nc, o.tls); err != nil {

@@ -1,0 +1,299 @@
+package rawio
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// pair is a connected TCP pair on loopback: c is wrapped, peer is net's.
+func pair(t *testing.T) (c *Conn, peer *net.TCPConn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		a, err := Listener(l).Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- a
+	}()
+	d, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := <-accepted
+	if a == nil {
+		t.Fatal("accept failed")
+	}
+	rc, ok := a.(*Conn)
+	if !ok {
+		t.Fatalf("Listener accepted a %T, want *rawio.Conn", a)
+	}
+	t.Cleanup(func() { rc.Close(); d.Close() })
+	return rc, d.(*net.TCPConn)
+}
+
+// pattern is n bytes that differ from their neighbours' offsets.
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i>>8)
+	}
+	return b
+}
+
+func TestWrapLeavesOtherConnsAlone(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if got := Wrap(a); got != a {
+		t.Fatalf("Wrap(pipe) = %T, want the pipe itself", got)
+	}
+}
+
+// A write larger than the socket buffers waits for the peer to read (the
+// EAGAIN path), and every byte arrives in order, both ways.
+func TestLargeWriteAndReadArriveWhole(t *testing.T) {
+	c, peer := pair(t)
+	want := pattern(16 << 20)
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(peer)
+		got <- b
+	}()
+	n, err := c.Write(want)
+	if err != nil || n != len(want) {
+		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(want))
+	}
+	c.CloseWrite()
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("peer read %d bytes, not what was written (%d)", len(b), len(want))
+	}
+
+	back := make(chan error, 1)
+	go func() {
+		_, err := peer.Write(want)
+		peer.CloseWrite()
+		back <- err
+	}()
+	b, err := io.ReadAll(c) // small reads until io.EOF
+	if err != nil || !bytes.Equal(b, want) {
+		t.Fatalf("ReadAll = %d bytes, %v; want %d bytes, nil", len(b), err, len(want))
+	}
+	if err := <-back; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReadAtPeerCloseIsEOF(t *testing.T) {
+	c, peer := pair(t)
+	peer.Write([]byte("x"))
+	peer.Close()
+	buf := make([]byte, 8)
+	if n, err := c.Read(buf); n != 1 || err != nil {
+		t.Fatalf("Read = %d, %v; want 1, nil", n, err)
+	}
+	if n, err := c.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("Read = %d, %v; want 0, io.EOF", n, err)
+	}
+	if n, err := c.Read(nil); n != 0 || err != nil {
+		t.Fatalf("Read(nil) = %d, %v; want 0, nil", n, err)
+	}
+}
+
+func TestReadDeadline(t *testing.T) {
+	c, _ := pair(t)
+	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	_, err := c.Read(make([]byte, 8))
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past its deadline = %v; want a timeout, os.ErrDeadlineExceeded", err)
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "read" {
+		t.Fatalf("error %#v; want a *net.OpError of op read", err)
+	}
+}
+
+// A peer that reads nothing: the write fills the buffers, waits, and its
+// deadline ends it with what was written.
+func TestWriteDeadline(t *testing.T) {
+	c, _ := pair(t)
+	big := pattern(64 << 20)
+	c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	n, err := c.Write(big)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Write = %d, %v; want os.ErrDeadlineExceeded", n, err)
+	}
+	if n <= 0 || n >= 64<<20 {
+		t.Fatalf("Write wrote %d bytes before its deadline; want some, not all", n)
+	}
+	v := net.Buffers{big[:32<<20], big[32<<20:]}
+	c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := c.WriteBuffers(&v); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("WriteBuffers = %v; want os.ErrDeadlineExceeded", err)
+	}
+}
+
+func TestCloseEndsABlockedRead(t *testing.T) {
+	c, _ := pair(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 8))
+		done <- err
+	}()
+	// The read may not have begun waiting yet: either way it must end.
+	c.Close()
+	if err := <-done; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read on a closed conn = %v; want net.ErrClosed", err)
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Write on a closed conn = %v; want net.ErrClosed", err)
+	}
+}
+
+// A reset by the peer is the system call's error, as net reports it.
+func TestResetIsECONNRESET(t *testing.T) {
+	c, peer := pair(t)
+	peer.SetLinger(0)
+	c.Write([]byte("unread")) // so the close resets
+	peer.Close()
+	buf := make([]byte, 8)
+	var err error
+	for err == nil {
+		_, err = c.Read(buf)
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("Read after a reset = %v; want ECONNRESET", err)
+	}
+	var se *os.SyscallError
+	if !errors.As(err, &se) || se.Syscall != "read" {
+		t.Fatalf("error %#v; want an os.SyscallError of read", err)
+	}
+}
+
+// WriteBuffers sends many buffers, more than one writev takes and some
+// empty, in order, and consumes them.
+func TestWriteBuffers(t *testing.T) {
+	c, peer := pair(t)
+	all := pattern(3000 * 1000)
+	var v net.Buffers
+	for i := 0; i < len(all); i += 1000 {
+		v = append(v, all[i:i+1000], nil)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(peer)
+		got <- b
+	}()
+	n, err := c.WriteBuffers(&v)
+	if err != nil || n != int64(len(all)) {
+		t.Fatalf("WriteBuffers = %d, %v; want %d, nil", n, err, len(all))
+	}
+	if len(v) != 0 {
+		t.Fatalf("WriteBuffers left %d buffers; want them consumed", len(v))
+	}
+	for _, p := range c.iov[:cap(c.iov)] {
+		if p.Base != nil {
+			t.Fatal("WriteBuffers kept a pointer to a written buffer")
+		}
+	}
+	c.CloseWrite()
+	if b := <-got; !bytes.Equal(b, all) {
+		t.Fatalf("peer read %d bytes, not what was written (%d)", len(b), len(all))
+	}
+}
+
+func TestConsume(t *testing.T) {
+	v := net.Buffers{[]byte("ab"), nil, []byte("cde"), []byte("f")}
+	consume(&v, 3)
+	if len(v) != 2 || string(v[0]) != "de" || string(v[1]) != "f" {
+		t.Fatalf("after consuming 3: %q", v)
+	}
+	consume(&v, 3)
+	if len(v) != 0 {
+		t.Fatalf("after consuming all: %q", v)
+	}
+}
+
+// cpuTime is the process's user and system time.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// The ping-pong of a proxy hop, net's connections against raw ones (both
+// ends), with the CPU time per round trip (cpu-ns/op): what this package
+// is for, as wall time on a shared machine says little.
+func BenchmarkPingPong(b *testing.B) {
+	for _, raw := range []bool{false, true} {
+		name := "net"
+		if raw {
+			name = "rawio"
+		}
+		b.Run(name, func(b *testing.B) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			served := make(chan struct{})
+			go func() {
+				defer close(served)
+				s, err := l.Accept()
+				if err != nil {
+					return
+				}
+				if raw {
+					s = Wrap(s)
+				}
+				defer s.Close()
+				buf := make([]byte, 512)
+				for {
+					n, err := s.Read(buf)
+					if err != nil {
+						return
+					}
+					if _, err := s.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+			var c net.Conn
+			c, err = net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if raw {
+				c = Wrap(c)
+			}
+			defer func() { c.Close(); <-served }()
+			msg, buf := pattern(100), make([]byte, 512)
+			b.ReportAllocs()
+			cpu0 := cpuTime(b)
+			for b.Loop() {
+				if _, err := c.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, buf[:len(msg)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
