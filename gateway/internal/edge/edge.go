@@ -248,9 +248,17 @@ func (c *Conn) Write(b []byte) (int, error) {
 }
 
 // WriteBuffers is Write of several buffers, in one system call (writev)
-// on a TCP connection; it consumes v.
-func (c *Conn) WriteBuffers(v *net.Buffers) (int64, error) {
-	n, err := v.WriteTo(c.Conn)
+// on a TCP connection; it consumes v. The connection's own vectored write
+// comes first: net.Buffers' WriteTo would find the *net.TCPConn embedded
+// in a rawio connection and write past it.
+func (c *Conn) WriteBuffers(v *net.Buffers) (n int64, err error) {
+	if vw, ok := c.Conn.(interface {
+		WriteBuffers(*net.Buffers) (int64, error)
+	}); ok {
+		n, err = vw.WriteBuffers(v)
+	} else {
+		n, err = v.WriteTo(c.Conn)
+	}
 	c.wrote(n)
 	return n, err
 }

@@ -185,3 +185,66 @@ func TestCountedReadsCallTheReadHook(t *testing.T) {
 		t.Fatalf("hook called %d times after 4 MiB, want 1", calls)
 	}
 }
+
+// vectorConn is a TCP connection with a vectored write of its own, as
+// rawio's is; it counts the calls.
+type vectorConn struct {
+	*net.TCPConn
+	calls int
+}
+
+func (c *vectorConn) WriteBuffers(v *net.Buffers) (int64, error) {
+	c.calls++
+	return v.WriteTo(c.TCPConn)
+}
+
+// listenerOf wraps each accepted connection with wrap.
+type listenerOf struct {
+	net.Listener
+	wrap func(net.Conn) net.Conn
+}
+
+func (l listenerOf) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return l.wrap(c), nil
+}
+
+// WriteBuffers uses the vectored write of the connection under it, not
+// net.Buffers' WriteTo, which would find the *net.TCPConn embedded in it
+// and write past it.
+func TestWriteBuffersUsesTheConnectionsOwn(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vc *vectorConn
+	lis := NewLimiter(Options{}).Listen(listenerOf{inner, func(c net.Conn) net.Conn {
+		vc = &vectorConn{TCPConn: c.(*net.TCPConn)}
+		return vc
+	}}, false)
+	defer lis.Close()
+	client, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	nc, err := lis.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	v := net.Buffers{[]byte("ab"), []byte("cd")}
+	if n, err := nc.(*Conn).WriteBuffers(&v); n != 4 || err != nil {
+		t.Fatalf("WriteBuffers = %d, %v; want 4, nil", n, err)
+	}
+	if vc.calls != 1 {
+		t.Fatalf("the connection's WriteBuffers ran %d times; want 1", vc.calls)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "abcd" {
+		t.Fatalf("client read %q, %v", got, err)
+	}
+}

@@ -18,7 +18,15 @@
 //
 // The connection's other methods (Close, deadlines, addresses) are the
 // *net.TCPConn's own; deadlines and Close end a wait as they do for net's
-// reads and writes, since the waits are net's (syscall.RawConn).
+// reads and writes, since the waits are net's (syscall.RawConn). So are
+// ReadFrom and WriteTo, which io.Copy prefers: between two sockets they
+// splice, with no copy through the process, which is worth more than the
+// scheduler's calls. A caller with a net.Buffers must use WriteBuffers:
+// the Buffers' own WriteTo finds the embedded *net.TCPConn and writes
+// past this package.
+//
+// Under the race detector the system calls are package syscall's (see
+// sys_race.go).
 package rawio
 
 import (
@@ -28,7 +36,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"unsafe"
 )
 
 // Conn is a TCP connection whose Read, Write and WriteBuffers are raw
@@ -118,10 +125,10 @@ func (c *Conn) Read(p []byte) (int, error) {
 // RawConn then waits until it is readable).
 func (c *Conn) read(fd uintptr) bool {
 	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
+		n, errno := sysRead(fd, c.rbuf)
 		switch errno {
 		case 0:
-			c.rn = int(n)
+			c.rn = n
 			return true
 		case syscall.EINTR:
 			continue
@@ -156,10 +163,10 @@ func (c *Conn) Write(p []byte) (int, error) {
 func (c *Conn) write(fd uintptr) bool {
 	for c.wn < len(c.wbuf) {
 		b := c.wbuf[c.wn:]
-		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		n, errno := sysWrite(fd, b)
 		switch errno {
 		case 0:
-			c.wn += int(n)
+			c.wn += n
 			continue
 		case syscall.EINTR:
 			continue
@@ -214,7 +221,7 @@ func (c *Conn) writev(fd uintptr) bool {
 			*v = (*v)[:0]
 			return true
 		}
-		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		n, errno := sysWritev(fd, iov)
 		switch errno {
 		case 0:
 			c.vn += int64(n)
