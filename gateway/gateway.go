@@ -309,7 +309,8 @@ func newGateway(cfg *config.Config, log *slog.Logger, dial func(context.Context,
 }
 
 // upstreamDialer is the dialer of upstream connections when tests give
-// none: connecting takes at most Envoy's default connect_timeout.
+// none: connecting takes at most Istio's default MeshConfig.connectTimeout
+// (10 s), as the HTTP front's own dialer did.
 var upstreamDialer = net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 
 // rawDial is dial (upstreamDialer when nil) with its connections read and
