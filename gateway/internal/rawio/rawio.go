@@ -80,12 +80,10 @@ func (c *Conn) Read(p []byte) (int, error) {
 	n, errno := c.rn, c.rerr
 	c.rbuf = nil
 	c.rmu.Unlock()
-	switch {
-	case err != nil:
-		return 0, c.opError("read", unwrapRaw(err))
-	case errno != 0:
-		return 0, c.opError("read", os.NewSyscallError("read", errno))
-	case n == 0:
+	if err := c.outcome("read", err, errno); err != nil {
+		return 0, err
+	}
+	if n == 0 {
 		return 0, io.EOF
 	}
 	return n, nil
@@ -121,13 +119,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 	n, errno := c.wn, c.werr
 	c.wbuf = nil
 	c.wmu.Unlock()
-	switch {
-	case err != nil:
-		return n, c.opError("write", unwrapRaw(err))
-	case errno != 0:
-		return n, c.opError("write", os.NewSyscallError("write", errno))
-	}
-	return n, nil
+	return n, c.outcome("write", err, errno)
 }
 
 func (c *Conn) write(fd uintptr) bool {
@@ -163,13 +155,7 @@ func (c *Conn) WriteBuffers(v *net.Buffers) (int64, error) {
 	clear(c.iov[:cap(c.iov)]) // the buffers are the caller's
 	c.iov = c.iov[:0]
 	c.wmu.Unlock()
-	switch {
-	case err != nil:
-		return n, c.opError("writev", unwrapRaw(err))
-	case errno != 0:
-		return n, c.opError("writev", os.NewSyscallError("writev", errno))
-	}
-	return n, nil
+	return n, c.outcome("writev", err, errno)
 }
 
 func (c *Conn) writev(fd uintptr) bool {
@@ -219,6 +205,18 @@ func consume(v *net.Buffers, n int64) {
 		n -= l
 		*v = (*v)[1:]
 	}
+}
+
+// outcome is how an operation ended, as net reports it: the poller's
+// error (a deadline, a closed connection), the system call's, or nil.
+func (c *Conn) outcome(op string, err error, errno syscall.Errno) error {
+	switch {
+	case err != nil:
+		return c.opError(op, unwrapRaw(err))
+	case errno != 0:
+		return c.opError(op, os.NewSyscallError(op, errno))
+	}
+	return nil
 }
 
 // unwrapRaw is the poller's error under the RawConn's "raw-read" or
