@@ -19,9 +19,10 @@ type Conn struct {
 
 	// rmu guards the read fields: a read's buffer and outcome, given to
 	// readFn, which the RawConn calls. It is held for the whole read,
-	// waits included, as net holds the socket's read lock; net.Conn
-	// readers do not read at once in practice, so it is never contended.
-	// wmu is the same for writes. Neither is taken with the other.
+	// waits included, as net holds the socket's read lock; two
+	// goroutines seldom read one connection at once, so it is seldom
+	// contended. wmu is the same for writes. Neither is taken with the
+	// other.
 	rmu     sync.Mutex
 	rbuf    []byte
 	rn      int
