@@ -22,21 +22,20 @@ type Conn struct {
 	// waits included, as net holds the socket's read lock; two
 	// goroutines seldom read one connection at once, so it is seldom
 	// contended. wmu is the same for writes. Neither is taken with the
-	// other.
-	rmu     sync.Mutex
-	rbuf    []byte
-	rn      int
-	rerr    syscall.Errno
-	readFn  func(fd uintptr) bool
-	wmu     sync.Mutex
-	wbuf    []byte
-	wn      int
-	werr    syscall.Errno
-	writeFn func(fd uintptr) bool
-	iov     []syscall.Iovec // the vectored write's, under wmu
-	vecFn   func(fd uintptr) bool
-	vec     *net.Buffers
-	vn      int64
+	// other. Write is a vectored write of one buffer (one and oneArr).
+	rmu    sync.Mutex
+	rbuf   []byte
+	rn     int
+	rerr   syscall.Errno
+	readFn func(fd uintptr) bool
+	wmu    sync.Mutex
+	vec    *net.Buffers
+	vn     int64
+	werr   syscall.Errno
+	vecFn  func(fd uintptr) bool
+	iov    []syscall.Iovec
+	one    net.Buffers
+	oneArr [1][]byte
 }
 
 // Wrap returns c reading and writing with raw system calls when it is a
@@ -52,7 +51,6 @@ func Wrap(c net.Conn) net.Conn {
 	}
 	rw := &Conn{TCPConn: tc, rc: rc}
 	rw.readFn = rw.read
-	rw.writeFn = rw.write
 	rw.vecFn = rw.writev
 	return rw
 }
@@ -115,31 +113,12 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return 0, nil
 	}
 	c.wmu.Lock()
-	c.wbuf, c.wn, c.werr = p, 0, 0
-	err := c.rc.Write(c.writeFn)
-	n, errno := c.wn, c.werr
-	c.wbuf = nil
+	c.oneArr[0] = p
+	c.one = c.oneArr[:]
+	n, err := c.writeLocked(&c.one, "write")
+	c.oneArr[0] = nil
 	c.wmu.Unlock()
-	return n, c.outcome("write", err, errno)
-}
-
-func (c *Conn) write(fd uintptr) bool {
-	for c.wn < len(c.wbuf) {
-		b := c.wbuf[c.wn:]
-		n, errno := sysWrite(fd, b)
-		switch errno {
-		case 0:
-			c.wn += n
-			continue
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		c.werr = errno
-		return true
-	}
-	return true
+	return int(n), err
 }
 
 // maxIovecs is the most buffers one writev takes (Linux's IOV_MAX).
@@ -149,14 +128,21 @@ const maxIovecs = 1024
 // consuming v, as v.WriteTo(c) does on a *net.TCPConn.
 func (c *Conn) WriteBuffers(v *net.Buffers) (int64, error) {
 	c.wmu.Lock()
+	n, err := c.writeLocked(v, "writev")
+	c.wmu.Unlock()
+	return n, err
+}
+
+// writeLocked writes all of v (writev), with wmu held; op names the
+// operation in its error.
+func (c *Conn) writeLocked(v *net.Buffers, op string) (int64, error) {
 	c.vec, c.vn, c.werr = v, 0, 0
 	err := c.rc.Write(c.vecFn)
 	n, errno := c.vn, c.werr
 	c.vec = nil
 	clear(c.iov[:cap(c.iov)]) // the buffers are the caller's
 	c.iov = c.iov[:0]
-	c.wmu.Unlock()
-	return n, c.outcome("writev", err, errno)
+	return n, c.outcome(op, err, errno)
 }
 
 func (c *Conn) writev(fd uintptr) bool {

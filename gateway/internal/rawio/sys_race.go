@@ -19,16 +19,12 @@ func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	return n, errnoOf(err)
 }
 
-func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
-	n, err := syscall.Write(int(fd), p)
-	return n, errnoOf(err)
-}
-
 func sysWritev(fd uintptr, iov []syscall.Iovec) (int, syscall.Errno) {
-	// As net's own writev, which has no annotation of its own beyond
-	// the write lock's.
-	n, _, errno := syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
-	return int(n), errno
+	// The first buffer only, by syscall.Write: net's own writev has no
+	// annotation, and syscall.Write's is what a read of it acquires. A
+	// short write is a writev's right; the caller writes the rest.
+	n, err := syscall.Write(int(fd), unsafe.Slice(iov[0].Base, iov[0].Len))
+	return n, errnoOf(err)
 }
 
 func errnoOf(err error) syscall.Errno {
