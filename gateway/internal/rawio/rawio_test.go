@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -155,7 +156,13 @@ func TestCloseEndsABlockedRead(t *testing.T) {
 		_, err := c.Read(make([]byte, 8))
 		done <- err
 	}()
-	// The read may not have begun waiting yet: either way it must end.
+	// The read holds rmu from its start to its end: once it holds it,
+	// it is under way (waiting for data, or about to), and the close
+	// must end it.
+	for c.rmu.TryLock() {
+		c.rmu.Unlock()
+		runtime.Gosched()
+	}
 	c.Close()
 	if err := <-done; !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Read on a closed conn = %v; want net.ErrClosed", err)
