@@ -76,6 +76,15 @@ LATENCY_RPS=${LATENCY_RPS-"100:4000 65536:600"}
 LATENCY_DURATION=${LATENCY_DURATION:-5s}
 ENV_COUNT=${ENV_COUNT:-1000}
 OVERLOAD_CPU=${OVERLOAD_CPU:-250} # millicores each target may use in the overload rows
+# ROUNDS=N measures the HTTP, client-TLS and stream tables N times over,
+# the targets alternating (one row of each per round, in the order given),
+# so that the ratio of two proxies is judged from N rows each measured
+# beside the other rather than from one row each on a shared, noisy
+# machine. With N > 1 a row names its round (envgate-http@2), its ratios
+# are to the rows of the same round, and each table is followed by the
+# medians over the rounds (summary).
+ROUNDS=${ROUNDS:-1}
+tag="" # the round of the rows being measured ("@2"); "" with one round
 # Below Linux's ephemeral range (32768-60999): the client sockets of the
 # connection rows may still hold ports there.
 MANY_BASE=${MANY_BASE:-20000}
@@ -112,7 +121,9 @@ family() {
   local p=$1
   echo "$p"
   for s in /proc/[0-9]*/stat; do
-    read -r -a f <"$s" 2>/dev/null || continue
+    # A process may end between the glob and the read: braces, so that
+    # the failed redirection's message is discarded too.
+    { read -r -a f <"$s"; } 2>/dev/null || continue
     [ "${f[3]:-}" = "$p" ] && echo "${f[0]}"
   done
   return 0
@@ -304,7 +315,7 @@ measure_http() {
       read -r rps p50 p99 < <(h2load_http "$target_port" "$proto" "$n")
       b1=$(cpu_ticks "$http_backend"); p1=0; [ -n "$target_pid" ] && p1=$(cpu_ticks "$target_pid")
       rss=0; [ -n "$target_pid" ] && rss=$(peak_rss_kb "$target_pid")
-      awk -v s="$proto" -v t="$target" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v pc=$((p1 - p0)) -v bc=$((b1 - b0)) \
+      awk -v s="$proto" -v t="$target$tag" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v pc=$((p1 - p0)) -v bc=$((b1 - b0)) \
           -v n="$n" -v tick="$TICK" -v rss="$rss" \
           'BEGIN { printf "%s %s %.0f %.3f %.3f %.3f %.3f %.1f %d %.3f\n", s, t, rps, p50, p99, pc / tick / n * 10000, bc / tick / n * 10000, rss / 1024, 0, 0 }' >>"$results"
       stop_target
@@ -344,7 +355,7 @@ measure() {
         echo "bench: $target, $size B at a fixed rate: $rfailed calls failed or were dropped (total ok refused other dropped p50 p99 p99.9 rate: $rout)" >&2
         case $target in direct*|envgate*) exit 1 ;; esac
       fi
-      awk -v s="$size" -v t="$target" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
+      awk -v s="$size" -v t="$target$tag" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
           -v pc=$((p1 - p0)) -v bc=$((b1 - b0)) -v n="$n_h2" -v tick="$TICK" -v rss="$rss" -v failed="$failed" \
           -v gc=$((g1 - g0)) -v ng="$n_ghz" -v rp50="$rp50" -v rp99="$rp99" \
           'BEGIN { printf "%s %s %.0f %.3f %.3f %.3f %.3f %.1f %d %.3f %.3f %.3f\n", s, t, rps, p50, p99, pc / tick / n * 10000, bc / tick / n * 10000, rss / 1024, failed, gc / tick / ng * 10000, rp50, rp99 }' >>"$results"
@@ -380,12 +391,13 @@ table() {
       rp50[NR] = $11; rp99[NR] = $12; if ($12 > 0) rated = 1
       key = $1 SUBSEP $2; R[key] = $3; P99[key] = $5; C[key] = $6; RP99[key] = $12 }
     function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+    function round(t) { return index(t, "@") ? substr(t, index(t, "@")) : "" }
     END {
       printf "%-6s %-12s %9s %8s %8s %10s %8s %10s %8s %6s | %-22s | %-22s", "size", "target", "rps", "p50 ms", "p99 ms", "proxy cpu", "cpu ghz", "backnd cpu", "RSS MB", "failed", "vs " direct " rps/p99", "vs " envgate " rps/p99/cpu"
       if (rated) printf " | %8s %8s %-9s", "rate p50", "rate p99", "vs " direct " p99"
       printf "\n"
       for (i = 1; i <= NR; i++) {
-        d = size[i] SUBSEP direct; e = size[i] SUBSEP envgate
+        d = size[i] SUBSEP direct round(tgt[i]); e = size[i] SUBSEP envgate round(tgt[i])
         printf "%-6s %-12s %9d %8.3f %8.3f %10.3f %8.3f %10.3f %8.1f %6d | %-22s | %-22s", size[i], tgt[i], rps[i], p50[i], p99[i], pcpu[i], gcpu[i], bcpu[i], rss[i], fail[i],
           ratio(rps[i], R[d]) " / " ratio(p99[i], P99[d]),
           ratio(rps[i], R[e]) " / " ratio(p99[i], P99[e]) " / " ratio(pcpu[i], C[e])
@@ -393,6 +405,66 @@ table() {
         printf "\n"
       }
     }' "$results"
+}
+
+# rounds FUNCTION TARGET...: FUNCTION TARGET... once per round (ROUNDS),
+# the rows of each round tagged with it.
+rounds() {
+  local f=$1 r
+  shift
+  for r in $(seq "$ROUNDS"); do
+    tag=""; [ "$ROUNDS" -gt 1 ] && tag="@$r"
+    "$f" "$@"
+  done
+  tag=""
+}
+
+# summary FILE SIZECOL TARGETCOL ENVGATE PEERS METRICS: with ROUNDS > 1,
+# per size (column SIZECOL of FILE; 0: one size) the median over the
+# rounds of each metric (METRICS: "label=column ...") for each target,
+# then ENVGATE's ratio to each of PEERS ("target ...") within each round:
+# their median, lowest and highest. A ratio needs both values above 0.
+summary() {
+  [ "$ROUNDS" -gt 1 ] || return 0
+  awk -v scol="$2" -v tcol="$3" -v envgate="$4" -v peers="$5" -v metrics="$6" -v rounds="$ROUNDS" '
+    function median(list,   a, n, i, j, t) {
+      n = split(list, a, " ")
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+      return n == 0 ? 0 : n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function lowest(list,   a, n, i, m) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 < m + 0) m = a[i]; return m }
+    function highest(list,   a, n, i, m) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 > m + 0) m = a[i]; return m }
+    BEGIN { nm = split(metrics, spec, " "); for (k = 1; k <= nm; k++) { split(spec[k], kv, "="); label[k] = kv[1]; col[k] = kv[2] } }
+    {
+      s = scol ? $scol : "-"; t = $tcol; r = ""
+      if (i = index(t, "@")) { r = substr(t, i + 1); t = substr(t, 1, i - 1) }
+      if (!(s in seenS)) { seenS[s] = 1; sizes[++ns] = s }
+      if (!((s, t) in seenT)) { seenT[s, t] = 1; tgts[s, ++nt[s]] = t }
+      for (k = 1; k <= nm; k++) { V[s, t, r, k] = $(col[k]); L[s, t, k] = L[s, t, k] " " $(col[k]) }
+      R[r] = 1
+    }
+    END {
+      printf "medians of %d rounds, then %s'"'"'s ratio to each target within each round: median [lowest, highest]\n", rounds, envgate
+      np = split(peers, peer, " ")
+      for (a = 1; a <= ns; a++) {
+        s = sizes[a]
+        for (b = 1; b <= nt[s]; b++) {
+          t = tgts[s, b]; line = sprintf("%-6s %-22s", s, t)
+          for (k = 1; k <= nm; k++) line = line sprintf(" %s %.3f", label[k], median(L[s, t, k]))
+          print line
+        }
+        for (p = 1; p <= np; p++) {
+          if (!((s, peer[p]) in seenT) || peer[p] == envgate) continue
+          line = sprintf("%-6s %-22s", s, "vs " peer[p])
+          for (k = 1; k <= nm; k++) {
+            q = ""
+            for (r in R) { x = V[s, envgate, r, k]; y = V[s, peer[p], r, k]; if (x > 0 && y > 0) q = q " " sprintf("%.3f", x / y) }
+            line = line (q == "" ? sprintf(" %s -", label[k]) : sprintf(" %s %.2f [%.2f, %.2f]", label[k], median(q), lowest(q), highest(q)))
+          }
+          print line
+        }
+      }
+    }' "$1"
 }
 
 # load ARGS...: scripts/bench/load against the current target.
@@ -409,13 +481,13 @@ measure_streams() {
       start_target "$target"
       read -r mbps cpu bcpu < <(load -mode stream -pid "${target_pid:-0}" -backend-pid "$backend" -streams 10 -msg "$msg" -bytes "$bytes")
       rss=0; [ -n "$target_pid" ] && rss=$(peak_rss_kb "$target_pid")
-      echo "$msg $target $mbps $cpu $bcpu $((rss / 1024))" >>"$DIR/results-streams"
+      echo "$msg $target$tag $mbps $cpu $bcpu $((rss / 1024))" >>"$DIR/results-streams"
       stop_target
     done
   done
   for target in "$@"; do
     start_target "$target"
-    echo "$target $(load -mode pingpong -pid "${target_pid:-0}" -streams 100 -rounds 300 -msg 1024)" >>"$DIR/results-pingpong"
+    echo "$target$tag $(load -mode pingpong -pid "${target_pid:-0}" -streams 100 -rounds 300 -msg 1024)" >>"$DIR/results-pingpong"
     stop_target
   done
 }
@@ -525,11 +597,12 @@ fi
 if [ "$HTTP_ROWS" = 1 ]; then
   start_http_backend
   results="$DIR/results-http"
-  measure_http direct-http envgate-http ${BASE_GATEWAY:+envgate-base-http }gofloor-http nginx-http haproxy-http
+  rounds measure_http direct-http envgate-http ${BASE_GATEWAY:+envgate-base-http }gofloor-http nginx-http haproxy-http
   echo
   echo "HTTP: GET / of the helloserver (Go net/http, HTTP/1.1 and h2c), env: env1; h1: $CONC HTTP/1.1 connections, h2: $CONNS h2c connections of $((CONC / CONNS)) streams"
   echo "rps, p50/p99 (from h2load's per-request log) and CPU per 10k requests of the same h2load run (cpu ghz: not measured, 0)"
   table direct-http envgate-http
+  summary "$results" 1 2 envgate-http "nginx-http haproxy-http gofloor-http envgate-base-http direct-http" "cpu=6 p99=5"
 fi
 
 if [ "$UPSTREAM_TLS" = 1 ]; then
@@ -550,31 +623,36 @@ if [ "$CLIENT_TLS_ROWS" = 1 ]; then
     bench_certs "$key"
     start_tls_backend
     : >"$results"
-    measure ${CLIENT_TLS_TARGETS:-direct-tls envgate-ctls ${BASE_GATEWAY:+envgate-base-ctls }envgate-grpcserver-ctls nginx-ctls haproxy-ctls}
+    rounds measure ${CLIENT_TLS_TARGETS:-direct-tls envgate-ctls ${BASE_GATEWAY:+envgate-base-ctls }envgate-grpcserver-ctls nginx-ctls haproxy-ctls}
     echo
     echo "client TLS ($key): the client speaks TLS 1.3 to each proxy (one certificate, $( [ "$key" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256" )), h2c to the backend; direct-tls speaks TLS to the backend itself. Columns as in the first table."
     table direct-tls envgate-ctls
+    summary "$results" 1 2 envgate-ctls "nginx-ctls haproxy-ctls envgate-base-ctls direct-tls" "cpu=6 p99=5 rate-p99=12"
   done
 fi
 
 if [ "$STREAM_ROWS" = 1 ]; then
-  measure_streams ${STREAM_TARGETS:-direct envgate ${BASE_GATEWAY:+envgate-base }envgate-grpcserver nginx haproxy}
+  rounds measure_streams ${STREAM_TARGETS:-direct envgate ${BASE_GATEWAY:+envgate-base }envgate-grpcserver nginx haproxy}
   echo
   echo "server streaming: 10 concurrent ServerStream calls on one h2c connection, responses of MSG bytes (1 KiB: 256 MB in all, 64 KiB: 1 GB); CPU: seconds per GB received"
   awk '{ key = $1 SUBSEP $2; M[key] = $3; C[key] = $4; row[NR] = $0 }
     function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+    function round(t) { return index(t, "@") ? substr(t, index(t, "@")) : "" }
     END {
       printf "%-6s %-19s %9s %12s %12s %7s | %-10s | %-16s\n", "msg", "target", "MB/s", "proxy cpu/GB", "backnd cpu/GB", "RSS MB", "vs direct", "vs haproxy cpu/GB"
       for (i = 1; i <= NR; i++) { split(row[i], f, " ")
-        printf "%-6s %-19s %9.1f %12.3f %12.3f %7d | %-10s | %-16s\n", f[1], f[2], f[3], f[4], f[5], f[6], ratio(f[3], M[f[1] SUBSEP "direct"]), ratio(f[4], C[f[1] SUBSEP "haproxy"]) } }' "$DIR/results-streams"
+        printf "%-6s %-19s %9.1f %12.3f %12.3f %7d | %-10s | %-16s\n", f[1], f[2], f[3], f[4], f[5], f[6], ratio(f[3], M[f[1] SUBSEP "direct" round(f[2])]), ratio(f[4], C[f[1] SUBSEP "haproxy" round(f[2])]) } }' "$DIR/results-streams"
+  summary "$DIR/results-streams" 1 2 envgate "haproxy nginx envgate-base envgate-grpcserver" "cpu/GB=4 MB/s=3"
   echo
   echo "bidi ping-pong: 100 concurrent BidiStreams on one h2c connection, 1 KiB each way, one message in flight per stream; proxy CPU seconds per 10k round trips"
   awk '{ P[$1] = $3; C[$1] = $5; row[NR] = $0 }
     function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+    function round(t) { return index(t, "@") ? substr(t, index(t, "@")) : "" }
     END {
       printf "%-19s %8s %8s %10s %10s | %-12s | %-10s\n", "target", "p50 ms", "p99 ms", "rtt/s", "proxy cpu", "vs direct p99", "vs haproxy cpu"
       for (i = 1; i <= NR; i++) { split(row[i], f, " ")
-        printf "%-19s %8.3f %8.3f %10d %10.3f | %-13s | %-10s\n", f[1], f[2], f[3], f[4], f[5], ratio(f[3], P["direct"]), ratio(f[5], C["haproxy"]) } }' "$DIR/results-pingpong"
+        printf "%-19s %8.3f %8.3f %10d %10.3f | %-13s | %-10s\n", f[1], f[2], f[3], f[4], f[5], ratio(f[3], P["direct" round(f[1])]), ratio(f[5], C["haproxy" round(f[1])]) } }' "$DIR/results-pingpong"
+  summary "$DIR/results-pingpong" 0 1 envgate "haproxy nginx envgate-base direct" "p99=3 cpu=5"
 fi
 
 if [ "$CONN_ROWS" = 1 ]; then
