@@ -289,8 +289,12 @@ func (s *H1Server) serveConn(nc net.Conn) {
 		if s.o.IdleTimeout > 0 {
 			// The idle deadline moves at most once a second: a
 			// deadline is a timer to reset, and a second is nothing
-			// to an idle timeout.
-			now := time.Now()
+			// to an idle timeout. The last answer's end is now
+			// enough, when the fast path read the clock for it.
+			now := c.rq.end
+			if now.IsZero() {
+				now = time.Now()
+			}
 			if d := c.readDeadline.Sub(now); d < s.o.IdleTimeout-min(s.o.IdleTimeout/10, time.Second) || d > s.o.IdleTimeout {
 				c.setReadDeadline(now.Add(s.o.IdleTimeout))
 			}
@@ -534,10 +538,13 @@ func (p *Proxy) serveFast(s *H1Server, c *h1Conn, discard int) fastResult {
 	if !deadline.IsZero() && reusable {
 		_ = u.nc.SetDeadline(time.Time{})
 	}
+	// One reading of the clock for the pool, the log, the metrics and
+	// the next idle deadline (serveConn).
+	rq.end = time.Now()
 	if err != nil || !reusable {
 		_ = u.nc.Close()
 	} else {
-		p.pool.put(u)
+		p.pool.put(u, rq.end)
 	}
 	if err != nil {
 		if errors.Is(err, errClientWrite) {
@@ -918,10 +925,10 @@ func (c *clientErrWriter) Write(b []byte) (int, error) {
 func (p *Proxy) discardBody(u *upConn, r *h1.Response, method string) {
 	switch {
 	case noBody(method, r.Status) && !r.Close:
-		p.pool.put(u)
+		p.pool.put(u, time.Now())
 	case r.ContentLength >= 0 && r.ContentLength <= 4<<10 && !r.Close:
 		if _, err := io.CopyN(io.Discard, u.br, r.ContentLength); err == nil {
-			p.pool.put(u)
+			p.pool.put(u, time.Now())
 			return
 		}
 		_ = u.nc.Close()

@@ -46,10 +46,10 @@ func newH1Pool(dial func(context.Context, string, string) (net.Conn, error), max
 	return &h1Pool{dial: dial, maxIdle: maxIdle, idleTimeout: idleTimeout, idle: map[poolKey][]*upConn{}}
 }
 
-// get returns an idle connection to ep, or a new one.
-func (p *h1Pool) get(ctx context.Context, ep Endpoint) (*upConn, error) {
+// get returns an idle connection to ep, or a new one; now is the time
+// (the caller's clock, read once per request).
+func (p *h1Pool) get(ctx context.Context, ep Endpoint, now time.Time) (*upConn, error) {
 	k := poolKey{ep.Addr, ep.TLSKey}
-	now := time.Now()
 	var stale []*upConn
 	p.mu.Lock()
 	for cs := p.idle[k]; len(cs) > 0; cs = p.idle[k] {
@@ -92,9 +92,10 @@ func (p *h1Pool) open(ctx context.Context, ep Endpoint, k poolKey) (*upConn, err
 	return &upConn{nc: nc, br: bufio.NewReaderSize(nc, upBufSize), bw: bufio.NewWriterSize(nc, upBufSize), key: k}, nil
 }
 
-// put keeps c for the next request to its endpoint, or closes it.
-func (p *h1Pool) put(c *upConn) {
-	c.idleAt = time.Now()
+// put keeps c for the next request to its endpoint, or closes it; now is
+// the time.
+func (p *h1Pool) put(c *upConn, now time.Time) {
+	c.idleAt = now
 	p.mu.Lock()
 	if p.closed || len(p.idle[c.key]) >= p.maxIdle {
 		p.mu.Unlock()
@@ -195,7 +196,12 @@ func (p *Proxy) tryOn(ctx context.Context, rq *request, deadline time.Time, perT
 		ctx, cancel = context.WithDeadline(ctx, tryDeadline)
 		defer cancel()
 	}
-	u, err := p.pool.get(ctx, rq.ep)
+	// A first try is made as the request starts: its clock will do.
+	now := rq.start
+	if rq.retries > 0 {
+		now = time.Now()
+	}
+	u, err := p.pool.get(ctx, rq.ep, now)
 	for fresh := false; ; fresh = true {
 		if err != nil {
 			return nil, err, false

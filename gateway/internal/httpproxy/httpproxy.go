@@ -230,6 +230,7 @@ func New(routes Routes, ups Upstreams, o Options) *Proxy {
 type request struct {
 	id       string
 	start    time.Time
+	end      time.Time // the answer relayed, if the path read the clock then
 	dec      route.Decision
 	ep       Endpoint // the endpoint of the latest try
 	body     []byte   // the whole request body, kept for retries
@@ -294,7 +295,11 @@ func (p *Proxy) finish(ctx context.Context, rq *request, ex *exchange, code int,
 	if code == 0 {
 		code = 499
 	}
-	d := time.Since(rq.start)
+	end := rq.end
+	if end.IsZero() {
+		end = time.Now()
+	}
+	d := end.Sub(rq.start)
 	if p.o.Observer != nil {
 		p.o.Observer.RequestDone(rq.dec.Env, code, d, in, out)
 	}

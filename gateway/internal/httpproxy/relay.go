@@ -185,7 +185,8 @@ func (p *Proxy) Relay(r *h2front.Request) bool {
 			if !deadline.IsZero() {
 				_ = u.nc.SetDeadline(time.Time{})
 			}
-			p.pool.put(u)
+			rq.end = time.Now()
+			p.pool.put(u, rq.end)
 		}
 		finished = true
 		p.finish(context.Background(), rq, &ex, code, 0, out)

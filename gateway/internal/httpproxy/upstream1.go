@@ -72,7 +72,7 @@ func (p *Proxy) serveDirect(w http.ResponseWriter, r *http.Request, rq *request)
 	if !deadline.IsZero() {
 		_ = u.nc.SetDeadline(time.Time{})
 	}
-	p.pool.put(u)
+	p.pool.put(u, time.Now())
 }
 
 // directTry sends r on a connection to rq.ep and reads the response's
