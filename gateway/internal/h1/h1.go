@@ -338,15 +338,24 @@ func validValue(s string) bool {
 	return true
 }
 
-// isTarget: an origin-form target is visible ASCII.
+// isTarget: an origin-form target is visible ASCII, each percent sign
+// followed by two hex digits (net/http's server refuses any other escape
+// with 400, so the full server answers it).
 func isTarget(s string) bool {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c <= ' ' || c >= 0x7f || c == '#' {
+		switch c := s[i]; {
+		case c <= ' ' || c >= 0x7f || c == '#':
 			return false
+		case c == '%':
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+				return false
+			}
 		}
 	}
 	return true
 }
+
+func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
 
 // validHost accepts what a Host field may carry (RFC 3986 reg-name,
 // IP-literal and port characters); anything else goes to the full server.

@@ -70,8 +70,11 @@ func TestParseRequestTakesOnlyItsSubset(t *testing.T) {
 		"GET / HTTP/1.1\r\nHost: a\r\nX : 1\r\n\r\n",            // space before the colon
 		"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",        // NUL
 		"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",          // bare CR
+		"GET / HTTP/1.1\r\nHost: a\r\n\rX: b\r\n\r\n",           // a line starting with CR, before the empty one
 		"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
 		"GET /a\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /a%0 HTTP/1.1\r\nHost: a\r\n\r\n",  // an escape net/http refuses (found by FuzzParseRequest)
+		"GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n", // the same
 		"G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
 		"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", // a leading empty line
 	} {
