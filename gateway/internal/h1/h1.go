@@ -84,8 +84,13 @@ func HeadEnd(b []byte) (n int, crlf bool) {
 // subset this package takes. The strings share one copy of head.
 func ParseRequest(head []byte, r *Request) bool {
 	*r = Request{Fields: r.Fields[:0], ContentLength: 0}
-	s := lowerNames(head)
-	line, rest, _ := cut(s, "\r\n")
+	b := make([]byte, len(head))
+	copy(b, head)
+	// b is written only by scanField's lowering of names, before any
+	// string of it is taken: the strings may share it.
+	s := unsafe.String(unsafe.SliceData(b), len(b))
+	line, _, _ := cut(s, "\r\n")
+	next := len(line) + 2
 	sp1 := indexByte(line, ' ')
 	if sp1 <= 0 {
 		return false
@@ -105,14 +110,19 @@ func ParseRequest(head []byte, r *Request) bool {
 	}
 	hosts, lengths := 0, 0
 	for {
-		line, rest, _ = cut(rest, "\r\n")
-		if line == "" {
-			break
+		i := next
+		if i+2 > len(b) {
+			return false // no empty line
 		}
-		name, value, ok := field(line)
+		if i+2 == len(b) && b[i] == '\r' && b[i+1] == '\n' {
+			break // the empty line, which ends the head
+		}
+		nameEnd, vStart, vEnd, n, ok := scanField(b, i, true)
 		if !ok {
 			return false
 		}
+		next = n
+		name, value := s[i:nameEnd], s[vStart:vEnd]
 		switch name {
 		case "host":
 			hosts++
@@ -173,8 +183,11 @@ var ErrMalformed = errors.New("malformed HTTP/1.1 response head")
 // ParseResponse parses head into r, reusing r's slices.
 func ParseResponse(head []byte, r *Response) error {
 	*r = Response{Fields: r.Fields[:0], Conn: r.Conn[:0], ContentLength: -1}
-	s := string(head)
-	line, rest, _ := cut(s, "\r\n")
+	b := make([]byte, len(head))
+	copy(b, head)
+	s := unsafe.String(unsafe.SliceData(b), len(b))
+	line, _, _ := cut(s, "\r\n")
+	next := len(line) + 2
 	switch {
 	case len(line) >= 12 && line[:9] == "HTTP/1.1 ":
 	case len(line) >= 12 && line[:9] == "HTTP/1.0 ":
@@ -192,21 +205,19 @@ func ParseResponse(head []byte, r *Response) error {
 	}
 	keepAlive := false
 	for {
-		line, rest, _ = cut(rest, "\r\n")
-		if line == "" {
+		i := next
+		if i+2 > len(b) {
+			return ErrMalformed
+		}
+		if i+2 == len(b) && b[i] == '\r' && b[i+1] == '\n' {
 			break
 		}
-		if line[0] == ' ' || line[0] == '\t' {
-			return ErrMalformed // obs-fold
+		nameEnd, vStart, vEnd, n, ok := scanField(b, i, false)
+		if !ok {
+			return ErrMalformed // includes obs-fold
 		}
-		i := indexByte(line, ':')
-		if i <= 0 || !isToken(line[:i]) {
-			return ErrMalformed
-		}
-		name, value := line[:i], trimOWS(line[i+1:])
-		if !validValue(value) {
-			return ErrMalformed
-		}
+		next = n
+		name, value := s[i:nameEnd], s[vStart:vEnd]
 		switch {
 		case equalFold(name, "content-length"):
 			n, err := strconv.ParseInt(value, 10, 64)
@@ -253,31 +264,63 @@ func ParseResponse(head []byte, r *Response) error {
 	return nil
 }
 
-// lowerNames copies head with every field name lower-cased, as one string
-// the fields share.
-func lowerNames(head []byte) string {
-	b := make([]byte, len(head))
-	copy(b, head)
-	atLineStart, inName := false, false
-	for i, c := range b {
-		switch {
-		case c == '\n':
-			atLineStart, inName = true, false
-			continue
-		case atLineStart:
-			atLineStart, inName = false, true
+// scanField reads the field line that starts at b[i], in one pass: a
+// token name (lower-cased in b when lower), a colon, the value with its
+// surrounding whitespace left out, CRLF. It returns where the name ends,
+// where the value starts and ends, and where the next line starts; ok is
+// false for any other line (obs-fold starts with whitespace, which is not
+// a token character; a CTL in the value, a bare CR or LF included).
+func scanField(b []byte, i int, lower bool) (nameEnd, vStart, vEnd, next int, ok bool) {
+	j := i
+	if lower {
+		for j < len(b) && tchar[b[j]] {
+			b[j] = lowerTable[b[j]]
+			j++
 		}
-		if inName {
-			if c == ':' {
-				inName = false
-			} else if 'A' <= c && c <= 'Z' {
-				b[i] = c + 'a' - 'A'
-			}
+	} else {
+		for j < len(b) && tchar[b[j]] {
+			j++
 		}
 	}
-	// b is never written again: the string may share it.
-	return unsafe.String(unsafe.SliceData(b), len(b))
+	if j == i || j == len(b) || b[j] != ':' {
+		return 0, 0, 0, 0, false
+	}
+	nameEnd = j
+	j++
+	for j < len(b) && (b[j] == ' ' || b[j] == '\t') {
+		j++
+	}
+	vStart = j
+	for j < len(b) && fieldByte[b[j]] {
+		j++
+	}
+	if j+1 >= len(b) || b[j] != '\r' || b[j+1] != '\n' {
+		return 0, 0, 0, 0, false
+	}
+	vEnd = j
+	for vEnd > vStart && (b[vEnd-1] == ' ' || b[vEnd-1] == '\t') {
+		vEnd--
+	}
+	return nameEnd, vStart, vEnd, j + 2, true
 }
+
+// fieldByte: field-content is VCHAR, SP, HTAB and obs-text; no CTL.
+var fieldByte = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= ' ' && c != 0x7f || c == '\t'
+	}
+	return t
+}()
+
+var lowerTable = func() (t [256]byte) {
+	for c := range 256 {
+		t[c] = byte(c)
+		if 'A' <= c && c <= 'Z' {
+			t[c] = byte(c + 'a' - 'A')
+		}
+	}
+	return t
+}()
 
 func field(line string) (name, value string, ok bool) {
 	i := indexByte(line, ':')
