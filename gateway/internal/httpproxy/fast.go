@@ -949,6 +949,13 @@ func grpcStatusOf(r *h1.Response) string {
 
 // writeField writes one header field.
 func writeField(w *bufio.Writer, name, value string) {
+	if len(name)+len(value)+4 <= w.Available() {
+		// One append into the buffer, not four calls to copy the parts.
+		b := w.AvailableBuffer()
+		b = append(append(append(append(b, name...), ": "...), value...), "\r\n"...)
+		_, _ = w.Write(b)
+		return
+	}
 	_, _ = w.WriteString(name)
 	_, _ = w.WriteString(": ")
 	_, _ = w.WriteString(value)
