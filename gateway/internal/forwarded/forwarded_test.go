@@ -2,6 +2,7 @@ package forwarded
 
 import (
 	"net"
+	"strings"
 	"testing"
 )
 
@@ -26,5 +27,45 @@ func TestClientIP(t *testing.T) {
 		if got := ClientIP(tc.addr); got != tc.want {
 			t.Errorf("ClientIP(%v) = %q, want %q", tc.addr, got, tc.want)
 		}
+	}
+}
+
+// TestRequestIDIsAUUIDv4: 36 characters, hyphens at 8, 13, 18 and 23,
+// lower-case hex elsewhere, version 4 and the RFC 4122 variant, and no
+// two alike.
+func TestRequestIDIsAUUIDv4(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		id := RequestID()
+		if len(id) != 36 {
+			t.Fatalf("%q: %d characters", id, len(id))
+		}
+		for i := range len(id) {
+			c := id[i]
+			switch i {
+			case 8, 13, 18, 23:
+				if c != '-' {
+					t.Fatalf("%q: %q at %d", id, c, i)
+				}
+			default:
+				if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+					t.Fatalf("%q: %q at %d", id, c, i)
+				}
+			}
+		}
+		if id[14] != '4' || !strings.ContainsRune("89ab", rune(id[19])) {
+			t.Fatalf("%q: not version 4 with the RFC 4122 variant", id)
+		}
+		if seen[id] {
+			t.Fatalf("%q twice", id)
+		}
+		seen[id] = true
+	}
+}
+
+func BenchmarkRequestID(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		RequestID()
 	}
 }
