@@ -18,7 +18,12 @@ PROTOBUF_VERSION           := $(shell $(GO) list -m -f '{{.Version}}' google.gol
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 BUF_VERSION                := v1.75.0
 GRPCURL_VERSION            := v1.9.4
-GHZ_VERSION                := v0.93.0
+# ghz v0.93.0 (the proxy's newest "latest") is built on grpc-go v1.34.0,
+# whose client races its BDP window growth against new streams and resets
+# a stream the server sent a granted window on (grpc/grpc-go#5358, fixed
+# in #5494): 1 in about 150,000 64 KiB calls failed with "Internal:
+# unexpected EOF" through envgate. v0.120.0 is built on v1.56.3.
+GHZ_VERSION                := v0.120.0
 PEBBLE_VERSION             := v2.10.1
 H2SPEC_VERSION             := v2.2.1+incompatible
 
