@@ -23,6 +23,7 @@
 #   CLIENT_TLS_ROWS  the client speaks TLS to every proxy (one certificate,
 #                    ECDSA P-256 then RSA 2048), h2c behind; direct-tls is
 #                    the client speaking TLS to the backend itself;
+#                    CLIENT_TLS_KEYS picks the keys ("ecdsa rsa").
 #                    envgate-grpcserver-ctls has sharedHTTP2 off (gRPC's
 #                    own server; the default listener's before run U),
 #                    envgate-shared-ctls says sharedHTTP2 (for a base
@@ -408,13 +409,19 @@ table() {
 }
 
 # rounds FUNCTION TARGET...: FUNCTION TARGET... once per round (ROUNDS),
-# the rows of each round tagged with it.
+# the rows of each round tagged with it. Each round starts one target
+# later than the one before (round 2 measures the second target first and
+# the first last): a row's place in the round matters here (the backend
+# that just served the direct row costs more per request for the row
+# after it), and rotating the order spreads that over every target.
 rounds() {
   local f=$1 r
   shift
+  local targets=("$@") n=$#
   for r in $(seq "$ROUNDS"); do
     tag=""; [ "$ROUNDS" -gt 1 ] && tag="@$r"
-    "$f" "$@"
+    local k=$(((r - 1) % n))
+    "$f" "${targets[@]:k}" "${targets[@]:0:k}"
   done
   tag=""
 }
@@ -423,7 +430,10 @@ rounds() {
 # per size (column SIZECOL of FILE; 0: one size) the median over the
 # rounds of each metric (METRICS: "label=column ...") for each target,
 # then ENVGATE's ratio to each of PEERS ("target ...") within each round:
-# their median, lowest and highest. A ratio needs both values above 0.
+# their median, lowest and highest. A ratio needs both values above 0. A
+# metric "label=a/b" is column a over column b of the same row (the
+# proxy's CPU per unit of the backend's, which takes out how fast the
+# machine was during that row).
 summary() {
   [ "$ROUNDS" -gt 1 ] || return 0
   awk -v scol="$2" -v tcol="$3" -v envgate="$4" -v peers="$5" -v metrics="$6" -v rounds="$ROUNDS" '
@@ -434,13 +444,14 @@ summary() {
     }
     function lowest(list,   a, n, i, m) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 < m + 0) m = a[i]; return m }
     function highest(list,   a, n, i, m) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 > m + 0) m = a[i]; return m }
-    BEGIN { nm = split(metrics, spec, " "); for (k = 1; k <= nm; k++) { split(spec[k], kv, "="); label[k] = kv[1]; col[k] = kv[2] } }
+    BEGIN { nm = split(metrics, spec, " "); for (k = 1; k <= nm; k++) { split(spec[k], kv, "="); label[k] = kv[1]; split(kv[2], ab, "/"); col[k] = ab[1]; per[k] = ab[2] } }
+    function value(k) { return per[k] == "" ? $(col[k]) : $(per[k]) > 0 ? $(col[k]) / $(per[k]) : 0 }
     {
       s = scol ? $scol : "-"; t = $tcol; r = ""
       if (i = index(t, "@")) { r = substr(t, i + 1); t = substr(t, 1, i - 1) }
       if (!(s in seenS)) { seenS[s] = 1; sizes[++ns] = s }
       if (!((s, t) in seenT)) { seenT[s, t] = 1; tgts[s, ++nt[s]] = t }
-      for (k = 1; k <= nm; k++) { V[s, t, r, k] = $(col[k]); L[s, t, k] = L[s, t, k] " " $(col[k]) }
+      for (k = 1; k <= nm; k++) { v = value(k); V[s, t, r, k] = v; L[s, t, k] = L[s, t, k] " " v }
       R[r] = 1
     }
     END {
@@ -602,7 +613,7 @@ if [ "$HTTP_ROWS" = 1 ]; then
   echo "HTTP: GET / of the helloserver (Go net/http, HTTP/1.1 and h2c), env: env1; h1: $CONC HTTP/1.1 connections, h2: $CONNS h2c connections of $((CONC / CONNS)) streams"
   echo "rps, p50/p99 (from h2load's per-request log) and CPU per 10k requests of the same h2load run (cpu ghz: not measured, 0)"
   table direct-http envgate-http
-  summary "$results" 1 2 envgate-http "nginx-http haproxy-http gofloor-http envgate-base-http direct-http" "cpu=6 p99=5"
+  summary "$results" 1 2 envgate-http "nginx-http haproxy-http gofloor-http envgate-base-http direct-http" "cpu=6 cpu/backend=6/7 p99=5"
 fi
 
 if [ "$UPSTREAM_TLS" = 1 ]; then
@@ -619,7 +630,7 @@ fi
 if [ "$CLIENT_TLS_ROWS" = 1 ]; then
   results="$DIR/results-ctls"
   measured_backend=$backend
-  for key in ecdsa rsa; do
+  for key in ${CLIENT_TLS_KEYS:-ecdsa rsa}; do
     bench_certs "$key"
     start_tls_backend
     : >"$results"
@@ -627,7 +638,7 @@ if [ "$CLIENT_TLS_ROWS" = 1 ]; then
     echo
     echo "client TLS ($key): the client speaks TLS 1.3 to each proxy (one certificate, $( [ "$key" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256" )), h2c to the backend; direct-tls speaks TLS to the backend itself. Columns as in the first table."
     table direct-tls envgate-ctls
-    summary "$results" 1 2 envgate-ctls "nginx-ctls haproxy-ctls envgate-base-ctls direct-tls" "cpu=6 p99=5 rate-p99=12"
+    summary "$results" 1 2 envgate-ctls "nginx-ctls haproxy-ctls envgate-base-ctls direct-tls" "cpu=6 cpu/backend=6/7 p99=5 rate-p99=12"
   done
 fi
 
@@ -642,7 +653,7 @@ if [ "$STREAM_ROWS" = 1 ]; then
       printf "%-6s %-19s %9s %12s %12s %7s | %-10s | %-16s\n", "msg", "target", "MB/s", "proxy cpu/GB", "backnd cpu/GB", "RSS MB", "vs direct", "vs haproxy cpu/GB"
       for (i = 1; i <= NR; i++) { split(row[i], f, " ")
         printf "%-6s %-19s %9.1f %12.3f %12.3f %7d | %-10s | %-16s\n", f[1], f[2], f[3], f[4], f[5], f[6], ratio(f[3], M[f[1] SUBSEP "direct" round(f[2])]), ratio(f[4], C[f[1] SUBSEP "haproxy" round(f[2])]) } }' "$DIR/results-streams"
-  summary "$DIR/results-streams" 1 2 envgate "haproxy nginx envgate-base envgate-grpcserver" "cpu/GB=4 MB/s=3"
+  summary "$DIR/results-streams" 1 2 envgate "haproxy nginx envgate-base envgate-grpcserver" "cpu/GB=4 cpu/backend=4/5 MB/s=3"
   echo
   echo "bidi ping-pong: 100 concurrent BidiStreams on one h2c connection, 1 KiB each way, one message in flight per stream; proxy CPU seconds per 10k round trips"
   awk '{ P[$1] = $3; C[$1] = $5; row[NR] = $0 }
