@@ -86,11 +86,14 @@ func ParseRequest(head []byte, r *Request) bool {
 	*r = Request{Fields: r.Fields[:0], ContentLength: 0}
 	b := make([]byte, len(head))
 	copy(b, head)
-	// b is written only by scanField's lowering of names, before any
-	// string of it is taken: the strings may share it.
-	s := unsafe.String(unsafe.SliceData(b), len(b))
-	line, _, _ := cut(s, "\r\n")
-	next := len(line) + 2
+	// The strings share b: each is taken (view) after scanField lowered
+	// what it covers, and no byte is written after that.
+	le := bytes.Index(b, []byte("\r\n"))
+	if le < 0 {
+		return false
+	}
+	line := view(b, 0, le)
+	next := le + 2
 	sp1 := indexByte(line, ' ')
 	if sp1 <= 0 {
 		return false
@@ -122,7 +125,7 @@ func ParseRequest(head []byte, r *Request) bool {
 			return false
 		}
 		next = n
-		name, value := s[i:nameEnd], s[vStart:vEnd]
+		name, value := view(b, i, nameEnd), view(b, vStart, vEnd)
 		switch name {
 		case "host":
 			hosts++
@@ -262,6 +265,15 @@ func ParseResponse(head []byte, r *Response) error {
 		}
 	}
 	return nil
+}
+
+// view is b[from:to] as a string sharing b, whose bytes must not change
+// after.
+func view(b []byte, from, to int) string {
+	if from == to {
+		return ""
+	}
+	return unsafe.String(&b[from], to-from)
 }
 
 // scanField reads the field line that starts at b[i], in one pass: a
