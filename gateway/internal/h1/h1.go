@@ -316,7 +316,7 @@ func scanField(b []byte, i int, lower bool) (nameEnd, vStart, vEnd, next int, ok
 	return nameEnd, vStart, vEnd, j + 2, true
 }
 
-// fieldByte: field-content is VCHAR, SP, HTAB and obs-text; no CTL.
+// fieldByte says which bytes field-content may hold (validValue).
 var fieldByte = func() (t [256]bool) {
 	for c := range 256 {
 		t[c] = c >= ' ' && c != 0x7f || c == '\t'
@@ -386,7 +386,7 @@ var tchar = func() (t [256]bool) {
 // validValue: field-content is VCHAR, SP, HTAB and obs-text; no CTL.
 func validValue(s string) bool {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < ' ' && c != '\t' || c == 0x7f {
+		if !fieldByte[s[i]] {
 			return false
 		}
 	}
