@@ -682,9 +682,9 @@ func (p *Proxy) writeRequest(u *upConn, c *h1Conn, rq *request, in *int64) (repl
 		if err != nil {
 			return false, &clientBodyError{err}
 		}
-		return false, w.Flush()
+		return false, u.flushForAnswer()
 	}
-	return true, w.Flush()
+	return true, u.flushForAnswer()
 }
 
 // clientBodyError is a request body the client did not finish sending.

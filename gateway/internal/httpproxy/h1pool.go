@@ -14,11 +14,65 @@ import (
 // request at a time.
 type upConn struct {
 	nc     net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
+	br     *bufio.Reader // reads io
+	bw     *bufio.Writer // writes io
+	io     upIO
 	key    poolKey
 	idleAt time.Time
 	reused bool // served a request before this one
+}
+
+// writeReader is a connection that writes a request and reads the first
+// bytes of its answer in one wait for the answer (rawio.Conn).
+type writeReader interface {
+	WriteRead(w, p []byte) (written, n int, err error)
+}
+
+// upIO is an upstream connection as its buffers reach it. A write made
+// after hold() is held and sent by the next read, in one WriteRead, when
+// the connection has one: a request's last bytes are sent as its answer
+// is awaited, and the read that would find nothing yet is not made.
+type upIO struct {
+	nc   net.Conn
+	wr   writeReader // nc's, or nil
+	hold bool        // hold the next write
+	held []byte      // the held write: the bufio.Writer's buffer, untouched until the next write
+}
+
+// holdNextWrite asks that the next write (the flush of a request's last
+// bytes) wait for the read of its answer. Everything after that write
+// must be that read.
+func (x *upIO) holdNextWrite() { x.hold = x.wr != nil }
+
+// flushForAnswer sends what u.bw holds, the end of a request, as its
+// answer is awaited (upIO): the next use of u must be reading that
+// answer, which sends it.
+func (u *upConn) flushForAnswer() error {
+	if u.bw.Buffered() > 0 {
+		u.io.holdNextWrite()
+	}
+	err := u.bw.Flush()
+	u.io.hold = false
+	return err
+}
+
+func (x *upIO) Write(p []byte) (int, error) {
+	if x.hold {
+		x.hold = false
+		x.held = p
+		return len(p), nil
+	}
+	return x.nc.Write(p)
+}
+
+func (x *upIO) Read(p []byte) (int, error) {
+	if x.held != nil {
+		w := x.held
+		x.held = nil
+		_, n, err := x.wr.WriteRead(w, p)
+		return n, err
+	}
+	return x.nc.Read(p)
 }
 
 type poolKey struct{ addr, tlsKey string }
@@ -89,7 +143,12 @@ func (p *h1Pool) open(ctx context.Context, ep Endpoint, k poolKey) (*upConn, err
 		}
 		nc = tc
 	}
-	return &upConn{nc: nc, br: bufio.NewReaderSize(nc, upBufSize), bw: bufio.NewWriterSize(nc, upBufSize), key: k}, nil
+	u := &upConn{nc: nc, key: k}
+	u.io.nc = nc
+	u.io.wr, _ = nc.(writeReader)
+	u.br = bufio.NewReaderSize(&u.io, upBufSize)
+	u.bw = bufio.NewWriterSize(&u.io, upBufSize)
+	return u, nil
 }
 
 // put keeps c for the next request to its endpoint, or closes it; now is

@@ -152,7 +152,7 @@ func (p *Proxy) Relay(r *h2front.Request) bool {
 				return false, context.Canceled
 			}
 			p.writeRelayed(u, r, rq, ip, proto)
-			err := u.bw.Flush()
+			err := u.flushForAnswer()
 			if err == nil {
 				err = readAnswerHead(u.br, p.maxResponseHead(), &ans.head)
 			}

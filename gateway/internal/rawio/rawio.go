@@ -21,13 +21,20 @@ type Conn struct {
 	// readFn, which the RawConn calls. It is held for the whole read,
 	// waits included, as net holds the socket's read lock; two
 	// goroutines seldom read one connection at once, so it is seldom
-	// contended. wmu is the same for writes. Neither is taken with the
-	// other. Write is a vectored write of one buffer (one and oneArr).
+	// contended. wmu is the same for writes. Only WriteRead takes both,
+	// rmu first. Write is a vectored write of one buffer (one and
+	// oneArr).
 	rmu    sync.Mutex
 	rbuf   []byte
 	rn     int
 	rerr   syscall.Errno
 	readFn func(fd uintptr) bool
+	// wrFn is writeThenRead, bound once; wrOut is what it has left to
+	// write (nil once written whole), wrErr its write's error.
+	wrFn   func(fd uintptr) bool
+	wrOut  []byte
+	wrN    int
+	wrErr  syscall.Errno
 	wmu    sync.Mutex
 	vec    *net.Buffers
 	vn     int64
@@ -52,6 +59,7 @@ func Wrap(c net.Conn) net.Conn {
 	rw := &Conn{TCPConn: tc, rc: rc}
 	rw.readFn = rw.read
 	rw.vecFn = rw.writev
+	rw.wrFn = rw.writeThenRead
 	return rw
 }
 
@@ -105,6 +113,88 @@ func (c *Conn) read(fd uintptr) bool {
 		c.rerr = errno
 		return true
 	}
+}
+
+// WriteRead writes all of w, then reads into p as Read does: a request
+// and the first bytes of its answer. It is for a peer that sends nothing
+// before it has the request (an HTTP/1.1 upstream): the write is made
+// inside the read's wait, after the poller forgot the socket's last
+// readiness, so the read is tried only once the socket is readable
+// again, which saves the read that would find nothing yet (EAGAIN) and
+// a trip through the poller. A peer that did send earlier (an upstream
+// closing an idle connection) still wakes the read: its kernel answers
+// the write with a reset. What the socket cannot take at once is written
+// as Write writes, and the read is then an ordinary one.
+func (c *Conn) WriteRead(w, p []byte) (written, n int, err error) {
+	switch {
+	case len(p) == 0:
+		n, err := c.Write(w)
+		return n, 0, err
+	case len(w) == 0:
+		n, err := c.Read(p)
+		return 0, n, err
+	}
+	c.rmu.Lock()
+	c.wmu.Lock()
+	c.wrOut, c.wrN, c.wrErr = w, 0, 0
+	c.rbuf, c.rn, c.rerr = p, 0, 0
+	rerr := c.rc.Read(c.wrFn)
+	rest, written, werrno := c.wrOut, c.wrN, c.wrErr
+	n, errno := c.rn, c.rerr
+	c.wrOut, c.rbuf = nil, nil
+	c.wmu.Unlock()
+	c.rmu.Unlock()
+	if werrno != 0 {
+		return written, 0, c.opError("write", os.NewSyscallError("write", werrno))
+	}
+	if rest != nil {
+		if rerr != nil {
+			// The poller refused before the callback ran (a closed
+			// connection, a deadline): nothing was written.
+			return written, 0, c.outcome("write", rerr, 0)
+		}
+		// The socket's buffer filled: the rest as Write writes it,
+		// then an ordinary read.
+		m, err := c.Write(rest)
+		written += m
+		if err != nil {
+			return written, 0, err
+		}
+		n, err = c.Read(p)
+		return written, n, err
+	}
+	if err := c.outcome("read", rerr, errno); err != nil {
+		return written, 0, err
+	}
+	if n == 0 {
+		return written, 0, io.EOF
+	}
+	return written, n, nil
+}
+
+// writeThenRead is WriteRead's RawConn callback: it writes on its first
+// call and then asks to wait for the socket to be readable; later calls
+// read.
+func (c *Conn) writeThenRead(fd uintptr) bool {
+	for c.wrOut != nil {
+		m, errno := sysWrite(fd, c.wrOut)
+		switch errno {
+		case 0:
+			c.wrN += m
+			c.wrOut = c.wrOut[m:]
+			if len(c.wrOut) == 0 {
+				c.wrOut = nil
+				return false // written: wait for the answer
+			}
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return true // the rest outside the read's wait
+		default:
+			c.wrErr = errno
+			return true
+		}
+	}
+	return c.read(fd)
 }
 
 // Write writes all of p, waiting while the socket's buffer is full.

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // pair is a connected TCP pair on loopback: c is wrapped, peer is net's.
@@ -304,5 +306,115 @@ func BenchmarkPingPong(b *testing.B) {
 			}
 			b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
 		})
+	}
+}
+
+// WriteRead sends the request whole and returns the first bytes of the
+// answer the peer sends once it has it.
+func TestWriteReadRequestAndAnswer(t *testing.T) {
+	c, peer := pair(t)
+	req := pattern(3000)
+	go func() {
+		got := make([]byte, len(req))
+		if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, req) {
+			peer.Close()
+			return
+		}
+		peer.Write([]byte("answer"))
+	}()
+	buf := make([]byte, 64)
+	for i := 0; i < 3; i++ { // and again on the same connection
+		if i > 0 {
+			go func() {
+				got := make([]byte, len(req))
+				if _, err := io.ReadFull(peer, got); err == nil && bytes.Equal(got, req) {
+					peer.Write([]byte("answer"))
+				}
+			}()
+		}
+		w, n, err := c.WriteRead(req, buf)
+		if err != nil || w != len(req) || string(buf[:n]) != "answer" {
+			t.Fatalf("WriteRead #%d = %d, %q, %v; want %d, \"answer\", nil", i, w, buf[:n], err, len(req))
+		}
+	}
+}
+
+// A request larger than the socket takes at once is written whole, the
+// rest outside the read's wait, and the answer still read.
+func TestWriteReadLargeRequest(t *testing.T) {
+	c, peer := pair(t)
+	req := pattern(16 << 20)
+	go func() {
+		got := make([]byte, len(req))
+		if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, req) {
+			peer.Close()
+			return
+		}
+		peer.Write([]byte("whole"))
+	}()
+	buf := make([]byte, 64)
+	w, n, err := c.WriteRead(req, buf)
+	if err != nil || w != len(req) || string(buf[:n]) != "whole" {
+		t.Fatalf("WriteRead = %d, %q, %v; want %d, \"whole\", nil", w, buf[:n], err, len(req))
+	}
+}
+
+// A peer that closed before the request (an upstream closing an idle
+// connection) ends WriteRead with an error, not a wait for an answer: the
+// readiness its close raised was forgotten, and the reset its kernel
+// answers the write with raises another.
+func TestWriteReadToAPeerThatClosed(t *testing.T) {
+	c, peer := pair(t)
+	peer.Close()
+	// The peer's FIN is here before the request: the socket is readable.
+	waitReadable(t, c)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second)) // a hang fails, later
+	buf := make([]byte, 8)
+	_, _, err := c.WriteRead([]byte("GET / HTTP/1.1\r\n\r\n"), buf)
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("WriteRead to a closed peer = %v; want its end (EOF or a reset)", err)
+	}
+}
+
+// A peer that never answers leaves WriteRead to its read deadline, the
+// request written.
+func TestWriteReadDeadline(t *testing.T) {
+	c, peer := pair(t)
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	w, _, err := c.WriteRead([]byte("ping"), make([]byte, 8))
+	if !errors.Is(err, os.ErrDeadlineExceeded) || w != 4 {
+		t.Fatalf("WriteRead = %d, %v; want 4 written and a deadline error", w, err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(peer, got); err != nil || string(got) != "ping" {
+		t.Fatalf("the peer read %q, %v; want \"ping\"", got, err)
+	}
+}
+
+// A closed connection writes nothing.
+func TestWriteReadClosed(t *testing.T) {
+	c, _ := pair(t)
+	c.Close()
+	w, n, err := c.WriteRead([]byte("x"), make([]byte, 8))
+	if !errors.Is(err, net.ErrClosed) || w != 0 || n != 0 {
+		t.Fatalf("WriteRead on a closed connection = %d, %d, %v; want net.ErrClosed", w, n, err)
+	}
+}
+
+// waitReadable blocks until c's socket is readable (poll(2), bounded).
+func waitReadable(t *testing.T, c *Conn) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var perr error
+	err = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, perr = unix.Poll(fds, 10_000)
+	})
+	if err != nil || perr != nil || n != 1 {
+		t.Fatalf("poll = %d, %v, %v; want the socket readable", n, err, perr)
 	}
 }

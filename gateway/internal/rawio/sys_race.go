@@ -27,6 +27,11 @@ func sysWritev(fd uintptr, iov []syscall.Iovec) (int, syscall.Errno) {
 	return n, errnoOf(err)
 }
 
+func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+	n, err := syscall.Write(int(fd), p)
+	return n, errnoOf(err)
+}
+
 func errnoOf(err error) syscall.Errno {
 	var errno syscall.Errno
 	if err != nil && !errors.As(err, &errno) {
