@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -201,9 +202,12 @@ type h1Conn struct {
 	watchDone  chan struct{}
 	gone       atomic.Bool
 	watching   bool        // a watch was set for this request
-	watchTimer *time.Timer // starts the watch
+	watchTimer *time.Timer // ticks while requests come; starts the watch (tick)
 	watchState atomic.Int32
-	watchUp    *upConn // the request's upstream connection, closed if the client leaves
+	watchSeq   atomic.Uint32 // waits begun on this connection
+	watchArmed atomic.Bool   // watchTimer is set, or its tick runs
+	tickSeq    uint32        // watchSeq at the last tick; tick's alone
+	watchUp    *upConn       // the request's upstream connection, closed if the client leaves
 	// readDeadline is the one set on nc (zero: none).
 	readDeadline time.Time
 	// consumer, when the listener tracks what its connections hold, is
@@ -269,6 +273,7 @@ func (s *H1Server) serveConn(nc net.Conn) {
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
+		c.endWatch()
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
@@ -755,43 +760,79 @@ func (p *Proxy) maxResponseHead() int {
 }
 
 // watchDelay is how long a request waits for its response before the
-// connection is watched for the client leaving: most answers come sooner,
-// and watching costs a goroutine.
+// connection is watched for the client leaving, at least, and at most
+// twice: most answers come sooner, and watching costs a goroutine.
 const watchDelay = 50 * time.Millisecond
 
 // watchClient notices, while the upstream has not answered, a client that
 // closes its connection (Envoy's downstream disconnect, DC): the upstream
-// connection is then closed, which ends the wait. It returns the function
-// that ends the watch. A byte the client sends meanwhile (a pipelined
-// request) is kept for the next read.
+// connection is then closed, which ends the wait. stopWatch ends the
+// watch. A byte the client sends meanwhile (a pipelined request) is kept
+// for the next read.
 //
-// The timer and the state are the connection's, reused by each request.
+// The connection's timer ticks every watchDelay while requests come, and
+// a tick that finds the same request waiting as the tick before starts
+// the watch. A request costs a few atomic operations on its connection
+// then, not a timer's reset and stop, which take the timer heap's lock
+// and are most of the watch's cost when a timer is set per request.
 func (c *h1Conn) watchClient(u *upConn) {
 	if c.br.Buffered() > 0 {
 		return // a pipelined request is already here
 	}
 	c.watchUp = u
 	c.watchState.Store(watchWaiting)
+	c.watchSeq.Add(1)
 	c.watching = true
-	if c.watchTimer == nil {
-		c.watchTimer = time.AfterFunc(watchDelay, c.watch)
-	} else {
+	if !c.watchArmed.Load() && c.watchArmed.CompareAndSwap(false, true) {
+		if c.watchTimer == nil {
+			// Made unset, then set: a tick must find the field written.
+			c.watchTimer = time.AfterFunc(math.MaxInt64, c.tick)
+		}
 		c.watchTimer.Reset(watchDelay)
 	}
 }
 
 // The client watch's states.
 const (
-	watchWaiting int32 = iota // the timer is set
+	watchOff     int32 = iota // no request waits, or it was called off
+	watchWaiting              // a request waits for its answer
 	watchReading              // reading the client
-	watchOff                  // called off before it read
+	watchClosed               // the connection ended: ticks stop
 )
+
+// tick is the watch timer's: it starts the watch for a request that has
+// waited since the last tick, and sets the timer again while requests
+// come; on an idle connection it stops (watchClient sets it again).
+// Ticks do not overlap: the timer is set again only at a tick's end, or
+// by watchClient once a tick cleared watchArmed as its last step.
+func (c *h1Conn) tick() {
+	seq := c.watchSeq.Load()
+	if seq == c.tickSeq && c.watchState.CompareAndSwap(watchWaiting, watchReading) {
+		c.watch()
+	}
+	busy := seq != c.tickSeq || c.watchState.Load() == watchWaiting
+	c.tickSeq = seq
+	if busy && c.watchState.Load() != watchClosed {
+		c.watchTimer.Reset(watchDelay)
+		return
+	}
+	c.watchArmed.Store(false)
+	// A request that began as this tick looked is not left unwatched.
+	if c.watchSeq.Load() != seq && c.watchState.Load() != watchClosed && c.watchArmed.CompareAndSwap(false, true) {
+		c.watchTimer.Reset(watchDelay)
+	}
+}
+
+// endWatch stops the ticks of a connection that ended.
+func (c *h1Conn) endWatch() {
+	c.watchState.Store(watchClosed)
+	if c.watchTimer != nil {
+		c.watchTimer.Stop()
+	}
+}
 
 // watch reads the client while the upstream has not answered.
 func (c *h1Conn) watch() {
-	if !c.watchState.CompareAndSwap(watchWaiting, watchReading) {
-		return // called off, or a timer of an earlier request
-	}
 	var b [1]byte
 	n, err := c.nc.Read(b[:])
 	if n == 1 {
@@ -810,11 +851,11 @@ func (c *h1Conn) stopWatch() {
 	}
 	c.watching = false
 	if c.watchState.CompareAndSwap(watchWaiting, watchOff) {
-		c.watchTimer.Stop()
 		return
 	}
 	_ = c.nc.SetReadDeadline(aLongTimeAgo)
 	<-c.watchDone
+	c.watchState.Store(watchOff)
 	c.setReadDeadline(time.Time{})
 }
 
