@@ -58,6 +58,9 @@ type writer struct {
 	vec  func(*net.Buffers) (int64, error)
 	hdrs []byte
 	bufs net.Buffers
+	// deadline is the write deadline last set on nc; only the writing
+	// goroutine touches it (armDeadline).
+	deadline time.Time
 }
 
 // vectorWriter is a connection that writes buffers in one system call
@@ -175,11 +178,20 @@ func (w *writer) write(p []byte) error {
 	return nil
 }
 
-// armDeadline gives the next socket write the write timeout.
+// armDeadline gives the next socket write the write timeout, less at
+// most a tenth of it (or a second): the deadline moves only when it fell
+// that far behind, since setting one resets a runtime timer, which cost
+// more than the rest of a small answer's write when done for each.
 func (w *writer) armDeadline() {
-	if w.timeout > 0 {
-		_ = w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
+	if w.timeout <= 0 {
+		return
 	}
+	now := time.Now()
+	if w.deadline.Sub(now) >= w.timeout-min(w.timeout/10, time.Second) {
+		return
+	}
+	w.deadline = now.Add(w.timeout)
+	_ = w.nc.SetWriteDeadline(w.deadline)
 }
 
 // stalled reports whether a write that took n bytes and returned err
