@@ -85,6 +85,10 @@ OVERLOAD_CPU=${OVERLOAD_CPU:-250} # millicores each target may use in the overlo
 # are to the rows of the same round, and each table is followed by the
 # medians over the rounds (summary).
 ROUNDS=${ROUNDS:-1}
+# HTTP_ROUNDS=N: the HTTP table's rounds, ROUNDS unless given; a round of
+# it takes about a minute, against several for the other tables, and its
+# rows are the shortest and so the noisiest.
+HTTP_ROUNDS=${HTTP_ROUNDS:-$ROUNDS}
 tag="" # the round of the rows being measured ("@2"); "" with one round
 # Below Linux's ephemeral range (32768-60999): the client sockets of the
 # connection rows may still hold ports there.
@@ -608,12 +612,14 @@ fi
 if [ "$HTTP_ROWS" = 1 ]; then
   start_http_backend
   results="$DIR/results-http"
+  all_rounds=$ROUNDS ROUNDS=$HTTP_ROUNDS
   rounds measure_http direct-http envgate-http ${BASE_GATEWAY:+envgate-base-http }gofloor-http nginx-http haproxy-http
   echo
   echo "HTTP: GET / of the helloserver (Go net/http, HTTP/1.1 and h2c), env: env1; h1: $CONC HTTP/1.1 connections, h2: $CONNS h2c connections of $((CONC / CONNS)) streams"
   echo "rps, p50/p99 (from h2load's per-request log) and CPU per 10k requests of the same h2load run (cpu ghz: not measured, 0)"
   table direct-http envgate-http
   summary "$results" 1 2 envgate-http "nginx-http haproxy-http gofloor-http envgate-base-http direct-http" "cpu=6 cpu/backend=6/7 p99=5"
+  ROUNDS=$all_rounds
 fi
 
 if [ "$UPSTREAM_TLS" = 1 ]; then
