@@ -49,10 +49,10 @@ type Metrics struct {
 	// series caches each label combination's collectors: looking them up
 	// in the vectors hashes every label on every call. Bounded like the
 	// labels themselves (configured environments, maxMethods, codes).
-	series sync.Map // seriesKey -> *callSeries
+	series cowMap[seriesKey, *callSeries]
 	// reqSeries is the same for HTTP requests: routed environments
 	// and status codes of three digits.
-	reqSeries sync.Map // reqKey -> *callSeries
+	reqSeries cowMap[reqKey, *callSeries]
 }
 
 type reqKey struct {
@@ -153,17 +153,14 @@ func (m *Metrics) RequestStarted() { m.reqsInFlight.Inc() }
 // RequestDone records a finished HTTP request.
 func (m *Metrics) RequestDone(env string, code int, d time.Duration, bytesIn, bytesOut int64) {
 	m.reqsInFlight.Dec()
-	k := reqKey{env, code}
-	v, ok := m.reqSeries.Load(k)
-	if !ok {
-		v, _ = m.reqSeries.LoadOrStore(k, &callSeries{
+	s := m.reqSeries.getOrAdd(reqKey{env, code}, func() *callSeries {
+		return &callSeries{
 			calls:    m.requests.WithLabelValues(env, strconv.Itoa(code)),
 			latency:  m.reqLatency.WithLabelValues(env),
 			bytesIn:  m.reqBytes.WithLabelValues(env, "in"),
 			bytesOut: m.reqBytes.WithLabelValues(env, "out"),
-		})
-	}
-	s := v.(*callSeries)
+		}
+	})
 	s.calls.Inc()
 	s.latency.Observe(d.Seconds())
 	if bytesIn > 0 {
@@ -193,19 +190,23 @@ func (m *Metrics) CallDone(env, method string, code codes.Code, d time.Duration,
 
 func (m *Metrics) seriesOf(env, method string, code codes.Code) *callSeries {
 	// The key holds the method label, not the client's name, so the cache
-	// is as bounded as the labels.
-	k := seriesKey{env, m.method(env, method), code}
-	if s, ok := m.series.Load(k); ok {
-		return s.(*callSeries)
+	// is as bounded as the labels. A key is only ever stored with its
+	// label, so a hit with the client's name is a name that is its own
+	// label (a known method, or "other" or "" when those are what the
+	// name maps to): no need to ask method, and take its lock, first.
+	if s, ok := m.series.get(seriesKey{env, method, code}); ok {
+		return s
 	}
-	c := code.String()
-	s, _ := m.series.LoadOrStore(k, &callSeries{
-		calls:    m.calls.WithLabelValues(env, k.method, c),
-		latency:  m.latency.WithLabelValues(env, c),
-		bytesIn:  m.bytes.WithLabelValues(env, "in"),
-		bytesOut: m.bytes.WithLabelValues(env, "out"),
+	k := seriesKey{env, m.method(env, method), code}
+	return m.series.getOrAdd(k, func() *callSeries {
+		c := code.String()
+		return &callSeries{
+			calls:    m.calls.WithLabelValues(env, k.method, c),
+			latency:  m.latency.WithLabelValues(env, c),
+			bytesIn:  m.bytes.WithLabelValues(env, "in"),
+			bytesOut: m.bytes.WithLabelValues(env, "out"),
+		}
 	})
-	return s.(*callSeries)
 }
 
 // method is the method label of a call routed to env ("": not routed).
