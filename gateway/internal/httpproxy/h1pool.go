@@ -29,9 +29,10 @@ type writeReader interface {
 }
 
 // upIO is an upstream connection as its buffers reach it. A write made
-// after hold() is held and sent by the next read, in one WriteRead, when
-// the connection has one: a request's last bytes are sent as its answer
-// is awaited, and the read that would find nothing yet is not made.
+// after holdNextWrite is held and sent by the next read, in one
+// WriteRead, when the connection has one: a request's last bytes are sent
+// as its answer is awaited, and the read that would find nothing yet is
+// not made.
 type upIO struct {
 	nc   net.Conn
 	wr   writeReader // nc's, or nil
