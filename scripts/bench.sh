@@ -612,14 +612,12 @@ fi
 if [ "$HTTP_ROWS" = 1 ]; then
   start_http_backend
   results="$DIR/results-http"
-  all_rounds=$ROUNDS ROUNDS=$HTTP_ROUNDS
-  rounds measure_http direct-http envgate-http ${BASE_GATEWAY:+envgate-base-http }gofloor-http nginx-http haproxy-http
+  ROUNDS=$HTTP_ROUNDS rounds measure_http direct-http envgate-http ${BASE_GATEWAY:+envgate-base-http }gofloor-http nginx-http haproxy-http
   echo
   echo "HTTP: GET / of the helloserver (Go net/http, HTTP/1.1 and h2c), env: env1; h1: $CONC HTTP/1.1 connections, h2: $CONNS h2c connections of $((CONC / CONNS)) streams"
   echo "rps, p50/p99 (from h2load's per-request log) and CPU per 10k requests of the same h2load run (cpu ghz: not measured, 0)"
   table direct-http envgate-http
-  summary "$results" 1 2 envgate-http "nginx-http haproxy-http gofloor-http envgate-base-http direct-http" "cpu=6 cpu/backend=6/7 p99=5"
-  ROUNDS=$all_rounds
+  ROUNDS=$HTTP_ROUNDS summary "$results" 1 2 envgate-http "nginx-http haproxy-http gofloor-http envgate-base-http direct-http" "cpu=6 cpu/backend=6/7 p99=5"
 fi
 
 if [ "$UPSTREAM_TLS" = 1 ]; then

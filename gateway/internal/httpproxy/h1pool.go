@@ -29,10 +29,10 @@ type writeReader interface {
 }
 
 // upIO is an upstream connection as its buffers reach it. A write made
-// after holdNextWrite is held and sent by the next read, in one
-// WriteRead, when the connection has one: a request's last bytes are sent
-// as its answer is awaited, and the read that would find nothing yet is
-// not made.
+// while hold is set (flushForAnswer) is held and sent by the next read,
+// in one WriteRead, when the connection has one: a request's last bytes
+// are sent as its answer is awaited, and the read that would find nothing
+// yet is not made.
 type upIO struct {
 	nc   net.Conn
 	wr   writeReader // nc's, or nil
@@ -40,18 +40,12 @@ type upIO struct {
 	held []byte      // the held write: the bufio.Writer's buffer, untouched until the next write
 }
 
-// holdNextWrite asks that the next write (the flush of a request's last
-// bytes) wait for the read of its answer. Everything after that write
-// must be that read.
-func (x *upIO) holdNextWrite() { x.hold = x.wr != nil }
-
 // flushForAnswer sends what u.bw holds, the end of a request, as its
 // answer is awaited (upIO): the next use of u must be reading that
 // answer, which sends it.
 func (u *upConn) flushForAnswer() error {
-	if u.bw.Buffered() > 0 {
-		u.io.holdNextWrite()
-	}
+	// Nothing buffered, nothing written: a hold would catch a later write.
+	u.io.hold = u.io.wr != nil && u.bw.Buffered() > 0
 	err := u.bw.Flush()
 	u.io.hold = false
 	return err

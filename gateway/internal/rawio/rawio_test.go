@@ -314,24 +314,16 @@ func BenchmarkPingPong(b *testing.B) {
 func TestWriteReadRequestAndAnswer(t *testing.T) {
 	c, peer := pair(t)
 	req := pattern(3000)
-	go func() {
-		got := make([]byte, len(req))
-		if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, req) {
-			peer.Close()
-			return
-		}
-		peer.Write([]byte("answer"))
-	}()
 	buf := make([]byte, 64)
 	for i := 0; i < 3; i++ { // and again on the same connection
-		if i > 0 {
-			go func() {
-				got := make([]byte, len(req))
-				if _, err := io.ReadFull(peer, got); err == nil && bytes.Equal(got, req) {
-					peer.Write([]byte("answer"))
-				}
-			}()
-		}
+		go func() {
+			got := make([]byte, len(req))
+			if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, req) {
+				peer.Close()
+				return
+			}
+			peer.Write([]byte("answer"))
+		}()
 		w, n, err := c.WriteRead(req, buf)
 		if err != nil || w != len(req) || string(buf[:n]) != "answer" {
 			t.Fatalf("WriteRead #%d = %d, %q, %v; want %d, \"answer\", nil", i, w, buf[:n], err, len(req))
