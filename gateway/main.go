@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/envgate/envgate/gateway/internal/gctune"
+	"github.com/envgate/envgate/gateway/internal/procs"
 )
 
 // heapFloor is the least heap goal: with a live heap of 1-2 MB and Go's 4 MB
@@ -27,6 +28,16 @@ func main() {
 	// the collector, not the OOM killer, answers a heap that nears it.
 	if os.Getenv("GOMEMLIMIT") == "" {
 		gctune.SetMemoryLimit()
+	}
+	// As many Ps as the load needs, up to Go's default (procs): one P
+	// serves a load under a core for a fifth less CPU than two. GOMAXPROCS
+	// in the environment fixes the number instead.
+	if os.Getenv("GOMAXPROCS") == "" {
+		stop, err := procs.Start()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "gateway:", err)
+		}
+		defer stop()
 	}
 	// Nothing serves allocation profiles: sampling them costs memory for
 	// nothing.
