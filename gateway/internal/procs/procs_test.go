@@ -25,6 +25,7 @@ func TestNext(t *testing.T) {
 		{"the tenth idle interval: one given back", 2, 2, 0.2, 0, downAfter - 1, 1, 0},
 		{"two Ps in the band: stay, count reset", 2, 2, 0.75, 0, 5, 2, 0},
 		{"idle but late: stays, count reset", 2, 2, 0.2, 0.1, 5, 2, 0},
+		{"idle, a few late waits: stays, count reset", 2, 2, 0.2, 0.01, 5, 2, 0},
 		{"three Ps under two's bar: counted", 3, 4, 1.3, 0, 0, 3, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
