@@ -9,9 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The command line as a user meets it, on the built binary: exit codes and
@@ -225,4 +227,56 @@ func TestPprofSamplesAllocations(t *testing.T) {
 			t.Errorf("%v: MemProfileRate %d, want %d", tc.args, got, tc.want)
 		}
 	}
+}
+
+// main runs the GOMAXPROCS tuner (procs): an idle gateway is on one P,
+// as /metrics says; GOMAXPROCS in the environment turns the tuner off.
+func TestBinaryRunsOnOnePWhileIdle(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("one CPU: nothing to tune")
+	}
+	path := filepath.Join(t.TempDir(), "envgate.yaml")
+	if err := os.WriteFile(path, []byte("listeners: [{address: '127.0.0.1:0'}]\nadmin: {address: '127.0.0.1:0', debugAddress: '127.0.0.1:0'}\ndiscovery: {static: {env1: ['127.0.0.1:1']}}\ndrainDelay: 1ms\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		env  []string
+		want string
+	}{
+		{"tuned", nil, "1"},
+		{"GOMAXPROCS set", []string{"GOMAXPROCS=2"}, "2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startProcess(t, tc.env, builtBinary(t, "gateway"), "-config", path)
+			debug := p.waitLine(t, `"msg":"debug listening","address":"([^"]+)"`)[1]
+			// The first interval may be busy starting up: the tuner
+			// gives a P back after a calm second, so the count is
+			// read until it is the one wanted, for at most 5 s.
+			var got string
+			for deadline := time.Now().Add(5 * time.Second); got != tc.want && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				got = gomaxprocsOf(t, debug)
+			}
+			if got != tc.want {
+				t.Fatalf("go_sched_gomaxprocs_threads %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+// gomaxprocsOf is go_sched_gomaxprocs_threads from the debug listener's
+// /metrics.
+func gomaxprocsOf(t *testing.T, debug string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + debug + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`(?m)^go_sched_gomaxprocs_threads (\d+)$`).FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("no go_sched_gomaxprocs_threads in /metrics:\n%s", body)
+	}
+	return string(m[1])
 }
