@@ -30,9 +30,9 @@ import (
 
 // The tuner's thresholds.
 const (
-	// Interval is how often the tuner reads the load: a gateway whose
+	// interval is how often the tuner reads the load: a gateway whose
 	// load jumps waits at most this long for its next P.
-	Interval = 100 * time.Millisecond
+	interval = 100 * time.Millisecond
 	// upAt: a P is added when the process used more than this share of
 	// its Ps' time over an interval.
 	upAt = 0.8
@@ -83,8 +83,8 @@ type reading struct {
 	waits []uint64      // /sched/latencies:seconds bucket counts
 }
 
-// Tuner keeps GOMAXPROCS at what the load needs.
-type Tuner struct {
+// tuner keeps GOMAXPROCS at what the load needs.
+type tuner struct {
 	max  int
 	read func() reading
 	from int       // the first bucket of reading.waits whose waits are late
@@ -100,7 +100,7 @@ type Tuner struct {
 }
 
 // Start tunes GOMAXPROCS between 1 and the runtime's current setting,
-// starting from one P, every Interval until the returned stop is called,
+// starting from one P, every interval until the returned stop is called,
 // which gives the runtime its default setting back. With one CPU there is
 // nothing to tune. The setting is on /metrics as
 // go_sched_gomaxprocs_threads.
@@ -113,9 +113,9 @@ func Start() (stop func(), err error) {
 	if err != nil {
 		return func() {}, fmt.Errorf("procs: not tuning GOMAXPROCS: %w", err)
 	}
-	t := &Tuner{max: max, read: src.read, from: src.from, set: func(n int) { runtime.GOMAXPROCS(n) }, stop: make(chan struct{})}
+	t := &tuner{max: max, read: src.read, from: src.from, set: func(n int) { runtime.GOMAXPROCS(n) }, stop: make(chan struct{})}
 	t.begin(t.read())
-	ticker := time.NewTicker(Interval)
+	ticker := time.NewTicker(interval)
 	t.wg.Go(func() {
 		defer ticker.Stop()
 		t.run(ticker.C)
@@ -131,7 +131,7 @@ func Start() (stop func(), err error) {
 }
 
 // run retunes at every tick until stop is closed.
-func (t *Tuner) run(ticks <-chan time.Time) {
+func (t *tuner) run(ticks <-chan time.Time) {
 	for {
 		select {
 		case <-t.stop:
@@ -143,13 +143,13 @@ func (t *Tuner) run(ticks <-chan time.Time) {
 }
 
 // begin sets one P; the load is measured from r on.
-func (t *Tuner) begin(r reading) {
+func (t *tuner) begin(r reading) {
 	t.p, t.low, t.prev = 1, 0, r
 	t.set(1)
 }
 
 // step retunes from a new reading: the load since the one before.
-func (t *Tuner) step(cur reading) {
+func (t *tuner) step(cur reading) {
 	wall := cur.at.Sub(t.prev.at)
 	if wall <= 0 {
 		return
@@ -213,6 +213,8 @@ func newRuntimeSource() (*runtimeSource, error) {
 	return s, nil
 }
 
+// hist is the latencies histogram the last Read filled, nil if the
+// runtime has none.
 func (s *runtimeSource) hist() *metrics.Float64Histogram {
 	if s.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
 		return nil
@@ -220,15 +222,12 @@ func (s *runtimeSource) hist() *metrics.Float64Histogram {
 	return s.sample[0].Value.Float64Histogram()
 }
 
-func (s *runtimeSource) buckets() []uint64 {
-	if h := s.hist(); h != nil {
-		return h.Counts
-	}
-	return nil
-}
-
 func (s *runtimeSource) read() reading {
 	metrics.Read(s.sample)
-	cpu, _ := cpuTime()
-	return reading{at: time.Now(), cpu: cpu, waits: append([]uint64(nil), s.buckets()...)}
+	cpu, _ := cpuTime() // newRuntimeSource checked that it can be read
+	r := reading{at: time.Now(), cpu: cpu}
+	if h := s.hist(); h != nil {
+		r.waits = append([]uint64(nil), h.Counts...) // Read reuses Counts
+	}
+	return r
 }

@@ -2,6 +2,7 @@ package procs
 
 import (
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 )
@@ -53,7 +54,7 @@ func TestLateOf(t *testing.T) {
 // downAfter intervals.
 func TestStepFollowsTheLoad(t *testing.T) {
 	var set []int
-	tu := &Tuner{max: 2, from: 1, set: func(n int) { set = append(set, n) }}
+	tu := &tuner{max: 2, from: 1, set: func(n int) { set = append(set, n) }}
 	at := time.Unix(1000, 0)
 	var cpu time.Duration
 	waits := []uint64{0, 0}
@@ -84,21 +85,9 @@ func TestStepFollowsTheLoad(t *testing.T) {
 		t.Fatalf("with goroutines queued for the P: %d Ps, want 2", tu.p)
 	}
 	tu.step(reading{at: at, cpu: cpu, waits: waits}) // no time passed
-	if want := []int{1, 2, 1, 2}; !equal(set, want) {
+	if want := []int{1, 2, 1, 2}; !slices.Equal(set, want) {
 		t.Fatalf("GOMAXPROCS set to %v, want %v", set, want)
 	}
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestStartOnTheRuntime runs the tuner on this process: one P at the
@@ -133,7 +122,7 @@ func TestStartOnTheRuntime(t *testing.T) {
 			}
 		}
 	}()
-	deadline := time.Now().Add(20 * Interval)
+	deadline := time.Now().Add(20 * interval)
 	var x uint64
 	for runtime.GOMAXPROCS(0) == 1 && time.Now().Before(deadline) {
 		x = spin(x)
@@ -141,7 +130,7 @@ func TestStartOnTheRuntime(t *testing.T) {
 	close(done)
 	<-spun
 	if got := runtime.GOMAXPROCS(0); got != 2 {
-		t.Fatalf("GOMAXPROCS with one P kept busy for %v = %d, want 2", 20*Interval, got)
+		t.Fatalf("GOMAXPROCS with one P kept busy for %v = %d, want 2", 20*interval, got)
 	}
 	stop()
 	if got := runtime.GOMAXPROCS(0); got != def {
