@@ -133,6 +133,9 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.w.cond.L = &c.w.mu
 	if tlsState(nc) != nil {
 		c.w.chunk = writeChunk
+		if c.w.batched = batchOf(nc); c.w.batched != nil {
+			c.w.chunk = batchChunk
+		}
 	}
 	c.w.vec = vectorOf(nc)
 	c.br = bufio.NewReaderSize(nc, readBufSize)

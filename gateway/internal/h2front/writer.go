@@ -30,6 +30,11 @@ type writer struct {
 	// bytes goes on with a fresh deadline, so plaintext writes take the
 	// whole queue in one system call (0).
 	chunk int
+	// batched, on a TLS connection that has it (sniff's), writes through
+	// TLS with the records gathered into one system call, and goes on
+	// after a timeout that moved bytes as a TCP write does (tlsbatch):
+	// then chunk is batchChunk, which only bounds what is gathered.
+	batched func(p []byte, rearm func()) error
 
 	mu      sync.Mutex // guards everything below, the writes of the connection's framer, and the send windows of conn and streams
 	cond    sync.Cond  // on mu: queue drained, window granted, stream or connection ended
@@ -161,12 +166,20 @@ func (w *writer) flushLocked() {
 // written for the write timeout: a slow client (a phone downloading at a
 // few KiB a second) keeps its connection, one that stopped reading loses
 // it (net/http's HTTP/2 server's WriteByteTimeout). On TLS p goes in
-// chunks, each with a fresh deadline (writer.chunk).
+// chunks (writer.chunk): each record by record with a fresh deadline, or,
+// batched, each in one system call that goes on as a TCP write does.
 func (w *writer) write(p []byte) error {
 	for len(p) > 0 {
 		chunk := p
 		if w.chunk > 0 {
 			chunk = p[:min(len(p), w.chunk)]
+		}
+		if w.batched != nil {
+			if err := w.batched(chunk, w.armDeadline); err != nil {
+				return err
+			}
+			p = p[len(chunk):]
+			continue
 		}
 		w.armDeadline()
 		n, err := w.nc.Write(chunk)
@@ -220,6 +233,25 @@ const minBatch = 1000
 // writeChunk is the most one write to a TLS connection may take before
 // its deadline is renewed.
 const writeChunk = 16 << 10
+
+// batchChunk is the most one batched TLS write takes: a 64 KiB message
+// and its frames' headers in one system call, and no more gathered in
+// the TLS records than that.
+const batchChunk = 80 << 10
+
+// batcher is a TLS connection that gathers the records of a write
+// (sniff's).
+type batcher interface {
+	WriteBatched() func(p []byte, rearm func()) error
+}
+
+// batchOf is nc's batched write, nil when it has none.
+func batchOf(nc net.Conn) func(p []byte, rearm func()) error {
+	if b, ok := nc.(batcher); ok {
+		return b.WriteBatched()
+	}
+	return nil
+}
 
 // waitWritten returns once everything queued was written (or the
 // connection failed): a connection closed after its last response must

@@ -39,6 +39,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/envgate/envgate/gateway/internal/tlsbatch"
 )
 
 // Server is where a connection goes.
@@ -162,6 +164,9 @@ type Conn struct {
 	// already said for it; nil once there is nothing left to remove.
 	out  *writeFilter
 	wbuf []byte // what out passes, reused
+	// batch is the connection under TLS, which gathers the records of
+	// a WriteBatched; nil for plaintext.
+	batch *tlsbatch.Conn
 	// later counts, on the HTTP server's connections, the client's
 	// SETTINGS read after sniffing (nil elsewhere); scan is where the
 	// count is in the frames read.
@@ -192,6 +197,32 @@ func (c *Conn) Write(p []byte) (int, error) {
 		c.wbuf = nil
 	}
 	return len(p), nil
+}
+
+// WriteBatched is Write on a TLS connection with the records of p written
+// in as few system calls as the socket takes them (tlsbatch), rearm
+// setting the deadline before each; nil for plaintext, which has
+// WriteBuffers.
+func (c *Conn) WriteBatched() func(p []byte, rearm func()) error {
+	if c.batch == nil {
+		return nil
+	}
+	return c.writeBatched
+}
+
+func (c *Conn) writeBatched(p []byte, rearm func()) error {
+	if c.out != nil {
+		c.wbuf = c.out.filter(c.wbuf[:0], p)
+		if c.out.done() {
+			c.out = nil
+		}
+		p = c.wbuf
+	}
+	err := c.batch.WriteThrough(c.Conn, p, rearm)
+	if c.out == nil {
+		c.wbuf = nil
+	}
+	return err
 }
 
 // WriteBuffers is Write of several buffers, in one system call when the
@@ -317,7 +348,8 @@ func Classify(nc net.Conn, o Options) (*Conn, Server, error) {
 	}
 	c := &Conn{Conn: nc, ack: ackFilter{done: true}}
 	if o.TLS != nil {
-		tc := tls.Server(nc, o.TLS)
+		c.batch = tlsbatch.New(nc)
+		tc := tls.Server(c.batch, o.TLS)
 		ctx, cancel := context.WithTimeout(context.Background(), max(o.Timeout, time.Second))
 		err := tc.HandshakeContext(ctx)
 		cancel()
