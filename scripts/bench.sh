@@ -35,7 +35,10 @@
 #                    messages, not bytes). STREAM_TARGETS picks the rows.
 #   CONN_ROWS        CONN_COUNT (10,000) TLS connections, one call each, idle
 #                    with keepalive pings, then calls on CONN_ACTIVE (1,000)
-#                    of them and on 10: RSS per idle connection, rate, p99.
+#                    of them and on 10: RSS per idle connection, rate, p99,
+#                    the server's and the client's CPU per call; then
+#                    CONN_RPS (3,000) calls a second open loop on each:
+#                    p50, p99, CPU per call at the same offered rate.
 #   OVERLOAD_ROWS    envgate's sustained rate (closed loop, 50 in flight),
 #                    then twice that rate open loop for 10 s through envgate,
 #                    envgate with limits.maxConcurrentCalls, nginx, HAProxy,
@@ -67,6 +70,7 @@ STREAM_ROWS=${STREAM_ROWS:-1}
 CONN_ROWS=${CONN_ROWS:-1}
 CONN_COUNT=${CONN_COUNT:-10000}
 CONN_ACTIVE=${CONN_ACTIVE:-1000}
+CONN_RPS=${CONN_RPS:-3000}
 ENV_ROWS=${ENV_ROWS:-1}
 OVERLOAD_ROWS=${OVERLOAD_ROWS:-1}
 # Every unary row also sends LATENCY_DURATION of calls open loop at a
@@ -513,7 +517,7 @@ measure_conns() {
   for target in "$@"; do
     start_target "$target"
     pid=$target_pid; [ "$target" = direct-tls ] && pid=$tls_backend
-    line=$(load -mode conns -ca "$DIR/ca.pem" -pid "$pid" -conns "$CONN_COUNT" -active "$CONN_ACTIVE" -calls 30000 -idle 15s)
+    line=$(load -mode conns -ca "$DIR/ca.pem" -pid "$pid" -conns "$CONN_COUNT" -active "$CONN_ACTIVE" -calls 30000 -idle 15s -conns-rps "$CONN_RPS" -conns-duration 5s)
     echo "$target $line" >>"$DIR/results-conns"
     stop_target
   done
@@ -676,14 +680,25 @@ if [ "$CONN_ROWS" = 1 ]; then
   measure_conns ${CONN_TARGETS:-direct-tls envgate-ctls nginx-ctls haproxy-ctls}
   echo
   echo "connections: $CONN_COUNT TLS connections (ECDSA P-256), one 100 B call each, then 15 s idle with keepalive pings every 10 s; then 30,000 calls on $CONN_ACTIVE of them (one in flight each) and on 10 ($((CONN_ACTIVE / 10)) in flight each)"
-  echo "RSS: of the process (and workers) before, with the connections idle, and the peak; KiB/conn: (idle - before) / connections; cpu: seconds per 10k calls"
+  echo "RSS: of the process (and workers) before, with the connections idle, and the peak; KiB/conn: (idle - before) / connections; cpu: the target's seconds per 10k calls; client: the load client's (same machine)"
+  # Fields: 1 target, 2-5 RSS, 6-9 active closed loop (rps p99 cpu client),
+  # 10-13 the same on 10, 14-16 active open loop (p50 p99 cpu), 17-19 the
+  # same on 10.
   awk '{ K[$1] = $4; row[NR] = $0 }
     function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
     END {
-      printf "%-13s %8s %8s %8s %8s | %8s %8s %7s | %8s %8s %7s | %-10s | %-16s\n", "target", "RSS0 MB", "idle MB", "KiB/conn", "peak MB", "rps act", "p99 act", "cpu act", "rps 10", "p99 10", "cpu 10", "vs haproxy", "active/10 rps,p99"
+      printf "%-13s %8s %8s %8s %8s | %8s %8s %7s %7s | %8s %8s %7s %7s | %-10s | %-16s\n", "target", "RSS0 MB", "idle MB", "KiB/conn", "peak MB", "rps act", "p99 act", "cpu act", "client", "rps 10", "p99 10", "cpu 10", "client", "vs haproxy", "active/10 rps,p99"
       for (i = 1; i <= NR; i++) { split(row[i], f, " ")
-        printf "%-13s %8.1f %8.1f %8.1f %8.1f | %8d %8.3f %7.3f | %8d %8.3f %7.3f | %-10s | %-16s\n", f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11],
-          ratio(f[4], K["haproxy-ctls"]), ratio(f[6], f[9]) "," ratio(f[7], f[10]) } }' "$DIR/results-conns"
+        printf "%-13s %8.1f %8.1f %8.1f %8.1f | %8d %8.3f %7.3f %7.3f | %8d %8.3f %7.3f %7.3f | %-10s | %-16s\n", f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12], f[13],
+          ratio(f[4], K["haproxy-ctls"]), ratio(f[6], f[10]) "," ratio(f[7], f[11]) } }' "$DIR/results-conns"
+  echo "the same connections, open loop: $CONN_RPS calls/s for 5 s on $CONN_ACTIVE of them, then on 10; latency from when each call was due"
+  awk '{ row[NR] = $0 }
+    function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+    END {
+      printf "%-13s %8s %8s %7s | %8s %8s %7s | %-22s\n", "target", "p50 act", "p99 act", "cpu act", "p50 10", "p99 10", "cpu 10", "active/10 p50,p99,cpu"
+      for (i = 1; i <= NR; i++) { split(row[i], f, " ")
+        printf "%-13s %8.3f %8.3f %7.3f | %8.3f %8.3f %7.3f | %-22s\n", f[1], f[14], f[15], f[16], f[17], f[18], f[19],
+          ratio(f[14], f[17]) "," ratio(f[15], f[18]) "," ratio(f[16], f[19]) } }' "$DIR/results-conns"
 fi
 
 if [ "$ENV_ROWS" = 1 ]; then

@@ -18,9 +18,14 @@
 //	          keepalive pings (every 10 s, the least gRPC's client sends)
 //	          for -idle; then -calls calls on -active of them (one in
 //	          flight on each), and the same calls on 10 connections with
-//	          the same number in flight. Prints: RSS MB before, RSS MB idle,
-//	          KiB per idle connection, peak RSS MB, then for the active and
-//	          the 10-connection runs: calls/s, p99 ms, proxy CPU s per 10k.
+//	          the same number in flight; then open loop, -conns-rps calls
+//	          a second for -conns-duration spread over the -active
+//	          connections, and the same over 10. Prints: RSS MB before, RSS
+//	          MB idle, KiB per idle connection, peak RSS MB, then for the
+//	          active and the 10-connection runs: calls/s, p99 ms, proxy CPU
+//	          s per 10k, this client's CPU s per 10k; then for the open-loop
+//	          runs on the active and on 10 connections: p50 ms, p99 ms,
+//	          proxy CPU s per 10k.
 //	envs      calls over -conns connections (-inflight in flight) spread
 //	          evenly over the environments env1..env<-envs>: first 6 per
 //	          environment (every endpoint connected), then -calls timed.
@@ -88,6 +93,8 @@ type options struct {
 	metrics             string
 	rps                 float64
 	duration            time.Duration
+	connsRPS            float64
+	connsDuration       time.Duration
 	maxInflight         int
 }
 
@@ -116,6 +123,8 @@ func main() {
 	flag.Float64Var(&o.rps, "rps", 1000, "rate: calls per second")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "rate: how long")
 	flag.IntVar(&o.maxInflight, "max-inflight", 20000, "rate: calls in flight at most")
+	flag.Float64Var(&o.connsRPS, "conns-rps", 3000, "conns: the open-loop runs' calls per second")
+	flag.DurationVar(&o.connsDuration, "conns-duration", 5*time.Second, "conns: how long each open-loop run lasts")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		log.Fatalf("load: unexpected arguments %q", flag.Args())
@@ -372,29 +381,65 @@ func conns(ctx context.Context, o options) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("10 connections: %w", err)
 	}
+	// The same offered rate on both: a closed loop's rate is the
+	// machine's, client and backend included (they pay for each
+	// connection's reads and writes too), where an open loop below it
+	// shows what a call takes when the calls come over many connections.
+	openActive, err := steady(ctx, o, ccs[:o.active], req)
+	if err != nil {
+		return "", fmt.Errorf("%d connections, open loop: %w", o.active, err)
+	}
+	openFew, err := steady(ctx, o, ccs[:10], req)
+	if err != nil {
+		return "", fmt.Errorf("10 connections, open loop: %w", err)
+	}
 	// Every connection still works after the runs.
 	for i, cc := range ccs {
 		if err := call(cc); err != nil {
 			return "", fmt.Errorf("connection %d after the runs: %w", i, err)
 		}
 	}
-	return fmt.Sprintf("%.1f %.1f %.1f %.1f %s %s", float64(rssBefore)/1024, float64(rssIdle)/1024,
-		float64(rssIdle-rssBefore)/float64(o.conns), float64(peakRSSKB(o.pid))/1024, active, few), nil
+	return fmt.Sprintf("%.1f %.1f %.1f %.1f %s %s %s %s", float64(rssBefore)/1024, float64(rssIdle)/1024,
+		float64(rssIdle-rssBefore)/float64(o.conns), float64(peakRSSKB(o.pid))/1024, active, few, openActive, openFew), nil
+}
+
+// steady runs o.connsRPS calls a second for o.connsDuration over ccs, open
+// loop, and returns "p50_ms p99_ms cpu_s_per_10k" for the process under
+// test; a call that fails or cannot start in time fails it.
+func steady(ctx context.Context, o options, ccs []*grpc.ClientConn, req *echopb.EchoRequest) (string, error) {
+	c0 := cpuTicks(o.pid)
+	r := openLoop(ctx, ccs, req, o.connsRPS, o.connsDuration, o.maxInflight)
+	c1 := cpuTicks(o.pid)
+	if bad := r.total - r.ok; bad > 0 {
+		return "", fmt.Errorf("%d of %d calls failed or were dropped (%d refused, %d dropped)", bad, r.total, r.refused, r.dropped)
+	}
+	return fmt.Sprintf("%.3f %.3f %.3f", ms(percentile(r.lat, 0.5)), ms(percentile(r.lat, 0.99)),
+		seconds(c1-c0)/float64(r.ok)*10000), nil
 }
 
 // drive makes o.calls calls over ccs, perConn in flight on each, and
-// returns "calls/s p99_ms cpu_s_per_10k" for the process under test.
+// returns "calls/s p99_ms cpu_s_per_10k client_cpu_s_per_10k": the
+// process under test's CPU, then this one's, which shares the machine.
 func drive(o options, ccs []*grpc.ClientConn, perConn int, call func(*grpc.ClientConn) error) (string, error) {
-	c0 := cpuTicks(o.pid)
+	c0, self0 := cpuTicks(o.pid), selfCPU()
 	start := time.Now()
 	lat, failed, err := callLoop(ccs, len(ccs)*perConn, o.calls, func(cc *grpc.ClientConn, _ int64) error { return call(cc) })
 	elapsed := time.Since(start)
-	c1 := cpuTicks(o.pid)
+	c1, self1 := cpuTicks(o.pid), selfCPU()
 	if failed > 0 {
 		return "", fmt.Errorf("%d calls failed, the first: %w", failed, err)
 	}
-	return fmt.Sprintf("%.0f %.3f %.3f", float64(len(lat))/elapsed.Seconds(), ms(percentile(lat, 0.99)),
-		seconds(c1-c0)/float64(len(lat))*10000), nil
+	return fmt.Sprintf("%.0f %.3f %.3f %.3f", float64(len(lat))/elapsed.Seconds(), ms(percentile(lat, 0.99)),
+		seconds(c1-c0)/float64(len(lat))*10000, (self1-self0).Seconds()/float64(len(lat))*10000), nil
+}
+
+// selfCPU is this process's CPU time, user and system.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // callLoop makes n calls from workers goroutines, worker w on connection
@@ -506,7 +551,26 @@ func rate(ctx context.Context, o options) (string, error) {
 			return "", fmt.Errorf("warm-up: %w", err)
 		}
 	}
-	total := int(o.rps * o.duration.Seconds())
+	r := openLoop(ctx, ccs, req, o.rps, o.duration, o.maxInflight)
+	return fmt.Sprintf("%d %d %d %d %d %.3f %.3f %.3f %.0f", r.total, r.ok, r.refused, r.other, r.dropped,
+		ms(percentile(r.lat, 0.5)), ms(percentile(r.lat, 0.99)), ms(percentile(r.lat, 0.999)), float64(r.ok)/r.elapsed.Seconds()), nil
+}
+
+// loopResult is what an open-loop run counted: calls due, OK, refused
+// (RESOURCE_EXHAUSTED or UNAVAILABLE), other errors, dropped (due with
+// the most already in flight), the OK calls' latencies from when each
+// was due, and how long the run took.
+type loopResult struct {
+	total, ok, refused, other, dropped int64
+	lat                                []time.Duration
+	elapsed                            time.Duration
+}
+
+// openLoop makes rps calls of req a second for d over ccs (call i on
+// ccs[i % len]), each started when due whatever the others do, at most
+// maxInflight at once.
+func openLoop(ctx context.Context, ccs []*grpc.ClientConn, req *echopb.EchoRequest, rps float64, d time.Duration, maxInflight int) loopResult {
+	total := int(rps * d.Seconds())
 	var (
 		ok, refused, other, dropped atomic.Int64
 		inflight                    atomic.Int64
@@ -514,7 +578,7 @@ func rate(ctx context.Context, o options) (string, error) {
 		lat                         = make([]time.Duration, 0, total)
 		wg                          sync.WaitGroup
 	)
-	interval := time.Duration(float64(time.Second) / o.rps)
+	interval := time.Duration(float64(time.Second) / rps)
 	start := time.Now()
 	for i := 0; i < total; i++ {
 		due := start.Add(time.Duration(i) * interval)
@@ -524,7 +588,7 @@ func rate(ctx context.Context, o options) (string, error) {
 		if ctx.Err() != nil {
 			break
 		}
-		if inflight.Load() >= int64(o.maxInflight) {
+		if inflight.Load() >= int64(maxInflight) {
 			dropped.Add(1)
 			continue
 		}
@@ -550,9 +614,8 @@ func rate(ctx context.Context, o options) (string, error) {
 		})
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
-	return fmt.Sprintf("%d %d %d %d %d %.3f %.3f %.3f %.0f", total, ok.Load(), refused.Load(), other.Load(), dropped.Load(),
-		ms(percentile(lat, 0.5)), ms(percentile(lat, 0.99)), ms(percentile(lat, 0.999)), float64(ok.Load())/elapsed.Seconds()), nil
+	return loopResult{total: int64(total), ok: ok.Load(), refused: refused.Load(), other: other.Load(),
+		dropped: dropped.Load(), lat: lat, elapsed: time.Since(start)}
 }
 
 // openFiles counts the process's open descriptors (not its children's).
