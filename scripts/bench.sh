@@ -228,6 +228,8 @@ start_target() {
       $PIN haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
     envgate-tls) render "$ROOT/scripts/bench/envgate-tls.yaml.in" "$DIR/conf/envgate.yaml"
       $PIN "$BIN/gateway" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
+    envgate-base-tls) render "$ROOT/scripts/bench/envgate-tls.yaml.in" "$DIR/conf/envgate.yaml"
+      $PIN "$BASE_GATEWAY" -config "$DIR/conf/envgate.yaml" >"$DIR/envgate.log" 2>&1 & ;;
     haproxy-tls) render "$ROOT/scripts/bench/haproxy-tls.cfg.in" "$DIR/haproxy.cfg"
       $PIN haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & ;;
     envgate-overload) render "$ROOT/scripts/bench/envgate-overload.yaml.in" "$DIR/conf/envgate.yaml"
@@ -629,10 +631,12 @@ if [ "$UPSTREAM_TLS" = 1 ]; then
   start_tls_backend
   results="$DIR/results-tls"
   measured_backend=$tls_backend
-  measure direct-tls envgate-tls haproxy-tls
+  : >"$results"
+  rounds measure ${UPSTREAM_TLS_TARGETS:-direct-tls envgate-tls ${BASE_GATEWAY:+envgate-base-tls }haproxy-tls}
   echo
   echo "upstream TLS: the backend behind TLS 1.3 (ECDSA P-256, a bench CA, the name echo.bench verified); direct-tls is the client speaking TLS to it, the proxies take h2c from the client and TLS to the backend"
   table direct-tls envgate-tls
+  summary "$results" 1 2 envgate-tls "haproxy-tls envgate-base-tls direct-tls" "cpu=6 cpu/backend=6/7 p99=5"
 fi
 
 if [ "$CLIENT_TLS_ROWS" = 1 ]; then

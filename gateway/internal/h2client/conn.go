@@ -13,6 +13,8 @@ import (
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/envgate/envgate/gateway/internal/tlsbatch"
 )
 
 const (
@@ -60,8 +62,12 @@ var (
 type conn struct {
 	addr string
 	nc   net.Conn
-	ep   *endpoint // the endpoint it connects to; its active count and health
-	cl   *Client   // nil for a connection outside a client
+	// batch, over TLS, is the connection under nc, which gathers the
+	// records of the flusher's writes into one system call (tlsbatch);
+	// nil for plaintext.
+	batch *tlsbatch.Conn
+	ep    *endpoint // the endpoint it connects to; its active count and health
+	cl    *Client   // nil for a connection outside a client
 	// onRoom is called, with no lock held, when a stream frees up on a
 	// connection that was at the upstream's limit.
 	onRoom                      func()
@@ -102,13 +108,15 @@ func dial(ctx context.Context, addr string, d func(context.Context, string) (net
 	if tc, ok := nc.(interface{ SetNoDelay(bool) error }); ok {
 		_ = tc.SetNoDelay(true) // a *net.TCPConn, or one under rawio
 	}
+	var batch *tlsbatch.Conn
 	if o.tls != nil {
-		if nc, err = handshakeTLS(ctx, nc, o.tls); err != nil {
+		batch = tlsbatch.New(nc)
+		if nc, err = handshakeTLS(ctx, batch, o.tls); err != nil {
 			return nil, err
 		}
 	}
 	c := &conn{
-		addr: addr, nc: nc,
+		addr: addr, nc: nc, batch: batch,
 		streams:    map[uint32]*stream{},
 		nextID:     1,
 		maxStreams: ^uint32(0),

@@ -3,7 +3,9 @@ package h2client
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -154,8 +156,7 @@ func (c *conn) flushLoop() {
 			c.wmu.Unlock()
 			var err error
 			if out.Len() > 0 {
-				c.refreshWriteDeadline()
-				_, err = c.nc.Write(out.Bytes())
+				err = c.send(out.Bytes())
 			}
 			out.Reset()
 			if out.Cap() > 2*highWater {
@@ -171,6 +172,26 @@ func (c *conn) flushLoop() {
 				c.flushPending = false
 			}
 			c.wmu.Unlock()
+		}
+	}
+}
+
+// send writes p, failing only when a write moved no byte before its
+// deadline: one that timed out having moved some goes on. Over TLS the
+// records go in as few system calls as the socket takes them (tlsbatch),
+// where crypto/tls would write each at once and could not go on after a
+// timeout. Flusher only.
+func (c *conn) send(p []byte) error {
+	if c.batch != nil {
+		return c.batch.WriteThrough(c.nc, p, c.refreshWriteDeadline)
+	}
+	for {
+		c.refreshWriteDeadline()
+		n, err := c.nc.Write(p)
+		p = p[n:]
+		var ne net.Error
+		if err == nil || !(n > 0 && errors.As(err, &ne) && ne.Timeout()) {
+			return err
 		}
 	}
 }
