@@ -213,6 +213,7 @@ start_tls_backend() {
 }
 # start_target NAME: sets target_pid and target_port.
 start_target() {
+  target_name=$1
   case $1 in
     direct) target_pid=""; target_port=$BACKEND_PORT; return ;;
     direct-tls) target_pid=""; target_port=$BACKEND_TLS_PORT; return ;;
@@ -489,7 +490,14 @@ summary() {
 }
 
 # load ARGS...: scripts/bench/load against the current target.
-load() { timeout 600 "$BIN/bench-load" -addr "127.0.0.1:$target_port" "$@"; }
+# load ARGS...: bench-load against the target started last; a failure names
+# the target and the mode, since its error alone does not say which proxy.
+load() {
+  timeout 600 "$BIN/bench-load" -addr "127.0.0.1:$target_port" "$@" && return 0
+  local rc=$?
+  echo "bench: bench-load $1 $2 against ${target_name:-?}${tag:-} failed (exit $rc)" >&2
+  return "$rc"
+}
 
 # measure_streams TARGET...: server-streaming rows into $results-streams
 # and ping-pong rows into $results-pingpong (h2c; the backend is $backend).
