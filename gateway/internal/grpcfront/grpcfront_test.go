@@ -28,6 +28,7 @@ import (
 
 	"github.com/envgate/envgate/gateway/internal/grpcfront"
 	"github.com/envgate/envgate/gateway/internal/h2front"
+	"github.com/envgate/envgate/internal/countconn"
 )
 
 // raw is a codec of byte slices, on both sides: messages pass as bytes.
@@ -90,17 +91,7 @@ func (l countingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return countingConn{c, l.writes}, nil
-}
-
-type countingConn struct {
-	net.Conn
-	writes *atomic.Int64
-}
-
-func (c countingConn) Write(p []byte) (int, error) {
-	c.writes.Add(1)
-	return c.Conn.Write(p)
+	return countconn.Conn{Conn: c, Writes: l.writes}, nil
 }
 
 // A handler that holds each send (it has what follows in hand, as the

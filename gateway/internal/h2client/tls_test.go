@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/envgate/envgate/echo/echoserver"
+	"github.com/envgate/envgate/internal/countconn"
 	"github.com/envgate/envgate/internal/testca"
 	"github.com/envgate/envgate/proto/echopb"
 )
@@ -77,18 +78,8 @@ func countingDial(writes *atomic.Int64) func(context.Context, string) (net.Conn,
 			return nil, err
 		}
 		_ = nc.(*net.TCPConn).SetWriteBuffer(16 << 10)
-		return &countedConn{Conn: nc, writes: writes}, nil
+		return countconn.Conn{Conn: nc, Writes: writes}, nil
 	}
-}
-
-type countedConn struct {
-	net.Conn
-	writes *atomic.Int64
-}
-
-func (c *countedConn) Write(p []byte) (int, error) {
-	c.writes.Add(1)
-	return c.Conn.Write(p)
 }
 
 // TestTLSRequestRecordsInOneWrite: a 64 KiB request to a TLS upstream,

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/envgate/envgate/gateway/internal/tlsbatch"
+	"github.com/envgate/envgate/internal/countconn"
 	"github.com/envgate/envgate/internal/testca"
 )
 
@@ -29,17 +30,6 @@ func (c batchedTLS) WriteBatched() func([]byte, func()) error {
 	return func(p []byte, rearm func()) error { return c.b.WriteThrough(c.Conn, p, rearm) }
 }
 
-// writeCounter counts the writes that reach the socket.
-type writeCounter struct {
-	net.Conn
-	n *atomic.Int64
-}
-
-func (c writeCounter) Write(p []byte) (int, error) {
-	c.n.Add(1)
-	return c.Conn.Write(p)
-}
-
 // serveTLS serves s over TLS (h2) on one loopback connection, whose
 // socket writes are counted in writes, with sndbuf as its send buffer
 // when above 0; it returns a client for it whose socket reads at most
@@ -52,7 +42,7 @@ func serveTLS(t *testing.T, s *Server, writes *atomic.Int64, sndbuf, perSecond i
 		if sndbuf > 0 {
 			_ = nc.(*net.TCPConn).SetWriteBuffer(sndbuf)
 		}
-		b := tlsbatch.New(writeCounter{Conn: nc, n: writes})
+		b := tlsbatch.New(countconn.Conn{Conn: nc, Writes: writes})
 		tc := tls.Server(b, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"}})
 		if err := tc.Handshake(); err != nil {
 			t.Error(err)
