@@ -26,13 +26,24 @@ import (
 type Conn struct {
 	net.Conn
 
-	// mu guards on and buf. It is never held across a write to the
-	// socket: crypto/tls's Close, called to break a stuck write, writes
-	// its alert first, and must not wait for that write.
-	mu  sync.Mutex
-	on  bool   // a WriteThrough is under way: records are gathered
-	buf []byte // records gathered, not yet written
+	// mu guards on, flushing and buf. It is never held across a write to
+	// the socket: crypto/tls's Close, called to break a stuck write,
+	// writes its alert first, and must not wait for that write.
+	mu       sync.Mutex
+	on       bool   // a WriteThrough is under way: records are gathered
+	flushing bool   // its TLS write returned: what is gathered now is others' (maxLate)
+	buf      []byte // records gathered, not yet written
 }
+
+// maxLate bounds the records gathered while a WriteThrough's own are being
+// written: crypto/tls writes from its reader too (an answer to each
+// KeyUpdate a client asks for), and a client that sends them without
+// reading would otherwise grow the buffer for as long as the stuck write
+// lasts. Past it the record's write fails, and with it the connection.
+const maxLate = 64 << 10
+
+// ErrLateRecords is the write error past maxLate.
+var ErrLateRecords = errors.New("tlsbatch: too many records written while a write is stuck")
 
 // New returns nc, ready to go under tls.Server or tls.Client.
 func New(nc net.Conn) *Conn { return &Conn{Conn: nc} }
@@ -43,6 +54,10 @@ func New(nc net.Conn) *Conn { return &Conn{Conn: nc} }
 func (c *Conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	if c.on {
+		if c.flushing && len(c.buf)+len(p) > maxLate {
+			c.mu.Unlock()
+			return 0, ErrLateRecords
+		}
 		if c.buf == nil {
 			c.buf = getBuf()
 		}
@@ -77,10 +92,11 @@ func (c *Conn) WriteThrough(tc io.Writer, p []byte, rearm func()) error {
 func (c *Conn) flush(rearm func()) error {
 	for {
 		c.mu.Lock()
+		c.flushing = true
 		out := c.buf
 		c.buf = nil
 		if len(out) == 0 {
-			c.on = false
+			c.on, c.flushing = false, false
 			c.mu.Unlock()
 			putBuf(out)
 			return nil
@@ -90,7 +106,7 @@ func (c *Conn) flush(rearm func()) error {
 		putBuf(out)
 		if err != nil {
 			c.mu.Lock()
-			c.on = false
+			c.on, c.flushing = false, false
 			putBuf(c.buf)
 			c.buf = nil
 			c.mu.Unlock()

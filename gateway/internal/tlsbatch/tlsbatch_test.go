@@ -242,3 +242,37 @@ func TestCloseAfterAWriteSendsEverything(t *testing.T) {
 		t.Fatalf("the client read %d bytes before the end, want %d", len(b), len(want))
 	}
 }
+
+// TestLateRecordsAreBounded: what crypto/tls writes while a
+// WriteThrough's records wait for a client that does not read (an answer
+// to each KeyUpdate it asks for, written from the reader) is gathered up
+// to maxLate; the write past it fails, which fails the connection,
+// instead of the buffer growing for as long as the stuck write lasts.
+func TestLateRecordsAreBounded(t *testing.T) {
+	p := newPair(t, 8<<10)
+	p.writes.signal = make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- p.batch.WriteThrough(p.srv, payload(4<<20), nil) }()
+	<-p.writes.signal // the 4 MiB wait for the socket
+	record := make([]byte, 1<<10)
+	gathered := 0
+	for {
+		if _, err := p.batch.Write(record); err != nil {
+			if !errors.Is(err, ErrLateRecords) {
+				t.Fatalf("late record: %v, want ErrLateRecords", err)
+			}
+			break
+		}
+		gathered += len(record)
+		if gathered > 2*maxLate {
+			t.Fatalf("%d bytes of late records gathered, want at most %d", gathered, maxLate)
+		}
+	}
+	if gathered < maxLate-len(record) {
+		t.Fatalf("late records refused after %d bytes, want up to %d", gathered, maxLate)
+	}
+	p.srv.Close()
+	if err := <-done; err == nil {
+		t.Fatal("the stuck write succeeded after Close")
+	}
+}
