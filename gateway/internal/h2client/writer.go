@@ -3,9 +3,7 @@ package h2client
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -14,6 +12,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/envgate/envgate/gateway/internal/hpackmemo"
+	"github.com/envgate/envgate/gateway/internal/tlsbatch"
 )
 
 // writer is the outgoing half of a connection: frames are written into bw
@@ -185,15 +184,7 @@ func (c *conn) send(p []byte) error {
 	if c.batch != nil {
 		return c.batch.WriteThrough(c.nc, p, c.refreshWriteDeadline)
 	}
-	for {
-		c.refreshWriteDeadline()
-		n, err := c.nc.Write(p)
-		p = p[n:]
-		var ne net.Error
-		if err == nil || !(n > 0 && errors.As(err, &ne) && ne.Timeout()) {
-			return err
-		}
-	}
+	return tlsbatch.WriteAll(c.nc, p, c.refreshWriteDeadline)
 }
 
 // refreshWriteDeadline moves the write deadline to writeTimeout from now

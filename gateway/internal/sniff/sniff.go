@@ -186,17 +186,24 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if c.out == nil {
 		return c.Conn.Write(p)
 	}
+	if err := c.filtered(p, func(b []byte) error { _, err := c.Conn.Write(b); return err }); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// filtered writes p with write, without what the sniffer already said
+// for it (out, not nil); the buffer goes once nothing is left to remove.
+func (c *Conn) filtered(p []byte, write func([]byte) error) error {
 	c.wbuf = c.out.filter(c.wbuf[:0], p)
 	if c.out.done() {
 		c.out = nil
 	}
-	if _, err := c.Conn.Write(c.wbuf); err != nil {
-		return 0, err
-	}
+	err := write(c.wbuf)
 	if c.out == nil {
 		c.wbuf = nil
 	}
-	return len(p), nil
+	return err
 }
 
 // WriteBatched is Write on a TLS connection with the records of p written
@@ -211,18 +218,11 @@ func (c *Conn) WriteBatched() func(p []byte, rearm func()) error {
 }
 
 func (c *Conn) writeBatched(p []byte, rearm func()) error {
-	if c.out != nil {
-		c.wbuf = c.out.filter(c.wbuf[:0], p)
-		if c.out.done() {
-			c.out = nil
-		}
-		p = c.wbuf
-	}
-	err := c.batch.WriteThrough(c.Conn, p, rearm)
+	write := func(b []byte) error { return c.batch.WriteThrough(c.Conn, b, rearm) }
 	if c.out == nil {
-		c.wbuf = nil
+		return write(p)
 	}
-	return err
+	return c.filtered(p, write)
 }
 
 // WriteBuffers is Write of several buffers, in one system call when the

@@ -102,7 +102,7 @@ func (c *Conn) flush(rearm func()) error {
 			return nil
 		}
 		c.mu.Unlock()
-		err := c.writeAll(out, rearm)
+		err := WriteAll(c.Conn, out, rearm)
 		putBuf(out)
 		if err != nil {
 			c.mu.Lock()
@@ -115,13 +115,17 @@ func (c *Conn) flush(rearm func()) error {
 	}
 }
 
-// writeAll writes p, going on after a timeout that moved bytes.
-func (c *Conn) writeAll(p []byte, rearm func()) error {
+// WriteAll writes p to w as the gathered bytes are written: rearm, when
+// not nil, sets the deadline before each write, and a write that timed
+// out having moved bytes goes on; one that moved none fails. On a TCP
+// connection (not a TLS one, which cannot go on after a timeout) it is
+// the same for plaintext.
+func WriteAll(w io.Writer, p []byte, rearm func()) error {
 	for len(p) > 0 {
 		if rearm != nil {
 			rearm()
 		}
-		n, err := c.Conn.Write(p)
+		n, err := w.Write(p)
 		p = p[n:]
 		if err != nil && !(n > 0 && isTimeout(err)) {
 			return err

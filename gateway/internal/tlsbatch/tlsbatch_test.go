@@ -17,12 +17,11 @@ import (
 
 // pair is a TLS connection over real loopback TCP: the server's side over
 // a Conn (over a counter of the writes that reach the socket), and the
-// client's raw socket and TLS connection.
+// client's TLS connection.
 type pair struct {
 	srv    *tls.Conn
 	batch  *Conn
 	writes *counter
-	raw    *net.TCPConn // the client's socket
 	cli    *tls.Conn
 }
 
@@ -69,7 +68,7 @@ func newPair(t *testing.T, sndbuf int) *pair {
 		_ = snc.(*net.TCPConn).SetWriteBuffer(sndbuf)
 		_ = raw.(*net.TCPConn).SetReadBuffer(sndbuf)
 	}
-	p := &pair{writes: &counter{Conn: snc}, raw: raw.(*net.TCPConn)}
+	p := &pair{writes: &counter{Conn: snc}}
 	p.batch = New(p.writes)
 	ca := testca.New(t, "tlsbatch test")
 	cert := ca.Issue(t, testca.Leaf{DNS: []string{"test"}}).TLS(t)

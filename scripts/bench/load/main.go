@@ -421,25 +421,17 @@ func steady(ctx context.Context, o options, ccs []*grpc.ClientConn, req *echopb.
 // returns "calls/s p99_ms cpu_s_per_10k client_cpu_s_per_10k": the
 // process under test's CPU, then this one's, which shares the machine.
 func drive(o options, ccs []*grpc.ClientConn, perConn int, call func(*grpc.ClientConn) error) (string, error) {
-	c0, self0 := cpuTicks(o.pid), selfCPU()
+	self := os.Getpid()
+	c0, self0 := cpuTicks(o.pid), cpuTicks(self)
 	start := time.Now()
 	lat, failed, err := callLoop(ccs, len(ccs)*perConn, o.calls, func(cc *grpc.ClientConn, _ int64) error { return call(cc) })
 	elapsed := time.Since(start)
-	c1, self1 := cpuTicks(o.pid), selfCPU()
+	c1, self1 := cpuTicks(o.pid), cpuTicks(self)
 	if failed > 0 {
 		return "", fmt.Errorf("%d calls failed, the first: %w", failed, err)
 	}
 	return fmt.Sprintf("%.0f %.3f %.3f %.3f", float64(len(lat))/elapsed.Seconds(), ms(percentile(lat, 0.99)),
-		seconds(c1-c0)/float64(len(lat))*10000, (self1-self0).Seconds()/float64(len(lat))*10000), nil
-}
-
-// selfCPU is this process's CPU time, user and system.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		seconds(c1-c0)/float64(len(lat))*10000, seconds(self1-self0)/float64(len(lat))*10000), nil
 }
 
 // callLoop makes n calls from workers goroutines, worker w on connection
