@@ -498,6 +498,23 @@ func (ss *serverStream) RecvMsg(m any) error {
 	// cleared (bufpool).
 	pool := bufpool.Default
 	for left := n; left > 0; {
+		// What is in, as it arrived, when it is a whole buffer of the
+		// body's: no copy.
+		if buf, off, err := b.r.TakeHeld(left); buf != nil {
+			b.read += int64(len(*buf) - off)
+			left -= len(*buf) - off
+			mb := mem.NewBuffer(buf, pool)
+			if off > 0 {
+				var head mem.Buffer
+				head, mb = mem.SplitUnsafe(mb, off)
+				head.Free()
+			}
+			data = append(data, mb)
+			continue
+		} else if err != nil {
+			data.Free()
+			return ss.readFailed(err)
+		}
 		buf := pool.Get(min(left, recvChunk))
 		if _, err := io.ReadFull(b, *buf); err != nil {
 			pool.Put(buf)

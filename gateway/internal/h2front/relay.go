@@ -92,6 +92,22 @@ func (r *Request) ReadHeld(p []byte) (int, error) {
 	return n, err
 }
 
+// TakeHeld is ReadHeld without a copy, where one can be saved: when the
+// bytes in are a whole buffer of the body's, no more than max and filling
+// at least half of it, it hands that buffer over, its bytes
+// (*buf)[off:]; the caller gives it back to bufpool.Default when done
+// with them. Otherwise it returns a nil buf, and the caller reads with
+// ReadHeld. Like Read, it waits for bytes, and returns the body's end or
+// why it ended as err.
+func (r *Request) TakeHeld(max int) (buf *[]byte, off int, err error) {
+	st := r.st
+	buf, off, err = st.body.take(max)
+	if buf != nil {
+		st.c.credit(st, int64(len(*buf)-off))
+	}
+	return buf, off, err
+}
+
 // Consumed reports n bytes read with ReadHeld as no longer held.
 func (r *Request) Consumed(n int) { r.st.c.consumed(n) }
 

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -76,93 +75,6 @@ func (st *stream) resetLocal() {
 	st.c.w.mu.Lock()
 	st.c.w.cond.Broadcast()
 	st.c.w.mu.Unlock()
-}
-
-// pipe is a request body: the reader appends what arrives (no more than
-// the stream's window, which flow control enforces), the handler reads.
-type pipe struct {
-	mu   sync.Mutex
-	cond sync.Cond // on mu: data or the end arrived
-	buf  []byte
-	off  int
-	err  error // io.EOF at the end, or why it ended early
-}
-
-// write appends p, unless the body ended (false: nothing will read it).
-// The buffer comes from the pool at the first bytes, and what was read is
-// moved out of the way before the buffer would grow.
-func (p *pipe) write(b []byte) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.err != nil {
-		return false
-	}
-	if p.buf == nil {
-		p.buf = getBuf()
-	}
-	if p.off > 0 && (p.off == len(p.buf) || len(p.buf)+len(b) > cap(p.buf)) {
-		n := copy(p.buf, p.buf[p.off:])
-		p.buf, p.off = p.buf[:n], 0
-	}
-	p.buf = append(p.buf, b...)
-	p.cond.Signal()
-	return true
-}
-
-func (p *pipe) read(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for p.off == len(p.buf) && p.err == nil {
-		p.cond.Wait()
-	}
-	if p.off < len(p.buf) {
-		n := copy(b, p.buf[p.off:])
-		p.off += n
-		if p.off == len(p.buf) && p.err != nil {
-			p.release()
-		}
-		return n, nil
-	}
-	p.release()
-	return 0, p.err
-}
-
-// buffered is how many bytes wait to be read, and whether the body ended
-// after them (reading them and then the end does not wait).
-func (p *pipe) buffered() (int, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.buf) - p.off, p.err == io.EOF
-}
-
-// release gives the buffer back to the pool; mu held.
-func (p *pipe) release() {
-	if p.buf != nil {
-		putBuf(p.buf)
-	}
-	p.buf, p.off = nil, 0
-}
-
-// closeWith ends the body with err once, running before (trailers)
-// first; an error other than EOF drops what was not read and returns its
-// size, for the connection's window.
-func (p *pipe) closeWith(err error, before func()) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.err != nil {
-		return 0
-	}
-	if before != nil {
-		before()
-	}
-	p.err = err
-	dropped := 0
-	if err != io.EOF {
-		dropped = len(p.buf) - p.off
-		p.release()
-	}
-	p.cond.Broadcast()
-	return dropped
 }
 
 // onHeaders opens a stream, or takes a stream's trailers.

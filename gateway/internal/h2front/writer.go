@@ -269,34 +269,22 @@ func (w *writer) waitWritten() {
 	w.mu.Unlock()
 }
 
-// Buffers, for writes and request bodies: pooled, so a connection or
-// stream holds one only while it has bytes in it, and a message of tens of
-// KiB does not grow a new one by doubling each time; one grown past its
-// pool's bound is let go rather than kept. A write buffer is kept up to
-// maxPooledWrite, above what a queue at its bound grows to (MaxQueued's
-// default, a frame more, and growslice's rounding): below it, a client
-// reading slower than its streams arrive had its full queue's buffer
-// dropped and grown again from bufStart on every write, copying it each
-// time. A request body's buffer is kept up to maxPooled only: bodies
-// stuck behind a stalled upstream fill many at once, and keeping those
-// took the overload test past its container limit.
+// Write buffers: pooled, so a connection holds one only while it has
+// bytes in it, and a message of tens of KiB does not grow a new one by
+// doubling each time; one grown past maxPooledWrite is let go rather than
+// kept. maxPooledWrite is above what a queue at its bound grows to
+// (MaxQueued's default, a frame more, and growslice's rounding): below it,
+// a client reading slower than its streams arrive had its full queue's
+// buffer dropped and grown again from bufStart on every write, copying it
+// each time. Request bodies are in chunks from bufpool (pipe).
 const (
 	bufStart       = 4 << 10
-	maxPooled      = 256 << 10
 	maxPooledWrite = 1 << 20
 )
 
-var (
-	bufPool      = sync.Pool{New: func() any { b := make([]byte, 0, bufStart); return &b }}
-	writeBufPool = sync.Pool{New: func() any { b := make([]byte, 0, bufStart); return &b }}
-)
+var writeBufPool = sync.Pool{New: func() any { b := make([]byte, 0, bufStart); return &b }}
 
-// getBuf and putBuf are for request bodies, getWriteBuf and putWriteBuf
-// for the connection's writes.
-func getBuf() []byte      { return (*bufPool.Get().(*[]byte))[:0] }
 func getWriteBuf() []byte { return (*writeBufPool.Get().(*[]byte))[:0] }
-
-func putBuf(b []byte) { putIn(&bufPool, b, maxPooled) }
 
 func putWriteBuf(b []byte) { putIn(&writeBufPool, b, maxPooledWrite) }
 
