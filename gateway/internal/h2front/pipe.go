@@ -17,8 +17,8 @@ import (
 // own (a copy that was 6% of a 64 KiB call's CPU over TLS). A chunk is
 // sized for what arrives, doubling per chunk up to chunkMax: a body of
 // 100 B takes 256 B, a client sending 1-byte frames fills small chunks
-// first, and what the chunks hold beyond their bytes is at most one
-// chunk's room plus the doubling's.
+// first, and only the last chunk has room left, so the chunks hold at
+// most chunkMax more than their bytes.
 type pipe struct {
 	mu   sync.Mutex
 	cond sync.Cond // on mu: data or the end arrived
