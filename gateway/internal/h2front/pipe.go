@@ -15,20 +15,22 @@ import (
 // is taken, so a chunk handed over whole is a pooled buffer its taker
 // gives back, and a 64 KiB message is not copied again into buffers of its
 // own (a copy that was 6% of a 64 KiB call's CPU over TLS). A chunk is
-// sized for what arrives, doubling per chunk up to chunkMax: a body of
-// 100 B takes 256 B, a client sending 1-byte frames fills small chunks
-// first, and only the last chunk has room left, so the chunks hold at
-// most chunkMax more than their bytes.
+// sized for what arrives, doubling per chunk while bytes pile up, up to
+// chunkMax: a body of 100 B takes 256 B, a client sending 1-byte frames
+// fills small chunks first, and only the last chunk has room left, so
+// the chunks hold at most chunkMax more than their bytes. The last chunk
+// read empty is kept for the next bytes, so that a stream of small
+// messages reuses one.
 type pipe struct {
 	mu   sync.Mutex
 	cond sync.Cond // on mu: data or the end arrived
-	// Under mu: the chunks with bytes not read yet, oldest first, and
-	// how much of the first was read; n is their unread bytes in all.
-	chunks  []*[]byte
-	inline  [2]*[]byte // chunks' first backing: a body of two chunks allocates none
-	off, n  int
-	lastCap int   // the capacity of the chunk added last: the next doubles it
-	err     error // io.EOF at the end, or why it ended early
+	// Under mu: the chunks with bytes not read yet, oldest first (or
+	// the one kept, read empty), how much of the first was read, and n,
+	// their unread bytes in all.
+	chunks []*[]byte
+	inline [2]*[]byte // chunks' first backing: a body of two chunks allocates none
+	off, n int
+	err    error // io.EOF at the end, or why it ended early
 }
 
 // chunkMax is the largest chunk: a DATA frame's payload at the frame size
@@ -56,9 +58,12 @@ func (p *pipe) write(b []byte) bool {
 			last = p.chunks[k-1]
 		}
 		if last == nil || len(*last) == cap(*last) {
-			last = bufpool.Default.Get(min(max(len(b), 2*p.lastCap), chunkMax))
+			size := len(b)
+			if last != nil {
+				size = max(size, 2*cap(*last)) // bytes pile up: double
+			}
+			last = bufpool.Default.Get(min(size, chunkMax))
 			*last = (*last)[:0]
-			p.lastCap = cap(*last)
 			p.chunks = append(p.chunks, last)
 		}
 		k := min(len(b), cap(*last)-len(*last))
@@ -92,7 +97,13 @@ func (p *pipe) read(b []byte) (int, error) {
 		p.off += k
 		p.n -= k
 		if p.off == len(head) {
-			bufpool.Default.Put(p.popHead())
+			if len(p.chunks) == 1 {
+				// Kept for what comes next: a stream of small
+				// messages reuses one chunk.
+				*p.chunks[0], p.off = head[:0], 0
+			} else {
+				bufpool.Default.Put(p.popHead())
+			}
 		}
 	}
 	return n, nil

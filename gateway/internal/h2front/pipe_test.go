@@ -176,3 +176,27 @@ func TestCloseDropsWhatWasNotRead(t *testing.T) {
 		t.Errorf("read after the reset: %v", err)
 	}
 }
+
+// TestSmallMessagesReuseOneChunk: a stream of small messages, each read
+// before the next arrives (a bidi call's ping-pong), reuses the one chunk
+// the first took, rather than one from the pool for each.
+func TestSmallMessagesReuseOneChunk(t *testing.T) {
+	p := newPipe()
+	msg := body(100)
+	b := make([]byte, 100)
+	p.write(msg)
+	p.read(b)
+	first := p.chunks[0]
+	for i := range 100 {
+		p.write(msg)
+		if n, _ := p.read(b); n != 100 || !bytes.Equal(b, msg) {
+			t.Fatalf("message %d: read %d bytes, or not the message", i, n)
+		}
+		if len(p.chunks) != 1 || p.chunks[0] != first {
+			t.Fatalf("message %d: %d chunks, the first kept: %v", i, len(p.chunks), len(p.chunks) > 0 && p.chunks[0] == first)
+		}
+	}
+	if cap(*first) != 256 {
+		t.Errorf("a 100 B message took a chunk of %d", cap(*first))
+	}
+}
