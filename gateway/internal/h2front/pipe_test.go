@@ -5,6 +5,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/envgate/envgate/gateway/internal/bufpool"
 )
 
 func newPipe() *pipe {
@@ -200,3 +202,48 @@ func TestSmallMessagesReuseOneChunk(t *testing.T) {
 		t.Errorf("a 100 B message took a chunk of %d", cap(*first))
 	}
 }
+
+// BenchmarkPipeMessage64KiB moves a 64 KiB request message (its prefix
+// and 16 KiB frames, as a client sends them) through a body: taken as the
+// chunks it arrived in, as RecvMsg does, or copied out into pooled
+// buffers of 32 KiB, as it did before take.
+func BenchmarkPipeMessage64KiB(b *testing.B) {
+	frame := body(16 << 10)
+	run := func(b *testing.B, recv func(p *pipe, left int)) {
+		b.SetBytes(64 << 10)
+		for b.Loop() {
+			p := newPipe()
+			for range 4 {
+				p.write(frame)
+			}
+			p.closeWith(io.EOF, nil)
+			var prefix [5]byte
+			p.read(prefix[:])
+			recv(p, 64<<10-5)
+			p.read(prefix[:])
+		}
+	}
+	b.Run("take", func(b *testing.B) {
+		run(b, func(p *pipe, left int) {
+			for left > 0 {
+				buf, off, _ := p.take(left)
+				left -= len(*buf) - off
+				bufpool.Default.Put(buf)
+			}
+		})
+	})
+	b.Run("copy", func(b *testing.B) {
+		run(b, func(p *pipe, left int) {
+			for left > 0 {
+				buf := bufpool.Default.Get(min(left, 32<<10))
+				n, _ := io.ReadFull(readerFunc(p.read), *buf)
+				left -= n
+				bufpool.Default.Put(buf)
+			}
+		})
+	})
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
