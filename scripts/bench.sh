@@ -489,7 +489,6 @@ summary() {
     }' "$1"
 }
 
-# load ARGS...: scripts/bench/load against the current target.
 # load ARGS...: bench-load against the target started last; a failure names
 # the target and the mode, since its error alone does not say which proxy.
 load() {

@@ -501,8 +501,9 @@ func (ss *serverStream) RecvMsg(m any) error {
 		// What is in, as it arrived, when it is a whole buffer of the
 		// body's: no copy.
 		if buf, off, err := b.r.TakeHeld(left); buf != nil {
-			b.read += int64(len(*buf) - off)
-			left -= len(*buf) - off
+			got := len(*buf) - off
+			b.read += int64(got)
+			left -= got
 			mb := mem.NewBuffer(buf, pool)
 			if off > 0 {
 				var head mem.Buffer

@@ -74,20 +74,24 @@ func (p *pipe) write(b []byte) bool {
 	return true
 }
 
-// wait waits for bytes or the end; mu held.
-func (p *pipe) wait() {
+// wait waits for bytes or the end; mu held. At the end with nothing
+// left to read it gives the chunks back and returns why the body ended.
+func (p *pipe) wait() error {
 	for p.n == 0 && p.err == nil {
 		p.cond.Wait()
 	}
+	if p.n == 0 {
+		p.release()
+		return p.err
+	}
+	return nil
 }
 
 func (p *pipe) read(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.wait()
-	if p.n == 0 {
-		p.release()
-		return 0, p.err
+	if err := p.wait(); err != nil {
+		return 0, err
 	}
 	n := 0
 	for n < len(b) && p.n > 0 {
@@ -118,10 +122,8 @@ func (p *pipe) read(b []byte) (int, error) {
 func (p *pipe) take(max int) (buf *[]byte, off int, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.wait()
-	if p.n == 0 {
-		p.release()
-		return nil, 0, p.err
+	if err := p.wait(); err != nil {
+		return nil, 0, err
 	}
 	head := p.chunks[0]
 	n := len(*head) - p.off

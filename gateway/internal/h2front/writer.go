@@ -286,12 +286,10 @@ var writeBufPool = sync.Pool{New: func() any { b := make([]byte, 0, bufStart); r
 
 func getWriteBuf() []byte { return (*writeBufPool.Get().(*[]byte))[:0] }
 
-func putWriteBuf(b []byte) { putIn(&writeBufPool, b, maxPooledWrite) }
-
-func putIn(p *sync.Pool, b []byte, max int) {
-	if cap(b) > 0 && cap(b) <= max {
+func putWriteBuf(b []byte) {
+	if cap(b) > 0 && cap(b) <= maxPooledWrite {
 		b = b[:0]
-		p.Put(&b)
+		writeBufPool.Put(&b)
 	}
 }
 
